@@ -1,0 +1,184 @@
+/* pylut.h - public C API of pylut's kernel core: packed low-bit matrices, activation
+ * lookup tables, table-lookup GEMV/GEMM, the thread pool and run-time ISA dispatch.
+ *
+ * The method (T-MAC): a b-bit weight code q = sum_i 2^i * bit_i is split into b bit planes.
+ * Activations are taken 4 at a time (one "k-group"); for each k-group a 16-entry table
+ * T[idx] = sum_j (bit_j(idx) ? +x_j : -x_j) is built once and then every row's 4-bit plane
+ * nibble just looks its partial dot product up (pshufb / vqtbl1q), instead of multiplying.
+ * With s_i = 2*bit_i - 1 in {-1,+1}:   sum_j q_j x_j = 1/2 * sum_i 2^i T[idx_i] + (2^b-1)/2 * sum_j x_j
+ * so a row's dot product per scale group g is
+ *     y += scale * (tscale_g/2) * A + (bias + scale*(2^b-1)/2) * sumx_g,   A = sum_i 2^i sum T_int
+ * (the second term vanishes for the symmetric grid, bias = -scale*(2^b-1)/2).
+ *
+ * Kernels know nothing of models. Every function checks the sizes it is handed. */
+#ifndef PYLUT_H
+#define PYLUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ types and limits */
+
+/* Weight formats. B1..B4: b bit planes of unsigned codes, fp16 scale+bias per (row, group).
+ * T3: ternary {-1,0,+1} packed 3 weights -> 4-bit index + sign bit (1.67 bits/weight),
+ *     one fp32 scale per row (BitNet b1.58 style). Ternary as plain 2-bit codes {0,1,2} with
+ *     bias = -scale is just B2. */
+enum pylut_type {
+    PYLUT_TYPE_B1 = 1,
+    PYLUT_TYPE_B2 = 2,
+    PYLUT_TYPE_B3 = 3,
+    PYLUT_TYPE_B4 = 4,
+    PYLUT_TYPE_T3 = 16,
+};
+
+enum pylut_isa {
+    PYLUT_ISA_SCALAR = 0,
+    PYLUT_ISA_AVX2 = 1,      /* AVX2 + FMA + F16C, OS saves ymm */
+    PYLUT_ISA_AVX512 = 2,    /* AVX-512 F+BW+VL on top of AVX2, OS saves zmm */
+    PYLUT_ISA_NEON = 3,      /* aarch64 Advanced SIMD */
+    PYLUT_ISA_NEON_DOT = 4,  /* aarch64 + dotprod (armv8.2-a) */
+};
+
+enum pylut_status {
+    PYLUT_OK = 0,
+    PYLUT_EINVAL = -1,   /* a size, type or pointer does not fit */
+    PYLUT_ENOMEM = -2,
+    PYLUT_EISA = -3,     /* requested ISA not supported by this CPU/build */
+};
+
+#define PYLUT_TILE_M 32        /* rows per tile: one 32-byte block holds 32 rows' nibbles */
+#define PYLUT_KGROUP 4         /* activations per table (16 entries) */
+#define PYLUT_T3_KGROUP 3      /* activations per ternary table (27 combos -> 14 + sign) */
+#define PYLUT_T3_TBL_GROUP 64  /* ternary tables sharing one table scale (int16 bound) */
+#define PYLUT_MIN_GROUP 8
+#define PYLUT_MAX_GROUP 256    /* int16 accumulator bound, see lut_kernel notes */
+
+/* ------------------------------------------------------------------ packed matrix */
+
+/* A packed matrix. Buffers are owned by the caller (numpy arrays on the Python side);
+ * pylut_qmatrix_layout() fills the shape fields and tells how big each buffer must be.
+ *
+ * B-types, per row tile t (32 rows) and k-group j (4 k's), ceil(b/2) "plane blocks":
+ *   pair block  (planes 2p, 2p+1): 32 bytes. 128-bit lane L, byte 2r+i: low nibble = plane 2p+i
+ *               of row 8L+r, high nibble = same plane of row 16+8L+r.  (maddubs with (1,2)
+ *               folds a pair into int16 and leaves rows 0..15 / 16..31 in order)
+ *   lone block  (the top plane of odd b): 16 bytes, byte r: low nibble row r, high row 16+r.
+ *   codes: [m_pad/32][k_pad/4][bytes_per_kgroup]     bytes_per_kgroup = 16*b
+ *   scale, bias: fp16 [m_pad/32][k_pad/group][32]
+ * T3, per row tile t and pair of triples (j, j+1):
+ *   40 bytes: 32 bytes nibbles (lane 0 = triple j, lane 1 = triple j+1; byte r: low nibble
+ *   row r, high nibble row 16+r) then 8 bytes signs (u32 per triple, bit r = row r negated).
+ *   codes: [m_pad/32][k_pad/6][40];  row_scale: fp32 [m_pad]                              */
+typedef struct {
+    int32_t type;        /* enum pylut_type */
+    int32_t bits;        /* bit planes (B-types); 0 for T3 */
+    int64_t m, k;        /* logical shape: y[m] = W[m,k] x[k] */
+    int64_t m_pad;       /* m rounded up to PYLUT_TILE_M */
+    int64_t k_pad;       /* k rounded up to group (B) or 6 (T3); padded x entries are 0 */
+    int32_t group;       /* B: weights per scale along k. T3: 3*PYLUT_T3_TBL_GROUP */
+    int32_t has_bias;    /* B: bias array present (else symmetric grid, bias implied) */
+    int64_t codes_bytes; /* required sizes of the caller's buffers */
+    int64_t scale_count; /* fp16 entries (B) or fp32 entries (T3) */
+    uint8_t *codes;
+    uint16_t *scale;     /* B: fp16 bits */
+    uint16_t *bias;      /* B: fp16 bits or NULL */
+    float *row_scale;    /* T3 */
+} pylut_qmatrix;
+
+/* Fill shape/size fields of *qm for a matrix of this type. Returns PYLUT_EINVAL on a bad
+ * type, group (B: multiple of 8 in [8,256]), or non-positive / overflowing shape. */
+int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias);
+
+/* Pack integer codes W[m][k] (uint8, row stride ld) into qm->codes. B: codes < 2^bits.
+ * T3: codes in {0,1,2} meaning trits {-1,0,+1}. Scales/biases are written by the caller
+ * into the layout given by pylut_scale_index(). */
+int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld);
+/* Inverse of pack (for tests and converters): codes out [m][k]. */
+int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld);
+/* Index into qm->scale/bias for (row, group) of a B-type matrix. */
+static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g) {
+    return ((row / PYLUT_TILE_M) * (qm->k_pad / qm->group) + g) * PYLUT_TILE_M + row % PYLUT_TILE_M;
+}
+
+/* ------------------------------------------------------------------ activation tables */
+
+/* Tables built from one activation vector x[k] for matrices of one type family and group.
+ *   B: tbl int8 [k_pad/4][16], tscale/sumx fp32 [k_pad/group]
+ *   T3: tbl int8 [k_pad/3][16] (entries 0..13 used), tscale fp32 [ceil(k_pad/3/64)], sumx unused */
+typedef struct {
+    int32_t kind;        /* 0: B-type tables, 1: T3 tables */
+    int64_t k, k_pad;
+    int32_t group;
+    int64_t tbl_bytes, n_groups;
+    int8_t *tbl;
+    float *tscale;
+    float *sumx;
+} pylut_lut;
+
+/* Size a table set to read matrices like qm (same k, group, family). */
+int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm);
+
+/* ------------------------------------------------------------------ thread pool */
+
+typedef struct pylut_pool pylut_pool;
+typedef void (*pylut_task_fn)(void *ctx, int ith, int nth);
+pylut_pool *pylut_pool_create(int n_threads);
+void pylut_pool_free(pylut_pool *pool);
+int pylut_pool_size(const pylut_pool *pool);
+/* Run fn(ctx, i, n) on all n threads (the caller is thread 0); returns when all are done. */
+void pylut_pool_run(pylut_pool *pool, pylut_task_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------ kernels */
+
+/* Build tables for x[n][k] (row stride ldx) into lut[n]; split across the pool. */
+int pylut_lut_build(pylut_pool *pool, pylut_lut *lut, int n, const float *x, int64_t ldx);
+/* y[n][m] (row stride ldy) = W x_n for the n tables. Any m, k; threads split rows. */
+int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, int n,
+               float *y, int64_t ldy);
+/* Several matrices reading the same tables (q/k/v, gate/up) in one pool dispatch. */
+int pylut_gemm_multi(pylut_pool *pool, int n_mats, const pylut_qmatrix *const *qms,
+                     const pylut_lut *lut, int n, float *const *ys, const int64_t *ldys);
+
+/* ------------------------------------------------------------------ int8 baseline */
+
+/* The llama.cpp-style dequant-dot path: b-bit codes row-major (4/b codes per byte, 32-weight
+ * blocks), activations quantized to int8 per 32, multiply-add with maddubs. Used as the
+ * benchmark baseline and compared against for prefill. Layout per row: [k/32] blocks of
+ * 8*bits bytes; scale/bias fp16 [m][k/32]. */
+typedef struct {
+    int32_t bits;
+    int64_t m, k;       /* k multiple of 32 */
+    int64_t row_bytes;
+    uint8_t *codes;     /* [m][row_bytes] */
+    uint16_t *scale;    /* [m][k/32] */
+    uint16_t *bias;     /* [m][k/32] */
+} pylut_i8matrix;
+int pylut_i8matrix_layout(pylut_i8matrix *qm, int bits, int64_t m, int64_t k);
+int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld);
+/* xq: int8 [k], xs: fp32 [k/32] scales, xsum: fp32 [k/32] sum of dequantized block values */
+int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum);
+int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
+                  const float *xsum, float *y);
+
+/* ------------------------------------------------------------------ dispatch */
+
+int pylut_isa_detect(void);            /* best ISA this CPU + OS run */
+int pylut_isa_supported(int isa);
+int pylut_isa_active(void);
+int pylut_isa_set(int isa);            /* PYLUT_EISA if not supported */
+const char *pylut_isa_name(int isa);
+/* Feature flags as a comma-separated list ("sse4.2,avx2,fma,f16c,avx512bw,..."). */
+const char *pylut_cpu_flags(void);
+
+/* fp16 <-> fp32 in portable C (round-to-nearest-even), used by packing and scalar kernels. */
+float pylut_fp16_to_fp32(uint16_t h);
+uint16_t pylut_fp32_to_fp16(float f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PYLUT_H */

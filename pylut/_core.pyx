@@ -1,0 +1,435 @@
+# cython: language_level=3
+"""pylut._core - thin wrappers over the C kernel core: thread pool, packed matrices,
+activation tables, GEMV/GEMM, the int8 baseline and ISA dispatch.
+
+Every argument is checked here (dtype, shape, contiguity) and again by the C side (sizes);
+every kernel call runs with the GIL released."""
+import threading
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
+from libc.stdlib cimport free, malloc
+
+from pylut.cpylut cimport *
+
+cnp.import_array()
+
+ISA_NAMES = {PYLUT_ISA_SCALAR: "scalar", PYLUT_ISA_AVX2: "avx2", PYLUT_ISA_AVX512: "avx512",
+             PYLUT_ISA_NEON: "neon", PYLUT_ISA_NEON_DOT: "neon_dotprod"}
+ISA_BY_NAME = {v: k for k, v in ISA_NAMES.items()}
+TYPE_T3 = PYLUT_TYPE_T3
+MIN_GROUP = PYLUT_MIN_GROUP
+MAX_GROUP = PYLUT_MAX_GROUP
+TILE_M = PYLUT_TILE_M
+
+
+cdef _check(int rc, what):
+    if rc == PYLUT_EINVAL:
+        raise ValueError(f"{what}: invalid sizes or arguments (rejected by the C kernel core)")
+    if rc == PYLUT_ENOMEM:
+        raise MemoryError(what)
+    if rc != PYLUT_OK:
+        raise RuntimeError(f"{what}: error {rc}")
+
+
+def _array(x, dtype, ndim, name):
+    """x as a C-contiguous array of dtype; never silently copy a wrong dtype."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype.name}")
+    if x.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+    return x
+
+
+# ---------------------------------------------------------------- ISA dispatch
+
+def isa_detect():
+    return ISA_NAMES[pylut_isa_detect()]
+
+def isa_active():
+    return ISA_NAMES[pylut_isa_active()]
+
+def isa_supported():
+    return [name for isa, name in ISA_NAMES.items() if pylut_isa_supported(isa)]
+
+def isa_set(name):
+    if name not in ISA_BY_NAME:
+        raise ValueError(f"unknown ISA {name!r}; choose from {sorted(ISA_BY_NAME)}")
+    if pylut_isa_set(ISA_BY_NAME[name]) != PYLUT_OK:
+        raise ValueError(f"ISA {name!r} is not supported by this CPU/build (supported: {isa_supported()})")
+
+def cpu_flags():
+    return [f for f in pylut_cpu_flags().decode().split(",") if f]
+
+
+# ---------------------------------------------------------------- thread pool
+
+cdef class ThreadPool:
+    """A persistent pool of n_threads (the calling thread is one of them)."""
+    cdef pylut_pool *pool
+    cdef object lock
+
+    def __cinit__(self, int n_threads=1):
+        if n_threads < 1 or n_threads > 512:
+            raise ValueError(f"n_threads must be in 1..512, got {n_threads}")
+        self.pool = pylut_pool_create(n_threads)
+        if self.pool == NULL:
+            raise MemoryError("could not create the thread pool")
+        self.lock = threading.Lock()  # a pool runs one job at a time
+
+    def __dealloc__(self):
+        if self.pool != NULL:
+            pylut_pool_free(self.pool)
+            self.pool = NULL
+
+    @property
+    def n_threads(self):
+        return pylut_pool_size(self.pool)
+
+
+# ---------------------------------------------------------------- packed matrices
+
+cdef class QMatrix:
+    """A weight matrix W[m, k] packed in the bit-plane layout of include/pylut/pylut.h.
+    Build with QMatrix.from_codes (B-types) or QMatrix.from_trits (dense ternary T3)."""
+    cdef pylut_qmatrix qm
+    cdef readonly object codes_buf, scale_buf, bias_buf, row_scale_buf
+
+    @staticmethod
+    def layout(int type, int64_t m, int64_t k, int group=128, bint has_bias=False):
+        """Sizes of the buffers a matrix of this type/shape needs (dict)."""
+        cdef pylut_qmatrix q
+        _check(pylut_qmatrix_layout(&q, type, m, k, group, has_bias), "QMatrix.layout")
+        return dict(type=q.type, bits=q.bits, m=q.m, k=q.k, m_pad=q.m_pad, k_pad=q.k_pad,
+                    group=q.group, has_bias=bool(q.has_bias), codes_bytes=q.codes_bytes,
+                    scale_count=q.scale_count)
+
+    @staticmethod
+    def from_packed(int type, int64_t m, int64_t k, int group, bint has_bias, codes,
+                    scale=None, bias=None, row_scale=None):
+        """Wrap already-packed buffers (e.g. from a packed-model file); sizes are checked."""
+        cdef QMatrix self = QMatrix.__new__(QMatrix)
+        _check(pylut_qmatrix_layout(&self.qm, type, m, k, group, has_bias), "QMatrix.from_packed")
+        codes = _array(codes, np.uint8, 1, "codes")
+        if codes.size != self.qm.codes_bytes:
+            raise ValueError(f"codes has {codes.size} bytes, layout needs {self.qm.codes_bytes}")
+        self.codes_buf = codes
+        self.qm.codes = <uint8_t *>cnp.PyArray_DATA(codes)
+        if type == PYLUT_TYPE_T3:
+            row_scale = _array(row_scale, np.float32, 1, "row_scale")
+            if row_scale.size != self.qm.scale_count:
+                raise ValueError(f"row_scale has {row_scale.size} entries, layout needs {self.qm.scale_count}")
+            self.row_scale_buf = row_scale
+            self.qm.row_scale = <float *>cnp.PyArray_DATA(row_scale)
+            return self
+        scale = _array(scale, np.uint16, 1, "scale (fp16 bits)")
+        if scale.size != self.qm.scale_count:
+            raise ValueError(f"scale has {scale.size} entries, layout needs {self.qm.scale_count}")
+        self.scale_buf = scale
+        self.qm.scale = <uint16_t *>cnp.PyArray_DATA(scale)
+        if has_bias:
+            bias = _array(bias, np.uint16, 1, "bias (fp16 bits)")
+            if bias.size != self.qm.scale_count:
+                raise ValueError(f"bias has {bias.size} entries, layout needs {self.qm.scale_count}")
+            self.bias_buf = bias
+            self.qm.bias = <uint16_t *>cnp.PyArray_DATA(bias)
+        return self
+
+    @staticmethod
+    def from_codes(codes, scale, bias=None, int bits=4, int group=128):
+        """codes: uint8 [m, k] in [0, 2^bits); scale, bias: float [m, ceil(k/group)], stored
+        as fp16; W = scale*codes + bias per group. bias=None means the symmetric grid
+        W = scale*(codes - (2^bits-1)/2)."""
+        codes = _array(codes, np.uint8, 2, "codes")
+        if not 1 <= bits <= 4:
+            raise ValueError(f"bits must be 1..4, got {bits}")
+        m, k = codes.shape
+        info = QMatrix.layout(bits, m, k, group, bias is not None)
+        n_groups = info["k_pad"] // group
+        scale = _group_params(scale, m, n_groups, "scale")
+        packed_scale = _tile_params(scale, info["m_pad"], n_groups)
+        packed_bias = None
+        if bias is not None:
+            packed_bias = _tile_params(_group_params(bias, m, n_groups, "bias"), info["m_pad"], n_groups)
+        if codes.size and int(codes.max()) >> bits:
+            raise ValueError(f"codes must be < 2^{bits} = {1 << bits}, max is {int(codes.max())}")
+        cdef QMatrix self = QMatrix.from_packed(bits, m, k, group, bias is not None,
+                                                np.zeros(info["codes_bytes"], np.uint8),
+                                                packed_scale, packed_bias)
+        cdef const uint8_t[:, ::1] cv = codes
+        cdef int rc
+        with nogil:
+            rc = pylut_pack_codes(&self.qm, &cv[0, 0], cv.shape[1])
+        _check(rc, "pack_codes")
+        return self
+
+    @staticmethod
+    def from_trits(trits, row_scale):
+        """trits: int8 [m, k] in {-1, 0, 1}; row_scale: float32 [m]. W = row_scale * trits,
+        packed densely (3 weights per 5 bits: 1.67 bits/weight)."""
+        trits = _array(trits, np.int8, 2, "trits")
+        m, k = trits.shape
+        if trits.size and (int(trits.min()) < -1 or int(trits.max()) > 1):
+            raise ValueError("trits must be in {-1, 0, 1}")
+        info = QMatrix.layout(PYLUT_TYPE_T3, m, k)
+        rs = np.asarray(row_scale, dtype=np.float32).reshape(-1)
+        if rs.size != m:
+            raise ValueError(f"row_scale must have {m} entries, got {rs.size}")
+        rs_pad = np.zeros(info["m_pad"], np.float32)
+        rs_pad[:m] = rs
+        cdef QMatrix self = QMatrix.from_packed(PYLUT_TYPE_T3, m, k, 0, False,
+                                                np.zeros(info["codes_bytes"], np.uint8),
+                                                row_scale=rs_pad)
+        codes = np.ascontiguousarray((trits + 1).astype(np.uint8))
+        cdef const uint8_t[:, ::1] cv = codes
+        cdef int rc
+        with nogil:
+            rc = pylut_pack_codes(&self.qm, &cv[0, 0], cv.shape[1])
+        _check(rc, "pack_codes")
+        return self
+
+    @property
+    def shape(self):
+        return (self.qm.m, self.qm.k)
+
+    @property
+    def type(self):
+        return self.qm.type
+
+    @property
+    def bits(self):
+        return self.qm.bits
+
+    @property
+    def group(self):
+        return self.qm.group
+
+    @property
+    def has_bias(self):
+        return bool(self.qm.has_bias)
+
+    @property
+    def k_pad(self):
+        return self.qm.k_pad
+
+    @property
+    def nbytes(self):
+        """Bytes a GEMV reads: packed codes + scales (+ biases)."""
+        n = self.codes_buf.nbytes
+        for b in (self.scale_buf, self.bias_buf, self.row_scale_buf):
+            if b is not None:
+                n += b.nbytes
+        return n
+
+    @property
+    def bits_per_weight(self):
+        return 8.0 * self.nbytes / (self.qm.m * self.qm.k)
+
+    def unpack_codes(self):
+        """The integer codes back as uint8 [m, k] (T3: trit+1 in {0,1,2})."""
+        out = np.empty((self.qm.m, self.qm.k), np.uint8)
+        cdef uint8_t[:, ::1] ov = out
+        cdef int rc
+        with nogil:
+            rc = pylut_unpack_codes(&self.qm, &ov[0, 0], ov.shape[1])
+        _check(rc, "unpack_codes")
+        return out
+
+    def dequantize(self):
+        """float32 W[m, k] exactly as the kernel's packed data defines it (test reference)."""
+        m, k = self.qm.m, self.qm.k
+        codes = self.unpack_codes().astype(np.float32)
+        if self.qm.type == PYLUT_TYPE_T3:
+            return (codes - 1.0) * self.row_scale_buf[:m, None]
+        g = self.qm.group
+        n_groups = self.qm.k_pad // g
+        s = _untile_params(self.scale_buf, self.qm.m_pad, n_groups)[:m]
+        if self.qm.has_bias:
+            b = _untile_params(self.bias_buf, self.qm.m_pad, n_groups)[:m]
+        else:
+            b = -s * ((1 << self.qm.bits) - 1) / 2.0
+        s = np.repeat(s, g, axis=1)[:, :k]
+        b = np.repeat(b, g, axis=1)[:, :k]
+        return s * codes + b
+
+
+def _group_params(a, m, n_groups, name):
+    a = np.asarray(a, dtype=np.float32)
+    if a.shape != (m, n_groups):
+        raise ValueError(f"{name} must have shape ({m}, {n_groups}) = (rows, ceil(k/group)), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} has non-finite values")
+    return a
+
+
+def _tile_params(a, m_pad, n_groups):
+    """[m, G] float -> fp16 bits in the kernel's [m_pad/32][G][32] order."""
+    full = np.zeros((m_pad, n_groups), np.float16)
+    full[: a.shape[0]] = a.astype(np.float16)
+    return np.ascontiguousarray(full.reshape(m_pad // TILE_M, TILE_M, n_groups)
+                                .transpose(0, 2, 1)).reshape(-1).view(np.uint16)
+
+
+def _untile_params(buf, m_pad, n_groups):
+    return (buf.view(np.float16).reshape(m_pad // TILE_M, n_groups, TILE_M)
+            .transpose(0, 2, 1).reshape(m_pad, n_groups).astype(np.float32))
+
+
+# ---------------------------------------------------------------- tables and GEMM
+
+cdef class Tables:
+    """Lookup tables for n activation vectors, built once and read by every matrix of the
+    same k/group/family (q, k, v share one; gate, up share one)."""
+    cdef pylut_lut *luts
+    cdef readonly int n
+    cdef readonly object tbl, tscale, sumx
+    cdef readonly int64_t k
+
+    def __cinit__(self, QMatrix like, int n):
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self.luts = <pylut_lut *>malloc(n * sizeof(pylut_lut))
+        if self.luts == NULL:
+            raise MemoryError()
+        self.n = n
+        _check(pylut_lut_layout(&self.luts[0], &like.qm), "Tables")
+        cdef pylut_lut base = self.luts[0]
+        self.k = base.k
+        self.tbl = np.zeros((n, base.tbl_bytes), np.int8)
+        self.tscale = np.zeros((n, base.n_groups), np.float32)
+        self.sumx = np.zeros((n, base.n_groups), np.float32)
+        cdef int8_t[:, ::1] tv = self.tbl
+        cdef float[:, ::1] sv = self.tscale
+        cdef float[:, ::1] xv = self.sumx
+        for i in range(n):
+            self.luts[i] = base
+            self.luts[i].tbl = &tv[i, 0]
+            self.luts[i].tscale = &sv[i, 0]
+            self.luts[i].sumx = &xv[i, 0]
+
+    def __dealloc__(self):
+        free(self.luts)
+
+    def build(self, x, ThreadPool pool):
+        x = _array(x, np.float32, (1, 2), "x")
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape != (self.n, self.k):
+            raise ValueError(f"x must have shape ({self.n}, {self.k}), got {x.shape}")
+        cdef const float[:, ::1] xv = x2
+        cdef int rc
+        with pool.lock:
+            with nogil:
+                rc = pylut_lut_build(pool.pool, self.luts, self.n, &xv[0, 0], xv.shape[1])
+        _check(rc, "lut_build")
+
+
+def gemm_multi(mats, x, ThreadPool pool, Tables tables=None):
+    """y_i = W_i x for every matrix (same k, group and family): one table build, one
+    dispatch. x: float32 [k] or [n, k]. Returns a list of float32 [m_i] or [n, m_i]."""
+    if not 1 <= len(mats) <= 8:
+        raise ValueError("gemm_multi takes 1..8 matrices")
+    for obj in mats:
+        if not isinstance(obj, QMatrix):
+            raise TypeError(f"expected QMatrix, got {type(obj).__name__}")
+    x = _array(x, np.float32, (1, 2), "x")
+    cdef QMatrix first = mats[0]
+    cdef int64_t k = first.qm.k
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} columns but the matrix has k={k}")
+    cdef int n = 1 if x.ndim == 1 else x.shape[0]
+    if n < 1:
+        raise ValueError("x has no rows")
+    cdef QMatrix q
+    for q in mats:
+        if (q.qm.k, q.qm.group, q.qm.type == PYLUT_TYPE_T3) != (k, first.qm.group, first.qm.type == PYLUT_TYPE_T3):
+            raise ValueError("matrices sharing tables must have the same k, group and family")
+    if tables is None:
+        tables = Tables(first, n)
+        tables.build(x, pool)
+    elif tables.n != n or tables.k != k:
+        raise ValueError("tables were built for another shape")
+    outs = [np.empty((n, (<QMatrix>obj).qm.m), np.float32) for obj in mats]
+    cdef const pylut_qmatrix *qms[8]
+    cdef float *ys[8]
+    cdef int64_t ldys[8]
+    cdef float[:, ::1] ov
+    cdef int i
+    for i in range(len(mats)):
+        q = mats[i]
+        qms[i] = &q.qm
+        ov = outs[i]
+        ys[i] = &ov[0, 0]
+        ldys[i] = ov.shape[1]
+    cdef int rc, nm = len(mats)
+    with pool.lock:
+        with nogil:
+            rc = pylut_gemm_multi(pool.pool, nm, qms, tables.luts, n, ys, ldys)
+    _check(rc, "gemm")
+    if x.ndim == 1:
+        return [o[0] for o in outs]
+    return outs
+
+
+# ---------------------------------------------------------------- int8 baseline
+
+cdef class I8Matrix:
+    """The llama.cpp-style dequant-dot baseline: b-bit codes unpacked to bytes and
+    multiplied with int8 activations (bits 2 or 4, k a multiple of 256/bits)."""
+    cdef pylut_i8matrix qm
+    cdef readonly object codes_buf, scale_buf, bias_buf
+
+    def __cinit__(self, codes, scale, bias, int bits):
+        codes = _array(codes, np.uint8, 2, "codes")
+        m, k = codes.shape
+        _check(pylut_i8matrix_layout(&self.qm, bits, m, k), "I8Matrix (bits 2/4, k % (256/bits) == 0)")
+        if codes.size and int(codes.max()) >> bits:
+            raise ValueError(f"codes must be < 2^{bits}")
+        self.scale_buf = np.ascontiguousarray(_group_params(scale, m, k // 32, "scale").astype(np.float16)).view(np.uint16)
+        self.bias_buf = np.ascontiguousarray(_group_params(bias, m, k // 32, "bias").astype(np.float16)).view(np.uint16)
+        self.codes_buf = np.zeros(m * self.qm.row_bytes, np.uint8)
+        self.qm.codes = <uint8_t *>cnp.PyArray_DATA(self.codes_buf)
+        self.qm.scale = <uint16_t *>cnp.PyArray_DATA(self.scale_buf)
+        self.qm.bias = <uint16_t *>cnp.PyArray_DATA(self.bias_buf)
+        cdef const uint8_t[:, ::1] cv = codes
+        _check(pylut_i8_pack(&self.qm, &cv[0, 0], cv.shape[1]), "i8_pack")
+
+    @property
+    def nbytes(self):
+        return self.codes_buf.nbytes + self.scale_buf.nbytes + self.bias_buf.nbytes
+
+    def quantize_x(self, x):
+        x = _array(x, np.float32, 1, "x")
+        if x.shape[0] != self.qm.k:
+            raise ValueError(f"x must have {self.qm.k} entries")
+        xq = np.empty(self.qm.k, np.int8)
+        xs = np.empty(self.qm.k // 32, np.float32)
+        xsum = np.empty(self.qm.k // 32, np.float32)
+        cdef const float[::1] xv = x
+        cdef int8_t[::1] qv = xq
+        cdef float[::1] sv = xs
+        cdef float[::1] mv = xsum
+        _check(pylut_i8_quantize_x(self.qm.k, &xv[0], &qv[0], &sv[0], &mv[0]), "i8_quantize_x")
+        return xq, xs, xsum
+
+    def gemv(self, xq, xs, xsum, ThreadPool pool):
+        xq = _array(xq, np.int8, 1, "xq")
+        xs = _array(xs, np.float32, 1, "xs")
+        xsum = _array(xsum, np.float32, 1, "xsum")
+        if xq.shape[0] != self.qm.k or xs.shape[0] != self.qm.k // 32 or xsum.shape[0] != self.qm.k // 32:
+            raise ValueError("quantized x does not match the matrix")
+        y = np.empty(self.qm.m, np.float32)
+        cdef const int8_t[::1] qv = xq
+        cdef const float[::1] sv = xs
+        cdef const float[::1] mv = xsum
+        cdef float[::1] yv = y
+        cdef int rc
+        with pool.lock:
+            with nogil:
+                rc = pylut_i8_gemv(pool.pool, &self.qm, &qv[0], &sv[0], &mv[0], &yv[0])
+        _check(rc, "i8_gemv")
+        return y

@@ -1,0 +1,85 @@
+# cpylut.pxd - the C API of include/pylut/pylut.h, for Cython. Declarations only.
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+
+cdef extern from "pylut/pylut.h" nogil:
+    enum:
+        PYLUT_TYPE_B1
+        PYLUT_TYPE_B2
+        PYLUT_TYPE_B3
+        PYLUT_TYPE_B4
+        PYLUT_TYPE_T3
+        PYLUT_ISA_SCALAR
+        PYLUT_ISA_AVX2
+        PYLUT_ISA_AVX512
+        PYLUT_ISA_NEON
+        PYLUT_ISA_NEON_DOT
+        PYLUT_OK
+        PYLUT_EINVAL
+        PYLUT_ENOMEM
+        PYLUT_EISA
+        PYLUT_TILE_M
+        PYLUT_MIN_GROUP
+        PYLUT_MAX_GROUP
+
+    ctypedef struct pylut_qmatrix:
+        int32_t type
+        int32_t bits
+        int64_t m, k, m_pad, k_pad
+        int32_t group
+        int32_t has_bias
+        int64_t codes_bytes
+        int64_t scale_count
+        uint8_t *codes
+        uint16_t *scale
+        uint16_t *bias
+        float *row_scale
+
+    ctypedef struct pylut_lut:
+        int32_t kind
+        int64_t k, k_pad
+        int32_t group
+        int64_t tbl_bytes, n_groups
+        int8_t *tbl
+        float *tscale
+        float *sumx
+
+    ctypedef struct pylut_pool:
+        pass
+
+    ctypedef struct pylut_i8matrix:
+        int32_t bits
+        int64_t m, k, row_bytes
+        uint8_t *codes
+        uint16_t *scale
+        uint16_t *bias
+
+    int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias)
+    int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld)
+    int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld)
+    int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g)
+    int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm)
+
+    pylut_pool *pylut_pool_create(int n_threads)
+    void pylut_pool_free(pylut_pool *pool)
+    int pylut_pool_size(const pylut_pool *pool)
+
+    int pylut_lut_build(pylut_pool *pool, pylut_lut *lut, int n, const float *x, int64_t ldx)
+    int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, int n,
+                   float *y, int64_t ldy)
+    int pylut_gemm_multi(pylut_pool *pool, int n_mats, const pylut_qmatrix *const *qms,
+                         const pylut_lut *lut, int n, float *const *ys, const int64_t *ldys)
+
+    int pylut_i8matrix_layout(pylut_i8matrix *qm, int bits, int64_t m, int64_t k)
+    int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld)
+    int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum)
+    int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq,
+                      const float *xs, const float *xsum, float *y)
+
+    int pylut_isa_detect()
+    int pylut_isa_supported(int isa)
+    int pylut_isa_active()
+    int pylut_isa_set(int isa)
+    const char *pylut_isa_name(int isa)
+    const char *pylut_cpu_flags()
+    float pylut_fp16_to_fp32(uint16_t h)
+    uint16_t pylut_fp32_to_fp16(float f)

@@ -1,0 +1,169 @@
+"""pylut.kernels - the Python face of the kernel core: quantize float matrices into packed
+QMatrix objects, run table-lookup GEMV/GEMM, and choose the ISA and thread count."""
+import logging
+import os
+
+import numpy as np
+
+from . import _core
+from ._core import I8Matrix, QMatrix, Tables, ThreadPool
+
+log = logging.getLogger("pylut")
+
+TYPE_T3 = _core.TYPE_T3
+MODES = ("sym", "zp", "ternary", "t3")
+
+
+# ---------------------------------------------------------------- threads
+
+def physical_cores():
+    """Physical cores available to this process (hyperthread siblings counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(c))
+    return max(1, len(cores))
+
+
+_pools = {}
+
+
+def get_pool(n_threads=None):
+    """A shared persistent pool with n_threads (default: physical cores)."""
+    n = physical_cores() if n_threads is None else int(n_threads)
+    if n < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    if n not in _pools:
+        _pools[n] = ThreadPool(n)
+    return _pools[n]
+
+
+# ---------------------------------------------------------------- ISA
+
+def cpu_features():
+    """What this CPU runs and what pylut uses: {'isa', 'best', 'supported', 'flags', 'threads'}."""
+    return {
+        "isa": _core.isa_active(),
+        "best": _core.isa_detect(),
+        "supported": _core.isa_supported(),
+        "flags": _core.cpu_flags(),
+        "physical_cores": physical_cores(),
+    }
+
+
+def set_isa(name):
+    """Force a kernel family ('scalar', 'avx2', 'avx512', 'neon', 'neon_dotprod')."""
+    _core.isa_set(name)
+    log.info("pylut: kernels set to %s", name)
+
+
+def _init_isa():
+    """Pick the best ISA once; PYLUT_ISA=name forces a lower one (tests, old-CPU checks)."""
+    forced = os.environ.get("PYLUT_ISA", "").strip().lower()
+    best = _core.isa_detect()
+    if forced:
+        if forced not in _core.ISA_BY_NAME or forced not in _core.isa_supported():
+            log.warning("PYLUT_ISA=%s is not supported here (supported: %s); using %s",
+                        forced, ", ".join(_core.isa_supported()), best)
+            forced = ""
+    _core.isa_set(forced or best)
+
+
+_init_isa()
+
+
+# ---------------------------------------------------------------- quantization
+
+def _as_matrix(w):
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"weights must be 2-D [m, k], got shape {w.shape}")
+    if w.dtype.kind != "f":
+        raise TypeError(f"weights must be floating point, got {w.dtype}")
+    w = w.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights contain NaN or inf")
+    return w
+
+
+def _grouped(w, group):
+    m, k = w.shape
+    k_pad = -(-k // group) * group
+    wp = np.zeros((m, k_pad), np.float32)
+    wp[:, :k] = w
+    return wp.reshape(m, k_pad // group, group)
+
+
+def _fp16(a):
+    """Round to what the kernel stores, so codes are chosen against the real scale."""
+    return a.astype(np.float16).astype(np.float32)
+
+
+def quantize(w, bits=4, group=128, mode="sym"):
+    """Quantize float W[m, k] round-to-nearest into a packed QMatrix.
+
+    mode 'sym': W = s*(q - (2^b-1)/2), one fp16 scale per group (the symmetric grid of the
+                bit-plane method: no offset term at run time).
+    mode 'zp':  W = s*q + min per group (asymmetric, fp16 scale and bias).
+    mode 'ternary': W = s*t, t in {-1,0,1}, s = mean |w| per group (BitNet's absmean), stored
+                as 2-bit codes t+1 with bias -s.
+    mode 't3':  ternary with one absmean scale per row, packed densely (1.67 bits/weight)."""
+    w = _as_matrix(w)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "t3":
+        s = np.abs(w).mean(axis=1)
+        s = np.where(s > 0, s, 1.0).astype(np.float32)
+        trits = np.clip(np.rint(w / s[:, None]), -1, 1).astype(np.int8)
+        return QMatrix.from_trits(trits, s)
+    if mode == "ternary":
+        bits = 2
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 4:
+        raise ValueError(f"bits must be 1, 2, 3 or 4, got {bits!r}")
+    if not isinstance(group, (int, np.integer)) or group % 8 or not _core.MIN_GROUP <= group <= _core.MAX_GROUP:
+        raise ValueError(f"group must be a multiple of 8 in [{_core.MIN_GROUP}, {_core.MAX_GROUP}], got {group!r}")
+    m, k = w.shape
+    wg = _grouped(w, group)
+    qmax = (1 << bits) - 1
+    if mode == "ternary":
+        s = _fp16(np.abs(wg).sum(axis=2) / np.maximum(1, np.count_nonzero(wg, axis=2)))
+        s = np.where(s > 0, s, 1.0).astype(np.float32)
+        q = np.clip(np.rint(wg / s[:, :, None]), -1, 1) + 1
+        bias = -s
+    elif mode == "sym":
+        h = qmax / 2.0
+        if bits == 1:  # sign quantization: the best scale is the mean magnitude
+            s = np.abs(wg).mean(axis=2) / h
+        else:
+            s = np.abs(wg).max(axis=2) / h
+        s = _fp16(s)
+        s = np.where(s > 0, s, 1.0).astype(np.float32)
+        q = np.clip(np.rint(wg / s[:, :, None] + h), 0, qmax)
+        bias = None
+    else:  # zp
+        lo, hi = _fp16(wg.min(axis=2)), wg.max(axis=2)
+        s = _fp16((hi - lo) / qmax)
+        s = np.where(s > 0, s, 1.0).astype(np.float32)
+        q = np.clip(np.rint((wg - lo[:, :, None]) / s[:, :, None]), 0, qmax)
+        bias = lo
+    codes = np.ascontiguousarray(q.reshape(m, -1)[:, :k].astype(np.uint8))
+    return QMatrix.from_codes(codes, s, bias, bits=bits, group=group)
+
+
+# ---------------------------------------------------------------- GEMV / GEMM
+
+def gemm(qm, x, n_threads=None, pool=None):
+    """y = W x for a packed matrix: x float32 [k] -> [m], or [n, k] -> [n, m]."""
+    return _core.gemm_multi([qm], x, pool or get_pool(n_threads))[0]
+
+
+def gemm_multi(mats, x, n_threads=None, pool=None):
+    """Several matrices reading the same x (q/k/v): one table build, one dispatch."""
+    return _core.gemm_multi(list(mats), x, pool or get_pool(n_threads))

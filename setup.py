@@ -1,0 +1,66 @@
+"""Build pylut's one extension, pylut._core.
+
+Per-ISA kernel units get their own instruction-set flags; everything else is compiled for the
+baseline ISA so the wheel runs on any x86-64 / aarch64 CPU. The kernels are chosen at run
+time (src/dispatch.c). Never -march=native: a wheel built so dies with SIGILL elsewhere.
+"""
+import os
+import sysconfig
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+PLATFORM = sysconfig.get_platform()  # crossenv reports the target (e.g. linux-aarch64)
+IS_X86_64 = PLATFORM.endswith(("x86_64", "amd64"))
+IS_AARCH64 = PLATFORM.endswith(("aarch64", "arm64"))
+
+# Flags per kernel unit; a unit for another architecture compiles to nothing (#if guards).
+ISA_FLAGS = {}
+if IS_X86_64:
+    ISA_FLAGS = {
+        "lut_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "lut_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
+    }
+
+SOURCES = ["pylut/_core.pyx"] + [
+    os.path.join("src", f)
+    for f in ("dispatch.c", "pack.c", "i8_pack.c", "threadpool.c", "lut_scalar.c",
+              "lut_avx2.c", "lut_avx512.c", "lut_neon.c")
+]
+
+BASE_FLAGS = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
+              "-Wno-unknown-pragmas"]
+
+
+class PerFileFlagsBuildExt(build_ext):
+    """setuptools compiles all sources of an extension with one set of flags; the kernel
+    units need their own, so add them per source file at compile time."""
+
+    def build_extensions(self):
+        compiler = self.compiler
+        original = compiler._compile
+
+        def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            extra = list(extra_postargs) + ISA_FLAGS.get(os.path.basename(src), [])
+            return original(obj, src, ext, cc_args, extra, pp_opts)
+
+        compiler._compile = _compile
+        super().build_extensions()
+
+
+ext = Extension(
+    "pylut._core",
+    sources=SOURCES,
+    include_dirs=["include", "src", numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=BASE_FLAGS,
+    extra_link_args=["-pthread"],
+    libraries=["m"],
+)
+
+setup(
+    ext_modules=cythonize([ext], language_level=3),
+    cmdclass={"build_ext": PerFileFlagsBuildExt},
+)

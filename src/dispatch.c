@@ -1,0 +1,295 @@
+/* dispatch.c - CPU feature detection, the one kernel table chosen at import, and the public
+ * entry points: they validate every size they are handed, then split work over the pool. */
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ------------------------------------------------------------------ CPU features */
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+
+static uint64_t read_xcr0(void) {
+    uint32_t lo, hi;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static struct {
+    int ssse3, sse42, avx, avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vbmi, avx512vnni;
+    int os_ymm, os_zmm;
+} cpu;
+
+static void detect(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    cpu.ssse3 = (c >> 9) & 1;
+    cpu.fma = (c >> 12) & 1;
+    cpu.sse42 = (c >> 20) & 1;
+    cpu.avx = (c >> 28) & 1;
+    cpu.f16c = (c >> 29) & 1;
+    /* The CPU having AVX is not enough: the OS must save ymm/zmm state on context switch. */
+    if ((c >> 27) & 1) { /* OSXSAVE */
+        uint64_t xcr0 = read_xcr0();
+        cpu.os_ymm = (xcr0 & 0x6) == 0x6;
+        cpu.os_zmm = cpu.os_ymm && (xcr0 & 0xe0) == 0xe0;
+    }
+    if (__get_cpuid_max(0, NULL) >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        cpu.avx2 = (b >> 5) & 1;
+        cpu.avx512f = (b >> 16) & 1;
+        cpu.avx512bw = (b >> 30) & 1;
+        cpu.avx512vl = (b >> 31) & 1;
+        cpu.avx512vbmi = (c >> 1) & 1;
+        cpu.avx512vnni = (c >> 11) & 1;
+    }
+}
+
+int pylut_isa_supported(int isa) {
+    switch (isa) {
+    case PYLUT_ISA_SCALAR: return 1;
+    /* Haswell (2013) and later Intel, AMD Zen 1-5, Excavator: AVX2 + FMA + F16C */
+    case PYLUT_ISA_AVX2: return cpu.os_ymm && cpu.avx && cpu.avx2 && cpu.fma && cpu.f16c;
+    /* Skylake-SP/X, Ice Lake, Sapphire Rapids, Zen 4/5 (and Tiger Lake laptops) */
+    case PYLUT_ISA_AVX512:
+        return pylut_isa_supported(PYLUT_ISA_AVX2) && cpu.os_zmm && cpu.avx512f && cpu.avx512bw &&
+               cpu.avx512vl;
+    default: return 0;
+    }
+}
+
+const char *pylut_cpu_flags(void) {
+    static char buf[256];
+    snprintf(buf, sizeof buf, "%s%s%s%s%s%s%s%s%s%s%s", cpu.ssse3 ? "ssse3," : "",
+             cpu.sse42 ? "sse4.2," : "", cpu.avx && cpu.os_ymm ? "avx," : "",
+             cpu.avx2 && cpu.os_ymm ? "avx2," : "", cpu.fma ? "fma," : "", cpu.f16c ? "f16c," : "",
+             cpu.avx512f && cpu.os_zmm ? "avx512f," : "", cpu.avx512bw && cpu.os_zmm ? "avx512bw," : "",
+             cpu.avx512vl && cpu.os_zmm ? "avx512vl," : "", cpu.avx512vbmi && cpu.os_zmm ? "avx512vbmi," : "",
+             cpu.avx512vnni && cpu.os_zmm ? "avx512vnni," : "");
+    size_t n = strlen(buf);
+    if (n) buf[n - 1] = 0;
+    return buf;
+}
+
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1 << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#ifndef HWCAP_ASIMDHP
+#define HWCAP_ASIMDHP (1 << 10)
+#endif
+
+static unsigned long hwcap;
+static void detect(void) { hwcap = getauxval(AT_HWCAP); }
+
+int pylut_isa_supported(int isa) {
+    switch (isa) {
+    case PYLUT_ISA_SCALAR: return 1;
+    /* every aarch64 core: Cortex-A53/A72 (Pi 3/4), Neoverse, Apple */
+    case PYLUT_ISA_NEON: return (hwcap & HWCAP_ASIMD) != 0;
+    /* armv8.2-a dotprod: Cortex-A76 (Pi 5), A55, Neoverse N1+, Apple M1+ */
+    case PYLUT_ISA_NEON_DOT: return (hwcap & HWCAP_ASIMD) && (hwcap & HWCAP_ASIMDDP);
+    default: return 0;
+    }
+}
+
+const char *pylut_cpu_flags(void) {
+    static char buf[64];
+    snprintf(buf, sizeof buf, "%s%s%s", hwcap & HWCAP_ASIMD ? "neon" : "",
+             hwcap & HWCAP_ASIMDDP ? ",dotprod" : "", hwcap & HWCAP_ASIMDHP ? ",fp16" : "");
+    return buf;
+}
+
+#else
+static void detect(void) {}
+int pylut_isa_supported(int isa) { return isa == PYLUT_ISA_SCALAR; }
+const char *pylut_cpu_flags(void) { return ""; }
+#endif
+
+/* ------------------------------------------------------------------ the kernel table */
+
+static const pylut_kernels *active = &pylut_kernels_scalar;
+static int active_isa = PYLUT_ISA_SCALAR;
+static int detected = 0;
+
+static const pylut_kernels *kernels_for(int isa) {
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case PYLUT_ISA_AVX2: return &pylut_kernels_avx2;
+    case PYLUT_ISA_AVX512: return pylut_kernels_avx512.gemm_b ? &pylut_kernels_avx512 : &pylut_kernels_avx2; /* TEMP */
+#endif
+#if defined(__aarch64__)
+    case PYLUT_ISA_NEON: return &pylut_kernels_neon;
+    case PYLUT_ISA_NEON_DOT: return &pylut_kernels_neon_dot;
+#endif
+    default: return &pylut_kernels_scalar;
+    }
+}
+
+int pylut_isa_detect(void) {
+    if (!detected) { detect(); detected = 1; }
+    static const int order[] = {PYLUT_ISA_AVX512, PYLUT_ISA_AVX2, PYLUT_ISA_NEON_DOT, PYLUT_ISA_NEON};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (pylut_isa_supported(order[i])) return order[i];
+    return PYLUT_ISA_SCALAR;
+}
+
+int pylut_isa_set(int isa) {
+    if (!detected) { detect(); detected = 1; }
+    if (!pylut_isa_supported(isa)) return PYLUT_EISA;
+    active = kernels_for(isa);
+    active_isa = isa;
+    return PYLUT_OK;
+}
+
+int pylut_isa_active(void) { return active_isa; }
+
+const char *pylut_isa_name(int isa) {
+    switch (isa) {
+    case PYLUT_ISA_SCALAR: return "scalar";
+    case PYLUT_ISA_AVX2: return "avx2";
+    case PYLUT_ISA_AVX512: return "avx512";
+    case PYLUT_ISA_NEON: return "neon";
+    case PYLUT_ISA_NEON_DOT: return "neon_dotprod";
+    default: return "unknown";
+    }
+}
+
+/* ------------------------------------------------------------------ validation */
+
+/* A matrix is trusted only if its fields equal what the layout function computes. */
+static int qmatrix_ok(const pylut_qmatrix *qm) {
+    pylut_qmatrix ref;
+    if (!qm || !qm->codes) return 0;
+    if (pylut_qmatrix_layout(&ref, qm->type, qm->m, qm->k, qm->group, qm->has_bias) != PYLUT_OK) return 0;
+    if (ref.m_pad != qm->m_pad || ref.k_pad != qm->k_pad || ref.codes_bytes != qm->codes_bytes ||
+        ref.scale_count != qm->scale_count || ref.bits != qm->bits)
+        return 0;
+    if (qm->type == PYLUT_TYPE_T3) return qm->row_scale != NULL;
+    return qm->scale != NULL && (!qm->has_bias || qm->bias != NULL);
+}
+
+static int lut_ok(const pylut_lut *lut, const pylut_qmatrix *qm) {
+    pylut_lut ref;
+    if (!lut || !lut->tbl || !lut->tscale || pylut_lut_layout(&ref, qm) != PYLUT_OK) return 0;
+    return lut->kind == ref.kind && lut->k == ref.k && lut->k_pad == ref.k_pad &&
+           lut->group == ref.group && lut->tbl_bytes == ref.tbl_bytes &&
+           lut->n_groups == ref.n_groups && (lut->kind == 1 || lut->sumx != NULL);
+}
+
+/* ------------------------------------------------------------------ table build */
+
+typedef struct {
+    pylut_lut *lut;
+    int n;
+    const float *x;
+    int64_t ldx;
+} build_ctx;
+
+static void build_task(void *arg, int ith, int nth) {
+    build_ctx *c = arg;
+    int64_t per = c->lut[0].n_groups, total = per * c->n;
+    int64_t w0 = total * ith / nth, w1 = total * (ith + 1) / nth;
+    for (int64_t w = w0; w < w1;) {
+        int64_t tok = w / per, g0 = w % per, g1 = g0 + (w1 - w);
+        if (g1 > per) g1 = per;
+        pylut_lut *L = c->lut + tok;
+        if (L->kind == 1) pylut_lut_build_t3_range(c->x + tok * c->ldx, L, g0, g1);
+        else pylut_lut_build_b_range(c->x + tok * c->ldx, L, g0, g1);
+        w += g1 - g0;
+    }
+}
+
+int pylut_lut_build(pylut_pool *pool, pylut_lut *lut, int n, const float *x, int64_t ldx) {
+    if (!lut || !x || n < 1 || ldx < lut[0].k) return PYLUT_EINVAL;
+    for (int i = 0; i < n; i++)
+        if (!lut[i].tbl || !lut[i].tscale || (lut[i].kind == 0 && !lut[i].sumx) ||
+            lut[i].k != lut[0].k || lut[i].k_pad != lut[0].k_pad || lut[i].group != lut[0].group ||
+            lut[i].kind != lut[0].kind || lut[i].n_groups != lut[0].n_groups || lut[i].n_groups < 1)
+            return PYLUT_EINVAL;
+    build_ctx c = {lut, n, x, ldx};
+    pylut_pool_run(pool, build_task, &c);
+    return PYLUT_OK;
+}
+
+/* ------------------------------------------------------------------ GEMM */
+
+#define MAX_MULTI 8
+
+typedef struct {
+    int n_mats;
+    const pylut_qmatrix *const *qms;
+    const pylut_lut *lut;
+    int n;
+    float *const *ys;
+    const int64_t *ldys;
+    int64_t tile_start[MAX_MULTI + 1]; /* prefix sums of tiles over the matrices */
+    const pylut_kernels *k;
+} gemm_ctx;
+
+static void gemm_task(void *arg, int ith, int nth) {
+    gemm_ctx *c = arg;
+    int64_t total = c->tile_start[c->n_mats];
+    int64_t w0 = total * ith / nth, w1 = total * (ith + 1) / nth;
+    for (int i = 0; i < c->n_mats && w0 < w1; i++) {
+        int64_t s = c->tile_start[i], e = c->tile_start[i + 1];
+        int64_t a = w0 > s ? w0 : s, b = w1 < e ? w1 : e;
+        if (a >= b) continue;
+        const pylut_qmatrix *qm = c->qms[i];
+        if (qm->type == PYLUT_TYPE_T3)
+            c->k->gemm_t3(qm, c->lut, c->n, c->ys[i], c->ldys[i], a - s, b - s);
+        else
+            c->k->gemm_b(qm, c->lut, c->n, c->ys[i], c->ldys[i], a - s, b - s);
+    }
+}
+
+int pylut_gemm_multi(pylut_pool *pool, int n_mats, const pylut_qmatrix *const *qms,
+                     const pylut_lut *lut, int n, float *const *ys, const int64_t *ldys) {
+    if (n_mats < 1 || n_mats > MAX_MULTI || !qms || !lut || !ys || !ldys || n < 1) return PYLUT_EINVAL;
+    gemm_ctx c = {n_mats, qms, lut, n, ys, ldys, {0}, active};
+    for (int i = 0; i < n_mats; i++) {
+        if (!qmatrix_ok(qms[i]) || !ys[i] || ldys[i] < qms[i]->m) return PYLUT_EINVAL;
+        for (int t = 0; t < n; t++)
+            if (!lut_ok(lut + t, qms[i])) return PYLUT_EINVAL;
+        c.tile_start[i + 1] = c.tile_start[i] + qms[i]->m_pad / PYLUT_TILE_M;
+    }
+    pylut_pool_run(pool, gemm_task, &c);
+    return PYLUT_OK;
+}
+
+int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, int n,
+               float *y, int64_t ldy) {
+    return pylut_gemm_multi(pool, 1, &qm, lut, n, &y, &ldy);
+}
+
+/* ------------------------------------------------------------------ int8 baseline */
+
+typedef struct {
+    const pylut_i8matrix *qm;
+    const int8_t *xq;
+    const float *xs, *xsum;
+    float *y;
+    const pylut_kernels *k;
+} i8_ctx;
+
+static void i8_task(void *arg, int ith, int nth) {
+    i8_ctx *c = arg;
+    int64_t m = c->qm->m, r0 = m * ith / nth, r1 = m * (ith + 1) / nth;
+    if (r0 < r1) c->k->i8_gemv(c->qm, c->xq, c->xs, c->xsum, c->y, r0, r1);
+}
+
+int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
+                  const float *xsum, float *y) {
+    pylut_i8matrix ref;
+    if (!qm || !qm->codes || !qm->scale || !qm->bias || !xq || !xs || !xsum || !y) return PYLUT_EINVAL;
+    if (pylut_i8matrix_layout(&ref, qm->bits, qm->m, qm->k) != PYLUT_OK || ref.row_bytes != qm->row_bytes)
+        return PYLUT_EINVAL;
+    i8_ctx c = {qm, xq, xs, xsum, y, active};
+    pylut_pool_run(pool, i8_task, &c);
+    return PYLUT_OK;
+}

@@ -1,0 +1,44 @@
+/* kernels.h - the per-ISA kernel table every ISA unit fills, and helpers they share.
+ * Not a public header: kernels.h is included by src/ files only. */
+#ifndef PYLUT_KERNELS_H
+#define PYLUT_KERNELS_H
+
+#include "pylut/pylut.h"
+
+/* One ISA's kernels. Ranges are half-open and already validated by dispatch.c: per-ISA code
+ * trusts them (and nothing else). */
+typedef struct {
+    /* y[t][m] for row tiles [tile0, tile1) of qm, tokens [0, n) of lut, row stride ldy */
+    void (*gemm_b)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                   int64_t tile0, int64_t tile1);
+    void (*gemm_t3)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                    int64_t tile0, int64_t tile1);
+    /* rows [r0, r1) of the int8 baseline */
+    void (*i8_gemv)(const pylut_i8matrix *qm, const int8_t *xq, const float *xs, const float *xsum,
+                    float *y, int64_t r0, int64_t r1);
+} pylut_kernels;
+
+extern const pylut_kernels pylut_kernels_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const pylut_kernels pylut_kernels_avx2;
+extern const pylut_kernels pylut_kernels_avx512;
+#endif
+#if defined(__aarch64__)
+extern const pylut_kernels pylut_kernels_neon;
+extern const pylut_kernels pylut_kernels_neon_dot;
+#endif
+
+/* Table builders (portable C, O(k) work per token: not worth per-ISA copies). Build
+ * scale-groups [g0, g1) of the tables for x. */
+void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
+void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
+
+/* Trit triple (a,b,c) in {-1,0,1}^3 -> v = 9(a+1)+3(b+1)+(c+1) in [0,27). v and 26-v are
+ * negatives of each other, so 14 table entries (v <= 13) plus a sign bit cover all 27. */
+#define PYLUT_T3_ZERO 13
+
+/* Bytes of packed codes per (row tile, k-group) for b planes. */
+static inline int pylut_b_kgroup_bytes(int bits) { return 16 * bits; }
+#define PYLUT_T3_PAIR_BYTES 40
+
+#endif

@@ -1,0 +1,185 @@
+/* lut_scalar.c - portable C: table builders, and the scalar twins of every SIMD kernel.
+ * This unit is compiled for the baseline ISA only (no -mavx2 etc.): it is what old CPUs run
+ * and what the tests compare every SIMD variant against. It reads the packed layouts
+ * nibble by nibble, so it is also the executable definition of those layouts. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ------------------------------------------------------------------ table builders */
+
+static int8_t quantize_entry(float v, float inv) {
+    long q = lrintf(v * inv); /* |v*inv| <= 127 by construction of the scale */
+    return (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+}
+
+/* B-type tables: T[idx] = sum_e (bit_e(idx) ? x_e : -x_e) for 4 activations. Only idx 0..7
+ * are computed; T[15-idx] = -T[idx] because 15-idx flips every bit. The table scale of a
+ * scale group is max |T| / 127 = max over its k-groups of sum |x_e|, so no entry clips. */
+void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
+    const int64_t kg_per_group = lut->group / PYLUT_KGROUP;
+    for (int64_t g = g0; g < g1; g++) {
+        float amax = 0.0f, sum = 0.0f;
+        for (int64_t j = g * kg_per_group; j < (g + 1) * kg_per_group; j++) {
+            float a = 0.0f;
+            for (int e = 0; e < 4; e++) {
+                int64_t col = j * 4 + e;
+                float v = col < lut->k ? x[col] : 0.0f;
+                a += fabsf(v);
+                sum += v;
+            }
+            if (a > amax) amax = a;
+        }
+        float tscale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        lut->tscale[g] = tscale;
+        lut->sumx[g] = sum;
+        for (int64_t j = g * kg_per_group; j < (g + 1) * kg_per_group; j++) {
+            float v[4];
+            for (int e = 0; e < 4; e++) v[e] = j * 4 + e < lut->k ? x[j * 4 + e] : 0.0f;
+            int8_t *t = lut->tbl + j * 16;
+            for (int idx = 0; idx < 8; idx++) {
+                float s = ((idx & 1) ? v[0] : -v[0]) + ((idx & 2) ? v[1] : -v[1]) +
+                          ((idx & 4) ? v[2] : -v[2]) - v[3];
+                t[idx] = quantize_entry(s, inv);
+                t[15 - idx] = (int8_t)-t[idx];
+            }
+        }
+    }
+}
+
+/* T3 tables: entry v (0..13) = a*x0 + b*x1 + c*x2 with v = 9(a+1)+3(b+1)+(c+1); entries for
+ * v > 13 are the negatives of 26-v and come from the sign bit. Entries 14, 15 are unused. */
+void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
+    const int64_t n_tables = lut->k_pad / PYLUT_T3_KGROUP;
+    for (int64_t g = g0; g < g1; g++) {
+        int64_t j0 = g * PYLUT_T3_TBL_GROUP, j1 = j0 + PYLUT_T3_TBL_GROUP;
+        if (j1 > n_tables) j1 = n_tables;
+        float amax = 0.0f;
+        for (int64_t j = j0; j < j1; j++) {
+            float a = 0.0f;
+            for (int e = 0; e < 3; e++) a += j * 3 + e < lut->k ? fabsf(x[j * 3 + e]) : 0.0f;
+            if (a > amax) amax = a;
+        }
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        lut->tscale[g] = amax / 127.0f;
+        for (int64_t j = j0; j < j1; j++) {
+            float v[3];
+            for (int e = 0; e < 3; e++) v[e] = j * 3 + e < lut->k ? x[j * 3 + e] : 0.0f;
+            int8_t *t = lut->tbl + j * 16;
+            for (int idx = 0; idx <= PYLUT_T3_ZERO; idx++) {
+                float s = (float)(idx / 9 - 1) * v[0] + (float)((idx / 3) % 3 - 1) * v[1] +
+                          (float)(idx % 3 - 1) * v[2];
+                t[idx] = quantize_entry(s, inv);
+            }
+            t[14] = t[15] = 0;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ B-type GEMM twin */
+
+static int nibble(const uint8_t *blk, int64_t off, int hi) {
+    return hi ? blk[off] >> 4 : blk[off] & 15;
+}
+
+static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
+                          int64_t ldy, int64_t tile0, int64_t tile1) {
+    const int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
+    const int64_t kgroups = qm->k_pad / PYLUT_KGROUP, groups = qm->k_pad / qm->group;
+    const int kg_per_group = qm->group / PYLUT_KGROUP;
+    const float h = (float)((1 << bits) - 1) * 0.5f;
+    for (int64_t t = tile0; t < tile1; t++) {
+        const uint8_t *tile = qm->codes + t * kgroups * kgb;
+        for (int tok = 0; tok < n; tok++) {
+            const pylut_lut *L = lut + tok;
+            float acc[PYLUT_TILE_M] = {0};
+            for (int64_t g = 0; g < groups; g++) {
+                int32_t A[PYLUT_TILE_M] = {0};
+                for (int64_t j = g * kg_per_group; j < (g + 1) * kg_per_group; j++) {
+                    const uint8_t *blk = tile + j * kgb;
+                    const int8_t *T = L->tbl + j * 16;
+                    for (int r = 0; r < PYLUT_TILE_M; r++) {
+                        int hi = r >= 16, rr = r & 15, p;
+                        for (p = 0; p + 1 < bits; p += 2) { /* pair blocks */
+                            int64_t off = 32 * (p / 2) + 16 * (rr / 8) + 2 * (rr % 8);
+                            A[r] += (T[nibble(blk, off, hi)] + 2 * T[nibble(blk, off + 1, hi)]) << p;
+                        }
+                        if (p < bits) /* lone top plane */
+                            A[r] += T[nibble(blk, 32 * (p / 2) + rr, hi)] * (1 << p);
+                    }
+                }
+                const float f = 0.5f * L->tscale[g], sx = L->sumx[g];
+                for (int r = 0; r < PYLUT_TILE_M; r++) {
+                    int64_t si = (t * groups + g) * PYLUT_TILE_M + r;
+                    float s = pylut_fp16_to_fp32(qm->scale[si]);
+                    acc[r] += (s * f) * (float)A[r];
+                    if (qm->has_bias) acc[r] += (pylut_fp16_to_fp32(qm->bias[si]) + s * h) * sx;
+                }
+            }
+            for (int r = 0; r < PYLUT_TILE_M && t * PYLUT_TILE_M + r < qm->m; r++)
+                y[tok * ldy + t * PYLUT_TILE_M + r] = acc[r];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ T3 GEMM twin */
+
+static void gemm_t3_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
+                           int64_t ldy, int64_t tile0, int64_t tile1) {
+    const int64_t pairs = qm->k_pad / 6, pairs_per_group = PYLUT_T3_TBL_GROUP / 2;
+    for (int64_t t = tile0; t < tile1; t++) {
+        const uint8_t *tile = qm->codes + t * pairs * PYLUT_T3_PAIR_BYTES;
+        for (int tok = 0; tok < n; tok++) {
+            const pylut_lut *L = lut + tok;
+            float acc[PYLUT_TILE_M] = {0};
+            for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += pairs_per_group, g++) {
+                int64_t p1 = p0 + pairs_per_group < pairs ? p0 + pairs_per_group : pairs;
+                int32_t A[PYLUT_TILE_M] = {0};
+                for (int64_t p = p0; p < p1; p++) {
+                    const uint8_t *blk = tile + p * PYLUT_T3_PAIR_BYTES;
+                    for (int hh = 0; hh < 2; hh++) {
+                        const int8_t *T = L->tbl + (2 * p + hh) * 16;
+                        for (int r = 0; r < PYLUT_TILE_M; r++) {
+                            int v = T[nibble(blk, 16 * hh + (r & 15), r >= 16)];
+                            int neg = (blk[32 + 4 * hh + r / 8] >> (r % 8)) & 1;
+                            A[r] += neg ? -v : v;
+                        }
+                    }
+                }
+                for (int r = 0; r < PYLUT_TILE_M; r++) acc[r] += L->tscale[g] * (float)A[r];
+            }
+            for (int r = 0; r < PYLUT_TILE_M && t * PYLUT_TILE_M + r < qm->m; r++)
+                y[tok * ldy + t * PYLUT_TILE_M + r] = qm->row_scale[t * PYLUT_TILE_M + r] * acc[r];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ int8 baseline twin */
+
+/* One 32-byte chunk holds 256/bits weights: byte i, slot s (shift s*bits) is weight 32*s + i. */
+static void i8_gemv_scalar(const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
+                           const float *xsum, float *y, int64_t r0, int64_t r1) {
+    const int bits = qm->bits, per_chunk = 256 / bits, mask = (1 << bits) - 1;
+    const int64_t blocks = qm->k / 32;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = qm->codes + r * qm->row_bytes;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t chunk = b * 32 / per_chunk;
+            int slot = (int)(b % (per_chunk / 32));
+            const uint8_t *c = row + chunk * 32;
+            int32_t dot = 0;
+            for (int i = 0; i < 32; i++) dot += ((c[i] >> (slot * bits)) & mask) * xq[b * 32 + i];
+            float s = pylut_fp16_to_fp32(qm->scale[r * blocks + b]);
+            acc += (s * xs[b]) * (float)dot + pylut_fp16_to_fp32(qm->bias[r * blocks + b]) * xsum[b];
+        }
+        y[r] = acc;
+    }
+}
+
+const pylut_kernels pylut_kernels_scalar = {
+    .gemm_b = gemm_b_scalar,
+    .gemm_t3 = gemm_t3_scalar,
+    .i8_gemv = i8_gemv_scalar,
+};

@@ -1,0 +1,210 @@
+/* pack.c - layouts of packed matrices and tables, code packing/unpacking, fp16 helpers. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ------------------------------------------------------------------ fp16 */
+
+float pylut_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalise */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t pylut_fp32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf / nan */
+        return sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0);
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
+        return sign | 0x7c00;
+    if (ax < 0x38800000u) { /* below the smallest normal: subnormal or zero */
+        if (ax < 0x33000000u) return sign; /* < 2^-25 rounds to 0 */
+        uint32_t e = ax >> 23, man = (ax & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)e; /* 14 + (113 - e) */
+        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return sign | (uint16_t)half;
+    }
+    uint32_t r = ax - 0x38000000u; /* rebias exponent 127 -> 15 */
+    uint32_t half = r >> 13, rem = r & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) half++;
+    return sign | (uint16_t)half;
+}
+
+/* ------------------------------------------------------------------ layouts */
+
+static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+/* Sizes are capped so every product below fits int64 with room to spare. */
+#define PYLUT_MAX_DIM ((int64_t)1 << 31)
+
+int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias) {
+    if (!qm || m <= 0 || k <= 0 || m > PYLUT_MAX_DIM || k > PYLUT_MAX_DIM) return PYLUT_EINVAL;
+    memset(qm, 0, sizeof(*qm));
+    qm->type = type;
+    qm->m = m;
+    qm->k = k;
+    qm->m_pad = round_up(m, PYLUT_TILE_M);
+    if (type >= PYLUT_TYPE_B1 && type <= PYLUT_TYPE_B4) {
+        if (group < PYLUT_MIN_GROUP || group > PYLUT_MAX_GROUP || group % 8) return PYLUT_EINVAL;
+        qm->bits = type;
+        qm->group = group;
+        qm->has_bias = has_bias ? 1 : 0;
+        qm->k_pad = round_up(k, group);
+        qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / PYLUT_KGROUP) * pylut_b_kgroup_bytes(qm->bits);
+        qm->scale_count = qm->m_pad * (qm->k_pad / group);
+    } else if (type == PYLUT_TYPE_T3) {
+        if (has_bias) return PYLUT_EINVAL;
+        qm->bits = 0;
+        qm->group = PYLUT_T3_KGROUP * PYLUT_T3_TBL_GROUP;
+        qm->k_pad = round_up(k, 2 * PYLUT_T3_KGROUP);
+        qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / 6) * PYLUT_T3_PAIR_BYTES;
+        qm->scale_count = qm->m_pad;
+    } else {
+        return PYLUT_EINVAL;
+    }
+    return PYLUT_OK;
+}
+
+int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
+    if (!lut || !qm) return PYLUT_EINVAL;
+    memset(lut, 0, sizeof(*lut));
+    lut->k = qm->k;
+    lut->k_pad = qm->k_pad;
+    lut->group = qm->group;
+    if (qm->type == PYLUT_TYPE_T3) {
+        int64_t n_tables = qm->k_pad / PYLUT_T3_KGROUP;
+        lut->kind = 1;
+        lut->tbl_bytes = n_tables * 16;
+        lut->n_groups = (n_tables + PYLUT_T3_TBL_GROUP - 1) / PYLUT_T3_TBL_GROUP;
+    } else {
+        lut->kind = 0;
+        lut->tbl_bytes = qm->k_pad / PYLUT_KGROUP * 16;
+        lut->n_groups = qm->k_pad / qm->group;
+    }
+    return PYLUT_OK;
+}
+
+/* ------------------------------------------------------------------ packing */
+
+/* Where the nibble of (row r in tile, plane i) sits inside one k-group's bytes of a B matrix:
+ * returns the byte offset and sets *hi when it is the high nibble. */
+static int64_t b_nibble_pos(int bits, int r, int plane, int *hi) {
+    *hi = r >= 16;
+    int rr = r & 15;
+    int block = plane / 2;
+    if (plane == bits - 1 && (bits & 1)) /* lone top plane: 16 bytes after the pair blocks */
+        return 32 * block + rr;
+    int lane = rr / 8;
+    return 32 * block + 16 * lane + 2 * (rr % 8) + (plane & 1);
+}
+
+int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
+    if (!qm || !qm->codes || !codes || ld < qm->k) return PYLUT_EINVAL;
+    memset(qm->codes, 0, (size_t)qm->codes_bytes);
+    int64_t tiles = qm->m_pad / PYLUT_TILE_M;
+    if (qm->type == PYLUT_TYPE_T3) {
+        int64_t pairs = qm->k_pad / 6;
+        for (int64_t t = 0; t < tiles; t++)
+            for (int64_t p = 0; p < pairs; p++) {
+                uint8_t *blk = qm->codes + (t * pairs + p) * PYLUT_T3_PAIR_BYTES;
+                for (int r = 0; r < PYLUT_TILE_M; r++) {
+                    int64_t row = t * PYLUT_TILE_M + r;
+                    for (int h = 0; h < 2; h++) {
+                        int v = 0;
+                        for (int j = 0; j < 3; j++) {
+                            int64_t col = p * 6 + h * 3 + j;
+                            int c = 1; /* padding: trit 0 */
+                            if (row < qm->m && col < qm->k) {
+                                c = codes[row * ld + col];
+                                if (c > 2) return PYLUT_EINVAL;
+                            }
+                            v = v * 3 + c;
+                        }
+                        int sign = v > PYLUT_T3_ZERO, idx = sign ? 26 - v : v;
+                        uint8_t *b = blk + 16 * h + (r & 15);
+                        *b |= (uint8_t)(r >= 16 ? idx << 4 : idx);
+                        if (sign) blk[32 + 4 * h + r / 8] |= (uint8_t)(1u << (r % 8));
+                    }
+                }
+            }
+        return PYLUT_OK;
+    }
+    int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
+    int64_t kgroups = qm->k_pad / PYLUT_KGROUP;
+    for (int64_t t = 0; t < tiles; t++)
+        for (int r = 0; r < PYLUT_TILE_M; r++) {
+            int64_t row = t * PYLUT_TILE_M + r;
+            if (row >= qm->m) break; /* padded rows: all-zero codes, zero scale */
+            const uint8_t *src = codes + row * ld;
+            for (int64_t j = 0; j < kgroups; j++) {
+                uint8_t *blk = qm->codes + (t * kgroups + j) * kgb;
+                for (int e = 0; e < PYLUT_KGROUP; e++) {
+                    int64_t col = j * PYLUT_KGROUP + e;
+                    int c = col < qm->k ? src[col] : 0;
+                    if (c >> bits) return PYLUT_EINVAL;
+                    for (int i = 0; i < bits; i++) {
+                        if (!((c >> i) & 1)) continue;
+                        int hi;
+                        int64_t off = b_nibble_pos(bits, r, i, &hi);
+                        blk[off] |= (uint8_t)(1u << (e + (hi ? 4 : 0)));
+                    }
+                }
+            }
+        }
+    return PYLUT_OK;
+}
+
+int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
+    if (!qm || !qm->codes || !codes || ld < qm->k) return PYLUT_EINVAL;
+    int64_t tiles = qm->m_pad / PYLUT_TILE_M;
+    for (int64_t row = 0; row < qm->m; row++) {
+        int64_t t = row / PYLUT_TILE_M;
+        int r = (int)(row % PYLUT_TILE_M);
+        (void)tiles;
+        for (int64_t col = 0; col < qm->k; col++) {
+            int c = 0;
+            if (qm->type == PYLUT_TYPE_T3) {
+                int64_t p = col / 6;
+                int h = (int)(col % 6) / 3, j = (int)(col % 3);
+                const uint8_t *blk = qm->codes + (t * (qm->k_pad / 6) + p) * PYLUT_T3_PAIR_BYTES;
+                uint8_t b = blk[16 * h + (r & 15)];
+                int idx = r >= 16 ? b >> 4 : b & 15;
+                int sign = (blk[32 + 4 * h + r / 8] >> (r % 8)) & 1;
+                int v = sign ? 26 - idx : idx;
+                static const int pow3[3] = {9, 3, 1};
+                c = (v / pow3[j]) % 3;
+            } else {
+                int64_t j = col / PYLUT_KGROUP;
+                int e = (int)(col % PYLUT_KGROUP);
+                const uint8_t *blk = qm->codes + (t * (qm->k_pad / PYLUT_KGROUP) + j) * pylut_b_kgroup_bytes(qm->bits);
+                for (int i = 0; i < qm->bits; i++) {
+                    int hi;
+                    int64_t off = b_nibble_pos(qm->bits, r, i, &hi);
+                    c |= ((blk[off] >> (e + (hi ? 4 : 0))) & 1) << i;
+                }
+            }
+            codes[row * ld + col] = (uint8_t)c;
+        }
+    }
+    return PYLUT_OK;
+}
