@@ -1,0 +1,204 @@
+"""Pre-tokenizers for byte-level BPE vocabularies, without the third-party ``regex`` module.
+
+Byte-level BPE tokenizers first cut text into "words" with a regular expression written for
+engines that understand Unicode properties (``\\p{L}`` letters, ``\\p{N}`` numbers, ...).
+Python's ``re`` does not, so we translate such patterns into plain ``re`` syntax by
+expanding every property into an explicit character class, built once per process from
+``unicodedata``. ``re`` stores big classes as a bitmap for the Basic Multilingual Plane, so
+matching stays in C and fast.
+
+Some families cut the text with several patterns in a row. Each pattern is applied to every
+piece produced by the previous one, and both the matches and the unmatched gaps between
+them become pieces (llama.cpp and Hugging Face "Isolated" split semantics). A lookahead such
+as ``(?!\\S)`` therefore never sees past the end of the piece it runs on.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+import unicodedata
+from typing import Dict, List, Sequence
+
+logger = logging.getLogger("pylut")
+
+# Unicode White_Space property (what \s means in PCRE/Oniguruma/llama.cpp). Python's own \s
+# differs slightly (it also accepts U+001C..U+001F), so we spell it out.
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+@functools.lru_cache(maxsize=None)
+def _category_class_body(spec: str) -> str:
+    """Class body (no brackets) matching every code point whose general category starts
+    with one of the comma-separated prefixes in ``spec`` (e.g. "L" or "Lu,Ll,Lt")."""
+    prefixes = tuple(spec.split(","))
+    category = unicodedata.category
+    ranges: List[List[int]] = []
+    for cp in range(sys.maxunicode + 1):
+        if category(chr(cp)).startswith(prefixes):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1][1] = cp
+            else:
+                ranges.append([cp, cp])
+    parts = []
+    for lo, hi in ranges:
+        parts.append("\\U%08x" % lo if lo == hi else "\\U%08x-\\U%08x" % (lo, hi))
+    return "".join(parts)
+
+
+# Property names accepted in \p{...}; LC ("cased letter") is used by the DeepSeek LLM rules.
+_PROPERTIES: Dict[str, str] = {
+    "L": "L", "Letter": "L", "N": "N", "Number": "N", "P": "P", "Punctuation": "P",
+    "S": "S", "M": "M", "Z": "Z", "C": "C",
+    "Lu": "Lu", "Ll": "Ll", "Lt": "Lt", "Lm": "Lm", "Lo": "Lo", "LC": "Lu,Ll,Lt",
+    "Nd": "Nd", "Nl": "Nl", "No": "No",
+}
+
+
+def translate_pattern(pattern: str) -> str:
+    """Rewrite a PCRE-style pattern with ``\\p{X}``, ``\\s``, ``\\S`` and ``$`` into
+    an equivalent pattern for Python's ``re``."""
+    out: List[str] = []
+    in_class = False
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            if nxt in "pP" and i + 2 < n and pattern[i + 2] == "{":
+                end = pattern.index("}", i + 3)
+                name = pattern[i + 3:end]
+                if name not in _PROPERTIES:
+                    raise ValueError(f"unsupported Unicode property \\{nxt}{{{name}}} in pattern")
+                body = _category_class_body(_PROPERTIES[name])
+                negated = nxt == "P"
+                if in_class:
+                    if negated:
+                        raise ValueError("\\P{...} inside a character class is not supported")
+                    out.append(body)
+                else:
+                    out.append(("[^" if negated else "[") + body + "]")
+                i = end + 1
+                continue
+            if nxt == "s":
+                out.append(_WHITESPACE if in_class else "[" + _WHITESPACE + "]")
+            elif nxt == "S":
+                if in_class:
+                    raise ValueError("\\S inside a character class is not supported")
+                out.append("[^" + _WHITESPACE + "]")
+            else:
+                out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if ch == "]":
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            out.append(ch)
+            # a ']' right after '[' or '[^' is a literal, copy it so it does not close
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                out.append("^")
+                j += 1
+            if j < n and pattern[j] == "]":
+                out.append("\\]")
+                j += 1
+            i = j
+            continue
+        elif ch == "$":
+            ch = r"\Z"  # PCRE '$' without multiline: only the very end (Python's '$' also
+            #             matches before a final newline)
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+# --- the rules of each family, written in PCRE syntax --------------------------------------
+
+# GPT-2's original rule. A lone whitespace char before a word matches no alternative; it
+# becomes its own piece as an unmatched gap.
+GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+
+# Llama 3: case-insensitive contractions, letters may carry one leading non-letter, numbers
+# in groups of up to three, newlines glued to the preceding punctuation.
+LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+          r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Qwen2: like Llama 3 but every digit is its own piece.
+QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+
+_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+
+PRETOKENIZER_RULES: Dict[str, List[str]] = {
+    # llama.cpp's family default for BPE vocabularies that name no pre-tokenizer
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
+    "gpt-2": [GPT2],
+    "llama-bpe": [LLAMA3],
+    "qwen2": [QWEN2],
+    # digits split one by one, then the GPT-2 rule
+    "starcoder": [r"\p{N}", GPT2],
+    "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"],
+    "deepseek-llm": [r"[\r\n]", r"\s?\p{LC}+", r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+                     r"\s+$", _CJK, r"\p{N}+"],
+    "deepseek-coder": [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"],
+}
+
+# Names found in ``tokenizer.ggml.pre`` that share one of the rule sets above.
+PRETOKENIZER_ALIASES: Dict[str, str] = {
+    "llama3": "llama-bpe", "llama-v3": "llama-bpe", "falcon3": "llama-bpe",
+    "dbrx": "llama-bpe", "smaug-bpe": "llama-bpe",
+    "stablelm2": "qwen2", "deepseek-r1-qwen": "qwen2", "megrez": "qwen2",
+    "gpt2": "gpt-2", "mpt": "gpt-2", "olmo": "gpt-2", "jais": "gpt-2", "phi-2": "gpt-2",
+    "roberta-bpe": "gpt-2", "jina-v2-code": "gpt-2",
+    "refact": "starcoder", "smollm": "starcoder", "command-r": "starcoder",
+    "codeshell": "starcoder", "exaone": "starcoder", "minerva-7b": "starcoder",
+}
+
+
+class PreTokenizer:
+    """Cuts text into the pieces that BPE then encodes independently."""
+
+    def __init__(self, patterns: Sequence[str], name: str = "custom") -> None:
+        self.name = name
+        self.source_patterns = list(patterns)
+        self._compiled = [re.compile(translate_pattern(p)) for p in patterns]
+
+    @classmethod
+    def by_name(cls, name: str) -> "PreTokenizer":
+        key = PRETOKENIZER_ALIASES.get(name, name)
+        if key not in PRETOKENIZER_RULES:
+            logger.warning("unknown pre-tokenizer %r, falling back to the gpt-2 rules", name)
+            key = "gpt-2"
+        return cls(PRETOKENIZER_RULES[key], key)
+
+    def split(self, text: str) -> List[str]:
+        pieces = [text]
+        for pattern in self._compiled:
+            pieces = self._split_all(pattern, pieces)
+        return pieces
+
+    @staticmethod
+    def _split_all(pattern: "re.Pattern[str]", pieces: List[str]) -> List[str]:
+        out: List[str] = []
+        for piece in pieces:
+            if not pattern.groups:
+                found = pattern.findall(piece)
+                # Fast path: the matches tile the whole piece, so there are no gaps to keep.
+                if sum(map(len, found)) == len(piece):
+                    out.extend(found if "" not in found else [f for f in found if f])
+                    continue
+            pos = 0
+            for m in pattern.finditer(piece):
+                start, end = m.span()
+                if start == end:
+                    continue
+                if start > pos:
+                    out.append(piece[pos:start])
+                out.append(piece[start:end])
+                pos = end
+            if pos < len(piece):
+                out.append(piece[pos:])
+        return out

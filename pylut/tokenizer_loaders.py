@@ -1,0 +1,214 @@
+"""Build a :class:`pylut.tokenizer.Tokenizer` from a GGUF file or a Hugging Face
+``tokenizer.json``. Kept apart from the encoder so each file reads in one sitting."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ._pretokenize import GPT2, PreTokenizer
+from .gguf_meta import GGUF_MAGIC, read_gguf_metadata
+
+logger = logging.getLogger("pylut")
+
+_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
+
+# llama.cpp turns on "ignore merges" (a word that is itself a token is taken whole) and a
+# default BOS for the Llama 3 family.
+_LLAMA3_PRE = {"llama3", "llama-v3", "llama-bpe", "falcon3"}
+
+
+def load(cls, path: Path):
+    if path.is_dir():
+        candidate = path / "tokenizer.json"
+        if not candidate.is_file():
+            raise ValueError(f"{path}: folder has no tokenizer.json")
+        return load_hf(cls, candidate)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == GGUF_MAGIC:
+        return load_gguf(cls, path)
+    if path.suffix == ".json" or head.lstrip()[:1] == b"{":
+        return load_hf(cls, path)
+    raise ValueError(f"{path}: neither a GGUF file (magic {head!r}) nor a tokenizer.json")
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+def load_gguf(cls, path: Path):
+    meta = read_gguf_metadata(path)
+    model = meta.get("tokenizer.ggml.model")
+    if model is None or "tokenizer.ggml.tokens" not in meta:
+        raise ValueError(f"{path}: GGUF file has no tokenizer metadata "
+                         f"(tokenizer.ggml.model / tokenizer.ggml.tokens missing)")
+    tokens: List[str] = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type")
+    types = [_TOKEN_NORMAL] * len(tokens) if types is None else types.tolist()
+
+    def opt_int(key: str) -> Optional[int]:
+        value = meta.get(key)
+        return None if value is None or int(value) < 0 else int(value)
+
+    common: Dict[str, Any] = dict(
+        bos_id=opt_int("tokenizer.ggml.bos_token_id"),
+        eos_id=opt_int("tokenizer.ggml.eos_token_id"),
+        unk_id=opt_int("tokenizer.ggml.unknown_token_id"),
+        add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+        chat_template=meta.get("tokenizer.chat_template"),
+        extra_eot_ids=[opt_int("tokenizer.ggml.eot_token_id"),
+                       opt_int("tokenizer.ggml.eom_token_id")],
+        source=str(path),
+    )
+    pre = meta.get("tokenizer.ggml.pre", "default")
+
+    if model == "llama":
+        scores = meta.get("tokenizer.ggml.scores")
+        if scores is None:
+            raise ValueError(f"{path}: SentencePiece vocabulary without tokenizer.ggml.scores")
+        rstrip_ids = _phi3_rstrip_ids(meta, tokens, types)
+        return cls(tokens, types, model="spm", scores=scores.tolist(),
+                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+                   add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+                   rstrip_ids=rstrip_ids, **common)
+    if model == "gpt2":
+        merges_raw = meta.get("tokenizer.ggml.merges")
+        if merges_raw is None:
+            raise ValueError(f"{path}: BPE vocabulary without tokenizer.ggml.merges")
+        merges = [tuple(m.split(" ", 1)) for m in merges_raw]
+        llama3 = pre in _LLAMA3_PRE
+        return cls(tokens, types, model="bpe", merges=merges,
+                   pretokenizer=PreTokenizer.by_name(pre), ignore_merges=llama3,
+                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", llama3)), **common)
+    raise ValueError(f"{path}: unsupported tokenizer.ggml.model {model!r} "
+                     f"(supported: 'llama', 'gpt2')")
+
+
+def _phi3_rstrip_ids(meta: Dict[str, Any], tokens: List[str], types: List[int]) -> List[int]:
+    """Phi-3's special tokens swallow the whitespace after them (as in its Hugging Face
+    config, mirrored by llama.cpp), except <unk>, <s> and <|endoftext|>."""
+    name = str(meta.get("general.name", "")).lower()
+    if "phi-3" not in name and "phi3" not in name:
+        return []
+    keep = {"<unk>", "<s>", "<|endoftext|>"}
+    return [i for i, (t, ty) in enumerate(zip(tokens, types))
+            if ty in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED) and t not in keep]
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def _token_content(value: Any) -> Optional[str]:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _pretokenizer_patterns(spec: Optional[dict], path: Path) -> Tuple[List[str], bool]:
+    """Split patterns (in order) and whether the chain contains a ByteLevel step."""
+    if not spec:
+        return [], False
+    kind = spec.get("type")
+    if kind == "Sequence":
+        patterns: List[str] = []
+        byte_level = False
+        for sub in spec.get("pretokenizers", []):
+            sub_patterns, sub_byte = _pretokenizer_patterns(sub, path)
+            patterns += sub_patterns
+            byte_level = byte_level or sub_byte
+        return patterns, byte_level
+    if kind == "ByteLevel":
+        if spec.get("add_prefix_space"):
+            logger.warning("%s: ByteLevel add_prefix_space is not supported; ignored", path)
+        return ([GPT2 + r"|\s+"] if spec.get("use_regex", True) else []), True
+    if kind == "Split":
+        pattern = spec.get("pattern", {})
+        if spec.get("behavior", "Isolated") != "Isolated" or spec.get("invert"):
+            logger.warning("%s: Split behaviour %r/invert treated as Isolated", path,
+                           spec.get("behavior"))
+        if "Regex" in pattern:
+            return [pattern["Regex"]], False
+        import re
+        return [re.escape(pattern.get("String", ""))], False
+    if kind == "Digits":
+        return [r"\p{N}" if spec.get("individual_digits") else r"\p{N}+"], False
+    if kind in ("Metaspace", "WhitespaceSplit", "Whitespace", "Punctuation"):
+        return [], False
+    logger.warning("%s: unsupported pre-tokenizer %r ignored", path, kind)
+    return [], False
+
+
+def load_hf(cls, path: Path):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read tokenizer.json ({exc})") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or "vocab" not in model:
+        raise ValueError(f"{path}: not a Hugging Face tokenizer.json (no model.vocab)")
+    if model.get("type", "BPE") != "BPE":
+        raise ValueError(f"{path}: unsupported tokenizer model type {model.get('type')!r} "
+                         f"(only BPE is supported)")
+    config_path = path.with_name("tokenizer_config.json")
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+
+    vocab: Dict[str, int] = model["vocab"]
+    added = data.get("added_tokens") or []
+    size = max([*vocab.values(), *(t["id"] for t in added)], default=-1) + 1
+    tokens = [f"[UNUSED_{i}]" for i in range(size)]
+    types = [_TOKEN_UNUSED] * size
+    for text, i in vocab.items():
+        tokens[i], types[i] = text, _TOKEN_NORMAL
+    rstrip_ids, lstrip_ids = [], []
+    for t in added:
+        i = t["id"]
+        tokens[i] = t["content"]
+        types[i] = _TOKEN_CONTROL if t.get("special") else _TOKEN_USER_DEFINED
+        if t.get("rstrip"):
+            rstrip_ids.append(i)
+        if t.get("lstrip"):
+            lstrip_ids.append(i)
+    text_to_id = {t: i for i, t in enumerate(tokens)}
+
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+              for m in model.get("merges", [])]
+    patterns, byte_level = _pretokenizer_patterns(data.get("pre_tokenizer"), path)
+    decoder = data.get("decoder") or {}
+    byte_level = byte_level or decoder.get("type") == "ByteLevel"
+    normalizer = json.dumps(data.get("normalizer") or {})
+
+    def special_id(name: str) -> Optional[int]:
+        return text_to_id.get(_token_content(config.get(name)))
+
+    bos_id, eos_id = special_id("bos_token"), special_id("eos_token")
+    add_bos = config.get("add_bos_token")
+    if add_bos is None:  # infer from the post-processor template, e.g. Llama 3's
+        post = json.dumps(data.get("post_processor") or {})
+        add_bos = bos_id is not None and json.dumps(tokens[bos_id]) in post
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default") or next(iter(named.values()), None)
+
+    common: Dict[str, Any] = dict(
+        bos_id=bos_id, eos_id=eos_id, unk_id=text_to_id.get(model.get("unk_token")),
+        add_bos=bool(add_bos), add_eos=bool(config.get("add_eos_token", False)),
+        chat_template=template, rstrip_ids=rstrip_ids, lstrip_ids=lstrip_ids,
+        normalize_nfc='"NFC"' in normalizer, source=str(path))
+    if byte_level:
+        pretokenizer = PreTokenizer(patterns or [GPT2 + r"|\s+"], "hf")
+        return cls(tokens, types, model="bpe", merges=merges, pretokenizer=pretokenizer,
+                   ignore_merges=bool(model.get("ignore_merges", False)), **common)
+    # SentencePiece converted to BPE (Llama 2, Mistral): spaces escaped to U+2581, a
+    # prefix space from a Prepend normalizer or a Metaspace pre-tokenizer.
+    pre_spec = json.dumps(data.get("pre_tokenizer") or {})
+    add_prefix = '"Prepend"' in normalizer or (
+        '"Metaspace"' in pre_spec and '"never"' not in pre_spec)
+    if not model.get("byte_fallback"):
+        logger.warning("%s: BPE without ByteLevel or byte_fallback; unknown characters "
+                       "map to the unknown token", path)
+    return cls(tokens, types, model="bpe-chars", merges=merges,
+               add_space_prefix=add_prefix, **common)
