@@ -123,7 +123,7 @@ def _pretokenizer_patterns(spec: Optional[dict], path: Path) -> Tuple[List[str],
     if kind == "ByteLevel":
         if spec.get("add_prefix_space"):
             logger.warning("%s: ByteLevel add_prefix_space is not supported; ignored", path)
-        return ([GPT2 + r"|\s+"] if spec.get("use_regex", True) else []), True
+        return ([GPT2] if spec.get("use_regex", True) else []), True
     if kind == "Split":
         pattern = spec.get("pattern", {})
         if spec.get("behavior", "Isolated") != "Isolated" or spec.get("invert"):
@@ -199,7 +199,7 @@ def load_hf(cls, path: Path):
         chat_template=template, rstrip_ids=rstrip_ids, lstrip_ids=lstrip_ids,
         normalize_nfc='"NFC"' in normalizer, source=str(path))
     if byte_level:
-        pretokenizer = PreTokenizer(patterns or [GPT2 + r"|\s+"], "hf")
+        pretokenizer = PreTokenizer(patterns or [GPT2], "hf")
         return cls(tokens, types, model="bpe", merges=merges, pretokenizer=pretokenizer,
                    ignore_merges=bool(model.get("ignore_merges", False)), **common)
     # SentencePiece converted to BPE (Llama 2, Mistral): spaces escaped to U+2581, a
