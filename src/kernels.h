@@ -22,6 +22,9 @@ extern const pylut_kernels pylut_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const pylut_kernels pylut_kernels_avx2;
 extern const pylut_kernels pylut_kernels_avx512;
+extern const pylut_kernels pylut_kernels_avx512vbmi;
+void pylut_i8_gemv_avx2(const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
+                        const float *xsum, float *y, int64_t r0, int64_t r1);
 #endif
 #if defined(__aarch64__)
 extern const pylut_kernels pylut_kernels_neon;
@@ -38,7 +41,7 @@ void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_
 #define PYLUT_T3_ZERO 13
 
 /* Bytes of packed codes per (row tile, k-group) for b planes. */
-static inline int pylut_b_kgroup_bytes(int bits) { return 16 * bits; }
-#define PYLUT_T3_PAIR_BYTES 40
+static inline int pylut_b_kgroup_bytes(int bits) { return 32 * bits; }
+#define PYLUT_T3_PAIR_BYTES 80
 
 #endif

@@ -100,13 +100,13 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                     const uint8_t *blk = tile + j * kgb;
                     const int8_t *T = L->tbl + j * 16;
                     for (int r = 0; r < PYLUT_TILE_M; r++) {
-                        int hi = r >= 16, rr = r & 15, p;
+                        int hi = r >= 32, rr = r & 31, p;
                         for (p = 0; p + 1 < bits; p += 2) { /* pair blocks */
-                            int64_t off = 32 * (p / 2) + 16 * (rr / 8) + 2 * (rr % 8);
+                            int64_t off = 64 * (p / 2) + 16 * (rr / 8) + 2 * (rr % 8);
                             A[r] += (T[nibble(blk, off, hi)] + 2 * T[nibble(blk, off + 1, hi)]) << p;
                         }
                         if (p < bits) /* lone top plane */
-                            A[r] += T[nibble(blk, 32 * (p / 2) + rr, hi)] * (1 << p);
+                            A[r] += T[nibble(blk, 64 * (p / 2) + rr, hi)] * (1 << p);
                     }
                 }
                 const float f = 0.5f * L->tscale[g], sx = L->sumx[g];
@@ -141,8 +141,9 @@ static void gemm_t3_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                     for (int hh = 0; hh < 2; hh++) {
                         const int8_t *T = L->tbl + (2 * p + hh) * 16;
                         for (int r = 0; r < PYLUT_TILE_M; r++) {
-                            int v = T[nibble(blk, 16 * hh + (r & 15), r >= 16)];
-                            int neg = (blk[32 + 4 * hh + r / 8] >> (r % 8)) & 1;
+                            int v = T[nibble(blk, 32 * hh + (r & 31), r >= 32)];
+                            int bit = (r & 31) + 32 * hh;
+                            int neg = (blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1;
                             A[r] += neg ? -v : v;
                         }
                     }

@@ -109,13 +109,13 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
 /* Where the nibble of (row r in tile, plane i) sits inside one k-group's bytes of a B matrix:
  * returns the byte offset and sets *hi when it is the high nibble. */
 static int64_t b_nibble_pos(int bits, int r, int plane, int *hi) {
-    *hi = r >= 16;
-    int rr = r & 15;
+    *hi = r >= 32;
+    int rr = r & 31;
     int block = plane / 2;
-    if (plane == bits - 1 && (bits & 1)) /* lone top plane: 16 bytes after the pair blocks */
-        return 32 * block + rr;
+    if (plane == bits - 1 && (bits & 1)) /* lone top plane: 32 bytes after the pair blocks */
+        return 64 * block + rr;
     int lane = rr / 8;
-    return 32 * block + 16 * lane + 2 * (rr % 8) + (plane & 1);
+    return 64 * block + 16 * lane + 2 * (rr % 8) + (plane & 1);
 }
 
 int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
@@ -141,9 +141,12 @@ int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
                             v = v * 3 + c;
                         }
                         int sign = v > PYLUT_T3_ZERO, idx = sign ? 26 - v : v;
-                        uint8_t *b = blk + 16 * h + (r & 15);
-                        *b |= (uint8_t)(r >= 16 ? idx << 4 : idx);
-                        if (sign) blk[32 + 4 * h + r / 8] |= (uint8_t)(1u << (r % 8));
+                        uint8_t *b = blk + 32 * h + (r & 31);
+                        *b |= (uint8_t)(r >= 32 ? idx << 4 : idx);
+                        if (sign) { /* bit (r&31) + 32h of the lo (r < 32) or hi sign mask */
+                            int bit = (r & 31) + 32 * h;
+                            blk[64 + 8 * (r >= 32) + bit / 8] |= (uint8_t)(1u << (bit % 8));
+                        }
                     }
                 }
             }
@@ -187,9 +190,10 @@ int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
                 int64_t p = col / 6;
                 int h = (int)(col % 6) / 3, j = (int)(col % 3);
                 const uint8_t *blk = qm->codes + (t * (qm->k_pad / 6) + p) * PYLUT_T3_PAIR_BYTES;
-                uint8_t b = blk[16 * h + (r & 15)];
-                int idx = r >= 16 ? b >> 4 : b & 15;
-                int sign = (blk[32 + 4 * h + r / 8] >> (r % 8)) & 1;
+                uint8_t b = blk[32 * h + (r & 31)];
+                int idx = r >= 32 ? b >> 4 : b & 15;
+                int bit = (r & 31) + 32 * h;
+                int sign = (blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1;
                 int v = sign ? 26 - idx : idx;
                 static const int pow3[3] = {9, 3, 1};
                 c = (v / pow3[j]) % 3;

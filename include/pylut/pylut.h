@@ -50,7 +50,7 @@ enum pylut_status {
     PYLUT_EISA = -3,     /* requested ISA not supported by this CPU/build */
 };
 
-#define PYLUT_TILE_M 32        /* rows per tile: one 32-byte block holds 32 rows' nibbles */
+#define PYLUT_TILE_M 64        /* rows per tile: one 64-byte block holds 64 rows' nibbles */
 #define PYLUT_KGROUP 4         /* activations per table (16 entries) */
 #define PYLUT_T3_KGROUP 3      /* activations per ternary table (27 combos -> 14 + sign) */
 #define PYLUT_T3_TBL_GROUP 64  /* ternary tables sharing one table scale (int16 bound) */
@@ -61,18 +61,20 @@ enum pylut_status {
 
 /* A packed matrix. Buffers are owned by the caller (numpy arrays on the Python side);
  * pylut_qmatrix_layout() fills the shape fields and tells how big each buffer must be.
+ * A tile is 64 rows: one 64-byte vector of nibbles covers 64 rows x 2 planes of a k-group.
  *
- * B-types, per row tile t (32 rows) and k-group j (4 k's), ceil(b/2) "plane blocks":
- *   pair block  (planes 2p, 2p+1): 32 bytes. 128-bit lane L, byte 2r+i: low nibble = plane 2p+i
- *               of row 8L+r, high nibble = same plane of row 16+8L+r.  (maddubs with (1,2)
- *               folds a pair into int16 and leaves rows 0..15 / 16..31 in order)
- *   lone block  (the top plane of odd b): 16 bytes, byte r: low nibble row r, high row 16+r.
- *   codes: [m_pad/32][k_pad/4][bytes_per_kgroup]     bytes_per_kgroup = 16*b
- *   scale, bias: fp16 [m_pad/32][k_pad/group][32]
- * T3, per row tile t and pair of triples (j, j+1):
- *   40 bytes: 32 bytes nibbles (lane 0 = triple j, lane 1 = triple j+1; byte r: low nibble
- *   row r, high nibble row 16+r) then 8 bytes signs (u32 per triple, bit r = row r negated).
- *   codes: [m_pad/32][k_pad/6][40];  row_scale: fp32 [m_pad]                              */
+ * B-types, per row tile t and k-group j (4 k's), ceil(b/2) "plane blocks":
+ *   pair block  (planes 2p, 2p+1): 64 bytes. 128-bit lane L (0..3), byte 2r+i: low nibble =
+ *               plane 2p+i of row 8L+r, high nibble = same plane of row 32+8L+r.
+ *               (maddubs with (1,2) folds a pair into int16 and leaves rows in order)
+ *   lone block  (the top plane of odd b): 32 bytes, byte r: low nibble row r, high row 32+r.
+ *   codes: [m_pad/64][k_pad/4][32*b]
+ *   scale, bias: fp16 [m_pad/64][k_pad/group][64]
+ * T3, per row tile t and pair of triples (j, j+1): 80 bytes:
+ *   64 bytes nibbles: bytes 0..31 triple j, 32..63 triple j+1; byte r of each half: low
+ *   nibble row r, high nibble row 32+r. Then two u64 sign masks (bit set = negate):
+ *   lo = rows 0..31 of triple j (bits 0..31) and of triple j+1 (bits 32..63); hi = rows 32..63.
+ *   codes: [m_pad/64][k_pad/6][80];  row_scale: fp32 [m_pad]                               */
 typedef struct {
     int32_t type;        /* enum pylut_type */
     int32_t bits;        /* bit planes (B-types); 0 for T3 */
