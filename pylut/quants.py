@@ -358,4 +358,3 @@ def fp16_exact(q: QuantCodes) -> bool:
             if not np.array_equal(values.astype(np.float16).astype(np.float32), values):
                 return False
     return True
-
