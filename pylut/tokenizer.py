@@ -287,9 +287,13 @@ class Tokenizer:
         return self._types[token_id]
 
     def token_to_id(self, text: str) -> Optional[int]:
-        """Id of a vocabulary entry given its raw text, special tokens included."""
+        """Id of a vocabulary entry given its raw text, whatever its type."""
         found = self._special_to_id.get(text)
-        return found if found is not None else self._text_to_id.get(text)
+        if found is None:
+            found = self._text_to_id.get(text)
+        if found is None and text in self._tokens:  # byte/unused entries: rare, so a scan
+            found = self._tokens.index(text)
+        return found
 
     def __len__(self) -> int:
         return len(self._tokens)

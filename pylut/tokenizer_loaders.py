@@ -12,7 +12,7 @@ from .gguf_meta import GGUF_MAGIC, read_gguf_metadata
 
 logger = logging.getLogger("pylut")
 
-_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
+_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 3, 4, 5, 6
 
 # llama.cpp turns on "ignore merges" (a word that is itself a token is taken whole) and a
 # default BOS for the Llama 3 family.
@@ -207,7 +207,12 @@ def load_hf(cls, path: Path):
     pre_spec = json.dumps(data.get("pre_tokenizer") or {})
     add_prefix = '"Prepend"' in normalizer or (
         '"Metaspace"' in pre_spec and '"never"' not in pre_spec)
-    if not model.get("byte_fallback"):
+    if model.get("byte_fallback"):  # mark the <0xNN> entries as the byte tokens they are
+        for i, text in enumerate(tokens):
+            if len(text) == 6 and text.startswith("<0x") and text.endswith(">") \
+                    and types[i] == _TOKEN_NORMAL:
+                types[i] = _TOKEN_BYTE
+    else:
         logger.warning("%s: BPE without ByteLevel or byte_fallback; unknown characters "
                        "map to the unknown token", path)
     return cls(tokens, types, model="bpe-chars", merges=merges,
