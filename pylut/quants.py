@@ -22,6 +22,12 @@ dequantizer rounds too (it adds the same two exact terms or rounds nothing at al
 the results are bit-identical.  Only zeros may differ in sign (0.0 vs -0.0), and
 non-finite fp16 scales in a file may yield NaN where the reference yields +-inf.
 
+fp16 storage of scale/bias (``fp16_exact``): lossless for Q4_0/Q5_0/Q8_0/TQ1_0/TQ2_0
+(d and a power-of-two multiple of it; only |d| large enough to overflow -8d/-16d/-128d
+breaks this) and Q4_1/Q5_1 (d and m are fp16 already).  Generally lossy for the
+K-quants, where d*sc needs up to 11+7 significant bits: on random blocks only about
+15-50% of the per-group values survive the round trip.
+
 Block layouts (byte ranges inside one block) are documented beside each decoder.
 """
 from __future__ import annotations
