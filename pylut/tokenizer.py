@@ -42,6 +42,7 @@ END_OF_TURN_TEXTS = frozenset({
 })
 
 _CACHE_LIMIT = 200_000  # words; the cache is simply dropped when it grows past this
+_CACHE_MAX_WORD = 256  # longer words (base64 blobs, long runs) are rare: not worth keeping
 
 
 def bytes_to_unicode() -> Dict[int, str]:
@@ -373,7 +374,9 @@ class Tokenizer:
         for word in words:
             ids = get(word)
             if ids is None:
-                ids = cache[word] = encode_word(word)
+                ids = encode_word(word)
+                if len(word) <= _CACHE_MAX_WORD:
+                    cache[word] = ids
             extend(ids)
 
     def _spm_word(self, word: str) -> Tuple[int, ...]:
@@ -437,6 +440,8 @@ class Tokenizer:
         A piece may hold part of a UTF-8 character; see :class:`StreamDecoder`."""
         if self._pieces is None:
             self._pieces = self._build_pieces()
+        if not 0 <= token_id < len(self._pieces):
+            raise IndexError(f"token id {token_id} out of range (n_vocab={len(self._pieces)})")
         piece = self._pieces[token_id]
         if special and not piece and self._types[token_id] in (TOKEN_CONTROL, TOKEN_UNKNOWN):
             return self._tokens[token_id].encode("utf-8")

@@ -110,6 +110,10 @@ def test_properties():
     assert spm.token_to_piece(spm.token_to_id("<0x41>")) == b"A"
     assert llama3.token_to_piece(llama3.token_to_id("Ġworld")) == b" world"
     assert llama3.token_to_piece(128000) == b"" and llama3.token_to_piece(128000, special=True) == b"<|begin_of_text|>"
+    with pytest.raises(IndexError):
+        llama3.token_to_piece(-1)
+    with pytest.raises(IndexError):
+        spm.decode([32000])
 
 
 # --------------------------------------------------------------------------- special tokens
@@ -256,9 +260,8 @@ def test_hf_sentencepiece_style_json(tmp_path):
     assert hf.model == "bpe-chars"
     spm = load("llama-spm")
     texts = oracle_texts("llama-spm")
-    same = sum(hf.encode(t) == spm.encode(t) for t in texts)
-    assert same >= len(texts) - 2  # merge-rank vs score order may differ on rare ties
     for text in texts:
+        assert hf.encode(text) == spm.encode(text), text
         assert hf.decode(hf.encode(text)) == text
     try:
         import tokenizers
