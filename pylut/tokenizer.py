@@ -205,6 +205,11 @@ class Tokenizer:
         self._spm_chunks = model != "bpe" and not any(
             SPM_SPACE in t.lstrip(SPM_SPACE) for t in self._text_to_id)
 
+        # Special tokens are looked up by exact text, whatever merges could make of them.
+        self._special_to_id: Dict[str, int] = {}
+        for i, (text, ttype) in enumerate(zip(self._tokens, self._types)):
+            if ttype in (TOKEN_USER_DEFINED, TOKEN_CONTROL, TOKEN_UNKNOWN) and text:
+                self._special_to_id.setdefault(text, i)
         self._special_plain, self._special_all = self._build_special_matchers()
         self._eot_ids = self._find_eot_ids(extra_eot_ids)
         self._pieces: Optional[List[bytes]] = None
@@ -253,10 +258,6 @@ class Tokenizer:
             texts = sorted(set(texts), key=len, reverse=True)
             return re.compile("|".join(map(re.escape, texts)))
 
-        self._special_to_id = {}
-        for i, (text, ttype) in enumerate(zip(self._tokens, self._types)):
-            if ttype in (TOKEN_USER_DEFINED, TOKEN_CONTROL, TOKEN_UNKNOWN) and text:
-                self._special_to_id.setdefault(text, i)
         return compile_alternation(always), compile_alternation(always + optional)
 
     def _find_eot_ids(self, extra: Iterable[int]) -> Set[int]:
