@@ -4,8 +4,10 @@ Byte-level BPE tokenizers first cut text into "words" with a regular expression 
 engines that understand Unicode properties (``\\p{L}`` letters, ``\\p{N}`` numbers, ...).
 Python's ``re`` does not, so we translate such patterns into plain ``re`` syntax by
 expanding every property into an explicit character class, built once per process from
-``unicodedata``. ``re`` stores big classes as a bitmap for the Basic Multilingual Plane, so
-matching stays in C and fast.
+``unicodedata``. The classes cover only the Basic Multilingual Plane, which ``re`` stores as
+a bitmap, so matching stays in C and fast; characters above U+FFFF are swapped for BMP
+stand-ins of the same general category before matching and swapped back afterwards (so a
+pattern naming an astral character literally is not supported).
 
 Some families cut the text with several patterns in a row. Each pattern is applied to every
 piece produced by the previous one, and both the matches and the unmatched gaps between
@@ -17,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import sys
 import unicodedata
 from typing import Dict, List, Sequence
 
