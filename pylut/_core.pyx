@@ -16,6 +16,7 @@ from pylut.cpylut cimport *
 cnp.import_array()
 
 ISA_NAMES = {PYLUT_ISA_SCALAR: "scalar", PYLUT_ISA_AVX2: "avx2", PYLUT_ISA_AVX512: "avx512",
+             PYLUT_ISA_AVX512VBMI: "avx512vbmi",
              PYLUT_ISA_NEON: "neon", PYLUT_ISA_NEON_DOT: "neon_dotprod"}
 ISA_BY_NAME = {v: k for k, v in ISA_NAMES.items()}
 TYPE_T3 = PYLUT_TYPE_T3
@@ -90,6 +91,20 @@ cdef class ThreadPool:
     @property
     def n_threads(self):
         return pylut_pool_size(self.pool)
+
+
+def read_bytes(buf, ThreadPool pool):
+    """Read every byte of a uint8 array across the pool (read-bandwidth roofline)."""
+    buf = _array(buf, np.uint8, 1, "buf")
+    if buf.size < 64:
+        raise ValueError("buffer too small")
+    cdef const uint8_t[::1] bv = buf
+    cdef int64_t n = bv.shape[0]
+    cdef uint64_t r
+    with pool.lock:
+        with nogil:
+            r = pylut_read_bytes(pool.pool, &bv[0], n)
+    return int(r)
 
 
 # ---------------------------------------------------------------- packed matrices

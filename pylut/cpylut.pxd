@@ -1,5 +1,5 @@
 # cpylut.pxd - the C API of include/pylut/pylut.h, for Cython. Declarations only.
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 cdef extern from "pylut/pylut.h" nogil:
     enum:
@@ -13,6 +13,7 @@ cdef extern from "pylut/pylut.h" nogil:
         PYLUT_ISA_AVX512
         PYLUT_ISA_NEON
         PYLUT_ISA_NEON_DOT
+        PYLUT_ISA_AVX512VBMI
         PYLUT_OK
         PYLUT_EINVAL
         PYLUT_ENOMEM
@@ -75,6 +76,7 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq,
                       const float *xs, const float *xsum, float *y)
 
+    uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n)
     int pylut_isa_detect()
     int pylut_isa_supported(int isa)
     int pylut_isa_active()

@@ -59,7 +59,7 @@ def cpu_features():
 
 
 def set_isa(name):
-    """Force a kernel family ('scalar', 'avx2', 'avx512', 'neon', 'neon_dotprod')."""
+    """Force a kernel family ('scalar', 'avx2', 'avx512', 'avx512vbmi', 'neon', 'neon_dotprod')."""
     _core.isa_set(name)
     log.info("pylut: kernels set to %s", name)
 

@@ -1,5 +1,6 @@
 /* dispatch.c - CPU feature detection, the one kernel table chosen at import, and the public
  * entry points: they validate every size they are handed, then split work over the pool. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -55,6 +56,8 @@ int pylut_isa_supported(int isa) {
     case PYLUT_ISA_AVX512:
         return pylut_isa_supported(PYLUT_ISA_AVX2) && cpu.os_zmm && cpu.avx512f && cpu.avx512bw &&
                cpu.avx512vl;
+    /* Ice Lake, Tiger Lake, Sapphire Rapids and later Xeons, Zen 4/5 */
+    case PYLUT_ISA_AVX512VBMI: return pylut_isa_supported(PYLUT_ISA_AVX512) && cpu.avx512vbmi;
     default: return 0;
     }
 }
@@ -121,7 +124,8 @@ static const pylut_kernels *kernels_for(int isa) {
     switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
     case PYLUT_ISA_AVX2: return &pylut_kernels_avx2;
-    case PYLUT_ISA_AVX512: return pylut_kernels_avx512.gemm_b ? &pylut_kernels_avx512 : &pylut_kernels_avx2; /* TEMP */
+    case PYLUT_ISA_AVX512: return &pylut_kernels_avx512;
+    case PYLUT_ISA_AVX512VBMI: return &pylut_kernels_avx512vbmi;
 #endif
 #if defined(__aarch64__)
     case PYLUT_ISA_NEON: return &pylut_kernels_neon;
@@ -133,7 +137,7 @@ static const pylut_kernels *kernels_for(int isa) {
 
 int pylut_isa_detect(void) {
     if (!detected) { detect(); detected = 1; }
-    static const int order[] = {PYLUT_ISA_AVX512, PYLUT_ISA_AVX2, PYLUT_ISA_NEON_DOT, PYLUT_ISA_NEON};
+    static const int order[] = {PYLUT_ISA_AVX512VBMI, PYLUT_ISA_AVX512, PYLUT_ISA_AVX2, PYLUT_ISA_NEON_DOT, PYLUT_ISA_NEON};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
         if (pylut_isa_supported(order[i])) return order[i];
     return PYLUT_ISA_SCALAR;
@@ -154,6 +158,7 @@ const char *pylut_isa_name(int isa) {
     case PYLUT_ISA_SCALAR: return "scalar";
     case PYLUT_ISA_AVX2: return "avx2";
     case PYLUT_ISA_AVX512: return "avx512";
+    case PYLUT_ISA_AVX512VBMI: return "avx512vbmi";
     case PYLUT_ISA_NEON: return "neon";
     case PYLUT_ISA_NEON_DOT: return "neon_dotprod";
     default: return "unknown";
@@ -230,12 +235,11 @@ typedef struct {
     const int64_t *ldys;
     int64_t tile_start[MAX_MULTI + 1]; /* prefix sums of tiles over the matrices */
     const pylut_kernels *k;
+    int64_t chunk;                     /* tiles taken per grab */
+    atomic_llong next;                 /* next unclaimed tile */
 } gemm_ctx;
 
-static void gemm_task(void *arg, int ith, int nth) {
-    gemm_ctx *c = arg;
-    int64_t total = c->tile_start[c->n_mats];
-    int64_t w0 = total * ith / nth, w1 = total * (ith + 1) / nth;
+static void gemm_range(gemm_ctx *c, int64_t w0, int64_t w1) {
     for (int i = 0; i < c->n_mats && w0 < w1; i++) {
         int64_t s = c->tile_start[i], e = c->tile_start[i + 1];
         int64_t a = w0 > s ? w0 : s, b = w1 < e ? w1 : e;
@@ -248,16 +252,35 @@ static void gemm_task(void *arg, int ith, int nth) {
     }
 }
 
+/* Threads claim chunks of tiles from a shared counter rather than a fixed slice: on a busy
+ * machine (or big.LITTLE cores) a descheduled thread's share is taken over by the others. */
+static void gemm_task(void *arg, int ith, int nth) {
+    gemm_ctx *c = arg;
+    const int64_t total = c->tile_start[c->n_mats];
+    (void)ith;
+    (void)nth;
+    for (;;) {
+        int64_t w0 = atomic_fetch_add_explicit(&c->next, c->chunk, memory_order_relaxed);
+        if (w0 >= total) break;
+        gemm_range(c, w0, w0 + c->chunk < total ? w0 + c->chunk : total);
+    }
+}
+
 int pylut_gemm_multi(pylut_pool *pool, int n_mats, const pylut_qmatrix *const *qms,
                      const pylut_lut *lut, int n, float *const *ys, const int64_t *ldys) {
     if (n_mats < 1 || n_mats > MAX_MULTI || !qms || !lut || !ys || !ldys || n < 1) return PYLUT_EINVAL;
-    gemm_ctx c = {n_mats, qms, lut, n, ys, ldys, {0}, active};
+    gemm_ctx c = {n_mats, qms, lut, n, ys, ldys, {0}, active, 1, 0};
     for (int i = 0; i < n_mats; i++) {
         if (!qmatrix_ok(qms[i]) || !ys[i] || ldys[i] < qms[i]->m) return PYLUT_EINVAL;
         for (int t = 0; t < n; t++)
             if (!lut_ok(lut + t, qms[i])) return PYLUT_EINVAL;
         c.tile_start[i + 1] = c.tile_start[i] + qms[i]->m_pad / PYLUT_TILE_M;
     }
+    /* ~8 grabs per thread: enough to rebalance, few enough to keep the counter cold */
+    int nth = pylut_pool_size(pool);
+    c.chunk = c.tile_start[n_mats] / (8 * nth);
+    if (c.chunk < 1) c.chunk = 1;
+    atomic_init(&c.next, 0);
     pylut_pool_run(pool, gemm_task, &c);
     return PYLUT_OK;
 }
@@ -292,4 +315,31 @@ int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, 
     i8_ctx c = {qm, xq, xs, xsum, y, active};
     pylut_pool_run(pool, i8_task, &c);
     return PYLUT_OK;
+}
+
+/* ------------------------------------------------------------------ read bandwidth */
+
+/* The decode roofline: read n bytes split over the pool, the way the kernels read weights.
+ * Eight independent xor chains keep enough loads in flight. Returns a value depending on
+ * every byte so the compiler cannot drop the reads. */
+typedef struct {
+    const uint64_t *p;
+    int64_t words;
+    atomic_ullong sink;
+} read_ctx;
+
+static void read_task(void *arg, int ith, int nth) {
+    read_ctx *c = arg;
+    int64_t w0 = c->words * ith / nth / 8 * 8, w1 = c->words * (ith + 1) / nth / 8 * 8;
+    uint64_t a[8] = {0};
+    for (int64_t i = w0; i < w1; i += 8)
+        for (int k = 0; k < 8; k++) a[k] ^= c->p[i + k];
+    atomic_fetch_xor(&c->sink, a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7]);
+}
+
+uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n) {
+    if (!p || n < 64) return 0;
+    read_ctx c = {p, n / 8, 0};
+    pylut_pool_run(pool, read_task, &c);
+    return atomic_load(&c.sink);
 }

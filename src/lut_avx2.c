@@ -18,7 +18,7 @@
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #ifndef PF_DIST
-#define PF_DIST 1024 /* bytes ahead of the code stream: covers DRAM latency at ~30 GB/s */
+#define PF_DIST 256 /* bytes ahead of the code stream (measured best of 256..6144 on Zen 4) */
 #endif
 
 static ALWAYS_INLINE __m256i lut_lookup_lo(__m256i tbl, __m256i w, __m256i m0f) {

@@ -41,6 +41,7 @@ enum pylut_isa {
     PYLUT_ISA_AVX512 = 2,    /* AVX-512 F+BW+VL on top of AVX2, OS saves zmm */
     PYLUT_ISA_NEON = 3,      /* aarch64 Advanced SIMD */
     PYLUT_ISA_NEON_DOT = 4,  /* aarch64 + dotprod (armv8.2-a) */
+    PYLUT_ISA_AVX512VBMI = 5, /* AVX-512 + VBMI (vpermb) */
 };
 
 enum pylut_status {
@@ -165,6 +166,9 @@ int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld);
 int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum);
 int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
                   const float *xsum, float *y);
+
+/* Read n bytes at p across the pool (the bandwidth roofline benchmarks compare against). */
+uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n);
 
 /* ------------------------------------------------------------------ dispatch */
 

@@ -1,0 +1,192 @@
+/* lut_avx512_body.h - AVX-512 table-lookup kernels, written once and instantiated by two
+ * translation units: lut_avx512.c (PYLUT_VBMI 0) and lut_avx512vbmi.c (PYLUT_VBMI 1). They
+ * are reached only through the dispatch table when CPUID and XCR0 say zmm state is usable.
+ *
+ * One 64-byte load holds a whole k-group of a 64-row tile (2 planes), so the 16-entry table
+ * is replicated in all four 128-bit lanes. Two flavours share one body:
+ *   - AVX-512BW (Skylake-SP/X, Cascade Lake): vpshufb, which needs the nibble masked to 4
+ *     bits (bit 7 would zero the result);
+ *   - AVX-512VBMI (Ice Lake, Sapphire Rapids, Zen 4/5): vpermb reads only the low 6 index
+ *     bits, and with the table replicated 4x bits 4-5 don't matter: no masking at all.
+ * The int16 bounds are the ones proved in lut_avx2.c (same accumulation order). */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#ifndef PF_DIST
+#define PF_DIST 256
+#endif
+
+/* 64 lookups of 4-bit indices (low nibble / high nibble of each byte) */
+#if PYLUT_VBMI
+#define lookup_lo(tbl, w, m0f) _mm512_permutexvar_epi8((w), (tbl))
+#define lookup_hi(tbl, w, m0f) _mm512_permutexvar_epi8(_mm512_srli_epi16((w), 4), (tbl))
+#else
+#define lookup_lo(tbl, w, m0f) _mm512_shuffle_epi8((tbl), _mm512_and_si512((w), (m0f)))
+#define lookup_hi(tbl, w, m0f) _mm512_shuffle_epi8((tbl), _mm512_and_si512(_mm512_srli_epi16((w), 4), (m0f)))
+#endif
+
+/* int16 x32 (rows r..r+31) -> two int32 x16, shifted left by sh, added to r0, r1 */
+static ALWAYS_INLINE void widen_add(__m512i a16, int sh, __m512i *r0, __m512i *r1) {
+    __m512i lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a16));
+    __m512i hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(a16, 1));
+    *r0 = _mm512_add_epi32(*r0, _mm512_slli_epi32(lo, sh));
+    *r1 = _mm512_add_epi32(*r1, _mm512_slli_epi32(hi, sh));
+}
+
+static ALWAYS_INLINE void store_tile(float *y, int64_t row0, int64_t m, const __m512 acc[4]) {
+    if (row0 + PYLUT_TILE_M <= m) {
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(y + row0 + 16 * q, acc[q]);
+    } else {
+        float tmp[PYLUT_TILE_M];
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(tmp + 16 * q, acc[q]);
+        memcpy(y + row0, tmp, (size_t)(m - row0) * sizeof(float));
+    }
+}
+
+/* ------------------------------------------------------------------ B-type GEMM */
+
+static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
+                                      int64_t t, const int bits) {
+    const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
+    const int64_t groups = qm->k_pad / qm->group;
+    const int kpg = qm->group / PYLUT_KGROUP;
+    const float h = (float)((1 << bits) - 1) * 0.5f;
+    const __m512i m0f = _mm512_set1_epi8(0x0f);
+    const __m512i mul12 = _mm512_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
+    __m512 acc[4];
+    for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_ps();
+    const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
+    const int8_t *T = L->tbl;
+    for (int64_t g = 0; g < groups; g++) {
+        __m512i pacc[2][2], lacc[2]; /* [pair][rows 0..31 | 32..63], lone [half] */
+        pacc[0][0] = pacc[0][1] = pacc[1][0] = pacc[1][1] = lacc[0] = lacc[1] = _mm512_setzero_si512();
+        for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
+            const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
+            _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+            for (int p = 0; p < npair; p++) {
+                __m512i w = _mm512_loadu_si512((const void *)(blk + 64 * p));
+                pacc[p][0] = _mm512_add_epi16(pacc[p][0], _mm512_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)));
+                pacc[p][1] = _mm512_add_epi16(pacc[p][1], _mm512_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)));
+            }
+            if (lone) { /* 32 bytes: rows 0..31 in the low nibbles, 32..63 in the high ones */
+                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
+                __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
+                __m512i v = lookup_lo(tbl, idx, m0f);
+                lacc[0] = _mm512_add_epi16(lacc[0], _mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)));
+                lacc[1] = _mm512_add_epi16(lacc[1], _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)));
+            }
+        }
+        __m512i A[4];
+        for (int q = 0; q < 4; q++) A[q] = _mm512_setzero_si512();
+        for (int half = 0; half < 2; half++) {
+            for (int p = 0; p < npair; p++) widen_add(pacc[p][half], 2 * p, &A[2 * half], &A[2 * half + 1]);
+            if (lone) widen_add(lacc[half], bits - 1, &A[2 * half], &A[2 * half + 1]);
+        }
+        const int64_t si = (t * groups + g) * PYLUT_TILE_M;
+        const __m512 vf = _mm512_set1_ps(0.5f * L->tscale[g]);
+        for (int q = 0; q < 4; q++) {
+            __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + si + 16 * q)));
+            acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, vf), _mm512_cvtepi32_ps(A[q]), acc[q]);
+            if (qm->has_bias) {
+                __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + si + 16 * q)));
+                acc[q] = _mm512_fmadd_ps(_mm512_fmadd_ps(s, _mm512_set1_ps(h), b), _mm512_set1_ps(L->sumx[g]), acc[q]);
+            }
+        }
+    }
+    store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
+}
+
+static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
+                                      int64_t ldy, int64_t tile0, int64_t tile1) {
+    for (int64_t t = tile0; t < tile1; t++)
+        for (int tok = 0; tok < n; tok++) {
+            const pylut_lut *L = lut + tok;
+            float *yt = y + tok * ldy;
+            switch (qm->bits) {
+            case 1: gemm_b_tile(qm, L, yt, t, 1); break;
+            case 2: gemm_b_tile(qm, L, yt, t, 2); break;
+            case 3: gemm_b_tile(qm, L, yt, t, 3); break;
+            default: gemm_b_tile(qm, L, yt, t, 4); break;
+            }
+        }
+}
+
+/* ------------------------------------------------------------------ T3 GEMM */
+
+/* even/odd-row int16 sums: bytes 0..31 of the lookups were triple j, 32..63 triple j+1 (same
+ * rows), so fold the 256-bit halves, then interleave even/odd rows back into row order. */
+static ALWAYS_INLINE void t3_rows(__m512i even, __m512i odd, __m512i out[2]) {
+    __m256i e = _mm256_add_epi16(_mm512_castsi512_si256(even), _mm512_extracti64x4_epi64(even, 1));
+    __m256i o = _mm256_add_epi16(_mm512_castsi512_si256(odd), _mm512_extracti64x4_epi64(odd, 1));
+    __m256i lo = _mm256_unpacklo_epi16(e, o); /* lane 0: rows 0..7,  lane 1: 16..23 */
+    __m256i hi = _mm256_unpackhi_epi16(e, o); /* lane 0: rows 8..15, lane 1: 24..31 */
+    __m256i r0_15 = _mm256_permute2x128_si256(lo, hi, 0x20), r16_31 = _mm256_permute2x128_si256(lo, hi, 0x31);
+    out[0] = _mm512_cvtepi16_epi32(r0_15);
+    out[1] = _mm512_cvtepi16_epi32(r16_31);
+}
+
+static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
+                                       int64_t ldy, int64_t tile0, int64_t tile1) {
+    const int64_t pairs = qm->k_pad / 6, ppg = PYLUT_T3_TBL_GROUP / 2;
+    const __m512i m0f = _mm512_set1_epi8(0x0f);
+    /* vpermb index bit 4 picks triple j+1's table for bytes 32..63 */
+    const __m512i tsel = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi8(0x10), 1);
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t t = tile0; t < tile1; t++) {
+        for (int tok = 0; tok < n; tok++) {
+            const pylut_lut *L = lut + tok;
+            const uint8_t *blk = qm->codes + t * pairs * PYLUT_T3_PAIR_BYTES;
+            __m512 acc[4];
+            for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_ps();
+            for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += ppg, g++) {
+                const int64_t p1 = p0 + ppg < pairs ? p0 + ppg : pairs;
+                __m512i elo = zero, olo = zero, ehi = zero, ohi = zero;
+                for (int64_t p = p0; p < p1; p++, blk += PYLUT_T3_PAIR_BYTES) {
+                    _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+                    const __m256i t2 = _mm256_loadu_si256((const __m256i *)(L->tbl + 32 * p));
+                    const __m512i w = _mm512_loadu_si512((const void *)blk);
+                    __m512i vlo, vhi;
+#if PYLUT_VBMI
+                    { /* (w & 0x0f) | tsel in one vpternlog */
+                        const __m512i tbl = _mm512_zextsi256_si512(t2);
+                        vlo = _mm512_permutexvar_epi8(_mm512_ternarylogic_epi32(w, m0f, tsel, 0xEA), tbl);
+                        vhi = _mm512_permutexvar_epi8(_mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), m0f, tsel, 0xEA), tbl);
+                    }
+#else
+                    { /* lanes (j, j, j+1, j+1) */
+                        const __m512i tbl = _mm512_shuffle_i64x2(_mm512_castsi256_si512(t2), _mm512_castsi256_si512(t2), 0x50);
+                        vlo = _mm512_shuffle_epi8(tbl, _mm512_and_si512(w, m0f));
+                        vhi = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(w, 4), m0f));
+                    }
+#endif
+                    uint64_t slo, shi;
+                    memcpy(&slo, blk + 64, 8);
+                    memcpy(&shi, blk + 72, 8);
+                    vlo = _mm512_mask_sub_epi8(vlo, _cvtu64_mask64(slo), zero, vlo);
+                    vhi = _mm512_mask_sub_epi8(vhi, _cvtu64_mask64(shi), zero, vhi);
+                    elo = _mm512_add_epi16(elo, _mm512_srai_epi16(_mm512_slli_epi16(vlo, 8), 8));
+                    olo = _mm512_add_epi16(olo, _mm512_srai_epi16(vlo, 8));
+                    ehi = _mm512_add_epi16(ehi, _mm512_srai_epi16(_mm512_slli_epi16(vhi, 8), 8));
+                    ohi = _mm512_add_epi16(ohi, _mm512_srai_epi16(vhi, 8));
+                }
+                __m512i A[4];
+                t3_rows(elo, olo, A);
+                t3_rows(ehi, ohi, A + 2);
+                const __m512 ts = _mm512_set1_ps(L->tscale[g]);
+                for (int q = 0; q < 4; q++) acc[q] = _mm512_fmadd_ps(ts, _mm512_cvtepi32_ps(A[q]), acc[q]);
+            }
+            const float *rs = qm->row_scale + t * PYLUT_TILE_M;
+            for (int q = 0; q < 4; q++) acc[q] = _mm512_mul_ps(_mm512_loadu_ps(rs + 16 * q), acc[q]);
+            store_tile(y + tok * ldy, t * PYLUT_TILE_M, qm->m, acc);
+        }
+    }
+}
+
+const pylut_kernels PYLUT_AVX512_TABLE = {
+    .gemm_b = gemm_b_body,
+    .gemm_t3 = gemm_t3_body,
+    .i8_gemv = pylut_i8_gemv_avx2, /* the baseline stays the llama.cpp-style AVX2 loop */
+};
