@@ -1,11 +1,13 @@
 """pylut - a small, fast CPU runtime for low-bit LLMs (T-MAC table-lookup kernels)."""
 import logging
 
-from ._version import __version__
-from .kernels import (I8Matrix, QMatrix, Tables, ThreadPool, cpu_features, gemm, gemm_multi,
-                      get_pool, quantize, set_isa)
-
+# Before anything logs: the library never writes to stderr on its own (the application
+# decides where pylut's log goes).
 logging.getLogger("pylut").addHandler(logging.NullHandler())
+
+from ._version import __version__  # noqa: E402
+from .kernels import (I8Matrix, QMatrix, Tables, ThreadPool, cpu_features, gemm,  # noqa: E402
+                      gemm_multi, get_pool, quantize, set_isa)
 
 __all__ = ["__version__", "cpu_features", "set_isa", "quantize", "gemm", "gemm_multi",
            "QMatrix", "Tables", "ThreadPool", "I8Matrix", "get_pool"]

@@ -1,0 +1,242 @@
+"""Kernel core: every ISA variant equals the scalar twin, and the scalar twin matches a numpy
+dequantize-then-matmul reference within a bound derived from the table quantization.
+
+Tolerances (why these numbers):
+- ISA vs scalar: the integer lookups and sums are identical (bit-exact); only the per-group
+  float epilogue differs (FMA vs separate multiply/add, 8/16-wide vs 1-wide), a few ulps per
+  group, so |y_isa - y_scalar| <= 1e-5 * max|y|.
+- vs numpy reference: each int8 table entry is off by at most half a table step
+  (0.5 * tscale); a b-bit row term adds (2^b - 1)/2 such errors per k-group, scaled by the
+  group's weight scale. `lut_error_bound` sums that worst case, and we also require the RMS
+  error to be small (per bit width) so a kernel that is merely "within the worst case" but
+  systematically off still fails.
+Shapes are kept small so the same file runs under qemu-aarch64 in a few seconds."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pylut
+from pylut import _core
+
+ISAS = _core.isa_supported()
+SIMD_ISAS = [i for i in ISAS if i != "scalar"]
+
+# (mode, bits) cases: symmetric and zero-point grids, 1..4 bits, ternary both ways
+CASES = [("sym", 1), ("sym", 2), ("sym", 3), ("sym", 4), ("zp", 1), ("zp", 2), ("zp", 3),
+         ("zp", 4), ("ternary", 2), ("t3", 2)]
+# (m, k, group): odd M and K, K = 100*4 (BitNet-3B head dim style), tails in both directions
+SHAPES = [(1, 32, 32), (37, 100, 32), (64, 400, 64), (100, 256, 128), (130, 1000, 256),
+          (70, 68, 8)]
+# RMS error limit relative to RMS(y), per bit width (measured ~0.5-1 %; limit leaves 3x room)
+RMS_LIMIT = {1: 0.03, 2: 0.03, 3: 0.03, 4: 0.03, "t3": 0.03}
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    before = _core.isa_active()
+    yield
+    _core.isa_set(before)
+
+
+def run(q, x, isa, n_threads=1):
+    _core.isa_set(isa)
+    return pylut.gemm(q, x, n_threads=n_threads)
+
+
+def make(mode, bits, m, k, group, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((m, k)).astype(np.float32)
+    return pylut.quantize(w, bits=bits, group=group, mode=mode), rng
+
+
+def lut_error_bound(q, x):
+    """Worst-case |y - W x| caused by rounding table entries to int8 (see module doc)."""
+    m, k = q.shape
+    xs = np.atleast_2d(x)
+    bounds = []
+    for xv in xs:
+        if q.type == _core.TYPE_T3:
+            kp = q.k_pad
+            xp = np.zeros(kp, np.float32)
+            xp[:k] = xv
+            trip = np.abs(xp.reshape(-1, 3)).sum(1)
+            n_tbl = trip.size
+            tot = 0.0
+            for g0 in range(0, n_tbl, 64):
+                tscale = trip[g0:g0 + 64].max() / 127
+                tot += 0.5 * tscale * min(64, n_tbl - g0)
+            bounds.append(np.abs(q.row_scale_buf[:m]) * tot)
+            continue
+        g = q.group
+        xp = np.zeros(q.k_pad, np.float32)
+        xp[:k] = xv
+        kg = np.abs(xp.reshape(-1, 4)).sum(1).reshape(-1, g // 4)
+        tscale = kg.max(1) / 127  # per scale group
+        s = np.abs(_core._untile_params(q.scale_buf, -(-m // 64) * 64, q.k_pad // g)[:m])
+        per_group = 0.5 * tscale * ((1 << q.bits) - 1) / 2 * (g // 4)
+        bounds.append(s @ per_group)
+    return np.array(bounds).reshape(np.shape(x)[:-1] + (m,))
+
+
+@pytest.mark.parametrize("mode,bits", CASES)
+@pytest.mark.parametrize("m,k,group", SHAPES)
+def test_scalar_matches_numpy_reference(mode, bits, m, k, group):
+    q, rng = make(mode, bits, m, k, group)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    y = run(q, x, "scalar")
+    ref = x @ q.dequantize().T
+    bound = lut_error_bound(q, x)
+    assert np.all(np.abs(y - ref) <= bound * 1.0001 + 1e-5), "error above the table-rounding bound"
+    rms = np.sqrt(np.mean((y - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-12)
+    assert rms < RMS_LIMIT["t3" if mode == "t3" else bits], f"rms error {rms:.4f}"
+
+
+@pytest.mark.skipif(not SIMD_ISAS, reason="this CPU runs the scalar kernels only")
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("mode,bits", CASES)
+@pytest.mark.parametrize("m,k,group", SHAPES)
+@pytest.mark.parametrize("n", [1, 5])
+def test_isa_equals_scalar(isa, mode, bits, m, k, group, n):
+    q, rng = make(mode, bits, m, k, group, seed=1)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    ref = run(q, x, "scalar")
+    y = run(q, x, isa)
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    assert np.abs(y - ref).max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_threads_do_not_change_results(isa):
+    q, rng = make("sym", 2, 300, 512, 128)
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    y1 = run(q, x, isa, n_threads=1)
+    for nt in (2, 3):
+        assert np.array_equal(run(q, x, isa, n_threads=nt), y1)
+
+
+@pytest.mark.parametrize("mode,bits", CASES)
+def test_pack_unpack_roundtrip(mode, bits):
+    rng = np.random.default_rng(2)
+    m, k = 77, 150
+    if mode == "t3":
+        trits = rng.integers(-1, 2, (m, k)).astype(np.int8)
+        q = pylut.QMatrix.from_trits(trits, np.ones(m, np.float32))
+        assert np.array_equal(q.unpack_codes(), (trits + 1).astype(np.uint8))
+        return
+    codes = rng.integers(0, 3 if mode == "ternary" else 1 << bits, (m, k)).astype(np.uint8)
+    ng = -(-k // 32)
+    scale = np.ones((m, ng), np.float32)
+    q = pylut.QMatrix.from_codes(codes, scale, None if mode == "sym" else -scale, bits=bits, group=32)
+    assert np.array_equal(q.unpack_codes(), codes)
+
+
+def test_ternary_dense_packing_is_small():
+    q, _ = make("t3", 2, 4096, 4096, 128)
+    assert q.bits_per_weight <= 1.7
+    q2, _ = make("ternary", 2, 4096, 4096, 256)
+    assert q.nbytes < q2.nbytes
+
+
+def test_gemm_multi_equals_separate():
+    rng = np.random.default_rng(3)
+    mats = [pylut.quantize(rng.standard_normal((m, 256)).astype(np.float32), bits=4, group=64)
+            for m in (64, 32, 100)]
+    x = rng.standard_normal(256).astype(np.float32)
+    ys = pylut.gemm_multi(mats, x)
+    for q, y in zip(mats, ys):
+        assert np.array_equal(y, pylut.gemm(q, x))
+
+
+def test_lossless_codes_give_exact_dequantize():
+    """Integer codes + fp16-exact scales (what a GGUF repack produces) survive packing."""
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 16, (40, 64)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.1, (40, 2)).astype(np.float16).astype(np.float32)
+    q = pylut.QMatrix.from_codes(codes, d, -8 * d, bits=4, group=32)
+    w = d.repeat(32, 1) * codes - 8 * d.repeat(32, 1)
+    assert np.array_equal(q.dequantize(), w.astype(np.float32))
+
+
+def test_int8_baseline_matches_reference():
+    rng = np.random.default_rng(5)
+    for bits in (2, 4):
+        m, k = 50, 512
+        codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
+        s = rng.uniform(0.01, 0.1, (m, k // 32)).astype(np.float32)
+        b = -s * ((1 << bits) - 1) / 2
+        im = pylut.I8Matrix(codes, s, b, bits)
+        x = rng.standard_normal(k).astype(np.float32)
+        xq, xs, xsum = im.quantize_x(x)
+        s16, b16 = s.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+        w = s16.repeat(32, 1) * codes + b16.repeat(32, 1)
+        ref = w @ (xq.astype(np.float32) * xs.repeat(32))
+        outs = {}
+        for isa in ISAS:
+            _core.isa_set(isa)
+            outs[isa] = im.gemv(xq, xs, xsum, pylut.get_pool(1))
+            assert np.allclose(outs[isa], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_arguments_raise_clear_errors():
+    q, _ = make("sym", 2, 64, 128, 32)
+    with pytest.raises(TypeError, match="float32"):
+        pylut.gemm(q, np.zeros(128, np.float64))
+    with pytest.raises(ValueError, match="k=128"):
+        pylut.gemm(q, np.zeros(127, np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        pylut.gemm(q, np.zeros((2, 256), np.float32)[:, ::2])
+    with pytest.raises(TypeError, match="numpy array"):
+        pylut.gemm(q, [0.0] * 128)
+    with pytest.raises(ValueError, match="bits"):
+        pylut.quantize(np.zeros((4, 32), np.float32), bits=5)
+    with pytest.raises(ValueError, match="bits"):
+        pylut.quantize(np.zeros((4, 32), np.float32), bits=0)
+    with pytest.raises(ValueError, match="group"):
+        pylut.quantize(np.zeros((4, 32), np.float32), bits=2, group=12)
+    with pytest.raises(ValueError, match="mode"):
+        pylut.quantize(np.zeros((4, 32), np.float32), mode="int3")
+    with pytest.raises(ValueError, match="NaN"):
+        pylut.quantize(np.full((4, 32), np.nan, np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        pylut.quantize(np.zeros(32, np.float32))
+    with pytest.raises(TypeError, match="floating"):
+        pylut.quantize(np.zeros((4, 32), np.int32))
+    with pytest.raises(ValueError, match="< 2\\^2"):
+        pylut.QMatrix.from_codes(np.full((2, 32), 4, np.uint8), np.ones((2, 1)), bits=2, group=32)
+    with pytest.raises(ValueError, match="shape"):
+        pylut.QMatrix.from_codes(np.zeros((2, 64), np.uint8), np.ones((2, 1)), bits=2, group=32)
+    with pytest.raises(ValueError, match="trits"):
+        pylut.QMatrix.from_trits(np.full((2, 6), 2, np.int8), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="bytes"):
+        pylut.QMatrix.from_packed(2, 64, 128, 32, False, np.zeros(10, np.uint8), np.zeros(256, np.uint16))
+    with pytest.raises(ValueError, match="same k"):
+        pylut.gemm_multi([q, make("sym", 2, 64, 256, 32)[0]], np.zeros(128, np.float32))
+    with pytest.raises(ValueError, match="n_threads"):
+        pylut.ThreadPool(0)
+    with pytest.raises(ValueError, match="unknown ISA"):
+        pylut.set_isa("sse9")
+
+
+def test_unsupported_isa_is_refused():
+    others = {"avx2", "avx512", "avx512vbmi", "neon", "neon_dotprod"} - set(ISAS)
+    for name in others:
+        with pytest.raises(ValueError, match="not supported"):
+            pylut.set_isa(name)
+
+
+def test_cpu_features_and_env_override():
+    f = pylut.cpu_features()
+    assert f["isa"] in f["supported"] and f["best"] in f["supported"] and "scalar" in f["supported"]
+    code = "import pylut; print(pylut.cpu_features()['isa'])"
+    env = dict(os.environ, PYLUT_ISA="scalar")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "scalar"
+    env["PYLUT_ISA"] = "no-such-isa"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f["best"]
+    assert out.stderr == "", "the library must not write to stderr on its own"
