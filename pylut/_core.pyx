@@ -161,8 +161,8 @@ cdef class QMatrix:
         as fp16; W = scale*codes + bias per group. bias=None means the symmetric grid
         W = scale*(codes - (2^bits-1)/2)."""
         codes = _array(codes, np.uint8, 2, "codes")
-        if not 1 <= bits <= 4:
-            raise ValueError(f"bits must be 1..4, got {bits}")
+        if not 1 <= bits <= 8:
+            raise ValueError(f"bits must be 1..8, got {bits}")
         m, k = codes.shape
         info = QMatrix.layout(bits, m, k, group, bias is not None)
         n_groups = info["k_pad"] // group

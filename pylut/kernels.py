@@ -125,8 +125,8 @@ def quantize(w, bits=4, group=128, mode="sym"):
         return QMatrix.from_trits(trits, s)
     if mode == "ternary":
         bits = 2
-    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 4:
-        raise ValueError(f"bits must be 1, 2, 3 or 4, got {bits!r}")
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits!r}")
     if not isinstance(group, (int, np.integer)) or group % 8 or not _core.MIN_GROUP <= group <= _core.MAX_GROUP:
         raise ValueError(f"group must be a multiple of 8 in [{_core.MIN_GROUP}, {_core.MAX_GROUP}], got {group!r}")
     m, k = w.shape

@@ -76,8 +76,11 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     const int8_t *T = L->tbl;
     for (int64_t g = 0; g < groups; g++) {
-        __m256i pacc[2][4], lacc[4]; /* [pair][16-row quarter], lone [quarter] */
-        for (int q = 0; q < 4; q++) pacc[0][q] = pacc[1][q] = lacc[q] = _mm256_setzero_si256();
+        __m256i pacc[4][4], lacc[4]; /* [pair][16-row quarter], lone [quarter] */
+        for (int q = 0; q < 4; q++) {
+            for (int p = 0; p < npair; p++) pacc[p][q] = _mm256_setzero_si256();
+            lacc[q] = _mm256_setzero_si256();
+        }
         for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
             const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
             _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
@@ -120,7 +123,11 @@ static void gemm_b_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
     case 1: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 1); break;
     case 2: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 2); break;
     case 3: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 3); break;
-    default: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 4); break;
+    case 4: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 4); break;
+    case 5: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 5); break;
+    case 6: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 6); break;
+    case 7: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 7); break;
+    default: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 8); break;
     }
 }
 

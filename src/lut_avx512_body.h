@@ -61,8 +61,9 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     const int8_t *T = L->tbl;
     for (int64_t g = 0; g < groups; g++) {
-        __m512i pacc[2][2], lacc[2]; /* [pair][rows 0..31 | 32..63], lone [half] */
-        pacc[0][0] = pacc[0][1] = pacc[1][0] = pacc[1][1] = lacc[0] = lacc[1] = _mm512_setzero_si512();
+        __m512i pacc[4][2], lacc[2]; /* [pair][rows 0..31 | 32..63], lone [half] */
+        for (int p = 0; p < npair; p++) pacc[p][0] = pacc[p][1] = _mm512_setzero_si512();
+        lacc[0] = lacc[1] = _mm512_setzero_si512();
         for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
             const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
             _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
@@ -109,7 +110,11 @@ static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
             case 1: gemm_b_tile(qm, L, yt, t, 1); break;
             case 2: gemm_b_tile(qm, L, yt, t, 2); break;
             case 3: gemm_b_tile(qm, L, yt, t, 3); break;
-            default: gemm_b_tile(qm, L, yt, t, 4); break;
+            case 4: gemm_b_tile(qm, L, yt, t, 4); break;
+            case 5: gemm_b_tile(qm, L, yt, t, 5); break;
+            case 6: gemm_b_tile(qm, L, yt, t, 6); break;
+            case 7: gemm_b_tile(qm, L, yt, t, 7); break;
+            default: gemm_b_tile(qm, L, yt, t, 8); break;
             }
         }
 }

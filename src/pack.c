@@ -64,7 +64,7 @@ int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int 
     qm->m = m;
     qm->k = k;
     qm->m_pad = round_up(m, PYLUT_TILE_M);
-    if (type >= PYLUT_TYPE_B1 && type <= PYLUT_TYPE_B4) {
+    if (type >= PYLUT_TYPE_B1 && type <= PYLUT_TYPE_B8) {
         if (group < PYLUT_MIN_GROUP || group > PYLUT_MAX_GROUP || group % 8) return PYLUT_EINVAL;
         qm->bits = type;
         qm->group = group;

@@ -23,7 +23,7 @@ extern "C" {
 
 /* ------------------------------------------------------------------ types and limits */
 
-/* Weight formats. B1..B4: b bit planes of unsigned codes, fp16 scale+bias per (row, group).
+/* Weight formats. B1..B8: b bit planes of unsigned codes, fp16 scale+bias per (row, group).
  * T3: ternary {-1,0,+1} packed 3 weights -> 4-bit index + sign bit (1.67 bits/weight),
  *     one fp32 scale per row (BitNet b1.58 style). Ternary as plain 2-bit codes {0,1,2} with
  *     bias = -scale is just B2. */
@@ -32,6 +32,10 @@ enum pylut_type {
     PYLUT_TYPE_B2 = 2,
     PYLUT_TYPE_B3 = 3,
     PYLUT_TYPE_B4 = 4,
+    PYLUT_TYPE_B5 = 5, /* 5..8 planes: lossless homes for Q5_*, Q6_K, Q8_0 codes */
+    PYLUT_TYPE_B6 = 6,
+    PYLUT_TYPE_B7 = 7,
+    PYLUT_TYPE_B8 = 8,
     PYLUT_TYPE_T3 = 16,
 };
 
