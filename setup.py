@@ -29,7 +29,7 @@ if IS_X86_64:
 SOURCES = ["pylut/_core.pyx"] + [
     os.path.join("src", f)
     for f in ("dispatch.c", "pack.c", "i8_pack.c", "threadpool.c", "lut_scalar.c",
-              "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c")
+              "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c", "model.c")
 ]
 
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",

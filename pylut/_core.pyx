@@ -448,3 +448,154 @@ cdef class I8Matrix:
                 rc = pylut_i8_gemv(pool.pool, &self.qm, &qv[0], &sv[0], &mv[0], &yv[0])
         _check(rc, "i8_gemv")
         return y
+
+
+# ---------------------------------------------------------------- the forward pass
+
+from libc.stdint cimport int32_t
+from libc.string cimport memcpy
+
+ARCHS = {"llama": PYLUT_ARCH_LLAMA, "qwen2": PYLUT_ARCH_QWEN2, "bitnet": PYLUT_ARCH_BITNET}
+
+
+cdef const float *_fptr(dict keep, object a, name, int64_t n) except? NULL:
+    """Pointer to a float32 vector of n entries (kept alive in keep), or NULL for None."""
+    if a is None:
+        return NULL
+    a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+    if a.shape[0] != n:
+        raise ValueError(f"{name} must have {n} entries, got {a.shape[0]}")
+    keep[name] = a
+    return <const float *>cnp.PyArray_DATA(a)
+
+
+cdef const pylut_qmatrix *_qptr(object q, name) except NULL:
+    if not isinstance(q, QMatrix):
+        raise TypeError(f"{name} must be a QMatrix, got {type(q).__name__}")
+    return &(<QMatrix>q).qm
+
+
+cdef class Model:
+    """Weights of a Llama-family model wired for the C forward pass. `config` has arch,
+    n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx, norm_eps,
+    rope_theta, rope_neox; `tensors` maps GGUF-style names to QMatrix / float32 arrays."""
+    cdef pylut_model m
+    cdef pylut_layer *layers
+    cdef dict keep
+    cdef readonly dict config
+
+    def __cinit__(self, dict config, dict tensors):
+        self.keep = {}
+        self.config = dict(config)
+        arch = config["arch"]
+        if arch not in ARCHS:
+            raise ValueError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+        m = &self.m
+        m.arch = ARCHS[arch]
+        m.n_layers = config["n_layers"]
+        m.dim = config["dim"]
+        m.n_heads = config["n_heads"]
+        m.n_kv_heads = config["n_kv_heads"]
+        m.head_dim = config["head_dim"]
+        m.ffn_dim = config["ffn_dim"]
+        m.vocab = config["vocab"]
+        m.max_ctx = config["max_ctx"]
+        m.norm_eps = config["norm_eps"]
+        m.rope_theta = config["rope_theta"]
+        m.rope_neox = 1 if config["rope_neox"] else 0
+        if m.n_layers < 1 or m.n_layers > 100000:
+            raise ValueError(f"n_layers out of range: {m.n_layers}")
+        self.layers = <pylut_layer *>malloc(m.n_layers * sizeof(pylut_layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        m.layers = self.layers
+        keep = self.keep
+        keep["_tensors"] = dict(tensors)
+
+        def need(name):
+            if name not in tensors:
+                raise ValueError(f"missing tensor {name!r}")
+            return tensors[name]
+
+        emb = need("token_embd")
+        if isinstance(emb, QMatrix):
+            m.tok_embd = &(<QMatrix>emb).qm
+            m.tok_embd_f32 = NULL
+        else:
+            m.tok_embd = NULL
+            m.tok_embd_f32 = _fptr(keep, emb, "token_embd", <int64_t>m.vocab * m.dim)
+        m.output_norm = _fptr(keep, need("output_norm"), "output_norm", m.dim)
+        m.output = _qptr(need("output"), "output")
+        qd = m.n_heads * m.head_dim
+        for l in range(m.n_layers):
+            L = &self.layers[l]
+            p = f"blk.{l}."
+            L.attn_norm = _fptr(keep, need(p + "attn_norm"), p + "attn_norm", m.dim)
+            L.wq = _qptr(need(p + "attn_q"), p + "attn_q")
+            L.wk = _qptr(need(p + "attn_k"), p + "attn_k")
+            L.wv = _qptr(need(p + "attn_v"), p + "attn_v")
+            L.bq = _fptr(keep, tensors.get(p + "attn_q.bias"), p + "attn_q.bias", qd)
+            L.bk = _fptr(keep, tensors.get(p + "attn_k.bias"), p + "attn_k.bias", m.n_kv_heads * m.head_dim)
+            L.bv = _fptr(keep, tensors.get(p + "attn_v.bias"), p + "attn_v.bias", m.n_kv_heads * m.head_dim)
+            L.attn_sub_norm = _fptr(keep, tensors.get(p + "attn_sub_norm"), p + "attn_sub_norm", qd)
+            L.wo = _qptr(need(p + "attn_output"), p + "attn_output")
+            L.ffn_norm = _fptr(keep, need(p + "ffn_norm"), p + "ffn_norm", m.dim)
+            L.w_gate = _qptr(need(p + "ffn_gate"), p + "ffn_gate")
+            L.w_up = _qptr(need(p + "ffn_up"), p + "ffn_up")
+            L.ffn_sub_norm = _fptr(keep, tensors.get(p + "ffn_sub_norm"), p + "ffn_sub_norm", m.ffn_dim)
+            L.w_down = _qptr(need(p + "ffn_down"), p + "ffn_down")
+        cdef const char *why = NULL
+        if pylut_model_check(m, &why) != PYLUT_OK:
+            raise ValueError(f"model does not fit together: {why.decode()}")
+
+    def __dealloc__(self):
+        free(self.layers)
+
+
+cdef class Session:
+    """One sequence's KV cache and scratch for a Model: forward(tokens) -> logits."""
+    cdef pylut_state *s
+    cdef readonly Model model
+    cdef readonly int n_ctx
+
+    def __cinit__(self, Model model, int n_ctx, int max_batch=64):
+        if n_ctx < 1 or n_ctx > model.m.max_ctx:
+            raise ValueError(f"n_ctx must be in 1..{model.m.max_ctx} (the model's context), got {n_ctx}")
+        if max_batch < 1 or max_batch > 4096:
+            raise ValueError(f"max_batch must be in 1..4096, got {max_batch}")
+        self.model = model
+        self.n_ctx = n_ctx
+        self.s = pylut_state_create(&model.m, n_ctx, max_batch)
+        if self.s == NULL:
+            raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
+
+    def __dealloc__(self):
+        pylut_state_free(self.s)
+
+    @property
+    def pos(self):
+        return pylut_state_pos(self.s)
+
+    def truncate(self, int pos):
+        if pylut_state_truncate(self.s, pos) != PYLUT_OK:
+            raise ValueError(f"cannot truncate to {pos}: the session holds {self.pos} positions")
+
+    def forward(self, tokens, ThreadPool pool, bint all_logits=False):
+        toks = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+        cdef int n = toks.shape[0]
+        if n < 1:
+            raise ValueError("forward needs at least one token")
+        if toks.min() < 0 or toks.max() >= self.model.m.vocab:
+            raise ValueError(f"token ids must be in 0..{self.model.m.vocab - 1}")
+        if self.pos + n > self.n_ctx:
+            raise ValueError(f"{self.pos} cached + {n} new tokens exceed n_ctx={self.n_ctx}")
+        t32 = toks.astype(np.int32)
+        out = np.empty((n if all_logits else 1, self.model.m.vocab), np.float32)
+        cdef const int32_t[::1] tv = t32
+        cdef float[:, ::1] ov = out
+        cdef int rc
+        with pool.lock:
+            with nogil:
+                rc = pylut_forward(pool.pool, &self.model.m, self.s, &tv[0], n, &ov[0, 0], all_logits)
+        _check(rc, "forward")
+        return out if all_logits else out[0]

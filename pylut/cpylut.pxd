@@ -85,3 +85,50 @@ cdef extern from "pylut/pylut.h" nogil:
     const char *pylut_cpu_flags()
     float pylut_fp16_to_fp32(uint16_t h)
     uint16_t pylut_fp32_to_fp16(float f)
+
+cdef extern from "pylut/model.h" nogil:
+    enum:
+        PYLUT_ARCH_LLAMA
+        PYLUT_ARCH_QWEN2
+        PYLUT_ARCH_BITNET
+
+    ctypedef struct pylut_layer:
+        const float *attn_norm
+        const pylut_qmatrix *wq
+        const pylut_qmatrix *wk
+        const pylut_qmatrix *wv
+        const float *bq
+        const float *bk
+        const float *bv
+        const float *attn_sub_norm
+        const pylut_qmatrix *wo
+        const float *ffn_norm
+        const pylut_qmatrix *w_gate
+        const pylut_qmatrix *w_up
+        const float *ffn_sub_norm
+        const pylut_qmatrix *w_down
+
+    ctypedef struct pylut_model:
+        int32_t arch
+        int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx
+        float norm_eps, rope_theta
+        int32_t rope_neox
+        const pylut_qmatrix *tok_embd
+        const float *tok_embd_f32
+        const float *output_norm
+        const pylut_qmatrix *output
+        const pylut_layer *layers
+
+    ctypedef struct pylut_state:
+        pass
+
+    int pylut_model_check(const pylut_model *m, const char **why)
+    pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch)
+    void pylut_state_free(pylut_state *s)
+    int pylut_state_pos(const pylut_state *s)
+    int pylut_state_truncate(pylut_state *s, int pos)
+    int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
+                      int n, float *logits, int all_logits)
+    int64_t pylut_state_kv_bytes(const pylut_state *s)
+    float *pylut_state_kv(pylut_state *s)
+    int pylut_state_set_pos(pylut_state *s, int pos)

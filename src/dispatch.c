@@ -290,6 +290,15 @@ int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, 
     return pylut_gemm_multi(pool, 1, &qm, lut, n, &y, &ldy);
 }
 
+void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                      int64_t tile0, int64_t tile1) {
+    if (tile0 >= tile1) return;
+    if (qm->type == PYLUT_TYPE_T3) active->gemm_t3(qm, lut, n, y, ldy, tile0, tile1);
+    else active->gemm_b(qm, lut, n, y, ldy, tile0, tile1);
+}
+
+int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }
+
 /* ------------------------------------------------------------------ int8 baseline */
 
 typedef struct {

@@ -36,6 +36,11 @@ extern const pylut_kernels pylut_kernels_neon_dot;
 void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
 void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
 
+/* Row tiles [tile0, tile1) of y[n][m] = W x_n with the active ISA's kernel: for callers that
+ * split work themselves (the forward pass runs every stage inside one pool dispatch). */
+void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                      int64_t tile0, int64_t tile1);
+
 /* Trit triple (a,b,c) in {-1,0,1}^3 -> v = 9(a+1)+3(b+1)+(c+1) in [0,27). v and 26-v are
  * negatives of each other, so 14 table entries (v <= 13) plus a sign bit cover all 27. */
 #define PYLUT_T3_ZERO 13

@@ -212,3 +212,40 @@ int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
     }
     return PYLUT_OK;
 }
+
+/* ------------------------------------------------------------------ one row */
+
+int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
+    if (!qm || !qm->codes || !out || row < 0 || row >= qm->m) return PYLUT_EINVAL;
+    int64_t t = row / PYLUT_TILE_M;
+    int r = (int)(row % PYLUT_TILE_M);
+    if (qm->type == PYLUT_TYPE_T3) {
+        const uint8_t *tile = qm->codes + t * (qm->k_pad / 6) * PYLUT_T3_PAIR_BYTES;
+        const float s = qm->row_scale[row];
+        static const int pow3[3] = {9, 3, 1};
+        for (int64_t col = 0; col < qm->k; col++) {
+            const uint8_t *blk = tile + (col / 6) * PYLUT_T3_PAIR_BYTES;
+            int h = (int)(col % 6) / 3, bit = (r & 31) + 32 * h;
+            uint8_t b = blk[32 * h + (r & 31)];
+            int idx = r >= 32 ? b >> 4 : b & 15;
+            int v = ((blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1) ? 26 - idx : idx;
+            out[col] = s * (float)((v / pow3[col % 3]) % 3 - 1);
+        }
+        return PYLUT_OK;
+    }
+    const int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
+    const int64_t kgroups = qm->k_pad / PYLUT_KGROUP, groups = qm->k_pad / qm->group;
+    const float h = (float)((1 << bits) - 1) * 0.5f;
+    int offs[8], his[8];
+    for (int i = 0; i < bits; i++) offs[i] = (int)b_nibble_pos(bits, r, i, &his[i]);
+    for (int64_t col = 0; col < qm->k; col++) {
+        int64_t j = col / PYLUT_KGROUP, g = col / qm->group, si = (t * groups + g) * PYLUT_TILE_M + r;
+        int e = (int)(col % PYLUT_KGROUP), c = 0;
+        const uint8_t *blk = qm->codes + (t * kgroups + j) * kgb;
+        for (int i = 0; i < bits; i++) c |= ((blk[offs[i]] >> (e + (his[i] ? 4 : 0))) & 1) << i;
+        float s = pylut_fp16_to_fp32(qm->scale[si]);
+        float b = qm->has_bias ? pylut_fp16_to_fp32(qm->bias[si]) : -s * h;
+        out[col] = s * (float)c + b;
+    }
+    return PYLUT_OK;
+}

@@ -100,6 +100,11 @@ typedef struct {
  * type, group (B: multiple of 8 in [8,256]), or non-positive / overflowing shape. */
 int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias);
 
+/* 1 if every field of *qm agrees with pylut_qmatrix_layout and the buffers are set. */
+int pylut_qmatrix_valid(const pylut_qmatrix *qm);
+/* Dequantize row `row` into out[k] (scalar; embedding lookups read one row per token). */
+int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out);
+
 /* Pack integer codes W[m][k] (uint8, row stride ld) into qm->codes. B: codes < 2^bits.
  * T3: codes in {0,1,2} meaning trits {-1,0,+1}. Scales/biases are written by the caller
  * into the layout given by pylut_scale_index(). */

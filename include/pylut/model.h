@@ -1,0 +1,64 @@
+/* model.h - the Llama-family forward pass (llama, qwen2, bitnet) over packed matrices.
+ * The loader (Python) fills a pylut_model with pointers into its own buffers; a pylut_state
+ * holds one sequence's KV cache and scratch. Model code knows nothing about ISAs. */
+#ifndef PYLUT_MODEL_H
+#define PYLUT_MODEL_H
+
+#include "pylut/pylut.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum pylut_arch { PYLUT_ARCH_LLAMA = 0, PYLUT_ARCH_QWEN2 = 1, PYLUT_ARCH_BITNET = 2 };
+
+typedef struct {
+    const float *attn_norm;        /* [dim] */
+    const pylut_qmatrix *wq;       /* [n_heads*head_dim, dim] */
+    const pylut_qmatrix *wk;       /* [n_kv_heads*head_dim, dim] */
+    const pylut_qmatrix *wv;       /* [n_kv_heads*head_dim, dim] */
+    const float *bq, *bk, *bv;     /* qwen2 biases or NULL */
+    const float *attn_sub_norm;    /* bitnet: [n_heads*head_dim] before wo, else NULL */
+    const pylut_qmatrix *wo;       /* [dim, n_heads*head_dim] */
+    const float *ffn_norm;         /* [dim] */
+    const pylut_qmatrix *w_gate;   /* [ffn_dim, dim] */
+    const pylut_qmatrix *w_up;     /* [ffn_dim, dim] */
+    const float *ffn_sub_norm;     /* bitnet: [ffn_dim] before w_down, else NULL */
+    const pylut_qmatrix *w_down;   /* [dim, ffn_dim] */
+} pylut_layer;
+
+typedef struct {
+    int32_t arch;                  /* enum pylut_arch */
+    int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx;
+    float norm_eps, rope_theta;
+    int32_t rope_neox;             /* 1: rotate (i, i+d/2) pairs (qwen2); 0: (2i, 2i+1) */
+    const pylut_qmatrix *tok_embd; /* [vocab, dim] packed, or NULL when tok_embd_f32 is set */
+    const float *tok_embd_f32;     /* [vocab, dim] */
+    const float *output_norm;      /* [dim] */
+    const pylut_qmatrix *output;   /* [vocab, dim] */
+    const pylut_layer *layers;     /* [n_layers] */
+} pylut_model;
+
+typedef struct pylut_state pylut_state;
+
+/* Check every shape and pointer of *m; PYLUT_EINVAL with a static reason in *why. */
+int pylut_model_check(const pylut_model *m, const char **why);
+/* A sequence of up to n_ctx positions, processing up to max_batch tokens per forward step. */
+pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch);
+void pylut_state_free(pylut_state *s);
+int pylut_state_pos(const pylut_state *s);
+/* Forget positions >= pos (prefix reuse keeps the shared prefix). */
+int pylut_state_truncate(pylut_state *s, int pos);
+/* Run tokens[n] at positions pos..pos+n-1 (n may exceed max_batch: done in chunks).
+ * logits: [vocab] for the last token, or [n][vocab] when all_logits. Threads: the pool. */
+int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
+                  int n, float *logits, int all_logits);
+/* KV cache access for save/load: bytes and pointer of the first pos positions' storage. */
+int64_t pylut_state_kv_bytes(const pylut_state *s);
+float *pylut_state_kv(pylut_state *s);
+int pylut_state_set_pos(pylut_state *s, int pos);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

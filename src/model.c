@@ -1,0 +1,454 @@
+/* model.c - the Llama-family forward pass: one pool dispatch per chunk of tokens, every stage
+ * split over the threads and separated by a spinning barrier (a decode step has ~15 stages
+ * per layer; one dispatch each would cost more than the small matrices themselves). */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "pylut/model.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define MAX_TABLE_SETS 8   /* distinct (k, group, family) table layouts a model may need */
+#define MAX_THREADS 256
+
+/* ------------------------------------------------------------------ state */
+
+typedef struct {
+    pylut_lut *lut;            /* [max_batch] */
+    int8_t *tbl;               /* [max_batch][tbl_bytes] */
+    float *tscale, *sumx;      /* [max_batch][n_groups] */
+} table_set;
+
+struct pylut_state {
+    int n_ctx, max_batch, pos, n_sets;
+    int q_dim, kv_dim, n_layers;
+    float *kv;                 /* [2][n_layers][n_ctx][kv_dim]: keys then values */
+    float *x, *xb, *q, *k, *v; /* [max_batch][dim | q_dim | kv_dim] */
+    float *att;                /* [max_batch][q_dim] */
+    float *tmp;                /* [max_batch][dim] */
+    float *hb, *hb2;           /* [max_batch][ffn_dim] */
+    float *scores;             /* [MAX_THREADS][n_ctx] */
+    float *inv_freq;           /* [head_dim/2] */
+    table_set sets[MAX_TABLE_SETS];
+    pylut_lut keys[MAX_TABLE_SETS]; /* layout of each set (tbl pointers unused) */
+};
+
+static int same_layout(const pylut_lut *a, const pylut_lut *b) {
+    return a->kind == b->kind && a->k == b->k && a->k_pad == b->k_pad && a->group == b->group;
+}
+
+/* The table set that matrix qm reads, or -1. */
+static int set_for(const pylut_state *s, const pylut_qmatrix *qm) {
+    pylut_lut want;
+    pylut_lut_layout(&want, qm);
+    for (int i = 0; i < s->n_sets; i++)
+        if (same_layout(&s->keys[i], &want)) return i;
+    return -1;
+}
+
+static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
+    if (set_for(s, qm) >= 0) return PYLUT_OK;
+    if (s->n_sets == MAX_TABLE_SETS) return PYLUT_EINVAL;
+    pylut_lut key;
+    pylut_lut_layout(&key, qm);
+    table_set *ts = &s->sets[s->n_sets];
+    ts->lut = calloc((size_t)s->max_batch, sizeof(pylut_lut));
+    ts->tbl = malloc((size_t)(s->max_batch * key.tbl_bytes));
+    ts->tscale = malloc((size_t)(s->max_batch * key.n_groups) * sizeof(float));
+    ts->sumx = malloc((size_t)(s->max_batch * key.n_groups) * sizeof(float));
+    if (!ts->lut || !ts->tbl || !ts->tscale || !ts->sumx) return PYLUT_ENOMEM;
+    for (int b = 0; b < s->max_batch; b++) {
+        ts->lut[b] = key;
+        ts->lut[b].tbl = ts->tbl + b * key.tbl_bytes;
+        ts->lut[b].tscale = ts->tscale + b * key.n_groups;
+        ts->lut[b].sumx = ts->sumx + b * key.n_groups;
+    }
+    s->keys[s->n_sets++] = key;
+    return PYLUT_OK;
+}
+
+void pylut_state_free(pylut_state *s) {
+    if (!s) return;
+    for (int i = 0; i < s->n_sets; i++) {
+        free(s->sets[i].lut);
+        free(s->sets[i].tbl);
+        free(s->sets[i].tscale);
+        free(s->sets[i].sumx);
+    }
+    free(s->kv); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
+    free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->scores); free(s->inv_freq);
+    free(s);
+}
+
+pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch) {
+    const char *why;
+    if (pylut_model_check(m, &why) != PYLUT_OK || n_ctx < 1 || n_ctx > m->max_ctx || max_batch < 1 ||
+        max_batch > 4096)
+        return NULL;
+    pylut_state *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->n_ctx = n_ctx;
+    s->max_batch = max_batch;
+    s->n_layers = m->n_layers;
+    s->q_dim = m->n_heads * m->head_dim;
+    s->kv_dim = m->n_kv_heads * m->head_dim;
+    size_t B = (size_t)max_batch;
+    s->kv = calloc(2 * (size_t)m->n_layers * n_ctx * s->kv_dim, sizeof(float));
+    s->x = malloc(B * m->dim * sizeof(float));
+    s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
+    s->q = malloc(B * s->q_dim * sizeof(float));
+    s->k = malloc(B * s->kv_dim * sizeof(float));
+    s->v = malloc(B * s->kv_dim * sizeof(float));
+    s->att = malloc(B * s->q_dim * sizeof(float));
+    s->tmp = malloc(B * m->dim * sizeof(float));
+    s->hb = malloc(B * m->ffn_dim * sizeof(float));
+    s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
+    s->scores = malloc((size_t)MAX_THREADS * n_ctx * sizeof(float));
+    s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
+    if (!s->kv || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
+        !s->hb2 || !s->scores || !s->inv_freq) {
+        pylut_state_free(s);
+        return NULL;
+    }
+    for (int i = 0; i < m->head_dim / 2; i++)
+        s->inv_freq[i] = (float)pow((double)m->rope_theta, -2.0 * i / m->head_dim);
+    int rc = PYLUT_OK;
+    for (int l = 0; l < m->n_layers && rc == PYLUT_OK; l++) {
+        const pylut_layer *L = &m->layers[l];
+        const pylut_qmatrix *mats[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (int i = 0; i < 7 && rc == PYLUT_OK; i++) rc = add_set(s, mats[i]);
+    }
+    if (rc == PYLUT_OK) rc = add_set(s, m->output);
+    if (rc != PYLUT_OK) {
+        pylut_state_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+int pylut_state_pos(const pylut_state *s) { return s ? s->pos : 0; }
+
+int pylut_state_truncate(pylut_state *s, int pos) {
+    if (!s || pos < 0 || pos > s->pos) return PYLUT_EINVAL;
+    s->pos = pos;
+    return PYLUT_OK;
+}
+
+int pylut_state_set_pos(pylut_state *s, int pos) {
+    if (!s || pos < 0 || pos > s->n_ctx) return PYLUT_EINVAL;
+    s->pos = pos;
+    return PYLUT_OK;
+}
+
+int64_t pylut_state_kv_bytes(const pylut_state *s) {
+    return s ? 2 * (int64_t)s->n_layers * s->n_ctx * s->kv_dim * (int64_t)sizeof(float) : 0;
+}
+
+float *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
+
+/* ------------------------------------------------------------------ model check */
+
+static int mat_ok(const pylut_qmatrix *qm, int64_t m, int64_t k) {
+    return qm && pylut_qmatrix_valid(qm) && qm->m == m && qm->k == k;
+}
+
+int pylut_model_check(const pylut_model *m, const char **why) {
+#define REQUIRE(c, msg) do { if (!(c)) { *why = msg; return PYLUT_EINVAL; } } while (0)
+    REQUIRE(m, "no model");
+    REQUIRE(m->arch >= PYLUT_ARCH_LLAMA && m->arch <= PYLUT_ARCH_BITNET, "unknown architecture");
+    REQUIRE(m->n_layers > 0 && m->dim > 0 && m->n_heads > 0 && m->n_kv_heads > 0 && m->head_dim > 1 &&
+                m->ffn_dim > 0 && m->vocab > 0 && m->max_ctx > 0,
+            "non-positive hyperparameter");
+    REQUIRE(m->head_dim % 2 == 0, "head_dim must be even for RoPE");
+    REQUIRE(m->n_heads % m->n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+    REQUIRE(m->norm_eps > 0 && m->rope_theta > 0, "norm_eps and rope_theta must be positive");
+    REQUIRE(m->tok_embd_f32 || mat_ok(m->tok_embd, m->vocab, m->dim), "token embedding shape");
+    REQUIRE(m->output_norm && mat_ok(m->output, m->vocab, m->dim), "output / output_norm");
+    REQUIRE(m->layers, "no layers");
+    const int qd = m->n_heads * m->head_dim, kvd = m->n_kv_heads * m->head_dim;
+    for (int l = 0; l < m->n_layers; l++) {
+        const pylut_layer *L = &m->layers[l];
+        REQUIRE(L->attn_norm && L->ffn_norm, "missing norm weights");
+        REQUIRE(mat_ok(L->wq, qd, m->dim) && mat_ok(L->wk, kvd, m->dim) && mat_ok(L->wv, kvd, m->dim),
+                "attention q/k/v shape");
+        REQUIRE(mat_ok(L->wo, m->dim, qd), "attention output shape");
+        REQUIRE(mat_ok(L->w_gate, m->ffn_dim, m->dim) && mat_ok(L->w_up, m->ffn_dim, m->dim),
+                "ffn gate/up shape");
+        REQUIRE(mat_ok(L->w_down, m->dim, m->ffn_dim), "ffn down shape");
+        REQUIRE(m->arch != PYLUT_ARCH_BITNET || (L->attn_sub_norm && L->ffn_sub_norm),
+                "bitnet needs attn_sub_norm and ffn_sub_norm");
+    }
+    *why = "";
+    return PYLUT_OK;
+#undef REQUIRE
+}
+
+/* ------------------------------------------------------------------ barrier */
+
+typedef struct {
+    atomic_int count;
+    atomic_int gen;
+} barrier_t;
+
+static void barrier_wait(barrier_t *b, int nth) {
+    if (nth == 1) return;
+    int g = atomic_load_explicit(&b->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == nth - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->gen, 1, memory_order_release);
+    } else {
+        while (atomic_load_explicit(&b->gen, memory_order_acquire) == g) cpu_relax();
+    }
+}
+
+/* ------------------------------------------------------------------ small ops */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
+}
+
+static void rope(float *v, int head_dim, int pos, const float *inv_freq, int neox) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float a = (float)pos * inv_freq[i], c = cosf(a), s = sinf(a);
+        int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+        float x0 = v[i0], x1 = v[i1];
+        v[i0] = x0 * c - x1 * s;
+        v[i1] = x0 * s + x1 * c;
+    }
+}
+
+/* ------------------------------------------------------------------ the step */
+
+typedef struct {
+    const pylut_model *m;
+    pylut_state *s;
+    const int32_t *tokens;
+    int n, pos0, all_logits;
+    float *logits;          /* [n or 1][vocab] */
+    barrier_t bar;
+} step_ctx;
+
+#define SPLIT(total, ith, nth, a, b) \
+    int64_t a = (int64_t)(total) * (ith) / (nth), b = (int64_t)(total) * ((ith) + 1) / (nth)
+
+/* Build the tables every matrix in mats[] needs for x[n][k] (stride ldx); ends with a barrier. */
+static void stage_tables(step_ctx *c, int ith, int nth, const float *x, int64_t ldx, int n,
+                         const pylut_qmatrix *const *mats, int nm) {
+    int done[MAX_TABLE_SETS] = {0};
+    for (int i = 0; i < nm; i++) {
+        int si = set_for(c->s, mats[i]);
+        if (done[si]) continue;
+        done[si] = 1;
+        pylut_lut *luts = c->s->sets[si].lut;
+        const int64_t per = luts[0].n_groups;
+        SPLIT(per * n, ith, nth, w0, w1);
+        for (int64_t w = w0; w < w1;) {
+            int64_t tok = w / per, g0 = w % per, g1 = g0 + (w1 - w) < per ? g0 + (w1 - w) : per;
+            if (luts[0].kind == 1) pylut_lut_build_t3_range(x + tok * ldx, &luts[tok], g0, g1);
+            else pylut_lut_build_b_range(x + tok * ldx, &luts[tok], g0, g1);
+            w += g1 - g0;
+        }
+    }
+    barrier_wait(&c->bar, nth);
+}
+
+/* y_i[n][m_i] = W_i x for the matrices, tiles split over threads; ends with a barrier. */
+static void stage_gemm(step_ctx *c, int ith, int nth, int n, const pylut_qmatrix *const *mats,
+                       float *const *ys, const int64_t *ldys, int nm) {
+    int64_t start[MAX_TABLE_SETS + 1] = {0};
+    for (int i = 0; i < nm; i++) start[i + 1] = start[i] + mats[i]->m_pad / PYLUT_TILE_M;
+    SPLIT(start[nm], ith, nth, w0, w1);
+    for (int i = 0; i < nm; i++) {
+        int64_t a = w0 > start[i] ? w0 : start[i], b = w1 < start[i + 1] ? w1 : start[i + 1];
+        if (a < b)
+            pylut_gemm_tiles(mats[i], c->s->sets[set_for(c->s, mats[i])].lut, n, ys[i], ldys[i],
+                             a - start[i], b - start[i]);
+    }
+    barrier_wait(&c->bar, nth);
+}
+
+static void attention(step_ctx *c, int l, int t, int h, float *scores) {
+    const pylut_model *m = c->m;
+    pylut_state *s = c->s;
+    const int hd = m->head_dim, kvh = h / (m->n_heads / m->n_kv_heads), len = c->pos0 + t + 1;
+    const float *q = s->q + (int64_t)t * s->q_dim + h * hd;
+    const float *kc = s->kv + (int64_t)l * s->n_ctx * s->kv_dim + kvh * hd;
+    const float *vc = kc + (int64_t)s->n_layers * s->n_ctx * s->kv_dim;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float mx = -INFINITY;
+    for (int j = 0; j < len; j++) {
+        const float *kj = kc + (int64_t)j * s->kv_dim;
+        float d = 0.0f;
+        for (int i = 0; i < hd; i++) d += q[i] * kj[i];
+        scores[j] = d * scale;
+        if (scores[j] > mx) mx = scores[j];
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < len; j++) sum += (scores[j] = expf(scores[j] - mx));
+    float *out = s->att + (int64_t)t * s->q_dim + h * hd;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int j = 0; j < len; j++) {
+        const float *vj = vc + (int64_t)j * s->kv_dim;
+        const float p = scores[j] / sum;
+        for (int i = 0; i < hd; i++) out[i] += p * vj[i];
+    }
+}
+
+static void step_task(void *arg, int ith, int nth) {
+    step_ctx *c = arg;
+    const pylut_model *m = c->m;
+    pylut_state *s = c->s;
+    const int n = c->n, dim = m->dim, qd = s->q_dim, kvd = s->kv_dim, ffn = m->ffn_dim, hd = m->head_dim;
+    SPLIT(n, ith, nth, t0, t1); /* this thread's tokens for per-token stages */
+
+    for (int64_t t = t0; t < t1; t++) { /* embedding rows */
+        if (m->tok_embd_f32) memcpy(s->x + t * dim, m->tok_embd_f32 + (int64_t)c->tokens[t] * dim, (size_t)dim * sizeof(float));
+        else pylut_qmatrix_row(m->tok_embd, c->tokens[t], s->x + t * dim);
+    }
+    for (int l = 0; l < m->n_layers; l++) {
+        const pylut_layer *L = &m->layers[l];
+        for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->attn_norm, dim, m->norm_eps);
+        barrier_wait(&c->bar, nth);
+
+        /* ---- attention: q, k, v from one table set, RoPE, cache append, softmax(qk)v */
+        const pylut_qmatrix *qkv[3] = {L->wq, L->wk, L->wv};
+        float *qkv_out[3] = {s->q, s->k, s->v};
+        const int64_t qkv_ld[3] = {qd, kvd, kvd};
+        stage_tables(c, ith, nth, s->xb, dim, n, qkv, 3);
+        stage_gemm(c, ith, nth, n, qkv, qkv_out, qkv_ld, 3);
+        {
+            const int per = m->n_heads + m->n_kv_heads;
+            SPLIT(n * per, ith, nth, w0, w1);
+            for (int64_t w = w0; w < w1; w++) {
+                int t = (int)(w / per), h = (int)(w % per), pos = c->pos0 + t;
+                if (h < m->n_heads) {
+                    float *q = s->q + (int64_t)t * qd + h * hd;
+                    if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
+                    rope(q, hd, pos, s->inv_freq, m->rope_neox);
+                } else {
+                    h -= m->n_heads;
+                    float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
+                    if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
+                    if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
+                    rope(k, hd, pos, s->inv_freq, m->rope_neox);
+                    float *kc = s->kv + ((int64_t)l * s->n_ctx + pos) * kvd + h * hd;
+                    float *vc = kc + (int64_t)s->n_layers * s->n_ctx * kvd;
+                    memcpy(kc, k, (size_t)hd * sizeof(float));
+                    memcpy(vc, v, (size_t)hd * sizeof(float));
+                }
+            }
+        }
+        barrier_wait(&c->bar, nth);
+        {
+            SPLIT(n * m->n_heads, ith, nth, w0, w1);
+            float *scores = s->scores + (int64_t)ith * s->n_ctx;
+            for (int64_t w = w0; w < w1; w++) attention(c, l, (int)(w / m->n_heads), (int)(w % m->n_heads), scores);
+        }
+        barrier_wait(&c->bar, nth);
+        if (L->attn_sub_norm) {
+            for (int64_t t = t0; t < t1; t++) rmsnorm(s->att + t * qd, s->att + t * qd, L->attn_sub_norm, qd, m->norm_eps);
+            barrier_wait(&c->bar, nth);
+        }
+        {
+            const pylut_qmatrix *wo[1] = {L->wo};
+            float *outs[1] = {s->tmp};
+            const int64_t ld[1] = {dim};
+            stage_tables(c, ith, nth, s->att, qd, n, wo, 1);
+            stage_gemm(c, ith, nth, n, wo, outs, ld, 1);
+        }
+        for (int64_t t = t0; t < t1; t++) {
+            for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
+            rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
+        }
+        barrier_wait(&c->bar, nth);
+
+        /* ---- feed-forward: gate/up share tables; SiLU (llama, qwen2) or ReLU^2 (bitnet) */
+        {
+            const pylut_qmatrix *gu[2] = {L->w_gate, L->w_up};
+            float *outs[2] = {s->hb, s->hb2};
+            const int64_t ld[2] = {ffn, ffn};
+            stage_tables(c, ith, nth, s->xb, dim, n, gu, 2);
+            stage_gemm(c, ith, nth, n, gu, outs, ld, 2);
+        }
+        for (int64_t t = t0; t < t1; t++) {
+            float *g = s->hb + t * ffn, *u = s->hb2 + t * ffn;
+            if (m->arch == PYLUT_ARCH_BITNET) {
+                for (int i = 0; i < ffn; i++) g[i] = (g[i] > 0.0f ? g[i] * g[i] : 0.0f) * u[i];
+                rmsnorm(g, g, L->ffn_sub_norm, ffn, m->norm_eps);
+            } else {
+                for (int i = 0; i < ffn; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            }
+        }
+        barrier_wait(&c->bar, nth);
+        {
+            const pylut_qmatrix *dn[1] = {L->w_down};
+            float *outs[1] = {s->tmp};
+            const int64_t ld[1] = {dim};
+            stage_tables(c, ith, nth, s->hb, ffn, n, dn, 1);
+            stage_gemm(c, ith, nth, n, dn, outs, ld, 1);
+        }
+        for (int64_t t = t0; t < t1; t++)
+            for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
+        barrier_wait(&c->bar, nth);
+    }
+
+    /* ---- logits for the last token (or all) */
+    const int first = c->all_logits ? 0 : n - 1, nl = n - first;
+    {
+        SPLIT(nl, ith, nth, a, b);
+        for (int64_t t = first + a; t < first + b; t++)
+            rmsnorm(s->xb + t * dim, s->x + t * dim, m->output_norm, dim, m->norm_eps);
+    }
+    barrier_wait(&c->bar, nth);
+    const pylut_qmatrix *out[1] = {m->output};
+    float *ys[1] = {c->logits};
+    const int64_t ld[1] = {m->vocab};
+    stage_tables(c, ith, nth, s->xb + (int64_t)first * dim, dim, nl, out, 1);
+    stage_gemm(c, ith, nth, nl, out, ys, ld, 1);
+}
+
+int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
+                  int n, float *logits, int all_logits) {
+    if (!m || !s || !tokens || !logits || n < 1) return PYLUT_EINVAL;
+    if (s->pos + (int64_t)n > s->n_ctx || pylut_pool_size(pool) > MAX_THREADS) return PYLUT_EINVAL;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->vocab) return PYLUT_EINVAL;
+    for (int done = 0; done < n;) {
+        int chunk = n - done < s->max_batch ? n - done : s->max_batch;
+        int last = done + chunk == n;
+        /* intermediate chunks of a last-logits call still need a logits buffer: reuse hb */
+        float *lg = all_logits ? logits + (int64_t)done * m->vocab : last ? logits : NULL;
+        step_ctx c = {m, s, tokens + done, chunk, s->pos, all_logits, lg, {0, 0}};
+        if (!lg) { /* skip the output projection for a non-final chunk */
+            c.all_logits = 0;
+            c.logits = NULL;
+        }
+        if (c.logits) {
+            pylut_pool_run(pool, step_task, &c);
+        } else {
+            /* compute the chunk but discard its logits into scratch sized for one row */
+            float *scratch = malloc((size_t)m->vocab * sizeof(float));
+            if (!scratch) return PYLUT_ENOMEM;
+            c.logits = scratch;
+            pylut_pool_run(pool, step_task, &c);
+            free(scratch);
+        }
+        s->pos += chunk;
+        done += chunk;
+    }
+    return PYLUT_OK;
+}

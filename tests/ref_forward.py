@@ -1,0 +1,61 @@
+"""A plain numpy forward pass of the Llama family (llama, qwen2, bitnet) over float weights:
+the oracle the C forward pass is compared against (same dequantized weights)."""
+import numpy as np
+
+
+def rmsnorm(x, w, eps):
+    x = x.astype(np.float64)
+    return (x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w).astype(np.float32)
+
+
+def rope(v, pos, theta, neox):
+    """v: [n_heads, head_dim] at one position."""
+    hd = v.shape[-1]
+    half = hd // 2
+    inv = theta ** (-2.0 * np.arange(half) / hd)
+    a = pos * inv
+    c, s = np.cos(a), np.sin(a)
+    out = v.astype(np.float64).copy()
+    if neox:
+        x0, x1 = v[:, :half], v[:, half:]
+        out[:, :half], out[:, half:] = x0 * c - x1 * s, x0 * s + x1 * c
+    else:
+        x0, x1 = v[:, 0::2], v[:, 1::2]
+        out[:, 0::2], out[:, 1::2] = x0 * c - x1 * s, x0 * s + x1 * c
+    return out.astype(np.float32)
+
+
+def forward(cfg, W, tokens):
+    """W: name -> float32 array (matrices [out, in]). Returns logits [n, vocab]."""
+    n_h, n_kv, hd, eps = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"], cfg["norm_eps"]
+    x = W["token_embd"][np.asarray(tokens)].astype(np.float32)
+    n = len(tokens)
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    for l in range(cfg["n_layers"]):
+        p = f"blk.{l}."
+        xb = rmsnorm(x, W[p + "attn_norm"], eps)
+        q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
+        k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
+        v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
+        q = np.stack([rope(q[t].reshape(n_h, hd), t, cfg["rope_theta"], cfg["rope_neox"]) for t in range(n)])
+        k = np.stack([rope(k[t].reshape(n_kv, hd), t, cfg["rope_theta"], cfg["rope_neox"]) for t in range(n)])
+        v = v.reshape(n, n_kv, hd)
+        rep = n_h // n_kv
+        out = np.empty((n, n_h, hd), np.float32)
+        for h in range(n_h):
+            s = q[:, h] @ k[:, h // rep].T / np.sqrt(hd) + mask
+            s = np.exp(s - s.max(-1, keepdims=True))
+            out[:, h] = (s / s.sum(-1, keepdims=True)) @ v[:, h // rep]
+        att = out.reshape(n, n_h * hd)
+        if p + "attn_sub_norm" in W:
+            att = rmsnorm(att, W[p + "attn_sub_norm"], eps)
+        x = x + att @ W[p + "attn_output"].T
+        xb = rmsnorm(x, W[p + "ffn_norm"], eps)
+        g, u = xb @ W[p + "ffn_gate"].T, xb @ W[p + "ffn_up"].T
+        if cfg["arch"] == "bitnet":
+            h_ = np.maximum(g, 0) ** 2 * u
+            h_ = rmsnorm(h_, W[p + "ffn_sub_norm"], eps)
+        else:
+            h_ = g / (1 + np.exp(-g)) * u
+        x = x + h_ @ W[p + "ffn_down"].T
+    return rmsnorm(x, W["output_norm"], eps) @ W["output"].T
