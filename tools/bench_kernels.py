@@ -8,8 +8,11 @@ and against the int8 dequant-dot baseline (llama.cpp style), in one run.
 
 Method (what every number means):
 - Weight set: per shape and type ONE random matrix is quantized, then its packed buffers are
-  cloned (QMatrix.from_packed on .copy()s) until the set holds >= --mb MB of packed bytes, so
-  a pass streams from DRAM, not from the 32 MB L3. A pass = one GEMV per matrix of the set.
+  cloned (QMatrix.from_packed on copies) until the set holds >= --mb MB of packed bytes, so
+  a pass streams from DRAM, not from the 32 MB L3. The clones live back to back (64-byte
+  aligned) in one large numpy allocation, like a packed model loaded into memory, and so
+  are paged the same way as the bandwidth probe's buffer (numpy asks for transparent huge
+  pages on large arrays; separate small arrays would get 4 KiB pages and more TLB misses). A pass = one GEMV per matrix of the set.
 - Decode builds one lookup table per activation vector and shares it among the matrices that
   read that vector, so the table is built ONCE per pass, outside the timed loop (its build
   time is shown separately, column 'tbl us'). The int8 baseline likewise quantizes its
@@ -135,13 +138,27 @@ def build_parser():
 
 # ---------------------------------------------------------------- measurement
 
-def clone_qmatrix(q):
+def _carve(arena, off, src):
+    """Copy src into arena at a 64-byte aligned offset; return (view with src's dtype, next offset)."""
+    off = -(-off // 64) * 64
+    view = arena[off:off + src.nbytes].view(src.dtype)
+    view[...] = src
+    return view, off + src.nbytes
+
+
+def clone_into(q, arena, off):
+    """A QMatrix whose buffers are copies of q's, placed in arena (one big allocation, like
+    a packed-model file loaded into memory, and paged like the bandwidth probe's buffer)."""
     m, k = q.shape
     t3 = q.type == _core.TYPE_T3
-    cp = lambda b: None if b is None else b.copy()  # noqa: E731
-    return pylut.QMatrix.from_packed(q.type, m, k, 0 if t3 else q.group, q.has_bias,
-                                     q.codes_buf.copy(), cp(q.scale_buf), cp(q.bias_buf),
-                                     cp(q.row_scale_buf))
+    bufs = []
+    for b in (q.codes_buf, q.scale_buf, q.bias_buf, q.row_scale_buf):
+        if b is None:
+            bufs.append(None)
+        else:
+            v, off = _carve(arena, off, b)
+            bufs.append(v)
+    return pylut.QMatrix.from_packed(q.type, m, k, 0 if t3 else q.group, q.has_bias, *bufs), off
 
 
 def n_copies(nbytes_one, mb):
@@ -166,7 +183,13 @@ class Roof:
 
 
 def lut_set(q, mb):
-    mats = [q] + [clone_qmatrix(q) for _ in range(n_copies(q.nbytes, mb) - 1)]
+    """n clones of q (q itself not included) in one arena, >= mb MB of packed bytes in all."""
+    n = n_copies(q.nbytes, mb)
+    arena = np.empty(n * (q.nbytes + 4 * 64), np.uint8)
+    mats, off = [], 0
+    for _ in range(n):
+        c, off = clone_into(q, arena, off)
+        mats.append(c)
     return mats, sum(x.nbytes for x in mats)
 
 
