@@ -1,0 +1,255 @@
+"""The embeddable API: load a model file, generate text, OpenAI-shaped completions.
+
+    model = pylut.load("model.gguf", n_ctx=2048)
+    print(model.generate("Once upon a time", max_tokens=32, temperature=0))
+    for piece in model.generate("Hi", stream=True): print(piece, end="")
+    model.create_chat_completion([{"role": "user", "content": "Hello"}])
+"""
+import logging
+import os
+import time
+import uuid
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from .chat_template import ChatTemplate
+from .kernels import cpu_features, get_pool, physical_cores
+from .sampling import Sampler, SamplingParams
+
+log = logging.getLogger("pylut")
+
+
+def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
+         max_batch: int = 64, chat_template: Optional[str] = None) -> "Model":
+    """Load a GGUF model file. n_ctx defaults to min(4096, the model's context);
+    n_threads to the physical cores; bits is the width F16/F32 weights are quantized to."""
+    from .loader import load_gguf
+    from .tokenizer import Tokenizer
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    if bits not in (1, 2, 3, 4, 5, 6, 8):
+        raise ValueError(f"bits must be one of 1, 2, 3, 4, 5, 6, 8; got {bits!r}")
+    t0 = time.perf_counter()
+    loaded = load_gguf(path, bits=bits)
+    tokenizer = Tokenizer.from_file(path)
+    log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
+    return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
+                 chat_template=chat_template)
+
+
+class Model:
+    def __init__(self, loaded, tokenizer, n_ctx=None, n_threads=None, max_batch=64, chat_template=None):
+        self.loaded = loaded
+        self.tokenizer = tokenizer
+        cfg = loaded.config
+        if n_ctx is None:
+            n_ctx = min(4096, cfg["max_ctx"])
+        if not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if n_ctx > cfg["max_ctx"]:
+            raise ValueError(f"n_ctx={n_ctx} is over the model's context length {cfg['max_ctx']}")
+        if tokenizer.n_vocab != cfg["vocab"]:
+            raise ValueError(f"tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary is {cfg['vocab']}")
+        self.n_threads = physical_cores() if n_threads is None else int(n_threads)
+        self.pool = get_pool(self.n_threads)
+        self.weights = _core.Model(cfg, loaded.tensors)
+        self.session = _core.Session(self.weights, int(n_ctx), max_batch)
+        self.n_ctx = int(n_ctx)
+        self.name = os.path.basename(loaded.path)
+        self._cached: List[int] = []      # tokens whose keys/values are in the session
+        self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_s": 0.0, "gen_tokens": 0, "gen_s": 0.0}
+        tok = tokenizer
+        piece = lambda i: tok.token_to_piece(i, special=True).decode("utf-8", "replace") if i is not None else ""
+        self.chat_template = ChatTemplate(tok.chat_template, bos=piece(tok.bos_id), eos=piece(tok.eos_id),
+                                          arch=loaded.arch, override=chat_template)
+
+    # ---------------------------------------------------------------- text <-> tokens
+
+    def tokenize(self, text: str, add_bos: Optional[bool] = None, special: bool = False) -> List[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        return self.tokenizer.encode(text, add_bos=self.tokenizer.add_bos if add_bos is None else add_bos,
+                                     parse_special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # ---------------------------------------------------------------- evaluation
+
+    def reset(self):
+        self.session.truncate(0)
+        self._cached = []
+
+    def eval(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits after `tokens`, reusing the longest prefix already in the cache."""
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("empty prompt")
+        if len(tokens) > self.n_ctx:
+            raise ValueError(f"prompt has {len(tokens)} tokens, over n_ctx={self.n_ctx}")
+        common = 0
+        for a, b in zip(self._cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # at least one token must run to give logits
+        self.session.truncate(common)
+        self._cached = self._cached[:common]
+        t0 = time.perf_counter()
+        logits = self.session.forward(tokens[common:], self.pool)
+        self.stats["prompt_s"] = time.perf_counter() - t0
+        self.stats["prompt_tokens"] = len(tokens)
+        self.stats["prompt_processed"] = len(tokens) - common
+        self._cached = tokens
+        return logits
+
+    def _step(self, token: int) -> np.ndarray:
+        logits = self.session.forward([token], self.pool)
+        self._cached.append(token)
+        return logits
+
+    # ---------------------------------------------------------------- generation
+
+    def _generate_tokens(self, prompt_tokens, max_tokens, stop_ids, params):
+        sampler = Sampler(params)
+        logits = self.eval(prompt_tokens)
+        history = list(prompt_tokens)
+        t0 = time.perf_counter()
+        self.stats["gen_tokens"] = 0
+        for i in range(max_tokens):
+            tok = sampler(logits, history)
+            if tok in stop_ids:
+                self.stats["gen_s"] = time.perf_counter() - t0
+                yield tok, "stop"
+                return
+            history.append(tok)
+            self.stats["gen_tokens"] += 1
+            last = i == max_tokens - 1
+            if not last and len(self._cached) >= self.n_ctx:
+                self.stats["gen_s"] = time.perf_counter() - t0
+                yield tok, "length"
+                return
+            yield tok, None
+            if not last:
+                logits = self._step(tok)
+            self.stats["gen_s"] = time.perf_counter() - t0
+        yield None, "length"
+
+    def _stream_text(self, prompt, max_tokens, stop, params, special=False):
+        """Yields (text_piece, finish_reason); stop strings are cut, never emitted."""
+        if isinstance(prompt, str):
+            ptoks = self.tokenize(prompt, special=special)
+        else:
+            ptoks = [int(t) for t in prompt]
+        if not ptoks:
+            raise ValueError("empty prompt")
+        if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise ValueError("stop must be a non-empty string or a list of them")
+        stop_ids = set(self.tokenizer.eot_ids)
+        if self.tokenizer.eos_id is not None:
+            stop_ids.add(self.tokenizer.eos_id)
+        dec = self.tokenizer.stream_decoder()
+        held = ""  # text that might be the start of a stop string
+        keep = max((len(s) for s in stops), default=0)
+        for tok, reason in self._generate_tokens(ptoks, int(max_tokens), stop_ids, params):
+            if tok is not None and reason != "stop":
+                held += dec.push(tok)
+            if reason is not None:
+                held += dec.flush()
+            for s in stops:
+                at = held.find(s)
+                if at >= 0:
+                    yield held[:at], "stop"
+                    return
+            if reason is not None:
+                yield held, reason
+                return
+            if keep:
+                safe = len(held) - (keep - 1)
+                if safe > 0:
+                    yield held[:safe], None
+                    held = held[safe:]
+            elif held:
+                yield held, None
+                held = ""
+
+    def generate(self, prompt: Union[str, Sequence[int]], max_tokens: int = 128, stream: bool = False,
+                 stop=None, **sampling):
+        """Continue `prompt`. Returns the text, or an iterator of text pieces with stream=True.
+        Sampling options: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed."""
+        params = SamplingParams.from_kwargs(**sampling)
+        it = self._stream_text(prompt, max_tokens, stop, params)
+        if stream:
+            return (piece for piece, _ in it if piece)
+        return "".join(piece for piece, _ in it)
+
+    # ---------------------------------------------------------------- OpenAI-shaped API
+
+    def _usage(self):
+        return {"prompt_tokens": self.stats["prompt_tokens"], "completion_tokens": self.stats["gen_tokens"],
+                "total_tokens": self.stats["prompt_tokens"] + self.stats["gen_tokens"]}
+
+    def create_completion(self, prompt: str, max_tokens: int = 16, stream: bool = False, stop=None, **sampling):
+        params = SamplingParams.from_kwargs(**sampling)
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        it = self._stream_text(prompt, max_tokens, stop, params)
+
+        def chunk(text, reason):
+            return {"id": cid, "object": "text_completion", "created": created, "model": self.name,
+                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]}
+        if stream:
+            return (chunk(t, r) for t, r in it if t or r)
+        text, reason = "", None
+        for t, r in it:
+            text += t
+            reason = r or reason
+        out = chunk(text, reason)
+        out["usage"] = self._usage()
+        return out
+
+    def create_chat_completion(self, messages: List[Dict[str, str]], max_tokens: Optional[int] = None,
+                               stream: bool = False, stop=None, **sampling):
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+        params = SamplingParams.from_kwargs(**sampling)
+        prompt = self.chat_template.render(messages, add_generation_prompt=True)
+        ptoks = self.tokenize(prompt, add_bos=self.tokenizer.add_bos and not prompt.startswith(self.chat_template.bos or "\0"),
+                              special=True)
+        if max_tokens is None:
+            max_tokens = max(1, self.n_ctx - len(ptoks))
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        it = self._stream_text(ptoks, max_tokens, stop, params)
+        if stream:
+            def chunks():
+                yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.name,
+                       "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+                for t, r in it:
+                    if t or r:
+                        yield {"id": cid, "object": "chat.completion.chunk", "created": created,
+                               "model": self.name,
+                               "choices": [{"index": 0, "delta": {"content": t} if t else {}, "finish_reason": r}]}
+            return chunks()
+        text, reason = "", None
+        for t, r in it:
+            text += t
+            reason = r or reason
+        return {"id": cid, "object": "chat.completion", "created": created, "model": self.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": reason}],
+                "usage": self._usage()}
+
+    # ---------------------------------------------------------------- info
+
+    def info(self) -> dict:
+        cfg = self.loaded.config
+        return {"arch": self.loaded.arch, "path": self.loaded.path, "params": self.loaded.n_params,
+                "bits_per_weight": self.loaded.bits_per_weight, "tensor_types": self.loaded.tensor_types,
+                "n_layers": cfg["n_layers"], "dim": cfg["dim"], "vocab": cfg["vocab"],
+                "context": cfg["max_ctx"], "n_ctx": self.n_ctx, "isa": cpu_features()["isa"],
+                "threads": self.n_threads, "chat_template": self.chat_template.name}
