@@ -11,6 +11,7 @@
  * planes' weights 4^p are applied only after widening to int32 at the end of the group.
  * T3: an even/odd-row accumulator gains at most 127 per triple, 64 triples per table
  * group: 64*127 = 8128 < 32767. */
+#if defined(__x86_64__) || defined(_M_X64) /* other architectures get nothing */
 #include <immintrin.h>
 #include <string.h>
 
@@ -244,3 +245,5 @@ const pylut_kernels pylut_kernels_avx2 = {
     .gemm_t3 = gemm_t3_avx2,
     .i8_gemv = pylut_i8_gemv_avx2,
 };
+
+#endif /* x86-64 */

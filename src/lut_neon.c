@@ -16,9 +16,10 @@
  * int16 bound (same argument as lut_avx2.c): a table entry is in [-127, 127]; per k-group a
  * pair accumulator gains at most 127 + 2*127 = 381 (each partial step is smaller) and a
  * lone-plane accumulator 127. A scale group has at most PYLUT_MAX_GROUP/4 = 64 k-groups, so
- * |acc| <= 64*381 = 24384 < 32767. The plane weights 4^p (and 2^(b-1) for the lone plane) are
- * applied only after widening to int32 at the end of the group: the integer sum equals the
- * scalar twin's A exactly.
+ * |acc| <= 64*381 = 24384 < 32767, whatever b (1..8) is: each pair has its own accumulator.
+ * The plane weights 4^p (and 2^(b-1) for the lone plane) are applied only after widening to
+ * int32 at the end of the group (|A| <= 64*127*255 < 2^21): the integer sum equals the scalar
+ * twin's A exactly.
  * T3: a row accumulator gains at most 127 per triple, 64 triples per table group:
  * 64*127 = 8128 < 32767.
  * int8 baseline: codes <= 15, |x| <= 127; vmull+vmlal put two products (<= 3810) in an int16
@@ -96,8 +97,13 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     const int8_t *T = L->tbl;
     for (int64_t g = 0; g < groups; g++) {
-        int16x8_t pacc[2][8], lacc[8]; /* [pair][q], lone [q] */
-        for (int q = 0; q < 8; q++) pacc[0][q] = pacc[1][q] = lacc[q] = vdupq_n_s16(0);
+        /* [pair][q], lone [q]. 8 planes = 32 accumulators, all 32 vector registers: the
+         * compiler spills some for b >= 7 (rare formats: lossless Q6/Q8 homes). */
+        int16x8_t pacc[4][8], lacc[8];
+        for (int q = 0; q < 8; q++) {
+            for (int p = 0; p < npair; p++) pacc[p][q] = vdupq_n_s16(0);
+            lacc[q] = vdupq_n_s16(0);
+        }
         for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
             const int8x16_t tbl = vld1q_s8(T);
             __builtin_prefetch(blk + PF_DIST);
@@ -151,7 +157,11 @@ static void gemm_b_neon(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
     case 1: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 1); break;
     case 2: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 2); break;
     case 3: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 3); break;
-    default: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 4); break;
+    case 4: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 4); break;
+    case 5: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 5); break;
+    case 6: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 6); break;
+    case 7: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 7); break;
+    default: gemm_b_bits(qm, lut, n, y, ldy, tile0, tile1, 8); break;
     }
 }
 

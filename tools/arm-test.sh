@@ -31,7 +31,8 @@
 #   ARM_MIRROR=URL             (default: the first Debian archive URI in this host's apt sources)
 #   ARM_REPO=DIR               the project to build (default: the git top level of the cwd)
 #   ARM_QEMU_CPUS="cortex-a76 cortex-a72"
-#   ARM_BUILD_DEPS="setuptools>=64 wheel Cython>=3.0"
+#   ARM_BUILD_DEPS="setuptools>=64 wheel Cython>=3.0 numpy"  (pyproject build-system.requires;
+#                              numpy: setup.py reads its headers, the host copy serves: LP64 LE)
 #   ARM_TEST_DEPS="numpy pytest"
 #   ARM_EXTRA_DEBS=pkg1,pkg2   extra arm64 Debian packages for the root (e.g. libgomp1)
 #   ARM_OUT=DIR                where the repaired wheel is copied (default ARM_CACHE/wheelhouse)
@@ -43,12 +44,15 @@ MODE=${ARM_MODE:-cross}
 CACHE=${ARM_CACHE:-/var/cache/arm-test}
 SUITE=${ARM_SUITE:-bookworm}
 host_mirror() {  # the Debian archive this host's apt already uses
-    grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+    # (|| true: a missing sources.list makes grep exit 2, which pipefail + set -e would turn
+    # into a silent exit of the whole script)
+    { grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list || true; } \
         | grep -v security | sed -E 's/^URIs: *//; s/^deb +(\[[^]]*\] +)?//; s/ .*//' | head -1
+    return 0
 }
 MIRROR=${ARM_MIRROR:-$(host_mirror)}
 QEMU_CPUS=${ARM_QEMU_CPUS:-cortex-a76 cortex-a72}
-BUILD_DEPS=${ARM_BUILD_DEPS:-setuptools>=64 wheel Cython>=3.0}
+BUILD_DEPS=${ARM_BUILD_DEPS:-setuptools>=64 wheel Cython>=3.0 numpy}
 TEST_DEPS=${ARM_TEST_DEPS:-numpy pytest}
 OUT=${ARM_OUT:-$CACHE/wheelhouse}
 ROOT=$CACHE/root-$SUITE-arm64-$MODE
@@ -169,6 +173,11 @@ build_cross() {
         "$XENV/bin/build-pip" install -q $BUILD_DEPS
         local names; names=$(printf '%s\n' $BUILD_DEPS | sed -E 's/[<>=!~;\[ ].*//')
         "$XENV/bin/cross-expose" $names >/dev/null
+        # exposed packages are imported through a hook, not sys.path, so Cython (which looks
+        # for numpy/__init__.pxd along sys.path) would not see numpy's .pxd: append the
+        # build site-packages to the cross sys.path (last, after the cross packages)
+        "$XENV/bin/build-python" -c 'import site; print(site.getsitepackages()[0])' \
+            > "$XENV/cross/lib/python$PYVER/site-packages/zz-armtest-build-site.pth"
         echo "$BUILD_DEPS" > "$XENV/.armtest"
     fi
     # sysconfigdata of the arm64 python gives CC=aarch64-linux-gnu-gcc; --sysroot
