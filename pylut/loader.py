@@ -1,0 +1,343 @@
+"""pylut.loader - a GGUF model file -> weights wired for the C forward pass (`_core.Model`).
+
+    lm = load_gguf("model.gguf")
+    model = lm.build()                       # _core.Model(lm.config, lm.tensors)
+
+Matrices become packed ``QMatrix`` objects:
+
+* integer-grid block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K) keep their codes and
+  their per-group scale/bias (``quants.decode_codes``).  The kernel stores scale/bias as
+  fp16: lossless for the legacy types, rounded for most K-quant groups (those tensors are
+  listed in ``LoadedModel.lossy``).
+* ternary TQ1_0/TQ2_0: when every block of a row shares one scale (BitNet's per-tensor
+  scale) the trits are packed densely as T3 (1.67 bits/weight, float32 row scale, exact);
+  otherwise as 2-bit codes with bias = -scale (also exact).
+* F32/F16/BF16: ternary-valued matrices (what llama.cpp's BitNet converter writes) go to T3
+  exactly; any other float matrix is quantized round-to-nearest with ``pylut.quantize``.
+
+Norm weights and biases stay float32 vectors.  Everything is copied out of the file, so the
+mapping is closed before ``load_gguf`` returns.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import numpy as np
+
+from . import _core, quants
+from .errors import ModelFileError
+from .gguf_reader import GGUFFile, TensorInfo
+from .kernels import quantize
+
+log = logging.getLogger("pylut")
+
+SUPPORTED_ARCHS = ("llama", "qwen2", "bitnet")
+# qwen2 rotates (i, i + head_dim/2) pairs; llama.cpp's converter permutes llama's Q/K rows
+# so that adjacent pairs (2i, 2i+1) rotate instead, and BitNet follows llama.
+NEOX_ROPE_ARCHS = ("qwen2",)
+DEFAULT_FLOAT_GROUP = 128
+_REQUIRED = object()
+
+
+@dataclass
+class LoadedModel:
+    """What ``load_gguf`` read: ``config`` and ``tensors`` are ``_core.Model``'s arguments."""
+    config: Dict[str, Any]
+    tensors: Dict[str, Any]            # core name -> QMatrix or float32 vector
+    metadata: Dict[str, Any]           # the GGUF key/value metadata (tokenizer included)
+    path: str
+    arch: str
+    tensor_types: Dict[str, str]       # core name -> GGUF type name in the file
+    n_params: int                      # elements of every tensor used (tied output once)
+    bits_per_weight: float             # packed bytes * 8 / elements, over the matrices
+    lossy: Set[str] = field(default_factory=set)   # matrices whose scales fp16 rounded
+    tied_output: bool = False          # output.weight absent: the embedding is reused
+    load_seconds: float = 0.0
+
+    def build(self) -> "_core.Model":
+        return _core.Model(self.config, self.tensors)
+
+
+# ---------------------------------------------------------------- hyperparameters
+
+def _fail(path: str, what: str) -> ModelFileError:
+    return ModelFileError(f"{path}: {what}")
+
+
+def _hparam(meta: Dict[str, Any], path: str, key: str, default: Any = _REQUIRED,
+            kind: type = int) -> Any:
+    """A scalar hyperparameter; per-layer arrays are accepted when all entries agree."""
+    if key not in meta:
+        if default is _REQUIRED:
+            raise _fail(path, f"metadata key {key!r} is missing; the file was not written by a "
+                              f"llama.cpp-compatible converter or is for another architecture")
+        return default
+    value = meta[key]
+    if isinstance(value, (list, np.ndarray)):
+        values = np.asarray(value).reshape(-1)
+        if values.size == 0 or not np.all(values == values[0]):
+            raise _fail(path, f"{key} varies per layer ({values[:8].tolist()}...); "
+                              f"only uniform layers are supported")
+        value = values[0].item()
+    if isinstance(value, str) or (kind is int and isinstance(value, (float, bool))):
+        raise _fail(path, f"{key} = {value!r} should be {'an integer' if kind is int else 'a number'}")
+    value = kind(value)
+    if not np.isfinite(value) or value <= 0:
+        raise _fail(path, f"{key} = {value!r} must be positive")
+    return value
+
+
+def _read_config(f: GGUFFile, arch: str) -> Dict[str, Any]:
+    meta, path = f.metadata, f.path
+    a = arch + "."
+    if meta.get(a + "expert_count", 0):
+        raise _fail(path, f"mixture-of-experts models ({a}expert_count = "
+                          f"{meta[a + 'expert_count']}) are not supported")
+    dim = _hparam(meta, path, a + "embedding_length")
+    n_heads = _hparam(meta, path, a + "attention.head_count")
+    n_kv_heads = _hparam(meta, path, a + "attention.head_count_kv", n_heads)
+    if dim % n_heads and a + "attention.key_length" not in meta:
+        raise _fail(path, f"embedding_length {dim} is not a multiple of head_count {n_heads} "
+                          f"and {a}attention.key_length is absent")
+    head_dim = _hparam(meta, path, a + "attention.key_length", dim // n_heads)
+    value_dim = _hparam(meta, path, a + "attention.value_length", head_dim)
+    if value_dim != head_dim:
+        raise _fail(path, f"attention.key_length {head_dim} != value_length {value_dim} "
+                          f"(not supported)")
+    if n_heads % n_kv_heads:
+        raise _fail(path, f"head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}")
+    rope_dims = _hparam(meta, path, a + "rope.dimension_count", head_dim)
+    if rope_dims != head_dim:
+        raise _fail(path, f"partial rotary embedding (rope.dimension_count {rope_dims} < "
+                          f"head dim {head_dim}) is not supported")
+    scaling = meta.get(a + "rope.scaling.type", "none")
+    if scaling not in ("none", ""):
+        log.warning("%s: rope scaling %r is ignored; quality degrades beyond the training "
+                    "context", path, scaling)
+    return dict(arch=arch,
+                n_layers=_hparam(meta, path, a + "block_count"),
+                dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                ffn_dim=_hparam(meta, path, a + "feed_forward_length"),
+                vocab=0,  # from token_embd.weight's shape
+                max_ctx=_hparam(meta, path, a + "context_length"),
+                norm_eps=_hparam(meta, path, a + "attention.layer_norm_rms_epsilon", kind=float),
+                rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
+                rope_neox=arch in NEOX_ROPE_ARCHS)
+
+
+# ---------------------------------------------------------------- expected tensors
+
+@dataclass(frozen=True)
+class _Spec:
+    gguf_name: str
+    core_name: str
+    shape: Tuple[int, ...]
+    matrix: bool
+    required: bool = True
+
+
+def _expected(cfg: Dict[str, Any]) -> List[_Spec]:
+    dim, ffn, vocab = cfg["dim"], cfg["ffn_dim"], cfg["vocab"]
+    q_dim = cfg["n_heads"] * cfg["head_dim"]
+    kv_dim = cfg["n_kv_heads"] * cfg["head_dim"]
+    arch = cfg["arch"]
+    specs = [_Spec("token_embd.weight", "token_embd", (vocab, dim), True),
+             _Spec("output_norm.weight", "output_norm", (dim,), False),
+             _Spec("output.weight", "output", (vocab, dim), True, required=False)]
+    for layer in range(cfg["n_layers"]):
+        p = f"blk.{layer}."
+        specs += [_Spec(p + "attn_norm.weight", p + "attn_norm", (dim,), False),
+                  _Spec(p + "attn_q.weight", p + "attn_q", (q_dim, dim), True),
+                  _Spec(p + "attn_k.weight", p + "attn_k", (kv_dim, dim), True),
+                  _Spec(p + "attn_v.weight", p + "attn_v", (kv_dim, dim), True),
+                  _Spec(p + "attn_output.weight", p + "attn_output", (dim, q_dim), True),
+                  _Spec(p + "ffn_norm.weight", p + "ffn_norm", (dim,), False),
+                  _Spec(p + "ffn_gate.weight", p + "ffn_gate", (ffn, dim), True),
+                  _Spec(p + "ffn_up.weight", p + "ffn_up", (ffn, dim), True),
+                  _Spec(p + "ffn_down.weight", p + "ffn_down", (dim, ffn), True)]
+        # qwen2 always has q/k/v biases; other llama-family files occasionally do too
+        for name, size in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+            specs.append(_Spec(p + name + ".bias", p + name + ".bias", (size,), False,
+                               required=arch == "qwen2"))
+        if arch == "bitnet":
+            specs += [_Spec(p + "attn_sub_norm.weight", p + "attn_sub_norm", (q_dim,), False),
+                      _Spec(p + "ffn_sub_norm.weight", p + "ffn_sub_norm", (ffn,), False)]
+    return specs
+
+
+# ---------------------------------------------------------------- tensor conversion
+
+def _row_constant_scale(q: quants.QuantCodes) -> Optional[np.ndarray]:
+    """The per-row scale when every group of a row shares it, else None."""
+    s = q.scale
+    if s.size == 0 or not np.all(np.isfinite(s)) or not np.array_equal(s, np.broadcast_to(s[:, :1], s.shape)):
+        return None
+    return np.ascontiguousarray(s[:, 0], dtype=np.float32)
+
+
+def _ternary_float(w: np.ndarray) -> Optional[Tuple[np.ndarray, float]]:
+    """(trits, s) when w only holds -s, 0 and +s (a ternarized float matrix), else None."""
+    s = float(np.abs(w).max()) if w.size else 0.0
+    if s == 0.0 or not np.isfinite(s):
+        return None
+    magnitude = np.abs(w)
+    if not np.all((magnitude == s) | (magnitude == 0)):
+        return None
+    return np.sign(w).astype(np.int8), s
+
+
+def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
+            lossy: Set[str], core_name: str):
+    """One GGUF matrix -> QMatrix; multiplier folds a separate per-tensor scale in."""
+    type_name = info.type_name
+    if type_name in quants.FLOAT_TYPES:
+        w = quants.decode_float(info.data, type_name, info.shape)
+        ternary = _ternary_float(w)
+        if ternary is not None:
+            trits, s = ternary
+            return _core.QMatrix.from_trits(trits, np.full(w.shape[0], s * multiplier, np.float32))
+        if multiplier != 1.0:
+            w = w * np.float32(multiplier)
+        return quantize(w, bits=bits, group=group)
+
+    q = quants.decode_codes(info.data, type_name, info.shape)
+    if q.ternary and q.codes.size and int(q.codes.max()) <= 2:
+        row_scale = _row_constant_scale(q)
+        if row_scale is not None:
+            trits = q.codes.view(np.int8) - np.int8(1)
+            return _core.QMatrix.from_trits(trits, row_scale * np.float32(multiplier))
+    if q.group % 8 or not _core.MIN_GROUP <= q.group <= _core.MAX_GROUP:
+        raise ValueError(f"group {q.group} of {type_name} does not fit the kernel")
+    scale, bias = q.scale, q.bias
+    if multiplier != 1.0:
+        scale, bias = scale * np.float32(multiplier), bias * np.float32(multiplier)
+        q = quants.QuantCodes(q.codes, q.bits, q.group, scale, bias, q.ternary, type_name)
+    if not quants.fp16_exact(q):
+        lossy.add(core_name)
+        log.info("%s (%s): per-group scales/biases rounded to fp16 for the kernel",
+                 info.name, type_name)
+    return _core.QMatrix.from_codes(q.codes, scale, bias, bits=q.bits, group=q.group)
+
+
+def _vector(info: TensorInfo) -> np.ndarray:
+    v = quants.dequantize(info.data, info.type_name, info.shape).reshape(-1)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("contains NaN or inf")
+    return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def _scalar_multiplier(f: GGUFFile, gguf_name: str) -> float:
+    """BitNet files may carry a separate one-element scale beside a matrix (attn_q.scale)."""
+    name = gguf_name[: -len(".weight")] + ".scale"
+    info = f.tensors.get(name)
+    if info is None:
+        return 1.0
+    if info.type_name not in quants.SUPPORTED_TYPES or info.n_elements != 1:
+        raise _fail(f.path, f"tensor {name!r} ({info.type_name}, shape {info.shape}) should be "
+                            f"a single float scale")
+    return float(quants.dequantize(info.data, info.type_name, info.shape).reshape(-1)[0])
+
+
+# ---------------------------------------------------------------- entry point
+
+def load_gguf(path, bits: int = 4, group: Optional[int] = None) -> LoadedModel:
+    """Read a llama / qwen2 / bitnet GGUF file into packed matrices for ``_core.Model``.
+
+    bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
+    keep their own grid.  Raises ModelFileError naming the file and the problem."""
+    if group is None:
+        group = DEFAULT_FLOAT_GROUP
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits!r}")
+    if not isinstance(group, (int, np.integer)) or group % 8 or not _core.MIN_GROUP <= group <= _core.MAX_GROUP:
+        raise ValueError(f"group must be a multiple of 8 in [{_core.MIN_GROUP}, {_core.MAX_GROUP}], "
+                         f"got {group!r}")
+    start = time.perf_counter()
+    path = os.fspath(path)
+    with GGUFFile(path) as f:
+        arch = f.architecture
+        if arch not in SUPPORTED_ARCHS:
+            raise _fail(path, f"unsupported architecture {arch!r} (general.architecture); "
+                              f"supported: {', '.join(SUPPORTED_ARCHS)}")
+        cfg = _read_config(f, arch)
+        embd = f.tensors.get("token_embd.weight")
+        if embd is None:
+            raise _fail(path, "missing tensor 'token_embd.weight' (the token embedding)")
+        if len(embd.shape) != 2:
+            raise _fail(path, f"tensor 'token_embd.weight' has shape {embd.shape}, expected "
+                              f"(vocab, {cfg['dim']})")
+        cfg["vocab"] = int(embd.shape[0])
+        specs = _expected(cfg)
+
+        # Check everything before the (slower) conversion, so a bad file fails fast.
+        for spec in specs:
+            info = f.tensors.get(spec.gguf_name)
+            if info is None:
+                if spec.required:
+                    raise _fail(path, f"missing tensor {spec.gguf_name!r} (needed by {arch} "
+                                      f"with {cfg['n_layers']} layers)")
+                continue
+            if tuple(info.shape) != spec.shape:
+                raise _fail(path, f"tensor {spec.gguf_name!r} has shape {tuple(info.shape)}, "
+                                  f"expected {spec.shape} from the hyperparameters")
+            if spec.matrix and info.type_name not in quants.SUPPORTED_TYPES:
+                raise _fail(path, f"tensor {spec.gguf_name!r} has type {info.type_name}, which "
+                                  f"pylut cannot load; supported matrix types: "
+                                  f"{', '.join(quants.SUPPORTED_TYPES)}")
+            if not spec.matrix and info.type_name not in quants.SUPPORTED_TYPES:
+                raise _fail(path, f"tensor {spec.gguf_name!r} has unsupported type {info.type_name}")
+
+        tensors: Dict[str, Any] = {}
+        tensor_types: Dict[str, str] = {}
+        lossy: Set[str] = set()
+        n_params = 0
+        used = set()
+        for spec in specs:
+            info = f.tensors.get(spec.gguf_name)
+            if info is None:
+                continue
+            used.add(spec.gguf_name)
+            try:
+                if spec.matrix:
+                    multiplier = _scalar_multiplier(f, spec.gguf_name)
+                    if multiplier != 1.0:
+                        used.add(spec.gguf_name[: -len(".weight")] + ".scale")
+                    tensors[spec.core_name] = _matrix(info, bits, group, multiplier, lossy,
+                                                      spec.core_name)
+                else:
+                    tensors[spec.core_name] = _vector(info)
+            except (ValueError, TypeError) as exc:
+                if isinstance(exc, ModelFileError):
+                    raise
+                raise _fail(path, f"tensor {spec.gguf_name!r} ({info.type_name}, shape "
+                                  f"{tuple(info.shape)}) cannot be loaded: {exc}") from exc
+            tensor_types[spec.core_name] = info.type_name
+            n_params += info.n_elements
+        tied = "output" not in tensors
+        if tied:
+            tensors["output"] = tensors["token_embd"]
+            tensor_types["output"] = tensor_types["token_embd"]
+        unused = sorted(set(f.tensors) - used)
+        if "rope_freqs.weight" in unused:
+            log.warning("%s: rope_freqs.weight (Llama 3.1 rope scaling) is ignored; quality "
+                        "degrades beyond 8k positions", path)
+        if unused:
+            log.debug("%s: unused tensors: %s", path, ", ".join(unused))
+        metadata = dict(f.metadata)
+
+    matrices = {id(t): t for t in tensors.values() if isinstance(t, _core.QMatrix)}.values()
+    packed_bytes = sum(m.nbytes for m in matrices)
+    matrix_params = sum(m.shape[0] * m.shape[1] for m in matrices)
+    elapsed = time.perf_counter() - start
+    lm = LoadedModel(config=cfg, tensors=tensors, metadata=metadata, path=path, arch=arch,
+                     tensor_types=tensor_types, n_params=n_params,
+                     bits_per_weight=8.0 * packed_bytes / max(1, matrix_params),
+                     lossy=lossy, tied_output=tied, load_seconds=elapsed)
+    log.info("%s: %s, %d layers, dim %d, vocab %d, %.1fM params, %.2f bits/weight, %d lossy "
+             "matrices, loaded in %.2f s", path, arch, cfg["n_layers"], cfg["dim"], cfg["vocab"],
+             n_params / 1e6, lm.bits_per_weight, len(lossy), elapsed)
+    return lm
