@@ -432,22 +432,25 @@ cdef class I8Matrix:
         return xq, xs, xsum
 
     def gemv(self, xq, xs, xsum, ThreadPool pool):
-        xq = _array(xq, np.int8, 1, "xq")
-        xs = _array(xs, np.float32, 1, "xs")
-        xsum = _array(xsum, np.float32, 1, "xsum")
-        if xq.shape[0] != self.qm.k or xs.shape[0] != self.qm.k // 32 or xsum.shape[0] != self.qm.k // 32:
+        """y = W x for quantized activations: xq int8 [k] or [n, k], xs/xsum [k/32] or [n, k/32]."""
+        xq = _array(xq, np.int8, (1, 2), "xq")
+        xs = _array(xs, np.float32, (1, 2), "xs")
+        xsum = _array(xsum, np.float32, (1, 2), "xsum")
+        cdef int n = 1 if xq.ndim == 1 else xq.shape[0]
+        if (xq.size != n * self.qm.k or xs.size != n * (self.qm.k // 32) or xsum.size != n * (self.qm.k // 32)
+                or xq.shape[-1] != self.qm.k):
             raise ValueError("quantized x does not match the matrix")
-        y = np.empty(self.qm.m, np.float32)
-        cdef const int8_t[::1] qv = xq
-        cdef const float[::1] sv = xs
-        cdef const float[::1] mv = xsum
-        cdef float[::1] yv = y
+        y = np.empty((n, self.qm.m), np.float32)
+        cdef const int8_t[:, ::1] qv = xq.reshape(n, -1)
+        cdef const float[:, ::1] sv = xs.reshape(n, -1)
+        cdef const float[:, ::1] mv = xsum.reshape(n, -1)
+        cdef float[:, ::1] yv = y
         cdef int rc
         with pool.lock:
             with nogil:
-                rc = pylut_i8_gemv(pool.pool, &self.qm, &qv[0], &sv[0], &mv[0], &yv[0])
-        _check(rc, "i8_gemv")
-        return y
+                rc = pylut_i8_gemm(pool.pool, &self.qm, n, &qv[0, 0], &sv[0, 0], &mv[0, 0], &yv[0, 0])
+        _check(rc, "i8_gemm")
+        return y if xq.ndim == 2 else y[0]
 
 
 # ---------------------------------------------------------------- the forward pass

@@ -75,6 +75,8 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum)
     int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq,
                       const float *xs, const float *xsum, float *y)
+    int pylut_i8_gemm(pylut_pool *pool, const pylut_i8matrix *qm, int n, const int8_t *xq,
+                      const float *xs, const float *xsum, float *y)
 
     uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n)
     int pylut_isa_detect()

@@ -303,25 +303,38 @@ int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }
 
 typedef struct {
     const pylut_i8matrix *qm;
+    int n;
     const int8_t *xq;
     const float *xs, *xsum;
     float *y;
     const pylut_kernels *k;
 } i8_ctx;
 
+/* Rows in blocks of 16, tokens inner: a block's codes (16 rows x k*bits/8 bytes) stay in L1
+ * while every token reads them, the way an int8 prefill GEMM reuses unpacked weights. */
 static void i8_task(void *arg, int ith, int nth) {
     i8_ctx *c = arg;
-    int64_t m = c->qm->m, r0 = m * ith / nth, r1 = m * (ith + 1) / nth;
-    if (r0 < r1) c->k->i8_gemv(c->qm, c->xq, c->xs, c->xsum, c->y, r0, r1);
+    const int64_t m = c->qm->m, k = c->qm->k, r0 = m * ith / nth, r1 = m * (ith + 1) / nth;
+    for (int64_t r = r0; r < r1; r += 16) {
+        int64_t re = r + 16 < r1 ? r + 16 : r1;
+        for (int t = 0; t < c->n; t++)
+            c->k->i8_gemv(c->qm, c->xq + t * k, c->xs + t * (k / 32), c->xsum + t * (k / 32),
+                          c->y + t * m, r, re);
+    }
 }
 
 int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
                   const float *xsum, float *y) {
+    return pylut_i8_gemm(pool, qm, 1, xq, xs, xsum, y);
+}
+
+int pylut_i8_gemm(pylut_pool *pool, const pylut_i8matrix *qm, int n, const int8_t *xq,
+                  const float *xs, const float *xsum, float *y) {
     pylut_i8matrix ref;
-    if (!qm || !qm->codes || !qm->scale || !qm->bias || !xq || !xs || !xsum || !y) return PYLUT_EINVAL;
+    if (!qm || !qm->codes || !qm->scale || !qm->bias || !xq || !xs || !xsum || !y || n < 1) return PYLUT_EINVAL;
     if (pylut_i8matrix_layout(&ref, qm->bits, qm->m, qm->k) != PYLUT_OK || ref.row_bytes != qm->row_bytes)
         return PYLUT_EINVAL;
-    i8_ctx c = {qm, xq, xs, xsum, y, active};
+    i8_ctx c = {qm, n, xq, xs, xsum, y, active};
     pylut_pool_run(pool, i8_task, &c);
     return PYLUT_OK;
 }

@@ -214,22 +214,26 @@ void pylut_i8_gemv_avx2(const pylut_i8matrix *qm, const int8_t *xq, const float 
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = qm->codes + r * qm->row_bytes;
         const uint16_t *sc = qm->scale + r * blocks, *bi = qm->bias + r * blocks;
-        __m256 acc = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
+        /* one accumulator per slot: a single FMA chain would wait 4 cycles per block */
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m256 accb = _mm256_setzero_ps();
+        float d[8];
         for (int64_t b0 = 0; b0 < vblocks; b0 += 8) {
-            /* 8 blocks' combined scales s_w * s_x, one lane each */
-            __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + b0))), _mm256_loadu_ps(xs + b0));
+            /* 8 blocks' combined scales s_w * s_x, broadcast from memory one by one (a load
+             * port op rather than a shuffle, as llama.cpp's Q4_0 loop does) */
+            _mm256_storeu_ps(d, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + b0))), _mm256_loadu_ps(xs + b0)));
             accb = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(bi + b0))), _mm256_loadu_ps(xsum + b0), accb);
-            for (int i = 0; i < 8; i++) {
-                int64_t b = b0 + i;
-                __m256i w = _mm256_loadu_si256((const __m256i *)(row + b / slots * 32));
-                __m256i q = _mm256_and_si256(_mm256_srli_epi16(w, (int)(b % slots) * bits), mask);
-                __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
-                __m256 di = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(i));
-                acc = _mm256_fmadd_ps(di, _mm256_cvtepi32_ps(p), acc);
+            for (int i = 0; i < 8; i += slots) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(row + (b0 + i) / slots * 32));
+                for (int sl = 0; sl < slots; sl++) {
+                    __m256i q = _mm256_and_si256(_mm256_srli_epi16(w, sl * bits), mask);
+                    __m256i x = _mm256_loadu_si256((const __m256i *)(xq + (b0 + i + sl) * 32));
+                    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
+                    acc[sl] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + i + sl), _mm256_cvtepi32_ps(p), acc[sl]);
+                }
             }
         }
-        float out = hsum256(acc) + hsum256(accb);
+        float out = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + hsum256(accb);
         for (int64_t b = vblocks; b < blocks; b++) { /* tail blocks */
             const uint8_t *c = row + b / slots * 32;
             int sh = (int)(b % slots) * bits, dot = 0;

@@ -175,6 +175,9 @@ int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld);
 int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum);
 int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
                   const float *xsum, float *y);
+/* n tokens: xq [n][k], xs/xsum [n][k/32], y [n][m] (the int8 prefill path) */
+int pylut_i8_gemm(pylut_pool *pool, const pylut_i8matrix *qm, int n, const int8_t *xq,
+                  const float *xs, const float *xsum, float *y);
 
 /* Read n bytes at p across the pool (the bandwidth roofline benchmarks compare against). */
 uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n);
