@@ -1,0 +1,205 @@
+"""Tiny random llama / qwen2 / bitnet GGUF files for loader and forward-pass tests.
+
+Float weights are drawn at random and stored with ``gguf.quants.quantize`` where the gguf
+package can quantize the type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, TQ1_0, TQ2_0).  It
+cannot write K-quants, so those tensors are random block bytes whose fp16 super-scales are
+chosen per block to give the same weight spread as the float matrices, with ``dmin`` set so
+a block's weights average about zero (random codes alone would give every weight a large
+positive offset and a degenerate model).
+
+BitNet matrices are ternary with one scale per tensor, as BitNet b1.58 trains them, so that
+TQ1_0/TQ2_0 blocks all carry the same scale and float files hold ternary values (what
+llama.cpp's converter writes for BitNet).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Tuple
+
+import numpy as np
+
+import gguf
+import gguf.quants
+from gguf import GGMLQuantizationType, GGUFValueType
+from gguf.constants import GGML_QUANT_SIZES
+
+VOCAB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "vocab"
+
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# byte offsets of (d, dmin) inside one K-quant block; dmin None for the symmetric ones
+_K_SCALE_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2),
+                   "Q6_K": (208, None)}
+_FLOAT_DTYPES = {"F32": np.float32, "F16": np.float16}
+# types gguf.quants can quantize from floats
+QUANTIZABLE = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0")
+
+
+def super_block(tensor_type: str) -> int:
+    """Elements per block: a row length must be a multiple of it."""
+    return GGML_QUANT_SIZES[GGMLQuantizationType[tensor_type]][0]
+
+
+def _random_k_quant(rng: np.random.Generator, tensor_type: str, rows: int, cols: int,
+                    std: float) -> np.ndarray:
+    """Random K-quant block bytes [rows, bytes_per_row] with weights of about ``std``."""
+    qtype = GGMLQuantizationType[tensor_type]
+    block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
+    n_blocks = rows * cols // block_elems
+    raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    d_pos, dmin_pos = _K_SCALE_FIELDS[tensor_type]
+
+    def with_scales(d, dmin):
+        out = raw.copy()
+        out[:, d_pos:d_pos + 2] = np.asarray(d, np.float16).reshape(-1, 1).view(np.uint8)
+        if dmin_pos is not None:
+            out[:, dmin_pos:dmin_pos + 2] = np.asarray(dmin, np.float16).reshape(-1, 1).view(np.uint8)
+        return out
+
+    def weights(blocks):
+        return gguf.quants.dequantize(blocks, qtype).reshape(n_blocks, block_elems).astype(np.float64)
+
+    ones, zeros = np.ones(n_blocks), np.zeros(n_blocks)
+    grid = weights(with_scales(ones, zeros))              # d * sub-scale * code part
+    spread = np.maximum(grid.std(axis=1), 1e-3)
+    d = std / spread
+    dmin = zeros
+    if dmin_pos is not None:
+        offset = -weights(with_scales(zeros, ones)).mean(axis=1)   # dmin * sub-min part
+        dmin = np.where(offset > 0, d * grid.mean(axis=1) / np.maximum(offset, 1e-9), 0.0)
+    return with_scales(d, dmin).reshape(rows, -1)
+
+
+def _ternary(rng: np.random.Generator, rows: int, cols: int, std: float) -> np.ndarray:
+    """BitNet-style weights: one fp16-exact scale times trits (a third of them zero)."""
+    scale = float(np.float16(std * 1.2247))   # sqrt(3/2): trit variance is 2/3
+    return (scale * rng.integers(-1, 2, size=(rows, cols))).astype(np.float32)
+
+
+def _encode(w: np.ndarray, tensor_type: str) -> Tuple[np.ndarray, Optional[GGMLQuantizationType]]:
+    if tensor_type in _FLOAT_DTYPES:
+        return w.astype(_FLOAT_DTYPES[tensor_type]), None
+    qtype = GGMLQuantizationType[tensor_type]
+    return gguf.quants.quantize(w, qtype), qtype
+
+
+def _copy_tokenizer(writer: gguf.GGUFWriter, vocab_file: Path) -> int:
+    """Copy every tokenizer.* key of a vocab-only GGUF; returns its vocabulary size."""
+    from pylut.gguf_reader import GGUFFile
+    with GGUFFile(vocab_file) as f:
+        for key, value in f.metadata.items():
+            if not key.startswith("tokenizer."):
+                continue
+            vtype = GGUFValueType(f.metadata_types[key])
+            if vtype != GGUFValueType.ARRAY:
+                if vtype == GGUFValueType.STRING:
+                    value = value.encode("utf-8", "surrogateescape")
+                writer.add_key_value(key, value, vtype)
+            elif isinstance(value, np.ndarray):
+                sub = {np.dtype(np.float32): GGUFValueType.FLOAT32, np.dtype(np.int32): GGUFValueType.INT32,
+                       np.dtype(np.uint32): GGUFValueType.UINT32, np.dtype(np.int8): GGUFValueType.INT8,
+                       np.dtype(np.uint8): GGUFValueType.UINT8, np.dtype(bool): GGUFValueType.BOOL}[value.dtype]
+                writer.add_key_value(key, value.tolist(), vtype, sub_type=sub)
+            else:   # string arrays; vocab entries may be raw bytes kept via surrogateescape
+                writer.add_key_value(key, [s.encode("utf-8", "surrogateescape") for s in value],
+                                     vtype, sub_type=GGUFValueType.STRING)
+        return len(f.metadata["tokenizer.ggml.tokens"])
+
+
+def _made_up_tokenizer(writer: gguf.GGUFWriter, vocab: int) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"tok{i}" for i in range(vocab)])
+    writer.add_token_types([1] * vocab)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+
+
+def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = None,
+               n_layers: int = 2, dim: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
+               ffn: int = 128, seed: int = 0, *, vocab: int = 300, tied: bool = False,
+               context_length: int = 128, omit: Iterable[str] = (),
+               shape_overrides: Optional[Dict[str, Tuple[int, ...]]] = None,
+               type_overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Write a random model; returns GGUF tensor name -> type name as written.
+
+    tensor_type applies to every matrix (embedding and output included); norms and biases
+    are F32.  vocab_from: a file name in VOCAB_DIR whose tokenizer metadata is copied (the
+    vocabulary size then follows it).  For the bad-input tests: ``omit`` leaves tensors out,
+    ``shape_overrides`` writes a tensor with another shape, ``type_overrides`` stores one
+    matrix as another type (any type: raw random bytes when gguf cannot quantize to it);
+    ``arch`` may be any string (the tensor layout is llama's unless qwen2 / bitnet)."""
+    rng = np.random.default_rng(seed)
+    shape_overrides = dict(shape_overrides or {})
+    type_overrides = dict(type_overrides or {})
+    omit = set(omit)
+    writer = gguf.GGUFWriter(str(path), arch)
+    if vocab_from is not None:
+        vocab = _copy_tokenizer(writer, VOCAB_DIR / vocab_from)
+    else:
+        _made_up_tokenizer(writer, vocab)
+    head_dim = dim // n_heads
+    writer.add_block_count(n_layers)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(dim)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(head_dim)
+
+    written: Dict[str, str] = {}
+
+    def matrix(name, rows, cols, ternary):
+        rows, cols = shape_overrides.get(name, (rows, cols))
+        qtype_name = type_overrides.get(name, tensor_type)
+        std = 1.0 if name == "token_embd.weight" else cols ** -0.5
+        if qtype_name in K_QUANTS:
+            data, qtype = _random_k_quant(rng, qtype_name, rows, cols, std), GGMLQuantizationType[qtype_name]
+        elif qtype_name in _FLOAT_DTYPES or qtype_name in QUANTIZABLE:
+            w = _ternary(rng, rows, cols, std) if ternary else rng.normal(0, std, (rows, cols)).astype(np.float32)
+            data, qtype = _encode(w, qtype_name)
+        else:   # a type the loader must refuse: random bytes of the right size
+            qtype = GGMLQuantizationType[qtype_name]
+            block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
+            data = rng.integers(0, 256, size=(rows, cols // block_elems * block_bytes), dtype=np.uint8)
+        if name not in omit:
+            writer.add_tensor(name, data, raw_dtype=qtype)
+            written[name] = qtype_name
+
+    def vector(name, size, mean):
+        shape = shape_overrides.get(name, (size,))
+        if name not in omit:
+            writer.add_tensor(name, (mean + 0.1 * rng.standard_normal(shape)).astype(np.float32))
+            written[name] = "F32"
+
+    ternary = arch == "bitnet"
+    q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+    matrix("token_embd.weight", vocab, dim, False)
+    vector("output_norm.weight", dim, 1.0)
+    if not tied:
+        matrix("output.weight", vocab, dim, False)
+    for layer in range(n_layers):
+        p = f"blk.{layer}."
+        vector(p + "attn_norm.weight", dim, 1.0)
+        matrix(p + "attn_q.weight", q_dim, dim, ternary)
+        matrix(p + "attn_k.weight", kv_dim, dim, ternary)
+        matrix(p + "attn_v.weight", kv_dim, dim, ternary)
+        if arch == "qwen2":
+            vector(p + "attn_q.bias", q_dim, 0.0)
+            vector(p + "attn_k.bias", kv_dim, 0.0)
+            vector(p + "attn_v.bias", kv_dim, 0.0)
+        if arch == "bitnet":
+            vector(p + "attn_sub_norm.weight", q_dim, 1.0)
+        matrix(p + "attn_output.weight", dim, q_dim, ternary)
+        vector(p + "ffn_norm.weight", dim, 1.0)
+        matrix(p + "ffn_gate.weight", ffn, dim, ternary)
+        matrix(p + "ffn_up.weight", ffn, dim, ternary)
+        if arch == "bitnet":
+            vector(p + "ffn_sub_norm.weight", ffn, 1.0)
+        matrix(p + "ffn_down.weight", dim, ffn, ternary)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return written
