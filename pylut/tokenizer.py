@@ -166,6 +166,12 @@ class Tokenizer:
         self.source = source
         self._tokens = list(tokens)
         self._types = [int(t) for t in token_types]
+        # Like llama.cpp, treat end-of-generation markers that a converter left as
+        # user-defined (Phi-3's "</s>") as control tokens: parsed only on request and
+        # invisible in decoded text.
+        for i, text in enumerate(self._tokens):
+            if self._types[i] == TOKEN_USER_DEFINED and text in END_OF_TURN_TEXTS:
+                self._types[i] = TOKEN_CONTROL
         self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, unk_id
         self.add_bos, self.add_eos = bool(add_bos), bool(add_eos)
         self.add_space_prefix = bool(add_space_prefix)

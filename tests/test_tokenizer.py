@@ -150,6 +150,8 @@ def test_phi3_special_tokens_swallow_following_whitespace():
     phi3 = load("phi-3")
     ids = phi3.encode("<|user|>\nHello<|end|>\n<|assistant|>", parse_special=True)
     assert ids == [32010, phi3.token_to_id("\u2581Hello"), 32007, 32001]
+    # "</s>" is stored as user-defined but, as in llama.cpp, parsed only on request
+    assert 2 not in phi3.encode("a</s>b") and phi3.encode("a</s>b", parse_special=True) == [263, 2, 289]
 
 
 # --------------------------------------------------------------------------- Hugging Face path
