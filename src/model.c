@@ -2,6 +2,7 @@
  * split over the threads and separated by a spinning barrier (a decode step has ~15 stages
  * per layer; one dispatch each would cost more than the small matrices themselves). */
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,7 +208,12 @@ static void barrier_wait(barrier_t *b, int nth) {
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&b->gen, 1, memory_order_release);
     } else {
-        while (atomic_load_explicit(&b->gen, memory_order_acquire) == g) cpu_relax();
+        /* spin (the others are microseconds away), but yield the core after a while: when
+         * the machine is oversubscribed the thread we wait for may need this very core */
+        for (int spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == g; spins++) {
+            if (spins < 4096) cpu_relax();
+            else sched_yield();
+        }
     }
 }
 
