@@ -434,3 +434,18 @@ def test_tiny_handwritten_spm_gguf(tmp_path):
     assert tok.encode("abc") == [7, 8 + ord("c")]
     assert tok.encode("ba", add_bos=True) == [1, 3, 5, 4]
     assert tok.decode(tok.encode("abé")) == "abé"
+
+
+def test_bpe_gguf_without_merges_still_loads(tmp_path, caplog):
+    """Made-up test vocabularies (whole-word tokens, no merges) must load."""
+    words = ["Hello", "\u0120world", "<|endoftext|>"]
+    kvs = [("tokenizer.ggml.model", 8, _gguf_string("gpt2")),
+           ("tokenizer.ggml.tokens", 9, _str_array(words)),
+           ("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, 3) + struct.pack("<3i", 1, 1, 3)),
+           ("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 2))]
+    with caplog.at_level(logging.WARNING, logger="pylut"):
+        tok = Tokenizer.from_file(write_gguf(tmp_path / "made_up.gguf", kvs))
+    assert "merges" in caplog.text
+    assert tok.n_vocab == 3 and tok.eot_ids == {2}
+    assert tok.decode([0, 1, 2]) == "Hello world"
+    assert tok.encode("Hello world") == [0, 1]
