@@ -298,8 +298,12 @@ static void attention(step_ctx *c, int l, int t, int h, float *scores) {
     float mx = -INFINITY;
     for (int j = 0; j < len; j++) {
         const float *kj = kc + (int64_t)j * s->kv_dim;
-        float d = 0.0f;
-        for (int i = 0; i < hd; i++) d += q[i] * kj[i];
+        float part[8] = {0}; /* independent partial sums: lets the compiler use SIMD lanes */
+        int i = 0;
+        for (; i + 8 <= hd; i += 8)
+            for (int u = 0; u < 8; u++) part[u] += q[i + u] * kj[i + u];
+        float d = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        for (; i < hd; i++) d += q[i] * kj[i];
         scores[j] = d * scale;
         if (scores[j] > mx) mx = scores[j];
     }

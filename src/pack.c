@@ -154,23 +154,35 @@ int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
     }
     int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
     int64_t kgroups = qm->k_pad / PYLUT_KGROUP;
+    for (int64_t row = 0; row < qm->m; row++) /* padded rows: all-zero codes, zero scale */
+        for (int64_t col = 0; col < qm->k; col++)
+            if (codes[row * ld + col] >> bits) return PYLUT_EINVAL;
     for (int64_t t = 0; t < tiles; t++)
         for (int r = 0; r < PYLUT_TILE_M; r++) {
             int64_t row = t * PYLUT_TILE_M + r;
-            if (row >= qm->m) break; /* padded rows: all-zero codes, zero scale */
+            if (row >= qm->m) break;
             const uint8_t *src = codes + row * ld;
-            for (int64_t j = 0; j < kgroups; j++) {
-                uint8_t *blk = qm->codes + (t * kgroups + j) * kgb;
-                for (int e = 0; e < PYLUT_KGROUP; e++) {
-                    int64_t col = j * PYLUT_KGROUP + e;
-                    int c = col < qm->k ? src[col] : 0;
-                    if (c >> bits) return PYLUT_EINVAL;
-                    for (int i = 0; i < bits; i++) {
-                        if (!((c >> i) & 1)) continue;
-                        int hi;
-                        int64_t off = b_nibble_pos(bits, r, i, &hi);
-                        blk[off] |= (uint8_t)(1u << (e + (hi ? 4 : 0)));
-                    }
+            int64_t off[8];
+            int shift[8];
+            for (int i = 0; i < bits; i++) {
+                int hi;
+                off[i] = b_nibble_pos(bits, r, i, &hi);
+                shift[i] = hi ? 4 : 0;
+            }
+            uint8_t *blk = qm->codes + t * kgroups * kgb;
+            for (int64_t j = 0; j < kgroups; j++, blk += kgb) {
+                uint32_t c4; /* the k-group's 4 codes, one per byte (0 past the end of a row) */
+                if ((j + 1) * PYLUT_KGROUP <= qm->k) {
+                    memcpy(&c4, src + j * PYLUT_KGROUP, 4);
+                } else {
+                    uint8_t tmp[4] = {0};
+                    for (int e = 0; e < 4 && j * 4 + e < qm->k; e++) tmp[e] = src[j * 4 + e];
+                    memcpy(&c4, tmp, 4);
+                }
+                for (int i = 0; i < bits; i++) {
+                    uint32_t p = (c4 >> i) & 0x01010101u; /* bit i of each code */
+                    uint32_t nib = (p | p >> 7 | p >> 14 | p >> 21) & 15u;
+                    blk[off[i]] |= (uint8_t)(nib << shift[i]);
                 }
             }
         }
