@@ -94,7 +94,7 @@ timed "host packages (apt)" host_tools
 ROOT_INCLUDE=python3,python3-dev,libc6-dev,libstdc++6,libgcc-s1${ARM_EXTRA_DEBS:+,$ARM_EXTRA_DEBS}
 [ "$MODE" = native ] && ROOT_INCLUDE=$ROOT_INCLUDE,python3-pip,gcc
 make_root() {
-    local key="$SUITE $MIRROR $ROOT_INCLUDE v1"
+    local key="$SUITE $MIRROR $ROOT_INCLUDE v2"
     stamp_ok "$ROOT/.armtest-root" "$key" && { echo "(cached)"; return; }
     rm -rf "$ROOT"
     # extract: unpack packages + dependencies, run no maintainer script (nothing
@@ -102,6 +102,12 @@ make_root() {
     mmdebstrap --quiet --mode=root --variant=extract --architectures=arm64 \
         --include="$ROOT_INCLUDE" "$SUITE" "$ROOT" "$MIRROR"
     mkdir -p "$ROOT/proc" "$ROOT/dev" "$ROOT/tmp" "$ROOT/work"
+    # The dev symlinks are absolute (libm.so -> /lib/aarch64-linux-gnu/libm.so.6): seen from
+    # the host they dangle, and the cross linker silently falls back to the static libm.a
+    # (whose errno@GLIBC_PRIVATE then makes auditwheel refuse the wheel). Make them relative.
+    find "$ROOT/usr/lib" "$ROOT/lib" -type l -lname '/*' 2>/dev/null | while read -r l; do
+        ln -sfr "$ROOT$(readlink "$l")" "$l"
+    done
     echo "$key" > "$ROOT/.armtest-root"
 }
 timed "arm64 root (mmdebstrap)" make_root
@@ -272,18 +278,19 @@ expected_isa() {  # what dispatch must pick on this QEMU CPU model ("" = don't c
 rc=0
 run_tests() {
     local cpu=$1; shift
-    # -P: do not put cwd on sys.path, so the installed wheel (not the source tree) is imported.
+    # PYTHONSAFEPATH=1 (= python -P, and inherited by `sys.executable -c ...` children): cwd
+    # is not put on sys.path, so the installed wheel, not the source tree, is imported.
     # QEMU_LD_PREFIX (not -L) so aarch64 children (the wrapper, or binfmt) find libs too.
     local envs=(env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 QEMU_CPU="$cpu" QEMU_LD_PREFIX="$ROOT"
-                PYTHONPATH="$ROOT/opt/armtest/pkg:$ROOT/opt/armtest/deps")
+                PYTHONSAFEPATH=1 PYTHONPATH="$ROOT/opt/armtest/pkg:$ROOT/opt/armtest/deps")
     local want got; want=$(expected_isa "$cpu")
-    got=$(cd "$WORK/src-tree" && "${envs[@]}" "$GUESTPY" -P -c \
+    got=$(cd "$WORK/src-tree" && "${envs[@]}" "$GUESTPY" -c \
         'import pylut; f = pylut.cpu_features(); print(f["best"], f["supported"], f["flags"])') || { rc=1; return; }
     echo "cpu_features on $cpu: $got"
     if [ -n "$want" ] && [ "${got%% *}" != "$want" ]; then
         echo "arm-test: FAIL: $cpu should dispatch to $want, got ${got%% *}" >&2; rc=1
     fi
-    ( cd "$WORK/src-tree" && "${envs[@]}" "$GUESTPY" -P -m pytest -p no:cacheprovider "$@" ) || rc=1
+    ( cd "$WORK/src-tree" && "${envs[@]}" "$GUESTPY" -m pytest -p no:cacheprovider "$@" ) || rc=1
 }
 for cpu in $QEMU_CPUS; do
     timed "pytest QEMU_CPU=$cpu" run_tests "$cpu" "$@"
