@@ -7,6 +7,8 @@ chosen per block to give the same weight spread as the float matrices, with ``dm
 a block's weights average about zero (random codes alone would give every weight a large
 positive offset and a degenerate model).
 
+The output matrix is the embedding with its rows shuffled (see build_gguf for why).
+
 BitNet matrices are ternary with one scale per tensor, as BitNet b1.58 trains them, so that
 TQ1_0/TQ2_0 blocks all carry the same scale and float files hold ternary values (what
 llama.cpp's converter writes for BitNet).
@@ -149,11 +151,14 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = No
 
     written: Dict[str, str] = {}
 
-    def matrix(name, rows, cols, ternary):
+    def matrix(name, rows, cols, ternary, rows_of=None):
+        """Write a random matrix, or (rows_of) the given encoded rows of another one."""
         rows, cols = shape_overrides.get(name, (rows, cols))
         qtype_name = type_overrides.get(name, tensor_type)
         std = 1.0 if name == "token_embd.weight" else cols ** -0.5
-        if qtype_name in K_QUANTS:
+        if rows_of is not None:
+            data, qtype, qtype_name = rows_of
+        elif qtype_name in K_QUANTS:
             data, qtype = _random_k_quant(rng, qtype_name, rows, cols, std), GGMLQuantizationType[qtype_name]
         elif qtype_name in _FLOAT_DTYPES or qtype_name in QUANTIZABLE:
             w = _ternary(rng, rows, cols, std) if ternary else rng.normal(0, std, (rows, cols)).astype(np.float32)
@@ -165,6 +170,7 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = No
         if name not in omit:
             writer.add_tensor(name, data, raw_dtype=qtype)
             written[name] = qtype_name
+        return data, qtype, qtype_name
 
     def vector(name, size, mean):
         shape = shape_overrides.get(name, (size,))
@@ -174,10 +180,16 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = No
 
     ternary = arch == "bitnet"
     q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
-    matrix("token_embd.weight", vocab, dim, False)
+    embd, qtype, qtype_name = matrix("token_embd.weight", vocab, dim, False)
     vector("output_norm.weight", dim, 1.0)
     if not tied:
-        matrix("output.weight", vocab, dim, False)
+        # The output rows are the embedding rows shuffled: the residual stream keeps the
+        # current token's embedding, so the model prefers one successor per token by a clear
+        # margin and greedy decoding is rarely decided by a near-tie (a random output matrix
+        # gives near-ties every few steps, which int8 table rounding then flips).  Context
+        # still moves the logits: the layers add as much to the residual as the embedding.
+        successor = rng.permutation(vocab)
+        matrix("output.weight", vocab, dim, False, rows_of=(embd[successor], qtype, qtype_name))
     for layer in range(n_layers):
         p = f"blk.{layer}."
         vector(p + "attn_norm.weight", dim, 1.0)
