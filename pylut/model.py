@@ -198,7 +198,7 @@ class Model:
         return {"prompt_tokens": self.stats["prompt_tokens"], "completion_tokens": self.stats["gen_tokens"],
                 "total_tokens": self.stats["prompt_tokens"] + self.stats["gen_tokens"]}
 
-    def create_completion(self, prompt: str, max_tokens: int = 16, stream: bool = False, stop=None, **sampling):
+    def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: int = 16, stream: bool = False, stop=None, **sampling):
         params = SamplingParams.from_kwargs(**sampling)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         it = self._stream_text(prompt, max_tokens, stop, params)

@@ -1,0 +1,126 @@
+"""The Python API on a tiny model the test builds: load (and the packed-model cache),
+generate (greedy, seeded sampling, streaming, stop strings), OpenAI-shaped completions,
+prefix reuse across chat turns, and clear errors for bad arguments."""
+import os
+
+import numpy as np
+import pytest
+
+import pylut
+from pylut import packcache
+
+from model_builder import VOCAB_DIR, build_gguf
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("api") / "tiny-llama-q4_0.gguf"
+    build_gguf(path, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_model_file(tmp_path_factory):
+    if not (VOCAB_DIR / "ggml-vocab-qwen2.gguf").exists():
+        pytest.skip(f"real vocabularies not found at {VOCAB_DIR} (../shared/testdata/vocab)")
+    path = tmp_path_factory.mktemp("api") / "tiny-qwen2-q8_0.gguf"
+    build_gguf(path, "qwen2", "Q8_0", vocab_from="ggml-vocab-qwen2.gguf", n_layers=1, dim=64,
+               context_length=256)
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_packed_cache_roundtrip_gives_identical_logits(model_file, cache):
+    m1 = pylut.load(model_file, n_ctx=64)
+    files = os.listdir(cache)
+    assert len(files) == 1 and files[0].endswith(".pylut")
+    m2 = pylut.load(model_file, n_ctx=64)  # mapped from the cache
+    toks = list(range(3, 20))
+    assert np.array_equal(m1.eval(toks), m2.eval(toks))
+    assert m2.info()["params"] == m1.info()["params"]
+
+
+def test_corrupt_cache_is_rebuilt(model_file, cache, caplog):
+    pylut.load(model_file, n_ctx=64)
+    (f,) = list(cache.iterdir())
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])  # truncated
+    m = pylut.load(model_file, n_ctx=64)
+    assert "unreadable packed-model cache" in caplog.text
+    assert m.eval([1, 2, 3]).shape == (300,)
+    with pytest.raises(packcache.PackFileError, match="bad magic"):
+        bad = cache / "bad.pylut"
+        bad.write_bytes(b"NOTPYLUT" + bytes(100))
+        packcache.load(str(bad))
+
+
+def test_cache_key_follows_the_source_file(model_file, cache):
+    k1 = packcache.cache_key(str(model_file), bits=4)
+    os.utime(model_file, ns=(1, 1))
+    assert packcache.cache_key(str(model_file), bits=4) != k1
+    assert packcache.cache_key(str(model_file), bits=2) != packcache.cache_key(str(model_file), bits=4)
+
+
+def test_generate_greedy_seeded_and_streamed(model_file, cache):
+    m = pylut.load(model_file, n_ctx=64)
+    prompt = [5, 6, 7, 8]
+    a = m.generate(prompt, max_tokens=8, temperature=0)
+    assert a == m.generate(prompt, max_tokens=8, temperature=0)
+    s1 = m.generate(prompt, max_tokens=8, temperature=1.0, seed=42)
+    assert s1 == m.generate(prompt, max_tokens=8, temperature=1.0, seed=42)
+    assert "".join(m.generate(prompt, max_tokens=8, temperature=0, stream=True)) == a
+
+
+def test_prefix_reuse_only_processes_new_tokens(model_file, cache):
+    m = pylut.load(model_file, n_ctx=64)
+    first = list(range(3, 23))
+    m.eval(first)
+    assert m.stats["prompt_processed"] == 20
+    logits = m.eval(first + [30, 31, 32])
+    assert m.stats["prompt_processed"] == 3
+    fresh = pylut.load(model_file, n_ctx=64)
+    assert np.array_equal(logits, fresh.eval(first + [30, 31, 32]))
+    m.eval(first[:5] + [40])  # diverges: the cache is cut back to the common prefix
+    assert m.stats["prompt_processed"] == 1
+
+
+def test_openai_shaped_results(chat_model_file, cache):
+    m = pylut.load(chat_model_file, n_ctx=128)
+    assert m.info()["chat_template"]
+    r = m.create_completion("Hello there", max_tokens=4, temperature=0)
+    assert r["object"] == "text_completion" and r["choices"][0]["finish_reason"] in ("stop", "length")
+    assert r["usage"]["completion_tokens"] <= 4
+    chunks = list(m.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=3,
+                                           temperature=0, stream=True))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_bad_arguments(model_file, cache):
+    with pytest.raises(FileNotFoundError):
+        pylut.load(model_file.parent / "missing.gguf")
+    with pytest.raises(ValueError, match="context length"):
+        pylut.load(model_file, n_ctx=10**6)
+    m = pylut.load(model_file, n_ctx=16)
+    with pytest.raises(ValueError, match="n_ctx"):
+        m.eval(list(range(1, 40)))
+    with pytest.raises(ValueError, match="max_tokens"):
+        m.generate([1, 2], max_tokens=0)
+    with pytest.raises(TypeError, match="unknown sampling option"):
+        m.generate([1, 2], max_tokens=2, temprature=0.5)
+    with pytest.raises(ValueError, match="top_p"):
+        m.generate([1, 2], max_tokens=2, top_p=0)
+    with pytest.raises(ValueError, match="token ids"):
+        m.session.forward([10**6], pylut.get_pool(1))
+
+
+def test_generation_stops_at_context_end(model_file, cache):
+    m = pylut.load(model_file, n_ctx=16)
+    r = m.create_completion([5, 6, 7], max_tokens=100, temperature=0)
+    assert r["choices"][0]["finish_reason"] in ("length", "stop")
+    assert m.session.pos <= 16
