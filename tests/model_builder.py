@@ -120,7 +120,8 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = No
                ffn: int = 128, seed: int = 0, *, vocab: int = 300, tied: bool = False,
                context_length: int = 128, omit: Iterable[str] = (),
                shape_overrides: Optional[Dict[str, Tuple[int, ...]]] = None,
-               type_overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+               type_overrides: Optional[Dict[str, str]] = None,
+               residual_gain: Optional[float] = None) -> Dict[str, str]:
     """Write a random model; returns GGUF tensor name -> type name as written.
 
     tensor_type applies to every matrix (embedding and output included); norms and biases
@@ -130,6 +131,10 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = No
     matrix as another type (any type: raw random bytes when gguf cannot quantize to it);
     ``arch`` may be any string (the tensor layout is llama's unless qwen2 / bitnet)."""
     rng = np.random.default_rng(seed)
+    # GPT-2's init: the projections back into the residual stream get 1/sqrt(#branches), so
+    # the current token's embedding stays the largest part of the residual (see output.weight)
+    if residual_gain is None:
+        residual_gain = (2 * n_layers) ** -0.5
     shape_overrides = dict(shape_overrides or {})
     type_overrides = dict(type_overrides or {})
     omit = set(omit)
@@ -156,6 +161,8 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = No
         rows, cols = shape_overrides.get(name, (rows, cols))
         qtype_name = type_overrides.get(name, tensor_type)
         std = 1.0 if name == "token_embd.weight" else cols ** -0.5
+        if name.endswith(("attn_output.weight", "ffn_down.weight")):
+            std *= residual_gain
         if rows_of is not None:
             data, qtype, qtype_name = rows_of
         elif qtype_name in K_QUANTS:

@@ -7,24 +7,26 @@ the loader packed.  So the comparison isolates the C forward pass, whose only ap
 is the activation side: each matmul quantizes its lookup tables to int8 (about 1 % relative
 error per matmul), and two layers plus the output projection compound that.
 
-Tolerances (measured on these models, see the table at the end of this docstring):
-* logits: max |C - ref| / max |ref| <= LOGIT_RTOL = 8 %  (measured 2.5-4.6 %);
-* greedy argmax of the prompt's 32 positions agrees on >= 90 % of them;
-* greedy decoding 32 tokens from the prompt: the first >= 8 tokens must match; the rest is
-  logged, not asserted, since a near-tie between two logits may flip on table rounding.
-  The decode runs on the KV cache one token at a time, the reference re-reads the whole
-  sequence (teacher forcing on the C output finds the first divergence exactly).
+Tolerances, with the figures measured on x86-64 (AVX-512, seed 0, all 33 cases):
+* logits of the prompt and of every decode step: max |C - ref| / max |ref| <= LOGIT_RTOL
+  = 3 %.  Measured 0.17-0.89 % on the prompt, 0.17-1.08 % on decode steps (K-quants with
+  group 16 lowest, float-requantized and BitNet highest).
+* argmax of the prompt's 32 positions agrees on >= 90 %: measured 100 % everywhere.
+* greedy decoding of 32 tokens: the first >= 8 must match; the rest is logged, not
+  asserted, since a near-tie between two logits may flip on table rounding.  Measured
+  32/32 in every case.  Decoding runs one token at a time on the KV cache; the reference
+  reads the C sequence in one pass (teacher forcing finds the first divergence exactly).
 
-Weights: for the lossless types (Q4_0, Q4_1, Q5_0, Q8_0, TQ1_0, TQ2_0, and BitNet's ternary
-F16) the packed matrices must dequantize bit-exactly to ``gguf.quants.dequantize`` of the
-file's bytes; K-quants only to fp16 rounding of their group scales (they are listed in
-``LoadedModel.lossy``); F32/F16/BF16 are requantized to 4 bits by the loader.
-
-Measured (x86-64 AVX-512, seed 0; rel = logit error, agree = prompt argmax agreement,
-greedy = matching leading tokens of 32):
+The models are built so that greedy decisions have margins (model_builder: the output
+matrix is the embedding with shuffled rows, residual projections scaled by 1/sqrt(2L)).
+With fully random weights the logit error was 0.7-1.8 % of the range, prompt argmax
+agreement 94-100 %, and greedy decoding diverged before token 8 in 7 of 33 cases:
+random logits have a near-tie every few steps, which the ~1 % table rounding flips.  The
+price: only ~3 % of the greedy choices here depend on context rather than on the current
+token, so the decode-step logit comparison, not the greedy one, is the sensitive check of
+the KV-cache path.
 """
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -42,7 +44,7 @@ from pylut.loader import load_gguf  # noqa: E402
 
 log = logging.getLogger("pylut")
 
-LOGIT_RTOL = 0.08
+LOGIT_RTOL = 0.03
 MIN_ARGMAX_AGREEMENT = 0.9
 MIN_GREEDY_PREFIX = 8
 PROMPT_LEN = GREEDY_LEN = 32
@@ -82,8 +84,13 @@ def core_to_gguf(name):
     return name if name.endswith(".bias") else name + ".weight"
 
 
+def relative_error(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
 def check_forward(lm, weights, seed=1):
-    """Prompt logits and greedy decoding vs the reference; returns the measured figures."""
+    """Prompt logits and greedy decoding vs the reference; returns the measured figures:
+    (prompt logit error, prompt argmax agreement, decode logit error, greedy prefix)."""
     cfg = lm.config
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, cfg["vocab"], PROMPT_LEN)
@@ -91,15 +98,18 @@ def check_forward(lm, weights, seed=1):
     pool = pylut.get_pool()
     logits = session.forward(prompt, pool, all_logits=True)
     ref = ref_forward(cfg, weights, prompt)
-    rel = float(np.abs(logits - ref).max() / np.abs(ref).max())
     agree = float((logits.argmax(1) == ref.argmax(1)).mean())
 
+    # greedy decoding one token at a time on the KV cache
+    step_logits = [logits[-1]]
     generated = [int(logits[-1].argmax())]
     for _ in range(GREEDY_LEN - 1):
-        generated.append(int(session.forward([generated[-1]], pool).argmax()))
+        step_logits.append(session.forward([generated[-1]], pool))
+        generated.append(int(step_logits[-1].argmax()))
+    # the reference reads the C sequence in one pass: its choice at each step, and the logits
     sequence = np.concatenate([prompt, generated])
-    ref_choices = ref_forward(cfg, weights, sequence[:-1])[PROMPT_LEN - 1:].argmax(1)
-    mismatch = np.flatnonzero(ref_choices != np.asarray(generated))
+    ref_steps = ref_forward(cfg, weights, sequence[:-1])[PROMPT_LEN - 1:]
+    mismatch = np.flatnonzero(ref_steps.argmax(1) != np.asarray(generated))
     prefix = int(mismatch[0]) if mismatch.size else GREEDY_LEN
     if prefix < GREEDY_LEN:   # the reference's own continuation, for the log
         ref_seq = list(sequence[:PROMPT_LEN + prefix])
@@ -107,16 +117,25 @@ def check_forward(lm, weights, seed=1):
             ref_seq.append(int(ref_forward(cfg, weights, ref_seq)[-1].argmax()))
         log.info("greedy diverges at token %d: C %s vs reference %s", prefix,
                  generated[prefix:], ref_seq[PROMPT_LEN + prefix:])
-    return rel, agree, prefix
+    return (relative_error(logits, ref), agree,
+            relative_error(np.stack(step_logits[:prefix + 1]), ref_steps[:prefix + 1]), prefix)
 
 
 @pytest.fixture(scope="module")
 def results():
     table = {}
     yield table
-    for key, (rel, agree, prefix, load_s) in sorted(table.items()):
-        log.info("%-16s logits rel %.4f  argmax %.3f  greedy %2d/%d  load %.3f s",
-                 "%s/%s" % key, rel, agree, prefix, GREEDY_LEN, load_s)
+    for key, (rel, agree, rel_decode, prefix, load_s) in sorted(table.items()):
+        log.info("%-16s logits rel %.4f  argmax %.3f  decode rel %.4f  greedy %2d/%d  load %.3f s",
+                 "%s/%s" % key, rel, agree, rel_decode, prefix, GREEDY_LEN, load_s)
+
+
+def assert_within_tolerance(figures):
+    rel, agree, rel_decode, prefix = figures
+    assert rel <= LOGIT_RTOL, f"prompt logits differ by {rel:.3%} of their range"
+    assert rel_decode <= LOGIT_RTOL, f"decode logits differ by {rel_decode:.3%} of their range"
+    assert agree >= MIN_ARGMAX_AGREEMENT, f"argmax agrees on {agree:.1%} of the prompt"
+    assert prefix >= MIN_GREEDY_PREFIX, f"greedy decoding diverges at token {prefix}"
 
 
 @pytest.mark.parametrize("arch,tensor_type", CASES)
@@ -155,11 +174,9 @@ def test_forward_matches_reference(tmp_path, results, arch, tensor_type):
         assert lm.tensors["blk.0.attn_q"].type == _core.TYPE_T3     # k = 256: one block a row
         assert (lm.tensors["blk.0.ffn_down"].type == _core.TYPE_T3) == (arch == "bitnet")
 
-    rel, agree, prefix = check_forward(lm, weights)
-    results[(arch, tensor_type)] = (rel, agree, prefix, lm.load_seconds)
-    assert rel <= LOGIT_RTOL, f"logits differ by {rel:.3%} of their range"
-    assert agree >= MIN_ARGMAX_AGREEMENT
-    assert prefix >= MIN_GREEDY_PREFIX
+    figures = check_forward(lm, weights)
+    results[(arch, tensor_type)] = figures + (lm.load_seconds,)
+    assert_within_tolerance(figures)
 
 
 @needs_vocab
@@ -179,9 +196,9 @@ def test_real_vocabulary(tmp_path, results, arch, tensor_type, vocab_file, tied)
     assert lm.tied_output == tied
     if tied:
         assert lm.tensors["output"] is lm.tensors["token_embd"]
-    rel, agree, prefix = check_forward(lm, dequantized(lm))
-    results[(arch, f"{tensor_type}+vocab")] = (rel, agree, prefix, lm.load_seconds)
-    assert rel <= LOGIT_RTOL and agree >= MIN_ARGMAX_AGREEMENT and prefix >= MIN_GREEDY_PREFIX
+    figures = check_forward(lm, dequantized(lm))
+    results[(arch, f"{tensor_type}+vocab")] = figures + (lm.load_seconds,)
+    assert_within_tolerance(figures)
 
 
 # ---------------------------------------------------------------- bad input
