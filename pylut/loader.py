@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -46,19 +46,19 @@ _REQUIRED = object()
 @dataclass
 class LoadedModel:
     """What ``load_gguf`` read: ``config`` and ``tensors`` are ``_core.Model``'s arguments."""
-    config: Dict[str, Any]
-    tensors: Dict[str, Any]            # core name -> QMatrix or float32 vector
-    metadata: Dict[str, Any]           # the GGUF key/value metadata (tokenizer included)
+    config: dict[str, Any]
+    tensors: dict[str, Any]            # core name -> QMatrix or float32 vector
+    metadata: dict[str, Any]           # the GGUF key/value metadata (tokenizer included)
     path: str
     arch: str
-    tensor_types: Dict[str, str]       # core name -> GGUF type name in the file
+    tensor_types: dict[str, str]       # core name -> GGUF type name in the file
     n_params: int                      # elements of every tensor used (tied output once)
     bits_per_weight: float             # packed bytes * 8 / elements, over the matrices
-    lossy: Set[str] = field(default_factory=set)   # matrices whose scales fp16 rounded
+    lossy: set[str] = field(default_factory=set)   # matrices whose scales fp16 rounded
     tied_output: bool = False          # output.weight absent: the embedding is reused
     load_seconds: float = 0.0
 
-    def build(self) -> "_core.Model":
+    def build(self) -> _core.Model:
         return _core.Model(self.config, self.tensors)
 
 
@@ -68,7 +68,7 @@ def _fail(path: str, what: str) -> ModelFileError:
     return ModelFileError(f"{path}: {what}")
 
 
-def _hparam(meta: Dict[str, Any], path: str, key: str, default: Any = _REQUIRED,
+def _hparam(meta: dict[str, Any], path: str, key: str, default: Any = _REQUIRED,
             kind: type = int) -> Any:
     """A scalar hyperparameter; per-layer arrays are accepted when all entries agree."""
     if key not in meta:
@@ -91,7 +91,7 @@ def _hparam(meta: Dict[str, Any], path: str, key: str, default: Any = _REQUIRED,
     return value
 
 
-def _read_config(f: GGUFFile, arch: str) -> Dict[str, Any]:
+def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
     meta, path = f.metadata, f.path
     a = arch + "."
     if meta.get(a + "expert_count", 0):
@@ -135,12 +135,12 @@ def _read_config(f: GGUFFile, arch: str) -> Dict[str, Any]:
 class _Spec:
     gguf_name: str
     core_name: str
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     matrix: bool
     required: bool = True
 
 
-def _expected(cfg: Dict[str, Any]) -> List[_Spec]:
+def _expected(cfg: dict[str, Any]) -> list[_Spec]:
     dim, ffn, vocab = cfg["dim"], cfg["ffn_dim"], cfg["vocab"]
     q_dim = cfg["n_heads"] * cfg["head_dim"]
     kv_dim = cfg["n_kv_heads"] * cfg["head_dim"]
@@ -171,7 +171,7 @@ def _expected(cfg: Dict[str, Any]) -> List[_Spec]:
 
 # ---------------------------------------------------------------- tensor conversion
 
-def _row_constant_scale(q: quants.QuantCodes) -> Optional[np.ndarray]:
+def _row_constant_scale(q: quants.QuantCodes) -> np.ndarray | None:
     """The per-row scale when every group of a row shares it, else None."""
     s = q.scale
     if s.size == 0 or not np.all(np.isfinite(s)) or not np.array_equal(s, np.broadcast_to(s[:, :1], s.shape)):
@@ -179,7 +179,7 @@ def _row_constant_scale(q: quants.QuantCodes) -> Optional[np.ndarray]:
     return np.ascontiguousarray(s[:, 0], dtype=np.float32)
 
 
-def _ternary_float(w: np.ndarray) -> Optional[Tuple[np.ndarray, float]]:
+def _ternary_float(w: np.ndarray) -> tuple[np.ndarray, float] | None:
     """(trits, s) when w only holds -s, 0 and +s (a ternarized float matrix), else None."""
     s = float(np.abs(w).max()) if w.size else 0.0
     if s == 0.0 or not np.isfinite(s):
@@ -191,7 +191,7 @@ def _ternary_float(w: np.ndarray) -> Optional[Tuple[np.ndarray, float]]:
 
 
 def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
-            lossy: Set[str], core_name: str):
+            lossy: set[str], core_name: str):
     """One GGUF matrix -> QMatrix; multiplier folds a separate per-tensor scale in."""
     type_name = info.type_name
     if type_name in quants.FLOAT_TYPES:
@@ -244,7 +244,7 @@ def _scalar_multiplier(f: GGUFFile, gguf_name: str) -> float:
 
 # ---------------------------------------------------------------- entry point
 
-def load_gguf(path, bits: int = 4, group: Optional[int] = None) -> LoadedModel:
+def load_gguf(path, bits: int = 4, group: int | None = None) -> LoadedModel:
     """Read a llama / qwen2 / bitnet GGUF file into packed matrices for ``_core.Model``.
 
     bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
@@ -291,9 +291,9 @@ def load_gguf(path, bits: int = 4, group: Optional[int] = None) -> LoadedModel:
             if not spec.matrix and info.type_name not in quants.SUPPORTED_TYPES:
                 raise _fail(path, f"tensor {spec.gguf_name!r} has unsupported type {info.type_name}")
 
-        tensors: Dict[str, Any] = {}
-        tensor_types: Dict[str, str] = {}
-        lossy: Set[str] = set()
+        tensors: dict[str, Any] = {}
+        tensor_types: dict[str, str] = {}
+        lossy: set[str] = set()
         n_params = 0
         used = set()
         for spec in specs:

@@ -15,13 +15,12 @@ llama.cpp's converter writes for BitNet).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
-
-import numpy as np
 
 import gguf
 import gguf.quants
+import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 from gguf.constants import GGML_QUANT_SIZES
 
@@ -77,7 +76,7 @@ def _ternary(rng: np.random.Generator, rows: int, cols: int, std: float) -> np.n
     return (scale * rng.integers(-1, 2, size=(rows, cols))).astype(np.float32)
 
 
-def _encode(w: np.ndarray, tensor_type: str) -> Tuple[np.ndarray, Optional[GGMLQuantizationType]]:
+def _encode(w: np.ndarray, tensor_type: str) -> tuple[np.ndarray, GGMLQuantizationType | None]:
     if tensor_type in _FLOAT_DTYPES:
         return w.astype(_FLOAT_DTYPES[tensor_type]), None
     qtype = GGMLQuantizationType[tensor_type]
@@ -115,13 +114,13 @@ def _made_up_tokenizer(writer: gguf.GGUFWriter, vocab: int) -> None:
     writer.add_eos_token_id(1)
 
 
-def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = None,
+def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
                n_layers: int = 2, dim: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
                ffn: int = 128, seed: int = 0, *, vocab: int = 300, tied: bool = False,
                context_length: int = 128, omit: Iterable[str] = (),
-               shape_overrides: Optional[Dict[str, Tuple[int, ...]]] = None,
-               type_overrides: Optional[Dict[str, str]] = None,
-               residual_gain: Optional[float] = None) -> Dict[str, str]:
+               shape_overrides: dict[str, tuple[int, ...]] | None = None,
+               type_overrides: dict[str, str] | None = None,
+               residual_gain: float | None = None) -> dict[str, str]:
     """Write a random model; returns GGUF tensor name -> type name as written.
 
     tensor_type applies to every matrix (embedding and output included); norms and biases
@@ -154,7 +153,7 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: Optional[str] = No
     writer.add_rope_freq_base(10000.0)
     writer.add_rope_dimension_count(head_dim)
 
-    written: Dict[str, str] = {}
+    written: dict[str, str] = {}
 
     def matrix(name, rows, cols, ternary, rows_of=None):
         """Write a random matrix, or (rows_of) the given encoded rows of another one."""

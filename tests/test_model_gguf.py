@@ -31,7 +31,8 @@ import logging
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")
+import gguf  # noqa: E402
 import gguf.quants  # noqa: E402
 from model_builder import VOCAB_DIR, build_gguf, super_block  # noqa: E402
 from ref_forward import forward as ref_forward  # noqa: E402
@@ -127,7 +128,7 @@ def results():
     yield table
     for key, (rel, agree, rel_decode, prefix, load_s) in sorted(table.items()):
         log.info("%-16s logits rel %.4f  argmax %.3f  decode rel %.4f  greedy %2d/%d  load %.3f s",
-                 "%s/%s" % key, rel, agree, rel_decode, prefix, GREEDY_LEN, load_s)
+                 "/".join(key), rel, agree, rel_decode, prefix, GREEDY_LEN, load_s)
 
 
 def assert_within_tolerance(figures):
