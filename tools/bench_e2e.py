@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""End-to-end speed on one model file: prefill (a 128-token prompt) and decode (64 tokens,
+greedy) tokens/s for pylut at 1 and 2 threads, peak RSS, and the share of a decode step
+spent in Python. When llama-cpp-python is importable (a benchmark-only tool, never a pylut
+dependency) the same file runs through llama.cpp in the same run and the ratios are printed.
+Each engine runs in its own subprocess so peak RSS is its own.
+
+    python3 tools/bench_e2e.py MODEL.gguf [--threads 1,2] [--prompt 128] [--gen 64] [--json]
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def prompt_ids(vocab, n, seed=0):
+    # ids from the middle of the vocabulary: ordinary tokens, not control/byte tokens
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(min(1000, vocab // 4), vocab - 1, n)]
+
+
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker_pylut(path, threads, n_prompt, n_gen, reps):
+    sys.path.insert(0, os.path.join(HERE, ".."))
+    import pylut
+    t0 = time.perf_counter()
+    m = pylut.load(path, n_ctx=n_prompt + n_gen + 8, n_threads=max(threads))
+    out = {"engine": "pylut", "load_s": time.perf_counter() - t0, "isa": pylut.cpu_features()["isa"]}
+    ids = prompt_ids(m.loaded.config["vocab"], n_prompt)
+    for t in threads:
+        m.pool = pylut.get_pool(t)
+        m.reset()
+        m.session.forward(ids[:8], m.pool)  # warm-up: page in the weights
+        best = float("inf")
+        for _ in range(reps):
+            m.reset()
+            t0 = time.perf_counter()
+            m.eval(ids)
+            best = min(best, time.perf_counter() - t0)
+        out[f"prefill_tps_t{t}"] = n_prompt / best
+        # decode through the public generate path (sampling, stop checks, detokenizing)
+        gen_best, fwd_best = float("inf"), float("inf")
+        for _ in range(reps):
+            m.reset()
+            m.generate(ids, max_tokens=n_gen, temperature=0, repeat_penalty=1.0)
+            steps = max(1, m.stats["gen_tokens"] - 1)
+            gen_best = min(gen_best, m.stats["gen_s"] / steps)
+            # the same steps as bare C calls: what a step costs without Python around it
+            m.reset()
+            m.eval(ids)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                m.session.forward([ids[i % len(ids)]], m.pool)
+            fwd_best = min(fwd_best, (time.perf_counter() - t0) / steps)
+        out[f"decode_tps_t{t}"] = 1.0 / gen_best
+        out[f"python_overhead_frac_t{t}"] = max(0.0, 1.0 - fwd_best / gen_best)
+    out["rss_mb"] = rss_mb()
+    return out
+
+
+def worker_llama(path, threads, n_prompt, n_gen, reps):
+    import llama_cpp
+    from llama_cpp import Llama
+    out = {"engine": "llama.cpp"}
+
+    def last_logits(llm):
+        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+    for t in threads:
+        llm = Llama(model_path=path, n_ctx=n_prompt + n_gen + 8, n_threads=t, n_threads_batch=t,
+                    n_batch=n_prompt, n_ubatch=n_prompt, verbose=False)
+        ids = prompt_ids(llm.n_vocab(), n_prompt)
+        llm.eval(ids[:8])
+        best = float("inf")
+        for _ in range(reps):
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(ids)
+            best = min(best, time.perf_counter() - t0)
+        out[f"prefill_tps_t{t}"] = n_prompt / best
+        dec = float("inf")
+        for _ in range(reps):
+            llm.reset()
+            llm.eval(ids)
+            tok = int(np.argmax(last_logits(llm)))
+            t0 = time.perf_counter()
+            for _ in range(n_gen - 1):
+                llm.eval([tok])
+                tok = int(np.argmax(last_logits(llm)))
+            dec = min(dec, (time.perf_counter() - t0) / (n_gen - 1))
+        out[f"decode_tps_t{t}"] = 1.0 / dec
+        del llm
+    out["rss_mb"] = rss_mb()
+    return out
+
+
+def run_worker(engine, args):
+    cmd = [sys.executable, os.path.abspath(__file__), args.model, "--worker", engine,
+           "--threads", args.threads, "--prompt", str(args.prompt), "--gen", str(args.gen),
+           "--reps", str(args.reps)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        print(f"{engine} failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(lines[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp even when installed")
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object")
+    ap.add_argument("--worker", choices=["pylut", "llama.cpp"], help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    try:
+        threads = [int(t) for t in a.threads.split(",")]
+    except ValueError:
+        ap.error("--threads takes comma-separated integers, e.g. 1,2")
+    if any(t < 1 for t in threads) or a.prompt < 1 or a.gen < 2 or a.reps < 1:
+        ap.error("threads, prompt and reps must be >= 1, gen >= 2")
+    if not os.path.exists(a.model):
+        ap.error(f"model file not found: {a.model}")
+    if a.worker:
+        fn = worker_pylut if a.worker == "pylut" else worker_llama
+        print(json.dumps(fn(a.model, threads, a.prompt, a.gen, a.reps)))
+        return 0
+
+    res = {"model": os.path.basename(a.model), "load_avg": os.getloadavg()[0]}
+    ours = run_worker("pylut", a)
+    if ours is None:
+        return 1
+    peer = None
+    if not a.no_peer:
+        try:
+            import llama_cpp  # noqa: F401
+            peer = run_worker("llama.cpp", a)
+        except ImportError:
+            print("llama-cpp-python not installed: pylut figures only")
+    print(f"{a.model}: prompt {a.prompt} tok, decode {a.gen} tok, isa {ours.get('isa')}, "
+          f"load {ours['load_s']:.2f} s, load avg {res['load_avg']:.2f}")
+    print(f"{'':>10} {'threads':>7} {'prefill t/s':>12} {'decode t/s':>11} {'py ovh':>7}")
+    for t in threads:
+        print(f"{'pylut':>10} {t:>7} {ours[f'prefill_tps_t{t}']:>12.1f} {ours[f'decode_tps_t{t}']:>11.2f} "
+              f"{ours[f'python_overhead_frac_t{t}']:>7.1%}")
+        if peer:
+            print(f"{'llama.cpp':>10} {t:>7} {peer[f'prefill_tps_t{t}']:>12.1f} {peer[f'decode_tps_t{t}']:>11.2f}")
+        for k in ("prefill", "decode"):
+            res[f"{k}_tps_t{t}"] = ours[f"{k}_tps_t{t}"]
+            if peer:
+                res[f"ratio_{k}_t{t}"] = ours[f"{k}_tps_t{t}"] / peer[f"{k}_tps_t{t}"]
+    res["python_overhead_frac"] = max(ours[f"python_overhead_frac_t{t}"] for t in threads)
+    res["rss_mb"] = ours["rss_mb"]
+    print(f"peak RSS: pylut {ours['rss_mb']:.0f} MB" + (f", llama.cpp {peer['rss_mb']:.0f} MB" if peer else ""))
+    if peer:
+        res["peer_rss_mb"] = peer["rss_mb"]
+        res["rss_ratio"] = ours["rss_mb"] / peer["rss_mb"]
+        print("ratios (pylut / llama.cpp): " + ", ".join(f"{k[6:]} {v:.2f}x" for k, v in res.items() if k.startswith("ratio_")))
+    if a.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
