@@ -579,6 +579,27 @@ cdef class Session:
     def pos(self):
         return pylut_state_pos(self.s)
 
+    def shift(self, int n_keep, int n_discard):
+        """Drop cached positions [n_keep, n_keep+n_discard); later ones move down (RoPE fixed)."""
+        if n_keep < 0 or n_discard < 1 or n_keep + n_discard > self.pos:
+            raise ValueError(f"cannot drop {n_discard} positions after {n_keep} of {self.pos}")
+        cdef int rc
+        with nogil:
+            rc = pylut_state_shift(&self.model.m, self.s, n_keep, n_discard)
+        _check(rc, "shift")
+
+    def kv_array(self):
+        """The KV cache as a writable float32 view [2, n_layers, n_ctx, kv_dim] (keys, values)."""
+        cdef int64_t n = pylut_state_kv_bytes(self.s) // 4
+        cdef float[::1] view = <float[:n]>pylut_state_kv(self.s)
+        arr = np.asarray(view)
+        m = &self.model.m
+        return arr.reshape(2, m.n_layers, self.n_ctx, m.n_kv_heads * m.head_dim)
+
+    def set_pos(self, int pos):
+        if pylut_state_set_pos(self.s, pos) != PYLUT_OK:
+            raise ValueError(f"pos must be in 0..{self.n_ctx}")
+
     def truncate(self, int pos):
         if pylut_state_truncate(self.s, pos) != PYLUT_OK:
             raise ValueError(f"cannot truncate to {pos}: the session holds {self.pos} positions")

@@ -134,3 +134,4 @@ cdef extern from "pylut/model.h" nogil:
     int64_t pylut_state_kv_bytes(const pylut_state *s)
     float *pylut_state_kv(pylut_state *s)
     int pylut_state_set_pos(pylut_state *s, int pos)
+    int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard)

@@ -5,8 +5,11 @@
     for piece in model.generate("Hi", stream=True): print(piece, end="")
     model.create_chat_completion([{"role": "user", "content": "Hello"}])
 """
+import hashlib
+import json
 import logging
 import os
+import struct
 import time
 import uuid
 from typing import Dict, Iterator, List, Optional, Sequence, Union
@@ -22,11 +25,13 @@ log = logging.getLogger("pylut")
 
 
 def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
-         max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True) -> "Model":
+         max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
+         context_shift: bool = True) -> "Model":
     """Load a GGUF model file. n_ctx defaults to min(4096, the model's context);
     n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
     cache: keep the packed model in pylut's cache dir ($PYLUT_CACHE_DIR) so the next load
-    maps it instead of repacking."""
+    maps it instead of repacking. context_shift: when generation fills n_ctx, drop the oldest
+    half (keeping the first tokens, the attention sinks) instead of stopping."""
     from . import packcache
     from .loader import load_gguf
     from .tokenizer import Tokenizer
@@ -40,11 +45,16 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     tokenizer = Tokenizer.from_file(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
     return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
-                 chat_template=chat_template)
+                 chat_template=chat_template, context_shift=context_shift)
 
 
 class Model:
-    def __init__(self, loaded, tokenizer, n_ctx=None, n_threads=None, max_batch=64, chat_template=None):
+    N_SINK = 4  # first positions kept by a context shift (StreamingLLM's attention sinks)
+
+    def __init__(self, loaded, tokenizer, n_ctx=None, n_threads=None, max_batch=64, chat_template=None,
+                 context_shift=True):
+        self.context_shift = bool(context_shift)
+        self.n_shifts = 0
         self.loaded = loaded
         self.tokenizer = tokenizer
         cfg = loaded.config
@@ -114,6 +124,78 @@ class Model:
         self._cached.append(token)
         return logits
 
+    def _shift(self):
+        """Make room: keep the sinks, drop the older half of the rest (llama.cpp's default)."""
+        keep = min(self.N_SINK, self.n_ctx - 2)
+        drop = max(1, (len(self._cached) - keep) // 2)
+        self.session.shift(keep, drop)
+        self._cached = self._cached[:keep] + self._cached[keep + drop:]
+        self.n_shifts += 1
+        log.info("context full (%d): dropped %d positions after the first %d", self.n_ctx, drop, keep)
+
+    # ---------------------------------------------------------------- sessions on disk
+
+    _STATE_MAGIC = b"PYLUTST\0"
+    _STATE_VERSION = 1
+
+    def _fingerprint(self) -> str:
+        """Identifies the weights a cache belongs to: config + every tensor's shape and type."""
+        desc = {"config": self.loaded.config, "types": self.loaded.tensor_types,
+                "params": int(self.loaded.n_params)}
+        return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+    def save_state(self, path) -> None:
+        """Write the cached tokens and their keys/values (versioned, checksummed)."""
+        n = len(self._cached)
+        kv = self.session.kv_array()[:, :, :n, :]
+        header = json.dumps({"fingerprint": self._fingerprint(), "n_tokens": n, "tokens": self._cached,
+                             "kv_shape": list(kv.shape), "model": self.name}).encode()
+        body = struct.pack("<8sIQ", self._STATE_MAGIC, self._STATE_VERSION, len(header)) + header
+        digest = hashlib.sha256(body)
+        blob = np.ascontiguousarray(kv).tobytes()
+        digest.update(blob)
+        tmp = os.fspath(path) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.write(blob)
+            f.write(digest.digest())
+        os.replace(tmp, path)
+
+    def load_state(self, path) -> None:
+        """Restore a session written by save_state; refuses files of another model/version."""
+        with open(path, "rb") as f:
+            data = f.read()
+        pre = struct.calcsize("<8sIQ")
+        if len(data) < pre + 32:
+            raise ValueError(f"{path}: not a pylut session file (too short)")
+        magic, version, hlen = struct.unpack_from("<8sIQ", data)
+        if magic != self._STATE_MAGIC:
+            raise ValueError(f"{path}: not a pylut session file (bad magic)")
+        if version != self._STATE_VERSION:
+            raise ValueError(f"{path}: session format version {version}, this pylut reads {self._STATE_VERSION}")
+        if hashlib.sha256(data[:-32]).digest() != data[-32:]:
+            raise ValueError(f"{path}: checksum mismatch (truncated or corrupted session file)")
+        try:
+            h = json.loads(data[pre:pre + hlen])
+            n, shape = int(h["n_tokens"]), tuple(h["kv_shape"])
+            tokens = [int(t) for t in h["tokens"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: corrupt session header ({e})") from None
+        if h.get("fingerprint") != self._fingerprint():
+            raise ValueError(f"{path}: the session was saved from another model ({h.get('model')!r}); "
+                             f"load it with the same model file")
+        kv = self.session.kv_array()
+        if n > self.n_ctx:
+            raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={self.n_ctx}")
+        if len(tokens) != n or shape != (2, kv.shape[1], n, kv.shape[3]):
+            raise ValueError(f"{path}: session sizes do not fit this model")
+        blob = np.frombuffer(data, dtype=np.float32, count=int(np.prod(shape)), offset=pre + hlen)
+        if blob.size * 4 != len(data) - pre - hlen - 32:
+            raise ValueError(f"{path}: session data has the wrong size")
+        kv[:, :, :n, :] = blob.reshape(shape)
+        self.session.set_pos(n)
+        self._cached = tokens
+
     # ---------------------------------------------------------------- generation
 
     def _generate_tokens(self, prompt_tokens, max_tokens, stop_ids, params):
@@ -132,9 +214,11 @@ class Model:
             self.stats["gen_tokens"] += 1
             last = i == max_tokens - 1
             if not last and len(self._cached) >= self.n_ctx:
-                self.stats["gen_s"] = time.perf_counter() - t0
-                yield tok, "length"
-                return
+                if not self.context_shift or self.n_ctx <= self.N_SINK + 1:
+                    self.stats["gen_s"] = time.perf_counter() - t0
+                    yield tok, "length"
+                    return
+                self._shift()
             yield tok, None
             if not last:
                 logits = self._step(tok)

@@ -151,6 +151,39 @@ int pylut_state_set_pos(pylut_state *s, int pos) {
     return PYLUT_OK;
 }
 
+int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard) {
+    if (!m || !s || n_keep < 0 || n_discard < 1 || n_keep + n_discard > s->pos) return PYLUT_EINVAL;
+    const int kvd = s->kv_dim, hd = m->head_dim, half = hd / 2, moved = s->pos - n_keep - n_discard;
+    /* rotation by -n_discard positions, per frequency: RoPE(p - d) = R(-d) RoPE(p) */
+    float *cs = malloc((size_t)hd * sizeof(float));
+    if (!cs) return PYLUT_ENOMEM;
+    for (int i = 0; i < half; i++) {
+        double a = -(double)n_discard * s->inv_freq[i];
+        cs[i] = (float)cos(a);
+        cs[half + i] = (float)sin(a);
+    }
+    for (int kv = 0; kv < 2; kv++)
+        for (int l = 0; l < m->n_layers; l++) {
+            float *base = s->kv + (((int64_t)kv * m->n_layers + l) * s->n_ctx) * kvd;
+            memmove(base + (int64_t)n_keep * kvd, base + (int64_t)(n_keep + n_discard) * kvd,
+                    (size_t)moved * kvd * sizeof(float));
+            if (kv == 1) continue; /* values carry no position */
+            for (int64_t p = n_keep; p < n_keep + moved; p++)
+                for (int h = 0; h < m->n_kv_heads; h++) {
+                    float *v = base + p * kvd + h * hd;
+                    for (int i = 0; i < half; i++) {
+                        int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
+                        float x0 = v[i0], x1 = v[i1], c = cs[i], sn = cs[half + i];
+                        v[i0] = x0 * c - x1 * sn;
+                        v[i1] = x0 * sn + x1 * c;
+                    }
+                }
+        }
+    free(cs);
+    s->pos -= n_discard;
+    return PYLUT_OK;
+}
+
 int64_t pylut_state_kv_bytes(const pylut_state *s) {
     return s ? 2 * (int64_t)s->n_layers * s->n_ctx * s->kv_dim * (int64_t)sizeof(float) : 0;
 }

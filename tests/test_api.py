@@ -124,3 +124,62 @@ def test_generation_stops_at_context_end(model_file, cache):
     r = m.create_completion([5, 6, 7], max_tokens=100, temperature=0)
     assert r["choices"][0]["finish_reason"] in ("length", "stop")
     assert m.session.pos <= 16
+
+
+# ---------------------------------------------------------------- context shift, sessions
+
+def test_context_shift_rerotates_keys(model_file, cache):
+    """Layer-0 keys depend only on token and position, so after a shift the moved keys must
+    equal keys computed fresh at their new positions."""
+    m = pylut.load(model_file, n_ctx=32)
+    toks = list(range(3, 23))
+    m.eval(toks)
+    m.session.shift(4, 6)
+    shifted = m.session.kv_array()[0, 0, :14].copy()
+    fresh = pylut.load(model_file, n_ctx=32)
+    fresh.eval(toks[:4] + toks[10:])
+    assert np.allclose(shifted, fresh.session.kv_array()[0, 0, :14], atol=1e-5)
+    assert np.array_equal(m.session.kv_array()[1, 0, :14], fresh.session.kv_array()[1, 0, :14])
+
+
+def test_generation_runs_past_n_ctx_with_shift(model_file, cache):
+    m = pylut.load(model_file, n_ctx=16)
+    r = m.create_completion([5, 6, 7], max_tokens=48, temperature=0)
+    assert r["usage"]["completion_tokens"] == 48 and r["choices"][0]["finish_reason"] == "length"
+    assert m.n_shifts >= 2 and m.session.pos <= 16
+    off = pylut.load(model_file, n_ctx=16, context_shift=False)
+    r = off.create_completion([5, 6, 7], max_tokens=48, temperature=0)
+    assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] < 48
+
+
+def test_save_and_load_state_continue_identically(model_file, cache, tmp_path):
+    m = pylut.load(model_file, n_ctx=64)
+    prompt = [5, 6, 7, 8, 9]
+    m.eval(prompt)
+    m.save_state(tmp_path / "s.bin")
+    expected = m.generate(prompt, max_tokens=10, temperature=0)
+    other = pylut.load(model_file, n_ctx=64)
+    other.load_state(tmp_path / "s.bin")
+    assert other.session.pos == len(prompt)
+    assert other.generate(prompt, max_tokens=10, temperature=0) == expected
+    assert other.stats["prompt_processed"] == 1  # only the last prompt token re-ran
+
+
+def test_foreign_or_corrupt_state_is_refused(model_file, cache, tmp_path):
+    m = pylut.load(model_file, n_ctx=64)
+    m.eval([5, 6, 7])
+    m.save_state(tmp_path / "s.bin")
+    data = (tmp_path / "s.bin").read_bytes()
+    (tmp_path / "flip.bin").write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(ValueError, match="checksum"):
+        m.load_state(tmp_path / "flip.bin")
+    (tmp_path / "short.bin").write_bytes(data[:20])
+    with pytest.raises(ValueError, match="too short|checksum"):
+        m.load_state(tmp_path / "short.bin")
+    (tmp_path / "junk.bin").write_bytes(b"x" * 200)
+    with pytest.raises(ValueError, match="bad magic"):
+        m.load_state(tmp_path / "junk.bin")
+    other_file = tmp_path / "other.gguf"
+    build_gguf(other_file, "llama", "Q4_0", vocab=300, n_layers=1, dim=64, context_length=128)
+    with pytest.raises(ValueError, match="another model"):
+        pylut.load(other_file, n_ctx=64).load_state(tmp_path / "s.bin")

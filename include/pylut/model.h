@@ -53,6 +53,9 @@ int pylut_state_truncate(pylut_state *s, int pos);
  * logits: [vocab] for the last token, or [n][vocab] when all_logits. Threads: the pool. */
 int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                   int n, float *logits, int all_logits);
+/* Context shift: drop positions [n_keep, n_keep + n_discard), move the later ones down and
+ * re-rotate their keys' RoPE by -n_discard so they read as if written at their new place. */
+int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard);
 /* KV cache access for save/load: bytes and pointer of the first pos positions' storage. */
 int64_t pylut_state_kv_bytes(const pylut_state *s);
 float *pylut_state_kv(pylut_state *s);
