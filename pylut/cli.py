@@ -347,15 +347,9 @@ def cmd_run(args):
         sys.stdout.write("\n")
         return 130
     sys.stdout.write("\n")
-    s = model.stats
-    print(_stats_line(s), file=sys.stderr)
+    from .repl import stats_line
+    print(stats_line(model.stats), file=sys.stderr)
     return 0
-
-
-def _stats_line(s):
-    pt = s["prompt_processed"] / s["prompt_s"] if s["prompt_s"] > 0 else 0.0
-    gt = s["gen_tokens"] / s["gen_s"] if s["gen_s"] > 0 else 0.0
-    return (f"[prompt {s['prompt_processed']} tok, {pt:.1f} t/s | gen {s['gen_tokens']} tok, {gt:.1f} t/s]")
 
 
 def model_summary(model, path):
