@@ -1,0 +1,214 @@
+"""`pylut serve` driven by the official openai client over loopback: chat and completions,
+streamed and not, /v1/models, 8 concurrent clients answered exactly as when alone, bad
+requests answered 4xx (OpenAI-shaped) without hurting the server, and the API key.
+The server runs as a subprocess on a free 127.0.0.1 port, on a tiny model with a real vocab."""
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from model_builder import VOCAB_DIR, build_gguf
+
+openai = pytest.importorskip("openai", reason="the openai client is in the test extra (pip install openai)")
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def chat_model_file(tmp_path_factory):
+    if not (VOCAB_DIR / "ggml-vocab-qwen2.gguf").exists():
+        pytest.skip(f"real vocabularies not found at {VOCAB_DIR} (../shared/testdata/vocab)")
+    path = tmp_path_factory.mktemp("srv") / "tiny-qwen2-q8_0.gguf"
+    build_gguf(path, "qwen2", "Q8_0", vocab_from="ggml-vocab-qwen2.gguf", n_layers=1, dim=64,
+               context_length=256)
+    return path
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model, tmp, *extra):
+        self.port = _free_port()
+        self.log = open(tmp / f"server-{self.port}.log", "w+b")
+        env = dict(os.environ, PYLUT_CACHE_DIR=str(tmp / "cache"), PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen([sys.executable, "-m", "pylut", "serve", str(model), "--host", HOST,
+                                      "--port", str(self.port), "--threads", "1", "--max-tokens-limit", "64",
+                                      *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()}")
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer /health in 60 s: {self.output()}")
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
+    def request(self, method, path, body=None, headers=None, timeout=30):
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def client(self, key="sk-test"):
+        return openai.OpenAI(base_url=f"http://{HOST}:{self.port}/v1", api_key=key, max_retries=0, timeout=30)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(chat_model_file, tmp_path_factory):
+    s = Server(chat_model_file, tmp_path_factory.mktemp("run"))
+    yield s
+    s.stop()
+
+
+HI = [{"role": "user", "content": "Hello, who are you?"}]
+
+
+def test_models_and_health(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["tiny-qwen2-q8_0.gguf"]
+    status, body = server.request("GET", "/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_chat_plain_and_streamed_agree(server):
+    c = server.client()
+    r = c.chat.completions.create(model="tiny", messages=HI, max_tokens=12, temperature=0)
+    text = r.choices[0].message.content
+    assert r.choices[0].message.role == "assistant" and text
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 12 and r.usage.prompt_tokens > 0
+    pieces, usage = [], None
+    for ch in c.chat.completions.create(model="tiny", messages=HI, max_tokens=12, temperature=0, stream=True,
+                                        stream_options={"include_usage": True}):
+        if ch.choices and ch.choices[0].delta.content:
+            pieces.append(ch.choices[0].delta.content)
+        usage = ch.usage or usage
+    assert "".join(pieces) == text
+    assert usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_completions_text_tokens_and_stream(server):
+    c = server.client()
+    r = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].text
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True))
+    assert streamed == r.choices[0].text
+    r2 = c.completions.create(model="tiny", prompt=[9707, 11, 1879], max_tokens=4, temperature=0, seed=1,
+                              extra_body={"top_k": 5, "min_p": 0.1, "repeat_penalty": 1.2})
+    assert r2.usage.prompt_tokens == 3
+
+
+def test_raw_sse_framing(server):
+    status, body = server.request("POST", "/v1/completions",
+                                  {"prompt": "Hi", "max_tokens": 3, "temperature": 0, "stream": True})
+    assert status == 200
+    events = body.decode().split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    for e in events[:-2]:
+        assert e.startswith("data: ") and json.loads(e[6:])["object"] == "text_completion"
+
+
+def _ask(c, i):
+    if i % 2:
+        kw = dict(model="tiny", messages=[{"role": "user", "content": f"Question number {i}?"}], max_tokens=16,
+                  temperature=0)
+        if i % 4 == 1:
+            return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw))
+        return c.chat.completions.create(**kw).choices[0].message.content
+    return c.completions.create(model="tiny", prompt=f"Story {i}: the", max_tokens=16, temperature=0).choices[0].text
+
+
+def test_concurrent_clients_get_the_answers_they_get_alone(server):
+    c = server.client()
+    alone = [_ask(c, i) for i in range(8)]
+    assert len(set(alone)) > 1  # the prompts differ, so a mix-up would show
+    clients = [server.client() for _ in range(8)]
+    with ThreadPoolExecutor(8) as ex:
+        futures = [ex.submit(_ask, clients[i], i) for i in range(8)]
+        together = [f.result(timeout=120) for f in futures]
+    assert together == alone
+
+
+@pytest.mark.parametrize("body, param", [
+    ('{"messages": [{"role": "user", "content": "hi"}', None),         # malformed JSON
+    ('[1, 2]', None),                                                  # not an object
+    ({"messages": "hi"}, "messages"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages"),
+    ({"messages": HI, "max_tokens": "5"}, "max_tokens"),
+    ({"messages": HI, "max_tokens": 10**6}, "max_tokens"),             # over --max-tokens-limit
+    ({"messages": HI, "temperature": True}, "temperature"),
+    ({"messages": HI, "top_p": 0}, "top_p"),
+    ({"messages": HI, "stream": "yes"}, "stream"),
+    ({"messages": HI, "stop": [1]}, "stop"),
+])
+def test_bad_chat_requests_are_400(server, body, param):
+    status, raw = server.request("POST", "/v1/chat/completions", body)
+    assert status == 400
+    err = json.loads(raw)["error"]
+    assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
+    assert set(err) == {"message", "type", "param", "code"}
+
+
+def test_bad_requests_leave_the_server_serving(server):
+    assert server.request("POST", "/v1/completions", {"prompt": {"a": 1}})[0] == 400
+    assert server.request("POST", "/v1/completions", {"prompt": "x" * 5000, "max_tokens": 4})[0] == 400  # > n_ctx
+    assert server.request("POST", "/v1/completions", b"x" * (2 << 20))[0] == 413
+    assert server.request("GET", "/v1/nothing")[0] == 404
+    assert server.request("GET", "/v1/chat/completions")[0] == 405
+    with pytest.raises(openai.BadRequestError):
+        server.client().chat.completions.create(model="tiny", messages=[], max_tokens=2)
+    # a client that hangs up mid-stream must release the model
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 64, "stream": True}))
+    resp = conn.getresponse()
+    resp.read(10)
+    conn.close()
+    r = server.client().chat.completions.create(model="tiny", messages=HI, max_tokens=4, temperature=0)
+    assert r.choices[0].message.content
+
+
+def test_api_key(chat_model_file, tmp_path):
+    s = Server(chat_model_file, tmp_path, "--api-key", "s3cret")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client("wrong").models.list()
+        status, raw = s.request("POST", "/v1/completions", {"prompt": "Hi"})
+        assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
+        assert s.request("GET", "/health")[0] == 200
+        assert s.client("s3cret").completions.create(model="t", prompt="Hi", max_tokens=2).choices
+    finally:
+        s.stop()
