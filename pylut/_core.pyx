@@ -107,6 +107,28 @@ def read_bytes(buf, ThreadPool pool):
     return int(r)
 
 
+def attention_f16(q, k, v, float scale):
+    """One head's attention over an fp16 cache: q float32 [hd]; k, v float16 [len, hd]."""
+    q = _array(q, np.float32, 1, "q")
+    k = _array(k, np.float16, 2, "k")
+    v = _array(v, np.float16, 2, "v")
+    if k.shape != v.shape or k.shape[1] != q.shape[0] or k.shape[0] < 1:
+        raise ValueError(f"k and v must be [len >= 1, {q.shape[0]}], got {k.shape} and {v.shape}")
+    out = np.empty(q.shape[0], np.float32)
+    scores = np.empty(k.shape[0], np.float32)
+    cdef const float[::1] qv = q
+    cdef const uint16_t[:, ::1] kv = k.view(np.uint16)
+    cdef const uint16_t[:, ::1] vv = v.view(np.uint16)
+    cdef float[::1] ov = out
+    cdef float[::1] sv = scores
+    cdef int rc
+    with nogil:
+        rc = pylut_attention_f16(&qv[0], &kv[0, 0], &vv[0, 0], kv.shape[1], kv.shape[0], kv.shape[1],
+                                 scale, &ov[0], &sv[0])
+    _check(rc, "attention_f16")
+    return out
+
+
 # ---------------------------------------------------------------- packed matrices
 
 cdef class QMatrix:
@@ -589,10 +611,10 @@ cdef class Session:
         _check(rc, "shift")
 
     def kv_array(self):
-        """The KV cache as a writable float32 view [2, n_layers, n_ctx, kv_dim] (keys, values)."""
-        cdef int64_t n = pylut_state_kv_bytes(self.s) // 4
-        cdef float[::1] view = <float[:n]>pylut_state_kv(self.s)
-        arr = np.asarray(view)
+        """The KV cache as a writable float16 view [2, n_layers, n_ctx, kv_dim] (keys, values)."""
+        cdef int64_t n = pylut_state_kv_bytes(self.s) // 2
+        cdef uint16_t[::1] view = <uint16_t[:n]>pylut_state_kv(self.s)
+        arr = np.asarray(view).view(np.float16)
         m = &self.model.m
         return arr.reshape(2, m.n_layers, self.n_ctx, m.n_kv_heads * m.head_dim)
 

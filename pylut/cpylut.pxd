@@ -79,6 +79,8 @@ cdef extern from "pylut/pylut.h" nogil:
                       const float *xs, const float *xsum, float *y)
 
     uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n)
+    int pylut_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                            int hd, float scale, float *out, float *scores)
     int pylut_isa_detect()
     int pylut_isa_supported(int isa)
     int pylut_isa_active()
@@ -132,6 +134,6 @@ cdef extern from "pylut/model.h" nogil:
     int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                       int n, float *logits, int all_logits)
     int64_t pylut_state_kv_bytes(const pylut_state *s)
-    float *pylut_state_kv(pylut_state *s)
+    uint16_t *pylut_state_kv(pylut_state *s)
     int pylut_state_set_pos(pylut_state *s, int pos)
     int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard)

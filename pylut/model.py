@@ -189,8 +189,10 @@ class Model:
             raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={self.n_ctx}")
         if len(tokens) != n or shape != (2, kv.shape[1], n, kv.shape[3]):
             raise ValueError(f"{path}: session sizes do not fit this model")
-        blob = np.frombuffer(data, dtype=np.float32, count=int(np.prod(shape)), offset=pre + hlen)
-        if blob.size * 4 != len(data) - pre - hlen - 32:
+        if int(np.prod(shape)) * 2 != len(data) - pre - hlen - 32:
+            raise ValueError(f"{path}: session data has the wrong size")
+        blob = np.frombuffer(data, dtype=np.float16, count=int(np.prod(shape)), offset=pre + hlen)
+        if blob.size * 2 != len(data) - pre - hlen - 32:
             raise ValueError(f"{path}: session data has the wrong size")
         kv[:, :, :n, :] = blob.reshape(shape)
         self.session.set_pos(n)

@@ -299,6 +299,18 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
 
 int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }
 
+int pylut_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                        int hd, float scale, float *out, float *scores) {
+    if (!q || !k || !v || !out || !scores || len < 1 || hd < 1 || ld < hd) return PYLUT_EINVAL;
+    pylut_attn_f16(q, k, v, ld, len, hd, scale, out, scores);
+    return PYLUT_OK;
+}
+
+void pylut_attn_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len, int hd,
+                    float scale, float *out, float *scores) {
+    (active->attn_f16 ? active->attn_f16 : pylut_attn_f16_scalar)(q, k, v, ld, len, hd, scale, out, scores);
+}
+
 /* ------------------------------------------------------------------ int8 baseline */
 
 typedef struct {

@@ -13,6 +13,10 @@ typedef struct {
                    int64_t tile0, int64_t tile1);
     void (*gemm_t3)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                     int64_t tile0, int64_t tile1);
+    /* out[hd] = softmax(scale * q.K^T) V over len cached positions; K and V are fp16 rows
+     * of stride ld elements; scores: scratch [len] */
+    void (*attn_f16)(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                     int hd, float scale, float *out, float *scores);
     /* rows [r0, r1) of the int8 baseline */
     void (*i8_gemv)(const pylut_i8matrix *qm, const int8_t *xq, const float *xs, const float *xsum,
                     float *y, int64_t r0, int64_t r1);
@@ -23,6 +27,8 @@ extern const pylut_kernels pylut_kernels_scalar;
 extern const pylut_kernels pylut_kernels_avx2;
 extern const pylut_kernels pylut_kernels_avx512;
 extern const pylut_kernels pylut_kernels_avx512vbmi;
+void pylut_attn_f16_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                         int hd, float scale, float *out, float *scores);
 void pylut_i8_gemv_avx2(const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
                         const float *xsum, float *y, int64_t r0, int64_t r1);
 #endif
@@ -35,6 +41,13 @@ extern const pylut_kernels pylut_kernels_neon_dot;
  * scale-groups [g0, g1) of the tables for x. */
 void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
 void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
+
+/* The portable attention twin (also what NEON uses until it has its own). */
+void pylut_attn_f16_scalar(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                           int hd, float scale, float *out, float *scores);
+/* Attention with the active ISA's kernel. */
+void pylut_attn_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len, int hd,
+                    float scale, float *out, float *scores);
 
 /* Row tiles [tile0, tile1) of y[n][m] = W x_n with the active ISA's kernel: for callers that
  * split work themselves (the forward pass runs every stage inside one pool dispatch). */

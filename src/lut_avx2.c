@@ -13,6 +13,7 @@
  * group: 64*127 = 8128 < 32767. */
 #if defined(__x86_64__) || defined(_M_X64) /* other architectures get nothing */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -198,7 +199,8 @@ static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
 
 /* ------------------------------------------------------------------ int8 baseline */
 
-static float hsum256(__m256 v) {
+float hsum256(__m256 v);
+float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -244,7 +246,46 @@ void pylut_i8_gemv_avx2(const pylut_i8matrix *qm, const int8_t *xq, const float 
     }
 }
 
+/* ------------------------------------------------------------------ attention */
+
+/* Two passes over the cache (scores, then the weighted sum of values): at decode a head's
+ * keys are read once and the [len] scores stay in L1/L2. F16C widens 8 halves per load. */
+void pylut_attn_f16_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                         int hd, float scale, float *out, float *scores) {
+    const int hv = hd / 8 * 8;
+    float mx = -INFINITY;
+    for (int j = 0; j < len; j++) {
+        const uint16_t *kj = k + (int64_t)j * ld;
+        __m256 acc = _mm256_setzero_ps();
+        for (int i = 0; i < hv; i += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + i))), acc);
+        float d = hsum256(acc);
+        for (int i = hv; i < hd; i++) d += q[i] * _cvtsh_ss(kj[i]);
+        scores[j] = d * scale;
+        if (scores[j] > mx) mx = scores[j];
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < len; j++) sum += (scores[j] = expf(scores[j] - mx));
+    const float inv = 1.0f / sum;
+    for (int i0 = 0; i0 < hd; i0 += 64) { /* 8 accumulators of 8 lanes cover 64 dims */
+        const int w = hd - i0 < 64 ? hd - i0 : 64, wv = w / 8 * 8;
+        __m256 acc[8];
+        for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+        float tail[8] = {0};
+        for (int j = 0; j < len; j++) {
+            const uint16_t *vj = v + (int64_t)j * ld + i0;
+            const __m256 p = _mm256_set1_ps(scores[j] * inv);
+            for (int u = 0; u < wv / 8; u++)
+                acc[u] = _mm256_fmadd_ps(p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * u))), acc[u]);
+            for (int i = wv; i < w; i++) tail[i - wv] += scores[j] * inv * _cvtsh_ss(vj[i]);
+        }
+        for (int u = 0; u < wv / 8; u++) _mm256_storeu_ps(out + i0 + 8 * u, acc[u]);
+        for (int i = wv; i < w; i++) out[i0 + i] = tail[i - wv];
+    }
+}
+
 const pylut_kernels pylut_kernels_avx2 = {
+    .attn_f16 = pylut_attn_f16_avx2,
     .gemm_b = gemm_b_avx2,
     .gemm_t3 = gemm_t3_avx2,
     .i8_gemv = pylut_i8_gemv_avx2,

@@ -191,6 +191,7 @@ static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
 }
 
 const pylut_kernels PYLUT_AVX512_TABLE = {
+    .attn_f16 = pylut_attn_f16_avx2, /* bandwidth-bound: 256-bit F16C loads keep up */
     .gemm_b = gemm_b_body,
     .gemm_t3 = gemm_t3_body,
     .i8_gemv = pylut_i8_gemv_avx2, /* the baseline stays the llama.cpp-style AVX2 loop */

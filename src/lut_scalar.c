@@ -179,7 +179,31 @@ static void i8_gemv_scalar(const pylut_i8matrix *qm, const int8_t *xq, const flo
     }
 }
 
+/* ------------------------------------------------------------------ attention twin */
+
+void pylut_attn_f16_scalar(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                           int hd, float scale, float *out, float *scores) {
+    float mx = -INFINITY;
+    for (int j = 0; j < len; j++) {
+        const uint16_t *kj = k + (int64_t)j * ld;
+        float d = 0.0f;
+        for (int i = 0; i < hd; i++) d += q[i] * pylut_fp16_to_fp32(kj[i]);
+        scores[j] = d * scale;
+        if (scores[j] > mx) mx = scores[j];
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < len; j++) sum += (scores[j] = expf(scores[j] - mx));
+    const float inv = 1.0f / sum;
+    for (int i = 0; i < hd; i++) out[i] = 0.0f;
+    for (int j = 0; j < len; j++) {
+        const uint16_t *vj = v + (int64_t)j * ld;
+        const float p = scores[j] * inv;
+        for (int i = 0; i < hd; i++) out[i] += p * pylut_fp16_to_fp32(vj[i]);
+    }
+}
+
 const pylut_kernels pylut_kernels_scalar = {
+    .attn_f16 = pylut_attn_f16_scalar,
     .gemm_b = gemm_b_scalar,
     .gemm_t3 = gemm_t3_scalar,
     .i8_gemv = i8_gemv_scalar,

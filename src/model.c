@@ -33,7 +33,7 @@ typedef struct {
 struct pylut_state {
     int n_ctx, max_batch, pos, n_sets;
     int q_dim, kv_dim, n_layers;
-    float *kv;                 /* [2][n_layers][n_ctx][kv_dim]: keys then values */
+    uint16_t *kv;              /* fp16 [2][n_layers][n_ctx][kv_dim]: keys then values */
     float *x, *xb, *q, *k, *v; /* [max_batch][dim | q_dim | kv_dim] */
     float *att;                /* [max_batch][q_dim] */
     float *tmp;                /* [max_batch][dim] */
@@ -104,7 +104,7 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch) 
     s->q_dim = m->n_heads * m->head_dim;
     s->kv_dim = m->n_kv_heads * m->head_dim;
     size_t B = (size_t)max_batch;
-    s->kv = calloc(2 * (size_t)m->n_layers * n_ctx * s->kv_dim, sizeof(float));
+    s->kv = calloc(2 * (size_t)m->n_layers * n_ctx * s->kv_dim, sizeof(uint16_t));
     s->x = malloc(B * m->dim * sizeof(float));
     s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
     s->q = malloc(B * s->q_dim * sizeof(float));
@@ -164,18 +164,19 @@ int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_di
     }
     for (int kv = 0; kv < 2; kv++)
         for (int l = 0; l < m->n_layers; l++) {
-            float *base = s->kv + (((int64_t)kv * m->n_layers + l) * s->n_ctx) * kvd;
+            uint16_t *base = s->kv + (((int64_t)kv * m->n_layers + l) * s->n_ctx) * kvd;
             memmove(base + (int64_t)n_keep * kvd, base + (int64_t)(n_keep + n_discard) * kvd,
-                    (size_t)moved * kvd * sizeof(float));
+                    (size_t)moved * kvd * sizeof(uint16_t));
             if (kv == 1) continue; /* values carry no position */
             for (int64_t p = n_keep; p < n_keep + moved; p++)
                 for (int h = 0; h < m->n_kv_heads; h++) {
-                    float *v = base + p * kvd + h * hd;
+                    uint16_t *v = base + p * kvd + h * hd;
                     for (int i = 0; i < half; i++) {
                         int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
-                        float x0 = v[i0], x1 = v[i1], c = cs[i], sn = cs[half + i];
-                        v[i0] = x0 * c - x1 * sn;
-                        v[i1] = x0 * sn + x1 * c;
+                        float x0 = pylut_fp16_to_fp32(v[i0]), x1 = pylut_fp16_to_fp32(v[i1]);
+                        float c = cs[i], sn = cs[half + i];
+                        v[i0] = pylut_fp32_to_fp16(x0 * c - x1 * sn);
+                        v[i1] = pylut_fp32_to_fp16(x0 * sn + x1 * c);
                     }
                 }
         }
@@ -185,10 +186,10 @@ int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_di
 }
 
 int64_t pylut_state_kv_bytes(const pylut_state *s) {
-    return s ? 2 * (int64_t)s->n_layers * s->n_ctx * s->kv_dim * (int64_t)sizeof(float) : 0;
+    return s ? 2 * (int64_t)s->n_layers * s->n_ctx * s->kv_dim * (int64_t)sizeof(uint16_t) : 0;
 }
 
-float *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
+uint16_t *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
 
 /* ------------------------------------------------------------------ model check */
 
@@ -324,31 +325,10 @@ static void attention(step_ctx *c, int l, int t, int h, float *scores) {
     const pylut_model *m = c->m;
     pylut_state *s = c->s;
     const int hd = m->head_dim, kvh = h / (m->n_heads / m->n_kv_heads), len = c->pos0 + t + 1;
-    const float *q = s->q + (int64_t)t * s->q_dim + h * hd;
-    const float *kc = s->kv + (int64_t)l * s->n_ctx * s->kv_dim + kvh * hd;
-    const float *vc = kc + (int64_t)s->n_layers * s->n_ctx * s->kv_dim;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float mx = -INFINITY;
-    for (int j = 0; j < len; j++) {
-        const float *kj = kc + (int64_t)j * s->kv_dim;
-        float part[8] = {0}; /* independent partial sums: lets the compiler use SIMD lanes */
-        int i = 0;
-        for (; i + 8 <= hd; i += 8)
-            for (int u = 0; u < 8; u++) part[u] += q[i + u] * kj[i + u];
-        float d = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-        for (; i < hd; i++) d += q[i] * kj[i];
-        scores[j] = d * scale;
-        if (scores[j] > mx) mx = scores[j];
-    }
-    float sum = 0.0f;
-    for (int j = 0; j < len; j++) sum += (scores[j] = expf(scores[j] - mx));
-    float *out = s->att + (int64_t)t * s->q_dim + h * hd;
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int j = 0; j < len; j++) {
-        const float *vj = vc + (int64_t)j * s->kv_dim;
-        const float p = scores[j] / sum;
-        for (int i = 0; i < hd; i++) out[i] += p * vj[i];
-    }
+    const uint16_t *kc = s->kv + (int64_t)l * s->n_ctx * s->kv_dim + kvh * hd;
+    const uint16_t *vc = kc + (int64_t)s->n_layers * s->n_ctx * s->kv_dim;
+    pylut_attn_f16(s->q + (int64_t)t * s->q_dim + h * hd, kc, vc, s->kv_dim, len, hd,
+                   1.0f / sqrtf((float)hd), s->att + (int64_t)t * s->q_dim + h * hd, scores);
 }
 
 static void step_task(void *arg, int ith, int nth) {
@@ -388,10 +368,12 @@ static void step_task(void *arg, int ith, int nth) {
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
                     rope(k, hd, pos, s->inv_freq, m->rope_neox);
-                    float *kc = s->kv + ((int64_t)l * s->n_ctx + pos) * kvd + h * hd;
-                    float *vc = kc + (int64_t)s->n_layers * s->n_ctx * kvd;
-                    memcpy(kc, k, (size_t)hd * sizeof(float));
-                    memcpy(vc, v, (size_t)hd * sizeof(float));
+                    uint16_t *kc = s->kv + ((int64_t)l * s->n_ctx + pos) * kvd + h * hd;
+                    uint16_t *vc = kc + (int64_t)s->n_layers * s->n_ctx * kvd;
+                    for (int i = 0; i < hd; i++) {
+                        kc[i] = pylut_fp32_to_fp16(k[i]);
+                        vc[i] = pylut_fp32_to_fp16(v[i]);
+                    }
                 }
             }
         }

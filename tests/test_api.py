@@ -138,7 +138,9 @@ def test_context_shift_rerotates_keys(model_file, cache):
     shifted = m.session.kv_array()[0, 0, :14].copy()
     fresh = pylut.load(model_file, n_ctx=32)
     fresh.eval(toks[:4] + toks[10:])
-    assert np.allclose(shifted, fresh.session.kv_array()[0, 0, :14], atol=1e-5)
+    # fp16 cache: the re-rotation rounds once more than a fresh write (2 ulp of fp16)
+    assert np.allclose(shifted.astype(np.float32), fresh.session.kv_array()[0, 0, :14].astype(np.float32),
+                       rtol=2e-3, atol=2e-3)
     assert np.array_equal(m.session.kv_array()[1, 0, :14], fresh.session.kv_array()[1, 0, :14])
 
 

@@ -58,7 +58,7 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
 int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard);
 /* KV cache access for save/load: bytes and pointer of the first pos positions' storage. */
 int64_t pylut_state_kv_bytes(const pylut_state *s);
-float *pylut_state_kv(pylut_state *s);
+uint16_t *pylut_state_kv(pylut_state *s); /* fp16 [2][n_layers][n_ctx][kv_dim] */
 int pylut_state_set_pos(pylut_state *s, int pos);
 
 #ifdef __cplusplus

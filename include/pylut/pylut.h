@@ -182,6 +182,11 @@ int pylut_i8_gemm(pylut_pool *pool, const pylut_i8matrix *qm, int n, const int8_
 /* Read n bytes at p across the pool (the bandwidth roofline benchmarks compare against). */
 uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n);
 
+/* Attention over one head's fp16 cache with the active ISA: out[hd] = softmax(scale*q.K^T) V.
+ * k, v: len rows of stride ld (>= hd) elements; scores: scratch [len]. */
+int pylut_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
+                        int hd, float scale, float *out, float *scores);
+
 /* ------------------------------------------------------------------ dispatch */
 
 int pylut_isa_detect(void);            /* best ISA this CPU + OS run */
