@@ -288,7 +288,7 @@ def main(argv=None):
         return 1
     except BrokenPipeError:  # `pylut run ... | head`
         try:
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
         except OSError:
             pass
         return 0

@@ -337,7 +337,7 @@ def _check_session(data):
         raise ValueError("messages must be a list of {role: user|assistant, content: str}")
     sampling = data.get("sampling") or {}
     if not isinstance(sampling, dict):
-        raise ValueError("sampling must be an object")
+        raise ValueError("sampling must be an object")  # noqa: TRY004 - callers report ValueError as a bad file
     try:
         SamplingParams.from_kwargs(**sampling)
     except TypeError as e:

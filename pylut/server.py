@@ -136,6 +136,7 @@ def parse_prompt(body):
 
 class PylutServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive at shutdown
+    request_queue_size = 64  # listen backlog: a burst of clients queues instead of being refused
 
     def __init__(self, addr, model, api_key=None, max_tokens_limit=4096, max_body=MAX_BODY):
         self.model = model
@@ -145,6 +146,11 @@ class PylutServer(ThreadingHTTPServer):
         self.max_body = max_body
         self.created = int(time.time())
         super().__init__(addr, Handler)
+
+
+# path -> (method, handler method name)
+ROUTES = {"/health": ("GET", "_health"), "/v1/models": ("GET", "_models"),
+          "/v1/chat/completions": ("POST", "_chat"), "/v1/completions": ("POST", "_completions")}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -184,13 +190,10 @@ class Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS
 
-    ROUTES = {"/health": ("GET", "_health"), "/v1/models": ("GET", "_models"),
-              "/v1/chat/completions": ("POST", "_chat"), "/v1/completions": ("POST", "_completions")}
-
     def _dispatch(self, method):
         try:
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
-            route = self.ROUTES.get(path)
+            route = ROUTES.get(path)
             if route is None:
                 # the body of an unknown request is not read: close so it is not parsed as a request
                 raise RequestError(404, f"no route {method} {path}", code="not_found")
@@ -206,7 +209,8 @@ class Handler(BaseHTTPRequestHandler):
             getattr(self, route[1])()
         except RequestError as e:
             self._send_error(e, close=e.status in (404, 411, 413))
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError as e:  # the client hung up or stalled past `timeout`: nothing to answer
+            log.info("%s: connection dropped (%s)", self.address_string(), e)
             self.close_connection = True
         except Exception as e:  # a bug must cost one request, never the server
             log.exception("internal error on %s", self.path)

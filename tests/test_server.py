@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from model_builder import VOCAB_DIR, build_gguf
 
 openai = pytest.importorskip("openai", reason="the openai client is in the test extra (pip install openai)")
@@ -41,7 +40,7 @@ def _free_port():
 class Server:
     def __init__(self, model, tmp, *extra):
         self.port = _free_port()
-        self.log = open(tmp / f"server-{self.port}.log", "w+b")
+        self.log = open(tmp / f"server-{self.port}.log", "w+b")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, PYLUT_CACHE_DIR=str(tmp / "cache"), PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen([sys.executable, "-m", "pylut", "serve", str(model), "--host", HOST,
                                       "--port", str(self.port), "--threads", "1", "--max-tokens-limit", "64",
@@ -144,8 +143,8 @@ def test_raw_sse_framing(server):
 
 def _ask(c, i):
     if i % 2:
-        kw = dict(model="tiny", messages=[{"role": "user", "content": f"Question number {i}?"}], max_tokens=16,
-                  temperature=0)
+        kw = {"model": "tiny", "messages": [{"role": "user", "content": f"Question number {i}?"}],
+              "max_tokens": 16, "temperature": 0}
         if i % 4 == 1:
             return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw))
         return c.chat.completions.create(**kw).choices[0].message.content
