@@ -41,6 +41,7 @@ class Repl:
         self.stdin = stdin or sys.stdin
         self.out = stdout or sys.stdout
         self.color = color and self.out.isatty() and os.environ.get("NO_COLOR") is None
+        self.err = self.out           # piped mode moves errors to stderr, off the answer
         self.last_stats = None
         self._readline = None
 
@@ -54,7 +55,8 @@ class Repl:
         self._write(f"\x1b[2m{text}\x1b[0m\n" if self.color else text + "\n")
 
     def _error(self, text):
-        self._write(f"\x1b[31m{text}\x1b[0m\n" if self.color else text + "\n")
+        self.err.write(f"\x1b[31m{text}\x1b[0m\n" if self.color else text.strip("\n") + "\n")
+        self.err.flush()
 
     # ---------------------------------------------------------------- main loops
 
@@ -65,6 +67,7 @@ class Repl:
             pass
         if not self.stdin.isatty():
             self.color = False  # scripts get plain text
+            self.err = sys.stderr
             return self._run_piped()
         self._setup_readline()
         info = self.model.info()
