@@ -64,13 +64,28 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
         __m512i pacc[4][2], lacc[2]; /* [pair][rows 0..31 | 32..63], lone [half] */
         for (int p = 0; p < npair; p++) pacc[p][0] = pacc[p][1] = _mm512_setzero_si512();
         lacc[0] = lacc[1] = _mm512_setzero_si512();
-        for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
+        for (int j = 0; j < kpg; j += 2, blk += 2 * kgb, T += 32) { /* kpg is even (group % 8 == 0) */
             const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
-            _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+            const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
+            for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_DIST + o, _MM_HINT_T0);
             for (int p = 0; p < npair; p++) {
+                /* two k-groups per step: their products are added before the accumulator,
+                 * halving the loop overhead and the accumulators' dependency chains */
                 __m512i w = _mm512_loadu_si512((const void *)(blk + 64 * p));
-                pacc[p][0] = _mm512_add_epi16(pacc[p][0], _mm512_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)));
-                pacc[p][1] = _mm512_add_epi16(pacc[p][1], _mm512_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)));
+                __m512i w1 = _mm512_loadu_si512((const void *)(blk + kgb + 64 * p));
+                __m512i lo = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)),
+                                              _mm512_maddubs_epi16(mul12, lookup_lo(tbl1, w1, m0f)));
+                __m512i hi = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)),
+                                              _mm512_maddubs_epi16(mul12, lookup_hi(tbl1, w1, m0f)));
+                pacc[p][0] = _mm512_add_epi16(pacc[p][0], lo);
+                pacc[p][1] = _mm512_add_epi16(pacc[p][1], hi);
+            }
+            if (lone) { /* the odd k-group's lone plane */
+                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + kgb + 64 * npair));
+                __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
+                __m512i v = lookup_lo(tbl1, idx, m0f);
+                lacc[0] = _mm512_add_epi16(lacc[0], _mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)));
+                lacc[1] = _mm512_add_epi16(lacc[1], _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)));
             }
             if (lone) { /* 32 bytes: rows 0..31 in the low nibbles, 32..63 in the high ones */
                 __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
