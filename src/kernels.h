@@ -61,5 +61,8 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
 /* Bytes of packed codes per (row tile, k-group) for b planes. */
 static inline int pylut_b_kgroup_bytes(int bits) { return 32 * bits; }
 #define PYLUT_T3_PAIR_BYTES 80
+/* T3: byte (and sign bit) of row r, triple h of a pair: the two triples of one row sit side
+ * by side, so a pairwise add (maddubs with ones / vpadalq) sums them and keeps rows in order */
+static inline int pylut_t3_pos(int r, int h) { return 2 * (r & 31) + h; }
 
 #endif

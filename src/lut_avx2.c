@@ -9,8 +9,8 @@
  * 127*1 + 127*2 = 381 and a lone-plane accumulator 127. A scale group has at most
  * PYLUT_MAX_GROUP/4 = 64 k-groups, so |acc| <= 64*381 = 24384 < 32767: no overflow, and the
  * planes' weights 4^p are applied only after widening to int32 at the end of the group.
- * T3: an even/odd-row accumulator gains at most 127 per triple, 64 triples per table
- * group: 64*127 = 8128 < 32767. */
+ * T3: a row accumulator gains at most 2*127 per pair of triples, 32 pairs per table group:
+ * 64*127 = 8128 < 32767. */
 #if defined(__x86_64__) || defined(_M_X64) /* other architectures get nothing */
 #include <immintrin.h>
 #include <math.h>
@@ -135,21 +135,12 @@ static void gemm_b_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
 
 /* ------------------------------------------------------------------ T3 GEMM */
 
-/* even/odd-row int16 sums of 32 rows (lane L: rows 16L + 2k / 2k+1) -> int32 rows in order */
-static ALWAYS_INLINE void t3_rows(__m256i even, __m256i odd, __m256i out[4]) {
-    __m256i lo = _mm256_unpacklo_epi16(even, odd); /* lane 0: rows 0..7,  lane 1: 16..23 */
-    __m256i hi = _mm256_unpackhi_epi16(even, odd); /* lane 0: rows 8..15, lane 1: 24..31 */
-    out[0] = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo));
-    out[1] = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi));
-    out[2] = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1));
-    out[3] = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1));
-}
-
 static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                          int64_t ldy, int64_t tile0, int64_t tile1) {
     const int64_t pairs = qm->k_pad / 6, ppg = PYLUT_T3_TBL_GROUP / 2;
-    const __m256i m0f = _mm256_set1_epi8(0x0f);
-    /* byte i of a 32-row vector reads sign byte i/8 of its 32-bit mask */
+    const __m256i m0f = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi8(1);
+    const __m256i odd = _mm256_set1_epi16((short)0xff00); /* odd bytes: triple j+1 */
+    /* byte i of a 32-byte half reads sign byte i/8 of its 32-bit mask */
     const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     const __m256i bitsel = _mm256_set1_epi64x(0x8040201008040201LL);
@@ -161,13 +152,18 @@ static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
             for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_ps();
             for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += ppg, g++) {
                 const int64_t p1 = p0 + ppg < pairs ? p0 + ppg : pairs;
-                __m256i elo = _mm256_setzero_si256(), olo = elo, ehi = elo, ohi = elo;
+                __m256i a[4]; /* int16 rows 16q..16q+15 */
+                for (int q = 0; q < 4; q++) a[q] = _mm256_setzero_si256();
                 for (int64_t p = p0; p < p1; p++, blk += PYLUT_T3_PAIR_BYTES) {
                     _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+                    const __m256i t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(L->tbl + 32 * p)));
+                    const __m256i t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(L->tbl + 32 * p + 16)));
                     for (int half = 0; half < 2; half++) {
-                        const __m256i tbl = _mm256_broadcastsi128_si256(
-                            _mm_loadu_si128((const __m128i *)(L->tbl + 16 * (2 * p + half))));
                         const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 32 * half));
+                        const __m256i ilo = _mm256_and_si256(w, m0f);
+                        const __m256i ihi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
+                        __m256i vlo = _mm256_blendv_epi8(_mm256_shuffle_epi8(t0, ilo), _mm256_shuffle_epi8(t1, ilo), odd);
+                        __m256i vhi = _mm256_blendv_epi8(_mm256_shuffle_epi8(t0, ihi), _mm256_shuffle_epi8(t1, ihi), odd);
                         uint32_t slo, shi;
                         memcpy(&slo, blk + 64 + 4 * half, 4);
                         memcpy(&shi, blk + 72 + 4 * half, 4);
@@ -175,18 +171,16 @@ static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
                         __m256i nhi = _mm256_shuffle_epi8(_mm256_set1_epi32((int)shi), sel);
                         nlo = _mm256_cmpeq_epi8(_mm256_and_si256(nlo, bitsel), bitsel);
                         nhi = _mm256_cmpeq_epi8(_mm256_and_si256(nhi, bitsel), bitsel);
-                        __m256i vlo = lut_lookup_lo(tbl, w, m0f), vhi = lut_lookup_hi(tbl, w, m0f);
                         vlo = _mm256_sub_epi8(_mm256_xor_si256(vlo, nlo), nlo); /* negate where set */
                         vhi = _mm256_sub_epi8(_mm256_xor_si256(vhi, nhi), nhi);
-                        elo = _mm256_add_epi16(elo, _mm256_srai_epi16(_mm256_slli_epi16(vlo, 8), 8));
-                        olo = _mm256_add_epi16(olo, _mm256_srai_epi16(vlo, 8));
-                        ehi = _mm256_add_epi16(ehi, _mm256_srai_epi16(_mm256_slli_epi16(vhi, 8), 8));
-                        ohi = _mm256_add_epi16(ohi, _mm256_srai_epi16(vhi, 8));
+                        /* a row's two triples are adjacent bytes: one maddubs sums them */
+                        a[half] = _mm256_add_epi16(a[half], _mm256_maddubs_epi16(ones, vlo));
+                        a[2 + half] = _mm256_add_epi16(a[2 + half], _mm256_maddubs_epi16(ones, vhi));
                     }
                 }
                 __m256i A[8];
-                t3_rows(elo, olo, A);
-                t3_rows(ehi, ohi, A + 4);
+                for (int q = 0; q < 8; q++) A[q] = _mm256_setzero_si256();
+                for (int q = 0; q < 4; q++) widen_add(a[q], 0, &A[2 * q], &A[2 * q + 1]);
                 const __m256 ts = _mm256_set1_ps(L->tscale[g]);
                 for (int q = 0; q < 8; q++) acc[q] = _mm256_fmadd_ps(ts, _mm256_cvtepi32_ps(A[q]), acc[q]);
             }

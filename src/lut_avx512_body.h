@@ -136,25 +136,16 @@ static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
 
 /* ------------------------------------------------------------------ T3 GEMM */
 
-/* even/odd-row int16 sums: bytes 0..31 of the lookups were triple j, 32..63 triple j+1 (same
- * rows), so fold the 256-bit halves, then interleave even/odd rows back into row order. */
-static ALWAYS_INLINE void t3_rows(__m512i even, __m512i odd, __m512i out[2]) {
-    __m256i e = _mm256_add_epi16(_mm512_castsi512_si256(even), _mm512_extracti64x4_epi64(even, 1));
-    __m256i o = _mm256_add_epi16(_mm512_castsi512_si256(odd), _mm512_extracti64x4_epi64(odd, 1));
-    __m256i lo = _mm256_unpacklo_epi16(e, o); /* lane 0: rows 0..7,  lane 1: 16..23 */
-    __m256i hi = _mm256_unpackhi_epi16(e, o); /* lane 0: rows 8..15, lane 1: 24..31 */
-    __m256i r0_15 = _mm256_permute2x128_si256(lo, hi, 0x20), r16_31 = _mm256_permute2x128_si256(lo, hi, 0x31);
-    out[0] = _mm512_cvtepi16_epi32(r0_15);
-    out[1] = _mm512_cvtepi16_epi32(r16_31);
-}
-
 static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
-                                       int64_t ldy, int64_t tile0, int64_t tile1) {
+                         int64_t ldy, int64_t tile0, int64_t tile1) {
     const int64_t pairs = qm->k_pad / 6, ppg = PYLUT_T3_TBL_GROUP / 2;
-    const __m512i m0f = _mm512_set1_epi8(0x0f);
-    /* vpermb index bit 4 picks triple j+1's table for bytes 32..63 */
-    const __m512i tsel = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi8(0x10), 1);
+    const __m512i m0f = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1);
     const __m512i zero = _mm512_setzero_si512();
+#if PYLUT_VBMI
+    const __m512i tsel = _mm512_set1_epi16(0x1000); /* odd bytes: index bit 4 -> triple j+1 */
+#else
+    const __mmask64 odd = 0xAAAAAAAAAAAAAAAAull;
+#endif
     for (int64_t t = tile0; t < tile1; t++) {
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;
@@ -163,23 +154,24 @@ static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
             for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_ps();
             for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += ppg, g++) {
                 const int64_t p1 = p0 + ppg < pairs ? p0 + ppg : pairs;
-                __m512i elo = zero, olo = zero, ehi = zero, ohi = zero;
+                __m512i alo = zero, ahi = zero; /* int16 rows 0..31, 32..63 */
                 for (int64_t p = p0; p < p1; p++, blk += PYLUT_T3_PAIR_BYTES) {
                     _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
-                    const __m256i t2 = _mm256_loadu_si256((const __m256i *)(L->tbl + 32 * p));
                     const __m512i w = _mm512_loadu_si512((const void *)blk);
                     __m512i vlo, vhi;
 #if PYLUT_VBMI
-                    { /* (w & 0x0f) | tsel in one vpternlog */
-                        const __m512i tbl = _mm512_zextsi256_si512(t2);
+                    { /* (w & 0x0f) | tsel in one vpternlog; one vpermb reads both tables */
+                        const __m512i tbl = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(L->tbl + 32 * p)));
                         vlo = _mm512_permutexvar_epi8(_mm512_ternarylogic_epi32(w, m0f, tsel, 0xEA), tbl);
                         vhi = _mm512_permutexvar_epi8(_mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), m0f, tsel, 0xEA), tbl);
                     }
 #else
-                    { /* lanes (j, j, j+1, j+1) */
-                        const __m512i tbl = _mm512_shuffle_i64x2(_mm512_castsi256_si512(t2), _mm512_castsi256_si512(t2), 0x50);
-                        vlo = _mm512_shuffle_epi8(tbl, _mm512_and_si512(w, m0f));
-                        vhi = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(w, 4), m0f));
+                    { /* one table per vpshufb: look up in both, keep triple j+1's on odd bytes */
+                        const __m512i t0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(L->tbl + 32 * p)));
+                        const __m512i t1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(L->tbl + 32 * p + 16)));
+                        const __m512i ilo = _mm512_and_si512(w, m0f), ihi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m0f);
+                        vlo = _mm512_mask_blend_epi8(odd, _mm512_shuffle_epi8(t0, ilo), _mm512_shuffle_epi8(t1, ilo));
+                        vhi = _mm512_mask_blend_epi8(odd, _mm512_shuffle_epi8(t0, ihi), _mm512_shuffle_epi8(t1, ihi));
                     }
 #endif
                     uint64_t slo, shi;
@@ -187,14 +179,13 @@ static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
                     memcpy(&shi, blk + 72, 8);
                     vlo = _mm512_mask_sub_epi8(vlo, _cvtu64_mask64(slo), zero, vlo);
                     vhi = _mm512_mask_sub_epi8(vhi, _cvtu64_mask64(shi), zero, vhi);
-                    elo = _mm512_add_epi16(elo, _mm512_srai_epi16(_mm512_slli_epi16(vlo, 8), 8));
-                    olo = _mm512_add_epi16(olo, _mm512_srai_epi16(vlo, 8));
-                    ehi = _mm512_add_epi16(ehi, _mm512_srai_epi16(_mm512_slli_epi16(vhi, 8), 8));
-                    ohi = _mm512_add_epi16(ohi, _mm512_srai_epi16(vhi, 8));
+                    /* a row's two triples are adjacent bytes: one maddubs sums them */
+                    alo = _mm512_add_epi16(alo, _mm512_maddubs_epi16(ones, vlo));
+                    ahi = _mm512_add_epi16(ahi, _mm512_maddubs_epi16(ones, vhi));
                 }
-                __m512i A[4];
-                t3_rows(elo, olo, A);
-                t3_rows(ehi, ohi, A + 2);
+                __m512i A[4] = {zero, zero, zero, zero};
+                widen_add(alo, 0, &A[0], &A[1]);
+                widen_add(ahi, 0, &A[2], &A[3]);
                 const __m512 ts = _mm512_set1_ps(L->tscale[g]);
                 for (int q = 0; q < 4; q++) acc[q] = _mm512_fmadd_ps(ts, _mm512_cvtepi32_ps(A[q]), acc[q]);
             }

@@ -20,7 +20,7 @@
  * The plane weights 4^p (and 2^(b-1) for the lone plane) are applied only after widening to
  * int32 at the end of the group (|A| <= 64*127*255 < 2^21): the integer sum equals the scalar
  * twin's A exactly.
- * T3: a row accumulator gains at most 127 per triple, 64 triples per table group:
+ * T3: a row accumulator gains at most 2*127 per pair of triples, 32 pairs per table group:
  * 64*127 = 8128 < 32767.
  * int8 baseline: codes <= 15, |x| <= 127; vmull+vmlal put two products (<= 3810) in an int16
  * lane before vpadal widens to int32; sdot accumulates in int32 directly. */
@@ -168,9 +168,9 @@ static void gemm_b_neon(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
 /* ------------------------------------------------------------------ T3 GEMM */
 
 /* The 16 sign bytes of a pair block (lo mask = bytes 0..7, hi mask = bytes 8..15) are
- * expanded to one 0x00/0xff byte per row: the nibble vector of half hh, part k (bytes
- * 32hh + 16k ..), nibble n (0 low = rows 16k.., 1 high = rows 32+16k..) reads sign byte
- * 8n + 4hh + 2k + i/8, bit i%8, for its byte i. vqtbl1q gathers the bytes, vtstq the bits. */
+ * expanded to one 0x00/0xff byte per lookup: nibble vector k (bytes 16k.., rows 8k..8k+7,
+ * both triples) reads sign byte 8n + 2k + i/8, bit i%8, for its byte i (n = 0 for the low
+ * nibbles, 1 for the high ones). vqtbl1q gathers the bytes, vtstq the bits. */
 static ALWAYS_INLINE uint8x16_t sign_mask(uint8x16_t signs, int byte0) {
     static const uint8_t sel[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
     static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
@@ -197,20 +197,21 @@ static void gemm_t3_neon(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
                 const int64_t p1 = p0 + ppg < pairs ? p0 + ppg : pairs;
                 int16x8_t a16[8]; /* rows 8q..8q+7 */
                 for (int q = 0; q < 8; q++) a16[q] = vdupq_n_s16(0);
+                /* odd bytes hold triple j+1: index bit 4 picks its table in vqtbl2q */
+                const uint8x16_t odd = vreinterpretq_u8_u16(vdupq_n_u16(0x1000));
+                const uint8x16_t m0f = vdupq_n_u8(0x0f);
                 for (int64_t p = p0; p < p1; p++, blk += PYLUT_T3_PAIR_BYTES) {
                     __builtin_prefetch(blk + PF_DIST);
                     const uint8x16_t signs = vld1q_u8(blk + 64);
-                    for (int hh = 0; hh < 2; hh++) {
-                        const int8x16_t tbl = vld1q_s8(L->tbl + 16 * (2 * p + hh));
-                        for (int k = 0; k < 2; k++) {
-                            const uint8x16_t w = vld1q_u8(blk + 32 * hh + 16 * k);
-                            const int8x16_t vlo = negate_where(lookup_lo(tbl, w), sign_mask(signs, 4 * hh + 2 * k));
-                            const int8x16_t vhi = negate_where(lookup_hi(tbl, w), sign_mask(signs, 8 + 4 * hh + 2 * k));
-                            a16[2 * k] = vaddw_s8(a16[2 * k], vget_low_s8(vlo));
-                            a16[2 * k + 1] = vaddw_high_s8(a16[2 * k + 1], vlo);
-                            a16[4 + 2 * k] = vaddw_s8(a16[4 + 2 * k], vget_low_s8(vhi));
-                            a16[5 + 2 * k] = vaddw_high_s8(a16[5 + 2 * k], vhi);
-                        }
+                    const int8x16x2_t tbl = vld1q_s8_x2(L->tbl + 32 * p); /* triples 2p, 2p+1 */
+                    for (int k = 0; k < 4; k++) {
+                        const uint8x16_t w = vld1q_u8(blk + 16 * k);
+                        const uint8x16_t ilo = vorrq_u8(vandq_u8(w, m0f), odd);
+                        const uint8x16_t ihi = vorrq_u8(vshrq_n_u8(w, 4), odd);
+                        const int8x16_t vlo = negate_where(vqtbl2q_s8(tbl, ilo), sign_mask(signs, 2 * k));
+                        const int8x16_t vhi = negate_where(vqtbl2q_s8(tbl, ihi), sign_mask(signs, 8 + 2 * k));
+                        a16[k] = vpadalq_s8(a16[k], vlo);     /* rows 8k..8k+7: both triples */
+                        a16[4 + k] = vpadalq_s8(a16[4 + k], vhi); /* rows 32+8k.. */
                     }
                 }
                 const float ts = L->tscale[g]; /* acc += tscale * A, as the scalar twin */

@@ -141,8 +141,8 @@ static void gemm_t3_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                     for (int hh = 0; hh < 2; hh++) {
                         const int8_t *T = L->tbl + (2 * p + hh) * 16;
                         for (int r = 0; r < PYLUT_TILE_M; r++) {
-                            int v = T[nibble(blk, 32 * hh + (r & 31), r >= 32)];
-                            int bit = (r & 31) + 32 * hh;
+                            int bit = pylut_t3_pos(r, hh);
+                            int v = T[nibble(blk, bit, r >= 32)];
                             int neg = (blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1;
                             A[r] += neg ? -v : v;
                         }

@@ -141,12 +141,10 @@ int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
                             v = v * 3 + c;
                         }
                         int sign = v > PYLUT_T3_ZERO, idx = sign ? 26 - v : v;
-                        uint8_t *b = blk + 32 * h + (r & 31);
-                        *b |= (uint8_t)(r >= 32 ? idx << 4 : idx);
-                        if (sign) { /* bit (r&31) + 32h of the lo (r < 32) or hi sign mask */
-                            int bit = (r & 31) + 32 * h;
-                            blk[64 + 8 * (r >= 32) + bit / 8] |= (uint8_t)(1u << (bit % 8));
-                        }
+                        int pos = pylut_t3_pos(r, h);
+                        blk[pos] |= (uint8_t)(r >= 32 ? idx << 4 : idx);
+                        if (sign) /* bit pos of the lo (rows 0..31) or hi (32..63) sign mask */
+                            blk[64 + 8 * (r >= 32) + pos / 8] |= (uint8_t)(1u << (pos % 8));
                     }
                 }
             }
@@ -202,9 +200,9 @@ int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
                 int64_t p = col / 6;
                 int h = (int)(col % 6) / 3, j = (int)(col % 3);
                 const uint8_t *blk = qm->codes + (t * (qm->k_pad / 6) + p) * PYLUT_T3_PAIR_BYTES;
-                uint8_t b = blk[32 * h + (r & 31)];
+                int bit = pylut_t3_pos(r, h);
+                uint8_t b = blk[bit];
                 int idx = r >= 32 ? b >> 4 : b & 15;
-                int bit = (r & 31) + 32 * h;
                 int sign = (blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1;
                 int v = sign ? 26 - idx : idx;
                 static const int pow3[3] = {9, 3, 1};
@@ -237,8 +235,8 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
         static const int pow3[3] = {9, 3, 1};
         for (int64_t col = 0; col < qm->k; col++) {
             const uint8_t *blk = tile + (col / 6) * PYLUT_T3_PAIR_BYTES;
-            int h = (int)(col % 6) / 3, bit = (r & 31) + 32 * h;
-            uint8_t b = blk[32 * h + (r & 31)];
+            int h = (int)(col % 6) / 3, bit = pylut_t3_pos(r, h);
+            uint8_t b = blk[bit];
             int idx = r >= 32 ? b >> 4 : b & 15;
             int v = ((blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1) ? 26 - idx : idx;
             out[col] = s * (float)((v / pow3[col % 3]) % 3 - 1);

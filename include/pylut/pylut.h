@@ -76,9 +76,10 @@ enum pylut_status {
  *   codes: [m_pad/64][k_pad/4][32*b]
  *   scale, bias: fp16 [m_pad/64][k_pad/group][64]
  * T3, per row tile t and pair of triples (j, j+1): 80 bytes:
- *   64 bytes nibbles: bytes 0..31 triple j, 32..63 triple j+1; byte r of each half: low
- *   nibble row r, high nibble row 32+r. Then two u64 sign masks (bit set = negate):
- *   lo = rows 0..31 of triple j (bits 0..31) and of triple j+1 (bits 32..63); hi = rows 32..63.
+ *   64 bytes nibbles: byte 2r+h (r < 32, h = 0/1): low nibble = row r of triple j+h, high
+ *   nibble = row 32+r of triple j+h. Then two u64 sign masks (bit set = negate): lo, bit 2r+h
+ *   for row r of triple j+h; hi, the same for row 32+r. (A row's two triples sit side by side
+ *   so one pairwise widening add sums them with the rows staying in order.)
  *   codes: [m_pad/64][k_pad/6][80];  row_scale: fp32 [m_pad]                               */
 typedef struct {
     int32_t type;        /* enum pylut_type */
