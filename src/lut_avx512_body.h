@@ -18,6 +18,9 @@
 #ifndef PF_DIST
 #define PF_DIST 256
 #endif
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T0
+#endif
 
 /* 64 lookups of 4-bit indices (low nibble / high nibble of each byte) */
 #if PYLUT_VBMI
@@ -67,7 +70,7 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
         for (int j = 0; j < kpg; j += 2, blk += 2 * kgb, T += 32) { /* kpg is even (group % 8 == 0) */
             const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
             const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
-            for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_DIST + o, _MM_HINT_T0);
+            for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_DIST + o, PF_HINT);
             for (int p = 0; p < npair; p++) {
                 /* two k-groups per step: their products are added before the accumulator,
                  * halving the loop overhead and the accumulators' dependency chains */

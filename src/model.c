@@ -10,14 +10,7 @@
 #include "kernels.h"
 #include "pylut/model.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ __volatile__("yield")
-#else
-#define cpu_relax() ((void)0)
-#endif
+#include "spin.h"
 
 #define MAX_TABLE_SETS 8   /* distinct (k, group, family) table layouts a model may need */
 #define MAX_THREADS 256

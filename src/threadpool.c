@@ -8,14 +8,7 @@
 
 #include "pylut/pylut.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ __volatile__("yield")
-#else
-#define cpu_relax() ((void)0)
-#endif
+#include "spin.h"
 
 /* ~50-100 us of spinning before sleeping: longer than the gap between two kernels of one
  * token, far shorter than the gap between tokens of an interactive session. */
