@@ -8,7 +8,7 @@
 #
 # Besides pytest it checks, per CPU model, that the wheel really holds the NEON units
 # (src/lut_neon.c compiled, sdot only in the dotprod functions) and that run-time dispatch
-# picks the ISA the model should get (cortex-a76: neon_dotprod, cortex-a72: neon).
+# picks the ISA the model should get (cortex-a76: neon_dotprod, cortex-a72 and cortex-a53: neon).
 #
 # How it works (no ARM hardware, no docker, no binfmt_misc needed in cross mode):
 #   1. apt: gcc-aarch64-linux-gnu, qemu-user-static, mmdebstrap (only if missing)
@@ -22,7 +22,8 @@
 #   5. test deps (arm64 wheels from PyPI) + the wheel go into ROOT/opt/armtest via
 #      host pip --target --platform, then pytest runs under qemu-aarch64-static
 #      once per QEMU CPU model (default: cortex-a76 = Pi 5 with dotprod,
-#      cortex-a72 = Pi 4, NEON only) to exercise runtime dispatch paths.
+#      cortex-a72 = Pi 4, cortex-a53 = Pi 3 / Zero 2, both NEON only) to exercise runtime
+#      dispatch paths.
 #
 # Environment knobs:
 #   ARM_MODE=cross|native      (default cross)
@@ -30,12 +31,14 @@
 #   ARM_SUITE=bookworm         Debian suite of the arm64 root (decides Python version)
 #   ARM_MIRROR=URL             (default: the first Debian archive URI in this host's apt sources)
 #   ARM_REPO=DIR               the project to build (default: the git top level of the cwd)
-#   ARM_QEMU_CPUS="cortex-a76 cortex-a72"
+#   ARM_QEMU_CPUS="cortex-a76 cortex-a72 cortex-a53"
 #   ARM_BUILD_DEPS="setuptools>=64 wheel Cython>=3.0 numpy"  (pyproject build-system.requires;
 #                              numpy: setup.py reads its headers, the host copy serves: LP64 LE)
 #   ARM_TEST_DEPS="numpy pytest"
 #   ARM_EXTRA_DEBS=pkg1,pkg2   extra arm64 Debian packages for the root (e.g. libgomp1)
 #   ARM_OUT=DIR                where the repaired wheel is copied (default ARM_CACHE/wheelhouse)
+#   ARM_BUILD_ONLY=1           stop after building + checking the wheel (no pytest under qemu);
+#                              tools/build-wheels.sh uses this
 set -euo pipefail
 [ $# -gt 0 ] || set -- -q tests/test_kernels.py
 
@@ -51,7 +54,7 @@ host_mirror() {  # the Debian archive this host's apt already uses
     return 0
 }
 MIRROR=${ARM_MIRROR:-$(host_mirror)}
-QEMU_CPUS=${ARM_QEMU_CPUS:-cortex-a76 cortex-a72}
+QEMU_CPUS=${ARM_QEMU_CPUS:-cortex-a76 cortex-a72 cortex-a53}
 BUILD_DEPS=${ARM_BUILD_DEPS:-setuptools>=64 wheel Cython>=3.0 numpy}
 TEST_DEPS=${ARM_TEST_DEPS:-numpy pytest}
 OUT=${ARM_OUT:-$CACHE/wheelhouse}
@@ -255,6 +258,16 @@ check_wheel() {
 }
 timed "check wheel (nm, objdump)" check_wheel
 
+summary() {
+    echo "=== summary (mode=$MODE, wheel=$(basename "$WHEEL"))"
+    printf '  %s\n' "${SUMMARY[@]}"
+    awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN{printf "  %-32s %7.1fs\n", "total", b-a}'
+    echo "  disk: $(du -sh "$CACHE" | cut -f1) in $CACHE (root $(du -sh "$ROOT" | cut -f1))"
+}
+if [ "${ARM_BUILD_ONLY:-0}" = 1 ]; then
+    summary; echo "arm-test: ARM_BUILD_ONLY=1: wheel in $OUT, tests not run"; exit 0
+fi
+
 # ---------------------------------------------------------------- 6. test
 # The guest python runs as `qemu-aarch64-static python3.x`, so a test that starts
 # sys.executable in a subprocess would exec an aarch64 ELF on the host (needs binfmt_misc,
@@ -296,8 +309,5 @@ for cpu in $QEMU_CPUS; do
     timed "pytest QEMU_CPU=$cpu" run_tests "$cpu" "$@"
 done
 
-echo "=== summary (mode=$MODE, wheel=$(basename "$WHEEL"))"
-printf '  %s\n' "${SUMMARY[@]}"
-awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN{printf "  %-32s %7.1fs\n", "total", b-a}'
-echo "  disk: $(du -sh "$CACHE" | cut -f1) in $CACHE (root $(du -sh "$ROOT" | cut -f1))"
+summary
 exit $rc
