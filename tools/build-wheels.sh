@@ -18,6 +18,8 @@
 #
 # Environment knobs:
 #   WHEEL_OUT=DIR            output folder (default: <repo>/wheelhouse)
+#   WHEEL_REF=HEAD           build a commit (git archive) instead of the working tree, e.g.
+#                            a release tag, or HEAD while others have half-done edits
 #   WHEEL_ARCHS="x86_64 aarch64"
 #   WHEEL_PYTHONS="python3.11 /opt/py312/bin/python3"   x86 interpreters (default: found ones)
 #   WHEEL_ARM_SUITES=bookworm   Debian suites for aarch64 (bullseye = 3.9, trixie = 3.13: each
@@ -48,9 +50,15 @@ FAILED=()
 log() { echo "=== $*"; }
 
 # clean copy of the tree: no .git, no host build/ or in-place .so, no generated _core.c
+SRC=$REPO
+if [ -n "${WHEEL_REF:-}" ]; then
+    SRC=$WORK/ref-src; mkdir -p "$SRC"
+    git -C "$REPO" archive "$WHEEL_REF" | tar -C "$SRC" -xf -
+    echo "build-wheels: sources from $WHEEL_REF ($(git -C "$REPO" rev-parse --short "$WHEEL_REF"))"
+fi
 src_copy() {  # src_copy DIR
     mkdir -p "$1"
-    tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='*.o' \
+    tar -C "$SRC" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='*.o' \
         --exclude='*.egg-info' --exclude=./dist --exclude=./wheelhouse --exclude=./pylut/_core.c \
         --exclude=__pycache__ --exclude=./.venv -cf - . | tar -C "$1" -xf -
 }
@@ -82,7 +90,8 @@ find_pythons() {
                    ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3."$m".*/bin/python3 2>/dev/null | sort -V | tail -1
                done); do
         [ -x "$c" ] || continue
-        v=$("$c" -c 'import sys, venv, ensurepip; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+        # print the real interpreter (a pyenv shim is a script)
+        read -r v c < <("$c" -c 'import sys, venv, ensurepip; print("%d.%d" % sys.version_info[:2], sys.executable)' 2>/dev/null) || continue
         case $seen in *" $v "*) continue ;; esac
         seen="$seen$v "; echo "$c"
     done
@@ -104,8 +113,7 @@ build_x86() {  # build_x86 PYTHON
     # static proof on the unstripped build: AVX only in lut_avx2/lut_avx512*.c
     "$venv/bin/python" "$REPO/tools/check_isa.py" "$tree"/build/lib.*/pylut/_core*.so \
         --objdir "$(ls -d "$tree"/build/temp.* | head -1)" | sed 's/^/  /'
-    "$TOOLVENV/bin/auditwheel" repair -w "$WORK/x86_64-$v/repaired" "$dist"/pylut-*.whl 2>&1 | tail -1 | sed 's/^/  /'
-    local before; before=$(ls "$OUT")
+    PATH=$TOOLVENV/bin:$PATH auditwheel repair -w "$WORK/x86_64-$v/repaired" "$dist"/pylut-*.whl 2>&1 | tail -1 | sed 's/^/  /'
     strip_wheel "$(ls "$WORK/x86_64-$v/repaired"/*.whl)" strip "$OUT"
     BUILT+=("$OUT/$(ls "$WORK/x86_64-$v/repaired" | head -1)")
 }
@@ -116,7 +124,7 @@ build_aarch64() {  # build_aarch64 SUITE
     log "aarch64 Debian $suite (tools/arm-test.sh, ARM_BUILD_ONLY=1)"
     if [ "$(id -u)" != 0 ]; then echo "build-wheels: the aarch64 cross-build needs root (apt, mmdebstrap)" >&2; return 1; fi
     mkdir -p "$d/out"
-    ARM_BUILD_ONLY=1 ARM_OUT="$d/out" ARM_SUITE="$suite" ARM_REPO="$REPO" bash "$REPO/tools/arm-test.sh" 2>&1 \
+    ARM_BUILD_ONLY=1 ARM_OUT="$d/out" ARM_SUITE="$suite" ARM_REPO="$SRC" bash "$REPO/tools/arm-test.sh" 2>&1 \
         | sed 's/^/  /'
     command -v aarch64-linux-gnu-strip >/dev/null || { echo "build-wheels: aarch64-linux-gnu-strip missing" >&2; return 1; }
     local whl; whl=$(ls "$d"/out/pylut-*.whl)
@@ -130,9 +138,10 @@ for arch in $ARCHS; do
         [ "$(uname -m)" = x86_64 ] || { echo "build-wheels: x86_64 wheels need an x86_64 host" >&2; FAILED+=(x86_64); continue; }
         mapfile -t PYS < <(if [ -n "${WHEEL_PYTHONS:-}" ]; then printf '%s\n' $WHEEL_PYTHONS; else find_pythons; fi)
         [ ${#PYS[@]} -gt 0 ] || { echo "build-wheels: no CPython 3.9..3.13 with venv found" >&2; FAILED+=(x86_64); }
-        for py in "${PYS[@]}"; do build_x86 "$py" || FAILED+=("x86_64 $py"); done ;;
+        # no `|| ...` after a build: that would switch off set -e inside it; a failed build stops here
+        for py in "${PYS[@]}"; do build_x86 "$py"; done ;;
     aarch64)
-        for s in $ARM_SUITES; do build_aarch64 "$s" || FAILED+=("aarch64 $s"); done ;;
+        for s in $ARM_SUITES; do build_aarch64 "$s"; done ;;
     *) echo "build-wheels: unknown arch $arch" >&2; FAILED+=("$arch") ;;
     esac
 done
@@ -142,7 +151,7 @@ log "wheels in $OUT ($(( $(date +%s) - T0 )) s)"
 printf '  %-58s %10s  %s\n' wheel bytes "auditwheel show"
 for w in "${BUILT[@]}"; do
     size=$(stat -c %s "$w")
-    tag=$("$TOOLVENV/bin/auditwheel" show "$w" 2>&1 | tr '\n' ' ' | grep -oE '"(manylinux|musllinux)_[0-9]+_[0-9]+_[a-z0-9_]+"' | head -1 || true)
+    tag=$(PATH=$TOOLVENV/bin:$PATH auditwheel show "$w" 2>&1 | tr '\n' ' ' | grep -oE '"(manylinux|musllinux)_[0-9]+_[0-9]+_[a-z0-9_]+"' | head -1 || true)
     printf '  %-58s %10s  %s\n' "$(basename "$w")" "$size" "${tag:-no manylinux tag!}"
     [ "$size" -lt "$BUDGET" ] || FAILED+=("$(basename "$w"): $size bytes >= budget $BUDGET")
     [ -n "$tag" ] || FAILED+=("$(basename "$w"): auditwheel reports no manylinux tag")
