@@ -66,6 +66,9 @@ QEMU=/usr/bin/qemu-aarch64-static
 [ "$(uname -m)" = x86_64 ] || echo "arm-test: warning: host is $(uname -m), tested on x86_64 only" >&2
 case $MODE in cross|native) ;; *) echo "arm-test: ARM_MODE must be cross or native" >&2; exit 2;; esac
 mkdir -p "$CACHE" "$OUT"
+# one run at a time per cache: runs share WORK and the root's /opt/armtest (and rm -rf them)
+exec 9>"$CACHE/.lock"
+flock -n 9 || { echo "arm-test: another run holds $CACHE/.lock; waiting" >&2; flock 9; }
 unset PYTHONDONTWRITEBYTECODE PYTHONPATH PYTHONHOME  # keep host env out of the guest
 
 SUMMARY=()
