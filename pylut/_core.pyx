@@ -23,6 +23,7 @@ TYPE_T3 = PYLUT_TYPE_T3
 MIN_GROUP = PYLUT_MIN_GROUP
 MAX_GROUP = PYLUT_MAX_GROUP
 TILE_M = PYLUT_TILE_M
+T3_MAX_GROUP = 768
 
 
 cdef _check(int rc, what):
@@ -135,7 +136,7 @@ cdef class QMatrix:
     """A weight matrix W[m, k] packed in the bit-plane layout of include/pylut/pylut.h.
     Build with QMatrix.from_codes (B-types) or QMatrix.from_trits (dense ternary T3)."""
     cdef pylut_qmatrix qm
-    cdef readonly object codes_buf, scale_buf, bias_buf, row_scale_buf
+    cdef readonly object codes_buf, scale_buf, bias_buf
 
     @staticmethod
     def layout(int type, int64_t m, int64_t k, int group=128, bint has_bias=False):
@@ -148,7 +149,7 @@ cdef class QMatrix:
 
     @staticmethod
     def from_packed(int type, int64_t m, int64_t k, int group, bint has_bias, codes,
-                    scale=None, bias=None, row_scale=None):
+                    scale=None, bias=None):
         """Wrap already-packed buffers (e.g. from a packed-model file); sizes are checked."""
         cdef QMatrix self = QMatrix.__new__(QMatrix)
         _check(pylut_qmatrix_layout(&self.qm, type, m, k, group, has_bias), "QMatrix.from_packed")
@@ -157,13 +158,6 @@ cdef class QMatrix:
             raise ValueError(f"codes has {codes.size} bytes, layout needs {self.qm.codes_bytes}")
         self.codes_buf = codes
         self.qm.codes = <uint8_t *>cnp.PyArray_DATA(codes)
-        if type == PYLUT_TYPE_T3:
-            row_scale = _array(row_scale, np.float32, 1, "row_scale")
-            if row_scale.size != self.qm.scale_count:
-                raise ValueError(f"row_scale has {row_scale.size} entries, layout needs {self.qm.scale_count}")
-            self.row_scale_buf = row_scale
-            self.qm.row_scale = <float *>cnp.PyArray_DATA(row_scale)
-            return self
         scale = _array(scale, np.uint16, 1, "scale (fp16 bits)")
         if scale.size != self.qm.scale_count:
             raise ValueError(f"scale has {scale.size} entries, layout needs {self.qm.scale_count}")
@@ -206,22 +200,24 @@ cdef class QMatrix:
         return self
 
     @staticmethod
-    def from_trits(trits, row_scale):
-        """trits: int8 [m, k] in {-1, 0, 1}; row_scale: float32 [m]. W = row_scale * trits,
-        packed densely (3 weights per 5 bits: 1.67 bits/weight)."""
+    def from_trits(trits, scale, int group=256):
+        """trits: int8 [m, k] in {-1, 0, 1}; scale: float [m, ceil(k/group)] (or [m]: one per
+        row), stored as fp16. W = scale * trits per group, packed densely (3 weights per 5
+        bits: 1.67 bits/weight plus the scales). group 256 = llama.cpp's TQ blocks; a
+        multiple of 6 wastes no padding."""
         trits = _array(trits, np.int8, 2, "trits")
         m, k = trits.shape
         if trits.size and (int(trits.min()) < -1 or int(trits.max()) > 1):
             raise ValueError("trits must be in {-1, 0, 1}")
-        info = QMatrix.layout(PYLUT_TYPE_T3, m, k)
-        rs = np.asarray(row_scale, dtype=np.float32).reshape(-1)
-        if rs.size != m:
-            raise ValueError(f"row_scale must have {m} entries, got {rs.size}")
-        rs_pad = np.zeros(info["m_pad"], np.float32)
-        rs_pad[:m] = rs
-        cdef QMatrix self = QMatrix.from_packed(PYLUT_TYPE_T3, m, k, 0, False,
+        info = QMatrix.layout(PYLUT_TYPE_T3, m, k, group)
+        n_groups = info["k_pad"] // group
+        s = np.asarray(scale, dtype=np.float32)
+        if s.ndim == 1 and s.shape[0] == m:
+            s = np.repeat(s[:, None], n_groups, axis=1)
+        s = _group_params(s, m, n_groups, "scale")
+        cdef QMatrix self = QMatrix.from_packed(PYLUT_TYPE_T3, m, k, group, False,
                                                 np.zeros(info["codes_bytes"], np.uint8),
-                                                row_scale=rs_pad)
+                                                _tile_params(s, info["m_pad"], n_groups))
         codes = np.ascontiguousarray((trits + 1).astype(np.uint8))
         cdef const uint8_t[:, ::1] cv = codes
         cdef int rc
@@ -258,7 +254,7 @@ cdef class QMatrix:
     def nbytes(self):
         """Bytes a GEMV reads: packed codes + scales (+ biases)."""
         n = self.codes_buf.nbytes
-        for b in (self.scale_buf, self.bias_buf, self.row_scale_buf):
+        for b in (self.scale_buf, self.bias_buf):
             if b is not None:
                 n += b.nbytes
         return n
@@ -281,11 +277,11 @@ cdef class QMatrix:
         """float32 W[m, k] exactly as the kernel's packed data defines it (test reference)."""
         m, k = self.qm.m, self.qm.k
         codes = self.unpack_codes().astype(np.float32)
-        if self.qm.type == PYLUT_TYPE_T3:
-            return (codes - 1.0) * self.row_scale_buf[:m, None]
         g = self.qm.group
         n_groups = self.qm.k_pad // g
         s = _untile_params(self.scale_buf, self.qm.m_pad, n_groups)[:m]
+        if self.qm.type == PYLUT_TYPE_T3:
+            return np.repeat(s, g, axis=1)[:, :k] * (codes - 1.0)
         if self.qm.has_bias:
             b = _untile_params(self.bias_buf, self.qm.m_pad, n_groups)[:m]
         else:

@@ -33,7 +33,6 @@ cdef extern from "pylut/pylut.h" nogil:
         uint8_t *codes
         uint16_t *scale
         uint16_t *bias
-        float *row_scale
 
     ctypedef struct pylut_lut:
         int32_t kind

@@ -114,15 +114,20 @@ def quantize(w, bits=4, group=128, mode="sym"):
     mode 'zp':  W = s*q + min per group (asymmetric, fp16 scale and bias).
     mode 'ternary': W = s*t, t in {-1,0,1}, s = mean |w| per group (BitNet's absmean), stored
                 as 2-bit codes t+1 with bias -s.
-    mode 't3':  ternary with one absmean scale per row, packed densely (1.67 bits/weight)."""
+    mode 't3':  ternary with one absmean scale per group, packed densely (1.67 bits/weight;
+                group up to 768, a multiple of 6 avoids padding)."""
     w = _as_matrix(w)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "t3":
-        s = np.abs(w).mean(axis=1)
+        if not isinstance(group, (int, np.integer)) or not 6 <= group <= _core.T3_MAX_GROUP:
+            raise ValueError(f"t3 group must be in [6, {_core.T3_MAX_GROUP}], got {group!r}")
+        m, k = w.shape
+        wg = _grouped(w, group)
+        s = _fp16(np.abs(wg).sum(axis=2) / np.maximum(1, np.count_nonzero(wg, axis=2)))
         s = np.where(s > 0, s, 1.0).astype(np.float32)
-        trits = np.clip(np.rint(w / s[:, None]), -1, 1).astype(np.int8)
-        return QMatrix.from_trits(trits, s)
+        trits = np.clip(np.rint(wg / s[:, :, None]), -1, 1).reshape(m, -1)[:, :k]
+        return QMatrix.from_trits(np.ascontiguousarray(trits.astype(np.int8)), s, group=group)
     if mode == "ternary":
         bits = 2
     if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:

@@ -9,9 +9,8 @@ Matrices become packed ``QMatrix`` objects:
   their per-group scale/bias (``quants.decode_codes``).  The kernel stores scale/bias as
   fp16: lossless for the legacy types, rounded for most K-quant groups (those tensors are
   listed in ``LoadedModel.lossy``).
-* ternary TQ1_0/TQ2_0: when every block of a row shares one scale (BitNet's per-tensor
-  scale) the trits are packed densely as T3 (1.67 bits/weight, float32 row scale, exact);
-  otherwise as 2-bit codes with bias = -scale (also exact).
+* ternary TQ1_0/TQ2_0: the trits are packed densely as T3 (1.67 bits/weight) with the
+  file's fp16 scale per 256-weight block: exact.
 * F32/F16/BF16: ternary-valued matrices (what llama.cpp's BitNet converter writes) go to T3
   exactly; any other float matrix is quantized round-to-nearest with ``pylut.quantize``.
 
@@ -40,6 +39,7 @@ SUPPORTED_ARCHS = ("llama", "qwen2", "bitnet")
 # so that adjacent pairs (2i, 2i+1) rotate instead, and BitNet follows llama.
 NEOX_ROPE_ARCHS = ("qwen2",)
 DEFAULT_FLOAT_GROUP = 128
+DEFAULT_T3_GROUP = 192  # 64 triples: no padding
 _REQUIRED = object()
 
 
@@ -171,14 +171,6 @@ def _expected(cfg: dict[str, Any]) -> list[_Spec]:
 
 # ---------------------------------------------------------------- tensor conversion
 
-def _row_constant_scale(q: quants.QuantCodes) -> np.ndarray | None:
-    """The per-row scale when every group of a row shares it, else None."""
-    s = q.scale
-    if s.size == 0 or not np.all(np.isfinite(s)) or not np.array_equal(s, np.broadcast_to(s[:, :1], s.shape)):
-        return None
-    return np.ascontiguousarray(s[:, 0], dtype=np.float32)
-
-
 def _ternary_float(w: np.ndarray) -> tuple[np.ndarray, float] | None:
     """(trits, s) when w only holds -s, 0 and +s (a ternarized float matrix), else None."""
     s = float(np.abs(w).max()) if w.size else 0.0
@@ -199,17 +191,22 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
         ternary = _ternary_float(w)
         if ternary is not None:
             trits, s = ternary
-            return _core.QMatrix.from_trits(trits, np.full(w.shape[0], s * multiplier, np.float32))
+            scale = np.float32(s * multiplier)
+            if np.float32(np.float16(scale)) != scale:
+                lossy.add(core_name)
+            return _core.QMatrix.from_trits(trits, np.full(w.shape[0], scale, np.float32), group=DEFAULT_T3_GROUP)
         if multiplier != 1.0:
             w = w * np.float32(multiplier)
         return quantize(w, bits=bits, group=group)
 
     q = quants.decode_codes(info.data, type_name, info.shape)
-    if q.ternary and q.codes.size and int(q.codes.max()) <= 2:
-        row_scale = _row_constant_scale(q)
-        if row_scale is not None:
-            trits = q.codes.view(np.int8) - np.int8(1)
-            return _core.QMatrix.from_trits(trits, row_scale * np.float32(multiplier))
+    if q.ternary and q.codes.size and int(q.codes.max()) <= 2 and 6 <= q.group <= _core.T3_MAX_GROUP:
+        # dense 1.67-bit packing with the file's own per-block scales: lossless
+        trits = q.codes.view(np.int8) - np.int8(1)
+        scale = q.scale * np.float32(multiplier)
+        if not np.array_equal(scale.astype(np.float16).astype(np.float32), scale):
+            lossy.add(core_name)
+        return _core.QMatrix.from_trits(trits, scale, group=q.group)
     if q.group % 8 or not _core.MIN_GROUP <= q.group <= _core.MAX_GROUP:
         raise ValueError(f"group {q.group} of {type_name} does not fit the kernel")
     scale, bias = q.scale, q.bias

@@ -25,7 +25,7 @@ from ._version import __version__
 log = logging.getLogger("pylut")
 
 MAGIC = b"PYLUTPK\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: T3 matrices carry fp16 scales per 256-weight group
 ALIGN = 64
 _PREFIX = struct.Struct("<8sIIQ")
 
@@ -73,7 +73,7 @@ def save(loaded, out_path: str) -> None:
         if isinstance(t, _core.QMatrix):
             e = {"kind": "q", "type": t.type, "m": t.shape[0], "k": t.shape[1], "group": t.group,
                  "has_bias": t.has_bias, "codes": add(t.codes_buf)}
-            for field in ("scale_buf", "bias_buf", "row_scale_buf"):
+            for field in ("scale_buf", "bias_buf"):
                 buf = getattr(t, field)
                 e[field[:-4]] = None if buf is None else add(buf)
             entries[name] = e
@@ -146,7 +146,7 @@ def load(pack_path: str):
             if e["kind"] == "q":
                 tensors[name] = _core.QMatrix.from_packed(
                     e["type"], e["m"], e["k"], e["group"], e["has_bias"], view(e["codes"], np.uint8),
-                    view(e["scale"], np.uint16), view(e["bias"], np.uint16), view(e["row_scale"], np.float32))
+                    view(e["scale"], np.uint16), view(e["bias"], np.uint16))
             elif e["kind"] == "f":
                 tensors[name] = view(e["data"], np.float32).reshape(e["shape"])
         for name, e in h["tensors"].items():

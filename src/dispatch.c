@@ -175,7 +175,7 @@ static int qmatrix_ok(const pylut_qmatrix *qm) {
     if (ref.m_pad != qm->m_pad || ref.k_pad != qm->k_pad || ref.codes_bytes != qm->codes_bytes ||
         ref.scale_count != qm->scale_count || ref.bits != qm->bits)
         return 0;
-    if (qm->type == PYLUT_TYPE_T3) return qm->row_scale != NULL;
+    if (qm->type == PYLUT_TYPE_T3) return qm->scale != NULL && qm->bias == NULL;
     return qm->scale != NULL && (!qm->has_bias || qm->bias != NULL);
 }
 

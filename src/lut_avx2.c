@@ -9,8 +9,8 @@
  * 127*1 + 127*2 = 381 and a lone-plane accumulator 127. A scale group has at most
  * PYLUT_MAX_GROUP/4 = 64 k-groups, so |acc| <= 64*381 = 24384 < 32767: no overflow, and the
  * planes' weights 4^p are applied only after widening to int32 at the end of the group.
- * T3: a row accumulator gains at most 2*127 per pair of triples, 32 pairs per table group:
- * 64*127 = 8128 < 32767. */
+ * T3: a row accumulator gains at most 2*127 per pair of triples, at most 128 pairs per
+ * scale group (PYLUT_T3_MAX_GROUP): 128*254 = 32512 < 32767. */
 #if defined(__x86_64__) || defined(_M_X64) /* other architectures get nothing */
 #include <immintrin.h>
 #include <math.h>
@@ -137,7 +137,7 @@ static void gemm_b_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
 
 static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                          int64_t ldy, int64_t tile0, int64_t tile1) {
-    const int64_t pairs = qm->k_pad / 6, ppg = PYLUT_T3_TBL_GROUP / 2;
+    const int64_t ppg = pylut_t3_triples(qm->group) / 2, groups = qm->k_pad / qm->group, pairs = groups * ppg;
     const __m256i m0f = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi8(1);
     const __m256i odd = _mm256_set1_epi16((short)0xff00); /* odd bytes: triple j+1 */
     /* byte i of a 32-byte half reads sign byte i/8 of its 32-bit mask */
@@ -151,7 +151,7 @@ static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
             __m256 acc[8];
             for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_ps();
             for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += ppg, g++) {
-                const int64_t p1 = p0 + ppg < pairs ? p0 + ppg : pairs;
+                const int64_t p1 = p0 + ppg;
                 __m256i a[4]; /* int16 rows 16q..16q+15 */
                 for (int q = 0; q < 4; q++) a[q] = _mm256_setzero_si256();
                 for (int64_t p = p0; p < p1; p++, blk += PYLUT_T3_PAIR_BYTES) {
@@ -182,10 +182,12 @@ static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
                 for (int q = 0; q < 8; q++) A[q] = _mm256_setzero_si256();
                 for (int q = 0; q < 4; q++) widen_add(a[q], 0, &A[2 * q], &A[2 * q + 1]);
                 const __m256 ts = _mm256_set1_ps(L->tscale[g]);
-                for (int q = 0; q < 8; q++) acc[q] = _mm256_fmadd_ps(ts, _mm256_cvtepi32_ps(A[q]), acc[q]);
+                const uint16_t *sc = qm->scale + (t * groups + g) * PYLUT_TILE_M;
+                for (int q = 0; q < 8; q++) {
+                    __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8 * q)));
+                    acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, ts), _mm256_cvtepi32_ps(A[q]), acc[q]);
+                }
             }
-            const float *rs = qm->row_scale + t * PYLUT_TILE_M;
-            for (int q = 0; q < 8; q++) acc[q] = _mm256_mul_ps(_mm256_loadu_ps(rs + 8 * q), acc[q]);
             store_tile(y + tok * ldy, t * PYLUT_TILE_M, qm->m, acc);
         }
     }

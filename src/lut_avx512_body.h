@@ -141,7 +141,7 @@ static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
 
 static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                          int64_t ldy, int64_t tile0, int64_t tile1) {
-    const int64_t pairs = qm->k_pad / 6, ppg = PYLUT_T3_TBL_GROUP / 2;
+    const int64_t ppg = pylut_t3_triples(qm->group) / 2, groups = qm->k_pad / qm->group, pairs = groups * ppg;
     const __m512i m0f = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1);
     const __m512i zero = _mm512_setzero_si512();
 #if PYLUT_VBMI
@@ -156,7 +156,7 @@ static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
             __m512 acc[4];
             for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_ps();
             for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += ppg, g++) {
-                const int64_t p1 = p0 + ppg < pairs ? p0 + ppg : pairs;
+                const int64_t p1 = p0 + ppg;
                 __m512i alo = zero, ahi = zero; /* int16 rows 0..31, 32..63 */
                 for (int64_t p = p0; p < p1; p++, blk += PYLUT_T3_PAIR_BYTES) {
                     _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
@@ -190,10 +190,12 @@ static void gemm_t3_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
                 widen_add(alo, 0, &A[0], &A[1]);
                 widen_add(ahi, 0, &A[2], &A[3]);
                 const __m512 ts = _mm512_set1_ps(L->tscale[g]);
-                for (int q = 0; q < 4; q++) acc[q] = _mm512_fmadd_ps(ts, _mm512_cvtepi32_ps(A[q]), acc[q]);
+                const uint16_t *sc = qm->scale + (t * groups + g) * PYLUT_TILE_M;
+                for (int q = 0; q < 4; q++) {
+                    __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 16 * q)));
+                    acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, ts), _mm512_cvtepi32_ps(A[q]), acc[q]);
+                }
             }
-            const float *rs = qm->row_scale + t * PYLUT_TILE_M;
-            for (int q = 0; q < 4; q++) acc[q] = _mm512_mul_ps(_mm512_loadu_ps(rs + 16 * q), acc[q]);
             store_tile(y + tok * ldy, t * PYLUT_TILE_M, qm->m, acc);
         }
     }

@@ -20,8 +20,8 @@
  * The plane weights 4^p (and 2^(b-1) for the lone plane) are applied only after widening to
  * int32 at the end of the group (|A| <= 64*127*255 < 2^21): the integer sum equals the scalar
  * twin's A exactly.
- * T3: a row accumulator gains at most 2*127 per pair of triples, 32 pairs per table group:
- * 64*127 = 8128 < 32767.
+ * T3: a row accumulator gains at most 2*127 per pair of triples, at most 128 pairs per
+ * scale group (PYLUT_T3_MAX_GROUP): 128*254 = 32512 < 32767.
  * int8 baseline: codes <= 15, |x| <= 127; vmull+vmlal put two products (<= 3810) in an int16
  * lane before vpadal widens to int32; sdot accumulates in int32 directly. */
 #if defined(__aarch64__)
@@ -186,7 +186,7 @@ static ALWAYS_INLINE int8x16_t negate_where(int8x16_t v, uint8x16_t m) {
 
 static void gemm_t3_neon(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                          int64_t ldy, int64_t tile0, int64_t tile1) {
-    const int64_t pairs = qm->k_pad / 6, ppg = PYLUT_T3_TBL_GROUP / 2;
+    const int64_t ppg = pylut_t3_triples(qm->group) / 2, groups = qm->k_pad / qm->group, pairs = groups * ppg;
     for (int64_t t = tile0; t < tile1; t++) {
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;
@@ -194,7 +194,7 @@ static void gemm_t3_neon(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
             float32x4_t acc[16];
             for (int q = 0; q < 16; q++) acc[q] = vdupq_n_f32(0.0f);
             for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += ppg, g++) {
-                const int64_t p1 = p0 + ppg < pairs ? p0 + ppg : pairs;
+                const int64_t p1 = p0 + ppg;
                 int16x8_t a16[8]; /* rows 8q..8q+7 */
                 for (int q = 0; q < 8; q++) a16[q] = vdupq_n_s16(0);
                 /* odd bytes hold triple j+1: index bit 4 picks its table in vqtbl2q */
@@ -214,14 +214,15 @@ static void gemm_t3_neon(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
                         a16[4 + k] = vpadalq_s8(a16[4 + k], vhi); /* rows 32+8k.. */
                     }
                 }
-                const float ts = L->tscale[g]; /* acc += tscale * A, as the scalar twin */
+                const float ts = L->tscale[g]; /* acc += (s * tscale) * A, as the scalar twin */
+                const uint16_t *sc = qm->scale + (t * groups + g) * PYLUT_TILE_M;
                 for (int q = 0; q < 8; q++) {
-                    acc[2 * q] = vfmaq_n_f32(acc[2 * q], vcvtq_f32_s32(vmovl_s16(vget_low_s16(a16[q]))), ts);
-                    acc[2 * q + 1] = vfmaq_n_f32(acc[2 * q + 1], vcvtq_f32_s32(vmovl_high_s16(a16[q])), ts);
+                    const float32x4_t s0 = vmulq_n_f32(load_f16x4(sc + 8 * q), ts);
+                    const float32x4_t s1 = vmulq_n_f32(load_f16x4(sc + 8 * q + 4), ts);
+                    acc[2 * q] = vfmaq_f32(acc[2 * q], s0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(a16[q]))));
+                    acc[2 * q + 1] = vfmaq_f32(acc[2 * q + 1], s1, vcvtq_f32_s32(vmovl_high_s16(a16[q])));
                 }
             }
-            const float *rs = qm->row_scale + t * PYLUT_TILE_M;
-            for (int q = 0; q < 16; q++) acc[q] = vmulq_f32(vld1q_f32(rs + 4 * q), acc[q]);
             store_tile(y + tok * ldy, t * PYLUT_TILE_M, qm->m, acc);
         }
     }

@@ -51,25 +51,26 @@ void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t
 /* T3 tables: entry v (0..13) = a*x0 + b*x1 + c*x2 with v = 9(a+1)+3(b+1)+(c+1); entries for
  * v > 13 are the negatives of 26-v and come from the sign bit. Entries 14, 15 are unused. */
 void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
-    const int64_t n_tables = lut->k_pad / PYLUT_T3_KGROUP;
+    const int gw = lut->group, tg = pylut_t3_triples(gw);
     for (int64_t g = g0; g < g1; g++) {
-        int64_t j0 = g * PYLUT_T3_TBL_GROUP, j1 = j0 + PYLUT_T3_TBL_GROUP;
-        if (j1 > n_tables) j1 = n_tables;
+        float v[PYLUT_T3_MAX_GROUP / 3 + 2][3]; /* the group's triples, zero-padded */
         float amax = 0.0f;
-        for (int64_t j = j0; j < j1; j++) {
+        for (int j = 0; j < tg; j++) {
             float a = 0.0f;
-            for (int e = 0; e < 3; e++) a += j * 3 + e < lut->k ? fabsf(x[j * 3 + e]) : 0.0f;
+            for (int e = 0; e < 3; e++) {
+                int64_t o = 3 * j + e, col = g * gw + o;
+                v[j][e] = o < gw && col < lut->k ? x[col] : 0.0f;
+                a += fabsf(v[j][e]);
+            }
             if (a > amax) amax = a;
         }
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         lut->tscale[g] = amax / 127.0f;
-        for (int64_t j = j0; j < j1; j++) {
-            float v[3];
-            for (int e = 0; e < 3; e++) v[e] = j * 3 + e < lut->k ? x[j * 3 + e] : 0.0f;
-            int8_t *t = lut->tbl + j * 16;
+        for (int j = 0; j < tg; j++) {
+            int8_t *t = lut->tbl + (g * tg + j) * 16;
             for (int idx = 0; idx <= PYLUT_T3_ZERO; idx++) {
-                float s = (float)(idx / 9 - 1) * v[0] + (float)((idx / 3) % 3 - 1) * v[1] +
-                          (float)(idx % 3 - 1) * v[2];
+                float s = (float)(idx / 9 - 1) * v[j][0] + (float)((idx / 3) % 3 - 1) * v[j][1] +
+                          (float)(idx % 3 - 1) * v[j][2];
                 t[idx] = quantize_entry(s, inv);
             }
             t[14] = t[15] = 0;
@@ -127,16 +128,16 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
 
 static void gemm_t3_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                            int64_t ldy, int64_t tile0, int64_t tile1) {
-    const int64_t pairs = qm->k_pad / 6, pairs_per_group = PYLUT_T3_TBL_GROUP / 2;
+    const int ppg = pylut_t3_triples(qm->group) / 2;
+    const int64_t groups = qm->k_pad / qm->group, pairs = groups * ppg;
     for (int64_t t = tile0; t < tile1; t++) {
         const uint8_t *tile = qm->codes + t * pairs * PYLUT_T3_PAIR_BYTES;
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;
             float acc[PYLUT_TILE_M] = {0};
-            for (int64_t p0 = 0, g = 0; p0 < pairs; p0 += pairs_per_group, g++) {
-                int64_t p1 = p0 + pairs_per_group < pairs ? p0 + pairs_per_group : pairs;
+            for (int64_t g = 0; g < groups; g++) {
                 int32_t A[PYLUT_TILE_M] = {0};
-                for (int64_t p = p0; p < p1; p++) {
+                for (int64_t p = g * ppg; p < (g + 1) * ppg; p++) {
                     const uint8_t *blk = tile + p * PYLUT_T3_PAIR_BYTES;
                     for (int hh = 0; hh < 2; hh++) {
                         const int8_t *T = L->tbl + (2 * p + hh) * 16;
@@ -148,10 +149,13 @@ static void gemm_t3_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                         }
                     }
                 }
-                for (int r = 0; r < PYLUT_TILE_M; r++) acc[r] += L->tscale[g] * (float)A[r];
+                for (int r = 0; r < PYLUT_TILE_M; r++) {
+                    float s = pylut_fp16_to_fp32(qm->scale[(t * groups + g) * PYLUT_TILE_M + r]);
+                    acc[r] += (s * L->tscale[g]) * (float)A[r];
+                }
             }
             for (int r = 0; r < PYLUT_TILE_M && t * PYLUT_TILE_M + r < qm->m; r++)
-                y[tok * ldy + t * PYLUT_TILE_M + r] = qm->row_scale[t * PYLUT_TILE_M + r] * acc[r];
+                y[tok * ldy + t * PYLUT_TILE_M + r] = acc[r];
         }
     }
 }

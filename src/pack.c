@@ -73,12 +73,13 @@ int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int 
         qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / PYLUT_KGROUP) * pylut_b_kgroup_bytes(qm->bits);
         qm->scale_count = qm->m_pad * (qm->k_pad / group);
     } else if (type == PYLUT_TYPE_T3) {
-        if (has_bias) return PYLUT_EINVAL;
+        if (has_bias || group < 6 || group > PYLUT_T3_MAX_GROUP) return PYLUT_EINVAL;
         qm->bits = 0;
-        qm->group = PYLUT_T3_KGROUP * PYLUT_T3_TBL_GROUP;
-        qm->k_pad = round_up(k, 2 * PYLUT_T3_KGROUP);
-        qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / 6) * PYLUT_T3_PAIR_BYTES;
-        qm->scale_count = qm->m_pad;
+        qm->group = group;
+        qm->k_pad = round_up(k, group);
+        qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / group) * (pylut_t3_triples(group) / 2) *
+                          PYLUT_T3_PAIR_BYTES;
+        qm->scale_count = qm->m_pad * (qm->k_pad / group);
     } else {
         return PYLUT_EINVAL;
     }
@@ -92,10 +93,9 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
     lut->k_pad = qm->k_pad;
     lut->group = qm->group;
     if (qm->type == PYLUT_TYPE_T3) {
-        int64_t n_tables = qm->k_pad / PYLUT_T3_KGROUP;
         lut->kind = 1;
-        lut->tbl_bytes = n_tables * 16;
-        lut->n_groups = (n_tables + PYLUT_T3_TBL_GROUP - 1) / PYLUT_T3_TBL_GROUP;
+        lut->n_groups = qm->k_pad / qm->group;
+        lut->tbl_bytes = lut->n_groups * pylut_t3_triples(qm->group) * 16;
     } else {
         lut->kind = 0;
         lut->tbl_bytes = qm->k_pad / PYLUT_KGROUP * 16;
@@ -105,6 +105,18 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
 }
 
 /* ------------------------------------------------------------------ packing */
+
+/* The trit (-1, 0, 1) of row r (in its tile) and column col of T3 tile data. */
+static int t3_trit(const pylut_qmatrix *qm, const uint8_t *tile, int r, int64_t col) {
+    static const int pow3[3] = {9, 3, 1};
+    const int gw = qm->group, tg = pylut_t3_triples(gw);
+    const int64_t g = col / gw, o = col % gw, tri = g * tg + o / 3;
+    const uint8_t *blk = tile + (tri / 2) * PYLUT_T3_PAIR_BYTES;
+    const int pos = pylut_t3_pos(r, (int)(tri % 2));
+    const int idx = r >= 32 ? blk[pos] >> 4 : blk[pos] & 15;
+    const int v = ((blk[64 + 8 * (r >= 32) + pos / 8] >> (pos % 8)) & 1) ? 26 - idx : idx;
+    return (v / pow3[o % 3]) % 3 - 1;
+}
 
 /* Where the nibble of (row r in tile, plane i) sits inside one k-group's bytes of a B matrix:
  * returns the byte offset and sets *hi when it is the high nibble. */
@@ -123,18 +135,20 @@ int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
     memset(qm->codes, 0, (size_t)qm->codes_bytes);
     int64_t tiles = qm->m_pad / PYLUT_TILE_M;
     if (qm->type == PYLUT_TYPE_T3) {
-        int64_t pairs = qm->k_pad / 6;
+        const int gw = qm->group, tg = pylut_t3_triples(gw);
+        const int64_t pairs = qm->k_pad / gw * (tg / 2);
         for (int64_t t = 0; t < tiles; t++)
             for (int64_t p = 0; p < pairs; p++) {
                 uint8_t *blk = qm->codes + (t * pairs + p) * PYLUT_T3_PAIR_BYTES;
                 for (int r = 0; r < PYLUT_TILE_M; r++) {
                     int64_t row = t * PYLUT_TILE_M + r;
                     for (int h = 0; h < 2; h++) {
+                        int64_t tri = 2 * p + h, g = tri / tg, o0 = (tri % tg) * 3;
                         int v = 0;
                         for (int j = 0; j < 3; j++) {
-                            int64_t col = p * 6 + h * 3 + j;
+                            int64_t o = o0 + j, col = g * gw + o;
                             int c = 1; /* padding: trit 0 */
-                            if (row < qm->m && col < qm->k) {
+                            if (row < qm->m && o < gw && col < qm->k) {
                                 c = codes[row * ld + col];
                                 if (c > 2) return PYLUT_EINVAL;
                             }
@@ -197,16 +211,8 @@ int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
         for (int64_t col = 0; col < qm->k; col++) {
             int c = 0;
             if (qm->type == PYLUT_TYPE_T3) {
-                int64_t p = col / 6;
-                int h = (int)(col % 6) / 3, j = (int)(col % 3);
-                const uint8_t *blk = qm->codes + (t * (qm->k_pad / 6) + p) * PYLUT_T3_PAIR_BYTES;
-                int bit = pylut_t3_pos(r, h);
-                uint8_t b = blk[bit];
-                int idx = r >= 32 ? b >> 4 : b & 15;
-                int sign = (blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1;
-                int v = sign ? 26 - idx : idx;
-                static const int pow3[3] = {9, 3, 1};
-                c = (v / pow3[j]) % 3;
+                const int64_t pairs = qm->k_pad / qm->group * (pylut_t3_triples(qm->group) / 2);
+                c = t3_trit(qm, qm->codes + t * pairs * PYLUT_T3_PAIR_BYTES, r, col) + 1;
             } else {
                 int64_t j = col / PYLUT_KGROUP;
                 int e = (int)(col % PYLUT_KGROUP);
@@ -230,16 +236,11 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
     int64_t t = row / PYLUT_TILE_M;
     int r = (int)(row % PYLUT_TILE_M);
     if (qm->type == PYLUT_TYPE_T3) {
-        const uint8_t *tile = qm->codes + t * (qm->k_pad / 6) * PYLUT_T3_PAIR_BYTES;
-        const float s = qm->row_scale[row];
-        static const int pow3[3] = {9, 3, 1};
+        const int64_t pairs = qm->k_pad / qm->group * (pylut_t3_triples(qm->group) / 2);
+        const uint8_t *tile = qm->codes + t * pairs * PYLUT_T3_PAIR_BYTES;
         for (int64_t col = 0; col < qm->k; col++) {
-            const uint8_t *blk = tile + (col / 6) * PYLUT_T3_PAIR_BYTES;
-            int h = (int)(col % 6) / 3, bit = pylut_t3_pos(r, h);
-            uint8_t b = blk[bit];
-            int idx = r >= 32 ? b >> 4 : b & 15;
-            int v = ((blk[64 + 8 * (r >= 32) + bit / 8] >> (bit % 8)) & 1) ? 26 - idx : idx;
-            out[col] = s * (float)((v / pow3[col % 3]) % 3 - 1);
+            float s = pylut_fp16_to_fp32(qm->scale[pylut_scale_index(qm, row, col / qm->group)]);
+            out[col] = s * (float)t3_trit(qm, tile, r, col);
         }
         return PYLUT_OK;
     }

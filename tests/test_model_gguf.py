@@ -169,11 +169,11 @@ def test_forward_matches_reference(tmp_path, results, arch, tensor_type):
     else:
         assert not lm.lossy
 
-    # ternary rows sharing one scale pack densely (BitNet: one scale per tensor; any TQ row
-    # of a single 256-block); rows of several blocks with their own scales stay 2-bit codes
+    # ternary matrices pack densely (T3) with the file's per-block scales (TQ) or the
+    # tensor's one scale (BitNet floats), losslessly
     if tensor_type.startswith("TQ") or ternary_floats:
-        assert lm.tensors["blk.0.attn_q"].type == _core.TYPE_T3     # k = 256: one block a row
-        assert (lm.tensors["blk.0.ffn_down"].type == _core.TYPE_T3) == (arch == "bitnet")
+        assert lm.tensors["blk.0.attn_q"].type == _core.TYPE_T3
+        assert lm.tensors["blk.0.ffn_down"].type == _core.TYPE_T3
 
     figures = check_forward(lm, weights)
     results[(arch, tensor_type)] = figures + (lm.load_seconds,)

@@ -24,9 +24,9 @@ extern "C" {
 /* ------------------------------------------------------------------ types and limits */
 
 /* Weight formats. B1..B8: b bit planes of unsigned codes, fp16 scale+bias per (row, group).
- * T3: ternary {-1,0,+1} packed 3 weights -> 4-bit index + sign bit (1.67 bits/weight),
- *     one fp32 scale per row (BitNet b1.58 style). Ternary as plain 2-bit codes {0,1,2} with
- *     bias = -scale is just B2. */
+ * T3: ternary {-1,0,+1} packed 3 weights -> 4-bit index + sign bit (1.67 bits/weight), one
+ *     fp16 scale per (row, group) (group 256 = llama.cpp's TQ1_0/TQ2_0 blocks, lossless).
+ *     Ternary as plain 2-bit codes {0,1,2} with bias = -scale is just B2. */
 enum pylut_type {
     PYLUT_TYPE_B1 = 1,
     PYLUT_TYPE_B2 = 2,
@@ -58,7 +58,7 @@ enum pylut_status {
 #define PYLUT_TILE_M 64        /* rows per tile: one 64-byte block holds 64 rows' nibbles */
 #define PYLUT_KGROUP 4         /* activations per table (16 entries) */
 #define PYLUT_T3_KGROUP 3      /* activations per ternary table (27 combos -> 14 + sign) */
-#define PYLUT_T3_TBL_GROUP 64  /* ternary tables sharing one table scale (int16 bound) */
+#define PYLUT_T3_MAX_GROUP 768 /* T3 scale group: <= 128 pairs of triples (int16 bound) */
 #define PYLUT_MIN_GROUP 8
 #define PYLUT_MAX_GROUP 256    /* int16 accumulator bound, see lut_kernel notes */
 
@@ -80,25 +80,26 @@ enum pylut_status {
  *   nibble = row 32+r of triple j+h. Then two u64 sign masks (bit set = negate): lo, bit 2r+h
  *   for row r of triple j+h; hi, the same for row 32+r. (A row's two triples sit side by side
  *   so one pairwise widening add sums them with the rows staying in order.)
- *   codes: [m_pad/64][k_pad/6][80];  row_scale: fp32 [m_pad]                               */
+ *   A scale group of G weights holds pylut_t3_triples(G) triples (padded with zero weights);
+ *   codes: [m_pad/64][k_pad/G * triples/2][80];  scale: fp16 [m_pad/64][k_pad/G][64]       */
+static inline int pylut_t3_triples(int group) { return 2 * ((group + 5) / 6); }
 typedef struct {
     int32_t type;        /* enum pylut_type */
     int32_t bits;        /* bit planes (B-types); 0 for T3 */
     int64_t m, k;        /* logical shape: y[m] = W[m,k] x[k] */
     int64_t m_pad;       /* m rounded up to PYLUT_TILE_M */
     int64_t k_pad;       /* k rounded up to group (B) or 6 (T3); padded x entries are 0 */
-    int32_t group;       /* B: weights per scale along k. T3: 3*PYLUT_T3_TBL_GROUP */
+    int32_t group;       /* weights per scale along k */
     int32_t has_bias;    /* B: bias array present (else symmetric grid, bias implied) */
     int64_t codes_bytes; /* required sizes of the caller's buffers */
-    int64_t scale_count; /* fp16 entries (B) or fp32 entries (T3) */
+    int64_t scale_count; /* fp16 entries of scale (and bias) */
     uint8_t *codes;
-    uint16_t *scale;     /* B: fp16 bits */
-    uint16_t *bias;      /* B: fp16 bits or NULL */
-    float *row_scale;    /* T3 */
+    uint16_t *scale;     /* fp16 bits */
+    uint16_t *bias;      /* B: fp16 bits or NULL; T3: NULL */
 } pylut_qmatrix;
 
 /* Fill shape/size fields of *qm for a matrix of this type. Returns PYLUT_EINVAL on a bad
- * type, group (B: multiple of 8 in [8,256]), or non-positive / overflowing shape. */
+ * type, group (B: multiple of 8 in [8,256]; T3: [6, 768]), or non-positive / huge shape. */
 int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias);
 
 /* 1 if every field of *qm agrees with pylut_qmatrix_layout and the buffers are set. */
@@ -108,7 +109,7 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out);
 
 /* Pack integer codes W[m][k] (uint8, row stride ld) into qm->codes. B: codes < 2^bits.
  * T3: codes in {0,1,2} meaning trits {-1,0,+1}. Scales/biases are written by the caller
- * into the layout given by pylut_scale_index(). */
+ * into the layout given by pylut_scale_index() (the same for both families). */
 int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld);
 /* Inverse of pack (for tests and converters): codes out [m][k]. */
 int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld);
@@ -121,7 +122,7 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
 
 /* Tables built from one activation vector x[k] for matrices of one type family and group.
  *   B: tbl int8 [k_pad/4][16], tscale/sumx fp32 [k_pad/group]
- *   T3: tbl int8 [k_pad/3][16] (entries 0..13 used), tscale fp32 [ceil(k_pad/3/64)], sumx unused */
+ *   T3: tbl int8 [groups * triples][16] (entries 0..13 used), tscale fp32 [groups], sumx unused */
 typedef struct {
     int32_t kind;        /* 0: B-type tables, 1: T3 tables */
     int64_t k, k_pad;
