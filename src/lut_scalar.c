@@ -9,9 +9,13 @@
 
 /* ------------------------------------------------------------------ table builders */
 
-static int8_t quantize_entry(float v, float inv) {
-    long q = lrintf(v * inv); /* |v*inv| <= 127 by construction of the scale */
-    return (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+/* round(v * inv) to int8, half to even like lrintf but without a libm call: adding and
+ * removing 1.5 * 2^23 leaves the nearest integer (|v * inv| <= 127 by construction of the
+ * scale, far inside the trick's 2^22 range; the compiler may not reassociate it away). */
+static inline int8_t quantize_entry(float v, float inv) {
+    const float magic = 12582912.0f;
+    float r = (v * inv + magic) - magic;
+    return (int8_t)(int)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
 }
 
 /* B-type tables: T[idx] = sum_e (bit_e(idx) ? x_e : -x_e) for 4 activations. Only idx 0..7
@@ -67,12 +71,13 @@ void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         lut->tscale[g] = amax / 127.0f;
         for (int j = 0; j < tg; j++) {
+            /* entry idx = a*x0 + b*x1 + c*x2 with idx = 9(a+1) + 3(b+1) + (c+1): the nine
+             * (b, c) sums once, then a = -1 for idx 0..8 and a = 0 for idx 9..13 */
+            const float x0 = v[j][0], x1 = v[j][1], x2 = v[j][2];
+            const float bc[9] = {-x1 - x2, -x1, -x1 + x2, -x2, 0.0f, x2, x1 - x2, x1, x1 + x2};
             int8_t *t = lut->tbl + (g * tg + j) * 16;
-            for (int idx = 0; idx <= PYLUT_T3_ZERO; idx++) {
-                float s = (float)(idx / 9 - 1) * v[j][0] + (float)((idx / 3) % 3 - 1) * v[j][1] +
-                          (float)(idx % 3 - 1) * v[j][2];
-                t[idx] = quantize_entry(s, inv);
-            }
+            for (int i = 0; i < 9; i++) t[i] = quantize_entry(bc[i] - x0, inv);
+            for (int i = 0; i < 5; i++) t[9 + i] = quantize_entry(bc[i], inv);
             t[14] = t[15] = 0;
         }
     }

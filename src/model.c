@@ -2,7 +2,7 @@
  * split over the threads and separated by a spinning barrier (a decode step has ~15 stages
  * per layer; one dispatch each would cost more than the small matrices themselves). */
 #include <math.h>
-#include <sched.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +33,7 @@ struct pylut_state {
     float *hb, *hb2;           /* [max_batch][ffn_dim] */
     float *scores;             /* [MAX_THREADS][n_ctx] */
     float *inv_freq;           /* [head_dim/2] */
+    atomic_llong *tickets;     /* [4*n_layers + 1]: next unclaimed tile of each GEMM stage */
     table_set sets[MAX_TABLE_SETS];
     pylut_lut keys[MAX_TABLE_SETS]; /* layout of each set (tbl pointers unused) */
 };
@@ -81,6 +82,7 @@ void pylut_state_free(pylut_state *s) {
     }
     free(s->kv); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->scores); free(s->inv_freq);
+    free(s->tickets);
     free(s);
 }
 
@@ -109,8 +111,9 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch) 
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
     s->scores = malloc((size_t)MAX_THREADS * n_ctx * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
+    s->tickets = calloc((size_t)(4 * m->n_layers + 1), sizeof(atomic_llong));
     if (!s->kv || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
-        !s->hb2 || !s->scores || !s->inv_freq) {
+        !s->hb2 || !s->scores || !s->inv_freq || !s->tickets) {
         pylut_state_free(s);
         return NULL;
     }
@@ -223,25 +226,52 @@ int pylut_model_check(const pylut_model *m, const char **why) {
 
 /* ------------------------------------------------------------------ barrier */
 
+/* Spin first (the others are microseconds away), then block: a core that goes idle lets
+ * the scheduler move a thread we wait for over from a core another process keeps busy,
+ * which merely yielding would not. */
+#define BARRIER_SPINS 4096
+
 typedef struct {
-    atomic_int count;
-    atomic_int gen;
+    atomic_int count, gen, sleepers;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
 } barrier_t;
+
+static void barrier_init(barrier_t *b) {
+    atomic_init(&b->count, 0);
+    atomic_init(&b->gen, 0);
+    atomic_init(&b->sleepers, 0);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+}
+
+static void barrier_destroy(barrier_t *b) {
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+}
 
 static void barrier_wait(barrier_t *b, int nth) {
     if (nth == 1) return;
-    int g = atomic_load_explicit(&b->gen, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == nth - 1) {
-        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&b->gen, 1, memory_order_release);
-    } else {
-        /* spin (the others are microseconds away), but yield the core after a while: when
-         * the machine is oversubscribed the thread we wait for may need this very core */
-        for (int spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == g; spins++) {
-            if (spins < 4096) cpu_relax();
-            else sched_yield();
+    int g = atomic_load(&b->gen);
+    if (atomic_fetch_add(&b->count, 1) == nth - 1) {
+        atomic_store(&b->count, 0);
+        atomic_fetch_add(&b->gen, 1); /* seq_cst: pairs with the sleepers count (Dekker) */
+        if (atomic_load(&b->sleepers) > 0) {
+            pthread_mutex_lock(&b->mu);
+            pthread_cond_broadcast(&b->cv);
+            pthread_mutex_unlock(&b->mu);
         }
+        return;
     }
+    for (int spins = 0; spins < BARRIER_SPINS; spins++) {
+        if (atomic_load_explicit(&b->gen, memory_order_acquire) != g) return;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&b->mu);
+    atomic_fetch_add(&b->sleepers, 1);
+    while (atomic_load(&b->gen) == g) pthread_cond_wait(&b->cv, &b->mu);
+    atomic_fetch_sub(&b->sleepers, 1);
+    pthread_mutex_unlock(&b->mu);
 }
 
 /* ------------------------------------------------------------------ small ops */
@@ -271,7 +301,7 @@ typedef struct {
     pylut_state *s;
     const int32_t *tokens;
     int n, pos0, all_logits;
-    float *logits;          /* [n or 1][vocab] */
+    float *logits;          /* [n or 1][vocab], NULL: no output projection (a non-final chunk) */
     barrier_t bar;
 } step_ctx;
 
@@ -299,17 +329,25 @@ static void stage_tables(step_ctx *c, int ith, int nth, const float *x, int64_t 
     barrier_wait(&c->bar, nth);
 }
 
-/* y_i[n][m_i] = W_i x for the matrices, tiles split over threads; ends with a barrier. */
-static void stage_gemm(step_ctx *c, int ith, int nth, int n, const pylut_qmatrix *const *mats,
-                       float *const *ys, const int64_t *ldys, int nm) {
+/* y_i[n][m_i] = W_i x for the matrices; ends with a barrier. Threads claim chunks of tiles
+ * from the stage's ticket counter, so one slowed by another process costs only its chunk. */
+static void stage_gemm(step_ctx *c, int ith, int nth, int *stage, int n,
+                       const pylut_qmatrix *const *mats, float *const *ys, const int64_t *ldys, int nm) {
     int64_t start[MAX_TABLE_SETS + 1] = {0};
     for (int i = 0; i < nm; i++) start[i + 1] = start[i] + mats[i]->m_pad / PYLUT_TILE_M;
-    SPLIT(start[nm], ith, nth, w0, w1);
-    for (int i = 0; i < nm; i++) {
-        int64_t a = w0 > start[i] ? w0 : start[i], b = w1 < start[i + 1] ? w1 : start[i + 1];
-        if (a < b)
-            pylut_gemm_tiles(mats[i], c->s->sets[set_for(c->s, mats[i])].lut, n, ys[i], ldys[i],
-                             a - start[i], b - start[i]);
+    atomic_llong *ticket = &c->s->tickets[(*stage)++];
+    const int64_t total = start[nm], chunk = total / (4 * nth) > 0 ? total / (4 * nth) : 1;
+    (void)ith;
+    for (;;) {
+        const int64_t w0 = atomic_fetch_add_explicit(ticket, chunk, memory_order_relaxed);
+        if (w0 >= total) break;
+        const int64_t w1 = w0 + chunk < total ? w0 + chunk : total;
+        for (int i = 0; i < nm; i++) {
+            int64_t a = w0 > start[i] ? w0 : start[i], b = w1 < start[i + 1] ? w1 : start[i + 1];
+            if (a < b)
+                pylut_gemm_tiles(mats[i], c->s->sets[set_for(c->s, mats[i])].lut, n, ys[i], ldys[i],
+                                 a - start[i], b - start[i]);
+        }
     }
     barrier_wait(&c->bar, nth);
 }
@@ -330,6 +368,7 @@ static void step_task(void *arg, int ith, int nth) {
     pylut_state *s = c->s;
     const int n = c->n, dim = m->dim, qd = s->q_dim, kvd = s->kv_dim, ffn = m->ffn_dim, hd = m->head_dim;
     SPLIT(n, ith, nth, t0, t1); /* this thread's tokens for per-token stages */
+    int stage = 0;              /* GEMM stages run so far: indexes the ticket counters */
 
     for (int64_t t = t0; t < t1; t++) { /* embedding rows */
         if (m->tok_embd_f32) memcpy(s->x + t * dim, m->tok_embd_f32 + (int64_t)c->tokens[t] * dim, (size_t)dim * sizeof(float));
@@ -345,7 +384,7 @@ static void step_task(void *arg, int ith, int nth) {
         float *qkv_out[3] = {s->q, s->k, s->v};
         const int64_t qkv_ld[3] = {qd, kvd, kvd};
         stage_tables(c, ith, nth, s->xb, dim, n, qkv, 3);
-        stage_gemm(c, ith, nth, n, qkv, qkv_out, qkv_ld, 3);
+        stage_gemm(c, ith, nth, &stage, n, qkv, qkv_out, qkv_ld, 3);
         {
             const int per = m->n_heads + m->n_kv_heads;
             SPLIT(n * per, ith, nth, w0, w1);
@@ -386,7 +425,7 @@ static void step_task(void *arg, int ith, int nth) {
             float *outs[1] = {s->tmp};
             const int64_t ld[1] = {dim};
             stage_tables(c, ith, nth, s->att, qd, n, wo, 1);
-            stage_gemm(c, ith, nth, n, wo, outs, ld, 1);
+            stage_gemm(c, ith, nth, &stage, n, wo, outs, ld, 1);
         }
         for (int64_t t = t0; t < t1; t++) {
             for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
@@ -400,7 +439,7 @@ static void step_task(void *arg, int ith, int nth) {
             float *outs[2] = {s->hb, s->hb2};
             const int64_t ld[2] = {ffn, ffn};
             stage_tables(c, ith, nth, s->xb, dim, n, gu, 2);
-            stage_gemm(c, ith, nth, n, gu, outs, ld, 2);
+            stage_gemm(c, ith, nth, &stage, n, gu, outs, ld, 2);
         }
         for (int64_t t = t0; t < t1; t++) {
             float *g = s->hb + t * ffn, *u = s->hb2 + t * ffn;
@@ -417,7 +456,7 @@ static void step_task(void *arg, int ith, int nth) {
             float *outs[1] = {s->tmp};
             const int64_t ld[1] = {dim};
             stage_tables(c, ith, nth, s->hb, ffn, n, dn, 1);
-            stage_gemm(c, ith, nth, n, dn, outs, ld, 1);
+            stage_gemm(c, ith, nth, &stage, n, dn, outs, ld, 1);
         }
         for (int64_t t = t0; t < t1; t++)
             for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
@@ -425,6 +464,7 @@ static void step_task(void *arg, int ith, int nth) {
     }
 
     /* ---- logits for the last token (or all) */
+    if (!c->logits) return;
     const int first = c->all_logits ? 0 : n - 1, nl = n - first;
     {
         SPLIT(nl, ith, nth, a, b);
@@ -436,7 +476,7 @@ static void step_task(void *arg, int ith, int nth) {
     float *ys[1] = {c->logits};
     const int64_t ld[1] = {m->vocab};
     stage_tables(c, ith, nth, s->xb + (int64_t)first * dim, dim, nl, out, 1);
-    stage_gemm(c, ith, nth, nl, out, ys, ld, 1);
+    stage_gemm(c, ith, nth, &stage, nl, out, ys, ld, 1);
 }
 
 int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
@@ -448,23 +488,13 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
     for (int done = 0; done < n;) {
         int chunk = n - done < s->max_batch ? n - done : s->max_batch;
         int last = done + chunk == n;
-        /* intermediate chunks of a last-logits call still need a logits buffer: reuse hb */
+        /* a non-final chunk of a last-logits call needs no output projection at all */
         float *lg = all_logits ? logits + (int64_t)done * m->vocab : last ? logits : NULL;
-        step_ctx c = {m, s, tokens + done, chunk, s->pos, all_logits, lg, {0, 0}};
-        if (!lg) { /* skip the output projection for a non-final chunk */
-            c.all_logits = 0;
-            c.logits = NULL;
-        }
-        if (c.logits) {
-            pylut_pool_run(pool, step_task, &c);
-        } else {
-            /* compute the chunk but discard its logits into scratch sized for one row */
-            float *scratch = malloc((size_t)m->vocab * sizeof(float));
-            if (!scratch) return PYLUT_ENOMEM;
-            c.logits = scratch;
-            pylut_pool_run(pool, step_task, &c);
-            free(scratch);
-        }
+        step_ctx c = {m, s, tokens + done, chunk, s->pos, all_logits, lg};
+        barrier_init(&c.bar);
+        for (int i = 0; i < 4 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
+        pylut_pool_run(pool, step_task, &c);
+        barrier_destroy(&c.bar);
         s->pos += chunk;
         done += chunk;
     }
