@@ -250,7 +250,31 @@ void pylut_attn_f16_avx2(const float *q, const uint16_t *k, const uint16_t *v, i
                          int hd, float scale, float *out, float *scores) {
     const int hv = hd / 8 * 8;
     float mx = -INFINITY;
-    for (int j = 0; j < len; j++) {
+    int j = 0;
+    /* 8 keys at a time: their 8 partial-product vectors are summed by one hadd tree
+     * instead of 8 separate horizontal sums */
+    for (; j + 8 <= len; j += 8) {
+        __m256 acc[8];
+        for (int u = 0; u < 8; u++) {
+            const uint16_t *kj = k + (int64_t)(j + u) * ld;
+            acc[u] = _mm256_setzero_ps();
+            for (int i = 0; i < hv; i += 8)
+                acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + i))), acc[u]);
+        }
+        const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        const __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
+        const __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+        __m256 d = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
+        _mm256_storeu_ps(scores + j, d);
+        for (int u = 0; u < 8; u++) {
+            const uint16_t *kj = k + (int64_t)(j + u) * ld;
+            float tail = 0.0f;
+            for (int i = hv; i < hd; i++) tail += q[i] * _cvtsh_ss(kj[i]);
+            scores[j + u] = (scores[j + u] + tail) * scale;
+            if (scores[j + u] > mx) mx = scores[j + u];
+        }
+    }
+    for (; j < len; j++) {
         const uint16_t *kj = k + (int64_t)j * ld;
         __m256 acc = _mm256_setzero_ps();
         for (int i = 0; i < hv; i += 8)
@@ -261,7 +285,7 @@ void pylut_attn_f16_avx2(const float *q, const uint16_t *k, const uint16_t *v, i
         if (scores[j] > mx) mx = scores[j];
     }
     float sum = 0.0f;
-    for (int j = 0; j < len; j++) sum += (scores[j] = expf(scores[j] - mx));
+    for (j = 0; j < len; j++) sum += (scores[j] = expf(scores[j] - mx));
     const float inv = 1.0f / sum;
     for (int i0 = 0; i0 < hd; i0 += 64) { /* 8 accumulators of 8 lanes cover 64 dims */
         const int w = hd - i0 < 64 ? hd - i0 : 64, wv = w / 8 * 8;
