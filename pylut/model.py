@@ -73,7 +73,8 @@ class Model:
         self.n_ctx = int(n_ctx)
         self.name = os.path.basename(loaded.path)
         self._cached: List[int] = []      # tokens whose keys/values are in the session
-        self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_s": 0.0, "gen_tokens": 0, "gen_s": 0.0}
+        self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_s": 0.0, "gen_tokens": 0, "gen_s": 0.0,
+                      "forward_s": 0.0}
         tok = tokenizer
         piece = lambda i: tok.token_to_piece(i, special=True).decode("utf-8", "replace") if i is not None else ""
         self.chat_template = ChatTemplate(tok.chat_template, bos=piece(tok.bos_id), eos=piece(tok.eos_id),
@@ -120,7 +121,9 @@ class Model:
         return logits
 
     def _step(self, token: int) -> np.ndarray:
+        t0 = time.perf_counter()
         logits = self.session.forward([token], self.pool)
+        self.stats["forward_s"] += time.perf_counter() - t0  # C time, for the overhead share
         self._cached.append(token)
         return logits
 
@@ -206,6 +209,7 @@ class Model:
         history = list(prompt_tokens)
         t0 = time.perf_counter()
         self.stats["gen_tokens"] = 0
+        self.stats["forward_s"] = 0.0
         for i in range(max_tokens):
             tok = sampler(logits, history)
             if tok in stop_ids:
