@@ -229,7 +229,9 @@ int pylut_model_check(const pylut_model *m, const char **why) {
 /* Spin first (the others are microseconds away), then block: a core that goes idle lets
  * the scheduler move a thread we wait for over from a core another process keeps busy,
  * which merely yielding would not. */
+#ifndef BARRIER_SPINS
 #define BARRIER_SPINS 4096
+#endif
 
 typedef struct {
     atomic_int count, gen, sleepers;

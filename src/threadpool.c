@@ -13,6 +13,12 @@
 /* ~50-100 us of spinning before sleeping: longer than the gap between two kernels of one
  * token, far shorter than the gap between tokens of an interactive session. */
 #define SPIN_ITERS 20000
+/* The caller, done with its share, spins only briefly for the workers: if one of them sits
+ * on a core another process holds, this core going idle is what lets the scheduler pull
+ * the worker over here (spinning would keep it queued behind the other process). */
+#ifndef JOIN_SPIN_ITERS
+#define JOIN_SPIN_ITERS 100
+#endif
 
 typedef struct {
     pylut_pool *pool;
@@ -124,7 +130,7 @@ void pylut_pool_run(pylut_pool *p, pylut_task_fn fn, void *ctx) {
     fn(ctx, 0, p->n);
     int spins = 0;
     while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
-        if (++spins < SPIN_ITERS) {
+        if (++spins < JOIN_SPIN_ITERS) {
             cpu_relax();
             continue;
         }
