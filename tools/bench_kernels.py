@@ -58,7 +58,7 @@ QUICK_SHAPES = "4096x4096,2048x8192"
 # name -> (quantize kwargs, int8 baseline bits or None)
 TYPES = {
     "2bit": (dict(bits=2, group=128, mode="sym"), 2),
-    "t3": (dict(bits=2, group=128, mode="t3"), None),
+    "t3": (dict(bits=2, group=256, mode="t3"), None),  # 256: llama.cpp's TQ block
     "tern": (dict(bits=2, group=128, mode="ternary"), None),
     "3bit": (dict(bits=3, group=128, mode="sym"), None),
     "4bit": (dict(bits=4, group=128, mode="sym"), 4),
@@ -157,15 +157,14 @@ def clone_into(q, arena, off):
     """A QMatrix whose buffers are copies of q's, placed in arena (one big allocation, like
     a packed-model file loaded into memory, and paged like the bandwidth probe's buffer)."""
     m, k = q.shape
-    t3 = q.type == _core.TYPE_T3
     bufs = []
-    for b in (q.codes_buf, q.scale_buf, q.bias_buf, q.row_scale_buf):
+    for b in (q.codes_buf, q.scale_buf, q.bias_buf):
         if b is None:
             bufs.append(None)
         else:
             v, off = _carve(arena, off, b)
             bufs.append(v)
-    return pylut.QMatrix.from_packed(q.type, m, k, 0 if t3 else q.group, q.has_bias, *bufs), off
+    return pylut.QMatrix.from_packed(q.type, m, k, q.group, q.has_bias, *bufs), off
 
 
 def n_copies(nbytes_one, mb):
