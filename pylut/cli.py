@@ -70,7 +70,8 @@ def model_kind(path):
                    "pass a .gguf file or one written by 'pylut convert'")
 
 
-def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True):
+def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True,
+               requant=None):
     """A Model from a .gguf or .pylut path; library errors become CLIError."""
     kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
@@ -78,7 +79,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
         if kind == "gguf":
             import pylut
             model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
-                               chat_template=chat_template, cache=cache)
+                               chat_template=chat_template, cache=cache, requant=requant)
         else:
             from .model import Model
             from .packcache import load as load_packed
@@ -144,6 +145,9 @@ def _add_model_args(p, optional_model=False, threads=True):
                        help="threads (default: physical cores)")
     p.add_argument("--bits", type=int, default=4, choices=(1, 2, 3, 4, 5, 6, 8),
                    help="bits F16/F32 weights are quantized to (default 4)")
+    p.add_argument("--requant", choices=("q4", "q3", "q2", "ternary"), default=None,
+                   help="requantize every matrix (fewer bytes per token, lossy: see "
+                        "tools/requant_quality.py)")
     p.add_argument("--chat-template", default=None, metavar="NAME",
                    help="override the model's chat template: chatml, llama-2, llama-3, zephyr, phi-3")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the packed-model cache")
@@ -246,6 +250,8 @@ def build_parser():
     p.add_argument("output", help="output file (conventionally .pylut)")
     p.add_argument("--bits", type=int, default=4, choices=(1, 2, 3, 4, 5, 6, 8),
                    help="bits F16/F32 weights are quantized to (default 4)")
+    p.add_argument("--requant", choices=("q4", "q3", "q2", "ternary"), default=None,
+                   help="requantize every matrix (lossy)")
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server",
                        description="Serve /v1/chat/completions, /v1/completions, /v1/models and "
@@ -298,7 +304,7 @@ def main(argv=None):
 
 def _load_from_args(args, model_path=None):
     return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None), bits=args.bits,
-                      chat_template=args.chat_template, cache=not args.no_cache)
+                      chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant)
 
 
 def cmd_chat(args):
@@ -427,7 +433,7 @@ def cmd_convert(args):
     spinner = _Progress(f"packing {os.path.basename(args.input)}")
     t0 = time.perf_counter()
     try:
-        save(load_gguf(args.input, bits=args.bits), args.output)
+        save(load_gguf(args.input, bits=args.bits, requant=args.requant), args.output)
     except (OSError, ValueError) as e:
         raise CLIError(str(e)) from None
     finally:

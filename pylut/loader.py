@@ -241,11 +241,24 @@ def _scalar_multiplier(f: GGUFFile, gguf_name: str) -> float:
 
 # ---------------------------------------------------------------- entry point
 
-def load_gguf(path, bits: int = 4, group: int | None = None) -> LoadedModel:
+# requant name -> pylut.quantize arguments: every matrix is dequantized and quantized again
+# round-to-nearest (lossy: the point is fewer bytes per token; see tools/requant_quality.py)
+REQUANT = {
+    "q4": dict(bits=4, group=32, mode="zp"),
+    "q3": dict(bits=3, group=32, mode="zp"),
+    "q2": dict(bits=2, group=32, mode="zp"),
+    "ternary": dict(bits=2, group=192, mode="t3"),
+}
+
+
+def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None = None) -> LoadedModel:
     """Read a llama / qwen2 / bitnet GGUF file into packed matrices for ``_core.Model``.
 
     bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
-    keep their own grid.  Raises ModelFileError naming the file and the problem."""
+    keep their own grid unless ``requant`` (one of REQUANT) asks to requantize every matrix.
+    Raises ModelFileError naming the file and the problem."""
+    if requant is not None and requant not in REQUANT:
+        raise ValueError(f"requant must be one of {', '.join(REQUANT)}, got {requant!r}")
     if group is None:
         group = DEFAULT_FLOAT_GROUP
     if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
@@ -303,8 +316,13 @@ def load_gguf(path, bits: int = 4, group: int | None = None) -> LoadedModel:
                     multiplier = _scalar_multiplier(f, spec.gguf_name)
                     if multiplier != 1.0:
                         used.add(spec.gguf_name[: -len(".weight")] + ".scale")
-                    tensors[spec.core_name] = _matrix(info, bits, group, multiplier, lossy,
-                                                      spec.core_name)
+                    if requant is not None:
+                        w = quants.dequantize(info.data, info.type_name, info.shape) * np.float32(multiplier)
+                        tensors[spec.core_name] = quantize(w, **REQUANT[requant])
+                        lossy.add(spec.core_name)
+                    else:
+                        tensors[spec.core_name] = _matrix(info, bits, group, multiplier, lossy,
+                                                          spec.core_name)
                 else:
                     tensors[spec.core_name] = _vector(info)
             except (ValueError, TypeError) as exc:

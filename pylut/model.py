@@ -26,12 +26,13 @@ log = logging.getLogger("pylut")
 
 def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
          max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
-         context_shift: bool = True) -> "Model":
+         context_shift: bool = True, requant: Optional[str] = None) -> "Model":
     """Load a GGUF model file. n_ctx defaults to min(4096, the model's context);
     n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
     cache: keep the packed model in pylut's cache dir ($PYLUT_CACHE_DIR) so the next load
     maps it instead of repacking. context_shift: when generation fills n_ctx, drop the oldest
-    half (keeping the first tokens, the attention sinks) instead of stopping."""
+    half (keeping the first tokens, the attention sinks) instead of stopping. requant: 'q4',
+    'q3', 'q2' or 'ternary' requantizes every matrix (fewer bytes per token, lossy)."""
     from . import packcache
     from .loader import load_gguf
     from .tokenizer import Tokenizer
@@ -41,7 +42,8 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     if bits not in (1, 2, 3, 4, 5, 6, 8):
         raise ValueError(f"bits must be one of 1, 2, 3, 4, 5, 6, 8; got {bits!r}")
     t0 = time.perf_counter()
-    loaded = packcache.load_or_build(path, lambda: load_gguf(path, bits=bits), use_cache=cache, bits=bits)
+    build = lambda: load_gguf(path, bits=bits, requant=requant)  # noqa: E731
+    loaded = packcache.load_or_build(path, build, use_cache=cache, bits=bits, requant=requant)
     tokenizer = Tokenizer.from_file(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
     return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
