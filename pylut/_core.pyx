@@ -149,10 +149,16 @@ cdef class QMatrix:
 
     @staticmethod
     def from_packed(int type, int64_t m, int64_t k, int group, bint has_bias, codes,
-                    scale=None, bias=None):
+                    scale=None, bias=None, zero=None):
         """Wrap already-packed buffers (e.g. from a packed-model file); sizes are checked."""
         cdef QMatrix self = QMatrix.__new__(QMatrix)
         _check(pylut_qmatrix_layout(&self.qm, type, m, k, group, has_bias), "QMatrix.from_packed")
+        if zero is not None:
+            if has_bias or type == PYLUT_TYPE_T3:
+                raise ValueError("zero applies to matrices without a bias array")
+            if not 0 <= zero <= (1 << self.qm.bits) - 1:
+                raise ValueError(f"zero must be in [0, {(1 << self.qm.bits) - 1}], got {zero}")
+            self.qm.zero = zero
         codes = _array(codes, np.uint8, 1, "codes")
         if codes.size != self.qm.codes_bytes:
             raise ValueError(f"codes has {codes.size} bytes, layout needs {self.qm.codes_bytes}")
@@ -172,10 +178,11 @@ cdef class QMatrix:
         return self
 
     @staticmethod
-    def from_codes(codes, scale, bias=None, int bits=4, int group=128):
+    def from_codes(codes, scale, bias=None, int bits=4, int group=128, zero=None):
         """codes: uint8 [m, k] in [0, 2^bits); scale, bias: float [m, ceil(k/group)], stored
-        as fp16; W = scale*codes + bias per group. bias=None means the symmetric grid
-        W = scale*(codes - (2^bits-1)/2)."""
+        as fp16; W = scale*codes + bias per group. bias=None means W = scale*(codes - zero)
+        with zero = (2^bits-1)/2 (the symmetric grid) unless given (Q4_0: zero=8), which
+        saves the bias array."""
         codes = _array(codes, np.uint8, 2, "codes")
         if not 1 <= bits <= 8:
             raise ValueError(f"bits must be 1..8, got {bits}")
@@ -191,7 +198,7 @@ cdef class QMatrix:
             raise ValueError(f"codes must be < 2^{bits} = {1 << bits}, max is {int(codes.max())}")
         cdef QMatrix self = QMatrix.from_packed(bits, m, k, group, bias is not None,
                                                 np.zeros(info["codes_bytes"], np.uint8),
-                                                packed_scale, packed_bias)
+                                                packed_scale, packed_bias, zero)
         cdef const uint8_t[:, ::1] cv = codes
         cdef int rc
         with nogil:
@@ -247,6 +254,11 @@ cdef class QMatrix:
         return bool(self.qm.has_bias)
 
     @property
+    def zero(self):
+        """The code meaning 0 when there is no bias array (None for T3 or with a bias)."""
+        return None if self.qm.has_bias or self.qm.type == PYLUT_TYPE_T3 else float(self.qm.zero)
+
+    @property
     def k_pad(self):
         return self.qm.k_pad
 
@@ -285,7 +297,7 @@ cdef class QMatrix:
         if self.qm.has_bias:
             b = _untile_params(self.bias_buf, self.qm.m_pad, n_groups)[:m]
         else:
-            b = -s * ((1 << self.qm.bits) - 1) / 2.0
+            b = -s * self.qm.zero
         s = np.repeat(s, g, axis=1)[:, :k]
         b = np.repeat(b, g, axis=1)[:, :k]
         return s * codes + b

@@ -28,6 +28,7 @@ cdef extern from "pylut/pylut.h" nogil:
         int64_t m, k, m_pad, k_pad
         int32_t group
         int32_t has_bias
+        float zero
         int64_t codes_bytes
         int64_t scale_count
         uint8_t *codes

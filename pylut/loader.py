@@ -217,6 +217,9 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
         lossy.add(core_name)
         log.info("%s (%s): per-group scales/biases rounded to fp16 for the kernel",
                  info.name, type_name)
+    zero = float(1 << (q.bits - 1))  # Q4_0, Q5_0, Q8_0, Q3_K, Q6_K: bias = -2^(b-1) * scale
+    if np.array_equal(bias, scale * np.float32(-zero)):
+        return _core.QMatrix.from_codes(q.codes, scale, None, bits=q.bits, group=q.group, zero=zero)
     return _core.QMatrix.from_codes(q.codes, scale, bias, bits=q.bits, group=q.group)
 
 

@@ -176,6 +176,7 @@ static int qmatrix_ok(const pylut_qmatrix *qm) {
         ref.scale_count != qm->scale_count || ref.bits != qm->bits)
         return 0;
     if (qm->type == PYLUT_TYPE_T3) return qm->scale != NULL && qm->bias == NULL;
+    if (!(qm->zero >= 0.0f && qm->zero <= (float)((1 << qm->bits) - 1))) return 0; /* NaN fails too */
     return qm->scale != NULL && (!qm->has_bias || qm->bias != NULL);
 }
 

@@ -48,6 +48,8 @@ static ALWAYS_INLINE void group_apply(const pylut_qmatrix *qm, int64_t si, float
         if (qm->has_bias) {
             __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(qm->bias + si + 8 * q)));
             acc[q] = _mm256_fmadd_ps(_mm256_fmadd_ps(s, _mm256_set1_ps(h), b), _mm256_set1_ps(sx), acc[q]);
+        } else if (h != qm->zero) { /* implied bias -scale*zero: c = scale * (h - zero) */
+            acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(h - qm->zero)), _mm256_set1_ps(sx), acc[q]);
         }
     }
 }

@@ -112,6 +112,8 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
             if (qm->has_bias) {
                 __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + si + 16 * q)));
                 acc[q] = _mm512_fmadd_ps(_mm512_fmadd_ps(s, _mm512_set1_ps(h), b), _mm512_set1_ps(L->sumx[g]), acc[q]);
+            } else if (h != qm->zero) { /* implied bias -scale*zero: c = scale * (h - zero) */
+                acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(h - qm->zero)), _mm512_set1_ps(L->sumx[g]), acc[q]);
             }
         }
     }

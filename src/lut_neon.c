@@ -136,6 +136,8 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
                 if (qm->has_bias) {
                     const float32x4_t b = load_f16x4(qm->bias + si + 8 * q + 4 * e);
                     a = vfmaq_n_f32(a, vfmaq_n_f32(b, s, h), sx);
+                } else if (h != qm->zero) { /* implied bias -scale*zero */
+                    a = vfmaq_n_f32(a, vmulq_n_f32(s, h - qm->zero), sx);
                 }
                 acc[2 * q + e] = a;
             }

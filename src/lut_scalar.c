@@ -121,6 +121,7 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                     float s = pylut_fp16_to_fp32(qm->scale[si]);
                     acc[r] += (s * f) * (float)A[r];
                     if (qm->has_bias) acc[r] += (pylut_fp16_to_fp32(qm->bias[si]) + s * h) * sx;
+                    else if (h != qm->zero) acc[r] += (s * (h - qm->zero)) * sx;
                 }
             }
             for (int r = 0; r < PYLUT_TILE_M && t * PYLUT_TILE_M + r < qm->m; r++)

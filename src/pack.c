@@ -69,6 +69,7 @@ int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int 
         qm->bits = type;
         qm->group = group;
         qm->has_bias = has_bias ? 1 : 0;
+        qm->zero = (float)((1 << qm->bits) - 1) * 0.5f;
         qm->k_pad = round_up(k, group);
         qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / PYLUT_KGROUP) * pylut_b_kgroup_bytes(qm->bits);
         qm->scale_count = qm->m_pad * (qm->k_pad / group);
@@ -255,7 +256,8 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
         const uint8_t *blk = qm->codes + (t * kgroups + j) * kgb;
         for (int i = 0; i < bits; i++) c |= ((blk[offs[i]] >> (e + (his[i] ? 4 : 0))) & 1) << i;
         float s = pylut_fp16_to_fp32(qm->scale[si]);
-        float b = qm->has_bias ? pylut_fp16_to_fp32(qm->bias[si]) : -s * h;
+        float b = qm->has_bias ? pylut_fp16_to_fp32(qm->bias[si]) : -s * qm->zero;
+        (void)h;
         out[col] = s * (float)c + b;
     }
     return PYLUT_OK;

@@ -147,6 +147,26 @@ def test_gemm_multi_equals_separate():
         assert np.array_equal(y, pylut.gemm(q, x))
 
 
+@pytest.mark.parametrize("bits", [2, 4, 5, 8])
+def test_implied_bias_zero_point(bits):
+    """W = scale * (codes - 2^(b-1)) without a bias array (Q4_0-style grids)."""
+    rng = np.random.default_rng(bits)
+    m, k, g = 70, 160, 32
+    codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.1, (m, k // g)).astype(np.float16).astype(np.float32)
+    z = float(1 << (bits - 1))
+    q = pylut.QMatrix.from_codes(codes, d, None, bits=bits, group=g, zero=z)
+    assert q.zero == z and not q.has_bias
+    assert np.array_equal(q.dequantize(), (d.repeat(g, 1) * (codes - np.float32(z))).astype(np.float32))
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    ref = run(q, x, "scalar")
+    assert np.all(np.abs(ref - x @ q.dequantize().T) <= lut_error_bound(q, x) * 1.0001 + 1e-5)
+    for isa in SIMD_ISAS:
+        assert np.abs(run(q, x, isa) - ref).max() <= 1e-5 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="zero"):
+        pylut.QMatrix.from_codes(codes, d, None, bits=bits, group=g, zero=float(1 << bits))
+
+
 def test_lossless_codes_give_exact_dequantize():
     """Integer codes + fp16-exact scales (what a GGUF repack produces) survive packing."""
     rng = np.random.default_rng(4)

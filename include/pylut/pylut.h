@@ -90,7 +90,9 @@ typedef struct {
     int64_t m_pad;       /* m rounded up to PYLUT_TILE_M */
     int64_t k_pad;       /* k rounded up to group (B) or 6 (T3); padded x entries are 0 */
     int32_t group;       /* weights per scale along k */
-    int32_t has_bias;    /* B: bias array present (else symmetric grid, bias implied) */
+    int32_t has_bias;    /* B: bias array present (else bias = -scale * zero, implied) */
+    float zero;          /* B without bias: the code meaning 0 (layout sets the symmetric
+                          * (2^b-1)/2; Q4_0-style grids use 2^(b-1) and save the bias array) */
     int64_t codes_bytes; /* required sizes of the caller's buffers */
     int64_t scale_count; /* fp16 entries of scale (and bias) */
     uint8_t *codes;
