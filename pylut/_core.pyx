@@ -199,11 +199,7 @@ cdef class QMatrix:
         cdef QMatrix self = QMatrix.from_packed(bits, m, k, group, bias is not None,
                                                 np.zeros(info["codes_bytes"], np.uint8),
                                                 packed_scale, packed_bias, zero)
-        cdef const uint8_t[:, ::1] cv = codes
-        cdef int rc
-        with nogil:
-            rc = pylut_pack_codes(&self.qm, &cv[0, 0], cv.shape[1])
-        _check(rc, "pack_codes")
+        self._pack(codes)
         return self
 
     @staticmethod
@@ -225,13 +221,16 @@ cdef class QMatrix:
         cdef QMatrix self = QMatrix.from_packed(PYLUT_TYPE_T3, m, k, group, False,
                                                 np.zeros(info["codes_bytes"], np.uint8),
                                                 _tile_params(s, info["m_pad"], n_groups))
-        codes = np.ascontiguousarray((trits + 1).astype(np.uint8))
+        self._pack(np.ascontiguousarray((trits + 1).astype(np.uint8)))
+        return self
+
+    cdef _pack(self, codes):
+        """Pack uint8 codes [m, k] (already range-checked) into this matrix's buffers."""
         cdef const uint8_t[:, ::1] cv = codes
         cdef int rc
         with nogil:
             rc = pylut_pack_codes(&self.qm, &cv[0, 0], cv.shape[1])
         _check(rc, "pack_codes")
-        return self
 
     @property
     def shape(self):
