@@ -54,9 +54,9 @@ def model_kind(path):
         raise CLIError(f"model not found: {path}")
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")):
-            raise CLIError(f"{path} is a Hugging Face model folder: not supported yet. "
-                           "Convert it to GGUF (llama.cpp convert_hf_to_gguf.py) and pass the .gguf file.")
-        raise CLIError(f"{path} is a folder, not a model file (expected a .gguf or .pylut file)")
+            return "hf"
+        raise CLIError(f"{path} is a folder without config.json: not a model (expected a .gguf or "
+                       ".pylut file, or a Hugging Face model folder)")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -76,7 +76,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
     kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
     try:
-        if kind == "gguf":
+        if kind in ("gguf", "hf"):
             import pylut
             model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
                                chat_template=chat_template, cache=cache, requant=requant)

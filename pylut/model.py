@@ -27,13 +27,15 @@ log = logging.getLogger("pylut")
 def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
          max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
          context_shift: bool = True, requant: Optional[str] = None) -> "Model":
-    """Load a GGUF model file. n_ctx defaults to min(4096, the model's context);
+    """Load a GGUF model file or a Hugging Face folder (config.json + safetensors, float
+    weights quantized on load). n_ctx defaults to min(4096, the model's context);
     n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
     cache: keep the packed model in pylut's cache dir ($PYLUT_CACHE_DIR) so the next load
     maps it instead of repacking. context_shift: when generation fills n_ctx, drop the oldest
     half (keeping the first tokens, the attention sinks) instead of stopping. requant: 'q4',
     'q3', 'q2' or 'ternary' requantizes every matrix (fewer bytes per token, lossy)."""
     from . import packcache
+    from .hf_loader import is_hf_folder, load_hf
     from .loader import load_gguf
     from .tokenizer import Tokenizer
     path = os.fspath(path)
@@ -42,7 +44,8 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     if bits not in (1, 2, 3, 4, 5, 6, 8):
         raise ValueError(f"bits must be one of 1, 2, 3, 4, 5, 6, 8; got {bits!r}")
     t0 = time.perf_counter()
-    build = lambda: load_gguf(path, bits=bits, requant=requant)  # noqa: E731
+    loader = load_hf if is_hf_folder(path) else load_gguf
+    build = lambda: loader(path, bits=bits, requant=requant)  # noqa: E731
     loaded = packcache.load_or_build(path, build, use_cache=cache, bits=bits, requant=requant)
     tokenizer = Tokenizer.from_file(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
@@ -66,7 +69,7 @@ class Model:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         if n_ctx > cfg["max_ctx"]:
             raise ValueError(f"n_ctx={n_ctx} is over the model's context length {cfg['max_ctx']}")
-        if tokenizer.n_vocab != cfg["vocab"]:
+        if tokenizer.n_vocab > cfg["vocab"]:  # (checkpoints may pad the vocabulary: fewer is fine)
             raise ValueError(f"tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary is {cfg['vocab']}")
         self.n_threads = physical_cores() if n_threads is None else int(n_threads)
         self.pool = get_pool(self.n_threads)

@@ -40,14 +40,21 @@ def cache_dir() -> str:
 
 
 def cache_key(path: str, **options) -> str:
-    st = os.stat(path)
-    ident = json.dumps([os.path.abspath(path), st.st_size, st.st_mtime_ns, FORMAT_VERSION,
-                        sorted(options.items())])
+    """A file: its path, size and mtime; a model folder: the same for every file in it."""
+    if os.path.isdir(path):
+        files = sorted(os.listdir(path))
+        stamp = [[f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns]
+                 for f in files if os.path.isfile(os.path.join(path, f))]
+    else:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    ident = json.dumps([os.path.abspath(path), stamp, FORMAT_VERSION, sorted(options.items())])
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
 def cache_path(path: str, **options) -> str:
-    return os.path.join(cache_dir(), os.path.basename(path) + "." + cache_key(path, **options) + ".pylut")
+    name = os.path.basename(os.path.normpath(path))
+    return os.path.join(cache_dir(), name + "." + cache_key(path, **options) + ".pylut")
 
 
 # ---------------------------------------------------------------- writing

@@ -96,7 +96,7 @@ def test_model_path_errors(capsys, tmp_path, monkeypatch):
     hf.mkdir()
     (hf / "config.json").write_text("{}")
     rc, _, err = _run(capsys, "run", hf, "hi")
-    assert rc == 1 and "not supported yet" in err
+    assert rc == 1 and "unsupported architecture" in err  # a Hugging Face folder, but no model in it
     junk = tmp_path / "notes.txt"
     junk.write_text("hello")
     rc, _, err = _run(capsys, "info", junk)
