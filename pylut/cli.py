@@ -134,10 +134,11 @@ SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "r
 
 def _add_model_args(p, optional_model=False, threads=True):
     if optional_model:
-        p.add_argument("model", nargs="?", help="a .gguf file or a .pylut packed model "
+        p.add_argument("model", nargs="?", help="a .gguf file, a Hugging Face folder or a .pylut packed model "
                        f"(default: SmolLM2-135M-Instruct from the {DEFAULT_MODEL_PKG} package)")
     else:
-        p.add_argument("model", help="a .gguf file or a .pylut packed model (from 'pylut convert')")
+        p.add_argument("model", help="a .gguf file, a Hugging Face folder, or a .pylut packed model "
+                       "(from 'pylut convert')")
     p.add_argument("-c", "--ctx", type=_pos_int, default=None, metavar="N",
                    help="context length (default: min(4096, the model's))")
     if threads:
