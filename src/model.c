@@ -31,7 +31,8 @@ struct pylut_state {
     float *att;                /* [max_batch][q_dim] */
     float *tmp;                /* [max_batch][dim] */
     float *hb, *hb2;           /* [max_batch][ffn_dim] */
-    float *scores;             /* [MAX_THREADS][n_ctx] */
+    float *scores;             /* [scores_threads][n_ctx], grown to the pool's size */
+    int scores_threads;
     float *inv_freq;           /* [head_dim/2] */
     atomic_llong *tickets;     /* [4*n_layers + 1]: next unclaimed tile of each GEMM stage */
     table_set sets[MAX_TABLE_SETS];
@@ -109,11 +110,10 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch) 
     s->tmp = malloc(B * m->dim * sizeof(float));
     s->hb = malloc(B * m->ffn_dim * sizeof(float));
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
-    s->scores = malloc((size_t)MAX_THREADS * n_ctx * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
     s->tickets = calloc((size_t)(4 * m->n_layers + 1), sizeof(atomic_llong));
     if (!s->kv || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
-        !s->hb2 || !s->scores || !s->inv_freq || !s->tickets) {
+        !s->hb2 || !s->inv_freq || !s->tickets) {
         pylut_state_free(s);
         return NULL;
     }
@@ -487,6 +487,13 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
     if (s->pos + (int64_t)n > s->n_ctx || pylut_pool_size(pool) > MAX_THREADS) return PYLUT_EINVAL;
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->vocab) return PYLUT_EINVAL;
+    const int nth = pylut_pool_size(pool);
+    if (s->scores_threads < nth) { /* attention scratch: one [n_ctx] row per thread */
+        float *grown = realloc(s->scores, (size_t)nth * s->n_ctx * sizeof(float));
+        if (!grown) return PYLUT_ENOMEM;
+        s->scores = grown;
+        s->scores_threads = nth;
+    }
     for (int done = 0; done < n;) {
         int chunk = n - done < s->max_batch ? n - done : s->max_batch;
         int last = done + chunk == n;
