@@ -106,8 +106,9 @@ def _fp16(a):
     return a.astype(np.float16).astype(np.float32)
 
 
-def quantize(w, bits=4, group=128, mode="sym"):
-    """Quantize float W[m, k] round-to-nearest into a packed QMatrix.
+def quantize(w, bits=4, group=None, mode="sym"):
+    """Quantize float W[m, k] round-to-nearest into a packed QMatrix (group: weights per
+    scale along k; default 128, or 192 for 't3', where a multiple of 6 wastes no padding).
 
     mode 'sym': W = s*(q - (2^b-1)/2), one fp16 scale per group (the symmetric grid of the
                 bit-plane method: no offset term at run time).
@@ -119,6 +120,8 @@ def quantize(w, bits=4, group=128, mode="sym"):
     w = _as_matrix(w)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if group is None:
+        group = 192 if mode == "t3" else 128
     if mode == "t3":
         if not isinstance(group, (int, np.integer)) or not 6 <= group <= _core.T3_MAX_GROUP:
             raise ValueError(f"t3 group must be in [6, {_core.T3_MAX_GROUP}], got {group!r}")
