@@ -236,7 +236,7 @@ class Model:
             self.stats["gen_s"] = time.perf_counter() - t0
         yield None, "length"
 
-    def _stream_text(self, prompt, max_tokens, stop, params, special=False):
+    def _stream_text(self, prompt, max_tokens, stop, params, special=False, ignore_eos=False):
         """Yields (text_piece, finish_reason); stop strings are cut, never emitted."""
         if isinstance(prompt, str):
             ptoks = self.tokenize(prompt, special=special)
@@ -249,8 +249,8 @@ class Model:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise ValueError("stop must be a non-empty string or a list of them")
-        stop_ids = set(self.tokenizer.eot_ids)
-        if self.tokenizer.eos_id is not None:
+        stop_ids = set() if ignore_eos else set(self.tokenizer.eot_ids)
+        if self.tokenizer.eos_id is not None and not ignore_eos:
             stop_ids.add(self.tokenizer.eos_id)
         dec = self.tokenizer.stream_decoder()
         held = ""  # text that might be the start of a stop string
@@ -278,11 +278,11 @@ class Model:
                 held = ""
 
     def generate(self, prompt: Union[str, Sequence[int]], max_tokens: int = 128, stream: bool = False,
-                 stop=None, **sampling):
+                 stop=None, ignore_eos: bool = False, **sampling):
         """Continue `prompt`. Returns the text, or an iterator of text pieces with stream=True.
         Sampling options: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed."""
         params = SamplingParams.from_kwargs(**sampling)
-        it = self._stream_text(prompt, max_tokens, stop, params)
+        it = self._stream_text(prompt, max_tokens, stop, params, ignore_eos=ignore_eos)
         if stream:
             return (piece for piece, _ in it if piece)
         return "".join(piece for piece, _ in it)
@@ -293,10 +293,11 @@ class Model:
         return {"prompt_tokens": self.stats["prompt_tokens"], "completion_tokens": self.stats["gen_tokens"],
                 "total_tokens": self.stats["prompt_tokens"] + self.stats["gen_tokens"]}
 
-    def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: int = 16, stream: bool = False, stop=None, **sampling):
+    def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: int = 16, stream: bool = False,
+                          stop=None, ignore_eos: bool = False, **sampling):
         params = SamplingParams.from_kwargs(**sampling)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        it = self._stream_text(prompt, max_tokens, stop, params)
+        it = self._stream_text(prompt, max_tokens, stop, params, ignore_eos=ignore_eos)
 
         def chunk(text, reason):
             return {"id": cid, "object": "text_completion", "created": created, "model": self.name,

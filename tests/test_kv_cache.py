@@ -30,7 +30,7 @@ def test_three_times_n_ctx_with_context_shift_on_the_real_model(cache):
     prompt = m.chat_template.render([{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}])
     ids = m.tokenize(prompt, special=True)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    r = m.create_completion(ids, max_tokens=3 * n_ctx, temperature=0.7, seed=3)
+    r = m.create_completion(ids, max_tokens=3 * n_ctx, temperature=0.7, seed=3, ignore_eos=True)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     print(f"3 x n_ctx = {3 * n_ctx} tokens, {m.n_shifts} shifts, peak RSS grew {grown_mb:.1f} MB")
     assert r["usage"]["completion_tokens"] == 3 * n_ctx and r["choices"][0]["finish_reason"] == "length"
