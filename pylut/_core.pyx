@@ -136,7 +136,7 @@ cdef class QMatrix:
     """A weight matrix W[m, k] packed in the bit-plane layout of include/pylut/pylut.h.
     Build with QMatrix.from_codes (B-types) or QMatrix.from_trits (dense ternary T3)."""
     cdef pylut_qmatrix qm
-    cdef readonly object codes_buf, scale_buf, bias_buf
+    cdef readonly object codes_buf, scale_buf, bias_buf, sub_scale_buf, sub_bias_buf
 
     @staticmethod
     def layout(int type, int64_t m, int64_t k, int group=128, bint has_bias=False):
@@ -149,10 +149,25 @@ cdef class QMatrix:
 
     @staticmethod
     def from_packed(int type, int64_t m, int64_t k, int group, bint has_bias, codes,
-                    scale=None, bias=None, zero=None):
-        """Wrap already-packed buffers (e.g. from a packed-model file); sizes are checked."""
+                    scale=None, bias=None, zero=None, int super_=0, sub_scale=None, sub_bias=None):
+        """Wrap already-packed buffers (e.g. from a packed-model file); sizes are checked.
+        super_ > 0: two-level scales (scale/bias per super-block, int8 sub_scale/sub_bias)."""
         cdef QMatrix self = QMatrix.__new__(QMatrix)
         _check(pylut_qmatrix_layout(&self.qm, type, m, k, group, has_bias), "QMatrix.from_packed")
+        if super_:
+            _check(pylut_qmatrix_set_super(&self.qm, super_), "QMatrix.from_packed (super-block)")
+            for name, a in (("sub_scale", sub_scale), ("sub_bias", sub_bias if has_bias else None)):
+                if a is None and name == "sub_bias":
+                    continue
+                a = _array(a, np.int8, 1, name)
+                if a.size != self.qm.sub_count:
+                    raise ValueError(f"{name} has {a.size} entries, layout needs {self.qm.sub_count}")
+                if name == "sub_scale":
+                    self.sub_scale_buf = a
+                    self.qm.sub_scale = <int8_t *>cnp.PyArray_DATA(a)
+                else:
+                    self.sub_bias_buf = a
+                    self.qm.sub_bias = <int8_t *>cnp.PyArray_DATA(a)
         if zero is not None:
             if has_bias or type == PYLUT_TYPE_T3:
                 raise ValueError("zero applies to matrices without a bias array")
@@ -203,6 +218,33 @@ cdef class QMatrix:
         return self
 
     @staticmethod
+    def from_codes_super(codes, d, sub_scale, dmin=None, sub_bias=None, int bits=2, int group=16,
+                         int super_=256, zero=None):
+        """Two-level scales, llama.cpp's K-quants exactly: per super-block of super_ weights
+        an fp16 d (and dmin), per group int8 sub_scale (and sub_bias); W = d*sub_scale*codes
+        + dmin*sub_bias, or without dmin W = d*sub_scale*(codes - zero).
+        d, dmin: [m, k_pad/super_]; sub_scale, sub_bias: [m, k_pad/group]."""
+        codes = _array(codes, np.uint8, 2, "codes")
+        m, k = codes.shape
+        cdef pylut_qmatrix q
+        _check(pylut_qmatrix_layout(&q, bits, m, k, group, dmin is not None), "QMatrix.from_codes_super")
+        _check(pylut_qmatrix_set_super(&q, super_), "QMatrix.from_codes_super (super_ must be a multiple of group)")
+        n_super, n_groups = q.k_pad // super_, q.k_pad // group
+        if codes.size and int(codes.max()) >> bits:
+            raise ValueError(f"codes must be < 2^{bits} = {1 << bits}, max is {int(codes.max())}")
+        d16 = _tile_params(_group_params(d, m, n_super, "d"), q.m_pad, n_super)
+        sc8 = _tile_int8(sub_scale, m, q.m_pad, n_groups, "sub_scale")
+        dm16 = sb8 = None
+        if dmin is not None:
+            dm16 = _tile_params(_group_params(dmin, m, n_super, "dmin"), q.m_pad, n_super)
+            sb8 = _tile_int8(sub_bias, m, q.m_pad, n_groups, "sub_bias")
+        cdef QMatrix self = QMatrix.from_packed(bits, m, k, group, dmin is not None,
+                                                np.zeros(q.codes_bytes, np.uint8), d16, dm16, zero,
+                                                super_, sc8, sb8)
+        self._pack(codes)
+        return self
+
+    @staticmethod
     def from_trits(trits, scale, int group=256):
         """trits: int8 [m, k] in {-1, 0, 1}; scale: float [m, ceil(k/group)] (or [m]: one per
         row), stored as fp16. W = scale * trits per group, packed densely (3 weights per 5
@@ -249,6 +291,11 @@ cdef class QMatrix:
         return self.qm.group
 
     @property
+    def super_block(self):
+        """Weights per super-block of two-level scales, or 0."""
+        return self.qm.super
+
+    @property
     def has_bias(self):
         return bool(self.qm.has_bias)
 
@@ -265,7 +312,7 @@ cdef class QMatrix:
     def nbytes(self):
         """Bytes a GEMV reads: packed codes + scales (+ biases)."""
         n = self.codes_buf.nbytes
-        for b in (self.scale_buf, self.bias_buf):
+        for b in (self.scale_buf, self.bias_buf, self.sub_scale_buf, self.sub_bias_buf):
             if b is not None:
                 n += b.nbytes
         return n
@@ -290,10 +337,18 @@ cdef class QMatrix:
         codes = self.unpack_codes().astype(np.float32)
         g = self.qm.group
         n_groups = self.qm.k_pad // g
-        s = _untile_params(self.scale_buf, self.qm.m_pad, n_groups)[:m]
+        if self.qm.super:
+            gps, n_super = self.qm.super // g, self.qm.k_pad // self.qm.super
+            s = np.repeat(_untile_params(self.scale_buf, self.qm.m_pad, n_super), gps, axis=1)
+            s = (s * _untile_int8(self.sub_scale_buf, self.qm.m_pad, n_groups))[:m]
+        else:
+            s = _untile_params(self.scale_buf, self.qm.m_pad, n_groups)[:m]
         if self.qm.type == PYLUT_TYPE_T3:
             return np.repeat(s, g, axis=1)[:, :k] * (codes - 1.0)
-        if self.qm.has_bias:
+        if self.qm.has_bias and self.qm.super:
+            b = np.repeat(_untile_params(self.bias_buf, self.qm.m_pad, n_super), gps, axis=1)
+            b = (b * _untile_int8(self.sub_bias_buf, self.qm.m_pad, n_groups))[:m]
+        elif self.qm.has_bias:
             b = _untile_params(self.bias_buf, self.qm.m_pad, n_groups)[:m]
         else:
             b = -s * self.qm.zero
@@ -317,6 +372,22 @@ def _tile_params(a, m_pad, n_groups):
     full[: a.shape[0]] = a.astype(np.float16)
     return np.ascontiguousarray(full.reshape(m_pad // TILE_M, TILE_M, n_groups)
                                 .transpose(0, 2, 1)).reshape(-1).view(np.uint16)
+
+
+def _tile_int8(a, m, m_pad, n_groups, name):
+    a = np.asarray(a)
+    if a.shape != (m, n_groups):
+        raise ValueError(f"{name} must have shape ({m}, {n_groups}), got {a.shape}")
+    if a.size and (a.min() < -128 or a.max() > 127):
+        raise ValueError(f"{name} must fit int8")
+    full = np.zeros((m_pad, n_groups), np.int8)
+    full[:m] = a
+    return np.ascontiguousarray(full.reshape(m_pad // TILE_M, TILE_M, n_groups).transpose(0, 2, 1)).reshape(-1)
+
+
+def _untile_int8(buf, m_pad, n_groups):
+    return (buf.reshape(m_pad // TILE_M, n_groups, TILE_M).transpose(0, 2, 1)
+            .reshape(m_pad, n_groups).astype(np.float32))
 
 
 def _untile_params(buf, m_pad, n_groups):

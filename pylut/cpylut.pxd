@@ -29,11 +29,15 @@ cdef extern from "pylut/pylut.h" nogil:
         int32_t group
         int32_t has_bias
         float zero
+        int32_t super "super"
         int64_t codes_bytes
         int64_t scale_count
+        int64_t sub_count
         uint8_t *codes
         uint16_t *scale
         uint16_t *bias
+        int8_t *sub_scale
+        int8_t *sub_bias
 
     ctypedef struct pylut_lut:
         int32_t kind
@@ -55,6 +59,7 @@ cdef extern from "pylut/pylut.h" nogil:
         uint16_t *bias
 
     int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias)
+    int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super_)
     int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld)
     int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld)
     int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g)

@@ -171,6 +171,41 @@ def _expected(cfg: dict[str, Any]) -> list[_Spec]:
 
 # ---------------------------------------------------------------- tensor conversion
 
+# K-quant block layouts: bytes per 256-weight super-block, offset of fp16 d, of fp16 dmin
+_K_SUPER = {"Q2_K": (84, 80, 82), "Q3_K": (110, 108, None), "Q4_K": (144, 0, 2),
+            "Q5_K": (176, 0, 2), "Q6_K": (210, 208, None)}
+
+
+def _k_super(info: TensorInfo, q: quants.QuantCodes):
+    """Two-level form of a K-quant: (d, sub_scale, dmin, sub_bias, zero) with scale = d *
+    sub_scale and bias = dmin * sub_bias (or -zero * scale) exactly, or None."""
+    size, d_off, dmin_off = _K_SUPER[q.type_name]
+    m, k = q.codes.shape
+    blocks = info.data.reshape(m, k // 256, size)
+    field = lambda off: np.ascontiguousarray(blocks[:, :, off:off + 2]).view("<f2")[..., 0].astype(np.float32)  # noqa: E731
+    gps = 256 // q.group
+
+    def sub_values(full, level):
+        lv = np.repeat(level, gps, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(lv != 0, full / lv, 0.0)
+        if not np.all(np.isfinite(v)) or np.any((v < -128) | (v > 127)) or not np.array_equal(np.rint(v), v):
+            return None
+        v = v.astype(np.int8)
+        return v if np.array_equal(lv * v.astype(np.float32), full) else None
+
+    d = field(d_off)
+    sc = sub_values(q.scale, d)
+    if sc is None:
+        return None
+    if dmin_off is None:  # Q3_K, Q6_K: bias = -2^(b-1) * scale
+        zero = float(1 << (q.bits - 1))
+        return (d, sc, None, None, zero) if np.array_equal(q.bias, q.scale * np.float32(-zero)) else None
+    dmin = field(dmin_off)
+    mn = sub_values(q.bias, dmin)
+    return None if mn is None else (d, sc, dmin, mn, None)
+
+
 def _ternary_float(w: np.ndarray) -> tuple[np.ndarray, float] | None:
     """(trits, s) when w only holds -s, 0 and +s (a ternarized float matrix), else None."""
     s = float(np.abs(w).max()) if w.size else 0.0
@@ -209,6 +244,12 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
         return _core.QMatrix.from_trits(trits, scale, group=q.group)
     if q.group % 8 or not _core.MIN_GROUP <= q.group <= _core.MAX_GROUP:
         raise ValueError(f"group {q.group} of {type_name} does not fit the kernel")
+    if type_name in _K_SUPER and multiplier == 1.0:
+        two = _k_super(info, q)
+        if two is not None:  # exact, and ~0.5-1 bit/weight smaller than fp16 per group
+            d, sc, dmin, mn, zero = two
+            return _core.QMatrix.from_codes_super(q.codes, d, sc, dmin, mn, bits=q.bits, group=q.group,
+                                                  super_=256, zero=zero)
     scale, bias = q.scale, q.bias
     if multiplier != 1.0:
         scale, bias = scale * np.float32(multiplier), bias * np.float32(multiplier)

@@ -25,7 +25,7 @@ from ._version import __version__
 log = logging.getLogger("pylut")
 
 MAGIC = b"PYLUTPK\0"
-FORMAT_VERSION = 3  # 2: T3 fp16 scales per group; 3: implied-bias (zero) matrices
+FORMAT_VERSION = 4  # 2: T3 fp16 scales; 3: implied-bias (zero) matrices; 4: two-level scales
 ALIGN = 64
 _PREFIX = struct.Struct("<8sIIQ")
 
@@ -79,8 +79,8 @@ def save(loaded, out_path: str) -> None:
         by_id[id(t)] = name
         if isinstance(t, _core.QMatrix):
             e = {"kind": "q", "type": t.type, "m": t.shape[0], "k": t.shape[1], "group": t.group,
-                 "has_bias": t.has_bias, "zero": t.zero, "codes": add(t.codes_buf)}
-            for field in ("scale_buf", "bias_buf"):
+                 "has_bias": t.has_bias, "zero": t.zero, "super": t.super_block, "codes": add(t.codes_buf)}
+            for field in ("scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf"):
                 buf = getattr(t, field)
                 e[field[:-4]] = None if buf is None else add(buf)
             entries[name] = e
@@ -153,7 +153,8 @@ def load(pack_path: str):
             if e["kind"] == "q":
                 tensors[name] = _core.QMatrix.from_packed(
                     e["type"], e["m"], e["k"], e["group"], e["has_bias"], view(e["codes"], np.uint8),
-                    view(e["scale"], np.uint16), view(e["bias"], np.uint16), e.get("zero"))
+                    view(e["scale"], np.uint16), view(e["bias"], np.uint16), e.get("zero"),
+                    e["super"], view(e["sub_scale"], np.int8), view(e["sub_bias"], np.int8))
             elif e["kind"] == "f":
                 tensors[name] = view(e["data"], np.float32).reshape(e["shape"])
         for name, e in h["tensors"].items():

@@ -38,15 +38,30 @@ static ALWAYS_INLINE void widen_add(__m256i a16, int sh, __m256i *r0, __m256i *r
     *r1 = _mm256_add_epi32(*r1, _mm256_slli_epi32(hi, sh));
 }
 
+static ALWAYS_INLINE __m256 load_f16x8(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* 8 rows' scale (or bias) of group g: fp16, or fp16 super-block value * int8 sub-value */
+static ALWAYS_INLINE __m256 group_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
+                                        int64_t t, int64_t g, int q) {
+    const int64_t groups = qm->k_pad / qm->group;
+    if (!qm->super) return load_f16x8(base + (t * groups + g) * PYLUT_TILE_M + 8 * q);
+    const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
+    const __m256 d = load_f16x8(base + (t * supers + g / gps) * PYLUT_TILE_M + 8 * q);
+    const __m128i s8 = _mm_loadl_epi64((const __m128i *)(sub + (t * groups + g) * PYLUT_TILE_M + 8 * q));
+    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s8)));
+}
+
 /* Apply one scale group's integer sums A (rows 0..63 as 8 x int32x8) to the float acc. */
-static ALWAYS_INLINE void group_apply(const pylut_qmatrix *qm, int64_t si, float f, float h,
+static ALWAYS_INLINE void group_apply(const pylut_qmatrix *qm, int64_t t, int64_t g, float f, float h,
                                       float sx, const __m256i A[8], __m256 acc[8]) {
     const __m256 vf = _mm256_set1_ps(f);
     for (int q = 0; q < 8; q++) {
-        __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(qm->scale + si + 8 * q)));
+        __m256 s = group_param(qm, qm->scale, qm->sub_scale, t, g, q);
         acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, vf), _mm256_cvtepi32_ps(A[q]), acc[q]);
         if (qm->has_bias) {
-            __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(qm->bias + si + 8 * q)));
+            __m256 b = group_param(qm, qm->bias, qm->sub_bias, t, g, q);
             acc[q] = _mm256_fmadd_ps(_mm256_fmadd_ps(s, _mm256_set1_ps(h), b), _mm256_set1_ps(sx), acc[q]);
         } else if (h != qm->zero) { /* implied bias -scale*zero: c = scale * (h - zero) */
             acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(h - qm->zero)), _mm256_set1_ps(sx), acc[q]);
@@ -109,7 +124,7 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
             for (int p = 0; p < npair; p++) widen_add(pacc[p][q], 2 * p, &A[2 * q], &A[2 * q + 1]);
             if (lone) widen_add(lacc[q], bits - 1, &A[2 * q], &A[2 * q + 1]);
         }
-        group_apply(qm, (t * groups + g) * PYLUT_TILE_M, 0.5f * L->tscale[g], h, L->sumx[g], A, acc);
+        group_apply(qm, t, g, 0.5f * L->tscale[g], h, L->sumx[g], A, acc);
     }
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
 }

@@ -49,6 +49,18 @@ static ALWAYS_INLINE void store_tile(float *y, int64_t row0, int64_t m, const __
     }
 }
 
+/* 16 rows' scale (or bias) of group g: fp16, or fp16 super-block value * int8 sub-value */
+static ALWAYS_INLINE __m512 group_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
+                                        int64_t t, int64_t g, int q) {
+    const int64_t groups = qm->k_pad / qm->group;
+    if (!qm->super)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(base + (t * groups + g) * PYLUT_TILE_M + 16 * q)));
+    const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(base + (t * supers + g / gps) * PYLUT_TILE_M + 16 * q)));
+    const __m128i s8 = _mm_loadu_si128((const __m128i *)(sub + (t * groups + g) * PYLUT_TILE_M + 16 * q));
+    return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)));
+}
+
 /* ------------------------------------------------------------------ B-type GEMM */
 
 static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
@@ -104,13 +116,12 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
             for (int p = 0; p < npair; p++) widen_add(pacc[p][half], 2 * p, &A[2 * half], &A[2 * half + 1]);
             if (lone) widen_add(lacc[half], bits - 1, &A[2 * half], &A[2 * half + 1]);
         }
-        const int64_t si = (t * groups + g) * PYLUT_TILE_M;
         const __m512 vf = _mm512_set1_ps(0.5f * L->tscale[g]);
         for (int q = 0; q < 4; q++) {
-            __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + si + 16 * q)));
+            __m512 s = group_param(qm, qm->scale, qm->sub_scale, t, g, q);
             acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, vf), _mm512_cvtepi32_ps(A[q]), acc[q]);
             if (qm->has_bias) {
-                __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + si + 16 * q)));
+                __m512 b = group_param(qm, qm->bias, qm->sub_bias, t, g, q);
                 acc[q] = _mm512_fmadd_ps(_mm512_fmadd_ps(s, _mm512_set1_ps(h), b), _mm512_set1_ps(L->sumx[g]), acc[q]);
             } else if (h != qm->zero) { /* implied bias -scale*zero: c = scale * (h - zero) */
                 acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(h - qm->zero)), _mm512_set1_ps(L->sumx[g]), acc[q]);

@@ -62,6 +62,20 @@ static ALWAYS_INLINE int16x8_t fold_pair(int16x8_t acc, int8x16_t v) {
     return vsraq_n_s16(acc, vreinterpretq_s16_s8(v), 8);
 }
 
+/* 4 rows' (from row r0 of the tile) scale or bias of group g: fp16, or fp16 super-block
+ * value * int8 sub-value */
+static ALWAYS_INLINE float32x4_t group_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
+                                             int64_t t, int64_t g, int r0) {
+    const int64_t groups = qm->k_pad / qm->group;
+    if (!qm->super) return load_f16x4(base + (t * groups + g) * PYLUT_TILE_M + r0);
+    const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
+    const float32x4_t d = load_f16x4(base + (t * supers + g / gps) * PYLUT_TILE_M + r0);
+    int8_t v[8] = {0};
+    memcpy(v, sub + (t * groups + g) * PYLUT_TILE_M + r0, 4);
+    const int32x4_t s32 = vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(v))));
+    return vmulq_f32(d, vcvtq_f32_s32(s32));
+}
+
 /* int16 x8 (8 rows) -> int32 x4 twice, times 2^sh, added to a[0], a[1]. vshlq with a
  * register count keeps sh a plain int (the _n forms want an immediate at every call site). */
 static ALWAYS_INLINE void widen_add(int16x8_t v, int sh, int32x4_t a[2]) {
@@ -125,16 +139,15 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
         }
         /* epilogue in the scalar twin's order: acc += (s*f)*A; acc += (bias + s*h)*sumx */
         const float f = 0.5f * L->tscale[g], sx = L->sumx[g];
-        const int64_t si = (t * groups + g) * PYLUT_TILE_M;
         for (int q = 0; q < 8; q++) {
             int32x4_t A[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
             for (int p = 0; p < npair; p++) widen_add(pacc[p][q], 2 * p, A);
             if (lone) widen_add(lacc[q], bits - 1, A);
             for (int e = 0; e < 2; e++) {
-                const float32x4_t s = load_f16x4(qm->scale + si + 8 * q + 4 * e);
+                const float32x4_t s = group_param(qm, qm->scale, qm->sub_scale, t, g, 8 * q + 4 * e);
                 float32x4_t a = vfmaq_f32(acc[2 * q + e], vmulq_n_f32(s, f), vcvtq_f32_s32(A[e]));
                 if (qm->has_bias) {
-                    const float32x4_t b = load_f16x4(qm->bias + si + 8 * q + 4 * e);
+                    const float32x4_t b = group_param(qm, qm->bias, qm->sub_bias, t, g, 8 * q + 4 * e);
                     a = vfmaq_n_f32(a, vfmaq_n_f32(b, s, h), sx);
                 } else if (h != qm->zero) { /* implied bias -scale*zero */
                     a = vfmaq_n_f32(a, vmulq_n_f32(s, h - qm->zero), sx);

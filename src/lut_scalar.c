@@ -117,10 +117,9 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                 }
                 const float f = 0.5f * L->tscale[g], sx = L->sumx[g];
                 for (int r = 0; r < PYLUT_TILE_M; r++) {
-                    int64_t si = (t * groups + g) * PYLUT_TILE_M + r;
-                    float s = pylut_fp16_to_fp32(qm->scale[si]);
+                    float s = pylut_b_scale(qm, t, g, r);
                     acc[r] += (s * f) * (float)A[r];
-                    if (qm->has_bias) acc[r] += (pylut_fp16_to_fp32(qm->bias[si]) + s * h) * sx;
+                    if (qm->has_bias) acc[r] += (pylut_b_bias(qm, t, g, r) + s * h) * sx;
                     else if (h != qm->zero) acc[r] += (s * (h - qm->zero)) * sx;
                 }
             }

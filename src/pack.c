@@ -87,6 +87,18 @@ int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int 
     return PYLUT_OK;
 }
 
+int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super) {
+    if (!qm || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8) return PYLUT_EINVAL;
+    if (super == 0) return PYLUT_OK;
+    if (super < qm->group || super % qm->group || super > 4096) return PYLUT_EINVAL;
+    qm->super = super;
+    qm->k_pad = round_up(qm->k, super);
+    qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / PYLUT_KGROUP) * pylut_b_kgroup_bytes(qm->bits);
+    qm->scale_count = qm->m_pad * (qm->k_pad / super);
+    qm->sub_count = qm->m_pad * (qm->k_pad / qm->group);
+    return PYLUT_OK;
+}
+
 int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
     if (!lut || !qm) return PYLUT_EINVAL;
     memset(lut, 0, sizeof(*lut));
@@ -255,9 +267,10 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
         int e = (int)(col % PYLUT_KGROUP), c = 0;
         const uint8_t *blk = qm->codes + (t * kgroups + j) * kgb;
         for (int i = 0; i < bits; i++) c |= ((blk[offs[i]] >> (e + (his[i] ? 4 : 0))) & 1) << i;
-        float s = pylut_fp16_to_fp32(qm->scale[si]);
-        float b = qm->has_bias ? pylut_fp16_to_fp32(qm->bias[si]) : -s * qm->zero;
+        float s = pylut_b_scale(qm, t, g, r);
+        float b = qm->has_bias ? pylut_b_bias(qm, t, g, r) : -s * qm->zero;
         (void)h;
+        (void)si;
         out[col] = s * (float)c + b;
     }
     return PYLUT_OK;

@@ -53,6 +53,16 @@ def make(mode, bits, m, k, group, seed=0):
     return pylut.quantize(w, bits=bits, group=group, mode=mode), rng
 
 
+def group_scales(q):
+    """Effective scale per (row, group) of a B-type matrix, one- or two-level."""
+    m, g, m_pad = q.shape[0], q.group, -(-q.shape[0] // 64) * 64
+    if not q.super_block:
+        return _core._untile_params(q.scale_buf, m_pad, q.k_pad // g)[:m]
+    d = _core._untile_params(q.scale_buf, m_pad, q.k_pad // q.super_block)
+    sc = _core._untile_int8(q.sub_scale_buf, m_pad, q.k_pad // g)
+    return (np.repeat(d, q.super_block // g, axis=1) * sc)[:m]
+
+
 def lut_error_bound(q, x):
     """Worst-case |y - W x| caused by rounding table entries to int8 (see module doc)."""
     m, k = q.shape
@@ -72,7 +82,7 @@ def lut_error_bound(q, x):
         xp[:k] = xv
         kg = np.abs(xp.reshape(-1, 4)).sum(1).reshape(-1, g // 4)
         tscale = kg.max(1) / 127  # per scale group
-        s = np.abs(_core._untile_params(q.scale_buf, -(-m // 64) * 64, q.k_pad // g)[:m])
+        s = np.abs(group_scales(q))
         per_group = 0.5 * tscale * ((1 << q.bits) - 1) / 2 * (g // 4)
         bounds.append(s @ per_group)
     return np.array(bounds).reshape(np.shape(x)[:-1] + (m,))
@@ -166,6 +176,39 @@ def test_implied_bias_zero_point(bits):
         assert np.abs(run(q, x, isa) - ref).max() <= 1e-5 * np.abs(ref).max()
     with pytest.raises(ValueError, match="zero"):
         pylut.QMatrix.from_codes(codes, d, None, bits=bits, group=g, zero=float(1 << bits))
+
+
+@pytest.mark.parametrize("bits,group,with_min", [(2, 16, True), (3, 16, False), (4, 32, True),
+                                                 (6, 16, False)])
+def test_two_level_scales(bits, group, with_min):
+    """llama.cpp K-quants: fp16 d/dmin per 256 weights, int8 sub-scales per group, exact."""
+    rng = np.random.default_rng(bits * 10 + group)
+    m, k, sup = 70, 512, 256
+    codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
+    d = rng.uniform(0.001, 0.01, (m, k // sup)).astype(np.float16).astype(np.float32)
+    sc = rng.integers(-32, 32, (m, k // group)).astype(np.int8)
+    kw = dict(bits=bits, group=group, super_=sup)
+    if with_min:
+        dmin = rng.uniform(0.001, 0.01, (m, k // sup)).astype(np.float16).astype(np.float32)
+        mn = -rng.integers(0, 16, (m, k // group)).astype(np.int8)
+        q = pylut.QMatrix.from_codes_super(codes, d, sc, dmin, mn, **kw)
+        bias = np.repeat(dmin, sup // group, 1) * mn
+    else:
+        z = float(1 << (bits - 1))
+        q = pylut.QMatrix.from_codes_super(codes, d, sc, zero=z, **kw)
+        bias = -z * np.repeat(d, sup // group, 1) * sc
+    scale = np.repeat(d, sup // group, 1) * sc
+    w = np.repeat(scale, group, 1) * codes + np.repeat(bias, group, 1)
+    assert np.array_equal(q.dequantize(), w.astype(np.float32))
+    # fewer bytes than fp16 scale + bias per group (counted over the padded 128 x k rows)
+    assert q.nbytes * 8 / (128 * q.k_pad) < bits + 32 / group
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    ref = run(q, x, "scalar")
+    assert np.all(np.abs(ref - x @ q.dequantize().T) <= lut_error_bound(q, x) * 1.0001 + 1e-5)
+    for isa in SIMD_ISAS:
+        assert np.abs(run(q, x, isa) - ref).max() <= 1e-5 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="super"):
+        pylut.QMatrix.from_codes_super(codes, d, sc, bits=bits, group=group, super_=group * 3 + 8)
 
 
 def test_lossless_codes_give_exact_dequantize():

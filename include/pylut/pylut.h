@@ -93,17 +93,26 @@ typedef struct {
     int32_t has_bias;    /* B: bias array present (else bias = -scale * zero, implied) */
     float zero;          /* B without bias: the code meaning 0 (layout sets the symmetric
                           * (2^b-1)/2; Q4_0-style grids use 2^(b-1) and save the bias array) */
+    int32_t super;       /* B: 0, or weights per super-block (llama.cpp K-quants, 256): then
+                          * scale/bias hold fp16 d/dmin per (row, super-block) and the group's
+                          * scale = d * sub_scale, bias = dmin * sub_bias (int8): exact */
     int64_t codes_bytes; /* required sizes of the caller's buffers */
     int64_t scale_count; /* fp16 entries of scale (and bias) */
+    int64_t sub_count;   /* int8 entries of sub_scale (and sub_bias) when super */
     uint8_t *codes;
-    uint16_t *scale;     /* fp16 bits */
+    uint16_t *scale;     /* fp16 bits [m_pad/64][k_pad/(super or group)][64] */
     uint16_t *bias;      /* B: fp16 bits or NULL; T3: NULL */
+    int8_t *sub_scale;   /* super: [m_pad/64][k_pad/group][64] */
+    int8_t *sub_bias;    /* super with bias: same shape */
 } pylut_qmatrix;
 
 /* Fill shape/size fields of *qm for a matrix of this type. Returns PYLUT_EINVAL on a bad
  * type, group (B: multiple of 8 in [8,256]; T3: [6, 768]), or non-positive / huge shape. */
 int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias);
 
+/* Two-level scales for a B-type layout (after pylut_qmatrix_layout): super-blocks of
+ * `super` weights, a multiple of group <= 4096; k_pad grows to a multiple of super. */
+int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super);
 /* 1 if every field of *qm agrees with pylut_qmatrix_layout and the buffers are set. */
 int pylut_qmatrix_valid(const pylut_qmatrix *qm);
 /* Dequantize row `row` into out[k] (scalar; embedding lookups read one row per token). */
