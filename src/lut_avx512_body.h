@@ -61,6 +61,12 @@ static ALWAYS_INLINE __m512 group_param(const pylut_qmatrix *qm, const uint16_t 
     return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)));
 }
 
+/* 16 rows' int8 sub-values of group g as floats */
+static ALWAYS_INLINE __m512 sub_values(const int8_t *sub, int64_t t, int64_t g, int64_t groups, int q) {
+    const __m128i s8 = _mm_loadu_si128((const __m128i *)(sub + (t * groups + g) * PYLUT_TILE_M + 16 * q));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8));
+}
+
 /* ------------------------------------------------------------------ B-type GEMM */
 
 static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
@@ -71,8 +77,9 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     const float h = (float)((1 << bits) - 1) * 0.5f;
     const __m512i m0f = _mm512_set1_epi8(0x0f);
     const __m512i mul12 = _mm512_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
-    __m512 acc[4];
-    for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_ps();
+    __m512 acc[4], dsup[4], dmsup[4]; /* dsup/dmsup: the current super-block's d, dmin */
+    const int64_t gps = qm->super ? qm->super / qm->group : 1;
+    for (int q = 0; q < 4; q++) acc[q] = dsup[q] = dmsup[q] = _mm512_setzero_ps();
     const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     const int8_t *T = L->tbl;
     for (int64_t g = 0; g < groups; g++) {
@@ -117,11 +124,21 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
             if (lone) widen_add(lacc[half], bits - 1, &A[2 * half], &A[2 * half + 1]);
         }
         const __m512 vf = _mm512_set1_ps(0.5f * L->tscale[g]);
+        if (qm->super && g % gps == 0) { /* a new super-block: its d (and dmin) once */
+            const int64_t at = (t * (qm->k_pad / qm->super) + g / gps) * PYLUT_TILE_M;
+            for (int q = 0; q < 4; q++) {
+                dsup[q] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + at + 16 * q)));
+                if (qm->has_bias)
+                    dmsup[q] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + at + 16 * q)));
+            }
+        }
         for (int q = 0; q < 4; q++) {
-            __m512 s = group_param(qm, qm->scale, qm->sub_scale, t, g, q);
+            __m512 s = qm->super ? _mm512_mul_ps(dsup[q], sub_values(qm->sub_scale, t, g, groups, q))
+                                 : group_param(qm, qm->scale, qm->sub_scale, t, g, q);
             acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, vf), _mm512_cvtepi32_ps(A[q]), acc[q]);
             if (qm->has_bias) {
-                __m512 b = group_param(qm, qm->bias, qm->sub_bias, t, g, q);
+                __m512 b = qm->super ? _mm512_mul_ps(dmsup[q], sub_values(qm->sub_bias, t, g, groups, q))
+                                     : group_param(qm, qm->bias, qm->sub_bias, t, g, q);
                 acc[q] = _mm512_fmadd_ps(_mm512_fmadd_ps(s, _mm512_set1_ps(h), b), _mm512_set1_ps(L->sumx[g]), acc[q]);
             } else if (h != qm->zero) { /* implied bias -scale*zero: c = scale * (h - zero) */
                 acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(h - qm->zero)), _mm512_set1_ps(L->sumx[g]), acc[q]);
