@@ -49,20 +49,15 @@ void pylut_attn_f16_scalar(const float *q, const uint16_t *k, const uint16_t *v,
 void pylut_attn_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len, int hd,
                     float scale, float *out, float *scores);
 
-/* A B-type matrix's scale and bias of (row r of tile t, group g), one- or two-level. */
-static inline float pylut_b_scale(const pylut_qmatrix *qm, int64_t t, int64_t g, int r) {
+/* A B-type matrix's scale (base = qm->scale, sub = qm->sub_scale) or bias (qm->bias,
+ * qm->sub_bias) of (row r of tile t, group g): fp16, or fp16 super-block value * int8. */
+static inline float pylut_b_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
+                                  int64_t t, int64_t g, int r) {
     const int64_t groups = qm->k_pad / qm->group;
-    if (!qm->super) return pylut_fp16_to_fp32(qm->scale[(t * groups + g) * PYLUT_TILE_M + r]);
+    if (!qm->super) return pylut_fp16_to_fp32(base[(t * groups + g) * PYLUT_TILE_M + r]);
     const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
-    return pylut_fp16_to_fp32(qm->scale[(t * supers + g / gps) * PYLUT_TILE_M + r]) *
-           (float)qm->sub_scale[(t * groups + g) * PYLUT_TILE_M + r];
-}
-static inline float pylut_b_bias(const pylut_qmatrix *qm, int64_t t, int64_t g, int r) {
-    const int64_t groups = qm->k_pad / qm->group;
-    if (!qm->super) return pylut_fp16_to_fp32(qm->bias[(t * groups + g) * PYLUT_TILE_M + r]);
-    const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
-    return pylut_fp16_to_fp32(qm->bias[(t * supers + g / gps) * PYLUT_TILE_M + r]) *
-           (float)qm->sub_bias[(t * groups + g) * PYLUT_TILE_M + r];
+    return pylut_fp16_to_fp32(base[(t * supers + g / gps) * PYLUT_TILE_M + r]) *
+           (float)sub[(t * groups + g) * PYLUT_TILE_M + r];
 }
 
 /* Row tiles [tile0, tile1) of y[n][m] = W x_n with the active ISA's kernel: for callers that

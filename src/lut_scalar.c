@@ -117,9 +117,9 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                 }
                 const float f = 0.5f * L->tscale[g], sx = L->sumx[g];
                 for (int r = 0; r < PYLUT_TILE_M; r++) {
-                    float s = pylut_b_scale(qm, t, g, r);
+                    float s = pylut_b_param(qm, qm->scale, qm->sub_scale, t, g, r);
                     acc[r] += (s * f) * (float)A[r];
-                    if (qm->has_bias) acc[r] += (pylut_b_bias(qm, t, g, r) + s * h) * sx;
+                    if (qm->has_bias) acc[r] += (pylut_b_param(qm, qm->bias, qm->sub_bias, t, g, r) + s * h) * sx;
                     else if (h != qm->zero) acc[r] += (s * (h - qm->zero)) * sx;
                 }
             }

@@ -267,8 +267,8 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
         int e = (int)(col % PYLUT_KGROUP), c = 0;
         const uint8_t *blk = qm->codes + (t * kgroups + j) * kgb;
         for (int i = 0; i < bits; i++) c |= ((blk[offs[i]] >> (e + (his[i] ? 4 : 0))) & 1) << i;
-        float s = pylut_b_scale(qm, t, g, r);
-        float b = qm->has_bias ? pylut_b_bias(qm, t, g, r) : -s * qm->zero;
+        float s = pylut_b_param(qm, qm->scale, qm->sub_scale, t, g, r);
+        float b = qm->has_bias ? pylut_b_param(qm, qm->bias, qm->sub_bias, t, g, r) : -s * qm->zero;
         (void)h;
         (void)si;
         out[col] = s * (float)c + b;
