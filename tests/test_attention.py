@@ -24,7 +24,7 @@ def reference(q, k, v):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("hd", [64, 80, 100, 128, 256])
-@pytest.mark.parametrize("length", [1, 7, 300, 2048])
+@pytest.mark.parametrize("length", [1, 7, 300, 2048, 8192])
 def test_attention_matches_reference(isa, hd, length):
     rng = np.random.default_rng(hd * 7 + length)
     q = rng.standard_normal(hd).astype(np.float32)
