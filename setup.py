@@ -2,7 +2,8 @@
 
 Per-ISA kernel units get their own instruction-set flags; everything else is compiled for the
 baseline ISA so the wheel runs on any x86-64 / aarch64 CPU. The kernels are chosen at run
-time (src/dispatch.c). Never build for the host CPU only (no "native" arch flags): such a wheel dies with SIGILL elsewhere.
+time (src/dispatch.c). Never build for the host CPU only (no "native" arch flags): such a
+wheel dies with SIGILL elsewhere.
 """
 import os
 import sysconfig
