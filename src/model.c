@@ -354,6 +354,16 @@ static void stage_gemm(step_ctx *c, int ith, int nth, int *stage, int n,
     barrier_wait(&c->bar, nth);
 }
 
+/* y[n][ldy] = W x for one matrix reading x[n][ldx]: its tables, then its tiles. */
+static void stage_matmul(step_ctx *c, int ith, int nth, int *stage, int n, const pylut_qmatrix *w,
+                         const float *x, int64_t ldx, float *y, int64_t ldy) {
+    const pylut_qmatrix *mats[1] = {w};
+    float *ys[1] = {y};
+    const int64_t lds[1] = {ldy};
+    stage_tables(c, ith, nth, x, ldx, n, mats, 1);
+    stage_gemm(c, ith, nth, stage, n, mats, ys, lds, 1);
+}
+
 static void attention(step_ctx *c, int l, int t, int h, float *scores) {
     const pylut_model *m = c->m;
     pylut_state *s = c->s;
@@ -422,13 +432,7 @@ static void step_task(void *arg, int ith, int nth) {
             for (int64_t t = t0; t < t1; t++) rmsnorm(s->att + t * qd, s->att + t * qd, L->attn_sub_norm, qd, m->norm_eps);
             barrier_wait(&c->bar, nth);
         }
-        {
-            const pylut_qmatrix *wo[1] = {L->wo};
-            float *outs[1] = {s->tmp};
-            const int64_t ld[1] = {dim};
-            stage_tables(c, ith, nth, s->att, qd, n, wo, 1);
-            stage_gemm(c, ith, nth, &stage, n, wo, outs, ld, 1);
-        }
+        stage_matmul(c, ith, nth, &stage, n, L->wo, s->att, qd, s->tmp, dim);
         for (int64_t t = t0; t < t1; t++) {
             for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
             rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
@@ -453,13 +457,7 @@ static void step_task(void *arg, int ith, int nth) {
             }
         }
         barrier_wait(&c->bar, nth);
-        {
-            const pylut_qmatrix *dn[1] = {L->w_down};
-            float *outs[1] = {s->tmp};
-            const int64_t ld[1] = {dim};
-            stage_tables(c, ith, nth, s->hb, ffn, n, dn, 1);
-            stage_gemm(c, ith, nth, &stage, n, dn, outs, ld, 1);
-        }
+        stage_matmul(c, ith, nth, &stage, n, L->w_down, s->hb, ffn, s->tmp, dim);
         for (int64_t t = t0; t < t1; t++)
             for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
         barrier_wait(&c->bar, nth);
@@ -474,11 +472,7 @@ static void step_task(void *arg, int ith, int nth) {
             rmsnorm(s->xb + t * dim, s->x + t * dim, m->output_norm, dim, m->norm_eps);
     }
     barrier_wait(&c->bar, nth);
-    const pylut_qmatrix *out[1] = {m->output};
-    float *ys[1] = {c->logits};
-    const int64_t ld[1] = {m->vocab};
-    stage_tables(c, ith, nth, s->xb + (int64_t)first * dim, dim, nl, out, 1);
-    stage_gemm(c, ith, nth, &stage, nl, out, ys, ld, 1);
+    stage_matmul(c, ith, nth, &stage, nl, m->output, s->xb + (int64_t)first * dim, dim, c->logits, m->vocab);
 }
 
 int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
