@@ -26,6 +26,17 @@ def prompt_ids(vocab, n, seed=0):
     return [int(t) for t in rng.integers(min(1000, vocab // 4), vocab - 1, n)]
 
 
+def best_time(reps, reset, run):
+    """Fastest of reps runs, each after reset() (outside the timing)."""
+    best = float("inf")
+    for _ in range(reps):
+        reset()
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -41,13 +52,7 @@ def worker_pylut(path, threads, n_prompt, n_gen, reps):
         m.pool = pylut.get_pool(t)
         m.reset()
         m.session.forward(ids[:8], m.pool)  # warm-up: page in the weights
-        best = float("inf")
-        for _ in range(reps):
-            m.reset()
-            t0 = time.perf_counter()
-            m.eval(ids)
-            best = min(best, time.perf_counter() - t0)
-        out[f"prefill_tps_t{t}"] = n_prompt / best
+        out[f"prefill_tps_t{t}"] = n_prompt / best_time(reps, m.reset, lambda: m.eval(ids))
         # decode through the public generate path (sampling, stop checks, detokenizing)
         gen_best, overhead = float("inf"), 1.0
         for _ in range(reps):
@@ -78,13 +83,7 @@ def worker_llama(path, threads, n_prompt, n_gen, reps):
                     n_batch=n_prompt, n_ubatch=n_prompt, verbose=False)
         ids = prompt_ids(llm.n_vocab(), n_prompt)
         llm.eval(ids[:8])
-        best = float("inf")
-        for _ in range(reps):
-            llm.reset()
-            t0 = time.perf_counter()
-            llm.eval(ids)
-            best = min(best, time.perf_counter() - t0)
-        out[f"prefill_tps_t{t}"] = n_prompt / best
+        out[f"prefill_tps_t{t}"] = n_prompt / best_time(reps, llm.reset, lambda: llm.eval(ids))
         dec = float("inf")
         for _ in range(reps):
             llm.reset()
