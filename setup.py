@@ -23,6 +23,8 @@ if IS_X86_64:
     ISA_FLAGS = {
         "lut_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "lut_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
+        "attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
         "lut_avx512vbmi.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                              "-mavx512vbmi"],
     }
@@ -30,7 +32,8 @@ if IS_X86_64:
 SOURCES = ["pylut/_core.pyx"] + [
     os.path.join("src", f)
     for f in ("dispatch.c", "pack.c", "i8_pack.c", "threadpool.c", "lut_scalar.c",
-              "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c", "model.c")
+              "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c", "model.c",
+              "attention.c", "attn_scalar.c", "attn_avx2.c", "attn_avx512.c", "attn_neon.c")
 ]
 
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",

@@ -10,6 +10,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from pylut.cpylut cimport *
 
@@ -127,6 +128,100 @@ def attention_f16(q, k, v, float scale):
         rc = pylut_attention_f16(&qv[0], &kv[0, 0], &vv[0, 0], kv.shape[1], kv.shape[0], kv.shape[1],
                                  scale, &ov[0], &sv[0])
     _check(rc, "attention_f16")
+    return out
+
+
+KV_TYPES = {"f16": PYLUT_KV_F16, "q8": PYLUT_KV_Q8, "q4": PYLUT_KV_Q4}
+
+
+def _kv_code(kv_type):
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
+    return KV_TYPES[kv_type]
+
+
+def kv_row_bytes(kv_type, int hd):
+    """Bytes of one cached head vector of hd elements in this cache type."""
+    cdef int64_t rb = pylut_kv_row_bytes(_kv_code(kv_type), hd)
+    if rb == 0:
+        raise ValueError(f"head size must be even and in [2, 512], got {hd}")
+    return int(rb)
+
+
+def kv_encode(x, kv_type):
+    """float32 [..., hd] -> the cache's encoded rows, uint8 [..., kv_row_bytes]."""
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim < 1:
+        raise ValueError("x must have a last axis of head size")
+    cdef int code = _kv_code(kv_type), hd = x.shape[-1]
+    cdef int64_t rb = kv_row_bytes(kv_type, hd), n = x.size // hd, i
+    flat = x.reshape(n, hd)
+    out = np.empty((n, rb), np.uint8)
+    cdef const float[:, ::1] xv = flat
+    cdef uint8_t[:, ::1] ov = out
+    with nogil:
+        for i in range(n):
+            pylut_kv_encode(code, hd, &xv[i, 0], &ov[i, 0])
+    return out.reshape(x.shape[:-1] + (rb,))
+
+
+def kv_decode(rows, kv_type, int hd):
+    """Encoded rows uint8 [..., kv_row_bytes] -> float32 [..., hd]."""
+    rows = np.ascontiguousarray(rows, np.uint8)
+    cdef int code = _kv_code(kv_type)
+    cdef int64_t rb = kv_row_bytes(kv_type, hd), n, i
+    if rows.ndim < 1 or rows.shape[-1] != rb:
+        raise ValueError(f"rows must have a last axis of {rb} bytes for {kv_type} head size {hd}")
+    n = rows.size // rb
+    out = np.empty((n, hd), np.float32)
+    cdef const uint8_t[:, ::1] rv = rows.reshape(n, rb)
+    cdef float[:, ::1] ov = out
+    with nogil:
+        for i in range(n):
+            pylut_kv_decode(code, hd, &rv[i, 0], &ov[i, 0])
+    return out.reshape(rows.shape[:-1] + (hd,))
+
+
+def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, scale=None,
+              ThreadPool pool=None):
+    """Causal attention of n query tokens over an encoded cache (the tiled kernel).
+
+    q: float32 [n, n_heads * hd]; k, v: uint8 [len, n_kv_heads, kv_row_bytes] (kv_encode's
+    rows); query t sits at position pos0 + t (default len - n) and sees positions 0..pos0+t.
+    Returns float32 [n, n_heads * hd]."""
+    q = _array(q, np.float32, 2, "q")
+    k = _array(k, np.uint8, 3, "k")
+    v = _array(v, np.uint8, 3, "v")
+    if n_heads < 1 or n_kv_heads < 1 or q.shape[1] % n_heads:
+        raise ValueError(f"q has {q.shape[1]} columns: not a multiple of n_heads={n_heads}")
+    cdef int hd = q.shape[1] // n_heads, code = _kv_code(kv_type)
+    cdef int64_t rb = kv_row_bytes(kv_type, hd)
+    if k.shape != v.shape or k.shape[1] != n_kv_heads or k.shape[2] != rb or k.shape[0] < 1:
+        raise ValueError(f"k and v must be [len >= 1, {n_kv_heads}, {rb}], got {k.shape} and {v.shape}")
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
+    p0 = k.shape[0] - q.shape[0] if pos0 is None else int(pos0)
+    if p0 < 0 or p0 + q.shape[0] > k.shape[0]:
+        raise ValueError(f"{q.shape[0]} queries from position {p0} run past the {k.shape[0]} cached positions")
+    if pool is None:
+        pool = ThreadPool(1)
+    out = np.empty_like(q)
+    cdef const float[:, ::1] qv = q
+    cdef const uint8_t[:, :, ::1] kv = k
+    cdef const uint8_t[:, :, ::1] vv = v
+    cdef float[:, ::1] ov = out
+    cdef pylut_attn_job job
+    memset(&job, 0, sizeof(job))
+    job.type, job.hd, job.n_heads, job.n_kv_heads = code, hd, n_heads, n_kv_heads
+    job.k, job.v, job.ld, job.len = &kv[0, 0, 0], &vv[0, 0, 0], n_kv_heads * rb, k.shape[0]
+    job.q, job.ldq, job.out, job.ldo = &qv[0, 0], q.shape[1], &ov[0, 0], q.shape[1]
+    job.n, job.pos0 = q.shape[0], p0
+    job.scale = (1.0 / np.sqrt(hd)) if scale is None else float(scale)
+    cdef int rc
+    with pool.lock:
+        with nogil:
+            rc = pylut_attention(pool.pool, &job)
+    _check(rc, "attention")
     return out
 
 

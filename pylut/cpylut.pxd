@@ -142,3 +142,30 @@ cdef extern from "pylut/model.h" nogil:
     uint16_t *pylut_state_kv(pylut_state *s)
     int pylut_state_set_pos(pylut_state *s, int pos)
     int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard)
+
+cdef extern from "pylut/attention.h" nogil:
+    enum:
+        PYLUT_KV_F16
+        PYLUT_KV_Q8
+        PYLUT_KV_Q4
+
+    int64_t pylut_kv_row_bytes(int type, int hd)
+    int pylut_kv_encode(int type, int hd, const float *x, uint8_t *row)
+    int pylut_kv_decode(int type, int hd, const uint8_t *row, float *x)
+
+    ctypedef struct pylut_attn_job:
+        int type, hd, n_heads, n_kv_heads
+        const uint8_t *k
+        const uint8_t *v
+        int64_t ld
+        int len
+        const float *q
+        int64_t ldq
+        float *out
+        int64_t ldo
+        int n, pos0
+        float scale
+        int splits
+        int64_t n_items
+
+    int pylut_attention(pylut_pool *pool, pylut_attn_job *job)

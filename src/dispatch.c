@@ -135,6 +135,25 @@ static const pylut_kernels *kernels_for(int isa) {
     }
 }
 
+/* Attention: one kernel body per vector width (attn_body.h). AVX-512 covers every zmm CPU we
+ * dispatch to (its float work needs F only); dotprod adds nothing to float attention. */
+static pylut_attn_rows_fn attn_for(int isa) {
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case PYLUT_ISA_AVX2: return pylut_attn_rows_avx2;
+    case PYLUT_ISA_AVX512:
+    case PYLUT_ISA_AVX512VBMI: return pylut_attn_rows_avx512;
+#endif
+#if defined(__aarch64__)
+    case PYLUT_ISA_NEON:
+    case PYLUT_ISA_NEON_DOT: return pylut_attn_rows_neon;
+#endif
+    default: return pylut_attn_rows_scalar;
+    }
+}
+
+pylut_attn_rows_fn pylut_attn_rows_active(void) { return attn_for(active_isa); }
+
 int pylut_isa_detect(void) {
     if (!detected) { detect(); detected = 1; }
     static const int order[] = {PYLUT_ISA_AVX512VBMI, PYLUT_ISA_AVX512, PYLUT_ISA_AVX2, PYLUT_ISA_NEON_DOT, PYLUT_ISA_NEON};

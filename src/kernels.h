@@ -49,6 +49,29 @@ void pylut_attn_f16_scalar(const float *q, const uint16_t *k, const uint16_t *v,
 void pylut_attn_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len, int hd,
                     float scale, float *out, float *scores);
 
+/* The online-softmax attention step (attn_body.h), one instantiation per ISA. One kv head's
+ * rows against cache positions [j0, j1): k, v point at that head's row of position 0, ld
+ * bytes apart. qs: [rows][hd_pad] queries times scale*log2(e); lim[rows]: row r sees
+ * positions < lim[r]; mx, sum: [rows] running max (log2 domain) and sum; acc: [rows][hd_pad];
+ * kbuf: [PYLUT_ATTN_BLOCK][hd_pad] scratch, zeroed once; sbuf: [rows][PYLUT_ATTN_BLOCK]. */
+typedef void (*pylut_attn_rows_fn)(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v,
+                                   int64_t ld, int rows, const float *qs, const int32_t *lim, int j0,
+                                   int j1, float *mx, float *sum, float *acc, float *kbuf, float *sbuf);
+#define PYLUT_ATTN_ROWS_DECL(name)                                                                   \
+    void name(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld, int rows, \
+              const float *qs, const int32_t *lim, int j0, int j1, float *mx, float *sum, float *acc, \
+              float *kbuf, float *sbuf)
+PYLUT_ATTN_ROWS_DECL(pylut_attn_rows_scalar);
+#if defined(__x86_64__) || defined(_M_X64)
+PYLUT_ATTN_ROWS_DECL(pylut_attn_rows_avx2);
+PYLUT_ATTN_ROWS_DECL(pylut_attn_rows_avx512);
+#endif
+#if defined(__aarch64__)
+PYLUT_ATTN_ROWS_DECL(pylut_attn_rows_neon);
+#endif
+/* The active ISA's instantiation. */
+pylut_attn_rows_fn pylut_attn_rows_active(void);
+
 /* A B-type matrix's scale (base = qm->scale, sub = qm->sub_scale) or bias (qm->bias,
  * qm->sub_bias) of (row r of tile t, group g): fp16, or fp16 super-block value * int8. */
 static inline float pylut_b_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,

@@ -1,0 +1,241 @@
+/* attention.c - the portable half of tiled attention: cache row encoding, the work plan
+ * (kv head x query tile x cache slice), one item's gather/compute/scatter, and the merge of
+ * cache slices. The per-ISA inner step is attn_body.h, reached through dispatch.c. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "pylut/attention.h"
+
+#define LOG2E 1.4426950408889634f
+#define HD_ALIGN 16        /* hd_pad: whole vectors for every ISA up to 16 lanes */
+#define MIN_SLICE 256      /* cache positions per slice: smaller slices cost more to merge */
+
+/* ------------------------------------------------------------------ cache rows */
+
+static int kv_type_ok(int type) { return type == PYLUT_KV_F16 || type == PYLUT_KV_Q8 || type == PYLUT_KV_Q4; }
+
+int64_t pylut_kv_row_bytes(int type, int hd) {
+    if (!kv_type_ok(type) || hd < 2 || hd > PYLUT_ATTN_MAX_HD || hd % 2) return 0;
+    const int64_t scales = 2 * (int64_t)((hd + PYLUT_KV_BLOCK - 1) / PYLUT_KV_BLOCK);
+    switch (type) {
+    case PYLUT_KV_F16: return 2 * (int64_t)hd;
+    case PYLUT_KV_Q8: return hd + scales;
+    default: return hd / 2 + scales;
+    }
+}
+
+int pylut_kv_encode(int type, int hd, const float *x, uint8_t *row) {
+    if (!x || !row || pylut_kv_row_bytes(type, hd) == 0) return PYLUT_EINVAL;
+    if (type == PYLUT_KV_F16) {
+        for (int i = 0; i < hd; i++) {
+            const uint16_t h = pylut_fp32_to_fp16(x[i]);
+            memcpy(row + 2 * i, &h, 2);
+        }
+        return PYLUT_OK;
+    }
+    uint8_t *scales = row + (type == PYLUT_KV_Q8 ? hd : hd / 2);
+    for (int b = 0; b * PYLUT_KV_BLOCK < hd; b++) {
+        const int e0 = b * PYLUT_KV_BLOCK, n = hd - e0 < PYLUT_KV_BLOCK ? hd - e0 : PYLUT_KV_BLOCK;
+        float amax = 0.0f, extreme = 0.0f;
+        for (int i = 0; i < n; i++)
+            if (fabsf(x[e0 + i]) > amax) amax = fabsf(x[e0 + i]), extreme = x[e0 + i];
+        /* int8: +-127 symmetric. 4-bit: Q4_0's grid, the extreme value lands on -8 exactly
+         * and the other side gets 7 steps (one more level than a +-7 grid). */
+        const float d = type == PYLUT_KV_Q8 ? amax / 127.0f : extreme / -8.0f;
+        const uint16_t dh = pylut_fp32_to_fp16(d);
+        memcpy(scales + 2 * b, &dh, 2);
+        const float dq = pylut_fp16_to_fp32(dh), inv = dq != 0.0f ? 1.0f / dq : 0.0f;
+        for (int i = 0; i < n; i++) {
+            float c = nearbyintf(x[e0 + i] * inv);
+            if (type == PYLUT_KV_Q8) {
+                c = c > 127.0f ? 127.0f : c < -127.0f ? -127.0f : c;
+                row[e0 + i] = (uint8_t)(int8_t)c;
+            } else {
+                c = c > 7.0f ? 7.0f : c < -8.0f ? -8.0f : c;
+                const uint8_t u = (uint8_t)((int)c + 8);
+                uint8_t *byte = row + e0 / 2 + (i < n / 2 ? i : i - n / 2);
+                *byte = i < n / 2 ? (uint8_t)((*byte & 0xf0) | u) : (uint8_t)((*byte & 0x0f) | (u << 4));
+            }
+        }
+    }
+    return PYLUT_OK;
+}
+
+int pylut_kv_decode(int type, int hd, const uint8_t *row, float *x) {
+    if (!x || !row || pylut_kv_row_bytes(type, hd) == 0) return PYLUT_EINVAL;
+    if (type == PYLUT_KV_F16) {
+        for (int i = 0; i < hd; i++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * i, 2);
+            x[i] = pylut_fp16_to_fp32(h);
+        }
+        return PYLUT_OK;
+    }
+    const uint8_t *scales = row + (type == PYLUT_KV_Q8 ? hd : hd / 2);
+    for (int b = 0; b * PYLUT_KV_BLOCK < hd; b++) {
+        const int e0 = b * PYLUT_KV_BLOCK, n = hd - e0 < PYLUT_KV_BLOCK ? hd - e0 : PYLUT_KV_BLOCK;
+        uint16_t dh;
+        memcpy(&dh, scales + 2 * b, 2);
+        const float d = pylut_fp16_to_fp32(dh);
+        for (int i = 0; i < n; i++) {
+            int c;
+            if (type == PYLUT_KV_Q8) c = (int8_t)row[e0 + i];
+            else c = (i < n / 2 ? row[e0 / 2 + i] & 15 : row[e0 / 2 + i - n / 2] >> 4) - 8;
+            x[e0 + i] = d * (float)c;
+        }
+    }
+    return PYLUT_OK;
+}
+
+/* ------------------------------------------------------------------ plan */
+
+int pylut_attn_plan(pylut_attn_job *j, int nth) {
+    if (!j || nth < 1 || !j->k || !j->v || !j->q || !j->out) return PYLUT_EINVAL;
+    const int64_t rb = pylut_kv_row_bytes(j->type, j->hd);
+    if (rb == 0 || j->n_heads < 1 || j->n_kv_heads < 1 || j->n_heads % j->n_kv_heads) return PYLUT_EINVAL;
+    if (j->n < 1 || j->pos0 < 0 || j->len < 1 || (int64_t)j->pos0 + j->n > j->len) return PYLUT_EINVAL;
+    if (j->ld < rb * j->n_kv_heads || j->ldq < (int64_t)j->n_heads * j->hd ||
+        j->ldo < (int64_t)j->n_heads * j->hd || !isfinite(j->scale))
+        return PYLUT_EINVAL;
+    j->hd_pad = (j->hd + HD_ALIGN - 1) / HD_ALIGN * HD_ALIGN;
+    j->group = j->n_heads / j->n_kv_heads;
+    if (j->group > PYLUT_ATTN_ROWS) return PYLUT_EINVAL; /* no model has more than 64 q heads per kv head */
+    j->tokens_per_item = PYLUT_ATTN_ROWS / j->group;
+    if (j->tokens_per_item > j->n) j->tokens_per_item = j->n;
+    j->rows = j->tokens_per_item * j->group;
+    j->q_tiles = (j->n + j->tokens_per_item - 1) / j->tokens_per_item;
+    /* one query tile per kv head leaves threads idle when kv heads are few: slice the cache */
+    j->splits = 1;
+    if (j->q_tiles == 1 && j->n_kv_heads < 2 * nth) {
+        int s = (2 * nth + j->n_kv_heads - 1) / j->n_kv_heads;
+        const int most = (j->pos0 + j->n) / MIN_SLICE;
+        if (s > most) s = most;
+        if (s > PYLUT_ATTN_MAX_SPLITS) s = PYLUT_ATTN_MAX_SPLITS;
+        if (s > 1) j->splits = s;
+    }
+    j->n_items = (int64_t)j->n_kv_heads * j->q_tiles * j->splits;
+    const int64_t R = PYLUT_ATTN_ROWS, B = PYLUT_ATTN_BLOCK, hp = j->hd_pad;
+    j->scratch_floats = 2 * R * hp + B * hp + R * B + 2 * R;
+    j->partial_floats = j->splits > 1 ? (int64_t)j->n_kv_heads * j->splits * j->rows * (hp + 2) : 0;
+    return PYLUT_OK;
+}
+
+/* ------------------------------------------------------------------ items */
+
+/* Cache positions [a, b) of slice s: slices are whole blocks so no block is read twice. */
+static void slice_range(const pylut_attn_job *j, int s, int *a, int *b) {
+    const int64_t end = j->pos0 + j->n, blocks = (end + PYLUT_ATTN_BLOCK - 1) / PYLUT_ATTN_BLOCK;
+    *a = (int)(blocks * s / j->splits * PYLUT_ATTN_BLOCK);
+    const int64_t e = blocks * (s + 1) / j->splits * PYLUT_ATTN_BLOCK;
+    *b = (int)(e < end ? e : end);
+}
+
+void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
+    const int split = (int)(w % j->splits), tile = (int)(w / j->splits % j->q_tiles);
+    const int kvh = (int)(w / j->splits / j->q_tiles), G = j->group, hp = j->hd_pad, hd = j->hd;
+    const int t0 = tile * j->tokens_per_item;
+    const int t1 = t0 + j->tokens_per_item < j->n ? t0 + j->tokens_per_item : j->n;
+    const int rows = (t1 - t0) * G;
+    /* scratch: qs [R][hp] | acc [R][hp] | kbuf [B][hp] | sbuf [R][B] | mx [R] | sum [R] */
+    float *qs = scratch, *acc = qs + PYLUT_ATTN_ROWS * hp, *kbuf = acc + PYLUT_ATTN_ROWS * hp;
+    float *sbuf = kbuf + PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
+    int32_t lim[PYLUT_ATTN_ROWS];
+    const float qscale = j->scale * LOG2E;
+    memset(kbuf, 0, (size_t)PYLUT_ATTN_BLOCK * hp * sizeof(float));
+    memset(acc, 0, (size_t)rows * hp * sizeof(float));
+    for (int r = 0; r < rows; r++) { /* row r: token t0 + r/G, query head kvh*G + r%G */
+        const float *q = j->q + (int64_t)(t0 + r / G) * j->ldq + (int64_t)(kvh * G + r % G) * hd;
+        for (int i = 0; i < hd; i++) qs[(int64_t)r * hp + i] = q[i] * qscale;
+        for (int i = hd; i < hp; i++) qs[(int64_t)r * hp + i] = 0.0f;
+        lim[r] = j->pos0 + t0 + r / G + 1;
+        mx[r] = -INFINITY;
+        sum[r] = 0.0f;
+    }
+    int a, b;
+    slice_range(j, split, &a, &b);
+    const int64_t rb = pylut_kv_row_bytes(j->type, hd);
+    pylut_attn_rows_active()(j->type, hd, hp, j->k + kvh * rb, j->v + kvh * rb, j->ld, rows, qs, lim, a, b,
+                             mx, sum, acc, kbuf, sbuf);
+    if (j->splits == 1) {
+        for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice: sum > 0 */
+            float *o = j->out + (int64_t)(t0 + r / G) * j->ldo + (int64_t)(kvh * G + r % G) * hd;
+            const float inv = 1.0f / sum[r];
+            for (int i = 0; i < hd; i++) o[i] = acc[(int64_t)r * hp + i] * inv;
+        }
+        return;
+    }
+    for (int r = 0; r < rows; r++) { /* partial: [mx, sum, acc[hp]] */
+        float *p = j->partial + (((int64_t)kvh * j->splits + split) * j->rows + r) * (hp + 2);
+        p[0] = mx[r];
+        p[1] = sum[r];
+        memcpy(p + 2, acc + (int64_t)r * hp, (size_t)hp * sizeof(float));
+    }
+}
+
+void pylut_attn_merge(const pylut_attn_job *j, int kvh) {
+    const int G = j->group, hp = j->hd_pad, hd = j->hd;
+    for (int r = 0; r < j->rows; r++) {
+        const float *p0 = j->partial + ((int64_t)kvh * j->splits * j->rows + r) * (hp + 2);
+        const int64_t step = (int64_t)j->rows * (hp + 2); /* next slice, same row */
+        float m = -INFINITY, total = 0.0f;
+        for (int s = 0; s < j->splits; s++) m = p0[s * step] > m ? p0[s * step] : m;
+        float *o = j->out + (int64_t)(r / G) * j->ldo + (int64_t)(kvh * G + r % G) * hd;
+        for (int i = 0; i < hd; i++) o[i] = 0.0f;
+        for (int s = 0; s < j->splits; s++) {
+            const float *p = p0 + s * step;
+            if (p[1] == 0.0f) continue; /* a slice past this row's causal limit */
+            const float w = exp2f(p[0] - m);
+            total += w * p[1];
+            for (int i = 0; i < hd; i++) o[i] += w * p[2 + i];
+        }
+        const float inv = 1.0f / total;
+        for (int i = 0; i < hd; i++) o[i] *= inv;
+    }
+}
+
+/* ------------------------------------------------------------------ whole job on a pool */
+
+typedef struct {
+    const pylut_attn_job *job;
+    float *scratch;
+    atomic_llong next;
+    int merging;
+} attn_ctx;
+
+static void attn_task(void *arg, int ith, int nth) {
+    attn_ctx *c = arg;
+    (void)nth;
+    if (c->merging) {
+        for (int h = ith; h < c->job->n_kv_heads; h += nth) pylut_attn_merge(c->job, h);
+        return;
+    }
+    float *scratch = c->scratch + (int64_t)ith * c->job->scratch_floats;
+    for (int64_t w; (w = atomic_fetch_add(&c->next, 1)) < c->job->n_items;) pylut_attn_item(c->job, w, scratch);
+}
+
+int pylut_attention(pylut_pool *pool, pylut_attn_job *job) {
+    const int nth = pylut_pool_size(pool);
+    int rc = pylut_attn_plan(job, nth);
+    if (rc != PYLUT_OK) return rc;
+    attn_ctx c = {job, malloc((size_t)(nth * job->scratch_floats) * sizeof(float)), 0, 0};
+    float *partial = job->partial_floats ? malloc((size_t)job->partial_floats * sizeof(float)) : NULL;
+    if (!c.scratch || (job->partial_floats && !partial)) {
+        free(c.scratch);
+        free(partial);
+        return PYLUT_ENOMEM;
+    }
+    job->partial = partial;
+    atomic_init(&c.next, 0);
+    pylut_pool_run(pool, attn_task, &c);
+    if (job->splits > 1) {
+        c.merging = 1;
+        pylut_pool_run(pool, attn_task, &c);
+    }
+    job->partial = NULL;
+    free(partial);
+    free(c.scratch);
+    return PYLUT_OK;
+}
