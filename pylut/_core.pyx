@@ -186,8 +186,8 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
               ThreadPool pool=None):
     """Causal attention of n query tokens over an encoded cache (the tiled kernel).
 
-    q: float32 [n, n_heads * hd]; k, v: uint8 [len, n_kv_heads, kv_row_bytes] (kv_encode's
-    rows); query t sits at position pos0 + t (default len - n) and sees positions 0..pos0+t.
+    q: float32 [n, n_heads * hd]; k, v: uint8 [n_kv_heads, len, kv_row_bytes] (kv_encode's
+    rows, each head's positions contiguous); query t sits at position pos0 + t (default len - n) and sees positions 0..pos0+t.
     Returns float32 [n, n_heads * hd]."""
     q = _array(q, np.float32, 2, "q")
     k = _array(k, np.uint8, 3, "k")
@@ -196,13 +196,13 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
         raise ValueError(f"q has {q.shape[1]} columns: not a multiple of n_heads={n_heads}")
     cdef int hd = q.shape[1] // n_heads, code = _kv_code(kv_type)
     cdef int64_t rb = kv_row_bytes(kv_type, hd)
-    if k.shape != v.shape or k.shape[1] != n_kv_heads or k.shape[2] != rb or k.shape[0] < 1:
-        raise ValueError(f"k and v must be [len >= 1, {n_kv_heads}, {rb}], got {k.shape} and {v.shape}")
+    if k.shape != v.shape or k.shape[0] != n_kv_heads or k.shape[2] != rb or k.shape[1] < 1:
+        raise ValueError(f"k and v must be [{n_kv_heads}, len >= 1, {rb}], got {k.shape} and {v.shape}")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
-    p0 = k.shape[0] - q.shape[0] if pos0 is None else int(pos0)
-    if p0 < 0 or p0 + q.shape[0] > k.shape[0]:
-        raise ValueError(f"{q.shape[0]} queries from position {p0} run past the {k.shape[0]} cached positions")
+    p0 = k.shape[1] - q.shape[0] if pos0 is None else int(pos0)
+    if p0 < 0 or p0 + q.shape[0] > k.shape[1]:
+        raise ValueError(f"{q.shape[0]} queries from position {p0} run past the {k.shape[1]} cached positions")
     if pool is None:
         pool = ThreadPool(1)
     out = np.empty_like(q)
@@ -213,7 +213,7 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
     cdef pylut_attn_job job
     memset(&job, 0, sizeof(job))
     job.type, job.hd, job.n_heads, job.n_kv_heads = code, hd, n_heads, n_kv_heads
-    job.k, job.v, job.ld, job.len = &kv[0, 0, 0], &vv[0, 0, 0], n_kv_heads * rb, k.shape[0]
+    job.k, job.v, job.ld, job.hstride, job.len = &kv[0, 0, 0], &vv[0, 0, 0], rb, k.shape[1] * rb, k.shape[1]
     job.q, job.ldq, job.out, job.ldo = &qv[0, 0], q.shape[1], &ov[0, 0], q.shape[1]
     job.n, job.pos0 = q.shape[0], p0
     job.scale = (1.0 / np.sqrt(hd)) if scale is None else float(scale)
@@ -755,15 +755,22 @@ cdef class Session:
     cdef pylut_state *s
     cdef readonly Model model
     cdef readonly int n_ctx
+    cdef readonly str kv_type
 
-    def __cinit__(self, Model model, int n_ctx, int max_batch=64):
+    def __cinit__(self, Model model, int n_ctx, int max_batch=64, kv_type="f16"):
         if n_ctx < 1 or n_ctx > model.m.max_ctx:
             raise ValueError(f"n_ctx must be in 1..{model.m.max_ctx} (the model's context), got {n_ctx}")
         if max_batch < 1 or max_batch > 4096:
             raise ValueError(f"max_batch must be in 1..4096, got {max_batch}")
+        cdef int code = _kv_code(kv_type)
+        if pylut_kv_row_bytes(code, model.m.head_dim) == 0:
+            raise ValueError(f"head size {model.m.head_dim} is not supported by the KV cache (even, <= 512)")
+        if model.m.n_heads // model.m.n_kv_heads > 64:
+            raise ValueError(f"{model.m.n_heads // model.m.n_kv_heads} query heads per kv head: at most 64 supported")
         self.model = model
         self.n_ctx = n_ctx
-        self.s = pylut_state_create(&model.m, n_ctx, max_batch)
+        self.kv_type = kv_type
+        self.s = pylut_state_create(&model.m, n_ctx, max_batch, code)
         if self.s == NULL:
             raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
 
@@ -784,12 +791,13 @@ cdef class Session:
         _check(rc, "shift")
 
     def kv_array(self):
-        """The KV cache as a writable float16 view [2, n_layers, n_ctx, kv_dim] (keys, values)."""
-        cdef int64_t n = pylut_state_kv_bytes(self.s) // 2
-        cdef uint16_t[::1] view = <uint16_t[:n]>pylut_state_kv(self.s)
-        arr = np.asarray(view).view(np.float16)
+        """The KV cache as a writable uint8 view [2, n_layers, n_kv_heads, n_ctx, row_bytes]
+        (keys, values; rows encoded as kv_type, see kv_decode)."""
+        cdef int64_t n = pylut_state_kv_bytes(self.s)
+        cdef uint8_t[::1] view = <uint8_t[:n]>pylut_state_kv(self.s)
         m = &self.model.m
-        return arr.reshape(2, m.n_layers, self.n_ctx, m.n_kv_heads * m.head_dim)
+        return np.asarray(view).reshape(2, m.n_layers, m.n_kv_heads, self.n_ctx,
+                                        pylut_kv_row_bytes(_kv_code(self.kv_type), m.head_dim))
 
     def set_pos(self, int pos):
         if pylut_state_set_pos(self.s, pos) != PYLUT_OK:

@@ -132,14 +132,15 @@ cdef extern from "pylut/model.h" nogil:
         pass
 
     int pylut_model_check(const pylut_model *m, const char **why)
-    pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch)
+    pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, int kv_type)
     void pylut_state_free(pylut_state *s)
     int pylut_state_pos(const pylut_state *s)
     int pylut_state_truncate(pylut_state *s, int pos)
     int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                       int n, float *logits, int all_logits)
     int64_t pylut_state_kv_bytes(const pylut_state *s)
-    uint16_t *pylut_state_kv(pylut_state *s)
+    uint8_t *pylut_state_kv(pylut_state *s)
+    int pylut_state_kv_type(const pylut_state *s)
     int pylut_state_set_pos(pylut_state *s, int pos)
     int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard)
 
@@ -157,7 +158,7 @@ cdef extern from "pylut/attention.h" nogil:
         int type, hd, n_heads, n_kv_heads
         const uint8_t *k
         const uint8_t *v
-        int64_t ld
+        int64_t ld, hstride
         int len
         const float *q
         int64_t ldq

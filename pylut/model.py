@@ -26,14 +26,16 @@ log = logging.getLogger("pylut")
 
 def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
          max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
-         context_shift: bool = True, requant: Optional[str] = None) -> "Model":
+         context_shift: bool = True, requant: Optional[str] = None, kv_type: str = "f16") -> "Model":
     """Load a GGUF model file or a Hugging Face folder (config.json + safetensors, float
     weights quantized on load). n_ctx defaults to min(4096, the model's context);
     n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
     cache: keep the packed model in pylut's cache dir ($PYLUT_CACHE_DIR) so the next load
     maps it instead of repacking. context_shift: when generation fills n_ctx, drop the oldest
     half (keeping the first tokens, the attention sinks) instead of stopping. requant: 'q4',
-    'q3', 'q2' or 'ternary' requantizes every matrix (fewer bytes per token, lossy)."""
+        'q3', 'q2' or 'ternary' requantizes every matrix (fewer bytes per token, lossy). kv_type:
+    the KV cache's storage, 'f16' (default), 'q8' (int8, 0.53x the bytes) or 'q4' (4-bit, 0.28x),
+    each quantized one fp16 scale per 32 elements; attention reads it as stored."""
     from . import packcache
     from .hf_loader import is_hf_folder, load_hf
     from .loader import load_gguf
@@ -50,14 +52,14 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     tokenizer = Tokenizer.from_file(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
     return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
-                 chat_template=chat_template, context_shift=context_shift)
+                 chat_template=chat_template, context_shift=context_shift, kv_type=kv_type)
 
 
 class Model:
     N_SINK = 4  # first positions kept by a context shift (StreamingLLM's attention sinks)
 
     def __init__(self, loaded, tokenizer, n_ctx=None, n_threads=None, max_batch=64, chat_template=None,
-                 context_shift=True):
+                 context_shift=True, kv_type="f16"):
         self.context_shift = bool(context_shift)
         self.n_shifts = 0
         self.loaded = loaded
@@ -74,7 +76,7 @@ class Model:
         self.n_threads = physical_cores() if n_threads is None else int(n_threads)
         self.pool = get_pool(self.n_threads)
         self.weights = _core.Model(cfg, loaded.tensors)
-        self.session = _core.Session(self.weights, int(n_ctx), max_batch)
+        self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type)
         self.n_ctx = int(n_ctx)
         self.name = os.path.basename(loaded.path)
         self._cached: List[int] = []      # tokens whose keys/values are in the session
@@ -144,7 +146,7 @@ class Model:
     # ---------------------------------------------------------------- sessions on disk
 
     _STATE_MAGIC = b"PYLUTST\0"
-    _STATE_VERSION = 1
+    _STATE_VERSION = 2  # 2: the cache is stored per kv head, in the session's kv_type
 
     def _fingerprint(self) -> str:
         """Identifies the weights a cache belongs to: config + every tensor's shape and type."""
@@ -155,9 +157,10 @@ class Model:
     def save_state(self, path) -> None:
         """Write the cached tokens and their keys/values (versioned, checksummed)."""
         n = len(self._cached)
-        kv = self.session.kv_array()[:, :, :n, :]
+        kv = self.session.kv_array()[:, :, :, :n, :]
         header = json.dumps({"fingerprint": self._fingerprint(), "n_tokens": n, "tokens": self._cached,
-                             "kv_shape": list(kv.shape), "model": self.name}).encode()
+                             "kv_type": self.session.kv_type, "kv_shape": list(kv.shape),
+                             "model": self.name}).encode()
         body = struct.pack("<8sIQ", self._STATE_MAGIC, self._STATE_VERSION, len(header)) + header
         digest = hashlib.sha256(body)
         blob = np.ascontiguousarray(kv).tobytes()
@@ -192,17 +195,18 @@ class Model:
         if h.get("fingerprint") != self._fingerprint():
             raise ValueError(f"{path}: the session was saved from another model ({h.get('model')!r}); "
                              f"load it with the same model file")
+        if h.get("kv_type") != self.session.kv_type:
+            raise ValueError(f"{path}: the session's KV cache is {h.get('kv_type')!r}, this model was "
+                             f"loaded with kv_type={self.session.kv_type!r}")
         kv = self.session.kv_array()
         if n > self.n_ctx:
             raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={self.n_ctx}")
-        if len(tokens) != n or shape != (2, kv.shape[1], n, kv.shape[3]):
+        if len(tokens) != n or shape != (2, kv.shape[1], kv.shape[2], n, kv.shape[4]):
             raise ValueError(f"{path}: session sizes do not fit this model")
-        if int(np.prod(shape)) * 2 != len(data) - pre - hlen - 32:
+        if int(np.prod(shape)) != len(data) - pre - hlen - 32:
             raise ValueError(f"{path}: session data has the wrong size")
-        blob = np.frombuffer(data, dtype=np.float16, count=int(np.prod(shape)), offset=pre + hlen)
-        if blob.size * 2 != len(data) - pre - hlen - 32:
-            raise ValueError(f"{path}: session data has the wrong size")
-        kv[:, :, :n, :] = blob.reshape(shape)
+        kv[:, :, :, :n, :] = np.frombuffer(data, dtype=np.uint8, count=int(np.prod(shape)),
+                                           offset=pre + hlen).reshape(shape)
         self.session.set_pos(n)
         self._cached = tokens
 

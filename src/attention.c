@@ -97,7 +97,7 @@ int pylut_attn_plan(pylut_attn_job *j, int nth) {
     const int64_t rb = pylut_kv_row_bytes(j->type, j->hd);
     if (rb == 0 || j->n_heads < 1 || j->n_kv_heads < 1 || j->n_heads % j->n_kv_heads) return PYLUT_EINVAL;
     if (j->n < 1 || j->pos0 < 0 || j->len < 1 || (int64_t)j->pos0 + j->n > j->len) return PYLUT_EINVAL;
-    if (j->ld < rb * j->n_kv_heads || j->ldq < (int64_t)j->n_heads * j->hd ||
+    if (j->ld < rb || j->hstride < 0 || (j->n_kv_heads > 1 && j->hstride < rb) || j->ldq < (int64_t)j->n_heads * j->hd ||
         j->ldo < (int64_t)j->n_heads * j->hd || !isfinite(j->scale))
         return PYLUT_EINVAL;
     j->hd_pad = (j->hd + HD_ALIGN - 1) / HD_ALIGN * HD_ALIGN;
@@ -156,8 +156,7 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     }
     int a, b;
     slice_range(j, split, &a, &b);
-    const int64_t rb = pylut_kv_row_bytes(j->type, hd);
-    pylut_attn_rows_active()(j->type, hd, hp, j->k + kvh * rb, j->v + kvh * rb, j->ld, rows, qs, lim, a, b,
+    pylut_attn_rows_active()(j->type, hd, hp, j->k + kvh * j->hstride, j->v + kvh * j->hstride, j->ld, rows, qs, lim, a, b,
                              mx, sum, acc, kbuf, sbuf);
     if (j->splits == 1) {
         for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice: sum > 0 */

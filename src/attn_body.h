@@ -9,6 +9,7 @@
  *   vf_add(a, b) vf_sub(a, b) vf_mul(a, b)
  *   vf_max(a, b) vf_hmax(a) vf_hsum(a) vf_exp2(a) (exactly 0 below -126)
  *   sum8(const vf a[8], float out[8])   the horizontal sums of 8 vectors
+ *   h2f(uint16_t h)                                         one fp16 -> fp32
  *   dec_f16(const uint16_t *h, int n, float *out)           n fp16 -> fp32
  *   dec_i8(const int8_t *c, float scale, int n, float *out)  n codes * scale
  *   unpack_q4(const uint8_t *c, int n, int8_t *out)          n 4-bit codes (byte i: element
@@ -35,7 +36,7 @@ static inline void decode_row(int type, int hd, const uint8_t *row, float *dst) 
         const int e0 = b * PYLUT_KV_BLOCK, n = hd - e0 < PYLUT_KV_BLOCK ? hd - e0 : PYLUT_KV_BLOCK;
         uint16_t h;
         memcpy(&h, scales + 2 * b, 2); /* scales follow odd-length code runs: unaligned */
-        const float scale = pylut_fp16_to_fp32(h);
+        const float scale = h2f(h);
         if (type == PYLUT_KV_Q8) {
             dec_i8((const int8_t *)row + e0, scale, n, dst + e0);
         } else {
@@ -54,8 +55,15 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
     int last = 0; /* no row sees position >= last */
     for (int r = 0; r < rows; r++) last = lim[r] > last ? lim[r] : last;
     if (j1 > last) j1 = last;
+    const int64_t rb = pylut_kv_row_bytes(type, hd);
     for (int jb = j0; jb < j1; jb += B) {
         const int nk = j1 - jb < B ? j1 - jb : B;
+        /* the next block's rows: one head's stream is too thin for the prefetchers alone */
+        for (int j = jb + B; j < jb + 2 * B && j < j1; j++)
+            for (int64_t o = 0; o < rb; o += 64) {
+                __builtin_prefetch(k + (int64_t)j * ld + o);
+                __builtin_prefetch(v + (int64_t)j * ld + o);
+            }
         for (int j = 0; j < nk; j++) decode_row(type, hd, k + (int64_t)(jb + j) * ld, kbuf + (int64_t)j * hd_pad);
 
         /* ---- scores, running max and sum (log2 domain: qs carries scale * log2(e)) */

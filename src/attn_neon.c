@@ -3,6 +3,7 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "pylut/pylut.h"
 
@@ -39,6 +40,11 @@ static inline vf vf_exp2(vf x) {
 static inline void sum8(const vf a[8], float out[8]) {
     vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
     vst1q_f32(out + 4, vpaddq_f32(vpaddq_f32(a[4], a[5]), vpaddq_f32(a[6], a[7])));
+}
+static inline float h2f(uint16_t h) {
+    __fp16 f;
+    memcpy(&f, &h, 2);
+    return (float)f;
 }
 static inline void dec_f16(const uint16_t *h, int n, float *out) {
     int i = 0;

@@ -24,6 +24,7 @@ static inline vf vf_exp2(vf a) { return a < -126.0f ? 0.0f : exp2f(a); }
 static inline void sum8(const vf a[8], float out[8]) {
     for (int u = 0; u < 8; u++) out[u] = a[u];
 }
+static inline float h2f(uint16_t h) { return pylut_fp16_to_fp32(h); }
 static inline void dec_f16(const uint16_t *h, int n, float *out) {
     for (int i = 0; i < n; i++) out[i] = pylut_fp16_to_fp32(h[i]);
 }

@@ -5,6 +5,8 @@
 
 #include "pylut/pylut.h"
 
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
 static inline void dec_f16(const uint16_t *h, int n, float *out) {
     int i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));

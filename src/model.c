@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "pylut/attention.h"
 #include "pylut/model.h"
 
 #include "spin.h"
@@ -25,16 +26,21 @@ typedef struct {
 
 struct pylut_state {
     int n_ctx, max_batch, pos, n_sets;
-    int q_dim, kv_dim, n_layers;
-    uint16_t *kv;              /* fp16 [2][n_layers][n_ctx][kv_dim]: keys then values */
+    int q_dim, kv_dim, n_layers, n_kv_heads, kv_type;
+    int64_t row_bytes;         /* one cached head vector (pylut_kv_row_bytes) */
+    uint8_t *kv;               /* [2][n_layers][n_kv_heads][n_ctx][row_bytes]: keys then values;
+                                * a head's positions are contiguous for the attention stream */
     float *x, *xb, *q, *k, *v; /* [max_batch][dim | q_dim | kv_dim] */
     float *att;                /* [max_batch][q_dim] */
     float *tmp;                /* [max_batch][dim] */
     float *hb, *hb2;           /* [max_batch][ffn_dim] */
-    float *scores;             /* [scores_threads][n_ctx], grown to the pool's size */
-    int scores_threads;
+    float *attn_scratch;       /* [scratch_threads][attn_scratch_floats], grown to the pool's size */
+    int scratch_threads;
+    int64_t attn_scratch_floats;
+    float *attn_partial;       /* [n_kv_heads][PYLUT_ATTN_MAX_SPLITS][rows][hd_pad+2] decode slices */
     float *inv_freq;           /* [head_dim/2] */
-    atomic_llong *tickets;     /* [4*n_layers + 1]: next unclaimed tile of each GEMM stage */
+    atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
+                                * (4 per layer + output), then each layer's attention item */
     table_set sets[MAX_TABLE_SETS];
     pylut_lut keys[MAX_TABLE_SETS]; /* layout of each set (tbl pointers unused) */
 };
@@ -82,15 +88,22 @@ void pylut_state_free(pylut_state *s) {
         free(s->sets[i].sumx);
     }
     free(s->kv); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
-    free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->scores); free(s->inv_freq);
+    free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
+    free(s->inv_freq);
     free(s->tickets);
     free(s);
 }
 
-pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch) {
+/* Cache position p of (kv 0/1, layer l, kv head h). */
+static uint8_t *kv_row(const pylut_state *s, int kv, int l, int h, int64_t p) {
+    return s->kv + ((((int64_t)kv * s->n_layers + l) * s->n_kv_heads + h) * s->n_ctx + p) * s->row_bytes;
+}
+
+pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, int kv_type) {
     const char *why;
     if (pylut_model_check(m, &why) != PYLUT_OK || n_ctx < 1 || n_ctx > m->max_ctx || max_batch < 1 ||
-        max_batch > 4096)
+        max_batch > 4096 || pylut_kv_row_bytes(kv_type, m->head_dim) == 0 ||
+        m->n_heads / m->n_kv_heads > PYLUT_ATTN_ROWS)
         return NULL;
     pylut_state *s = calloc(1, sizeof(*s));
     if (!s) return NULL;
@@ -99,8 +112,13 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch) 
     s->n_layers = m->n_layers;
     s->q_dim = m->n_heads * m->head_dim;
     s->kv_dim = m->n_kv_heads * m->head_dim;
+    s->n_kv_heads = m->n_kv_heads;
+    s->kv_type = kv_type;
+    s->row_bytes = pylut_kv_row_bytes(kv_type, m->head_dim);
     size_t B = (size_t)max_batch;
-    s->kv = calloc(2 * (size_t)m->n_layers * n_ctx * s->kv_dim, sizeof(uint16_t));
+    s->kv = calloc(2 * (size_t)m->n_layers * m->n_kv_heads * n_ctx, (size_t)s->row_bytes);
+    const int hd_pad = (m->head_dim + 15) / 16 * 16, rows = PYLUT_ATTN_ROWS;
+    s->attn_partial = malloc((size_t)m->n_kv_heads * PYLUT_ATTN_MAX_SPLITS * rows * (hd_pad + 2) * sizeof(float));
     s->x = malloc(B * m->dim * sizeof(float));
     s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
     s->q = malloc(B * s->q_dim * sizeof(float));
@@ -111,8 +129,8 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch) 
     s->hb = malloc(B * m->ffn_dim * sizeof(float));
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
-    s->tickets = calloc((size_t)(4 * m->n_layers + 1), sizeof(atomic_llong));
-    if (!s->kv || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
+    s->tickets = calloc((size_t)(5 * m->n_layers + 1), sizeof(atomic_llong));
+    if (!s->kv || !s->attn_partial || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
         !s->hb2 || !s->inv_freq || !s->tickets) {
         pylut_state_free(s);
         return NULL;
@@ -149,43 +167,50 @@ int pylut_state_set_pos(pylut_state *s, int pos) {
 
 int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard) {
     if (!m || !s || n_keep < 0 || n_discard < 1 || n_keep + n_discard > s->pos) return PYLUT_EINVAL;
-    const int kvd = s->kv_dim, hd = m->head_dim, half = hd / 2, moved = s->pos - n_keep - n_discard;
+    const int hd = m->head_dim, half = hd / 2, moved = s->pos - n_keep - n_discard;
     /* rotation by -n_discard positions, per frequency: RoPE(p - d) = R(-d) RoPE(p) */
-    float *cs = malloc((size_t)hd * sizeof(float));
-    if (!cs) return PYLUT_ENOMEM;
+    float *cs = malloc((size_t)hd * sizeof(float)), *x = malloc((size_t)hd * sizeof(float));
+    if (!cs || !x) {
+        free(cs);
+        free(x);
+        return PYLUT_ENOMEM;
+    }
     for (int i = 0; i < half; i++) {
         double a = -(double)n_discard * s->inv_freq[i];
         cs[i] = (float)cos(a);
         cs[half + i] = (float)sin(a);
     }
     for (int kv = 0; kv < 2; kv++)
-        for (int l = 0; l < m->n_layers; l++) {
-            uint16_t *base = s->kv + (((int64_t)kv * m->n_layers + l) * s->n_ctx) * kvd;
-            memmove(base + (int64_t)n_keep * kvd, base + (int64_t)(n_keep + n_discard) * kvd,
-                    (size_t)moved * kvd * sizeof(uint16_t));
-            if (kv == 1) continue; /* values carry no position */
-            for (int64_t p = n_keep; p < n_keep + moved; p++)
-                for (int h = 0; h < m->n_kv_heads; h++) {
-                    uint16_t *v = base + p * kvd + h * hd;
+        for (int l = 0; l < m->n_layers; l++)
+            for (int h = 0; h < s->n_kv_heads; h++) {
+                memmove(kv_row(s, kv, l, h, n_keep), kv_row(s, kv, l, h, n_keep + n_discard),
+                        (size_t)moved * s->row_bytes);
+                if (kv == 1) continue; /* values carry no position */
+                for (int64_t p = n_keep; p < n_keep + moved; p++) {
+                    /* a quantized key is re-encoded after the turn: one more rounding */
+                    pylut_kv_decode(s->kv_type, hd, kv_row(s, 0, l, h, p), x);
                     for (int i = 0; i < half; i++) {
                         int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
-                        float x0 = pylut_fp16_to_fp32(v[i0]), x1 = pylut_fp16_to_fp32(v[i1]);
-                        float c = cs[i], sn = cs[half + i];
-                        v[i0] = pylut_fp32_to_fp16(x0 * c - x1 * sn);
-                        v[i1] = pylut_fp32_to_fp16(x0 * sn + x1 * c);
+                        float x0 = x[i0], x1 = x[i1], c = cs[i], sn = cs[half + i];
+                        x[i0] = x0 * c - x1 * sn;
+                        x[i1] = x0 * sn + x1 * c;
                     }
+                    pylut_kv_encode(s->kv_type, hd, x, kv_row(s, 0, l, h, p));
                 }
-        }
+            }
     free(cs);
+    free(x);
     s->pos -= n_discard;
     return PYLUT_OK;
 }
 
 int64_t pylut_state_kv_bytes(const pylut_state *s) {
-    return s ? 2 * (int64_t)s->n_layers * s->n_ctx * s->kv_dim * (int64_t)sizeof(uint16_t) : 0;
+    return s ? 2 * (int64_t)s->n_layers * s->n_kv_heads * s->n_ctx * s->row_bytes : 0;
 }
 
-uint16_t *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
+uint8_t *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
+
+int pylut_state_kv_type(const pylut_state *s) { return s ? s->kv_type : -1; }
 
 /* ------------------------------------------------------------------ model check */
 
@@ -304,6 +329,7 @@ typedef struct {
     const int32_t *tokens;
     int n, pos0, all_logits;
     float *logits;          /* [n or 1][vocab], NULL: no output projection (a non-final chunk) */
+    pylut_attn_job attn;    /* the chunk's attention plan (cache pointers set per layer) */
     barrier_t bar;
 } step_ctx;
 
@@ -364,14 +390,22 @@ static void stage_matmul(step_ctx *c, int ith, int nth, int *stage, int n, const
     stage_gemm(c, ith, nth, stage, n, mats, ys, lds, 1);
 }
 
-static void attention(step_ctx *c, int l, int t, int h, float *scores) {
-    const pylut_model *m = c->m;
+/* Layer l's attention for the chunk: items (kv head x query tile x cache slice) claimed from
+ * the layer's ticket; with slices, a merge per kv head after a barrier. Ends with a barrier. */
+static void stage_attention(step_ctx *c, int ith, int nth, int l) {
     pylut_state *s = c->s;
-    const int hd = m->head_dim, kvh = h / (m->n_heads / m->n_kv_heads), len = c->pos0 + t + 1;
-    const uint16_t *kc = s->kv + (int64_t)l * s->n_ctx * s->kv_dim + kvh * hd;
-    const uint16_t *vc = kc + (int64_t)s->n_layers * s->n_ctx * s->kv_dim;
-    pylut_attn_f16(s->q + (int64_t)t * s->q_dim + h * hd, kc, vc, s->kv_dim, len, hd,
-                   1.0f / sqrtf((float)hd), s->att + (int64_t)t * s->q_dim + h * hd, scores);
+    pylut_attn_job job = c->attn; /* planned once per chunk; only the layer's cache differs */
+    job.k = kv_row(s, 0, l, 0, 0);
+    job.v = kv_row(s, 1, l, 0, 0);
+    float *scratch = s->attn_scratch + (int64_t)ith * s->attn_scratch_floats;
+    atomic_llong *ticket = &s->tickets[4 * s->n_layers + 1 + l];
+    for (int64_t w; (w = atomic_fetch_add_explicit(ticket, 1, memory_order_relaxed)) < job.n_items;)
+        pylut_attn_item(&job, w, scratch);
+    barrier_wait(&c->bar, nth);
+    if (job.splits > 1) {
+        for (int h = ith; h < s->n_kv_heads; h += nth) pylut_attn_merge(&job, h);
+        barrier_wait(&c->bar, nth);
+    }
 }
 
 static void step_task(void *arg, int ith, int nth) {
@@ -412,22 +446,13 @@ static void step_task(void *arg, int ith, int nth) {
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
                     rope(k, hd, pos, s->inv_freq, m->rope_neox);
-                    uint16_t *kc = s->kv + ((int64_t)l * s->n_ctx + pos) * kvd + h * hd;
-                    uint16_t *vc = kc + (int64_t)s->n_layers * s->n_ctx * kvd;
-                    for (int i = 0; i < hd; i++) {
-                        kc[i] = pylut_fp32_to_fp16(k[i]);
-                        vc[i] = pylut_fp32_to_fp16(v[i]);
-                    }
+                    pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, pos));
+                    pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, pos));
                 }
             }
         }
         barrier_wait(&c->bar, nth);
-        {
-            SPLIT(n * m->n_heads, ith, nth, w0, w1);
-            float *scores = s->scores + (int64_t)ith * s->n_ctx;
-            for (int64_t w = w0; w < w1; w++) attention(c, l, (int)(w / m->n_heads), (int)(w % m->n_heads), scores);
-        }
-        barrier_wait(&c->bar, nth);
+        stage_attention(c, ith, nth, l);
         if (L->attn_sub_norm) {
             for (int64_t t = t0; t < t1; t++) rmsnorm(s->att + t * qd, s->att + t * qd, L->attn_sub_norm, qd, m->norm_eps);
             barrier_wait(&c->bar, nth);
@@ -482,20 +507,40 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->vocab) return PYLUT_EINVAL;
     const int nth = pylut_pool_size(pool);
-    if (s->scores_threads < nth) { /* attention scratch: one [n_ctx] row per thread */
-        float *grown = realloc(s->scores, (size_t)nth * s->n_ctx * sizeof(float));
-        if (!grown) return PYLUT_ENOMEM;
-        s->scores = grown;
-        s->scores_threads = nth;
-    }
     for (int done = 0; done < n;) {
         int chunk = n - done < s->max_batch ? n - done : s->max_batch;
         int last = done + chunk == n;
         /* a non-final chunk of a last-logits call needs no output projection at all */
         float *lg = all_logits ? logits + (int64_t)done * m->vocab : last ? logits : NULL;
         step_ctx c = {m, s, tokens + done, chunk, s->pos, all_logits, lg};
+        pylut_attn_job *j = &c.attn; /* layer 0's cache for the plan; stage_attention swaps it */
+        j->type = s->kv_type;
+        j->hd = m->head_dim;
+        j->n_heads = m->n_heads;
+        j->n_kv_heads = m->n_kv_heads;
+        j->k = kv_row(s, 0, 0, 0, 0);
+        j->v = kv_row(s, 1, 0, 0, 0);
+        j->ld = s->row_bytes;
+        j->hstride = (int64_t)s->n_ctx * s->row_bytes;
+        j->len = s->pos + chunk;
+        j->q = s->q;
+        j->ldq = s->q_dim;
+        j->out = s->att;
+        j->ldo = s->q_dim;
+        j->n = chunk;
+        j->pos0 = s->pos;
+        j->scale = 1.0f / sqrtf((float)m->head_dim);
+        if (pylut_attn_plan(j, nth) != PYLUT_OK) return PYLUT_EINVAL;
+        j->partial = s->attn_partial;
+        if (s->scratch_threads < nth || s->attn_scratch_floats < j->scratch_floats) {
+            float *grown = realloc(s->attn_scratch, (size_t)(nth * j->scratch_floats) * sizeof(float));
+            if (!grown) return PYLUT_ENOMEM;
+            s->attn_scratch = grown;
+            s->scratch_threads = nth;
+            s->attn_scratch_floats = j->scratch_floats;
+        }
         barrier_init(&c.bar);
-        for (int i = 0; i < 4 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
+        for (int i = 0; i < 5 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
         pylut_pool_run(pool, step_task, &c);
         barrier_destroy(&c.bar);
         s->pos += chunk;

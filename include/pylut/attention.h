@@ -44,10 +44,11 @@ int pylut_kv_decode(int type, int hd, const uint8_t *row, float *x);
 /* ------------------------------------------------------------------ one attention call */
 
 typedef struct {
-    /* the cache: row of (position p, kv head h) at k + p*ld + h*row_bytes (same for v) */
+    /* the cache: row of (position p, kv head h) at k + h*hstride + p*ld (same for v). Keep a
+     * head's rows contiguous (ld = row_bytes): a stream the hardware prefetcher can follow */
     int type, hd, n_heads, n_kv_heads;
     const uint8_t *k, *v;
-    int64_t ld;              /* bytes per position, >= n_kv_heads * row_bytes */
+    int64_t ld, hstride;     /* bytes per position (>= row_bytes), bytes per kv head */
     int len;                 /* positions written */
     /* the queries: token t (position pos0 + t) sees cache positions 0 .. pos0 + t */
     const float *q;          /* [n][n_heads * hd], row stride ldq floats */

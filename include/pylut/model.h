@@ -43,8 +43,9 @@ typedef struct pylut_state pylut_state;
 
 /* Check every shape and pointer of *m; PYLUT_EINVAL with a static reason in *why. */
 int pylut_model_check(const pylut_model *m, const char **why);
-/* A sequence of up to n_ctx positions, processing up to max_batch tokens per forward step. */
-pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch);
+/* A sequence of up to n_ctx positions, processing up to max_batch tokens per forward step,
+ * its KV cache stored as kv_type (enum pylut_kv_type, attention.h). */
+pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, int kv_type);
 void pylut_state_free(pylut_state *s);
 int pylut_state_pos(const pylut_state *s);
 /* Forget positions >= pos (prefix reuse keeps the shared prefix). */
@@ -56,9 +57,11 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
 /* Context shift: drop positions [n_keep, n_keep + n_discard), move the later ones down and
  * re-rotate their keys' RoPE by -n_discard so they read as if written at their new place. */
 int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard);
-/* KV cache access for save/load: bytes and pointer of the first pos positions' storage. */
+/* KV cache access for save/load: the whole cache,
+ * [2][n_layers][n_kv_heads][n_ctx][pylut_kv_row_bytes(kv_type, head_dim)] bytes. */
 int64_t pylut_state_kv_bytes(const pylut_state *s);
-uint16_t *pylut_state_kv(pylut_state *s); /* fp16 [2][n_layers][n_ctx][kv_dim] */
+uint8_t *pylut_state_kv(pylut_state *s);
+int pylut_state_kv_type(const pylut_state *s);
 int pylut_state_set_pos(pylut_state *s, int pos);
 
 #ifdef __cplusplus
