@@ -1,0 +1,217 @@
+"""GPTQ checkpoints (Hugging Face folders with quantization_config.quant_method "gptq").
+
+Tiny llama / qwen2 folders are written here with random codes, scales and zero points,
+packed by a deliberately naive bit-by-bit packer (not the loader's unpacker run backwards),
+in both checkpoint formats ("gptq" stores zero - 1, "gptq_v2" the zero itself). The float
+reference is W[n, k] = s[g_idx[k], n] * (q[k, n] - z[g_idx[k], n]) straight from those arrays:
+* sym (one zero point 2^(bits-1)): the loaded QMatrix dequantizes to W bit for bit.
+* asym: the per-group zero points become fp16 biases -s*z, off by at most half an fp16 ulp:
+  |error| <= 2^-11 |s*z| (+ 2^-25 for subnormals, + one float32 rounding of the sum).
+* act-order (a permuted g_idx): requantized round-to-nearest, a warning is logged.
+The forward pass is compared with tests/ref_forward.py over the loaded (dequantized)
+weights with the float-HF test's tolerance (3 % of the logit range: int8 activation tables).
+As in tests/model_builder.py, lm_head is the embedding with shuffled rows and the residual
+projections are scaled down, so greedy decisions have margins and 16 greedy tokens can be
+required to match the reference exactly.
+"""
+import itertools
+import json
+import logging
+import struct
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from test_hf_loader import build_hf
+
+import pylut
+from pylut import _core, gptq
+from pylut.errors import ModelFileError
+
+from ref_forward import forward
+
+LOGIT_RTOL = 0.03            # tests/test_hf_loader.py's tolerance
+GREEDY_LEN = 16
+DIM, FFN, HEADS, KV_HEADS, LAYERS, VOCAB = 64, 128, 4, 2, 2, 300
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+CORE = dict(zip(PROJECTIONS, ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")))
+ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int32): "I32"}
+
+
+# ---------------------------------------------------------------- writing a GPTQ folder
+
+def pack_bits(values, bits, axis):
+    """The GPTQ bit stream, one bit at a time: bit b of value i lands at stream position
+    bits*i + b, i.e. bit (pos % 32) of int32 word pos // 32 along `axis`."""
+    v = np.moveaxis(np.asarray(values, np.uint64), axis, 0)
+    words = np.zeros((v.shape[0] * bits // 32,) + v.shape[1:], np.uint64)
+    for i in range(v.shape[0]):
+        for b in range(bits):
+            pos = bits * i + b
+            words[pos // 32] |= ((v[i] >> np.uint64(b)) & np.uint64(1)) << np.uint64(pos % 32)
+    return np.moveaxis(words.astype(np.uint32).view(np.int32), 0, axis)
+
+
+def write_safetensors(path, tensors):
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": ST_DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+class Reference(NamedTuple):
+    w: np.ndarray            # float32 W[n_out, n_in], exact
+    s_times_z: np.ndarray    # |s * z| per weight: the fp16 bias rounding scales with it
+
+
+def gptq_layer(rng, n_out, n_in, bits, group_size, sym, act_order, std):
+    """Random codes/scales/zeros and g_idx; returns (tensors by suffix, Reference)."""
+    gs = n_in if group_size == -1 else group_size
+    n_groups = -(-n_in // gs)
+    q = rng.integers(0, 1 << bits, (n_in, n_out))
+    # scale so that W has about the given std (codes spread ~2^bits/sqrt(12) around the zero)
+    s = (std * np.sqrt(12) / (1 << bits) * rng.uniform(0.5, 1.5, (n_groups, n_out))).astype(np.float16)
+    z = np.full((n_groups, n_out), 1 << (bits - 1))
+    if not sym:  # zero points near the middle, as GPTQ finds for centred weights, and both ends
+        z = z + rng.integers(-1, 2, z.shape)
+        z[0, :2] = 0, (1 << bits) - 1   # zero 0 is stored as 2^bits - 1 in v1 ("gptq") files
+    g_idx = np.arange(n_in) // gs
+    if act_order:  # groups formed in a permuted input order, as GPTQ's desc_act does
+        g_idx = g_idx[np.argsort(rng.permutation(n_in))]
+    s_k, z_k = s.astype(np.float32)[g_idx].T, z[g_idx].T.astype(np.float32)  # per weight [n_out, n_in]
+    ref = Reference(w=s_k * (q.T - z_k), s_times_z=np.abs(s_k * z_k))
+    return dict(qweight=pack_bits(q, bits, 0), scales=s, z=z, g_idx=g_idx.astype(np.int32)), ref
+
+
+def build_gptq(folder, arch="LlamaForCausalLM", bits=4, group_size=32, sym=True, fmt="gptq",
+               act_order=False, write_g_idx=True, qconfig=None, mutate=None):
+    """A GPTQ folder (config.json, model.safetensors, tokenizer.json); returns the
+    References by core name (blk.i.attn_q ...)."""
+    build_hf(folder, arch=arch, dim=DIM, layers=LAYERS, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN, vocab=VOCAB)
+    rng = np.random.default_rng(bits * 100 + sym * 10 + act_order)
+    hd = DIM // HEADS
+    kvd = KV_HEADS * hd
+    embed = rng.standard_normal((VOCAB, DIM)).astype(np.float16)
+    t = {"model.embed_tokens.weight": embed, "lm_head.weight": embed[rng.permutation(VOCAB)],
+         "model.norm.weight": (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32)}
+    shapes = {"self_attn.q_proj": (DIM, DIM), "self_attn.k_proj": (kvd, DIM), "self_attn.v_proj": (kvd, DIM),
+              "self_attn.o_proj": (DIM, DIM), "mlp.gate_proj": (FFN, DIM), "mlp.up_proj": (FFN, DIM),
+              "mlp.down_proj": (DIM, FFN)}
+    ref = {}
+    for i in range(LAYERS):
+        h = f"model.layers.{i}."
+        t[h + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32)
+        t[h + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32)
+        for proj in PROJECTIONS:
+            n_out, n_in = shapes[proj]
+            std = n_in ** -0.5 / (np.sqrt(2 * LAYERS) if proj in ("self_attn.o_proj", "mlp.down_proj") else 1)
+            parts, ref[f"blk.{i}.{CORE[proj]}"] = gptq_layer(rng, n_out, n_in, bits, group_size, sym, act_order, std)
+            stored_zeros = (parts.pop("z") - (1 if fmt == "gptq" else 0)) % (1 << bits)
+            parts["qzeros"] = pack_bits(stored_zeros, bits, 1)
+            if not (write_g_idx or act_order):
+                parts.pop("g_idx")
+            for suffix, a in parts.items():
+                t[f"{h}{proj}.{suffix}"] = a
+        if arch.startswith("Qwen2"):
+            for x, n in (("q", DIM), ("k", kvd), ("v", kvd)):
+                t[h + f"self_attn.{x}_proj.bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+    qc = dict(quant_method="gptq", bits=bits, group_size=group_size, sym=sym, desc_act=act_order,
+              checkpoint_format=fmt, **(qconfig or {}))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = qc
+    (folder / "config.json").write_text(json.dumps(cfg))
+    if mutate:
+        mutate(t)
+    write_safetensors(folder / "model.safetensors", t)
+    return ref
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def dequantized(loaded):
+    return {k: (t.dequantize() if isinstance(t, _core.QMatrix) else np.asarray(t)) for k, t in loaded.tensors.items()}
+
+
+def relative_error(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def greedy_prefix(loaded, weights, prompt):
+    """Greedy tokens on the KV cache vs the reference reading that sequence (teacher forcing):
+    how many of GREEDY_LEN agree before the first difference."""
+    session, pool = _core.Session(loaded.build(), n_ctx=len(prompt) + GREEDY_LEN), pylut.get_pool()
+    logits = session.forward(prompt, pool, all_logits=True)
+    tokens = [int(logits[-1].argmax())]
+    for _ in range(GREEDY_LEN - 1):
+        tokens.append(int(session.forward([tokens[-1]], pool).argmax()))
+    seq = np.concatenate([prompt, tokens])
+    ref_choice = forward(loaded.config, weights, seq[:-1])[len(prompt) - 1:].argmax(1)
+    differ = np.flatnonzero(ref_choice != np.asarray(tokens))
+    return int(differ[0]) if differ.size else GREEDY_LEN
+
+
+# ---------------------------------------------------------------- unpacking
+
+def test_unpack_3bit_straddles_words():
+    """Values 10 and 21 of a 3-bit block cross word boundaries (AutoGPTQ's pack loop writes
+    value 10's low 2 bits at bits 30-31 of word 0 and its high bit at bit 0 of word 1;
+    value 21's low bit at bit 31 of word 1 and its high 2 bits at bits 0-1 of word 2)."""
+    values = np.zeros((32, 1), np.uint8)
+    values[10], values[21], values[31] = 0b101, 0b110, 0b111
+    words = np.array([[0b01 << 30], [1], [0b11 | 0b111 << 29]], np.uint32).view(np.int32)
+    assert np.array_equal(gptq.unpack_rows(words, 3, 32), values)
+    assert np.array_equal(pack_bits(values, 3, 0), words)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_unpack_matches_the_reference_packer(bits):
+    rng = np.random.default_rng(bits)
+    values = rng.integers(0, 1 << bits, (96, 5)).astype(np.uint8)
+    assert np.array_equal(gptq.unpack_rows(pack_bits(values, bits, 0), bits, 96), values)
+    assert np.array_equal(gptq.unpack_rows(pack_bits(values.T, bits, 1).T, bits, 96), values)
+
+
+# ---------------------------------------------------------------- lossless repacking
+
+def fp16_bias_bound(ref):
+    """Half an fp16 ulp of the bias s*z (2^-25 below the normal range), plus the float32
+    rounding of scale*code + bias in dequantize()."""
+    return 2.0 ** -11 * ref.s_times_z + 2.0 ** -25 + 2.0 ** -24 * np.abs(ref.w)
+
+
+# every bits x sym x format; the architecture and whether g_idx is written alternate
+LOSSLESS = [("Qwen2ForCausalLM" if n % 2 else "LlamaForCausalLM", bits, sym, fmt, n % 3 != 0)
+            for n, (bits, sym, fmt) in enumerate(itertools.product((2, 3, 4), (True, False), ("gptq", "gptq_v2")))]
+
+
+@pytest.mark.parametrize("arch,bits,sym,fmt,write_g_idx", LOSSLESS)
+def test_gptq_repacked_losslessly(tmp_path, cache, arch, bits, sym, fmt, write_g_idx):
+    ref = build_gptq(tmp_path / "m", arch=arch, bits=bits, sym=sym, fmt=fmt, write_g_idx=write_g_idx)
+    m = pylut.load(tmp_path / "m", n_ctx=64)
+    lm = m.loaded
+    for name, r in ref.items():
+        qm = lm.tensors[name]
+        assert (qm.bits, qm.group, lm.tensor_types[name]) == (bits, 32, f"GPTQ{bits}")
+        got = qm.dequantize()
+        if sym:  # implied-zero grid: bit-exact, no bias array
+            assert qm.zero == 1 << (bits - 1) and not qm.has_bias
+            assert np.array_equal(got, r.w), name
+            assert name not in lm.lossy
+        else:
+            assert qm.has_bias
+            assert np.all(np.abs(got - r.w) <= fp16_bias_bound(r)), name
+    weights = dequantized(lm)
+    prompt = m.tokenize("GPTQ, repacked: 0123", add_bos=False)
+    out = m.session.forward(prompt, m.pool, all_logits=True)
+    want = forward(lm.config, weights, prompt)
+    assert relative_error(out, want) <= LOGIT_RTOL
+    assert (out.argmax(1) == want.argmax(1)).mean() >= 0.9
+    assert greedy_prefix(lm, weights, prompt) == GREEDY_LEN
