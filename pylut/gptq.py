@@ -14,7 +14,10 @@ a word boundary (AutoGPTQ's pack loop writes exactly that stream).
 
 Zero points: checkpoint_format "gptq" (v1, what AutoGPTQ and most Hub checkpoints write)
 stores z - 1 in each field; "gptq_v2" (GPTQModel's internal format) stores z itself. A v1
-field is decoded as (field + 1) mod 2^bits, as AutoGPTQ's reference dequantization does.
+field is decoded as (field + 1) mod 2^bits, as AutoGPTQ's reference dequantization does, so
+a zero point of 0 (stored as 2^bits - 1) survives. AutoGPTQ's packer also ORed that -1's
+sign bits into the fields above it in the same word; such files are damaged at the source
+and load as written.
 
 Repacking: pylut's groups are contiguous runs of 8..256 inputs (a multiple of 8), each with
 one fp16 scale (and bias). Whenever g_idx is constant on aligned runs of some such width,
@@ -122,7 +125,8 @@ def unpack_rows(words: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- one layer
 
-def _read(st, name: str, dtypes: tuple[str, ...], shape: tuple[int, ...], path: str) -> np.ndarray:
+def _checked(st, name: str, dtypes: tuple[str, ...], shape: tuple[int, ...], path: str):
+    """The SafetensorInfo of name, after checking that it exists with this dtype and shape."""
     if name not in st:
         raise ModelFileError(f"{path}: missing tensor {name!r} (GPTQ layers need qweight, qzeros "
                              f"and scales)")
@@ -133,7 +137,7 @@ def _read(st, name: str, dtypes: tuple[str, ...], shape: tuple[int, ...], path: 
     if tuple(info.shape) != shape:
         raise ModelFileError(f"{path}: tensor {name!r} has shape {tuple(info.shape)}, expected "
                              f"{shape} from config.json and the quantization_config")
-    return info.to_float32() if dtypes[0].startswith(("F", "BF")) else info.array()
+    return info
 
 
 def _contiguous_group(g_idx: np.ndarray) -> int | None:
@@ -179,13 +183,13 @@ def read_layer(st, base: str, n_out: int, n_in: int, cfg: GPTQConfig, path: str)
             raise ModelFileError(f"{path}: {base}: {n} {what} at {bits} bits do not fill whole "
                                  f"int32 words; GPTQ packs 32 values per {bits} words")
     n_groups = cfg.n_groups(n_in)
-    qweight = _read(st, base + ".qweight", ("I32",), (n_in * bits // 32, n_out), path)
-    qzeros = _read(st, base + ".qzeros", ("I32",), (n_groups, n_out * bits // 32), path)
-    scales = _read(st, base + ".scales", ("F16", "BF16", "F32"), (n_groups, n_out), path)
+    qweight = _checked(st, base + ".qweight", ("I32",), (n_in * bits // 32, n_out), path).array()
+    qzeros = _checked(st, base + ".qzeros", ("I32",), (n_groups, n_out * bits // 32), path).array()
+    scales = _checked(st, base + ".scales", ("F16", "BF16", "F32"), (n_groups, n_out), path).to_float32()
     if not np.all(np.isfinite(scales)):
         raise ModelFileError(f"{path}: tensor {base + '.scales'!r} contains NaN or inf")
     if base + ".g_idx" in st:
-        g_idx = _read(st, base + ".g_idx", ("I32", "I64"), (n_in,), path).astype(np.int64)
+        g_idx = _checked(st, base + ".g_idx", ("I32", "I64"), (n_in,), path).array().astype(np.int64)
         if g_idx.size and (g_idx.min() < 0 or g_idx.max() >= n_groups):
             raise ModelFileError(f"{path}: tensor {base + '.g_idx'!r} has group indices in "
                                  f"[{g_idx.min()}, {g_idx.max()}], outside [0, {n_groups})")

@@ -113,10 +113,10 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             base = name[: -len(".weight")]
             if matrix and core.split(".")[-1] in ("attn_output", "ffn_gate", "ffn_up", "ffn_down"):
                 _no_bias(st, base, path)
-            # a GPTQ layer: its qweight is there, or neither it nor a float weight is (then
-            # the error names the qweight); GPTQModel may leave lm_head or a layer float
+            # a GPTQ layer: its qweight is there, or a block's projection has neither it nor a
+            # float weight (the error names the qweight); lm_head or a layer may be left float
             if quant is not None and matrix and (base + ".qweight" in st or
-                                                 (core != "token_embd" and name not in st)):
+                                                 (core.startswith("blk.") and name not in st)):
                 c = gptq.load_matrix(st, base, shape, quant, path, requant_args)
                 tensors[core], types[core] = c.matrix, f"GPTQ{quant.bits}"
                 if not c.exact:
@@ -147,7 +147,8 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             n_params += w.size
     if tied:
         tensors["output"], types["output"] = tensors["token_embd"], types["token_embd"]
-        lossy.add("output")
+        if "token_embd" in lossy:
+            lossy.add("output")
     if act_order:
         log.warning("%s: %d GPTQ matrices use act-order groups (desc_act) that are not contiguous "
                     "along the input; requantized round-to-nearest to %d bits, group %d (lossy)",

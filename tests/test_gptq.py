@@ -304,6 +304,20 @@ def test_legacy_quantize_config_json(tmp_path, cache):
     assert all(np.array_equal(lm.tensors[n].dequantize(), r.w) for n, r in ref.items())
 
 
+def test_requant_option_requantizes_gptq_layers(tmp_path, cache):
+    ref = build_gptq(tmp_path / "m", bits=4)
+    lm = pylut.load(tmp_path / "m", n_ctx=64, requant="q2").loaded
+    assert all(lm.tensors[n].bits == 2 and n in lm.lossy for n in ref)
+
+
+def test_mislabelled_checkpoint_format_warns(tmp_path, cache, caplog):
+    """A gptq_v2 file declared as v1: every symmetric zero point decodes one too high."""
+    build_gptq(tmp_path / "m", bits=4, fmt="gptq_v2", qconfig={"checkpoint_format": "gptq"})
+    with caplog.at_level(logging.WARNING, logger="pylut"):
+        pylut.load(tmp_path / "m", n_ctx=64)
+    assert "14 GPTQ matrices are marked sym but have zero points other than 8" in caplog.text
+
+
 # ---------------------------------------------------------------- bad checkpoints
 
 L0, L1 = "model.layers.0.", "model.layers.1."
