@@ -4,6 +4,9 @@ LoadedModel the GGUF loader makes, float weights quantized on load.
 Hugging Face llama/mistral/qwen2 checkpoints keep q/k rows in the half-split ("NEOX") RoPE
 order (llama.cpp's converter permutes them to adjacent pairs when writing GGUF), so every
 architecture here rotates (i, i + head_dim/2) pairs. Norm weights and biases stay float32.
+
+GPTQ checkpoints (quantization_config.quant_method "gptq") keep their codes and scales
+(pylut.gptq); their embedding, norms and usually lm_head are float and take the float path.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 
 import numpy as np
 
+from . import gptq
 from .errors import ModelFileError
 from .kernels import quantize
 from .loader import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel
@@ -28,7 +32,7 @@ def is_hf_folder(path) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def _config(path: str) -> dict:
+def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
     cfg_path = os.path.join(path, "config.json")
     try:
         with open(cfg_path) as f:
@@ -40,10 +44,8 @@ def _config(path: str) -> dict:
     if arch is None:
         raise ModelFileError(f"{cfg_path}: unsupported architecture {archs or hf.get('model_type')!r}; "
                              f"supported: {', '.join(sorted(ARCHS))}")
-    if hf.get("quantization_config"):
-        raise ModelFileError(f"{cfg_path}: quantized checkpoints "
-                             f"({hf['quantization_config'].get('quant_method', '?')}) are not supported yet; "
-                             "use the float checkpoint or a GGUF file")
+    qc = gptq.quantization_config(path, hf)
+    quant = gptq.parse_config(qc, cfg_path) if qc else None
     try:
         dim, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
         cfg = dict(arch=arch, n_layers=int(hf["num_hidden_layers"]), dim=dim, n_heads=heads,
@@ -56,43 +58,78 @@ def _config(path: str) -> dict:
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
     if hf.get("rope_scaling"):
         log.warning("%s: rope_scaling is ignored; quality may drop past the original context", cfg_path)
-    return cfg, bool(hf.get("tie_word_embeddings", False))
+    return cfg, bool(hf.get("tie_word_embeddings", False)), quant
 
 
-def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None) -> LoadedModel:
-    """Read a Hugging Face llama / mistral / qwen2 folder; matrices are quantized to `bits`
-    (or per `requant`), round-to-nearest with one fp16 scale and bias per group."""
-    path = os.fspath(path)
-    start = time.perf_counter()
-    cfg, tied = _config(path)
-    qargs = REQUANT[requant] if requant else dict(bits=bits, group=group or DEFAULT_FLOAT_GROUP, mode="zp")
+def _wanted(cfg: dict, tied: bool) -> dict:
+    """core name -> (HF name, shape, matrix?, required?)."""
     L, d, kvd, ffn = cfg["n_layers"], cfg["dim"], cfg["n_kv_heads"] * cfg["head_dim"], cfg["ffn_dim"]
     qd = cfg["n_heads"] * cfg["head_dim"]
-    # core name -> (HF name, shape, matrix?)
-    want = {"token_embd": ("model.embed_tokens.weight", (cfg["vocab"], d), True),
-            "output_norm": ("model.norm.weight", (d,), False)}
+    want = {"token_embd": ("model.embed_tokens.weight", (cfg["vocab"], d), True, True),
+            "output_norm": ("model.norm.weight", (d,), False, True)}
     if not tied:
-        want["output"] = ("lm_head.weight", (cfg["vocab"], d), True)
+        want["output"] = ("lm_head.weight", (cfg["vocab"], d), True, True)
     for i in range(L):
         p, h = f"blk.{i}.", f"model.layers.{i}."
         want.update({
-            p + "attn_norm": (h + "input_layernorm.weight", (d,), False),
-            p + "attn_q": (h + "self_attn.q_proj.weight", (qd, d), True),
-            p + "attn_k": (h + "self_attn.k_proj.weight", (kvd, d), True),
-            p + "attn_v": (h + "self_attn.v_proj.weight", (kvd, d), True),
-            p + "attn_output": (h + "self_attn.o_proj.weight", (d, qd), True),
-            p + "ffn_norm": (h + "post_attention_layernorm.weight", (d,), False),
-            p + "ffn_gate": (h + "mlp.gate_proj.weight", (ffn, d), True),
-            p + "ffn_up": (h + "mlp.up_proj.weight", (ffn, d), True),
-            p + "ffn_down": (h + "mlp.down_proj.weight", (d, ffn), True),
+            p + "attn_norm": (h + "input_layernorm.weight", (d,), False, True),
+            p + "attn_q": (h + "self_attn.q_proj.weight", (qd, d), True, True),
+            p + "attn_k": (h + "self_attn.k_proj.weight", (kvd, d), True, True),
+            p + "attn_v": (h + "self_attn.v_proj.weight", (kvd, d), True, True),
+            p + "attn_output": (h + "self_attn.o_proj.weight", (d, qd), True, True),
+            p + "ffn_norm": (h + "post_attention_layernorm.weight", (d,), False, True),
+            p + "ffn_gate": (h + "mlp.gate_proj.weight", (ffn, d), True, True),
+            p + "ffn_up": (h + "mlp.up_proj.weight", (ffn, d), True, True),
+            p + "ffn_down": (h + "mlp.down_proj.weight", (d, ffn), True, True),
         })
-        if cfg["arch"] == "qwen2":
-            for x, n in (("q", qd), ("k", kvd), ("v", kvd)):
-                want[p + f"attn_{x}.bias"] = (h + f"self_attn.{x}_proj.bias", (n,), False)
-    tensors, types, n_params = {}, {}, 0
+        # qwen2 always has q/k/v biases; llama-family checkpoints with attention_bias do too
+        for x, n in (("q", qd), ("k", kvd), ("v", kvd)):
+            want[p + f"attn_{x}.bias"] = (h + f"self_attn.{x}_proj.bias", (n,), False, cfg["arch"] == "qwen2")
+    return want
+
+
+def _no_bias(st, base: str, path: str) -> None:
+    """The block has no bias slot for o_proj / the MLP: a zero bias (AutoGPTQ can write one)
+    is fine, anything else would be silently dropped."""
+    name = base + ".bias"
+    if name in st and np.any(st[name].to_float32() != 0):
+        raise ModelFileError(f"{path}: tensor {name!r} is a nonzero bias, which pylut's "
+                             f"llama/qwen2 block does not have for this projection")
+
+
+def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None) -> LoadedModel:
+    """Read a Hugging Face llama / mistral / qwen2 folder. Float matrices are quantized to
+    `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group; GPTQ
+    matrices keep the checkpoint's codes and scales (see pylut.gptq) unless `requant` is given."""
+    path = os.fspath(path)
+    start = time.perf_counter()
+    cfg, tied, quant = _config(path)
+    requant_args = REQUANT[requant] if requant else None
+    qargs = requant_args or dict(bits=bits, group=group or DEFAULT_FLOAT_GROUP, mode="zp")
+    tensors, types, lossy, n_params = {}, {}, set(), 0
+    act_order, odd_zero = [], []
     with open_safetensors(path) as st:
-        for core, (name, shape, matrix) in want.items():
+        for core, (name, shape, matrix, required) in _wanted(cfg, tied).items():
+            base = name[: -len(".weight")]
+            if matrix and core.split(".")[-1] in ("attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+                _no_bias(st, base, path)
+            # a GPTQ layer: its qweight is there, or a block's projection has neither it nor a
+            # float weight (the error names the qweight); lm_head or a layer may be left float
+            if quant is not None and matrix and (base + ".qweight" in st or
+                                                 (core.startswith("blk.") and name not in st)):
+                c = gptq.load_matrix(st, base, shape, quant, path, requant_args)
+                tensors[core], types[core] = c.matrix, f"GPTQ{quant.bits}"
+                if not c.exact:
+                    lossy.add(core)
+                if c.act_order:
+                    act_order.append(core)
+                if c.odd_sym_zero:
+                    odd_zero.append(core)
+                n_params += shape[0] * shape[1]
+                continue
             if name not in st:
+                if not required:
+                    continue
                 raise ModelFileError(f"{path}: missing tensor {name!r}")
             info = st[name]
             if tuple(info.shape) != shape:
@@ -101,18 +138,32 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             w = info.to_float32()
             if not np.all(np.isfinite(w)):
                 raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
-            tensors[core] = quantize(w, **qargs) if matrix else np.ascontiguousarray(w, np.float32)
+            if matrix:
+                tensors[core] = quantize(w, **qargs)
+                lossy.add(core)
+            else:
+                tensors[core] = np.ascontiguousarray(w, np.float32)
             types[core] = str(info.dtype)
             n_params += w.size
     if tied:
         tensors["output"], types["output"] = tensors["token_embd"], types["token_embd"]
+        if "token_embd" in lossy:
+            lossy.add("output")
+    if act_order:
+        log.warning("%s: %d GPTQ matrices use act-order groups (desc_act) that are not contiguous "
+                    "along the input; requantized round-to-nearest to %d bits, group %d (lossy)",
+                    path, len(act_order), quant.bits, gptq.requant_group(quant))
+    if odd_zero:
+        log.warning("%s: %d GPTQ matrices are marked sym but have zero points other than %d; "
+                    "is checkpoint_format (%s) right? loaded as declared", path, len(odd_zero),
+                    1 << (quant.bits - 1), "gptq" if quant.zeros_minus_one else "gptq_v2")
     mats = [t for k, t in tensors.items() if hasattr(t, "codes_buf") and not (tied and k == "output")]
     bpw = 8.0 * sum(q.nbytes for q in mats) / max(1, sum(q.shape[0] * q.shape[1] for q in mats))
     loaded = LoadedModel(config=cfg, tensors=tensors, metadata={}, path=path, arch=cfg["arch"],
                          tensor_types=types, n_params=n_params, bits_per_weight=bpw,
-                         lossy=set(k for k, t in tensors.items() if hasattr(t, "codes_buf")),
-                         tied_output=tied)
+                         lossy=lossy, tied_output=tied)
     loaded.load_seconds = time.perf_counter() - start
-    log.info("%s: %s, %d layers, dim %d, %.1fM params, quantized on load in %.2f s", path, cfg["arch"],
-             L, d, n_params / 1e6, loaded.load_seconds)
+    log.info("%s: %s, %d layers, dim %d, %.1fM params%s, %d lossy matrices, loaded in %.2f s", path,
+             cfg["arch"], cfg["n_layers"], cfg["dim"], n_params / 1e6,
+             f", GPTQ {quant.bits}-bit" if quant else "", len(lossy), loaded.load_seconds)
     return loaded

@@ -98,9 +98,9 @@ def test_hf_folder_errors(tmp_path, cache):
     missing = build_hf(tmp_path / "b", drop=("model.layers.1.mlp.up_proj.weight",))
     with pytest.raises(ModelFileError, match="missing tensor 'model.layers.1.mlp.up_proj.weight'"):
         pylut.load(missing)
-    gptq = build_hf(tmp_path / "c", extra_config={"quantization_config": {"quant_method": "gptq"}})
-    with pytest.raises(ModelFileError, match="gptq"):
-        pylut.load(gptq)
+    awq = build_hf(tmp_path / "c", extra_config={"quantization_config": {"quant_method": "awq"}})
+    with pytest.raises(ModelFileError, match="'awq' quantized checkpoints are not supported"):
+        pylut.load(awq)  # GPTQ ones are read: tests/test_gptq.py
     shape = build_hf(tmp_path / "d", extra_config={"intermediate_size": 96})
     with pytest.raises(ModelFileError, match="shape"):
         pylut.load(shape)
