@@ -71,7 +71,7 @@ def model_kind(path):
 
 
 def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True,
-               requant=None):
+               requant=None, kv_type="f16"):
     """A Model from a .gguf or .pylut path; library errors become CLIError."""
     kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
@@ -79,7 +79,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
         if kind in ("gguf", "hf"):
             import pylut
             model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
-                               chat_template=chat_template, cache=cache, requant=requant)
+                               chat_template=chat_template, cache=cache, requant=requant, kv_type=kv_type)
         else:
             from .model import Model
             from .packcache import load as load_packed
@@ -90,7 +90,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
                 raise CLIError(f"{path}: its source GGUF {loaded.path} is gone; the tokenizer is read "
                                "from it. Put it back or re-run 'pylut convert' from the GGUF.")
             model = Model(loaded, Tokenizer.from_file(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
-                          chat_template=chat_template)
+                          chat_template=chat_template, kv_type=kv_type)
             model.name = os.path.basename(path)
     except CLIError:
         raise
@@ -151,6 +151,9 @@ def _add_model_args(p, optional_model=False, threads=True):
                         "tools/requant_quality.py)")
     p.add_argument("--chat-template", default=None, metavar="NAME",
                    help="override the model's chat template: chatml, llama-2, llama-3, zephyr, phi-3")
+    p.add_argument("--kv-type", choices=("f16", "q8", "q4"), default="f16",
+                   help="KV cache storage: f16 (default), q8 (int8, 0.53x the memory) or q4 (4-bit, "
+                        "0.28x; some quality loss, see tools/bench_attention.py)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the packed-model cache")
 
 
@@ -305,7 +308,8 @@ def main(argv=None):
 
 def _load_from_args(args, model_path=None):
     return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None), bits=args.bits,
-                      chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant)
+                      chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant,
+                      kv_type=args.kv_type)
 
 
 def cmd_chat(args):

@@ -118,7 +118,7 @@ int pylut_attn_plan(pylut_attn_job *j, int nth) {
     }
     j->n_items = (int64_t)j->n_kv_heads * j->q_tiles * j->splits;
     const int64_t R = PYLUT_ATTN_ROWS, B = PYLUT_ATTN_BLOCK, hp = j->hd_pad;
-    j->scratch_floats = 2 * R * hp + B * hp + R * B + 2 * R;
+    j->scratch_floats = 2 * R * hp + 2 * B * hp + R * B + 2 * R;
     j->partial_floats = j->splits > 1 ? (int64_t)j->n_kv_heads * j->splits * j->rows * (hp + 2) : 0;
     return PYLUT_OK;
 }
@@ -139,12 +139,12 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     const int t0 = tile * j->tokens_per_item;
     const int t1 = t0 + j->tokens_per_item < j->n ? t0 + j->tokens_per_item : j->n;
     const int rows = (t1 - t0) * G;
-    /* scratch: qs [R][hp] | acc [R][hp] | kbuf [B][hp] | sbuf [R][B] | mx [R] | sum [R] */
+    /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] */
     float *qs = scratch, *acc = qs + PYLUT_ATTN_ROWS * hp, *kbuf = acc + PYLUT_ATTN_ROWS * hp;
-    float *sbuf = kbuf + PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
+    float *sbuf = kbuf + 2 * PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
     int32_t lim[PYLUT_ATTN_ROWS];
     const float qscale = j->scale * LOG2E;
-    memset(kbuf, 0, (size_t)PYLUT_ATTN_BLOCK * hp * sizeof(float));
+    memset(kbuf, 0, (size_t)2 * PYLUT_ATTN_BLOCK * hp * sizeof(float));
     memset(acc, 0, (size_t)rows * hp * sizeof(float));
     for (int r = 0; r < rows; r++) { /* row r: token t0 + r/G, query head kvh*G + r%G */
         const float *q = j->q + (int64_t)(t0 + r / G) * j->ldq + (int64_t)(kvh * G + r % G) * hd;

