@@ -15,6 +15,36 @@
 
 /* ------------------------------------------------------------------ cache rows */
 
+/* The 4-bit cache stores each block of 32 rotated by a normalized Walsh-Hadamard transform:
+ * keys have a few outlier channels that would otherwise set every block's scale and flatten
+ * the rest to a handful of levels (perplexity of SmolLM2 with a 4-bit cache: 6.47 unrotated
+ * against 4.69 in f16). H is orthonormal and its own inverse, so (Hq).(Hk) = q.k and
+ * sum p Hv = H sum p v: queries are rotated on the way in, outputs on the way out, and the
+ * kernels never know. A power-of-two head is rotated whole; other heads block by block, and
+ * a block whose length is not a power of two (none for the common sizes) is left as it is. */
+static void hadamard(float *b, int n) {
+    for (int len = 1; len < n; len *= 2)
+        for (int i = 0; i < n; i += 2 * len)
+            for (int j = i; j < i + len; j++) {
+                const float u = b[j], w = b[j + len];
+                b[j] = u + w;
+                b[j + len] = u - w;
+            }
+    const float norm = 1.0f / sqrtf((float)n);
+    for (int i = 0; i < n; i++) b[i] *= norm;
+}
+
+static void hadamard_blocks(float *x, int hd) {
+    if (!(hd & (hd - 1))) { /* 64, 128, 256: the whole head, outliers spread furthest */
+        hadamard(x, hd);
+        return;
+    }
+    for (int e0 = 0; e0 < hd; e0 += PYLUT_KV_BLOCK) {
+        const int n = hd - e0 < PYLUT_KV_BLOCK ? hd - e0 : PYLUT_KV_BLOCK;
+        if (!(n & (n - 1))) hadamard(x + e0, n);
+    }
+}
+
 static int kv_type_ok(int type) { return type == PYLUT_KV_F16 || type == PYLUT_KV_Q8 || type == PYLUT_KV_Q4; }
 
 int64_t pylut_kv_row_bytes(int type, int hd) {
@@ -35,6 +65,12 @@ int pylut_kv_encode(int type, int hd, const float *x, uint8_t *row) {
             memcpy(row + 2 * i, &h, 2);
         }
         return PYLUT_OK;
+    }
+    float rotated[PYLUT_ATTN_MAX_HD];
+    if (type == PYLUT_KV_Q4) {
+        memcpy(rotated, x, (size_t)hd * sizeof(float));
+        hadamard_blocks(rotated, hd);
+        x = rotated;
     }
     uint8_t *scales = row + (type == PYLUT_KV_Q8 ? hd : hd / 2);
     for (int b = 0; b * PYLUT_KV_BLOCK < hd; b++) {
@@ -87,6 +123,7 @@ int pylut_kv_decode(int type, int hd, const uint8_t *row, float *x) {
             x[e0 + i] = d * (float)c;
         }
     }
+    if (type == PYLUT_KV_Q4) hadamard_blocks(x, hd);
     return PYLUT_OK;
 }
 
@@ -150,6 +187,7 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         const float *q = j->q + (int64_t)(t0 + r / G) * j->ldq + (int64_t)(kvh * G + r % G) * hd;
         for (int i = 0; i < hd; i++) qs[(int64_t)r * hp + i] = q[i] * qscale;
         for (int i = hd; i < hp; i++) qs[(int64_t)r * hp + i] = 0.0f;
+        if (j->type == PYLUT_KV_Q4) hadamard_blocks(qs + (int64_t)r * hp, hd);
         lim[r] = j->pos0 + t0 + r / G + 1;
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
@@ -163,6 +201,7 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
             float *o = j->out + (int64_t)(t0 + r / G) * j->ldo + (int64_t)(kvh * G + r % G) * hd;
             const float inv = 1.0f / sum[r];
             for (int i = 0; i < hd; i++) o[i] = acc[(int64_t)r * hp + i] * inv;
+            if (j->type == PYLUT_KV_Q4) hadamard_blocks(o, hd);
         }
         return;
     }
@@ -192,6 +231,7 @@ void pylut_attn_merge(const pylut_attn_job *j, int kvh) {
         }
         const float inv = 1.0f / total;
         for (int i = 0; i < hd; i++) o[i] *= inv;
+        if (j->type == PYLUT_KV_Q4) hadamard_blocks(o, hd);
     }
 }
 

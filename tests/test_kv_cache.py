@@ -68,3 +68,38 @@ def test_state_saved_in_one_process_continues_in_another(tmp_path, cache):
     got = run("load")
     assert got[0] == expected[0]
     assert got[1] == "1"  # only the last prompt token re-ran: the rest came from the file
+
+
+@pytest.mark.parametrize("kv_type,max_rel,max_bytes", [("q8", 0.01, 0.55), ("q4", 0.05, 0.30)])
+def test_quantized_cache_tracks_the_f16_cache(tmp_path, cache, kv_type, max_rel, max_bytes):
+    """The int8 / 4-bit caches cut the memory and change the logits by a bounded amount
+    (measured on this model: q8 0.25 %, q4 0.7 % of the logit range) and still shift."""
+    model = tmp_path / "tiny.gguf"
+    build_gguf(model, "llama", "Q8_0", vocab=300, n_layers=2, dim=128, context_length=256)
+    prompt = list(range(5, 69))
+    f16 = pylut.load(model, n_ctx=128, n_threads=2)
+    ref = f16.eval(prompt)
+    m = pylut.load(model, n_ctx=128, n_threads=2, kv_type=kv_type)
+    assert m.session.kv_array().nbytes <= max_bytes * f16.session.kv_array().nbytes
+    got = m.eval(prompt)
+    rel = np.abs(got - ref).max() / (ref.max() - ref.min())
+    print(f"{kv_type}: max logit error {rel * 100:.2f} % of the range")
+    assert rel < max_rel
+    r = m.create_completion(prompt, max_tokens=80, temperature=0, ignore_eos=True)  # runs past n_ctx: shifts
+    assert r["usage"]["completion_tokens"] == 80 and m.n_shifts >= 1
+
+
+def test_state_files_remember_the_cache_type(tmp_path, cache):
+    model = tmp_path / "tiny.gguf"
+    build_gguf(model, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
+    q4 = pylut.load(model, n_ctx=64, kv_type="q4")
+    q4.eval([5, 6, 7, 8])
+    q4.save_state(tmp_path / "s.bin")
+    with pytest.raises(ValueError, match="kv_type"):
+        pylut.load(model, n_ctx=64).load_state(tmp_path / "s.bin")
+    again = pylut.load(model, n_ctx=64, kv_type="q4")
+    again.load_state(tmp_path / "s.bin")
+    assert np.array_equal(again.eval([5, 6, 7, 8, 9]), q4.eval([5, 6, 7, 8, 9]))
+    assert again.stats["prompt_processed"] == 1
+    with pytest.raises(ValueError, match="kv_type"):
+        pylut.load(model, kv_type="q2")
