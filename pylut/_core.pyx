@@ -555,9 +555,13 @@ def gemm_multi(mats, x, ThreadPool pool, Tables tables=None):
     if n < 1:
         raise ValueError("x has no rows")
     cdef QMatrix q
+    cdef pylut_lut want, have
+    pylut_lut_layout(&want, &first.qm)
     for q in mats:
-        if (q.qm.k, q.qm.group, q.qm.type == PYLUT_TYPE_T3) != (k, first.qm.group, first.qm.type == PYLUT_TYPE_T3):
-            raise ValueError("matrices sharing tables must have the same k, group and family")
+        pylut_lut_layout(&have, &q.qm)
+        if (have.k, have.group, have.kind, have.super) != (k, want.group, want.kind, want.super):
+            raise ValueError("matrices sharing tables must have the same k, group, family and "
+                             "table-scale block")
     if tables is None:
         tables = Tables(first, n)
         tables.build(x, pool)

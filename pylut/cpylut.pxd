@@ -43,6 +43,7 @@ cdef extern from "pylut/pylut.h" nogil:
         int32_t kind
         int64_t k, k_pad
         int32_t group
+        int32_t super "super"
         int64_t tbl_bytes, n_groups
         int8_t *tbl
         float *tscale

@@ -206,7 +206,7 @@ static int lut_ok(const pylut_lut *lut, const pylut_qmatrix *qm) {
     pylut_lut ref;
     if (!lut || !lut->tbl || !lut->tscale || pylut_lut_layout(&ref, qm) != PYLUT_OK) return 0;
     return lut->kind == ref.kind && lut->k == ref.k && lut->k_pad == ref.k_pad &&
-           lut->group == ref.group && lut->tbl_bytes == ref.tbl_bytes &&
+           lut->group == ref.group && lut->super == ref.super && lut->tbl_bytes == ref.tbl_bytes &&
            lut->n_groups == ref.n_groups && (lut->kind == 1 || lut->sumx != NULL);
 }
 

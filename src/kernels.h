@@ -84,6 +84,32 @@ static inline float pylut_b_param(const pylut_qmatrix *qm, const uint16_t *base,
            (float)sub[(t * groups + g) * PYLUT_TILE_M + r];
 }
 
+/* Two-level matrices summed in integers ("int-super"): per (row, super-block)
+ *     S = sum_g sub_scale_g * (A_g + c * sumq_g),   B = sum_g sub_bias_g * sumq_g   (int32)
+ *     y += (d * tscale/2) * S + (dmin * tscale) * B
+ * with A_g the group's lookup sum (as in pylut.h) and sumq_g = round(sumx_g / tscale) on the
+ * super-block's one table scale: c/2 * tscale * sumq_g is the (2^b-1)/2 * sumx (or, without a
+ * bias array, ((2^b-1)/2 - zero) * sumx) term, so c = 2^b - 1 or 2^b - 1 - 2*zero.
+ * Bounds, with |entry| <= 127 and tscale the super-block's max k-group sum |x| / 127:
+ *   |A_g| <= (2^b-1) * 127 * group/4 and |c * sumq_g| <= (2^b-1) * 127 * group/4, both
+ *   <= 32766 when (2^b-1) * group <= 1032 (SIMD kernels keep them in int16; Q2_K..Q6_K fit);
+ *   |S| <= 128 * 2 * (2^b-1) * 127 * super/4 < 2^31 when (2^b-1) * super <= 262144.
+ * Anything else (non-integral 2*zero too) keeps per-group float scales. */
+static inline int pylut_b_int_super(const pylut_qmatrix *qm) {
+    if (!qm->super || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8) return 0;
+    const int top = (1 << qm->bits) - 1;
+    return top * qm->group <= 1032 && top * qm->super <= 262144 &&
+           (qm->has_bias || 2.0f * qm->zero == (float)(int)(2.0f * qm->zero));
+}
+static inline int pylut_b_sumq_coef(const pylut_qmatrix *qm) {
+    const int top = (1 << qm->bits) - 1;
+    return qm->has_bias ? top : top - (int)(2.0f * qm->zero);
+}
+/* int16 sumq [n_groups] of int-super tables: right after the table entries */
+static inline int16_t *pylut_lut_sumq(const pylut_lut *lut) {
+    return (int16_t *)(void *)(lut->tbl + lut->k_pad / PYLUT_KGROUP * 16);
+}
+
 /* Row tiles [tile0, tile1) of y[n][m] = W x_n with the active ISA's kernel: for callers that
  * split work themselves (the forward pass runs every stage inside one pool dispatch). */
 void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,

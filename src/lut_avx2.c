@@ -129,9 +129,125 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
 }
 
+/* One group's int16 lookup sums A_g = sum_i 2^i T[idx_i], rows 16q..16q+15 in a[q], for
+ * int-super matrices: (2^b-1) * group <= 1032 keeps every partial sum in int16 (kernels.h),
+ * so planes are weighted before any widening. Advances blk and T. */
+static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+                                       __m256i a[4]) {
+    const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    const __m256i mul12 = _mm256_set1_epi16(0x0201);
+    const uint8_t *blk = *pblk;
+    const int8_t *T = *pT;
+    for (int q = 0; q < 4; q++) a[q] = _mm256_setzero_si256();
+    for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
+        const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
+        _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+        for (int p = 0; p < npair; p++)
+            for (int half = 0; half < 2; half++) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * p + 32 * half));
+                a[half] = _mm256_add_epi16(a[half], _mm256_slli_epi16(_mm256_maddubs_epi16(mul12, lut_lookup_lo(tbl, w, m0f)), 2 * p));
+                a[2 + half] = _mm256_add_epi16(a[2 + half], _mm256_slli_epi16(_mm256_maddubs_epi16(mul12, lut_lookup_hi(tbl, w, m0f)), 2 * p));
+            }
+        if (lone) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
+            __m256i vlo = lut_lookup_lo(tbl, w, m0f), vhi = lut_lookup_hi(tbl, w, m0f);
+            a[0] = _mm256_add_epi16(a[0], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(vlo)), bits - 1));
+            a[1] = _mm256_add_epi16(a[1], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(vlo, 1)), bits - 1));
+            a[2] = _mm256_add_epi16(a[2], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(vhi)), bits - 1));
+            a[3] = _mm256_add_epi16(a[3], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(vhi, 1)), bits - 1));
+        }
+    }
+    *pblk = blk;
+    *pT = T;
+}
+
+/* Rows 16q..16q+15 of int8 sub-values of groups g, g+1 (absent: zeros), interleaved per row
+ * like unpacklo/hi of the two groups' int16 sums: lo/hi pairs for vpmaddwd. */
+static ALWAYS_INLINE void sub_pairs(const int8_t *sub, int has1, __m256i *lo, __m256i *hi) {
+    const __m256i s0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sub));
+    const __m256i s1 = has1 ? _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(sub + PYLUT_TILE_M)))
+                            : _mm256_setzero_si256();
+    *lo = _mm256_unpacklo_epi16(s0, s1);
+    *hi = _mm256_unpackhi_epi16(s0, s1);
+}
+
+/* int-super B-type tile (kernels.h): per super-block, S and B in int32 by vpmaddwd over pairs
+ * of groups, one float conversion per super-block. unpacklo/hi leave the int32 rows of a
+ * 16-row quarter as lo = rows {0-3, 8-11}, hi = {4-7, 12-15}: put back in order once per
+ * super-block. */
+static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
+                                           int64_t t, const int bits) {
+    const int kgb = 32 * bits, top = (1 << bits) - 1;
+    const int64_t groups = qm->k_pad / qm->group, supers = qm->k_pad / qm->super;
+    const int kpg = qm->group / PYLUT_KGROUP, gps = qm->super / qm->group;
+    const int coef = pylut_b_sumq_coef(qm);
+    const int fold = top * qm->group <= 516; /* A_g + coef * sumq_g still fits int16 */
+    const int16_t *sumq = pylut_lut_sumq(L);
+    __m256 acc[8];
+    for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_ps();
+    const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
+    const int8_t *T = L->tbl;
+    for (int64_t sb = 0; sb < supers; sb++) {
+        __m256i S[8], B[8]; /* [2*quarter + lo/hi] */
+        for (int q = 0; q < 8; q++) S[q] = B[q] = _mm256_setzero_si256();
+        for (int gg = 0; gg < gps; gg += 2) {
+            const int64_t g = sb * gps + gg;
+            const int has1 = gg + 1 < gps;
+            __m256i a0[4], a1[4];
+            group_sums16(&blk, &T, kpg, bits, a0);
+            if (has1) group_sums16(&blk, &T, kpg, bits, a1);
+            else for (int q = 0; q < 4; q++) a1[q] = _mm256_setzero_si256();
+            const int q0 = sumq[g], q1 = has1 ? sumq[g + 1] : 0;
+            const __m256i cpair = _mm256_set1_epi32((int)(((uint32_t)(uint16_t)(coef * q1) << 16) | (uint16_t)(coef * q0)));
+            const __m256i qpair = _mm256_set1_epi32((int)(((uint32_t)(uint16_t)q1 << 16) | (uint16_t)q0));
+            const int8_t *scp = qm->sub_scale + (t * groups + g) * PYLUT_TILE_M;
+            const int8_t *sbp = qm->has_bias ? qm->sub_bias + (t * groups + g) * PYLUT_TILE_M : NULL;
+            for (int q = 0; q < 4; q++) {
+                if (fold) {
+                    a0[q] = _mm256_add_epi16(a0[q], _mm256_set1_epi16((short)(coef * q0)));
+                    a1[q] = _mm256_add_epi16(a1[q], _mm256_set1_epi16((short)(coef * q1)));
+                }
+                __m256i sl, sh;
+                sub_pairs(scp + 16 * q, has1, &sl, &sh);
+                S[2 * q] = _mm256_add_epi32(S[2 * q], _mm256_madd_epi16(_mm256_unpacklo_epi16(a0[q], a1[q]), sl));
+                S[2 * q + 1] = _mm256_add_epi32(S[2 * q + 1], _mm256_madd_epi16(_mm256_unpackhi_epi16(a0[q], a1[q]), sh));
+                if (!fold) {
+                    S[2 * q] = _mm256_add_epi32(S[2 * q], _mm256_madd_epi16(cpair, sl));
+                    S[2 * q + 1] = _mm256_add_epi32(S[2 * q + 1], _mm256_madd_epi16(cpair, sh));
+                }
+                if (sbp) {
+                    __m256i bl, bh;
+                    sub_pairs(sbp + 16 * q, has1, &bl, &bh);
+                    B[2 * q] = _mm256_add_epi32(B[2 * q], _mm256_madd_epi16(qpair, bl));
+                    B[2 * q + 1] = _mm256_add_epi32(B[2 * q + 1], _mm256_madd_epi16(qpair, bh));
+                }
+            }
+        }
+        const float ts = L->tscale[sb * gps];
+        const __m256 vf = _mm256_set1_ps(0.5f * ts), vts = _mm256_set1_ps(ts);
+        const int64_t at = (t * supers + sb) * PYLUT_TILE_M;
+        for (int q = 0; q < 8; q++) {
+            const int lane = q & 1 ? 0x31 : 0x20, qq = q / 2;
+            const __m256i s = _mm256_permute2x128_si256(S[2 * qq], S[2 * qq + 1], lane);
+            acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->scale + at + 8 * q), vf), _mm256_cvtepi32_ps(s), acc[q]);
+            if (qm->has_bias) {
+                const __m256i b = _mm256_permute2x128_si256(B[2 * qq], B[2 * qq + 1], lane);
+                acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->bias + at + 8 * q), vts), _mm256_cvtepi32_ps(b), acc[q]);
+            }
+        }
+    }
+    store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
+}
+
 static ALWAYS_INLINE void gemm_b_bits(const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                                       float *y, int64_t ldy, int64_t tile0, int64_t tile1,
                                       const int bits) {
+    if (pylut_b_int_super(qm)) {
+        for (int64_t t = tile0; t < tile1; t++)
+            for (int tok = 0; tok < n; tok++) gemm_b_tile_isup(qm, lut + tok, y + tok * ldy, t, bits);
+        return;
+    }
     for (int64_t t = tile0; t < tile1; t++)
         for (int tok = 0; tok < n; tok++) gemm_b_tile(qm, lut + tok, y + tok * ldy, t, bits);
 }

@@ -148,8 +148,150 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
 }
 
+/* One group's int16 lookup sums A_g = sum_i 2^i T[idx_i] of rows 0..31 (a[0]) and 32..63
+ * (a[1]), int-super matrices only: (2^b-1) * group <= 1032 keeps every partial sum in int16
+ * (kernels.h), so the planes are weighted before any widening. Advances blk and T. */
+static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+                                       __m512i a[2]) {
+    const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
+    const __m512i m0f = _mm512_set1_epi8(0x0f);
+    const __m512i mul12 = _mm512_set1_epi16(0x0201);
+    const uint8_t *blk = *pblk;
+    const int8_t *T = *pT;
+    (void)m0f;
+    a[0] = a[1] = _mm512_setzero_si512();
+    for (int j = 0; j < kpg; j += 2, blk += 2 * kgb, T += 32) {
+        const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
+        const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
+        for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_DIST + o, PF_HINT);
+        for (int p = 0; p < npair; p++) {
+            __m512i w = _mm512_loadu_si512((const void *)(blk + 64 * p));
+            __m512i w1 = _mm512_loadu_si512((const void *)(blk + kgb + 64 * p));
+            __m512i lo = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)),
+                                          _mm512_maddubs_epi16(mul12, lookup_lo(tbl1, w1, m0f)));
+            __m512i hi = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)),
+                                          _mm512_maddubs_epi16(mul12, lookup_hi(tbl1, w1, m0f)));
+            a[0] = _mm512_add_epi16(a[0], _mm512_slli_epi16(lo, 2 * p));
+            a[1] = _mm512_add_epi16(a[1], _mm512_slli_epi16(hi, 2 * p));
+        }
+        if (lone) {
+            for (int u = 0; u < 2; u++) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + u * kgb + 64 * npair));
+                __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
+                __m512i v = lookup_lo(u ? tbl1 : tbl, idx, m0f);
+                a[0] = _mm512_add_epi16(a[0], _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)), bits - 1));
+                a[1] = _mm512_add_epi16(a[1], _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)), bits - 1));
+            }
+        }
+    }
+    *pblk = blk;
+    *pT = T;
+}
+
+/* Rows 32h..32h+31 of int8 sub-values of groups g, g+1 (g+1 absent: zeros), interleaved per
+ * row like unpacklo/hi of the two groups' int16 sums: lo/hi pairs for vpmaddwd. */
+static ALWAYS_INLINE void sub_pairs(const int8_t *sub, int has1, __m512i *lo, __m512i *hi) {
+    const __m512i s0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)sub));
+    const __m512i s1 = has1 ? _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(sub + PYLUT_TILE_M)))
+                            : _mm512_setzero_si512();
+    *lo = _mm512_unpacklo_epi16(s0, s1);
+    *hi = _mm512_unpackhi_epi16(s0, s1);
+}
+
+/* int-super B-type tile (kernels.h): per super-block, S and B in int32 by vpmaddwd over pairs
+ * of groups, one float conversion per super-block. unpacklo/hi leave the int32 rows of a
+ * 32-row half as lo = rows {0-3, 8-11, 16-19, 24-27}, hi = {4-7, ...}: put back in order once
+ * per super-block, before the float epilogue. */
+static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
+                                           int64_t t, const int bits) {
+    const int kgb = 32 * bits, top = (1 << bits) - 1;
+    const int64_t groups = qm->k_pad / qm->group, supers = qm->k_pad / qm->super;
+    const int kpg = qm->group / PYLUT_KGROUP, gps = qm->super / qm->group;
+    const int coef = pylut_b_sumq_coef(qm);
+    const int fold = top * qm->group <= 516; /* A_g + coef * sumq_g still fits int16 */
+    const __m512i ord0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i ord1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    const int16_t *sumq = pylut_lut_sumq(L);
+    __m512 acc[4];
+    for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_ps();
+    const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
+    const int8_t *T = L->tbl;
+    for (int64_t sb = 0; sb < supers; sb++) {
+        __m512i S[4], B[4]; /* [2*half + lo/hi] */
+        for (int q = 0; q < 4; q++) S[q] = B[q] = _mm512_setzero_si512();
+        for (int gg = 0; gg < gps; gg += 2) {
+            const int64_t g = sb * gps + gg;
+            const int has1 = gg + 1 < gps;
+            __m512i a0[2], a1[2];
+            group_sums16(&blk, &T, kpg, bits, a0);
+            if (has1) group_sums16(&blk, &T, kpg, bits, a1);
+            else a1[0] = a1[1] = _mm512_setzero_si512();
+            const int q0 = sumq[g], q1 = has1 ? sumq[g + 1] : 0;
+            const int8_t *scp = qm->sub_scale + (t * groups + g) * PYLUT_TILE_M;
+            const __m512i cpair = _mm512_set1_epi32((int)(((uint32_t)(uint16_t)(coef * q1) << 16) | (uint16_t)(coef * q0)));
+            const __m512i qpair = _mm512_set1_epi32((int)(((uint32_t)(uint16_t)q1 << 16) | (uint16_t)q0));
+            if (fold) {
+                a0[0] = _mm512_add_epi16(a0[0], _mm512_set1_epi16((short)(coef * q0)));
+                a0[1] = _mm512_add_epi16(a0[1], _mm512_set1_epi16((short)(coef * q0)));
+                a1[0] = _mm512_add_epi16(a1[0], _mm512_set1_epi16((short)(coef * q1)));
+                a1[1] = _mm512_add_epi16(a1[1], _mm512_set1_epi16((short)(coef * q1)));
+            }
+            for (int h = 0; h < 2; h++) {
+                __m512i sl, sh;
+                sub_pairs(scp + 32 * h, has1, &sl, &sh);
+                S[2 * h] = _mm512_add_epi32(S[2 * h], _mm512_madd_epi16(_mm512_unpacklo_epi16(a0[h], a1[h]), sl));
+                S[2 * h + 1] = _mm512_add_epi32(S[2 * h + 1], _mm512_madd_epi16(_mm512_unpackhi_epi16(a0[h], a1[h]), sh));
+                if (!fold) {
+                    S[2 * h] = _mm512_add_epi32(S[2 * h], _mm512_madd_epi16(cpair, sl));
+                    S[2 * h + 1] = _mm512_add_epi32(S[2 * h + 1], _mm512_madd_epi16(cpair, sh));
+                }
+                if (qm->has_bias) {
+                    __m512i bl, bh;
+                    sub_pairs(qm->sub_bias + (t * groups + g) * PYLUT_TILE_M + 32 * h, has1, &bl, &bh);
+                    B[2 * h] = _mm512_add_epi32(B[2 * h], _mm512_madd_epi16(qpair, bl));
+                    B[2 * h + 1] = _mm512_add_epi32(B[2 * h + 1], _mm512_madd_epi16(qpair, bh));
+                }
+            }
+        }
+        const float ts = L->tscale[sb * gps];
+        const __m512 vf = _mm512_set1_ps(0.5f * ts), vts = _mm512_set1_ps(ts);
+        const int64_t at = (t * supers + sb) * PYLUT_TILE_M;
+        for (int q = 0; q < 4; q++) {
+            const __m512i ord = q & 1 ? ord1 : ord0;
+            const int h = q / 2;
+            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + at + 16 * q)));
+            const __m512i s = _mm512_permutex2var_epi64(S[2 * h], ord, S[2 * h + 1]);
+            acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(d, vf), _mm512_cvtepi32_ps(s), acc[q]);
+            if (qm->has_bias) {
+                const __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + at + 16 * q)));
+                const __m512i b = _mm512_permutex2var_epi64(B[2 * h], ord, B[2 * h + 1]);
+                acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(dm, vts), _mm512_cvtepi32_ps(b), acc[q]);
+            }
+        }
+    }
+    store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
+}
+
 static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                                       int64_t ldy, int64_t tile0, int64_t tile1) {
+    if (pylut_b_int_super(qm)) {
+        for (int64_t t = tile0; t < tile1; t++)
+            for (int tok = 0; tok < n; tok++) {
+                const pylut_lut *L = lut + tok;
+                float *yt = y + tok * ldy;
+                switch (qm->bits) {
+                case 1: gemm_b_tile_isup(qm, L, yt, t, 1); break;
+                case 2: gemm_b_tile_isup(qm, L, yt, t, 2); break;
+                case 3: gemm_b_tile_isup(qm, L, yt, t, 3); break;
+                case 4: gemm_b_tile_isup(qm, L, yt, t, 4); break;
+                case 5: gemm_b_tile_isup(qm, L, yt, t, 5); break;
+                case 6: gemm_b_tile_isup(qm, L, yt, t, 6); break;
+                case 7: gemm_b_tile_isup(qm, L, yt, t, 7); break;
+                default: gemm_b_tile_isup(qm, L, yt, t, 8); break;
+                }
+            }
+        return;
+    }
     for (int64_t t = tile0; t < tile1; t++)
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;

@@ -21,23 +21,40 @@ static inline int8_t quantize_entry(float v, float inv) {
 /* B-type tables: T[idx] = sum_e (bit_e(idx) ? x_e : -x_e) for 4 activations. Only idx 0..7
  * are computed; T[15-idx] = -T[idx] because 15-idx flips every bit. The table scale of a
  * scale group is max |T| / 127 = max over its k-groups of sum |x_e|, so no entry clips. */
+/* max over k-groups [j0, j1) of sum |x_e| */
+static float kgroup_amax(const float *x, int64_t k, int64_t j0, int64_t j1) {
+    float amax = 0.0f;
+    for (int64_t j = j0; j < j1; j++) {
+        float a = 0.0f;
+        for (int e = 0; e < 4; e++) a += j * 4 + e < k ? fabsf(x[j * 4 + e]) : 0.0f;
+        if (a > amax) amax = a;
+    }
+    return amax;
+}
+
 void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
     const int64_t kg_per_group = lut->group / PYLUT_KGROUP;
+    /* int-super tables share one scale per super-block (which [g0, g1) may cut: the block's
+     * max is taken over all of it whoever builds it, so every thread finds the same) */
+    const int64_t kg_per_scale = lut->super ? lut->super / PYLUT_KGROUP : kg_per_group;
+    int16_t *sumq = lut->super ? pylut_lut_sumq(lut) : NULL;
+    int64_t scale_j0 = -1;
+    float amax = 0.0f;
     for (int64_t g = g0; g < g1; g++) {
-        float amax = 0.0f, sum = 0.0f;
-        for (int64_t j = g * kg_per_group; j < (g + 1) * kg_per_group; j++) {
-            float a = 0.0f;
-            for (int e = 0; e < 4; e++) {
-                int64_t col = j * 4 + e;
-                float v = col < lut->k ? x[col] : 0.0f;
-                a += fabsf(v);
-                sum += v;
-            }
-            if (a > amax) amax = a;
-        }
+        float sum = 0.0f;
+        for (int64_t col = g * lut->group; col < (g + 1) * lut->group && col < lut->k; col++) sum += x[col];
+        const int64_t j0 = g * kg_per_group / kg_per_scale * kg_per_scale;
+        if (j0 != scale_j0) amax = kgroup_amax(x, lut->k, scale_j0 = j0, j0 + kg_per_scale);
         float tscale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         lut->tscale[g] = tscale;
         lut->sumx[g] = sum;
+        if (sumq) { /* |sum * inv| <= 127 * group/4 <= 8128: no clipping beyond float noise */
+            const float lim = 127.0f * (float)kg_per_group, magic = 12582912.0f;
+            float r = (sum * inv + magic) - magic;
+            r = r > lim ? lim : r < -lim ? -lim : r;
+            sumq[g] = (int16_t)(int)r;
+            lut->sumx[g] = r * tscale; /* what the int sums use, for per-group float kernels */
+        }
         for (int64_t j = g * kg_per_group; j < (g + 1) * kg_per_group; j++) {
             float v[4];
             for (int e = 0; e < 4; e++) v[e] = j * 4 + e < lut->k ? x[j * 4 + e] : 0.0f;
@@ -95,11 +112,14 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
     const int64_t kgroups = qm->k_pad / PYLUT_KGROUP, groups = qm->k_pad / qm->group;
     const int kg_per_group = qm->group / PYLUT_KGROUP;
     const float h = (float)((1 << bits) - 1) * 0.5f;
+    const int isup = pylut_b_int_super(qm), coef = isup ? pylut_b_sumq_coef(qm) : 0;
+    const int64_t gps = isup ? qm->super / qm->group : 1;
     for (int64_t t = tile0; t < tile1; t++) {
         const uint8_t *tile = qm->codes + t * kgroups * kgb;
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;
             float acc[PYLUT_TILE_M] = {0};
+            int32_t S[PYLUT_TILE_M] = {0}, B[PYLUT_TILE_M] = {0}; /* int-super sums */
             for (int64_t g = 0; g < groups; g++) {
                 int32_t A[PYLUT_TILE_M] = {0};
                 for (int64_t j = g * kg_per_group; j < (g + 1) * kg_per_group; j++) {
@@ -114,6 +134,22 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                         if (p < bits) /* lone top plane */
                             A[r] += T[nibble(blk, 64 * (p / 2) + rr, hi)] * (1 << p);
                     }
+                }
+                if (isup) { /* see kernels.h: ints over the super-block, floats once */
+                    const int64_t at = (t * groups + g) * PYLUT_TILE_M, sq = pylut_lut_sumq(L)[g];
+                    for (int r = 0; r < PYLUT_TILE_M; r++) {
+                        S[r] += qm->sub_scale[at + r] * (A[r] + coef * (int32_t)sq);
+                        if (qm->has_bias) B[r] += qm->sub_bias[at + r] * (int32_t)sq;
+                    }
+                    if ((g + 1) % gps) continue;
+                    const int64_t sat = (t * (qm->k_pad / qm->super) + g / gps) * PYLUT_TILE_M;
+                    const float ts = L->tscale[g], f = 0.5f * ts;
+                    for (int r = 0; r < PYLUT_TILE_M; r++) {
+                        acc[r] += (pylut_fp16_to_fp32(qm->scale[sat + r]) * f) * (float)S[r];
+                        if (qm->has_bias) acc[r] += (pylut_fp16_to_fp32(qm->bias[sat + r]) * ts) * (float)B[r];
+                        S[r] = B[r] = 0;
+                    }
+                    continue;
                 }
                 const float f = 0.5f * L->tscale[g], sx = L->sumx[g];
                 for (int r = 0; r < PYLUT_TILE_M; r++) {

@@ -46,7 +46,8 @@ struct pylut_state {
 };
 
 static int same_layout(const pylut_lut *a, const pylut_lut *b) {
-    return a->kind == b->kind && a->k == b->k && a->k_pad == b->k_pad && a->group == b->group;
+    return a->kind == b->kind && a->k == b->k && a->k_pad == b->k_pad && a->group == b->group &&
+           a->super == b->super;
 }
 
 /* The table set that matrix qm reads, or -1. */

@@ -113,6 +113,10 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
         lut->kind = 0;
         lut->tbl_bytes = qm->k_pad / PYLUT_KGROUP * 16;
         lut->n_groups = qm->k_pad / qm->group;
+        if (pylut_b_int_super(qm)) { /* one table scale per super-block, then int16 sumq */
+            lut->super = qm->super;
+            lut->tbl_bytes += round_up(lut->n_groups * 2, 64);
+        }
     }
     return PYLUT_OK;
 }

@@ -63,6 +63,24 @@ def group_scales(q):
     return (np.repeat(d, q.super_block // g, axis=1) * sc)[:m]
 
 
+def group_biases(q):
+    """Effective bias per (row, group) of a two-level matrix with a bias array."""
+    m, g, m_pad = q.shape[0], q.group, -(-q.shape[0] // 64) * 64
+    d = _core._untile_params(q.bias_buf, m_pad, q.k_pad // q.super_block)
+    sb = _core._untile_int8(q.sub_bias_buf, m_pad, q.k_pad // g)
+    return (np.repeat(d, q.super_block // g, axis=1) * sb)[:m]
+
+
+def int_super(q):
+    """src/kernels.h pylut_b_int_super: two-level scales summed in integers, with one table
+    scale per super-block and sum x rounded to table steps."""
+    if q.type == _core.TYPE_T3 or not q.super_block:
+        return False
+    top = (1 << q.bits) - 1
+    return (top * q.group <= 1032 and top * q.super_block <= 262144
+            and (q.has_bias or float(2 * q.zero).is_integer()))
+
+
 def lut_error_bound(q, x):
     """Worst-case |y - W x| caused by rounding table entries to int8 (see module doc)."""
     m, k = q.shape
@@ -80,11 +98,19 @@ def lut_error_bound(q, x):
             continue
         xp = np.zeros(q.k_pad, np.float32)
         xp[:k] = xv
-        kg = np.abs(xp.reshape(-1, 4)).sum(1).reshape(-1, g // 4)
-        tscale = kg.max(1) / 127  # per scale group
-        s = np.abs(group_scales(q))
+        sup = int_super(q)
+        kg = np.abs(xp.reshape(-1, 4)).sum(1).reshape(-1, (q.super_block if sup else g) // 4)
+        tscale = kg.max(1) / 127  # per table-scale block: the group, or the super-block
+        if sup:
+            tscale = np.repeat(tscale, q.super_block // g)
+        s = group_scales(q)
         per_group = 0.5 * tscale * ((1 << q.bits) - 1) / 2 * (g // 4)
-        bounds.append(s @ per_group)
+        bound = np.abs(s) @ per_group
+        if sup:  # sum x rounded to a table step: off by <= half a step times the sum-x weight
+            h = ((1 << q.bits) - 1) / 2
+            sx_w = group_biases(q) + s * h if q.has_bias else s * (h - q.zero)
+            bound = bound + np.abs(sx_w) @ (0.5 * tscale)
+        bounds.append(bound)
     return np.array(bounds).reshape(np.shape(x)[:-1] + (m,))
 
 
@@ -178,12 +204,15 @@ def test_implied_bias_zero_point(bits):
         pylut.QMatrix.from_codes(codes, d, None, bits=bits, group=g, zero=float(1 << bits))
 
 
-@pytest.mark.parametrize("bits,group,with_min", [(2, 16, True), (3, 16, False), (4, 32, True),
-                                                 (6, 16, False)])
-def test_two_level_scales(bits, group, with_min):
+@pytest.mark.parametrize("bits,group,with_min,sup", [
+    (2, 16, True, 256), (3, 16, False, 256), (4, 32, True, 256), (5, 32, True, 256),
+    (6, 16, False, 256),
+    (2, 64, True, 192), (3, 32, False, 96),   # odd groups per super-block
+    (8, 16, True, 256)])                      # too wide for integer super sums: per group
+def test_two_level_scales(bits, group, with_min, sup):
     """llama.cpp K-quants: fp16 d/dmin per 256 weights, int8 sub-scales per group, exact."""
     rng = np.random.default_rng(bits * 10 + group)
-    m, k, sup = 70, 512, 256
+    m, k = 70, 2 * sup
     codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
     d = rng.uniform(0.001, 0.01, (m, k // sup)).astype(np.float16).astype(np.float32)
     sc = rng.integers(-32, 32, (m, k // group)).astype(np.int8)

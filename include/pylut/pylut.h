@@ -133,18 +133,24 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
 
 /* Tables built from one activation vector x[k] for matrices of one type family and group.
  *   B: tbl int8 [k_pad/4][16], tscale/sumx fp32 [k_pad/group]
+ *      with super (two-level matrices summed in integers, see pylut_lut_layout): one table
+ *      scale per super-block (tscale[g] repeats it for each group), and tbl continues with
+ *      int16 sumq [k_pad/group] = round(sumx / tscale) (sumx then holds sumq * tscale)
  *   T3: tbl int8 [groups * triples][16] (entries 0..13 used), tscale fp32 [groups], sumx unused */
 typedef struct {
     int32_t kind;        /* 0: B-type tables, 1: T3 tables */
     int64_t k, k_pad;
     int32_t group;
+    int32_t super;       /* B: weights per table scale when > group, else 0 */
     int64_t tbl_bytes, n_groups;
     int8_t *tbl;
     float *tscale;
     float *sumx;
 } pylut_lut;
 
-/* Size a table set to read matrices like qm (same k, group, family). */
+/* Size a table set to read matrices like qm (same k, group, family, and super when the
+ * matrix's two-level scales can be summed in integers: then a super-block's int lookup sums,
+ * times the int8 sub-scales, are converted to float once per super-block, not per group). */
 int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm);
 
 /* ------------------------------------------------------------------ thread pool */
