@@ -183,6 +183,8 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     const float qscale = j->scale * LOG2E;
     memset(kbuf, 0, (size_t)2 * PYLUT_ATTN_BLOCK * hp * sizeof(float));
     memset(acc, 0, (size_t)rows * hp * sizeof(float));
+    /* rows past the last up to a multiple of 4: the fp16 path computes 4 rows at a time */
+    memset(qs + (int64_t)rows * hp, 0, (size_t)((rows + 3) / 4 * 4 - rows) * hp * sizeof(float));
     for (int r = 0; r < rows; r++) { /* row r: token t0 + r/G, query head kvh*G + r%G */
         const float *q = j->q + (int64_t)(t0 + r / G) * j->ldq + (int64_t)(kvh * G + r % G) * hd;
         for (int i = 0; i < hd; i++) qs[(int64_t)r * hp + i] = q[i] * qscale;

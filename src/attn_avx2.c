@@ -6,6 +6,7 @@
 #define ATTN_FN pylut_attn_rows_avx2
 #define VL 8
 #define NACC 8
+#define FUSED_ACC 2 /* 4 rows x 2 + 2 converted + 1 broadcast of 16 ymm */
 typedef __m256 vf;
 static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
 static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
@@ -39,6 +40,7 @@ static inline vf vf_exp2(vf x) {
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 }
+static inline vf vf_load_h(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 /* 8 vectors -> their 8 sums in one hadd tree */
 static inline void sum8(const vf a[8], float out[8]) {
     const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);

@@ -22,6 +22,7 @@ static inline void dec_i8(const int8_t *c, float scale, int n, float *out) {
 #define ATTN_FN pylut_attn_rows_avx512
 #define VL 16
 #define NACC 4
+#define FUSED_ACC 4
 typedef __m512 vf;
 static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
 static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
@@ -46,6 +47,7 @@ static inline vf vf_exp2(vf x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_maskz_scalef_ps(keep, p, n); /* p * 2^n */
 }
+static inline vf vf_load_h(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 /* 8 vectors -> 8 sums: fold each zmm to a ymm, then AVX2's hadd tree */
 static inline void sum8(const vf a[8], float out[8]) {
     __m256 h[8];

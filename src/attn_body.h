@@ -5,11 +5,13 @@
  *   ATTN_FN                 the kernel's name (pylut_attn_rows_<isa>)
  *   VL, vf                  lanes and the float vector type (VL divides 16)
  *   NACC                    accumulators the value pass keeps in registers (NACC*VL floats)
+ *   FUSED_ACC               the same per row when 4 rows share the registers (fp16 path)
  *   vf_zero() vf_load(p) vf_store(p, a) vf_set1(x) vf_fma(a, b, c) = a*b + c
  *   vf_add(a, b) vf_sub(a, b) vf_mul(a, b)
  *   vf_max(a, b) vf_hmax(a) vf_hsum(a) vf_exp2(a) (exactly 0 below -126)
  *   sum8(const vf a[8], float out[8])   the horizontal sums of 8 vectors
  *   h2f(uint16_t h)                                         one fp16 -> fp32
+ *   vf_load_h(const uint16_t *h)                            VL fp16 -> a vector
  *   dec_f16(const uint16_t *h, int n, float *out)           n fp16 -> fp32
  *   dec_i8(const int8_t *c, float scale, int n, float *out)  n codes * scale
  *   unpack_q4(const uint8_t *c, int n, int8_t *out)          n 4-bit codes (byte i: element
@@ -47,6 +49,101 @@ static inline void decode_row(int type, int hd, const uint8_t *row, float *dst) 
     }
 }
 
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------ scores */
+
+/* Scratch path: rows against keys already decoded into kbuf, 8 keys per reduction tree.
+ * Rows of kbuf past the block hold finite stale data; the caller masks what they give. */
+static ALWAYS_INLINE void scores_decoded(const float *qr, const float *kbuf, int hd_pad, int see, float *s) {
+    for (int j = 0; j < see; j += 8) {
+        vf a[8];
+        for (int u = 0; u < 8; u++) a[u] = vf_zero();
+        for (int i = 0; i < hd_pad; i += VL) {
+            const vf qv = vf_load(qr + i);
+            for (int u = 0; u < 8; u++) a[u] = vf_fma(qv, vf_load(kbuf + (int64_t)(j + u) * hd_pad + i), a[u]);
+        }
+        sum8(a, s + j);
+    }
+}
+
+/* Fused fp16 path: RC rows x KG keys (RC*KG = 8 accumulators, one reduction tree), each
+ * key converted once in registers and used by every row - no store and reload through
+ * kbuf. Keys past nk repeat the last one (never read past the block). */
+static ALWAYS_INLINE void scores_f16(const int RC, const int KG, const float *qs, int hd_pad, int hd,
+                                     const uint16_t *k0, int64_t ldh, int see, int nk, float *sbuf) {
+    for (int j = 0; j < see; j += KG) {
+        vf a[8];
+        const uint16_t *kr[8];
+        for (int u = 0; u < KG; u++) kr[u] = k0 + (int64_t)(j + u < nk ? j + u : nk - 1) * ldh;
+        for (int u = 0; u < 8; u++) a[u] = vf_zero();
+        for (int i = 0; i < hd; i += VL) {
+            vf kv[8];
+            for (int u = 0; u < KG; u++) kv[u] = vf_load_h(kr[u] + i);
+            for (int r = 0; r < RC; r++) {
+                const vf qv = vf_load(qs + (int64_t)r * hd_pad + i);
+                for (int u = 0; u < KG; u++) a[r * KG + u] = vf_fma(qv, kv[u], a[r * KG + u]);
+            }
+        }
+        float t[8];
+        sum8(a, t);
+        for (int r = 0; r < RC; r++)
+            for (int u = 0; u < KG && j + u < PYLUT_ATTN_BLOCK; u++) sbuf[r * PYLUT_ATTN_BLOCK + j + u] = t[r * KG + u];
+    }
+}
+
+/* ------------------------------------------------------------------ values */
+
+/* Fused fp16 path: RC (<= 4) rows, FUSED_ACC vectors of each accumulator row in registers. */
+static ALWAYS_INLINE void values_f16(int rc, const float *p, float *acc, int hd_pad, int hd, const uint16_t *v0,
+                                     int64_t ldh, int nv) {
+    int i0 = 0;
+    for (; i0 + FUSED_ACC * VL <= hd; i0 += FUSED_ACC * VL) {
+        vf a[4][FUSED_ACC];
+        for (int r = 0; r < rc; r++)
+            for (int u = 0; u < FUSED_ACC; u++) a[r][u] = vf_load(acc + (int64_t)r * hd_pad + i0 + u * VL);
+        for (int j = 0; j < nv; j++) {
+            vf vv[FUSED_ACC];
+            for (int u = 0; u < FUSED_ACC; u++) vv[u] = vf_load_h(v0 + (int64_t)j * ldh + i0 + u * VL);
+            for (int r = 0; r < rc; r++) {
+                const vf pj = vf_set1(p[r * PYLUT_ATTN_BLOCK + j]);
+                for (int u = 0; u < FUSED_ACC; u++) a[r][u] = vf_fma(pj, vv[u], a[r][u]);
+            }
+        }
+        for (int r = 0; r < rc; r++)
+            for (int u = 0; u < FUSED_ACC; u++) vf_store(acc + (int64_t)r * hd_pad + i0 + u * VL, a[r][u]);
+    }
+    for (; i0 < hd; i0 += VL)
+        for (int r = 0; r < rc; r++) {
+            vf a = vf_load(acc + (int64_t)r * hd_pad + i0);
+            for (int j = 0; j < nv; j++)
+                a = vf_fma(vf_set1(p[r * PYLUT_ATTN_BLOCK + j]), vf_load_h(v0 + (int64_t)j * ldh + i0), a);
+            vf_store(acc + (int64_t)r * hd_pad + i0, a);
+        }
+}
+
+/* Scratch path: one row against values decoded into vbuf. */
+static ALWAYS_INLINE void values_decoded(const float *p, float *ar, const float *vbuf, int hd_pad, int nv) {
+    int i0 = 0;
+    for (; i0 + NACC * VL <= hd_pad; i0 += NACC * VL) {
+        vf a[NACC];
+        for (int u = 0; u < NACC; u++) a[u] = vf_load(ar + i0 + u * VL);
+        for (int j = 0; j < nv; j++) {
+            const vf pj = vf_set1(p[j]);
+            const float *vj = vbuf + (int64_t)j * hd_pad + i0;
+            for (int u = 0; u < NACC; u++) a[u] = vf_fma(pj, vf_load(vj + u * VL), a[u]);
+        }
+        for (int u = 0; u < NACC; u++) vf_store(ar + i0 + u * VL, a[u]);
+    }
+    for (; i0 < hd_pad; i0 += VL) {
+        vf a = vf_load(ar + i0);
+        for (int j = 0; j < nv; j++) a = vf_fma(vf_set1(p[j]), vf_load(vbuf + (int64_t)j * hd_pad + i0), a);
+        vf_store(ar + i0, a);
+    }
+}
+
+/* ------------------------------------------------------------------ the kernel */
+
 void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld, int rows,
              const float *qs, const int32_t *lim, int j0, int j1, float *mx, float *sum, float *acc,
              float *kbuf, float *sbuf) {
@@ -55,30 +152,45 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
     int last = 0; /* no row sees position >= last */
     for (int r = 0; r < rows; r++) last = lim[r] > last ? lim[r] : last;
     if (j1 > last) j1 = last;
+    /* GQA decode (2-8 rows, fp16, whole vectors per head, rows 2-byte aligned): convert in
+     * registers, once for all rows. Otherwise decode each block once into kbuf: many rows
+     * share it, and a single row streams faster through the decoupled decode loop (MHA
+     * decode measured 1.6x slower fused). */
+    const int fused = type == PYLUT_KV_F16 && rows >= 2 && rows <= 8 && hd % VL == 0 && ld % 2 == 0;
+    const int64_t ldh = ld / 2;
     for (int jb = j0; jb < j1; jb += B) {
         const int nk = j1 - jb < B ? j1 - jb : B;
-        float *vbuf = kbuf; /* values reuse the keys' buffer: the smaller L1 footprint is faster */
+        int most = 0; /* the longest row's view of this block */
+        for (int r = 0; r < rows; r++) {
+            vis[r] = lim[r] - jb < nk ? lim[r] - jb : nk;
+            most = vis[r] > most ? vis[r] : most;
+        }
+
+        /* ---- scores (log2 domain: qs carries scale * log2(e)) */
         /* (software prefetch 32-128 rows ahead measured 1.5-2x slower: the hardware
          * prefetchers follow a head's contiguous rows on their own) */
-        for (int j = 0; j < nk; j++) decode_row(type, hd, k + (int64_t)(jb + j) * ld, kbuf + (int64_t)j * hd_pad);
-
-        /* ---- scores, running max and sum (log2 domain: qs carries scale * log2(e)) */
-        for (int r = 0; r < rows; r++) {
-            const int see = lim[r] - jb < nk ? lim[r] - jb : nk;
-            vis[r] = see;
-            if (see <= 0) continue;
-            const float *qr = qs + (int64_t)r * hd_pad;
-            float *s = sbuf + (int64_t)r * B;
-            for (int j = 0; j < see; j += 8) { /* rows past nk hold finite stale data: masked below */
-                vf a[8];
-                for (int u = 0; u < 8; u++) a[u] = vf_zero();
-                for (int i = 0; i < hd_pad; i += VL) {
-                    const vf qv = vf_load(qr + i);
-                    for (int u = 0; u < 8; u++) a[u] = vf_fma(qv, vf_load(kbuf + (int64_t)(j + u) * hd_pad + i), a[u]);
-                }
-                sum8(a, s + j);
+        if (fused) {
+            const uint16_t *k0 = (const uint16_t *)(k + (int64_t)jb * ld);
+            for (int r0 = 0; r0 < rows; r0 += 4) {
+                const int rc = rows - r0 < 4 ? rows - r0 : 4;
+                const float *q0 = qs + (int64_t)r0 * hd_pad;
+                float *s0 = sbuf + (int64_t)r0 * B;
+                if (rc == 1) scores_f16(1, 8, q0, hd_pad, hd, k0, ldh, most, nk, s0);
+                else if (rc == 2) scores_f16(2, 4, q0, hd_pad, hd, k0, ldh, most, nk, s0);
+                else scores_f16(4, 2, q0, hd_pad, hd, k0, ldh, most, nk, s0); /* rc 3: a spare row of qs */
             }
-            for (int j = see; j < B; j++) s[j] = -INFINITY;
+        } else {
+            for (int j = 0; j < nk; j++) decode_row(type, hd, k + (int64_t)(jb + j) * ld, kbuf + (int64_t)j * hd_pad);
+            for (int r = 0; r < rows; r++)
+                if (vis[r] > 0) scores_decoded(qs + (int64_t)r * hd_pad, kbuf, hd_pad, vis[r], sbuf + (int64_t)r * B);
+        }
+
+        /* ---- running max and sum; p = 2^(s - max) replaces the scores */
+        for (int r = 0; r < rows; r++) {
+            float *s = sbuf + (int64_t)r * B;
+            const int see = vis[r] > 0 ? vis[r] : 0;
+            for (int j = see; j < B; j++) s[j] = see ? -INFINITY : 0.0f;
+            if (!see) continue; /* p stays 0: the fused value pass may still read this row */
             vf m = vf_set1(mx[r]);
             for (int j = 0; j < B; j += VL) m = vf_max(m, vf_load(s + j));
             const float mnew = vf_hmax(m), corr = exp2f(mx[r] - mnew);
@@ -99,27 +211,17 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
         }
 
         /* ---- values: acc[r] += sum_j p[r][j] * v[j] */
-        for (int j = 0; j < nk; j++) decode_row(type, hd, v + (int64_t)(jb + j) * ld, vbuf + (int64_t)j * hd_pad);
-        for (int r = 0; r < rows; r++) {
-            if (vis[r] <= 0) continue;
-            const float *p = sbuf + (int64_t)r * B;
-            float *ar = acc + (int64_t)r * hd_pad;
-            int i0 = 0;
-            for (; i0 + NACC * VL <= hd_pad; i0 += NACC * VL) {
-                vf a[NACC];
-                for (int u = 0; u < NACC; u++) a[u] = vf_load(ar + i0 + u * VL);
-                for (int j = 0; j < vis[r]; j++) {
-                    const vf pj = vf_set1(p[j]);
-                    const float *vj = vbuf + (int64_t)j * hd_pad + i0;
-                    for (int u = 0; u < NACC; u++) a[u] = vf_fma(pj, vf_load(vj + u * VL), a[u]);
-                }
-                for (int u = 0; u < NACC; u++) vf_store(ar + i0 + u * VL, a[u]);
-            }
-            for (; i0 < hd_pad; i0 += VL) {
-                vf a = vf_load(ar + i0);
-                for (int j = 0; j < vis[r]; j++) a = vf_fma(vf_set1(p[j]), vf_load(vbuf + (int64_t)j * hd_pad + i0), a);
-                vf_store(ar + i0, a);
-            }
+        if (fused) {
+            const uint16_t *v0 = (const uint16_t *)(v + (int64_t)jb * ld);
+            for (int r0 = 0; r0 < rows; r0 += 4)
+                values_f16(rows - r0 < 4 ? rows - r0 : 4, sbuf + (int64_t)r0 * B, acc + (int64_t)r0 * hd_pad, hd_pad,
+                           hd, v0, ldh, most);
+        } else {
+            float *vbuf = kbuf; /* values reuse the keys' buffer: the smaller L1 footprint is faster */
+            for (int j = 0; j < nk; j++) decode_row(type, hd, v + (int64_t)(jb + j) * ld, vbuf + (int64_t)j * hd_pad);
+            for (int r = 0; r < rows; r++)
+                if (vis[r] > 0)
+                    values_decoded(sbuf + (int64_t)r * B, acc + (int64_t)r * hd_pad, vbuf, hd_pad, vis[r]);
         }
     }
 }

@@ -10,6 +10,7 @@
 #define ATTN_FN pylut_attn_rows_neon
 #define VL 4
 #define NACC 8
+#define FUSED_ACC 4
 typedef float32x4_t vf;
 static inline vf vf_zero(void) { return vdupq_n_f32(0.0f); }
 static inline vf vf_load(const float *p) { return vld1q_f32(p); }
@@ -37,6 +38,7 @@ static inline vf vf_exp2(vf x) {
     const vf r = vmulq_f32(p, vreinterpretq_f32_s32(e));
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(r), keep));
 }
+static inline vf vf_load_h(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 static inline void sum8(const vf a[8], float out[8]) {
     vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
     vst1q_f32(out + 4, vpaddq_f32(vpaddq_f32(a[4], a[5]), vpaddq_f32(a[6], a[7])));

@@ -2,12 +2,14 @@
  * SIMD instantiation is tested against it; it is also what CPUs without one run. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "pylut/pylut.h"
 
 #define ATTN_FN pylut_attn_rows_scalar
 #define VL 1
 #define NACC 4
+#define FUSED_ACC 4
 typedef float vf;
 static inline vf vf_zero(void) { return 0.0f; }
 static inline vf vf_load(const float *p) { return *p; }
@@ -21,6 +23,11 @@ static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
 static inline float vf_hmax(vf a) { return a; }
 static inline float vf_hsum(vf a) { return a; }
 static inline vf vf_exp2(vf a) { return a < -126.0f ? 0.0f : exp2f(a); }
+static inline vf vf_load_h(const uint16_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return pylut_fp16_to_fp32(h);
+}
 static inline void sum8(const vf a[8], float out[8]) {
     for (int u = 0; u < 8; u++) out[u] = a[u];
 }
