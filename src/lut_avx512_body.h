@@ -272,40 +272,28 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
 }
 
+/* The bit count as a compile-time constant, so each width gets its own inlined body. */
+#define FOR_BITS(tile, qm, L, yt, t)                 \
+    switch ((qm)->bits) {                            \
+    case 1: tile(qm, L, yt, t, 1); break;            \
+    case 2: tile(qm, L, yt, t, 2); break;            \
+    case 3: tile(qm, L, yt, t, 3); break;            \
+    case 4: tile(qm, L, yt, t, 4); break;            \
+    case 5: tile(qm, L, yt, t, 5); break;            \
+    case 6: tile(qm, L, yt, t, 6); break;            \
+    case 7: tile(qm, L, yt, t, 7); break;            \
+    default: tile(qm, L, yt, t, 8); break;           \
+    }
+
 static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                                       int64_t ldy, int64_t tile0, int64_t tile1) {
-    if (pylut_b_int_super(qm)) {
-        for (int64_t t = tile0; t < tile1; t++)
-            for (int tok = 0; tok < n; tok++) {
-                const pylut_lut *L = lut + tok;
-                float *yt = y + tok * ldy;
-                switch (qm->bits) {
-                case 1: gemm_b_tile_isup(qm, L, yt, t, 1); break;
-                case 2: gemm_b_tile_isup(qm, L, yt, t, 2); break;
-                case 3: gemm_b_tile_isup(qm, L, yt, t, 3); break;
-                case 4: gemm_b_tile_isup(qm, L, yt, t, 4); break;
-                case 5: gemm_b_tile_isup(qm, L, yt, t, 5); break;
-                case 6: gemm_b_tile_isup(qm, L, yt, t, 6); break;
-                case 7: gemm_b_tile_isup(qm, L, yt, t, 7); break;
-                default: gemm_b_tile_isup(qm, L, yt, t, 8); break;
-                }
-            }
-        return;
-    }
+    const int int_super = pylut_b_int_super(qm);
     for (int64_t t = tile0; t < tile1; t++)
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;
             float *yt = y + tok * ldy;
-            switch (qm->bits) {
-            case 1: gemm_b_tile(qm, L, yt, t, 1); break;
-            case 2: gemm_b_tile(qm, L, yt, t, 2); break;
-            case 3: gemm_b_tile(qm, L, yt, t, 3); break;
-            case 4: gemm_b_tile(qm, L, yt, t, 4); break;
-            case 5: gemm_b_tile(qm, L, yt, t, 5); break;
-            case 6: gemm_b_tile(qm, L, yt, t, 6); break;
-            case 7: gemm_b_tile(qm, L, yt, t, 7); break;
-            default: gemm_b_tile(qm, L, yt, t, 8); break;
-            }
+            if (int_super) FOR_BITS(gemm_b_tile_isup, qm, L, yt, t)
+            else FOR_BITS(gemm_b_tile, qm, L, yt, t)
         }
 }
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,6 +39,9 @@ import pylut  # noqa: E402
 from pylut import _core  # noqa: E402
 from pylut.kernels import physical_cores  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prefill import best_time  # noqa: E402
+
 SHAPES = {"llama3": (32, 8, 128), "llama2": (32, 32, 128)}
 KV_TYPES = ("f16", "q8", "q4")
 TEXT = ("The lighthouse keeper climbed the spiral stairs every evening at dusk. He trimmed the wick, "
@@ -48,15 +50,6 @@ TEXT = ("The lighthouse keeper climbed the spiral stairs every evening at dusk. 
         "In winter the storms came one after another and the spray rose over the gallery rail, but "
         "the lamp never failed. Years later, when the light was automated, he kept the book, and on "
         "clear nights he still walked up the hill to watch the beam sweep the dark water. ") * 3
-
-
-def best_time(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 class Bandwidth:
