@@ -187,3 +187,16 @@ def test_foreign_or_corrupt_state_is_refused(model_file, cache, tmp_path):
     build_gguf(other_file, "llama", "Q4_0", vocab=300, n_layers=1, dim=64, context_length=128)
     with pytest.raises(ValueError, match="another model"):
         pylut.load(other_file, n_ctx=64).load_state(tmp_path / "s.bin")
+
+
+def test_second_chat_turn_prefills_only_the_new_tokens(chat_model_file, cache):
+    """Chat clients re-send the whole conversation: turn 2 must not re-run turn 1."""
+    m = pylut.load(chat_model_file, n_ctx=256)
+    msgs = [{"role": "user", "content": "Hello there"}]
+    r1 = m.create_chat_completion(msgs, max_tokens=8, temperature=0)
+    first_prompt = m.stats["prompt_tokens"]
+    msgs += [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
+             {"role": "user", "content": "And again"}]
+    m.create_chat_completion(msgs, max_tokens=4, temperature=0)
+    assert m.stats["prompt_tokens"] > first_prompt
+    assert m.stats["prompt_processed"] <= m.stats["prompt_tokens"] - first_prompt
