@@ -31,6 +31,19 @@
 #define lookup_hi(tbl, w, m0f) _mm512_shuffle_epi8((tbl), _mm512_and_si512(_mm512_srli_epi16((w), 4), (m0f)))
 #endif
 
+/* Pair block p of two consecutive k-groups (tables tbl, tbl1): the products of both, added
+ * before they reach an accumulator. lo: rows 0..31, hi: rows 32..63 (int16). */
+static ALWAYS_INLINE void pair_lookup2(__m512i tbl, __m512i tbl1, const uint8_t *blk, int kgb, int p,
+                                       __m512i mul12, __m512i m0f, __m512i *lo, __m512i *hi) {
+    const __m512i w = _mm512_loadu_si512((const void *)(blk + 64 * p));
+    const __m512i w1 = _mm512_loadu_si512((const void *)(blk + kgb + 64 * p));
+    (void)m0f;
+    *lo = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)),
+                           _mm512_maddubs_epi16(mul12, lookup_lo(tbl1, w1, m0f)));
+    *hi = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)),
+                           _mm512_maddubs_epi16(mul12, lookup_hi(tbl1, w1, m0f)));
+}
+
 /* int16 x32 (rows r..r+31) -> two int32 x16, shifted left by sh, added to r0, r1 */
 static ALWAYS_INLINE void widen_add(__m512i a16, int sh, __m512i *r0, __m512i *r1) {
     __m512i lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a16));
@@ -93,12 +106,8 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
             for (int p = 0; p < npair; p++) {
                 /* two k-groups per step: their products are added before the accumulator,
                  * halving the loop overhead and the accumulators' dependency chains */
-                __m512i w = _mm512_loadu_si512((const void *)(blk + 64 * p));
-                __m512i w1 = _mm512_loadu_si512((const void *)(blk + kgb + 64 * p));
-                __m512i lo = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)),
-                                              _mm512_maddubs_epi16(mul12, lookup_lo(tbl1, w1, m0f)));
-                __m512i hi = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)),
-                                              _mm512_maddubs_epi16(mul12, lookup_hi(tbl1, w1, m0f)));
+                __m512i lo, hi;
+                pair_lookup2(tbl, tbl1, blk, kgb, p, mul12, m0f, &lo, &hi);
                 pacc[p][0] = _mm512_add_epi16(pacc[p][0], lo);
                 pacc[p][1] = _mm512_add_epi16(pacc[p][1], hi);
             }
@@ -165,12 +174,8 @@ static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, 
         const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
         for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_DIST + o, PF_HINT);
         for (int p = 0; p < npair; p++) {
-            __m512i w = _mm512_loadu_si512((const void *)(blk + 64 * p));
-            __m512i w1 = _mm512_loadu_si512((const void *)(blk + kgb + 64 * p));
-            __m512i lo = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)),
-                                          _mm512_maddubs_epi16(mul12, lookup_lo(tbl1, w1, m0f)));
-            __m512i hi = _mm512_add_epi16(_mm512_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)),
-                                          _mm512_maddubs_epi16(mul12, lookup_hi(tbl1, w1, m0f)));
+            __m512i lo, hi;
+            pair_lookup2(tbl, tbl1, blk, kgb, p, mul12, m0f, &lo, &hi);
             a[0] = _mm512_add_epi16(a[0], _mm512_slli_epi16(lo, 2 * p));
             a[1] = _mm512_add_epi16(a[1], _mm512_slli_epi16(hi, 2 * p));
         }
