@@ -47,6 +47,15 @@ def run(q, x, isa, n_threads=1):
     return pylut.gemm(q, x, n_threads=n_threads)
 
 
+def check_scalar_and_simd(q, x):
+    """The scalar twin within the table-rounding bound of dequantize-then-matmul; every SIMD
+    ISA equal to the twin (float epilogue order aside)."""
+    ref = run(q, x, "scalar")
+    assert np.all(np.abs(ref - x @ q.dequantize().T) <= lut_error_bound(q, x) * 1.0001 + 1e-5)
+    for isa in SIMD_ISAS:
+        assert np.abs(run(q, x, isa) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def make(mode, bits, m, k, group, seed=0):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((m, k)).astype(np.float32)
@@ -196,10 +205,7 @@ def test_implied_bias_zero_point(bits):
     assert q.zero == z and not q.has_bias
     assert np.array_equal(q.dequantize(), (d.repeat(g, 1) * (codes - np.float32(z))).astype(np.float32))
     x = rng.standard_normal((2, k)).astype(np.float32)
-    ref = run(q, x, "scalar")
-    assert np.all(np.abs(ref - x @ q.dequantize().T) <= lut_error_bound(q, x) * 1.0001 + 1e-5)
-    for isa in SIMD_ISAS:
-        assert np.abs(run(q, x, isa) - ref).max() <= 1e-5 * np.abs(ref).max()
+    check_scalar_and_simd(q, x)
     with pytest.raises(ValueError, match="zero"):
         pylut.QMatrix.from_codes(codes, d, None, bits=bits, group=g, zero=float(1 << bits))
 
@@ -232,10 +238,7 @@ def test_two_level_scales(bits, group, with_min, sup):
     # fewer bytes than fp16 scale + bias per group (counted over the padded 128 x k rows)
     assert q.nbytes * 8 / (128 * q.k_pad) < bits + 32 / group
     x = rng.standard_normal((3, k)).astype(np.float32)
-    ref = run(q, x, "scalar")
-    assert np.all(np.abs(ref - x @ q.dequantize().T) <= lut_error_bound(q, x) * 1.0001 + 1e-5)
-    for isa in SIMD_ISAS:
-        assert np.abs(run(q, x, isa) - ref).max() <= 1e-5 * np.abs(ref).max()
+    check_scalar_and_simd(q, x)
     with pytest.raises(ValueError, match="super"):
         pylut.QMatrix.from_codes_super(codes, d, sc, bits=bits, group=group, super_=group * 3 + 8)
 
