@@ -81,6 +81,15 @@ static ALWAYS_INLINE void store_tile(float *y, int64_t row0, int64_t m, const __
 
 /* ------------------------------------------------------------------ B-type GEMM */
 
+/* One k-group, 32-byte half `half` of pair block p: the (1,2)-weighted plane-pair products
+ * of its low-nibble rows (lo) and its high-nibble rows (hi), int16. */
+static ALWAYS_INLINE void pair_lookup(__m256i tbl, const uint8_t *blk, int p, int half,
+                                     __m256i mul12, __m256i m0f, __m256i *lo, __m256i *hi) {
+    const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * p + 32 * half));
+    *lo = _mm256_maddubs_epi16(mul12, lut_lookup_lo(tbl, w, m0f));
+    *hi = _mm256_maddubs_epi16(mul12, lut_lookup_hi(tbl, w, m0f));
+}
+
 /* One row tile (64 rows), one token. bits is a compile-time constant at every call site. */
 static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
                                       int64_t t, const int bits) {
@@ -105,9 +114,10 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
             _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
             for (int p = 0; p < npair; p++)
                 for (int half = 0; half < 2; half++) {
-                    __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * p + 32 * half));
-                    pacc[p][half] = _mm256_add_epi16(pacc[p][half], _mm256_maddubs_epi16(mul12, lut_lookup_lo(tbl, w, m0f)));
-                    pacc[p][2 + half] = _mm256_add_epi16(pacc[p][2 + half], _mm256_maddubs_epi16(mul12, lut_lookup_hi(tbl, w, m0f)));
+                    __m256i lo, hi;
+                    pair_lookup(tbl, blk, p, half, mul12, m0f, &lo, &hi);
+                    pacc[p][half] = _mm256_add_epi16(pacc[p][half], lo);
+                    pacc[p][2 + half] = _mm256_add_epi16(pacc[p][2 + half], hi);
                 }
             if (lone) {
                 __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
@@ -145,9 +155,10 @@ static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, 
         _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
         for (int p = 0; p < npair; p++)
             for (int half = 0; half < 2; half++) {
-                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * p + 32 * half));
-                a[half] = _mm256_add_epi16(a[half], _mm256_slli_epi16(_mm256_maddubs_epi16(mul12, lut_lookup_lo(tbl, w, m0f)), 2 * p));
-                a[2 + half] = _mm256_add_epi16(a[2 + half], _mm256_slli_epi16(_mm256_maddubs_epi16(mul12, lut_lookup_hi(tbl, w, m0f)), 2 * p));
+                __m256i lo, hi;
+                pair_lookup(tbl, blk, p, half, mul12, m0f, &lo, &hi);
+                a[half] = _mm256_add_epi16(a[half], _mm256_slli_epi16(lo, 2 * p));
+                a[2 + half] = _mm256_add_epi16(a[2 + half], _mm256_slli_epi16(hi, 2 * p));
             }
         if (lone) {
             __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
