@@ -103,3 +103,27 @@ def test_state_files_remember_the_cache_type(tmp_path, cache):
     assert again.stats["prompt_processed"] == 1
     with pytest.raises(ValueError, match="kv_type"):
         pylut.load(model, kv_type="q2")
+
+
+def test_decode_with_the_cache_sliced_across_threads_matches_the_reference(tmp_path, cache):
+    """One kv head, 2 threads, 700 cached positions: decode steps split the cache into
+    slices and merge them (the model's partial buffers); logits stay those of the float
+    reference over the same weights."""
+    from pylut import _core
+    from ref_forward import forward as ref_forward
+
+    model = tmp_path / "mqa.gguf"
+    build_gguf(model, "llama", "Q8_0", vocab=300, n_layers=2, dim=64, n_heads=4, n_kv_heads=1,
+               context_length=1024)
+    m = pylut.load(model, n_ctx=1024, n_threads=2)
+    tokens = [int(t) for t in np.random.default_rng(3).integers(0, 300, 703)]
+    m.eval(tokens[:700])
+    steps = np.stack([m.session.forward([t], m.pool) for t in tokens[700:]])
+    weights = {k: t.dequantize() if isinstance(t, _core.QMatrix) else t for k, t in m.loaded.tensors.items()}
+    ref = ref_forward(m.loaded.config, weights, tokens)[700:]
+    assert np.abs(steps - ref).max() <= 0.03 * np.abs(ref).max()
+    assert np.array_equal(steps.argmax(1), ref.argmax(1))
+    # the same positions through prefill (query tiles, no slices): equal up to float order
+    fresh = pylut.load(model, n_ctx=1024, n_threads=2)
+    tiled = fresh.session.forward(tokens, fresh.pool, all_logits=True)[700:]
+    assert np.abs(steps - tiled).max() <= 1e-4 * np.abs(tiled).max()
