@@ -37,7 +37,8 @@ struct pylut_state {
     float *attn_scratch;       /* [scratch_threads][attn_scratch_floats], grown to the pool's size */
     int scratch_threads;
     int64_t attn_scratch_floats;
-    float *attn_partial;       /* [n_kv_heads][PYLUT_ATTN_MAX_SPLITS][rows][hd_pad+2] decode slices */
+    float *attn_partial;       /* [attn_partial_floats]: decode slices' max/sum/acc, grown to the plan */
+    int64_t attn_partial_floats;
     float *inv_freq;           /* [head_dim/2] */
     atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
                                 * (4 per layer + output), then each layer's attention item */
@@ -118,8 +119,6 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, 
     s->row_bytes = pylut_kv_row_bytes(kv_type, m->head_dim);
     size_t B = (size_t)max_batch;
     s->kv = calloc(2 * (size_t)m->n_layers * m->n_kv_heads * n_ctx, (size_t)s->row_bytes);
-    const int hd_pad = (m->head_dim + 15) / 16 * 16, rows = PYLUT_ATTN_ROWS;
-    s->attn_partial = malloc((size_t)m->n_kv_heads * PYLUT_ATTN_MAX_SPLITS * rows * (hd_pad + 2) * sizeof(float));
     s->x = malloc(B * m->dim * sizeof(float));
     s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
     s->q = malloc(B * s->q_dim * sizeof(float));
@@ -131,7 +130,7 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, 
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
     s->tickets = calloc((size_t)(5 * m->n_layers + 1), sizeof(atomic_llong));
-    if (!s->kv || !s->attn_partial || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
+    if (!s->kv || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
         !s->hb2 || !s->inv_freq || !s->tickets) {
         pylut_state_free(s);
         return NULL;
@@ -532,6 +531,12 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
         j->pos0 = s->pos;
         j->scale = 1.0f / sqrtf((float)m->head_dim);
         if (pylut_attn_plan(j, nth) != PYLUT_OK) return PYLUT_EINVAL;
+        if (s->attn_partial_floats < j->partial_floats) {
+            float *grown = realloc(s->attn_partial, (size_t)j->partial_floats * sizeof(float));
+            if (!grown) return PYLUT_ENOMEM;
+            s->attn_partial = grown;
+            s->attn_partial_floats = j->partial_floats;
+        }
         j->partial = s->attn_partial;
         if (s->scratch_threads < nth || s->attn_scratch_floats < j->scratch_floats) {
             float *grown = realloc(s->attn_scratch, (size_t)(nth * j->scratch_floats) * sizeof(float));
