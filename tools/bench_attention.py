@@ -16,7 +16,9 @@ Method:
 - naive: the per-head three-pass kernel (pylut._core.attention_f16: all scores, softmax,
   weighted sum of values; one query head at a time re-reads its kv head's cache), same ISA,
   heads spread over the same number of threads.
-- Time = best of --repeats calls. GB/s = cache bytes the token must read (keys + values of
+- Time = best of --repeats decoded tokens, each cycling through enough layers' caches (up
+  to 32, >= 256 MB in all) that no call finds its cache left in the last-level cache; a
+  layer's time is the token's / layers. GB/s = cache bytes the token must read (keys + values of
   every kv head, once) / time. Roofline = that / read bandwidth measured by
   pylut._core.read_bytes over a 256 MB buffer with the same threads, sampled around each
   measurement (the max sample is the denominator: conservative).
@@ -87,24 +89,40 @@ def naive_fn(q, k, v, shape, executor, threads):
     return lambda: list(executor.map(run, heads))
 
 
+def layer_count(shape, length):
+    """Distinct caches to cycle through (a model's layers): at least 256 MB of f16 cache in
+    all, so no call finds the previous call's cache in the 32 MB-class last-level caches."""
+    n_heads, n_kv, hd = shape
+    per_layer = 2 * n_kv * length * _core.kv_row_bytes("f16", hd)
+    return int(min(32, max(1, -(-(256 << 20) // per_layer))))
+
+
+def layers_fn(fn, layers):
+    """One decoded token's attention over every layer's cache; its time / len(layers) is a layer's."""
+    return lambda: [fn(*layer) for layer in layers]
+
+
 def bench_shape(name, shape, lengths, threads_list, repeats, rng):
     rows = []
     for length in lengths:
-        caches = {t: make_cache(shape, length, t, rng) for t in KV_TYPES}
+        n_layers = layer_count(shape, length)
+        caches = {t: [make_cache(shape, length, t, rng) for _ in range(n_layers)] for t in KV_TYPES}
         for threads in threads_list:
             pool = _core.ThreadPool(threads)
             bw = Bandwidth(pool)
             with ThreadPoolExecutor(threads) as ex:
                 for kv_type in KV_TYPES:
-                    q, k, v = caches[kv_type]
-                    nbytes = k.nbytes + v.nbytes
+                    layers = caches[kv_type]
+                    nbytes = layers[0][1].nbytes + layers[0][2].nbytes
                     bw.sample()
-                    t_tiled = best_time(lambda: _core.attention(q, k, v, shape[0], shape[1], kv_type, pool=pool), repeats)
+                    tiled = lambda q, k, v: _core.attention(q, k, v, shape[0], shape[1], kv_type, pool=pool)  # noqa: E731
+                    t_tiled = best_time(layers_fn(tiled, layers), repeats) / n_layers
                     t_naive = None
                     if kv_type == "f16":
-                        t_naive = best_time(naive_fn(q, k, v, shape, ex, threads), max(2, repeats // 3))
+                        naive = lambda q, k, v: naive_fn(q, k, v, shape, ex, threads)()  # noqa: E731
+                        t_naive = best_time(layers_fn(naive, layers), max(2, repeats // 3)) / n_layers
                     roof = bw.sample()
-                    rows.append(dict(shape=name, length=length, threads=threads, kv_type=kv_type, bytes=nbytes,
+                    rows.append(dict(shape=name, length=length, threads=threads, kv_type=kv_type, bytes=nbytes, layers=n_layers,
                                      tiled_us=t_tiled * 1e6, naive_us=t_naive * 1e6 if t_naive else None,
                                      gbs=nbytes / t_tiled / 1e9, read_gbs=roof, roofline=nbytes / t_tiled / 1e9 / roof))
                     r = rows[-1]
