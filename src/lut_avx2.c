@@ -57,15 +57,17 @@ static ALWAYS_INLINE __m256 group_param(const pylut_qmatrix *qm, const uint16_t 
 static ALWAYS_INLINE void group_apply(const pylut_qmatrix *qm, int64_t t, int64_t g, float f, float h,
                                       float sx, const __m256i A[8], __m256 acc[8]) {
     const __m256 vf = _mm256_set1_ps(f);
+    /* implied bias -scale*zero (no bias buffer): scale * (f*A + (h - zero) * sx) */
+    const __m256 zc = _mm256_set1_ps(qm->has_bias ? 0.0f : (h - qm->zero) * sx);
     for (int q = 0; q < 8; q++) {
-        __m256 s = group_param(qm, qm->scale, qm->sub_scale, t, g, q);
-        acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, vf), _mm256_cvtepi32_ps(A[q]), acc[q]);
-        if (qm->has_bias) {
-            __m256 b = group_param(qm, qm->bias, qm->sub_bias, t, g, q);
-            acc[q] = _mm256_fmadd_ps(_mm256_fmadd_ps(s, _mm256_set1_ps(h), b), _mm256_set1_ps(sx), acc[q]);
-        } else if (h != qm->zero) { /* implied bias -scale*zero: c = scale * (h - zero) */
-            acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(h - qm->zero)), _mm256_set1_ps(sx), acc[q]);
+        const __m256 s = group_param(qm, qm->scale, qm->sub_scale, t, g, q);
+        if (!qm->has_bias) {
+            acc[q] = _mm256_fmadd_ps(s, _mm256_fmadd_ps(vf, _mm256_cvtepi32_ps(A[q]), zc), acc[q]);
+            continue;
         }
+        const __m256 b = group_param(qm, qm->bias, qm->sub_bias, t, g, q);
+        acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, vf), _mm256_cvtepi32_ps(A[q]), acc[q]);
+        acc[q] = _mm256_fmadd_ps(_mm256_fmadd_ps(s, _mm256_set1_ps(h), b), _mm256_set1_ps(sx), acc[q]);
     }
 }
 
@@ -97,6 +99,7 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     const int64_t groups = qm->k_pad / qm->group;
     const int kpg = qm->group / PYLUT_KGROUP;
     const float h = (float)((1 << bits) - 1) * 0.5f;
+    const int small = ((1 << bits) - 1) * qm->group <= 1032; /* a group's weighted sum fits int16 (kernels.h) */
     const __m256i m0f = _mm256_set1_epi8(0x0f);
     const __m256i mul12 = _mm256_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
     __m256 acc[8];
@@ -131,6 +134,12 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
         __m256i A[8];
         for (int q = 0; q < 8; q++) A[q] = _mm256_setzero_si256();
         for (int q = 0; q < 4; q++) {
+            if (small) { /* weight the planes in int16, widen once */
+                __m256i a16 = lone ? _mm256_slli_epi16(lacc[q], bits - 1) : _mm256_setzero_si256();
+                for (int p = 0; p < npair; p++) a16 = _mm256_add_epi16(a16, _mm256_slli_epi16(pacc[p][q], 2 * p));
+                widen_add(a16, 0, &A[2 * q], &A[2 * q + 1]);
+                continue;
+            }
             for (int p = 0; p < npair; p++) widen_add(pacc[p][q], 2 * p, &A[2 * q], &A[2 * q + 1]);
             if (lone) widen_add(lacc[q], bits - 1, &A[2 * q], &A[2 * q + 1]);
         }
