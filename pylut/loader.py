@@ -16,6 +16,11 @@ Matrices become packed ``QMatrix`` objects:
 
 Norm weights and biases stay float32 vectors.  Everything is copied out of the file, so the
 mapping is closed before ``load_gguf`` returns.
+
+Tensors go to a *sink* as they are converted: by default a dict (``LoadedModel.tensors``);
+``packcache`` passes a ``PackWriter`` instead, which writes each one to the packed-model
+file so the model is never in memory whole. Either way each tensor's source pages are
+dropped from the resident set once it is converted.
 """
 from __future__ import annotations
 
@@ -60,6 +65,20 @@ class LoadedModel:
 
     def build(self) -> _core.Model:
         return _core.Model(self.config, self.tensors)
+
+
+class MemorySink:
+    """The default tensor sink: keeps every converted tensor in ``tensors``. A sink has
+    put(name, tensor) and alias(name, of) (name is the same tensor as `of`)."""
+
+    def __init__(self):
+        self.tensors: dict[str, Any] = {}
+
+    def put(self, name: str, tensor: Any) -> None:
+        self.tensors[name] = tensor
+
+    def alias(self, name: str, of: str) -> None:
+        self.tensors[name] = self.tensors[of]
 
 
 # ---------------------------------------------------------------- hyperparameters
@@ -295,11 +314,14 @@ REQUANT = {
 }
 
 
-def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None = None) -> LoadedModel:
+def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
+              sink=None) -> LoadedModel:
     """Read a llama / qwen2 / bitnet GGUF file into packed matrices for ``_core.Model``.
 
     bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
     keep their own grid unless ``requant`` (one of REQUANT) asks to requantize every matrix.
+    sink: where each converted tensor goes (see MemorySink); when given, the returned
+    LoadedModel's ``tensors`` is empty and the sink holds (or has written) them.
     Raises ModelFileError naming the file and the problem."""
     if requant is not None and requant not in REQUANT:
         raise ValueError(f"requant must be one of {', '.join(REQUANT)}, got {requant!r}")
@@ -345,10 +367,11 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
             if not spec.matrix and info.type_name not in quants.SUPPORTED_TYPES:
                 raise _fail(path, f"tensor {spec.gguf_name!r} has unsupported type {info.type_name}")
 
-        tensors: dict[str, Any] = {}
+        memory = MemorySink() if sink is None else None
+        out = memory or sink
         tensor_types: dict[str, str] = {}
         lossy: set[str] = set()
-        n_params = 0
+        n_params = packed_bytes = matrix_params = 0
         used = set()
         for spec in specs:
             info = f.tensors.get(spec.gguf_name)
@@ -362,23 +385,28 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
                         used.add(spec.gguf_name[: -len(".weight")] + ".scale")
                     if requant is not None:
                         w = quants.dequantize(info.data, info.type_name, info.shape) * np.float32(multiplier)
-                        tensors[spec.core_name] = quantize(w, **REQUANT[requant])
+                        t = quantize(w, **REQUANT[requant])
+                        del w
                         lossy.add(spec.core_name)
                     else:
-                        tensors[spec.core_name] = _matrix(info, bits, group, multiplier, lossy,
-                                                          spec.core_name)
+                        t = _matrix(info, bits, group, multiplier, lossy, spec.core_name)
+                    packed_bytes += t.nbytes
+                    matrix_params += t.shape[0] * t.shape[1]
                 else:
-                    tensors[spec.core_name] = _vector(info)
+                    t = _vector(info)
             except (ValueError, TypeError) as exc:
                 if isinstance(exc, ModelFileError):
                     raise
                 raise _fail(path, f"tensor {spec.gguf_name!r} ({info.type_name}, shape "
                                   f"{tuple(info.shape)}) cannot be loaded: {exc}") from exc
+            out.put(spec.core_name, t)
+            del t  # a streaming sink has written it: its buffers go now
+            f.drop_pages(info)
             tensor_types[spec.core_name] = info.type_name
             n_params += info.n_elements
-        tied = "output" not in tensors
+        tied = "output" not in tensor_types
         if tied:
-            tensors["output"] = tensors["token_embd"]
+            out.alias("output", "token_embd")
             tensor_types["output"] = tensor_types["token_embd"]
         unused = sorted(set(f.tensors) - used)
         if "rope_freqs.weight" in unused:
@@ -388,11 +416,8 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
             log.debug("%s: unused tensors: %s", path, ", ".join(unused))
         metadata = dict(f.metadata)
 
-    matrices = {id(t): t for t in tensors.values() if isinstance(t, _core.QMatrix)}.values()
-    packed_bytes = sum(m.nbytes for m in matrices)
-    matrix_params = sum(m.shape[0] * m.shape[1] for m in matrices)
     elapsed = time.perf_counter() - start
-    lm = LoadedModel(config=cfg, tensors=tensors, metadata=metadata, path=path, arch=arch,
+    lm = LoadedModel(config=cfg, tensors={} if memory is None else memory.tensors, metadata=metadata, path=path, arch=arch,
                      tensor_types=tensor_types, n_params=n_params,
                      bits_per_weight=8.0 * packed_bytes / max(1, matrix_params),
                      lossy=lossy, tied_output=tied, load_seconds=elapsed)
