@@ -275,9 +275,9 @@ class GGUFFile:
                 logger.debug("%s: tensor views still alive, mapping released later", self.path)
             self._mmap = None
 
-    def drop_pages(self, info: "TensorInfo") -> None:
-        """Drop a converted tensor's source pages from the resident set (drop_mapped_pages)."""
-        drop_mapped_pages(self._mmap, info.offset, info.nbytes)
+    def drop_pages(self, offset: int, nbytes: int) -> None:
+        """Drop converted source bytes' pages from the resident set (drop_mapped_pages)."""
+        drop_mapped_pages(self._mmap, offset, nbytes)
 
     def __enter__(self) -> "GGUFFile":
         return self

@@ -20,7 +20,7 @@ import numpy as np
 from . import gptq
 from .errors import ModelFileError
 from .kernels import quantize
-from .loader import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink
+from .loader import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
@@ -145,19 +145,23 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             if tuple(info.shape) != shape:
                 raise ModelFileError(f"{path}: tensor {name!r} has shape {tuple(info.shape)}, "
                                      f"expected {shape} from config.json")
-            w = info.to_float32()
-            if not np.all(np.isfinite(w)):
-                raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
-            n_params += w.size
+            n_params += int(np.prod(shape))
             if matrix:
-                t = quantize(w, **qargs)
-                del w
+                def convert(part, name=name):
+                    w = part.to_float32()
+                    if not np.all(np.isfinite(w)):
+                        raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
+                    return quantize(w, **qargs)
+                # by row pieces: a float32 copy of a whole embedding would be 4 bytes a weight
+                t = by_rows(info, convert, lambda offset, n, name=name: st.drop_pages(name, offset, n))
+                t = convert(info) if t is None else t
                 packed_bytes += t.nbytes
                 matrix_params += shape[0] * shape[1]
                 lossy.add(core)
             else:  # a copy, even of F32: the mapping closes before the model is used
-                t = np.array(w, np.float32)
-                del w
+                t = np.array(info.to_float32(), np.float32)
+                if not np.all(np.isfinite(t)):
+                    raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
             out.put(core, t)
             del t  # a streaming sink has written it: its buffers go now
             st.drop_pages(name)

@@ -16,6 +16,8 @@ import pytest
 
 import pylut
 from pylut import _core, cli, packcache
+from pylut import loader as loader_mod
+from pylut.hf_loader import load_hf
 from pylut.loader import load_gguf
 
 from model_builder import build_gguf
@@ -244,3 +246,47 @@ def test_a_failing_disk_falls_back_to_loading_without_the_cache(tmp_path, cache,
     monkeypatch.setattr(packcache.PackWriter, "_write", write)
     assert cli.main(["convert", str(src), str(tmp_path / "c.pylut")]) == 1
     assert not list(tmp_path.glob("c.pylut*"))
+
+
+# ---------------------------------------------------------------- conversion by row pieces
+
+def _buffers(lm):
+    return {name: [None if getattr(t, b) is None else np.asarray(getattr(t, b)).tobytes() for b in loader_mod._BUFFERS]
+            if isinstance(t, _core.QMatrix) else np.asarray(t).tobytes() for name, t in lm.tensors.items()}
+
+
+@pytest.mark.parametrize("arch,tensor_type,requant", [
+    ("llama", "Q4_0", None), ("llama", "Q2_K", None), ("llama", "Q3_K", None), ("llama", "Q6_K", None),
+    ("bitnet", "TQ1_0", None), ("bitnet", "F16", None), ("llama", "F32", None), ("llama", "Q8_0", "q3"),
+    ("llama", "Q4_K", "ternary")])
+def test_row_pieces_pack_exactly_like_the_whole_matrix(tmp_path, monkeypatch, arch, tensor_type, requant):
+    """Pieces of one 64-row tile (vocab 300: a short last piece) give the same bytes."""
+    src = _model(tmp_path, tensor_type, arch)
+    whole = load_gguf(str(src), requant=requant)
+    monkeypatch.setattr(loader_mod, "PIECE_WEIGHTS", 1)
+    pieces = load_gguf(str(src), requant=requant)
+    assert _buffers(pieces) == _buffers(whole)
+    assert pieces.lossy == whole.lossy and pieces.bits_per_weight == whole.bits_per_weight
+
+
+def test_pieces_of_different_forms_fall_back_to_the_whole_matrix(tmp_path, monkeypatch):
+    """A piece whose K-quant scales leave the two-level form exact and one whose don't."""
+    src = _model(tmp_path, "Q6_K")
+    calls = []
+    real = loader_mod._k_super
+
+    def k_super(info, q):
+        calls.append(info.shape)
+        return None if len(calls) == 2 else real(info, q)  # the second piece only
+    monkeypatch.setattr(loader_mod, "_k_super", k_super)
+    monkeypatch.setattr(loader_mod, "PIECE_WEIGHTS", 1)
+    lm = load_gguf(str(src))
+    assert calls[:3] == [(64, 256), (64, 256), (300, 256)]  # piece, piece, then the whole
+    assert lm.tensors["token_embd"].super_block == 256
+
+
+def test_hf_float_matrices_by_row_pieces(tmp_path, monkeypatch):
+    folder = build_hf(tmp_path / "hf", vocab=300, dtype="F16")
+    whole = load_hf(folder)
+    monkeypatch.setattr(loader_mod, "PIECE_WEIGHTS", 1)
+    assert _buffers(load_hf(folder)) == _buffers(whole)
