@@ -290,3 +290,41 @@ def test_hf_float_matrices_by_row_pieces(tmp_path, monkeypatch):
     whole = load_hf(folder)
     monkeypatch.setattr(loader_mod, "PIECE_WEIGHTS", 1)
     assert _buffers(load_hf(folder)) == _buffers(whole)
+
+
+# ---------------------------------------------------------------- peak memory of a first load
+
+_HWM_SCRIPT = """
+import sys
+def hwm():
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM'))
+import pylut
+base = hwm()
+pylut.load(sys.argv[1], n_ctx=32, n_threads=1, cache=sys.argv[2] == '1')
+print(hwm() - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's VmHWM")
+def test_first_load_peak_memory_stays_near_a_warm_load(tmp_path):
+    """The high-water mark a load adds, in fresh processes, for a ~23 MB model: the first
+    (streaming) load may exceed a warm one by the largest tensor's worth, not by the model
+    (before streaming: by 2x the source size); without the cache, the packed model (about
+    the source size) is in memory but the source no longer is. Margins are a third or more
+    of the source size, so allocator noise does not decide the result."""
+    src = tmp_path / "m.gguf"
+    build_gguf(src, "llama", "Q4_0", vocab=8000, n_layers=8, dim=512, ffn=2048, n_heads=8, n_kv_heads=8,
+               context_length=64)
+    size = src.stat().st_size
+    env = dict(os.environ, PYLUT_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+
+    def rise(cache):
+        r = subprocess.run([sys.executable, "-c", _HWM_SCRIPT, str(src), cache], capture_output=True, text=True,
+                           env=env, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.split()[-1])
+    first, warm, no_cache = rise("1"), rise("1"), rise("0")
+    assert first - warm < size / 2, (first, warm, size)
+    assert no_cache < 1.5 * size, (no_cache, size)
