@@ -180,7 +180,8 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                     "is checkpoint_format (%s) right? loaded as declared", path, len(odd_zero),
                     1 << (quant.bits - 1), "gptq" if quant.zeros_minus_one else "gptq_v2")
     bpw = 8.0 * packed_bytes / max(1, matrix_params)
-    loaded = LoadedModel(config=cfg, tensors={} if memory is None else memory.tensors, metadata={}, path=path, arch=cfg["arch"],
+    loaded = LoadedModel(config=cfg, tensors={} if memory is None else memory.tensors, metadata={},
+                         path=path, arch=cfg["arch"],
                          tensor_types=types, n_params=n_params, bits_per_weight=bpw,
                          lossy=lossy, tied_output=tied)
     loaded.load_seconds = time.perf_counter() - start

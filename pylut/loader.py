@@ -514,7 +514,8 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
         metadata = dict(f.metadata)
 
     elapsed = time.perf_counter() - start
-    lm = LoadedModel(config=cfg, tensors={} if memory is None else memory.tensors, metadata=metadata, path=path, arch=arch,
+    lm = LoadedModel(config=cfg, tensors={} if memory is None else memory.tensors,
+                     metadata=metadata, path=path, arch=arch,
                      tensor_types=tensor_types, n_params=n_params,
                      bits_per_weight=8.0 * packed_bytes / max(1, matrix_params),
                      lossy=lossy, tied_output=tied, load_seconds=elapsed)

@@ -169,7 +169,8 @@ class PackWriter:
             raise ValueError(f"tensor {name!r} written twice")
         if isinstance(t, _core.QMatrix):
             e = {"kind": "q", "type": t.type, "m": t.shape[0], "k": t.shape[1], "group": t.group,
-                 "has_bias": t.has_bias, "zero": t.zero, "super": t.super_block, "codes": self._add(t.codes_buf)}
+                 "has_bias": t.has_bias, "zero": t.zero, "super": t.super_block,
+                 "codes": self._add(t.codes_buf)}
             for field in ("scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf"):
                 buf = getattr(t, field)
                 e[field[:-4]] = None if buf is None else self._add(buf)

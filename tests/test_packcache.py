@@ -139,7 +139,8 @@ def _damaged_files(good: bytes):
         "header byte flipped": (bytes(flip_header), "checksum mismatch"),
         "interrupted write": (bytes(incomplete), "incomplete packed-model file"),
         "bad magic": (b"NOTPYLUT" + good[8:], "bad magic"),
-        "old version": (good[:8] + struct.pack("<I", 4) + good[12:], "packed format version 4, this pylut reads 5"),
+        "old version": (good[:8] + struct.pack("<I", 4) + good[12:],
+                        "packed format version 4, this pylut reads 5"),
     }
 
 
@@ -251,8 +252,11 @@ def test_a_failing_disk_falls_back_to_loading_without_the_cache(tmp_path, cache,
 # ---------------------------------------------------------------- conversion by row pieces
 
 def _buffers(lm):
-    return {name: [None if getattr(t, b) is None else np.asarray(getattr(t, b)).tobytes() for b in loader_mod._BUFFERS]
-            if isinstance(t, _core.QMatrix) else np.asarray(t).tobytes() for name, t in lm.tensors.items()}
+    def raw(t):
+        if not isinstance(t, _core.QMatrix):
+            return np.asarray(t).tobytes()
+        return [None if getattr(t, b) is None else getattr(t, b).tobytes() for b in loader_mod._BUFFERS]
+    return {name: raw(t) for name, t in lm.tensors.items()}
 
 
 @pytest.mark.parametrize("arch,tensor_type,requant", [
@@ -317,8 +321,9 @@ def test_first_load_peak_memory_stays_near_a_warm_load(tmp_path):
     build_gguf(src, "llama", "Q4_0", vocab=8000, n_layers=8, dim=512, ffn=2048, n_heads=8, n_kv_heads=8,
                context_length=64)
     size = src.stat().st_size
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's pylut, as in the tests
     env = dict(os.environ, PYLUT_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
 
     def rise(cache):
         r = subprocess.run([sys.executable, "-c", _HWM_SCRIPT, str(src), cache], capture_output=True, text=True,
