@@ -430,7 +430,7 @@ def cmd_bench(args):
 
 def cmd_convert(args):
     from .loader import load_gguf
-    from .packcache import save
+    from .packcache import convert
     if model_kind(args.input) != "gguf":
         raise CLIError(f"{args.input}: convert reads GGUF files")
     if os.path.isdir(args.output):
@@ -438,7 +438,9 @@ def cmd_convert(args):
     spinner = _Progress(f"packing {os.path.basename(args.input)}")
     t0 = time.perf_counter()
     try:
-        save(load_gguf(args.input, bits=args.bits, requant=args.requant), args.output)
+        # streamed: one tensor in memory at a time, as for the cache
+        convert(args.input, args.output,
+                lambda sink: load_gguf(args.input, bits=args.bits, requant=args.requant, sink=sink))
     except (OSError, ValueError) as e:
         raise CLIError(str(e)) from None
     finally:

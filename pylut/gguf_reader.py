@@ -116,6 +116,26 @@ def ggml_type_info(type_name: str) -> Tuple[int, int]:
     return block_elems, block_bytes
 
 
+def drop_mapped_pages(mm: Optional[mmap.mmap], start: int, length: int) -> None:
+    """Let the kernel unmap [start, start+length) of a read-only file mapping from this
+    process (MADV_DONTNEED): the pages leave our resident set, and a later touch reads them
+    again from the page cache, so the data never changes. Loaders call this after
+    converting a tensor, so the source file is not resident all at once. The range is
+    widened to whole pages (the neighbours' pages are equally safe to drop); a no-op where
+    madvise is unavailable."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if mm is None or advice is None or length <= 0 or not hasattr(mm, "madvise"):
+        return
+    first = start - start % mmap.PAGESIZE
+    end = min(len(mm), start + length)
+    if end <= first:
+        return
+    try:
+        mm.madvise(advice, first, end - first)
+    except (OSError, ValueError) as e:  # advice only: loading is unaffected
+        logger.debug("madvise(DONTNEED) failed: %s", e)
+
+
 def tensor_nbytes(type_name: str, shape: Tuple[int, ...]) -> int:
     """Bytes taken by a tensor of ``shape`` (numpy order) stored as ``type_name``."""
     block_elems, block_bytes = ggml_type_info(type_name)
@@ -254,6 +274,10 @@ class GGUFFile:
                 # mapping is unmapped when the last of them is garbage collected.
                 logger.debug("%s: tensor views still alive, mapping released later", self.path)
             self._mmap = None
+
+    def drop_pages(self, offset: int, nbytes: int) -> None:
+        """Drop converted source bytes' pages from the resident set (drop_mapped_pages)."""
+        drop_mapped_pages(self._mmap, offset, nbytes)
 
     def __enter__(self) -> "GGUFFile":
         return self

@@ -125,6 +125,8 @@ def unpack_rows(words: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- one layer
 
+TENSOR_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")  # a layer's tensors in the file
+
 def _checked(st, name: str, dtypes: tuple[str, ...], shape: tuple[int, ...], path: str):
     """The SafetensorInfo of name, after checking that it exists with this dtype and shape."""
     if name not in st:

@@ -20,7 +20,7 @@ import numpy as np
 from . import gptq
 from .errors import ModelFileError
 from .kernels import quantize
-from .loader import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel
+from .loader import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
@@ -97,16 +97,20 @@ def _no_bias(st, base: str, path: str) -> None:
                              f"llama/qwen2 block does not have for this projection")
 
 
-def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None) -> LoadedModel:
+def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
+            sink=None) -> LoadedModel:
     """Read a Hugging Face llama / mistral / qwen2 folder. Float matrices are quantized to
     `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group; GPTQ
-    matrices keep the checkpoint's codes and scales (see pylut.gptq) unless `requant` is given."""
+    matrices keep the checkpoint's codes and scales (see pylut.gptq) unless `requant` is given.
+    sink: where each converted tensor goes, as for ``loader.load_gguf``."""
     path = os.fspath(path)
     start = time.perf_counter()
     cfg, tied, quant = _config(path)
     requant_args = REQUANT[requant] if requant else None
     qargs = requant_args or dict(bits=bits, group=group or DEFAULT_FLOAT_GROUP, mode="zp")
-    tensors, types, lossy, n_params = {}, {}, set(), 0
+    memory = MemorySink() if sink is None else None
+    out = memory or sink
+    types, lossy, n_params, packed_bytes, matrix_params = {}, set(), 0, 0, 0
     act_order, odd_zero = [], []
     with open_safetensors(path) as st:
         for core, (name, shape, matrix, required) in _wanted(cfg, tied).items():
@@ -118,7 +122,12 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             if quant is not None and matrix and (base + ".qweight" in st or
                                                  (core.startswith("blk.") and name not in st)):
                 c = gptq.load_matrix(st, base, shape, quant, path, requant_args)
-                tensors[core], types[core] = c.matrix, f"GPTQ{quant.bits}"
+                out.put(core, c.matrix)
+                types[core] = f"GPTQ{quant.bits}"
+                packed_bytes += c.matrix.nbytes
+                matrix_params += shape[0] * shape[1]
+                for part in gptq.TENSOR_SUFFIXES:
+                    st.drop_pages(base + part)
                 if not c.exact:
                     lossy.add(core)
                 if c.act_order:
@@ -126,6 +135,7 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                 if c.odd_sym_zero:
                     odd_zero.append(core)
                 n_params += shape[0] * shape[1]
+                del c
                 continue
             if name not in st:
                 if not required:
@@ -135,18 +145,30 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             if tuple(info.shape) != shape:
                 raise ModelFileError(f"{path}: tensor {name!r} has shape {tuple(info.shape)}, "
                                      f"expected {shape} from config.json")
-            w = info.to_float32()
-            if not np.all(np.isfinite(w)):
-                raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
+            n_params += int(np.prod(shape))
             if matrix:
-                tensors[core] = quantize(w, **qargs)
+                def convert(part, name=name):
+                    w = part.to_float32()
+                    if not np.all(np.isfinite(w)):
+                        raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
+                    return quantize(w, **qargs)
+                # by row pieces: a float32 copy of a whole embedding would be 4 bytes a weight
+                t = by_rows(info, convert, lambda offset, n, name=name: st.drop_pages(name, offset, n))
+                t = convert(info) if t is None else t
+                packed_bytes += t.nbytes
+                matrix_params += shape[0] * shape[1]
                 lossy.add(core)
-            else:
-                tensors[core] = np.ascontiguousarray(w, np.float32)
+            else:  # a copy, even of F32: the mapping closes before the model is used
+                t = np.array(info.to_float32(), np.float32)
+                if not np.all(np.isfinite(t)):
+                    raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
+            out.put(core, t)
+            del t  # a streaming sink has written it: its buffers go now
+            st.drop_pages(name)
             types[core] = str(info.dtype)
-            n_params += w.size
     if tied:
-        tensors["output"], types["output"] = tensors["token_embd"], types["token_embd"]
+        out.alias("output", "token_embd")
+        types["output"] = types["token_embd"]
         if "token_embd" in lossy:
             lossy.add("output")
     if act_order:
@@ -157,9 +179,9 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
         log.warning("%s: %d GPTQ matrices are marked sym but have zero points other than %d; "
                     "is checkpoint_format (%s) right? loaded as declared", path, len(odd_zero),
                     1 << (quant.bits - 1), "gptq" if quant.zeros_minus_one else "gptq_v2")
-    mats = [t for k, t in tensors.items() if hasattr(t, "codes_buf") and not (tied and k == "output")]
-    bpw = 8.0 * sum(q.nbytes for q in mats) / max(1, sum(q.shape[0] * q.shape[1] for q in mats))
-    loaded = LoadedModel(config=cfg, tensors=tensors, metadata={}, path=path, arch=cfg["arch"],
+    bpw = 8.0 * packed_bytes / max(1, matrix_params)
+    loaded = LoadedModel(config=cfg, tensors={} if memory is None else memory.tensors, metadata={},
+                         path=path, arch=cfg["arch"],
                          tensor_types=types, n_params=n_params, bits_per_weight=bpw,
                          lossy=lossy, tied_output=tied)
     loaded.load_seconds = time.perf_counter() - start

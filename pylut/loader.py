@@ -16,14 +16,20 @@ Matrices become packed ``QMatrix`` objects:
 
 Norm weights and biases stay float32 vectors.  Everything is copied out of the file, so the
 mapping is closed before ``load_gguf`` returns.
+
+Tensors go to a *sink* as they are converted: by default a dict (``LoadedModel.tensors``);
+``packcache`` passes a ``PackWriter`` instead, which writes each one to the packed-model
+file so the model is never in memory whole. Either way each tensor's source pages are
+dropped from the resident set once it is converted.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,6 +66,20 @@ class LoadedModel:
 
     def build(self) -> _core.Model:
         return _core.Model(self.config, self.tensors)
+
+
+class MemorySink:
+    """The default tensor sink: keeps every converted tensor in ``tensors``. A sink has
+    put(name, tensor) and alias(name, of) (name is the same tensor as `of`)."""
+
+    def __init__(self):
+        self.tensors: dict[str, Any] = {}
+
+    def put(self, name: str, tensor: Any) -> None:
+        self.tensors[name] = tensor
+
+    def alias(self, name: str, of: str) -> None:
+        self.tensors[name] = self.tensors[of]
 
 
 # ---------------------------------------------------------------- hyperparameters
@@ -206,26 +226,108 @@ def _k_super(info: TensorInfo, q: quants.QuantCodes):
     return None if mn is None else (d, sc, dmin, mn, None)
 
 
-def _ternary_float(w: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """(trits, s) when w only holds -s, 0 and +s (a ternarized float matrix), else None."""
+def _ternary_magnitude(w: np.ndarray) -> float | None:
+    """s when w only holds -s, 0 and +s, 0.0 when w is all zero, else None."""
     s = float(np.abs(w).max()) if w.size else 0.0
-    if s == 0.0 or not np.isfinite(s):
+    if not np.isfinite(s):
         return None
     magnitude = np.abs(w)
-    if not np.all((magnitude == s) | (magnitude == 0)):
-        return None
-    return np.sign(w).astype(np.int8), s
+    return s if np.all((magnitude == s) | (magnitude == 0)) else None
+
+
+def _ternary_float(info, rows: int) -> float | None:
+    """s when a float matrix only holds -s, 0 and +s (a ternarized float matrix), else None;
+    read `rows` rows at a time, so only a piece of it is ever decoded to float32."""
+    found = set()
+    for r0 in range(0, info.shape[0], rows):
+        _, raw, shape = _row_slice(info, r0, r0 + rows)
+        s = _ternary_magnitude(quants.decode_float(raw, info.type_name, shape))
+        if s is None:
+            return None
+        if s:
+            found.add(s)
+    return found.pop() if len(found) == 1 else None
+
+
+# ---------------------------------------------------------------- row pieces
+
+# A big matrix is converted PIECE_WEIGHTS at a time (whole 64-row tiles): decoding makes a
+# byte or a float per weight plus their scales, so converting the 32000 x 2048 Q6_K output
+# of a 1B model at once took ~250 MB of temporaries; pieces bound them to a few MB, and
+# each piece's source pages are dropped as soon as it is packed. Small pieces also keep
+# glibc's adaptive mmap threshold low: with 4M-weight pieces ~16 MB of freed temporaries
+# stayed in the heap (and resident) after the load; 256K costs no measurable time.
+PIECE_WEIGHTS = 1 << 18
+_BUFFERS = ("codes_buf", "scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf")
+
+
+def _rows_per_piece(m: int, k: int) -> int:
+    tile = _core.TILE_M
+    return max(tile, PIECE_WEIGHTS // max(1, k) // tile * tile) if m > tile else m
+
+
+def _row_slice(info, r0: int, r1: int):
+    """(file offset, raw bytes, shape) of rows [r0, r1) of a 2-D tensor's encoded data."""
+    m, k = info.shape
+    r1 = min(r1, m)
+    row_bytes = info.nbytes // m
+    return info.offset + r0 * row_bytes, info.data[r0 * row_bytes: r1 * row_bytes], (r1 - r0, k)
+
+
+def _rows_info(info, r0: int, r1: int):
+    """The TensorInfo (or SafetensorInfo) of rows [r0, r1) of info: a view, no copy."""
+    offset, data, shape = _row_slice(info, r0, r1)
+    return dataclasses.replace(info, shape=shape, offset=offset, nbytes=data.nbytes, data=data)
+
+
+def _form(q: _core.QMatrix) -> tuple:
+    return (q.type, q.group, q.has_bias, q.zero, q.super_block) + tuple(getattr(q, b) is None for b in _BUFFERS)
+
+
+def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.QMatrix | None:
+    """convert(info of some rows) -> QMatrix, applied to pieces of PIECE_WEIGHTS weights and
+    assembled: every buffer of the layout is row-tile-major, so a piece of whole 64-row tiles
+    packs into one contiguous slice of each. release(offset, nbytes) is told each piece's
+    source range once it is packed. None when the pieces chose different forms (e.g. one
+    piece's K-quant scales fit the two-level form and another's don't): convert it whole."""
+    m, k = info.shape
+    rows = _rows_per_piece(m, k)
+    if rows >= m:
+        return convert(info)
+    tiles = -(-m // _core.TILE_M)
+    bufs = form = None
+    for r0 in range(0, m, rows):
+        part = convert(_rows_info(info, r0, r0 + rows))
+        if form is None:
+            form = _form(part)
+            per_tile = {b: getattr(part, b).size // (rows // _core.TILE_M) for b in _BUFFERS
+                        if getattr(part, b) is not None}
+            bufs = {b: np.empty(n * tiles, getattr(part, b).dtype) for b, n in per_tile.items()}
+        elif _form(part) != form:
+            return None
+        t0 = r0 // _core.TILE_M
+        for b, n in per_tile.items():
+            src = getattr(part, b)
+            bufs[b][t0 * n: t0 * n + src.size] = src
+        del part
+        if release is not None:
+            offset, data = _row_slice(info, r0, r0 + rows)[:2]
+            release(offset, data.nbytes)
+    get = bufs.get
+    return _core.QMatrix.from_packed(form[0], m, k, form[1], form[2], get("codes_buf"), get("scale_buf"),
+                                     get("bias_buf"), form[3], form[4], get("sub_scale_buf"),
+                                     get("sub_bias_buf"))
 
 
 def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
-            lossy: set[str], core_name: str):
-    """One GGUF matrix -> QMatrix; multiplier folds a separate per-tensor scale in."""
+            lossy: set[str], core_name: str, ternary_s: float | None = None):
+    """One GGUF matrix (or rows of one) -> QMatrix; multiplier folds a separate per-tensor
+    scale in. ternary_s: for float types, the magnitude when the matrix is ternary."""
     type_name = info.type_name
     if type_name in quants.FLOAT_TYPES:
         w = quants.decode_float(info.data, type_name, info.shape)
-        ternary = _ternary_float(w)
-        if ternary is not None:
-            trits, s = ternary
+        if ternary_s is not None:
+            trits, s = np.sign(w).astype(np.int8), ternary_s
             scale = np.float32(s * multiplier)
             if np.float32(np.float16(scale)) != scale:
                 lossy.add(core_name)
@@ -254,7 +356,7 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
     if multiplier != 1.0:
         scale, bias = scale * np.float32(multiplier), bias * np.float32(multiplier)
         q = quants.QuantCodes(q.codes, q.bits, q.group, scale, bias, q.ternary, type_name)
-    if not quants.fp16_exact(q):
+    if not quants.fp16_exact(q) and core_name not in lossy:  # (once, not once per piece)
         lossy.add(core_name)
         log.info("%s (%s): per-group scales/biases rounded to fp16 for the kernel",
                  info.name, type_name)
@@ -262,6 +364,26 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
     if np.array_equal(bias, scale * np.float32(-zero)):
         return _core.QMatrix.from_codes(q.codes, scale, None, bits=q.bits, group=q.group, zero=zero)
     return _core.QMatrix.from_codes(q.codes, scale, bias, bits=q.bits, group=q.group)
+
+
+def _convert_matrix(f: GGUFFile, info: TensorInfo, bits: int, group: int, multiplier: float,
+                    requant: str | None, lossy: set[str], core_name: str) -> _core.QMatrix:
+    """_matrix (or requant's quantize) by row pieces, dropping source pages as it goes."""
+    if requant is not None:
+        lossy.add(core_name)
+
+        def convert(part):
+            w = quants.dequantize(part.data, part.type_name, part.shape) * np.float32(multiplier)
+            return quantize(w, **REQUANT[requant])
+    else:
+        ternary_s = None
+        if info.type_name in quants.FLOAT_TYPES:
+            ternary_s = _ternary_float(info, _rows_per_piece(*info.shape))
+
+        def convert(part):
+            return _matrix(part, bits, group, multiplier, lossy, core_name, ternary_s)
+    q = by_rows(info, convert, f.drop_pages)
+    return convert(info) if q is None else q
 
 
 def _vector(info: TensorInfo) -> np.ndarray:
@@ -295,11 +417,14 @@ REQUANT = {
 }
 
 
-def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None = None) -> LoadedModel:
+def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
+              sink=None) -> LoadedModel:
     """Read a llama / qwen2 / bitnet GGUF file into packed matrices for ``_core.Model``.
 
     bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
     keep their own grid unless ``requant`` (one of REQUANT) asks to requantize every matrix.
+    sink: where each converted tensor goes (see MemorySink); when given, the returned
+    LoadedModel's ``tensors`` is empty and the sink holds (or has written) them.
     Raises ModelFileError naming the file and the problem."""
     if requant is not None and requant not in REQUANT:
         raise ValueError(f"requant must be one of {', '.join(REQUANT)}, got {requant!r}")
@@ -345,10 +470,11 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
             if not spec.matrix and info.type_name not in quants.SUPPORTED_TYPES:
                 raise _fail(path, f"tensor {spec.gguf_name!r} has unsupported type {info.type_name}")
 
-        tensors: dict[str, Any] = {}
+        memory = MemorySink() if sink is None else None
+        out = memory or sink
         tensor_types: dict[str, str] = {}
         lossy: set[str] = set()
-        n_params = 0
+        n_params = packed_bytes = matrix_params = 0
         used = set()
         for spec in specs:
             info = f.tensors.get(spec.gguf_name)
@@ -360,25 +486,24 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
                     multiplier = _scalar_multiplier(f, spec.gguf_name)
                     if multiplier != 1.0:
                         used.add(spec.gguf_name[: -len(".weight")] + ".scale")
-                    if requant is not None:
-                        w = quants.dequantize(info.data, info.type_name, info.shape) * np.float32(multiplier)
-                        tensors[spec.core_name] = quantize(w, **REQUANT[requant])
-                        lossy.add(spec.core_name)
-                    else:
-                        tensors[spec.core_name] = _matrix(info, bits, group, multiplier, lossy,
-                                                          spec.core_name)
+                    t = _convert_matrix(f, info, bits, group, multiplier, requant, lossy, spec.core_name)
+                    packed_bytes += t.nbytes
+                    matrix_params += t.shape[0] * t.shape[1]
                 else:
-                    tensors[spec.core_name] = _vector(info)
+                    t = _vector(info)
             except (ValueError, TypeError) as exc:
                 if isinstance(exc, ModelFileError):
                     raise
                 raise _fail(path, f"tensor {spec.gguf_name!r} ({info.type_name}, shape "
                                   f"{tuple(info.shape)}) cannot be loaded: {exc}") from exc
+            out.put(spec.core_name, t)
+            del t  # a streaming sink has written it: its buffers go now
+            f.drop_pages(info.offset, info.nbytes)
             tensor_types[spec.core_name] = info.type_name
             n_params += info.n_elements
-        tied = "output" not in tensors
+        tied = "output" not in tensor_types
         if tied:
-            tensors["output"] = tensors["token_embd"]
+            out.alias("output", "token_embd")
             tensor_types["output"] = tensor_types["token_embd"]
         unused = sorted(set(f.tensors) - used)
         if "rope_freqs.weight" in unused:
@@ -388,11 +513,9 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
             log.debug("%s: unused tensors: %s", path, ", ".join(unused))
         metadata = dict(f.metadata)
 
-    matrices = {id(t): t for t in tensors.values() if isinstance(t, _core.QMatrix)}.values()
-    packed_bytes = sum(m.nbytes for m in matrices)
-    matrix_params = sum(m.shape[0] * m.shape[1] for m in matrices)
     elapsed = time.perf_counter() - start
-    lm = LoadedModel(config=cfg, tensors=tensors, metadata=metadata, path=path, arch=arch,
+    lm = LoadedModel(config=cfg, tensors={} if memory is None else memory.tensors,
+                     metadata=metadata, path=path, arch=arch,
                      tensor_types=tensor_types, n_params=n_params,
                      bits_per_weight=8.0 * packed_bytes / max(1, matrix_params),
                      lossy=lossy, tied_output=tied, load_seconds=elapsed)

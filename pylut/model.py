@@ -47,7 +47,7 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
         raise ValueError(f"bits must be one of 1, 2, 3, 4, 5, 6, 8; got {bits!r}")
     t0 = time.perf_counter()
     loader = load_hf if is_hf_folder(path) else load_gguf
-    build = lambda: loader(path, bits=bits, requant=requant)  # noqa: E731
+    build = lambda sink: loader(path, bits=bits, requant=requant, sink=sink)  # noqa: E731
     loaded = packcache.load_or_build(path, build, use_cache=cache, bits=bits, requant=requant)
     tokenizer = Tokenizer.from_file(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)

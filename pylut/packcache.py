@@ -1,13 +1,20 @@
 """The packed-model cache: repacking a GGUF file into bit planes takes seconds, so the result
 is written once to an mmap-able file and the next load maps it (a few ms per tensor).
 
-File layout (little-endian):
-    b"PYLUTPK\\0"  u32 format version  u32 0  u64 header bytes  JSON header  (pad to 64)
-    blobs, each 64-byte aligned, described by the header: [offset, nbytes] per buffer.
+File layout (little-endian), format 5:
+    prefix (40 bytes, zero-padded to 64): b"PYLUTPK\\0"  u32 format version  u32 0
+        u64 header offset  u64 header bytes  u32 crc32 of the header  u32 0
+    buffers, each 64-byte aligned at absolute offsets >= 64, described by the header
+    the JSON header, last: [offset, nbytes] per buffer; the file ends where it ends.
+The header is a trailer so that a model can be streamed into the file one tensor at a time
+(``PackWriter``): nothing but the tensor being converted has to be in memory. A file whose
+write was interrupted has header offset 0 and is refused; it is written under a temporary
+name and renamed into place only when complete anyway.
 The cache key is the source file's absolute path, size and mtime plus the load options, so
 an edited or replaced model file is never served stale. Any unreadable cache file is logged
 and rebuilt: a cache is never a reason to fail.
 """
+import glob
 import hashlib
 import json
 import logging
@@ -15,6 +22,7 @@ import os
 import struct
 import tempfile
 import time
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,9 +33,13 @@ from ._version import __version__
 log = logging.getLogger("pylut")
 
 MAGIC = b"PYLUTPK\0"
-FORMAT_VERSION = 4  # 2: T3 fp16 scales; 3: implied-bias (zero) matrices; 4: two-level scales
+# 2: T3 fp16 scales; 3: implied-bias (zero) matrices; 4: two-level scales; 5: header last
+FORMAT_VERSION = 5
 ALIGN = 64
-_PREFIX = struct.Struct("<8sIIQ")
+_HEAD = struct.Struct("<8sII")          # magic, version, 0: the same in every version
+_PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header crc32, 0
+DATA_START = ALIGN
+_WRITE_CHUNK = 1 << 26                  # a write() moves at most ~2 GiB on Linux
 
 
 def cache_dir() -> str:
@@ -59,56 +71,172 @@ def cache_path(path: str, **options) -> str:
 
 # ---------------------------------------------------------------- writing
 
-def save(loaded, out_path: str) -> None:
-    """Write a LoadedModel to out_path (atomically: a temp file renamed into place)."""
-    blobs, entries, offset = [], {}, 0
-    by_id = {}
+class CacheWriteError(OSError):
+    """Writing a packed-model file failed (disk full, no permission, ...): the cache's
+    problem, never the model's, so ``load_or_build`` falls back to loading without it."""
 
-    def add(arr):
-        nonlocal offset
+
+def _temp_pid(tmp: str) -> Optional[int]:
+    # temp names are "<target>.<pid>.<random>.tmp"
+    try:
+        return int(tmp.rsplit(".", 3)[-3])
+    except (IndexError, ValueError):
+        return None
+
+
+def _remove_stale_temps(out_path: str) -> None:
+    """A process killed while writing leaves its temp file behind; it is never read (only a
+    renamed, complete file is), but it holds disk space: remove those of dead writers."""
+    if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX
+        return
+    for tmp in glob.glob(glob.escape(out_path) + ".*.tmp"):
+        pid = _temp_pid(tmp)
+        if pid is None or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue                      # its writer may still be running
+        except ProcessLookupError:
+            pass
+        except OSError:                   # alive, someone else's process
+            continue
+        try:
+            if time.time() - os.path.getmtime(tmp) < 60:  # a writer in another pid namespace?
+                continue
+            os.unlink(tmp)
+            log.info("removed %s, left by an interrupted write", tmp)
+        except OSError:
+            pass
+
+
+class PackWriter:
+    """Streams a packed model into out_path one tensor at a time (``put`` / ``alias``), so a
+    tensor's buffers can be freed as soon as they are written; ``finish`` appends the header
+    and renames the temp file into place. Use as a context manager: leaving the block
+    without ``finish`` (an exception) removes the temp file. Write failures raise
+    CacheWriteError. The loaders take a writer as their ``sink``."""
+
+    def __init__(self, out_path: str):
+        self.out_path = os.path.abspath(out_path)
+        self.entries: dict = {}
+        self.pos = DATA_START
+        self._f = None
+        self.tmp = None
+        directory = os.path.dirname(self.out_path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            _remove_stale_temps(self.out_path)
+            fd, self.tmp = tempfile.mkstemp(dir=directory, suffix=".tmp",
+                                            prefix=f"{os.path.basename(self.out_path)}.{os.getpid()}.")
+            self._f = os.fdopen(fd, "wb")
+            # header offset 0 until finish(): a file cut short says it is incomplete
+            self._f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, 0, 0, 0, 0).ljust(DATA_START, b"\0"))
+        except OSError as e:
+            self.abort()
+            raise CacheWriteError(e.errno, f"cannot create a packed-model file in {directory}: "
+                                           f"{e.strerror or e}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.abort()  # a no-op after finish(); else (an exception) the temp file goes
+
+    def _write(self, buf) -> None:
+        try:
+            for i in range(0, len(buf), _WRITE_CHUNK):
+                self._f.write(buf[i:i + _WRITE_CHUNK])
+        except OSError as e:
+            raise CacheWriteError(e.errno, f"cannot write {self.tmp}: {e.strerror or e}") from None
+        self.pos += len(buf)
+
+    def _pad(self) -> None:
+        pad = -self.pos % ALIGN
+        if pad:
+            self._write(bytes(pad))
+
+    def _add(self, arr) -> list:
+        """Write one buffer straight from its memory (no tobytes() copy); its [offset, n]."""
         arr = np.ascontiguousarray(arr)
-        start = offset
-        blobs.append((start, arr))
-        offset = -(-(offset + arr.nbytes) // ALIGN) * ALIGN
+        self._pad()
+        start = self.pos
+        self._write(memoryview(arr.reshape(-1).view(np.uint8)))
         return [start, arr.nbytes]
 
-    for name, t in loaded.tensors.items():
-        if id(t) in by_id:  # tied output = the embedding: store once
-            entries[name] = {"kind": "alias", "of": by_id[id(t)]}
-            continue
-        by_id[id(t)] = name
+    def put(self, name: str, t) -> None:
+        """Write a QMatrix or a float array under name."""
+        if name in self.entries:
+            raise ValueError(f"tensor {name!r} written twice")
         if isinstance(t, _core.QMatrix):
             e = {"kind": "q", "type": t.type, "m": t.shape[0], "k": t.shape[1], "group": t.group,
-                 "has_bias": t.has_bias, "zero": t.zero, "super": t.super_block, "codes": add(t.codes_buf)}
+                 "has_bias": t.has_bias, "zero": t.zero, "super": t.super_block,
+                 "codes": self._add(t.codes_buf)}
             for field in ("scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf"):
                 buf = getattr(t, field)
-                e[field[:-4]] = None if buf is None else add(buf)
-            entries[name] = e
+                e[field[:-4]] = None if buf is None else self._add(buf)
         else:
             a = np.asarray(t, dtype=np.float32)
-            entries[name] = {"kind": "f", "shape": list(a.shape), "data": add(a)}
-    header = json.dumps({
-        "pylut": __version__, "format": FORMAT_VERSION, "source": os.path.abspath(loaded.path),
-        "config": loaded.config, "arch": loaded.arch, "tensor_types": loaded.tensor_types,
-        "n_params": int(loaded.n_params), "bits_per_weight": float(loaded.bits_per_weight),
-        "lossy": sorted(loaded.lossy), "tied_output": bool(loaded.tied_output), "tensors": entries,
-    }).encode()
-    data_start = -(-(_PREFIX.size + len(header)) // ALIGN) * ALIGN
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out_path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header)))
-            f.write(header)
-            for start, arr in blobs:
-                f.seek(data_start + start)
-                f.write(arr.tobytes())
-            f.truncate(data_start + offset)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            e = {"kind": "f", "shape": list(a.shape), "data": self._add(a)}
+        self.entries[name] = e
+
+    def alias(self, name: str, of: str) -> None:
+        """name is the same tensor as `of` (the tied output = the embedding): stored once."""
+        if of not in self.entries or self.entries[of]["kind"] == "alias":
+            raise ValueError(f"alias {name!r} of {of!r}: no such tensor written")
+        self.entries[name] = {"kind": "alias", "of": of}
+
+    def finish(self, loaded) -> str:
+        """Append the header (the model's metadata from `loaded`, a LoadedModel whose tensors
+        went through put/alias), complete the prefix, and rename the file into place."""
+        header = json.dumps({
+            "pylut": __version__, "format": FORMAT_VERSION, "source": os.path.abspath(loaded.path),
+            "config": loaded.config, "arch": loaded.arch, "tensor_types": loaded.tensor_types,
+            "n_params": int(loaded.n_params), "bits_per_weight": float(loaded.bits_per_weight),
+            "lossy": sorted(loaded.lossy), "tied_output": bool(loaded.tied_output), "tensors": self.entries,
+        }).encode()
+        self._pad()
+        offset = self.pos
+        self._write(header)
+        try:
+            self._f.seek(0)
+            self._f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, offset, len(header), zlib.crc32(header), 0))
+            self._f.close()
+            self._f = None
+            os.replace(self.tmp, self.out_path)
+        except OSError as e:
+            self.abort()
+            raise CacheWriteError(e.errno, f"cannot finish {self.out_path}: {e.strerror or e}") from None
+        self.tmp = None
+        return self.out_path
+
+    def abort(self) -> None:
+        """Drop the unfinished file (idempotent)."""
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+            self._f = None
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
+
+
+def save(loaded, out_path: str) -> None:
+    """Write an in-memory LoadedModel to out_path (atomically: a temp file renamed into
+    place). A tensor that is the same object as an earlier one is stored as its alias."""
+    by_id = {}
+    with PackWriter(out_path) as w:
+        for name, t in loaded.tensors.items():
+            if id(t) in by_id:  # tied output = the embedding: store once
+                w.alias(name, by_id[id(t)])
+            else:
+                by_id[id(t)] = name
+                w.put(name, t)
+        w.finish(loaded)
 
 
 # ---------------------------------------------------------------- reading
@@ -117,35 +245,49 @@ class PackFileError(ValueError):
     pass
 
 
+def _read_header(pack_path: str, size: int):
+    """(header dict, header offset), after every check that needs no tensor."""
+    with open(pack_path, "rb") as f:
+        prefix = f.read(_PREFIX.size)
+        if len(prefix) < _HEAD.size:
+            raise PackFileError(f"{pack_path}: truncated header")
+        magic, version, _ = _HEAD.unpack_from(prefix)
+        if magic != MAGIC:
+            raise PackFileError(f"{pack_path}: not a pylut packed-model file (bad magic)")
+        if version != FORMAT_VERSION:  # before the rest: older versions lay the prefix out differently
+            raise PackFileError(f"{pack_path}: packed format version {version}, this pylut reads {FORMAT_VERSION}")
+        if len(prefix) < _PREFIX.size:
+            raise PackFileError(f"{pack_path}: truncated header")
+        _, _, _, hoff, hlen, crc, _ = _PREFIX.unpack(prefix)
+        if hoff == 0:
+            raise PackFileError(f"{pack_path}: incomplete packed-model file (its write was interrupted)")
+        if hoff < DATA_START or hoff % ALIGN or hoff + hlen != size:
+            raise PackFileError(f"{pack_path}: header at [{hoff}, +{hlen}) does not end the {size}-byte "
+                                f"file (truncated or appended to?)")
+        f.seek(hoff)
+        raw = f.read(hlen)
+    if len(raw) != hlen or zlib.crc32(raw) != crc:
+        raise PackFileError(f"{pack_path}: corrupt header (checksum mismatch)")
+    try:
+        return json.loads(raw), hoff
+    except ValueError as e:
+        raise PackFileError(f"{pack_path}: corrupt header ({e})") from None
+
+
 def load(pack_path: str):
     """Map a packed-model file; returns a LoadedModel (zero-copy views of the mapping)."""
     from .loader import LoadedModel
     size = os.path.getsize(pack_path)
-    with open(pack_path, "rb") as f:
-        prefix = f.read(_PREFIX.size)
-        if len(prefix) < _PREFIX.size:
-            raise PackFileError(f"{pack_path}: truncated header")
-        magic, version, _, hlen = _PREFIX.unpack(prefix)
-        if magic != MAGIC:
-            raise PackFileError(f"{pack_path}: not a pylut packed-model file (bad magic)")
-        if version != FORMAT_VERSION:
-            raise PackFileError(f"{pack_path}: packed format version {version}, this pylut reads {FORMAT_VERSION}")
-        if hlen > size - _PREFIX.size:
-            raise PackFileError(f"{pack_path}: header runs past the end of the file")
-        try:
-            h = json.loads(f.read(hlen))
-        except ValueError as e:
-            raise PackFileError(f"{pack_path}: corrupt header ({e})") from None
-    data_start = -(-(_PREFIX.size + hlen) // ALIGN) * ALIGN
+    h, data_end = _read_header(pack_path, size)
     mm = np.memmap(pack_path, dtype=np.uint8, mode="r")
 
     def view(span, dtype):
         if span is None:
             return None
         off, n = int(span[0]), int(span[1])
-        if off < 0 or n < 0 or data_start + off + n > size or n % np.dtype(dtype).itemsize:
-            raise PackFileError(f"{pack_path}: a buffer lies outside the file (truncated?)")
-        return mm[data_start + off: data_start + off + n].view(dtype)
+        if off < DATA_START or off % ALIGN or n < 0 or off + n > data_end or n % np.dtype(dtype).itemsize:
+            raise PackFileError(f"{pack_path}: a buffer lies outside the file's data (truncated?)")
+        return mm[off: off + n].view(dtype)
 
     tensors = {}
     try:
@@ -169,9 +311,14 @@ def load(pack_path: str):
 
 
 def load_or_build(path: str, build: Callable, use_cache: bool = True, **options):
-    """The cached packed model for (path, options), building and saving it when missing."""
+    """The cached packed model for (path, options), building it when missing.
+
+    build(sink) loads the model: sink None keeps the tensors in memory (the returned
+    LoadedModel holds them); a PackWriter receives each tensor as it is converted, so the
+    model is streamed into the cache file and then mapped, like any later load, instead of
+    ever being in memory whole."""
     if not use_cache:
-        return build()
+        return build(None)
     target = cache_path(path, **options)
     if os.path.exists(target):
         t0 = time.perf_counter()
@@ -182,16 +329,24 @@ def load_or_build(path: str, build: Callable, use_cache: bool = True, **options)
             return loaded
         except (PackFileError, OSError) as e:
             log.warning("ignoring unreadable packed-model cache (%s); rebuilding", e)
-    loaded = build()
     try:
-        save(loaded, target)
-        log.info("wrote packed model cache %s", target)
-    except OSError as e:
-        log.warning("could not write the packed-model cache %s (%s)", target, e)
+        with PackWriter(target) as writer:
+            built = build(writer)
+            writer.finish(built)
+        loaded = load(target)
+    except (CacheWriteError, PackFileError) as e:
+        # what was streamed is gone from memory: load again without the cache
+        log.warning("could not write the packed-model cache %s (%s); loading without it", target, e)
+        return build(None)
+    log.info("wrote packed model cache %s", target)
+    loaded.path = os.path.abspath(path)
+    loaded.load_seconds = built.load_seconds
     return loaded
 
 
 def convert(path: str, out_path: str, build: Callable) -> Optional[str]:
-    """Write the packed model of `path` to out_path (the `pylut convert` command)."""
-    save(build(), out_path)
+    """Stream the packed model of `path` into out_path (the `pylut convert` command);
+    build(sink) as for load_or_build."""
+    with PackWriter(out_path) as writer:
+        writer.finish(build(writer))
     return out_path

@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import ModelFileError
+from .gguf_reader import drop_mapped_pages
 
 logger = logging.getLogger("pylut")
 
@@ -209,6 +210,10 @@ class SafetensorsFile:
                 pass
             self._mmap = None
 
+    def drop_pages(self, offset: int, nbytes: int) -> None:
+        """Drop converted source bytes' pages from the resident set (drop_mapped_pages)."""
+        drop_mapped_pages(self._mmap, offset, nbytes)
+
     def __enter__(self) -> "SafetensorsFile":
         return self
 
@@ -311,6 +316,15 @@ class SafetensorsModel:
 
     def __len__(self) -> int:
         return len(self.tensors)
+
+    def drop_pages(self, name: str, offset: Optional[int] = None, nbytes: Optional[int] = None) -> None:
+        """Drop tensor `name`'s source pages (or those of [offset, offset+nbytes) of its file)
+        from the resident set, once they are converted."""
+        info = self.tensors.get(name)
+        shard = next((f for f in self.files if info is not None and f.path == info.path), None)
+        if shard is not None:
+            shard.drop_pages(info.offset if offset is None else offset,
+                             info.nbytes if nbytes is None else nbytes)
 
     def close(self) -> None:
         for shard in self.files:

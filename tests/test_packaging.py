@@ -75,9 +75,9 @@ def _tiny_packed(tmp_path, monkeypatch):
 
 def _set_format_version(path, version):
     data = bytearray(path.read_bytes())
-    magic, _, zero, hlen = packcache._PREFIX.unpack_from(data)
+    magic, _, zero = packcache._HEAD.unpack_from(data)   # the part every version shares
     assert magic == packcache.MAGIC
-    packcache._PREFIX.pack_into(data, 0, magic, version, zero, hlen)
+    packcache._HEAD.pack_into(data, 0, magic, version, zero)
     path.write_bytes(bytes(data))
 
 
