@@ -19,8 +19,16 @@
 #include "kernels.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
-#ifndef PF_DIST
-#define PF_DIST 256 /* bytes ahead of the code stream (measured best of 256..6144 on Zen 4) */
+/* Software prefetch: B-type code streams 8 KB ahead into L2, every line; T3 256 B ahead
+ * into L1 (why: lut_avx512_body.h) */
+#ifndef PF_B_DIST
+#define PF_B_DIST 8192
+#endif
+#ifndef PF_B_HINT
+#define PF_B_HINT _MM_HINT_T1
+#endif
+#ifndef PF_T3_DIST
+#define PF_T3_DIST 256
 #endif
 
 static ALWAYS_INLINE __m256i lut_lookup_lo(__m256i tbl, __m256i w, __m256i m0f) {
@@ -114,7 +122,7 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
         }
         for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
             const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
-            _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+            for (int o = 0; o < kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
             for (int p = 0; p < npair; p++)
                 for (int half = 0; half < 2; half++) {
                     __m256i lo, hi;
@@ -161,7 +169,7 @@ static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, 
     for (int q = 0; q < 4; q++) a[q] = _mm256_setzero_si256();
     for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
         const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
-        _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+        for (int o = 0; o < kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
         for (int p = 0; p < npair; p++)
             for (int half = 0; half < 2; half++) {
                 __m256i lo, hi;
@@ -308,7 +316,7 @@ static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
                 __m256i a[4]; /* int16 rows 16q..16q+15 */
                 for (int q = 0; q < 4; q++) a[q] = _mm256_setzero_si256();
                 for (int64_t p = p0; p < p1; p++, blk += PYLUT_T3_PAIR_BYTES) {
-                    _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0);
+                    _mm_prefetch((const char *)blk + PF_T3_DIST, _MM_HINT_T0);
                     const __m256i t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(L->tbl + 32 * p)));
                     const __m256i t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(L->tbl + 32 * p + 16)));
                     for (int half = 0; half < 2; half++) {
