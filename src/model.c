@@ -310,6 +310,13 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
     for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
 }
 
+/* x[i] += y[i] for this thread's share of [0, count): element ranges, so one token's add
+ * is split over every thread as well */
+static void residual_add(float *x, const float *y, int64_t count, int ith, int nth) {
+    const int64_t a = count * ith / nth, b = count * (ith + 1) / nth;
+    for (int64_t i = a; i < b; i++) x[i] += y[i];
+}
+
 static void rope(float *v, int head_dim, int pos, const float *inv_freq, int neox) {
     const int half = head_dim / 2;
     for (int i = 0; i < half; i++) {
@@ -364,7 +371,9 @@ static void stage_gemm(step_ctx *c, int ith, int nth, int *stage, int n,
     int64_t start[MAX_TABLE_SETS + 1] = {0};
     for (int i = 0; i < nm; i++) start[i + 1] = start[i] + mats[i]->m_pad / PYLUT_TILE_M;
     atomic_llong *ticket = &c->s->tickets[(*stage)++];
-    const int64_t total = start[nm], chunk = total / (4 * nth) > 0 ? total / (4 * nth) : 1;
+    /* at most 4 tiles a grab: a decode step's tile takes ~5 us, and the thread that finishes
+     * first should wait no longer than a barrier spins (a sleep and wake-up costs ~50-100 us) */
+    const int64_t total = start[nm], share = total / (4 * nth), chunk = share < 1 ? 1 : share > 4 ? 4 : share;
     (void)ith;
     for (;;) {
         const int64_t w0 = atomic_fetch_add_explicit(ticket, chunk, memory_order_relaxed);
@@ -458,10 +467,9 @@ static void step_task(void *arg, int ith, int nth) {
             barrier_wait(&c->bar, nth);
         }
         stage_matmul(c, ith, nth, &stage, n, L->wo, s->att, qd, s->tmp, dim);
-        for (int64_t t = t0; t < t1; t++) {
-            for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
-            rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
-        }
+        residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
+        barrier_wait(&c->bar, nth);
+        for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
         barrier_wait(&c->bar, nth);
 
         /* ---- feed-forward: gate/up share tables; SiLU (llama, qwen2) or ReLU^2 (bitnet) */
@@ -472,19 +480,21 @@ static void step_task(void *arg, int ith, int nth) {
             stage_tables(c, ith, nth, s->xb, dim, n, gu, 2);
             stage_gemm(c, ith, nth, &stage, n, gu, outs, ld, 2);
         }
-        for (int64_t t = t0; t < t1; t++) {
-            float *g = s->hb + t * ffn, *u = s->hb2 + t * ffn;
-            if (m->arch == PYLUT_ARCH_BITNET) {
-                for (int i = 0; i < ffn; i++) g[i] = (g[i] > 0.0f ? g[i] * g[i] : 0.0f) * u[i];
-                rmsnorm(g, g, L->ffn_sub_norm, ffn, m->norm_eps);
-            } else {
-                for (int i = 0; i < ffn; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-            }
+        { /* element ranges, not tokens: a decode step's one token is split over every thread */
+            SPLIT((int64_t)n * ffn, ith, nth, e0, e1);
+            float *g = s->hb, *u = s->hb2;
+            if (m->arch == PYLUT_ARCH_BITNET)
+                for (int64_t i = e0; i < e1; i++) g[i] = (g[i] > 0.0f ? g[i] * g[i] : 0.0f) * u[i];
+            else
+                for (int64_t i = e0; i < e1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         barrier_wait(&c->bar, nth);
+        if (m->arch == PYLUT_ARCH_BITNET) {
+            for (int64_t t = t0; t < t1; t++) rmsnorm(s->hb + t * ffn, s->hb + t * ffn, L->ffn_sub_norm, ffn, m->norm_eps);
+            barrier_wait(&c->bar, nth);
+        }
         stage_matmul(c, ith, nth, &stage, n, L->w_down, s->hb, ffn, s->tmp, dim);
-        for (int64_t t = t0; t < t1; t++)
-            for (int i = 0; i < dim; i++) s->x[t * dim + i] += s->tmp[t * dim + i];
+        residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
         barrier_wait(&c->bar, nth);
     }
 
