@@ -5,6 +5,7 @@ baseline ISA so the wheel runs on any x86-64 / aarch64 CPU. The kernels are chos
 time (src/dispatch.c). Never build for the host CPU only (no "native" arch flags): such a
 wheel dies with SIGILL elsewhere.
 """
+import glob
 import os
 import sysconfig
 
@@ -56,9 +57,15 @@ class PerFileFlagsBuildExt(build_ext):
         super().build_extensions()
 
 
+# the headers every unit includes (kernel bodies are headers instantiated per ISA): without
+# them an edit to one leaves a stale build in place
+DEPENDS = sorted(glob.glob(os.path.join("src", "*.h")) + glob.glob(os.path.join("include", "pylut", "*.h"))
+                 + glob.glob(os.path.join("pylut", "*.pxd")))
+
 ext = Extension(
     "pylut._core",
     sources=SOURCES,
+    depends=DEPENDS,
     include_dirs=["include", "src", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=BASE_FLAGS,
