@@ -131,13 +131,15 @@ class HeadPlan:
 
     def save(self, path) -> None:
         tmp = os.fspath(path) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-            f.write("\n")
+        with open(tmp, "w") as f:  # one line per field: readable, diffable
+            f.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in self.to_dict().items())
+                    + "\n}\n")
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path) -> "HeadPlan":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"head plan not found: {os.fspath(path)}")
         try:
             with open(path) as f:
                 d = json.load(f)
@@ -172,7 +174,8 @@ def needle_prompt(model, n_tokens: int, seed: int = 0, depth: float = 0.3) -> Li
         if len(words) == 400:
             break
     if len(words) < 20:
-        raise ValueError("the vocabulary has too few plain words for a synthetic needle prompt; pass text=")
+        raise ValueError("the vocabulary has too few plain words for a synthetic needle prompt; "
+                         "calibrate on a text instead (text= / --text)")
     key = "".join(str(d) for d in rng.integers(0, 10, 5))
     needle = model.tokenize(f" The pass key is {key}. Remember it: {key}.", add_bos=False)
     question = model.tokenize(" What is the pass key? The pass key is", add_bos=False)
