@@ -164,6 +164,11 @@ def resolve(plan: Union[None, str, os.PathLike, HeadPlan]) -> Optional[HeadPlan]
 def needle_prompt(model, n_tokens: int, seed: int = 0, depth: float = 0.3) -> List[int]:
     """A needle in a haystack from the model's own vocabulary: random words, a pass-key
     sentence at `depth` of the way in, the question at the end (about n_tokens tokens)."""
+    return _needle(model, n_tokens, seed, depth)[0]
+
+
+def _needle(model, n_tokens, seed, depth, reserve=0):
+    """(needle_prompt's tokens, the pass key); reserve: tokens to leave for the answer."""
     tok = model.tokenizer
     rng = np.random.default_rng(seed)
     words = []
@@ -187,11 +192,11 @@ def needle_prompt(model, n_tokens: int, seed: int = 0, depth: float = 0.3) -> Li
             sentence = " ".join(rng.choice(words, rng.integers(5, 12))).capitalize() + "."
             ids += model.tokenize(" " + sentence, add_bos=False)
         return ids[:n]
-    room = n_tokens - len(head) - len(needle) - len(question)
+    room = n_tokens - len(head) - len(needle) - len(question) - reserve
     if room < 8:
         raise ValueError(f"n_tokens={n_tokens} is too short for a needle prompt")
     before = int(room * depth)
-    return head + filler(before) + needle + filler(room - before) + question
+    return head + filler(before) + needle + filler(room - before) + question, key
 
 
 # ---------------------------------------------------------------- calibration
@@ -212,10 +217,12 @@ def calibrate_heads(model, text: Union[None, str, Sequence[int]] = None, retriev
                     seed: int = 0) -> HeadPlan:
     """Score every kv head by ablation and keep the top retrieval_fraction (at least one) as
     retrieval heads. text: the calibration prompt (str, or token ids); default a synthetic
-    needle prompt of n_tokens (default min(n_ctx, sink + 3 * window)) tokens. The score of a
-    head is the KL divergence of the last n_last positions' next-token distributions when that
-    head alone streams, against full attention. Cost: one prefill of the prompt per kv head
-    (minus the first sink + window positions, which no streaming head changes)."""
+    needle prompt of n_tokens (default min(n_ctx, sink + 3 * window)) tokens followed by its
+    answer, the pass key. The score of a head is the KL divergence of the next-token
+    distributions when that head alone streams, against full attention: at the positions that
+    predict the answer (the needle prompt), or the last n_last positions (text). Cost: one
+    prefill of the prompt per kv head (minus the first sink + window positions, which no
+    streaming head changes)."""
     if not 0.0 <= retrieval_fraction <= 1.0:
         raise ValueError(f"retrieval_fraction must be in [0, 1], got {retrieval_fraction}")
     if sink < 0 or window < 1:
@@ -223,8 +230,11 @@ def calibrate_heads(model, text: Union[None, str, Sequence[int]] = None, retriev
     cfg = model.loaded.config
     if text is None:
         n = n_tokens if n_tokens is not None else min(model.n_ctx, sink + 3 * window)
-        tokens = needle_prompt(model, n, seed=seed)
-        kind = "needle"
+        answer = model.tokenize(" " + "0" * 5, add_bos=False)  # the key's length in tokens
+        tokens, key = _needle(model, n, seed, 0.3, reserve=len(answer))
+        answer = model.tokenize(" " + key, add_bos=False)
+        # teacher-forced answer: the positions from the question's end on predict the key
+        tokens, n_last, kind = tokens + answer[:-1], len(answer), "needle"
     elif isinstance(text, str):
         tokens, kind = model.tokenize(text), "text"
     else:
