@@ -221,6 +221,8 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     const int t0 = tile * j->tokens_per_item;
     const int t1 = t0 + j->tokens_per_item < j->n ? t0 + j->tokens_per_item : j->n;
     const int rows = (t1 - t0) * G;
+    const pylut_attn_head *head = j->heads ? &j->heads[kvh] : NULL;
+    if (head && head->streaming && split != 0) return; /* a streaming head is small: slice 0 does it all */
     /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] */
     float *qs = scratch, *acc = qs + PYLUT_ATTN_ROWS * hp, *kbuf = acc + PYLUT_ATTN_ROWS * hp;
     float *sbuf = kbuf + 2 * PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
@@ -230,6 +232,10 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     memset(acc, 0, (size_t)rows * hp * sizeof(float));
     /* rows past the last up to a multiple of 4: the fp16 path computes 4 rows at a time */
     memset(qs + (int64_t)rows * hp, 0, (size_t)((rows + 3) / 4 * 4 - rows) * hp * sizeof(float));
+    if (head && head->streaming) { /* one token's G rows at a time: its spare rows reach 3 past it */
+        const int spare = PYLUT_ATTN_ROWS - rows < 3 ? PYLUT_ATTN_ROWS - rows : 3;
+        memset(qs + (int64_t)rows * hp, 0, (size_t)spare * hp * sizeof(float));
+    }
     for (int r = 0; r < rows; r++) { /* row r: token t0 + r/G, query head kvh*G + r%G */
         const float *q = j->q + (int64_t)(t0 + r / G) * j->ldq + (int64_t)(kvh * G + r % G) * hd;
         for (int i = 0; i < hd; i++) qs[(int64_t)r * hp + i] = q[i] * qscale;
@@ -239,10 +245,8 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
     }
-    const pylut_attn_head *head = j->heads ? &j->heads[kvh] : NULL;
     const uint8_t *k = head ? head->k : j->k + kvh * j->hstride, *v = head ? head->v : j->v + kvh * j->hstride;
     if (head && head->streaming) {
-        if (split != 0) return; /* a streaming head is small: slice 0 does it all, no merge */
         stream_rows(j, k, v, t0, t1, qs, lim, mx, sum, acc, kbuf, sbuf);
     } else {
         int a, b;
@@ -250,7 +254,8 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, a, b, mx, sum, acc, kbuf, sbuf);
     }
     if (j->splits == 1 || (head && head->streaming)) {
-        for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice: sum > 0 */
+        for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice (a streaming
+                                          * head: its own position): sum > 0 */
             float *o = j->out + (int64_t)(t0 + r / G) * j->ldo + (int64_t)(kvh * G + r % G) * hd;
             const float inv = 1.0f / sum[r];
             for (int i = 0; i < hd; i++) o[i] = acc[(int64_t)r * hp + i] * inv;
