@@ -101,6 +101,18 @@ def perplexity(m, ids, chunk=256):
     return math.exp(nll / count)
 
 
+def decode_tps(m, ids, steps=32):
+    """Decode tokens/s with the cache nearly full (noisy on a shared machine: indicative)."""
+    m.reset()
+    m.session.forward(ids[:len(ids) - steps], m.pool)
+    t0 = time.perf_counter()
+    for t in ids[len(ids) - steps:]:
+        m.session.forward([t], m.pool)
+    dt = time.perf_counter() - t0
+    m.reset()
+    return round(steps / dt, 1)
+
+
 def pass_key(m, n_tokens, seeds):
     hits = 0
     for s in seeds:
@@ -134,6 +146,7 @@ def smollm(args):
         res[f"kv_bytes_{name}"] = m.session.kv_bytes
         res[f"ppl_{name}"] = round(perplexity(m, ids), 3)
         res[f"needle_{name}"] = pass_key(m, args.needle_tokens, seeds)
+        res[f"decode_tps_{name}"] = decode_tps(m, ids)
     res["kv_ratio_plan"] = round(res["kv_bytes_plan"] / res["kv_bytes_full"], 4)
     return res
 
@@ -173,6 +186,8 @@ def main():
                   f"{r['ppl_plan']}, inverted plan {r['ppl_inverted_plan']}")
             print(f"   pass-key needle ({r['needle_tokens']} tokens): full {r['needle_full']}, plan {r['needle_plan']}, "
                   f"inverted plan {r['needle_inverted_plan']}")
+            print(f"   decode at position {r['ppl_tokens'] - 32}..{r['ppl_tokens']}: full {r['decode_tps_full']} tok/s, "
+                  f"plan {r['decode_tps_plan']} tok/s ({args.threads} threads; indicative on a shared machine)")
     if args.json:
         print(json.dumps(results))
 
