@@ -77,13 +77,13 @@ def needle_model(args):
     return res
 
 
-def long_text(m, n):
+def long_text(m, n, skip=0):
     if os.path.exists(LICENSE_TEXT):
         with open(LICENSE_TEXT, encoding="utf-8") as f:
             text, source = " ".join(f.read().split()), LICENSE_TEXT
     else:
         text, source = FALLBACK_TEXT * 40, "a repeated built-in passage"
-    return m.tokenize(text)[:n], source
+    return m.tokenize(text)[skip:skip + n], source
 
 
 def perplexity(m, ids, chunk=256):
@@ -148,7 +148,15 @@ def smollm(args):
            "calibrate_s": round(calib_s, 1), "calibrate_tokens": plan.calibration["tokens"],
            "ppl_text": source, "ppl_tokens": len(ids), "needle_tokens": args.needle_tokens}
     seeds = list(range(args.needle_trials))
-    names, models = ("full", "plan", "inverted_plan"), [load(p) for p in (None, plan, inverted(plan))]
+    names, plans = ["full", "plan", "inverted_plan"], [None, plan, inverted(plan)]
+    if args.text_plan:  # calibrated on another stretch of the same text than the perplexity's
+        calib_ids, _ = long_text(full, plan.calibration["tokens"], skip=n_ctx)
+        t0 = time.perf_counter()
+        plans.append(pylut.calibrate_heads(full, text=calib_ids, retrieval_fraction=args.fraction, sink=4,
+                                           window=args.window, n_last=64))
+        res["calibrate_text_s"] = round(time.perf_counter() - t0, 1)
+        names.append("text_plan")
+    models = [load(p) for p in plans]
     for name, m in zip(names, models):
         res[f"kv_bytes_{name}"] = m.session.kv_bytes
         res[f"ppl_{name}"] = round(perplexity(m, ids), 3)
@@ -170,6 +178,7 @@ def main():
     ap.add_argument("--needle-tokens", type=int, default=768)
     ap.add_argument("--needle-trials", type=int, default=5)
     ap.add_argument("--no-smollm", action="store_true")
+    ap.add_argument("--text-plan", action="store_true", help="also a plan calibrated on text (another stretch)")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
     args = ap.parse_args()
     results = [needle_model(args)]
@@ -194,6 +203,9 @@ def main():
                   f"{r['ppl_plan']}, inverted plan {r['ppl_inverted_plan']}")
             print(f"   pass-key needle ({r['needle_tokens']} tokens): full {r['needle_full']}, plan {r['needle_plan']}, "
                   f"inverted plan {r['needle_inverted_plan']}")
+            if "ppl_text_plan" in r:
+                print(f"   plan calibrated on text (scored on 64 positions): perplexity {r['ppl_text_plan']}, "
+                      f"pass-key needle {r['needle_text_plan']}")
             print(f"   decode at positions {r['ppl_tokens'] - 80}..{r['ppl_tokens']}: full {r['decode_tps_full']} tok/s, "
                   f"plan {r['decode_tps_plan']}, inverted plan {r['decode_tps_inverted_plan']} ({args.threads} "
                   "threads, median of 5 interleaved rounds)")
