@@ -59,6 +59,14 @@ def test_prefill_chunks_shorter_and_longer_than_the_window(kv_type, n, length, w
     run_case(kv_type, n, length, 8, 2, 64, [True, False], 4, window, threads, n + length + window)
 
 
+@pytest.mark.parametrize("kv_type", ["f16", "q8"])
+@pytest.mark.parametrize("n_heads,n_kv,hd", [(9, 3, 64), (10, 2, 128), (14, 2, 80), (4, 4, 100)])
+def test_prefill_gqa_ratios_and_head_sizes(kv_type, n_heads, n_kv, hd):
+    """Groups of 3, 5, 7 query heads: the fp16 path's spare fourth row of a token's rows."""
+    streaming = [h % 2 == 0 for h in range(n_kv)]
+    run_case(kv_type, 90, 400, n_heads, n_kv, hd, streaming, 4, 24, 2, n_heads + hd)
+
+
 @pytest.mark.parametrize("sink", [0, 1, 4, 20])
 def test_sink_counts_and_all_heads_streaming(sink):
     run_case("f16", 50, 400, 6, 3, 64, [True, True, True], sink, 32, 2, sink)
