@@ -2,12 +2,31 @@
 float64 numpy reference: a streaming kv head's query at position p attends to positions
 [0, sink) and (p - window, p] only, handed to the kernel compacted as a session keeps it
 (sinks, then the rows from stream_base on; the rows between are not passed at all). Mixed
-full / streaming heads, GQA ratios, f16 / int8 / 4-bit caches, decode (cache slices for the
-full heads) and prefill with chunks shorter and longer than the window, 1-3 threads."""
+full / streaming heads, every ISA this machine runs, GQA ratios, f16 / int8 / 4-bit caches,
+decode (cache slices for the full heads) and prefill with chunks shorter and longer than the
+window, 1-3 threads."""
 import numpy as np
 import pytest
 
 from pylut import _core
+
+
+ISAS = _core.isa_supported()
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    before = _core.isa_active()
+    yield
+    _core.isa_set(before)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_type", ["f16", "q4"])
+def test_every_isa(isa, kv_type):
+    _core.isa_set(isa)
+    run_case(kv_type, 1, 700, 8, 2, 64, [True, False], 4, 32, 2, 3)
+    run_case(kv_type, 40, 300, 9, 3, 80, [True, False, True], 4, 16, 2, 4)
 
 
 def reference(q, kf, vf, n_heads, pos0, streaming, sink, window):
