@@ -230,7 +230,8 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
             raise ValueError(f"streaming needs {n_kv_heads} flags, got {len(flags)}")
         base = sink if stream_base is None else int(stream_base)
         if sink < 0 or window < 1 or base < sink or base > max(sink, k.shape[1]):
-            raise ValueError(f"need sink >= 0, window >= 1 and sink <= stream_base <= len (got {sink}, {window}, {base})")
+            raise ValueError(f"need sink >= 0, window >= 1 and sink <= stream_base <= len "
+                             f"(got {sink}, {window}, {base})")
         heads = <pylut_attn_head *>malloc(n_kv_heads * sizeof(pylut_attn_head))
         if heads == NULL:
             raise MemoryError()

@@ -178,7 +178,8 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
     s->window = streaming ? window : 0;
     s->stream_base = s->sink;
     /* the sinks, the window's older window-1 positions, and a whole chunk of new ones */
-    s->stream_slots = (int64_t)s->sink + s->window + max_batch < n_ctx ? (int64_t)s->sink + s->window + max_batch : n_ctx;
+    const int64_t stream_need = (int64_t)s->sink + s->window + max_batch;
+    s->stream_slots = stream_need < n_ctx ? stream_need : n_ctx;
     size_t B = (size_t)max_batch;
     const int kv_rc = kv_alloc(s, streaming);
     s->x = malloc(B * m->dim * sizeof(float));
@@ -234,7 +235,8 @@ int pylut_state_set_pos(pylut_state *s, int pos) { return pylut_state_set_stream
 
 int pylut_state_set_stream(pylut_state *s, int pos, int stream_base) {
     if (!s || pos < 0 || pos > s->n_ctx || stream_base < s->sink) return PYLUT_EINVAL;
-    if (s->n_streaming && pos > s->sink && (stream_base > pos || s->sink + (int64_t)pos - stream_base > s->stream_slots))
+    if (s->n_streaming && pos > s->sink &&
+        (stream_base > pos || s->sink + (int64_t)pos - stream_base > s->stream_slots))
         return PYLUT_EINVAL;
     s->pos = pos;
     s->stream_base = s->n_streaming ? stream_base : s->sink;
@@ -283,7 +285,8 @@ static void stream_make_room(pylut_state *s, int n) {
 }
 
 /* Rotate the keys in slots [a, b) of (l, h) by the angles cs holds (cos, then sin). */
-static void rerotate(const pylut_model *m, pylut_state *s, int l, int h, int64_t a, int64_t b, const float *cs, float *x) {
+static void rerotate(const pylut_model *m, pylut_state *s, int l, int h, int64_t a, int64_t b, const float *cs,
+                     float *x) {
     const int hd = m->head_dim, half = hd / 2;
     for (int64_t p = a; p < b; p++) {
         /* a quantized key is re-encoded after the turn: one more rounding */
@@ -336,7 +339,8 @@ int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_di
                 continue;
             }
             for (int kv = 0; kv < 2; kv++)
-                memmove(kv_row(s, kv, l, h, n_keep), kv_row(s, kv, l, h, n_keep + n_discard), (size_t)moved * s->row_bytes);
+                memmove(kv_row(s, kv, l, h, n_keep), kv_row(s, kv, l, h, n_keep + n_discard),
+                        (size_t)moved * s->row_bytes);
             rerotate(m, s, l, h, n_keep, n_keep + moved, cs, x); /* values carry no position */
         }
     free(cs);
