@@ -10,7 +10,8 @@ from .kernels import (I8Matrix, QMatrix, Tables, ThreadPool, cpu_features, gemm,
                       gemm_multi, get_pool, quantize, set_isa)
 from .model import Model, load  # noqa: E402
 from .sampling import SamplingParams  # noqa: E402
+from .streaming import HeadPlan, calibrate_heads  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 __all__ = ["__version__", "load", "Model", "Tokenizer", "SamplingParams", "cpu_features", "set_isa", "quantize", "gemm", "gemm_multi",
-           "QMatrix", "Tables", "ThreadPool", "I8Matrix", "get_pool"]
+           "QMatrix", "Tables", "ThreadPool", "I8Matrix", "get_pool", "HeadPlan", "calibrate_heads"]

@@ -183,12 +183,15 @@ def kv_decode(rows, kv_type, int hd):
 
 
 def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, scale=None,
-              ThreadPool pool=None):
+              ThreadPool pool=None, streaming=None, int sink=0, int window=0, stream_base=None):
     """Causal attention of n query tokens over an encoded cache (the tiled kernel).
 
     q: float32 [n, n_heads * hd]; k, v: uint8 [n_kv_heads, len, kv_row_bytes] (kv_encode's
     rows, each head's positions contiguous); query t sits at position pos0 + t (default len - n) and sees positions 0..pos0+t.
-    Returns float32 [n, n_heads * hd]."""
+    streaming: n_kv_heads flags; a streaming head sees only positions [0, sink) and the
+    `window` most recent ones, and is handed to the kernel compacted as a model session keeps
+    it: its sink rows, then rows stream_base (default sink) .. len-1 (the rows between are
+    not passed at all). Returns float32 [n, n_heads * hd]."""
     q = _array(q, np.float32, 2, "q")
     k = _array(k, np.uint8, 3, "k")
     v = _array(v, np.uint8, 3, "v")
@@ -217,10 +220,38 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
     job.q, job.ldq, job.out, job.ldo = &qv[0, 0], q.shape[1], &ov[0, 0], q.shape[1]
     job.n, job.pos0 = q.shape[0], p0
     job.scale = (1.0 / np.sqrt(hd)) if scale is None else float(scale)
+    cdef pylut_attn_head *heads = NULL
+    cdef const uint8_t[:, ::1] hk
+    cdef const uint8_t[:, ::1] hv
+    keep = []
+    if streaming is not None:
+        flags = [bool(f) for f in streaming]
+        if len(flags) != n_kv_heads:
+            raise ValueError(f"streaming needs {n_kv_heads} flags, got {len(flags)}")
+        base = sink if stream_base is None else int(stream_base)
+        if sink < 0 or window < 1 or base < sink or base > max(sink, k.shape[1]):
+            raise ValueError(f"need sink >= 0, window >= 1 and sink <= stream_base <= len "
+                             f"(got {sink}, {window}, {base})")
+        heads = <pylut_attn_head *>malloc(n_kv_heads * sizeof(pylut_attn_head))
+        if heads == NULL:
+            raise MemoryError()
+        for h in range(n_kv_heads):
+            if flags[h]:  # what a session keeps of a streaming head: sinks, then from stream_base
+                hk_arr = np.ascontiguousarray(np.concatenate([k[h, :sink], k[h, base:]]))
+                hv_arr = np.ascontiguousarray(np.concatenate([v[h, :sink], v[h, base:]]))
+            else:
+                hk_arr, hv_arr = k[h], v[h]
+            keep += [hk_arr, hv_arr]
+            hk, hv = hk_arr, hv_arr
+            heads[h].k, heads[h].v, heads[h].cap, heads[h].streaming = &hk[0, 0], &hv[0, 0], hk_arr.shape[0], flags[h]
+        job.heads, job.sink, job.window, job.stream_base = heads, sink, window, base
     cdef int rc
-    with pool.lock:
-        with nogil:
-            rc = pylut_attention(pool.pool, &job)
+    try:
+        with pool.lock:
+            with nogil:
+                rc = pylut_attention(pool.pool, &job)
+    finally:
+        free(heads)
     _check(rc, "attention")
     return out
 
@@ -755,13 +786,18 @@ cdef class Model:
 
 
 cdef class Session:
-    """One sequence's KV cache and scratch for a Model: forward(tokens) -> logits."""
+    """One sequence's KV cache and scratch for a Model: forward(tokens) -> logits.
+    streaming: optional bool [n_layers, n_kv_heads]; a True head keeps only the first `sink`
+    and the `window` most recent positions (DuoAttention's streaming heads) in fewer slots."""
     cdef pylut_state *s
     cdef readonly Model model
     cdef readonly int n_ctx
     cdef readonly str kv_type
+    cdef readonly object streaming
+    cdef readonly int sink, window
 
-    def __cinit__(self, Model model, int n_ctx, int max_batch=64, kv_type="f16"):
+    def __cinit__(self, Model model, int n_ctx, int max_batch=64, kv_type="f16", streaming=None,
+                  int sink=0, int window=0):
         if n_ctx < 1 or n_ctx > model.m.max_ctx:
             raise ValueError(f"n_ctx must be in 1..{model.m.max_ctx} (the model's context), got {n_ctx}")
         if max_batch < 1 or max_batch > 4096:
@@ -774,7 +810,23 @@ cdef class Session:
         self.model = model
         self.n_ctx = n_ctx
         self.kv_type = kv_type
-        self.s = pylut_state_create(&model.m, n_ctx, max_batch, code)
+        cdef const uint8_t[::1] flags
+        if streaming is None:
+            self.s = pylut_state_create(&model.m, n_ctx, max_batch, code)
+        else:
+            arr = np.asarray(streaming)
+            if arr.shape != (model.m.n_layers, model.m.n_kv_heads):
+                raise ValueError(f"streaming must have shape ({model.m.n_layers}, {model.m.n_kv_heads}) "
+                                 f"(layers, kv heads), got {arr.shape}")
+            if not 0 <= sink <= n_ctx or not 1 <= window <= n_ctx:
+                raise ValueError(f"streaming heads need 0 <= sink <= n_ctx and 1 <= window <= n_ctx "
+                                 f"(n_ctx={n_ctx}), got sink={sink}, window={window}")
+            arr = np.ascontiguousarray(arr.astype(bool).astype(np.uint8).reshape(-1))
+            flags = arr
+            self.streaming = arr.reshape(model.m.n_layers, model.m.n_kv_heads).astype(bool)
+            self.streaming.flags.writeable = False
+            self.sink, self.window = sink, window
+            self.s = pylut_state_create_heads(&model.m, n_ctx, max_batch, code, &flags[0], sink, window)
         if self.s == NULL:
             raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
 
@@ -789,6 +841,9 @@ cdef class Session:
         """Drop cached positions [n_keep, n_keep+n_discard); later ones move down (RoPE fixed)."""
         if n_keep < 0 or n_discard < 1 or n_keep + n_discard > self.pos:
             raise ValueError(f"cannot drop {n_discard} positions after {n_keep} of {self.pos}")
+        if self.streaming is not None and self.streaming.any() and n_keep < self.sink:
+            raise ValueError(f"a context shift with streaming heads must keep at least the {self.sink} sink "
+                             f"positions (n_keep={n_keep})")
         cdef int rc
         with nogil:
             rc = pylut_state_shift(&self.model.m, self.s, n_keep, n_discard)
@@ -796,12 +851,55 @@ cdef class Session:
 
     def kv_array(self):
         """The KV cache as a writable uint8 view [2, n_layers, n_kv_heads, n_ctx, row_bytes]
-        (keys, values; rows encoded as kv_type, see kv_decode)."""
+        (keys, values; rows encoded as kv_type, see kv_decode). With streaming heads the heads
+        differ in slots: the whole allocation as a flat uint8 view (head_kv for one head)."""
         cdef int64_t n = pylut_state_kv_bytes(self.s)
         cdef uint8_t[::1] view = <uint8_t[:n]>pylut_state_kv(self.s)
+        if self.streaming is not None and self.streaming.any():
+            return np.asarray(view)
         m = &self.model.m
         return np.asarray(view).reshape(2, m.n_layers, m.n_kv_heads, self.n_ctx,
                                         pylut_kv_row_bytes(_kv_code(self.kv_type), m.head_dim))
+
+    @property
+    def kv_bytes(self):
+        """Bytes the KV cache holds allocated (keys and values, every head)."""
+        return int(pylut_state_kv_bytes(self.s))
+
+    def _head_check(self, int layer, int head):
+        if not 0 <= layer < self.model.m.n_layers or not 0 <= head < self.model.m.n_kv_heads:
+            raise IndexError(f"no kv head ({layer}, {head}) in a model of {self.model.m.n_layers} layers x "
+                             f"{self.model.m.n_kv_heads} kv heads")
+
+    def head_kv(self, int kv, int layer, int head):
+        """One head's keys (kv=0) or values (kv=1): a writable uint8 view [slots, row_bytes].
+        A full head's slot is the position; a streaming head's slots [0, sink) hold positions
+        0..sink-1 and slot sink + i holds position stream_base + i."""
+        self._head_check(layer, head)
+        if kv not in (0, 1):
+            raise ValueError("kv must be 0 (keys) or 1 (values)")
+        cdef int64_t rb = pylut_kv_row_bytes(_kv_code(self.kv_type), self.model.m.head_dim)
+        cdef int64_t slots = pylut_state_head_slots(self.s, layer, head)
+        cdef uint8_t[::1] view = <uint8_t[:slots * rb]>pylut_state_head_kv(self.s, kv, layer, head)
+        return np.asarray(view).reshape(slots, rb)
+
+    def head_used(self, int layer, int head):
+        """Slots of the head holding positions at the current pos."""
+        self._head_check(layer, head)
+        return int(pylut_state_head_used(self.s, layer, head))
+
+    @property
+    def stream_base(self):
+        return pylut_state_stream_base(self.s)
+
+    def set_stream(self, int pos, int stream_base):
+        """Restore pos and the streaming heads' stream_base (loading a saved session)."""
+        if pylut_state_set_stream(self.s, pos, stream_base) != PYLUT_OK:
+            raise ValueError(f"pos={pos}, stream_base={stream_base} do not fit this session")
+
+    def can_truncate(self, int pos):
+        """True when going on from pos is exact (streaming heads still hold that window)."""
+        return bool(pylut_state_can_truncate(self.s, pos))
 
     def set_pos(self, int pos):
         if pylut_state_set_pos(self.s, pos) != PYLUT_OK:
@@ -809,6 +907,9 @@ cdef class Session:
 
     def truncate(self, int pos):
         if pylut_state_truncate(self.s, pos) != PYLUT_OK:
+            if 0 <= pos <= self.pos:
+                raise ValueError(f"cannot truncate to {pos}: the streaming heads already dropped positions "
+                                 f"its window needs (truncate to 0 and run the prompt again)")
             raise ValueError(f"cannot truncate to {pos}: the session holds {self.pos} positions")
 
     def forward(self, tokens, ThreadPool pool, bint all_logits=False):

@@ -1,4 +1,4 @@
-"""pylut command line: chat (REPL), run, info, bench, convert, serve, cpu.
+"""pylut command line: chat (REPL), run, info, bench, convert, serve, cpu, calibrate-heads.
 
 Heavy imports (numpy, the compiled core) happen inside the commands so `pylut --help` and
 argument errors stay fast. Runtime failures print one `pylut: error: ...` line and exit 1;
@@ -71,7 +71,7 @@ def model_kind(path):
 
 
 def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True,
-               requant=None, kv_type="f16"):
+               requant=None, kv_type="f16", head_plan=None):
     """A Model from a .gguf or .pylut path; library errors become CLIError."""
     kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
@@ -79,7 +79,8 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
         if kind in ("gguf", "hf"):
             import pylut
             model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
-                               chat_template=chat_template, cache=cache, requant=requant, kv_type=kv_type)
+                               chat_template=chat_template, cache=cache, requant=requant, kv_type=kv_type,
+                               head_plan=head_plan)
         else:
             from .model import Model
             from .packcache import load as load_packed
@@ -90,7 +91,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
                 raise CLIError(f"{path}: its source GGUF {loaded.path} is gone; the tokenizer is read "
                                "from it. Put it back or re-run 'pylut convert' from the GGUF.")
             model = Model(loaded, Tokenizer.from_file(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
-                          chat_template=chat_template, kv_type=kv_type)
+                          chat_template=chat_template, kv_type=kv_type, head_plan=head_plan)
             model.name = os.path.basename(path)
     except CLIError:
         raise
@@ -154,6 +155,9 @@ def _add_model_args(p, optional_model=False, threads=True):
     p.add_argument("--kv-type", choices=("f16", "q8", "q4"), default="f16",
                    help="KV cache storage: f16 (default), q8 (int8, 0.53x the memory) or q4 (4-bit, "
                         "0.28x; some quality loss, see tools/bench_attention.py)")
+    p.add_argument("--head-plan", default=None, metavar="PLAN",
+                   help="a head plan from 'pylut calibrate-heads': its streaming kv heads keep only the "
+                        "attention sinks and a recent window (smaller KV cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the packed-model cache")
 
 
@@ -271,6 +275,25 @@ def build_parser():
     p.add_argument("--max-body", type=_pos_int, default=1 << 20, metavar="BYTES",
                    help="largest request body (default 1 MiB; larger gets 413)")
 
+    p = sub.add_parser("calibrate-heads", help="pick the kv heads that keep the whole cache (streaming heads)",
+                       description="Score every kv head by ablation (that head alone keeps only SINK + "
+                                   "WINDOW positions; how far the last positions' predictions move) on a "
+                                   "needle-in-a-haystack prompt from the model's vocabulary, or on --text, "
+                                   "and write a head plan: the top FRACTION keep everything, the rest stream. "
+                                   "Load it with --head-plan (or pylut.load(..., head_plan=)).")
+    _add_model_args(p)
+    p.add_argument("-o", "--out", required=True, metavar="PLAN", help="the head plan to write (JSON)")
+    p.add_argument("--fraction", type=float, default=0.25, metavar="F",
+                   help="share of kv heads that keep the whole cache (default 0.25, at least one)")
+    p.add_argument("--sink", type=_int_or_fail, default=4, metavar="N", help="first positions every head keeps "
+                   "(default 4)")
+    p.add_argument("--window", type=_pos_int, default=256, metavar="N", help="recent positions a streaming head "
+                   "keeps (default 256)")
+    p.add_argument("--text", default=None, metavar="FILE", help="calibrate on this text file instead")
+    p.add_argument("--prompt-tokens", type=_pos_int, default=None, metavar="N",
+                   help="length of the synthetic needle prompt (default min(ctx, sink + 3 x window))")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
     p = sub.add_parser("cpu", help="show CPU features and the kernels pylut selected",
                        description="Show CPU features and the kernels pylut selected.")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -309,7 +332,7 @@ def main(argv=None):
 def _load_from_args(args, model_path=None):
     return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None), bits=args.bits,
                       chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant,
-                      kv_type=args.kv_type)
+                      kv_type=args.kv_type, head_plan=getattr(args, "head_plan", None))
 
 
 def cmd_chat(args):
@@ -390,6 +413,50 @@ def cmd_info(args):
     print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})")
     print(f"chat template: {info['chat_template']}")
     print(f"kernels:       {info['isa']}, {info['threads']} threads")
+    plan = info["head_plan"]
+    print(f"KV cache:      {info['kv_bytes'] / 2**20:.2f} MiB ({info['kv_type']})"
+          + (f", head plan: {plan['retrieval_heads']} of {plan['retrieval_heads'] + plan['streaming_heads']} kv heads "
+             f"keep everything, the rest sink {plan['sink']} + window {plan['window']} "
+             f"({plan['kv_bytes_saved'] / 2**20:.2f} MiB saved)" if plan else ""))
+    return 0
+
+
+def cmd_calibrate_heads(args):
+    from .streaming import calibrate_heads
+    if not 0.0 <= args.fraction <= 1.0:
+        raise CLIError(f"--fraction must be in [0, 1], got {args.fraction}")
+    if args.sink < 0:
+        raise CLIError(f"--sink must be >= 0, got {args.sink}")
+    text = None
+    if args.text is not None:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise CLIError(f"cannot read {args.text}: {e.strerror}") from None
+    model = _load_from_args(args)
+    t0 = time.perf_counter()
+    try:
+        plan = calibrate_heads(model, text=text, retrieval_fraction=args.fraction, sink=args.sink,
+                               window=args.window, n_tokens=args.prompt_tokens)
+        plan.save(args.out)
+        planned = load_model(args.model, n_ctx=model.n_ctx, n_threads=model.n_threads, bits=args.bits,
+                             cache=not args.no_cache, progress=False, requant=args.requant,
+                             kv_type=args.kv_type, head_plan=plan)
+    except (OSError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    info = dict(planned.info()["head_plan"], out=os.path.abspath(args.out), n_ctx=model.n_ctx,
+                seconds=round(time.perf_counter() - t0, 2), prompt_tokens=plan.calibration["tokens"])
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    heads = ", ".join(f"{l}.{h}" for l, h in info["retrieval"])
+    print(f"retrieval heads ({info['retrieval_heads']} of {info['retrieval_heads'] + info['streaming_heads']}, "
+          f"layer.kv_head): {heads}")
+    print(f"KV cache at n_ctx {model.n_ctx}: {info['kv_bytes'] / 2**20:.2f} MiB with the plan, "
+          f"{info['kv_bytes_full'] / 2**20:.2f} MiB without ({info['kv_bytes'] / info['kv_bytes_full']:.1%})")
+    print(f"wrote {args.out} (sink {plan.sink}, window {plan.window}; calibrated on "
+          f"{info['prompt_tokens']} tokens in {info['seconds']:.1f} s)")
     return 0
 
 
@@ -507,7 +574,7 @@ def _bench_gemv():
 
 
 COMMANDS = {"chat": cmd_chat, "run": cmd_run, "info": cmd_info, "bench": cmd_bench, "convert": cmd_convert,
-            "serve": cmd_serve, "cpu": cmd_cpu}
+            "serve": cmd_serve, "cpu": cmd_cpu, "calibrate-heads": cmd_calibrate_heads}
 
 
 if __name__ == "__main__":

@@ -144,6 +144,15 @@ cdef extern from "pylut/model.h" nogil:
     int pylut_state_kv_type(const pylut_state *s)
     int pylut_state_set_pos(pylut_state *s, int pos)
     int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard)
+    pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
+                                          const uint8_t *streaming, int sink, int window)
+    int pylut_state_can_truncate(const pylut_state *s, int pos)
+    uint8_t *pylut_state_head_kv(pylut_state *s, int kv, int l, int h)
+    int64_t pylut_state_head_slots(const pylut_state *s, int l, int h)
+    int64_t pylut_state_head_used(const pylut_state *s, int l, int h)
+    int pylut_state_head_streaming(const pylut_state *s, int l, int h)
+    int pylut_state_stream_base(const pylut_state *s)
+    int pylut_state_set_stream(pylut_state *s, int pos, int stream_base)
 
 cdef extern from "pylut/attention.h" nogil:
     enum:
@@ -154,6 +163,12 @@ cdef extern from "pylut/attention.h" nogil:
     int64_t pylut_kv_row_bytes(int type, int hd)
     int pylut_kv_encode(int type, int hd, const float *x, uint8_t *row)
     int pylut_kv_decode(int type, int hd, const uint8_t *row, float *x)
+
+    ctypedef struct pylut_attn_head:
+        const uint8_t *k
+        const uint8_t *v
+        int64_t cap
+        int streaming
 
     ctypedef struct pylut_attn_job:
         int type, hd, n_heads, n_kv_heads
@@ -167,6 +182,8 @@ cdef extern from "pylut/attention.h" nogil:
         int64_t ldo
         int n, pos0
         float scale
+        const pylut_attn_head *heads
+        int sink, window, stream_base
         int splits
         int64_t n_items
 

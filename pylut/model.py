@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, streaming
 from .chat_template import ChatTemplate
 from .kernels import cpu_features, get_pool, physical_cores
 from .sampling import Sampler, SamplingParams
@@ -26,7 +26,8 @@ log = logging.getLogger("pylut")
 
 def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
          max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
-         context_shift: bool = True, requant: Optional[str] = None, kv_type: str = "f16") -> "Model":
+         context_shift: bool = True, requant: Optional[str] = None, kv_type: str = "f16",
+         head_plan=None) -> "Model":
     """Load a GGUF model file or a Hugging Face folder (config.json + safetensors, float
     weights quantized on load). n_ctx defaults to min(4096, the model's context);
     n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
@@ -35,7 +36,9 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     half (keeping the first tokens, the attention sinks) instead of stopping. requant: 'q4',
         'q3', 'q2' or 'ternary' requantizes every matrix (fewer bytes per token, lossy). kv_type:
     the KV cache's storage, 'f16' (default), 'q8' (int8, 0.53x the bytes) or 'q4' (4-bit, 0.28x),
-    each quantized one fp16 scale per 32 elements; attention reads it as stored."""
+    each quantized one fp16 scale per 32 elements; attention reads it as stored. head_plan: a
+    HeadPlan or the path of one (pylut.calibrate_heads): its streaming kv heads keep only the
+    attention sinks and a recent window, in a smaller cache (opt-in; None: every head full)."""
     from . import packcache
     from .hf_loader import is_hf_folder, load_hf
     from .loader import load_gguf
@@ -52,14 +55,14 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     tokenizer = Tokenizer.from_file(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
     return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
-                 chat_template=chat_template, context_shift=context_shift, kv_type=kv_type)
+                 chat_template=chat_template, context_shift=context_shift, kv_type=kv_type, head_plan=head_plan)
 
 
 class Model:
     N_SINK = 4  # first positions kept by a context shift (StreamingLLM's attention sinks)
 
     def __init__(self, loaded, tokenizer, n_ctx=None, n_threads=None, max_batch=64, chat_template=None,
-                 context_shift=True, kv_type="f16"):
+                 context_shift=True, kv_type="f16", head_plan=None):
         self.context_shift = bool(context_shift)
         self.n_shifts = 0
         self.loaded = loaded
@@ -76,9 +79,21 @@ class Model:
         self.n_threads = physical_cores() if n_threads is None else int(n_threads)
         self.pool = get_pool(self.n_threads)
         self.weights = _core.Model(cfg, loaded.tensors)
-        self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type)
-        self.n_ctx = int(n_ctx)
         self.name = os.path.basename(loaded.path)
+        self.max_batch = int(max_batch)
+        self.head_plan = streaming.resolve(head_plan)
+        if self.head_plan is None:
+            self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type)
+        else:
+            self.head_plan.check_model(self)
+            p = self.head_plan
+            if p.sink + 1 >= n_ctx or p.window > n_ctx:
+                raise ValueError(f"head plan (sink={p.sink}, window={p.window}) does not fit n_ctx={n_ctx}")
+            self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type,
+                                         streaming=p.streaming_mask(), sink=p.sink, window=p.window)
+            log.info("head plan: %d of %d kv heads keep the whole cache; KV cache %.1f MiB",
+                     p.n_retrieval, p.n_heads, self.session.kv_bytes / 2**20)
+        self.n_ctx = int(n_ctx)
         self._cached: List[int] = []      # tokens whose keys/values are in the session
         self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_s": 0.0, "gen_tokens": 0, "gen_s": 0.0,
                       "forward_s": 0.0}
@@ -117,6 +132,8 @@ class Model:
                 break
             common += 1
         common = min(common, len(tokens) - 1)  # at least one token must run to give logits
+        if not self.session.can_truncate(common):
+            common = 0  # streaming heads already dropped what going on from there would see
         self.session.truncate(common)
         self._cached = self._cached[:common]
         t0 = time.perf_counter()
@@ -134,9 +151,14 @@ class Model:
         self._cached.append(token)
         return logits
 
+    def _n_keep(self) -> int:
+        """Positions a context shift keeps: the attention sinks (a head plan's, if more)."""
+        sink = self.head_plan.sink if self.head_plan is not None else 0
+        return min(max(self.N_SINK, sink), self.n_ctx - 2)
+
     def _shift(self):
         """Make room: keep the sinks, drop the older half of the rest (llama.cpp's default)."""
-        keep = min(self.N_SINK, self.n_ctx - 2)
+        keep = self._n_keep()
         drop = max(1, (len(self._cached) - keep) // 2)
         self.session.shift(keep, drop)
         self._cached = self._cached[:keep] + self._cached[keep + drop:]
@@ -146,7 +168,8 @@ class Model:
     # ---------------------------------------------------------------- sessions on disk
 
     _STATE_MAGIC = b"PYLUTST\0"
-    _STATE_VERSION = 2  # 2: the cache is stored per kv head, in the session's kv_type
+    _STATE_VERSION = 3  # 3: + the head plan; the cache is each kv head's used slots in turn
+    _STATE_READS = (2, 3)  # 2: the cache stored per kv head, in the session's kv_type
 
     def _fingerprint(self) -> str:
         """Identifies the weights a cache belongs to: config + every tensor's shape and type."""
@@ -154,16 +177,26 @@ class Model:
                 "params": int(self.loaded.n_params)}
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
+    def _heads(self):
+        cfg = self.loaded.config
+        return [(kv, l, h) for kv in (0, 1) for l in range(cfg["n_layers"]) for h in range(cfg["n_kv_heads"])]
+
     def save_state(self, path) -> None:
-        """Write the cached tokens and their keys/values (versioned, checksummed)."""
+        """Write the cached tokens and their keys/values (versioned, checksummed): every kv
+        head's slots in use, keys then values, layer by layer (a full head's slots are its
+        positions; a streaming head's are its sinks and its recent window)."""
         n = len(self._cached)
-        kv = self.session.kv_array()[:, :, :, :n, :]
+        rows = [self.session.head_kv(kv, l, h)[:self.session.head_used(l, h)] for kv, l, h in self._heads()]
+        plan = self.head_plan
         header = json.dumps({"fingerprint": self._fingerprint(), "n_tokens": n, "tokens": self._cached,
-                             "kv_type": self.session.kv_type, "kv_shape": list(kv.shape),
+                             "kv_type": self.session.kv_type, "row_bytes": int(rows[0].shape[1]),
+                             "head_rows": [int(r.shape[0]) for r in rows], "stream_base": self.session.stream_base,
+                             "head_plan": plan.key() if plan is not None else None,
+                             "head_plan_summary": plan.summary() if plan is not None else None,
                              "model": self.name}).encode()
         body = struct.pack("<8sIQ", self._STATE_MAGIC, self._STATE_VERSION, len(header)) + header
         digest = hashlib.sha256(body)
-        blob = np.ascontiguousarray(kv).tobytes()
+        blob = b"".join(np.ascontiguousarray(r).tobytes() for r in rows)
         digest.update(blob)
         tmp = os.fspath(path) + ".tmp"
         with open(tmp, "wb") as f:
@@ -173,7 +206,8 @@ class Model:
         os.replace(tmp, path)
 
     def load_state(self, path) -> None:
-        """Restore a session written by save_state; refuses files of another model/version."""
+        """Restore a session written by save_state; refuses files of another model/version,
+        cache type or head plan."""
         with open(path, "rb") as f:
             data = f.read()
         pre = struct.calcsize("<8sIQ")
@@ -182,14 +216,27 @@ class Model:
         magic, version, hlen = struct.unpack_from("<8sIQ", data)
         if magic != self._STATE_MAGIC:
             raise ValueError(f"{path}: not a pylut session file (bad magic)")
-        if version != self._STATE_VERSION:
-            raise ValueError(f"{path}: session format version {version}, this pylut reads {self._STATE_VERSION}")
+        if version not in self._STATE_READS:
+            raise ValueError(f"{path}: session format version {version}, this pylut reads "
+                             f"{', '.join(map(str, self._STATE_READS))}")
         if hashlib.sha256(data[:-32]).digest() != data[-32:]:
             raise ValueError(f"{path}: checksum mismatch (truncated or corrupted session file)")
+        heads = self._heads()
         try:
             h = json.loads(data[pre:pre + hlen])
-            n, shape = int(h["n_tokens"]), tuple(h["kv_shape"])
+            n = int(h["n_tokens"])
             tokens = [int(t) for t in h["tokens"]]
+            if version == 2:  # [2, n_layers, n_kv_heads, n, row_bytes], no head plan
+                shape = tuple(h["kv_shape"])
+                if len(shape) != 5 or shape[3] != n:
+                    raise ValueError(f"kv_shape {shape}")
+                row_bytes, head_rows, base, plan_key = shape[4], [n] * len(heads), None, None
+                cfg = self.loaded.config
+                if tuple(shape[:3]) != (2, cfg["n_layers"], cfg["n_kv_heads"]):
+                    raise ValueError(f"kv_shape {shape}")
+            else:
+                row_bytes, head_rows = int(h["row_bytes"]), [int(r) for r in h["head_rows"]]
+                base, plan_key = int(h["stream_base"]), h["head_plan"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: corrupt session header ({e})") from None
         if h.get("fingerprint") != self._fingerprint():
@@ -198,16 +245,28 @@ class Model:
         if h.get("kv_type") != self.session.kv_type:
             raise ValueError(f"{path}: the session's KV cache is {h.get('kv_type')!r}, this model was "
                              f"loaded with kv_type={self.session.kv_type!r}")
-        kv = self.session.kv_array()
+        mine = self.head_plan.key() if self.head_plan is not None else None
+        if plan_key != mine:
+            said = lambda k, summ: "no head plan (every head full)" if k is None else f"head plan {summ}"  # noqa: E731
+            raise ValueError(f"{path}: the session was saved with {said(plan_key, h.get('head_plan_summary'))}, "
+                             f"this model runs with {said(mine, self.head_plan.summary() if mine else None)}; "
+                             "load the model with the same head plan")
         if n > self.n_ctx:
             raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={self.n_ctx}")
-        if len(tokens) != n or shape != (2, kv.shape[1], kv.shape[2], n, kv.shape[4]):
+        views = [self.session.head_kv(kv, l, hh) for kv, l, hh in heads]
+        base = self.session.sink if base is None else base
+        mask, sink = self.session.streaming, self.session.sink
+        used = [n if mask is None or not mask[l, hh] or n <= sink else sink + n - base for kv, l, hh in heads]
+        if (len(tokens) != n or head_rows != used or row_bytes != views[0].shape[1]
+                or any(r > v.shape[0] or r < 0 for r, v in zip(head_rows, views))):
             raise ValueError(f"{path}: session sizes do not fit this model")
-        if int(np.prod(shape)) != len(data) - pre - hlen - 32:
+        if sum(head_rows) * row_bytes != len(data) - pre - hlen - 32:
             raise ValueError(f"{path}: session data has the wrong size")
-        kv[:, :, :, :n, :] = np.frombuffer(data, dtype=np.uint8, count=int(np.prod(shape)),
-                                           offset=pre + hlen).reshape(shape)
-        self.session.set_pos(n)
+        self.session.set_stream(n, base)
+        at = pre + hlen
+        for r, v in zip(head_rows, views):
+            v[:r] = np.frombuffer(data, dtype=np.uint8, count=r * row_bytes, offset=at).reshape(r, row_bytes)
+            at += r * row_bytes
         self._cached = tokens
 
     # ---------------------------------------------------------------- generation
@@ -229,7 +288,7 @@ class Model:
             self.stats["gen_tokens"] += 1
             last = i == max_tokens - 1
             if not last and len(self._cached) >= self.n_ctx:
-                if not self.context_shift or self.n_ctx <= self.N_SINK + 1:
+                if not self.context_shift or self.n_ctx <= self._n_keep() + 1:
                     self.stats["gen_s"] = time.perf_counter() - t0
                     yield tok, "length"
                     return
@@ -355,4 +414,16 @@ class Model:
                 "bits_per_weight": self.loaded.bits_per_weight, "tensor_types": self.loaded.tensor_types,
                 "n_layers": cfg["n_layers"], "dim": cfg["dim"], "vocab": cfg["vocab"],
                 "context": cfg["max_ctx"], "n_ctx": self.n_ctx, "isa": cpu_features()["isa"],
-                "threads": self.n_threads, "chat_template": self.chat_template.name}
+                "threads": self.n_threads, "chat_template": self.chat_template.name,
+                "kv_type": self.session.kv_type, "kv_bytes": self.session.kv_bytes,
+                "head_plan": self._plan_info()}
+
+    def _plan_info(self) -> Optional[dict]:
+        """The head plan and what it saves: allocated KV bytes against an all-full cache."""
+        if self.head_plan is None:
+            return None
+        cfg = self.loaded.config
+        full = 2 * cfg["n_layers"] * cfg["n_kv_heads"] * self.n_ctx * _core.kv_row_bytes(self.session.kv_type,
+                                                                                          cfg["head_dim"])
+        return dict(self.head_plan.summary(), kv_bytes=self.session.kv_bytes, kv_bytes_full=full,
+                    kv_bytes_saved=full - self.session.kv_bytes)

@@ -129,14 +129,33 @@ int pylut_kv_decode(int type, int hd, const uint8_t *row, float *x) {
 
 /* ------------------------------------------------------------------ plan */
 
+/* Every head of a per-head job has its rows and room for the chunk's positions. */
+static int heads_ok(const pylut_attn_job *j) {
+    const int64_t end = (int64_t)j->pos0 + j->n;
+    int any = 0;
+    for (int h = 0; h < j->n_kv_heads; h++) {
+        const pylut_attn_head *hh = &j->heads[h];
+        if (!hh->k || !hh->v || (hh->streaming != 0 && hh->streaming != 1)) return 0;
+        any |= hh->streaming;
+        /* a streaming head needs slots for its sinks and for positions stream_base..end-1 */
+        const int64_t need = !hh->streaming ? end : end <= j->sink ? end : j->sink + end - j->stream_base;
+        if (hh->cap < need) return 0;
+    }
+    /* the chunk's own positions past the sinks land at slots sink + p - stream_base >= sink */
+    return !any || (j->sink >= 0 && j->window >= 1 && j->stream_base >= j->sink &&
+                    (end <= j->sink || j->stream_base <= (j->pos0 > j->sink ? j->pos0 : j->sink)));
+}
+
 int pylut_attn_plan(pylut_attn_job *j, int nth) {
-    if (!j || nth < 1 || !j->k || !j->v || !j->q || !j->out) return PYLUT_EINVAL;
+    if (!j || nth < 1 || !j->q || !j->out) return PYLUT_EINVAL;
+    if (!j->heads && (!j->k || !j->v)) return PYLUT_EINVAL;
     const int64_t rb = pylut_kv_row_bytes(j->type, j->hd);
     if (rb == 0 || j->n_heads < 1 || j->n_kv_heads < 1 || j->n_heads % j->n_kv_heads) return PYLUT_EINVAL;
     if (j->n < 1 || j->pos0 < 0 || j->len < 1 || (int64_t)j->pos0 + j->n > j->len) return PYLUT_EINVAL;
-    if (j->ld < rb || j->hstride < 0 || (j->n_kv_heads > 1 && j->hstride < rb) || j->ldq < (int64_t)j->n_heads * j->hd ||
+    if (j->ld < rb || j->hstride < 0 || (!j->heads && j->n_kv_heads > 1 && j->hstride < rb) || j->ldq < (int64_t)j->n_heads * j->hd ||
         j->ldo < (int64_t)j->n_heads * j->hd || !isfinite(j->scale))
         return PYLUT_EINVAL;
+    if (j->heads && !heads_ok(j)) return PYLUT_EINVAL;
     j->hd_pad = (j->hd + HD_ALIGN - 1) / HD_ALIGN * HD_ALIGN;
     j->group = j->n_heads / j->n_kv_heads;
     if (j->group > PYLUT_ATTN_ROWS) return PYLUT_EINVAL; /* no model has more than 64 q heads per kv head */
@@ -170,12 +189,40 @@ static void slice_range(const pylut_attn_job *j, int s, int *a, int *b) {
     *b = (int)(e < end ? e : end);
 }
 
+/* A streaming head's tokens t0..t1-1, one token (its G query rows) at a time: each token
+ * has its own window, and the kernel knows only upper limits, so two calls per token - the
+ * sink slots, then the window's slots - accumulate into the same running max/sum/acc. */
+static void stream_rows(const pylut_attn_job *j, const uint8_t *k, const uint8_t *v, int t0, int t1, const float *qs,
+                        int32_t *lim, float *mx, float *sum, float *acc, float *kbuf, float *sbuf) {
+    const int G = j->group, hp = j->hd_pad;
+    const pylut_attn_rows_fn rows_fn = pylut_attn_rows_active();
+    for (int t = t0; t < t1; t++) {
+        const int r0 = (t - t0) * G, p = j->pos0 + t;
+        const int sink_end = p + 1 < j->sink ? p + 1 : j->sink;
+        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, lim + r0, 0, sink_end, mx + r0, sum + r0,
+                acc + (int64_t)r0 * hp, kbuf, sbuf);
+        /* the window (p - window, p], past the sinks, and never before the oldest slot kept
+         * (a context shift may have dropped positions the window would reach) */
+        int w0 = p - j->window + 1;
+        w0 = w0 > j->sink ? w0 : j->sink;
+        w0 = w0 > j->stream_base ? w0 : j->stream_base;
+        if (w0 > p) continue;
+        int32_t wlim[PYLUT_ATTN_ROWS];
+        const int a = j->sink + (w0 - j->stream_base), b = j->sink + (p - j->stream_base) + 1;
+        for (int r = 0; r < G; r++) wlim[r] = b;
+        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, wlim, a, b, mx + r0, sum + r0,
+                acc + (int64_t)r0 * hp, kbuf, sbuf);
+    }
+}
+
 void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     const int split = (int)(w % j->splits), tile = (int)(w / j->splits % j->q_tiles);
     const int kvh = (int)(w / j->splits / j->q_tiles), G = j->group, hp = j->hd_pad, hd = j->hd;
     const int t0 = tile * j->tokens_per_item;
     const int t1 = t0 + j->tokens_per_item < j->n ? t0 + j->tokens_per_item : j->n;
     const int rows = (t1 - t0) * G;
+    const pylut_attn_head *head = j->heads ? &j->heads[kvh] : NULL;
+    if (head && head->streaming && split != 0) return; /* a streaming head is small: slice 0 does it all */
     /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] */
     float *qs = scratch, *acc = qs + PYLUT_ATTN_ROWS * hp, *kbuf = acc + PYLUT_ATTN_ROWS * hp;
     float *sbuf = kbuf + 2 * PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
@@ -185,6 +232,10 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     memset(acc, 0, (size_t)rows * hp * sizeof(float));
     /* rows past the last up to a multiple of 4: the fp16 path computes 4 rows at a time */
     memset(qs + (int64_t)rows * hp, 0, (size_t)((rows + 3) / 4 * 4 - rows) * hp * sizeof(float));
+    if (head && head->streaming) { /* one token's G rows at a time: its spare rows reach 3 past it */
+        const int spare = PYLUT_ATTN_ROWS - rows < 3 ? PYLUT_ATTN_ROWS - rows : 3;
+        memset(qs + (int64_t)rows * hp, 0, (size_t)spare * hp * sizeof(float));
+    }
     for (int r = 0; r < rows; r++) { /* row r: token t0 + r/G, query head kvh*G + r%G */
         const float *q = j->q + (int64_t)(t0 + r / G) * j->ldq + (int64_t)(kvh * G + r % G) * hd;
         for (int i = 0; i < hd; i++) qs[(int64_t)r * hp + i] = q[i] * qscale;
@@ -194,12 +245,17 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
     }
-    int a, b;
-    slice_range(j, split, &a, &b);
-    pylut_attn_rows_active()(j->type, hd, hp, j->k + kvh * j->hstride, j->v + kvh * j->hstride, j->ld, rows, qs, lim, a, b,
-                             mx, sum, acc, kbuf, sbuf);
-    if (j->splits == 1) {
-        for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice: sum > 0 */
+    const uint8_t *k = head ? head->k : j->k + kvh * j->hstride, *v = head ? head->v : j->v + kvh * j->hstride;
+    if (head && head->streaming) {
+        stream_rows(j, k, v, t0, t1, qs, lim, mx, sum, acc, kbuf, sbuf);
+    } else {
+        int a, b;
+        slice_range(j, split, &a, &b);
+        pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, a, b, mx, sum, acc, kbuf, sbuf);
+    }
+    if (j->splits == 1 || (head && head->streaming)) {
+        for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice (a streaming
+                                          * head: its own position): sum > 0 */
             float *o = j->out + (int64_t)(t0 + r / G) * j->ldo + (int64_t)(kvh * G + r % G) * hd;
             const float inv = 1.0f / sum[r];
             for (int i = 0; i < hd; i++) o[i] = acc[(int64_t)r * hp + i] * inv;
@@ -216,6 +272,7 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
 }
 
 void pylut_attn_merge(const pylut_attn_job *j, int kvh) {
+    if (j->heads && j->heads[kvh].streaming) return; /* written whole by its slice 0 */
     const int G = j->group, hp = j->hd_pad, hd = j->hd;
     for (int r = 0; r < j->rows; r++) {
         const float *p0 = j->partial + ((int64_t)kvh * j->splits * j->rows + r) * (hp + 2);

@@ -28,8 +28,17 @@ struct pylut_state {
     int n_ctx, max_batch, pos, n_sets;
     int q_dim, kv_dim, n_layers, n_kv_heads, kv_type;
     int64_t row_bytes;         /* one cached head vector (pylut_kv_row_bytes) */
-    uint8_t *kv;               /* [2][n_layers][n_kv_heads][n_ctx][row_bytes]: keys then values;
-                                * a head's positions are contiguous for the attention stream */
+    uint8_t *kv;               /* [2][n_layers][n_kv_heads][slots of the head][row_bytes]: keys then
+                                * values; a head's slots are contiguous for the attention stream.
+                                * Every head has n_ctx slots unless it streams (heads below) */
+    int64_t kv_bytes;          /* bytes of kv */
+    int64_t *kv_off;           /* [2][n_layers][n_kv_heads]: byte offset of each head's slot 0 */
+    /* streaming heads (NULL heads: none, every slot is its position): a streaming head keeps
+     * positions [0, sink) in slots [0, sink) and positions stream_base.. from slot sink on, in
+     * stream_slots slots; older positions are compacted away before a chunk would not fit */
+    pylut_attn_head *heads;    /* [n_layers][n_kv_heads] or NULL */
+    int n_streaming, sink, window, stream_base;
+    int64_t stream_slots;
     float *x, *xb, *q, *k, *v; /* [max_batch][dim | q_dim | kv_dim] */
     float *att;                /* [max_batch][q_dim] */
     float *tmp;                /* [max_batch][dim] */
@@ -89,24 +98,72 @@ void pylut_state_free(pylut_state *s) {
         free(s->sets[i].tscale);
         free(s->sets[i].sumx);
     }
-    free(s->kv); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
+    free(s->kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
     free(s->inv_freq);
     free(s->tickets);
     free(s);
 }
 
-/* Cache position p of (kv 0/1, layer l, kv head h). */
+/* Cache slot p of (kv 0/1, layer l, kv head h); a slot is the position for full heads. */
 static uint8_t *kv_row(const pylut_state *s, int kv, int l, int h, int64_t p) {
-    return s->kv + ((((int64_t)kv * s->n_layers + l) * s->n_kv_heads + h) * s->n_ctx + p) * s->row_bytes;
+    return s->kv + s->kv_off[((int64_t)kv * s->n_layers + l) * s->n_kv_heads + h] + p * s->row_bytes;
+}
+
+static int is_streaming(const pylut_state *s, int l, int h) {
+    return s->heads && s->heads[(int64_t)l * s->n_kv_heads + h].streaming;
+}
+
+/* The slot holding position pos of (l, h): its sink slot, or its place in the stream. */
+static int64_t slot_of(const pylut_state *s, int l, int h, int64_t pos) {
+    return !is_streaming(s, l, h) || pos < s->sink ? pos : s->sink + pos - s->stream_base;
+}
+
+/* Slots of every head in one allocation; a plan's per-head pointers into it. */
+static int kv_alloc(pylut_state *s, const uint8_t *streaming) {
+    const int64_t n_heads = (int64_t)s->n_layers * s->n_kv_heads;
+    s->kv_off = malloc((size_t)(2 * n_heads) * sizeof(int64_t));
+    if (!s->kv_off) return PYLUT_ENOMEM;
+    int64_t off = 0;
+    for (int kv = 0; kv < 2; kv++)
+        for (int64_t i = 0; i < n_heads; i++) {
+            s->kv_off[kv * n_heads + i] = off;
+            off += (streaming && streaming[i] ? s->stream_slots : s->n_ctx) * s->row_bytes;
+        }
+    s->kv_bytes = off;
+    s->kv = calloc((size_t)off, 1);
+    if (!s->kv) return PYLUT_ENOMEM;
+    if (!streaming) return PYLUT_OK;
+    s->heads = calloc((size_t)n_heads, sizeof(pylut_attn_head));
+    if (!s->heads) return PYLUT_ENOMEM;
+    for (int l = 0; l < s->n_layers; l++)
+        for (int h = 0; h < s->n_kv_heads; h++) {
+            pylut_attn_head *hh = &s->heads[(int64_t)l * s->n_kv_heads + h];
+            hh->streaming = streaming[(int64_t)l * s->n_kv_heads + h] != 0;
+            hh->k = kv_row(s, 0, l, h, 0);
+            hh->v = kv_row(s, 1, l, h, 0);
+            hh->cap = hh->streaming ? s->stream_slots : s->n_ctx;
+            s->n_streaming += hh->streaming;
+        }
+    if (!s->n_streaming) { /* a plan of only full heads: the plain path */
+        free(s->heads);
+        s->heads = NULL;
+    }
+    return PYLUT_OK;
 }
 
 pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, int kv_type) {
+    return pylut_state_create_heads(m, n_ctx, max_batch, kv_type, NULL, 0, 0);
+}
+
+pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
+                                      const uint8_t *streaming, int sink, int window) {
     const char *why;
     if (pylut_model_check(m, &why) != PYLUT_OK || n_ctx < 1 || n_ctx > m->max_ctx || max_batch < 1 ||
         max_batch > 4096 || pylut_kv_row_bytes(kv_type, m->head_dim) == 0 ||
         m->n_heads / m->n_kv_heads > PYLUT_ATTN_ROWS)
         return NULL;
+    if (streaming && (sink < 0 || window < 1 || sink > n_ctx || window > n_ctx)) return NULL;
     pylut_state *s = calloc(1, sizeof(*s));
     if (!s) return NULL;
     s->n_ctx = n_ctx;
@@ -117,8 +174,14 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, 
     s->n_kv_heads = m->n_kv_heads;
     s->kv_type = kv_type;
     s->row_bytes = pylut_kv_row_bytes(kv_type, m->head_dim);
+    s->sink = streaming ? sink : 0;
+    s->window = streaming ? window : 0;
+    s->stream_base = s->sink;
+    /* the sinks, the window's older window-1 positions, and a whole chunk of new ones */
+    const int64_t stream_need = (int64_t)s->sink + s->window + max_batch;
+    s->stream_slots = stream_need < n_ctx ? stream_need : n_ctx;
     size_t B = (size_t)max_batch;
-    s->kv = calloc(2 * (size_t)m->n_layers * m->n_kv_heads * n_ctx, (size_t)s->row_bytes);
+    const int kv_rc = kv_alloc(s, streaming);
     s->x = malloc(B * m->dim * sizeof(float));
     s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
     s->q = malloc(B * s->q_dim * sizeof(float));
@@ -130,7 +193,7 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, 
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
     s->tickets = calloc((size_t)(5 * m->n_layers + 1), sizeof(atomic_llong));
-    if (!s->kv || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
+    if (kv_rc != PYLUT_OK || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
         !s->hb2 || !s->inv_freq || !s->tickets) {
         pylut_state_free(s);
         return NULL;
@@ -153,20 +216,106 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, 
 
 int pylut_state_pos(const pylut_state *s) { return s ? s->pos : 0; }
 
+int pylut_state_can_truncate(const pylut_state *s, int pos) {
+    if (!s || pos < 0 || pos > s->pos) return 0;
+    if (!s->n_streaming || pos == 0) return 1;
+    /* the next query, at pos, sees (pos - window, pos): those must still be in the stream */
+    const int need = pos - s->window + 1 > s->sink ? pos - s->window + 1 : s->sink;
+    return s->stream_base <= need;
+}
+
 int pylut_state_truncate(pylut_state *s, int pos) {
-    if (!s || pos < 0 || pos > s->pos) return PYLUT_EINVAL;
+    if (!pylut_state_can_truncate(s, pos)) return PYLUT_EINVAL;
     s->pos = pos;
+    if (pos == 0) s->stream_base = s->sink;
     return PYLUT_OK;
 }
 
-int pylut_state_set_pos(pylut_state *s, int pos) {
-    if (!s || pos < 0 || pos > s->n_ctx) return PYLUT_EINVAL;
+int pylut_state_set_pos(pylut_state *s, int pos) { return pylut_state_set_stream(s, pos, s ? s->sink : 0); }
+
+int pylut_state_set_stream(pylut_state *s, int pos, int stream_base) {
+    if (!s || pos < 0 || pos > s->n_ctx || stream_base < s->sink) return PYLUT_EINVAL;
+    if (s->n_streaming && pos > s->sink &&
+        (stream_base > pos || s->sink + (int64_t)pos - stream_base > s->stream_slots))
+        return PYLUT_EINVAL;
     s->pos = pos;
+    s->stream_base = s->n_streaming ? stream_base : s->sink;
     return PYLUT_OK;
+}
+
+int pylut_state_stream_base(const pylut_state *s) { return s ? s->stream_base : 0; }
+
+int pylut_state_head_streaming(const pylut_state *s, int l, int h) {
+    return s && l >= 0 && l < s->n_layers && h >= 0 && h < s->n_kv_heads && is_streaming(s, l, h);
+}
+
+int64_t pylut_state_head_slots(const pylut_state *s, int l, int h) {
+    if (!s || l < 0 || l >= s->n_layers || h < 0 || h >= s->n_kv_heads) return 0;
+    return is_streaming(s, l, h) ? s->stream_slots : s->n_ctx;
+}
+
+int64_t pylut_state_head_used(const pylut_state *s, int l, int h) {
+    if (!pylut_state_head_slots(s, l, h)) return 0;
+    if (!is_streaming(s, l, h) || s->pos <= s->sink) return s->pos;
+    return s->sink + s->pos - s->stream_base;
+}
+
+uint8_t *pylut_state_head_kv(pylut_state *s, int kv, int l, int h) {
+    if (!pylut_state_head_slots(s, l, h) || kv < 0 || kv > 1) return NULL;
+    return kv_row(s, kv, l, h, 0);
+}
+
+/* Before a chunk of n positions: a streaming head whose slots would overflow keeps only its
+ * sinks and the window-1 positions the chunk's first query still sees, moved down to slot
+ * sink. Keys keep the RoPE of their absolute positions, so nothing is re-encoded; a head
+ * moves window-1 rows once per max_batch positions at most. */
+static void stream_make_room(pylut_state *s, int n) {
+    const int64_t end = (int64_t)s->pos + n;
+    if (!s->n_streaming || end <= s->sink || s->sink + end - s->stream_base <= s->stream_slots) return;
+    int keep_from = s->pos - (s->window - 1);
+    keep_from = keep_from > s->stream_base ? keep_from : s->stream_base;
+    const int64_t moved = s->pos - keep_from > 0 ? s->pos - keep_from : 0;
+    for (int kv = 0; kv < 2; kv++)
+        for (int l = 0; l < s->n_layers; l++)
+            for (int h = 0; h < s->n_kv_heads; h++)
+                if (is_streaming(s, l, h) && moved)
+                    memmove(kv_row(s, kv, l, h, s->sink), kv_row(s, kv, l, h, slot_of(s, l, h, keep_from)),
+                            (size_t)(moved * s->row_bytes));
+    s->stream_base = keep_from;
+}
+
+/* Rotate the keys in slots [a, b) of (l, h) by the angles cs holds (cos, then sin). */
+static void rerotate(const pylut_model *m, pylut_state *s, int l, int h, int64_t a, int64_t b, const float *cs,
+                     float *x) {
+    const int hd = m->head_dim, half = hd / 2;
+    for (int64_t p = a; p < b; p++) {
+        /* a quantized key is re-encoded after the turn: one more rounding */
+        pylut_kv_decode(s->kv_type, hd, kv_row(s, 0, l, h, p), x);
+        for (int i = 0; i < half; i++) {
+            int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
+            float x0 = x[i0], x1 = x[i1], c = cs[i], sn = cs[half + i];
+            x[i0] = x0 * c - x1 * sn;
+            x[i1] = x0 * sn + x1 * c;
+        }
+        pylut_kv_encode(s->kv_type, hd, x, kv_row(s, 0, l, h, p));
+    }
+}
+
+/* The shift for a streaming head: it holds [0, sink) and [stream_base, pos). Old positions
+ * >= n_keep + n_discard become p - n_discard; what the head kept of them stays one run. */
+static void shift_stream_head(const pylut_model *m, pylut_state *s, int l, int h, int n_keep, int n_discard,
+                              int new_base, const float *cs, float *x) {
+    const int base = s->stream_base;
+    const int first = base < n_keep ? n_keep + n_discard : (base > n_keep + n_discard ? base : n_keep + n_discard);
+    const int64_t moved = s->pos - first, dst = s->sink + (int64_t)(first - n_discard) - new_base;
+    for (int kv = 0; kv < 2; kv++)
+        memmove(kv_row(s, kv, l, h, dst), kv_row(s, kv, l, h, slot_of(s, l, h, first)), (size_t)(moved * s->row_bytes));
+    rerotate(m, s, l, h, dst, dst + moved, cs, x);
 }
 
 int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard) {
     if (!m || !s || n_keep < 0 || n_discard < 1 || n_keep + n_discard > s->pos) return PYLUT_EINVAL;
+    if (s->n_streaming && n_keep < s->sink) return PYLUT_EINVAL; /* the shift would move the sinks */
     const int hd = m->head_dim, half = hd / 2, moved = s->pos - n_keep - n_discard;
     /* rotation by -n_discard positions, per frequency: RoPE(p - d) = R(-d) RoPE(p) */
     float *cs = malloc((size_t)hd * sizeof(float)), *x = malloc((size_t)hd * sizeof(float));
@@ -180,33 +329,28 @@ int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_di
         cs[i] = (float)cos(a);
         cs[half + i] = (float)sin(a);
     }
-    for (int kv = 0; kv < 2; kv++)
-        for (int l = 0; l < m->n_layers; l++)
-            for (int h = 0; h < s->n_kv_heads; h++) {
+    /* a streaming head's run starts where its first kept position lands */
+    const int base = s->stream_base;
+    const int new_base = base < n_keep ? base : (base > n_keep + n_discard ? base : n_keep + n_discard) - n_discard;
+    for (int l = 0; l < m->n_layers; l++)
+        for (int h = 0; h < s->n_kv_heads; h++) {
+            if (is_streaming(s, l, h)) {
+                shift_stream_head(m, s, l, h, n_keep, n_discard, new_base, cs, x);
+                continue;
+            }
+            for (int kv = 0; kv < 2; kv++)
                 memmove(kv_row(s, kv, l, h, n_keep), kv_row(s, kv, l, h, n_keep + n_discard),
                         (size_t)moved * s->row_bytes);
-                if (kv == 1) continue; /* values carry no position */
-                for (int64_t p = n_keep; p < n_keep + moved; p++) {
-                    /* a quantized key is re-encoded after the turn: one more rounding */
-                    pylut_kv_decode(s->kv_type, hd, kv_row(s, 0, l, h, p), x);
-                    for (int i = 0; i < half; i++) {
-                        int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
-                        float x0 = x[i0], x1 = x[i1], c = cs[i], sn = cs[half + i];
-                        x[i0] = x0 * c - x1 * sn;
-                        x[i1] = x0 * sn + x1 * c;
-                    }
-                    pylut_kv_encode(s->kv_type, hd, x, kv_row(s, 0, l, h, p));
-                }
-            }
+            rerotate(m, s, l, h, n_keep, n_keep + moved, cs, x); /* values carry no position */
+        }
     free(cs);
     free(x);
+    s->stream_base = new_base;
     s->pos -= n_discard;
     return PYLUT_OK;
 }
 
-int64_t pylut_state_kv_bytes(const pylut_state *s) {
-    return s ? 2 * (int64_t)s->n_layers * s->n_kv_heads * s->n_ctx * s->row_bytes : 0;
-}
+int64_t pylut_state_kv_bytes(const pylut_state *s) { return s ? s->kv_bytes : 0; }
 
 uint8_t *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
 
@@ -406,6 +550,7 @@ static void stage_attention(step_ctx *c, int ith, int nth, int l) {
     pylut_attn_job job = c->attn; /* planned once per chunk; only the layer's cache differs */
     job.k = kv_row(s, 0, l, 0, 0);
     job.v = kv_row(s, 1, l, 0, 0);
+    if (s->heads) job.heads = s->heads + (int64_t)l * s->n_kv_heads;
     float *scratch = s->attn_scratch + (int64_t)ith * s->attn_scratch_floats;
     atomic_llong *ticket = &s->tickets[4 * s->n_layers + 1 + l];
     for (int64_t w; (w = atomic_fetch_add_explicit(ticket, 1, memory_order_relaxed)) < job.n_items;)
@@ -455,8 +600,8 @@ static void step_task(void *arg, int ith, int nth) {
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
                     rope(k, hd, pos, s->inv_freq, m->rope_neox);
-                    pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, pos));
-                    pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, pos));
+                    pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, slot_of(s, l, h, pos)));
+                    pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, slot_of(s, l, h, pos)));
                 }
             }
         }
@@ -520,6 +665,7 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
     for (int done = 0; done < n;) {
         int chunk = n - done < s->max_batch ? n - done : s->max_batch;
         int last = done + chunk == n;
+        stream_make_room(s, chunk);
         /* a non-final chunk of a last-logits call needs no output projection at all */
         float *lg = all_logits ? logits + (int64_t)done * m->vocab : last ? logits : NULL;
         step_ctx c = {m, s, tokens + done, chunk, s->pos, all_logits, lg};
@@ -540,6 +686,10 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
         j->n = chunk;
         j->pos0 = s->pos;
         j->scale = 1.0f / sqrtf((float)m->head_dim);
+        j->heads = s->heads; /* layer 0's; stage_attention takes each layer's */
+        j->sink = s->sink;
+        j->window = s->window;
+        j->stream_base = s->stream_base;
         if (pylut_attn_plan(j, nth) != PYLUT_OK) return PYLUT_EINVAL;
         if (s->attn_partial_floats < j->partial_floats) {
             float *grown = realloc(s->attn_partial, (size_t)j->partial_floats * sizeof(float));

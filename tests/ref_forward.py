@@ -25,12 +25,21 @@ def rope(v, pos, theta, neox):
     return out.astype(np.float32)
 
 
-def forward(cfg, W, tokens):
-    """W: name -> float32 array (matrices [out, in]). Returns logits [n, vocab]."""
+def streaming_mask(n, sink, window):
+    """Additive mask of a streaming head: query p sees [0, sink) and (p - window, p]."""
+    p, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    return np.where((j <= p) & ((j < sink) | (j > p - window)), 0.0, -np.inf)
+
+
+def forward(cfg, W, tokens, streaming=None, sink=0, window=0):
+    """W: name -> float32 array (matrices [out, in]). Returns logits [n, vocab].
+    streaming: optional bool [n_layers, n_kv_heads]; those heads see only the first `sink`
+    positions and the `window` most recent ones (DuoAttention's streaming heads)."""
     n_h, n_kv, hd, eps = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"], cfg["norm_eps"]
     x = W["token_embd"][np.asarray(tokens)].astype(np.float32)
     n = len(tokens)
     mask = np.triu(np.full((n, n), -np.inf), 1)
+    stream_mask = streaming_mask(n, sink, window) if streaming is not None else None
     for l in range(cfg["n_layers"]):
         p = f"blk.{l}."
         xb = rmsnorm(x, W[p + "attn_norm"], eps)
@@ -43,7 +52,8 @@ def forward(cfg, W, tokens):
         rep = n_h // n_kv
         out = np.empty((n, n_h, hd), np.float32)
         for h in range(n_h):
-            s = q[:, h] @ k[:, h // rep].T / np.sqrt(hd) + mask
+            streams = streaming is not None and streaming[l][h // rep]
+            s = q[:, h] @ k[:, h // rep].T / np.sqrt(hd) + (stream_mask if streams else mask)
             s = np.exp(s - s.max(-1, keepdims=True))
             out[:, h] = (s / s.sum(-1, keepdims=True)) @ v[:, h // rep]
         att = out.reshape(n, n_h * hd)

@@ -17,7 +17,7 @@ from model_builder import VOCAB_DIR, build_gguf
 from pylut import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("chat", "run", "info", "bench", "convert", "serve", "cpu")
+COMMANDS = ("chat", "run", "info", "bench", "convert", "serve", "cpu", "calibrate-heads")
 STATS = r"\[prompt \d+ tok, [\d.]+ t/s \| gen \d+ tok, [\d.]+ t/s\]"
 
 
@@ -123,6 +123,25 @@ def test_info_run_bench(capsys, chat_model_file):
                       "--gen-tokens", "4", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["threads"] for r in rows] == [1, 2] and all(r["decode_tps"] > 0 for r in rows)
+
+
+def test_calibrate_heads_then_run_with_the_plan(capsys, chat_model_file, tmp_path):
+    plan = tmp_path / "plan.json"
+    rc, out, err = _run(capsys, "calibrate-heads", chat_model_file, "--ctx", "256", "--window", "16",
+                        "--prompt-tokens", "60", "--fraction", "0.5", "--out", plan, "--json")
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["retrieval_heads"] == 1 and info["kv_bytes"] < info["kv_bytes_full"] and plan.exists()
+    rc, out, _ = _run(capsys, "info", chat_model_file, "--ctx", "256", "--head-plan", plan)
+    assert rc == 0 and "head plan: 1 of 2 kv heads" in out
+    rc, out, err = _run(capsys, "run", chat_model_file, "Once upon a time", "-n", "4", "--temperature", "0",
+                        "--ctx", "256", "--head-plan", plan)
+    assert rc == 0 and out.strip()
+    rc, _, err = _run(capsys, "run", chat_model_file, "hi", "--head-plan", tmp_path / "nope.json")
+    assert rc == 1 and "head plan not found" in err
+    rc, _, err = _run(capsys, "calibrate-heads", chat_model_file, "--ctx", "256", "--window", "300",
+                      "--out", plan)
+    assert rc == 1 and "longer than sink + window" in err
 
 
 def test_convert_and_run_packed(capsys, chat_model_file, tmp_path):

@@ -45,6 +45,16 @@ int pylut_kv_decode(int type, int hd, const uint8_t *row, float *x);
 
 /* ------------------------------------------------------------------ one attention call */
 
+/* Streaming heads (DuoAttention / RazorAttention): a kv head may keep only the first `sink`
+ * positions and the most recent `window` ones. Its rows sit in a compacted run of slots:
+ * slots [0, sink) hold positions 0..sink-1, slot sink + i holds position stream_base + i.
+ * A query at position p of such a head sees positions [0, sink) and (p - window, p]. */
+typedef struct {
+    const uint8_t *k, *v;    /* the head's slot 0; slots ld bytes apart */
+    int64_t cap;             /* slots the head has room for (checked against the job) */
+    int streaming;           /* 0: slot = position, the whole causal past; 1: sinks + window */
+} pylut_attn_head;
+
 typedef struct {
     /* the cache: row of (position p, kv head h) at k + h*hstride + p*ld (same for v). Keep a
      * head's rows contiguous (ld = row_bytes): a stream the hardware prefetcher can follow */
@@ -59,6 +69,10 @@ typedef struct {
     int64_t ldo;
     int n, pos0;
     float scale;             /* usually 1/sqrt(hd) */
+    /* optional per-kv-head caches: NULL keeps every head full at k/v + h*hstride (the plain
+     * path, unchanged); otherwise heads[n_kv_heads] give each head's rows and kind */
+    const pylut_attn_head *heads;
+    int sink, window, stream_base; /* streaming heads only: see pylut_attn_head */
     /* filled by pylut_attn_plan */
     int hd_pad, group, rows, tokens_per_item, q_tiles, splits;
     int64_t n_items;

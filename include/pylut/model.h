@@ -46,23 +46,43 @@ int pylut_model_check(const pylut_model *m, const char **why);
 /* A sequence of up to n_ctx positions, processing up to max_batch tokens per forward step,
  * its KV cache stored as kv_type (enum pylut_kv_type, attention.h). */
 pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, int kv_type);
+/* The same with streaming kv heads (DuoAttention): streaming[n_layers * n_kv_heads], 1 for a
+ * head that keeps only the first `sink` positions and the most recent `window` ones (a query
+ * at p sees [0, sink) and (p - window, p]) in min(n_ctx, sink + window + max_batch) slots
+ * instead of n_ctx. NULL: every head full, exactly pylut_state_create. */
+pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
+                                      const uint8_t *streaming, int sink, int window);
 void pylut_state_free(pylut_state *s);
 int pylut_state_pos(const pylut_state *s);
-/* Forget positions >= pos (prefix reuse keeps the shared prefix). */
+/* Forget positions >= pos (prefix reuse keeps the shared prefix). PYLUT_EINVAL when a
+ * streaming head has already dropped positions the window at pos would see (see below). */
 int pylut_state_truncate(pylut_state *s, int pos);
+/* 1 when truncating to pos and going on is exact (streaming heads still hold the window). */
+int pylut_state_can_truncate(const pylut_state *s, int pos);
 /* Run tokens[n] at positions pos..pos+n-1 (n may exceed max_batch: done in chunks).
  * logits: [vocab] for the last token, or [n][vocab] when all_logits. Threads: the pool. */
 int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                   int n, float *logits, int all_logits);
 /* Context shift: drop positions [n_keep, n_keep + n_discard), move the later ones down and
- * re-rotate their keys' RoPE by -n_discard so they read as if written at their new place. */
+ * re-rotate their keys' RoPE by -n_discard so they read as if written at their new place.
+ * With streaming heads n_keep must be >= sink (the sinks stay where they are). */
 int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard);
-/* KV cache access for save/load: the whole cache,
- * [2][n_layers][n_kv_heads][n_ctx][pylut_kv_row_bytes(kv_type, head_dim)] bytes. */
+/* KV cache access for save/load: the whole cache, every head's slots one after another,
+ * keys then values: [2][n_layers][n_kv_heads][n_ctx][pylut_kv_row_bytes(kv_type, head_dim)]
+ * when no head streams; kv_bytes is what is allocated either way. */
 int64_t pylut_state_kv_bytes(const pylut_state *s);
 uint8_t *pylut_state_kv(pylut_state *s);
 int pylut_state_kv_type(const pylut_state *s);
 int pylut_state_set_pos(pylut_state *s, int pos);
+/* Per head: slot 0 of keys (kv 0) or values (kv 1), the slots it has, those in use at the
+ * current position, whether it streams (NULL / 0 for a bad index). */
+uint8_t *pylut_state_head_kv(pylut_state *s, int kv, int l, int h);
+int64_t pylut_state_head_slots(const pylut_state *s, int l, int h);
+int64_t pylut_state_head_used(const pylut_state *s, int l, int h);
+int pylut_state_head_streaming(const pylut_state *s, int l, int h);
+/* Streaming heads' first position after the sinks; set_stream restores pos and it (load). */
+int pylut_state_stream_base(const pylut_state *s);
+int pylut_state_set_stream(pylut_state *s, int pos, int stream_base);
 
 #ifdef __cplusplus
 }
