@@ -151,9 +151,10 @@ def quantize(w, bits=4, group=None, mode="sym"):
             s = np.abs(wg).mean(axis=2) / h
         else:
             s = np.abs(wg).max(axis=2) / h
-        s = _fp16(s)
-        s = np.where(s > 0, s, 1.0).astype(np.float32)
-        q = np.clip(np.rint(wg / s[:, :, None] + h), 0, qmax)
+        s = _fp16(s).astype(np.float32)
+        # the symmetric grid has no zero level ((2^b-1)/2 is a half): an all-zero group keeps
+        # scale 0, which makes every code mean 0 (a stand-in scale of 1 loaded it as +-0.5)
+        q = np.clip(np.rint(wg / np.where(s > 0, s, 1.0)[:, :, None] + h), 0, qmax)
         bias = None
     else:  # zp
         lo, hi = _fp16(wg.min(axis=2)), wg.max(axis=2)

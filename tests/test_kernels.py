@@ -337,3 +337,22 @@ def test_cpu_features_and_env_override():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f["best"]
     assert out.stderr == "", "the library must not write to stderr on its own"
+
+
+@pytest.mark.parametrize("mode,bits", [("sym", 1), ("sym", 2), ("sym", 4), ("sym", 8), ("zp", 1), ("zp", 4),
+                                       ("ternary", 2), ("t3", 2)])
+def test_all_zero_groups_stay_zero(mode, bits):
+    """A group of zero weights (pruned rows, padding in a checkpoint) loads as exact zeros in
+    every mode: the symmetric grid has no zero level, so its scale must be 0 there."""
+    group = 192 if mode == "t3" else 64
+    w = np.random.default_rng(5).standard_normal((70, 3 * group)).astype(np.float32)
+    w[3, group:2 * group] = 0.0
+    w[66] = 0.0
+    q = pylut.quantize(w, bits=bits, group=group, mode=mode)
+    d = q.dequantize()
+    assert np.array_equal(d[3, group:2 * group], np.zeros(group, np.float32))
+    assert np.array_equal(d[66], np.zeros(w.shape[1], np.float32))
+    x = np.zeros(w.shape[1], np.float32)
+    x[group:2 * group] = 1.0
+    for isa in ISAS:
+        assert abs(run(q, x[None], isa)[0, 3]) <= 1e-6 * (1 + np.abs(run(q, x[None], isa)).max())
