@@ -60,7 +60,7 @@ class PerFileFlagsBuildExt(build_ext):
 # the headers every unit includes (kernel bodies are headers instantiated per ISA): without
 # them an edit to one leaves a stale build in place
 DEPENDS = sorted(glob.glob(os.path.join("src", "*.h")) + glob.glob(os.path.join("include", "pylut", "*.h"))
-                 + glob.glob(os.path.join("pylut", "*.pxd")))
+                 + glob.glob(os.path.join("pylut", "*.pxd")) + glob.glob(os.path.join("pylut", "*.pxi")))
 
 ext = Extension(
     "pylut._core",

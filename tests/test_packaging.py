@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def _which(*names):
 
 @pytest.fixture(scope="module")
 def built_wheel(tmp_path_factory):
-    """(wheel path, build tree or None): PYLUT_TEST_WHEEL, else `pip wheel` of a clean copy."""
+    """(wheel path, build tree or None): PYLUT_TEST_WHEEL, else the sdist of a clean copy,
+    unpacked and built with `pip wheel`: a file missing from the sdist fails the build."""
     given = os.environ.get("PYLUT_TEST_WHEEL")
     if given:
         return Path(given), None
@@ -125,11 +127,19 @@ def built_wheel(tmp_path_factory):
         import setuptools  # noqa: F401
     except ImportError as e:
         pytest.skip(f"build dependencies missing ({e}); pip install -e '.[test]' brings them")
-    tree = tmp_path_factory.mktemp("wheel") / "src"
-    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+    work = tmp_path_factory.mktemp("wheel")
+    copy = work / "copy"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "wheelhouse", "*.so", "*.o", "*.egg-info", "__pycache__", ".venv",
         ".pytest_cache", ".ruff_cache", ".benchmarks", "_core.c"))
-    out = tree.parent / "dist"
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(work / "sdist")], cwd=copy,
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (sdist,) = (work / "sdist").glob("pylut-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work / "unpacked")
+    (tree,) = (work / "unpacked").glob("pylut-*")
+    out = work / "dist"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
                         "-w", str(out), str(tree)], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -141,7 +151,7 @@ def test_wheel_holds_no_sources(built_wheel):
     whl, _ = built_wheel
     names = zipfile.ZipFile(whl).namelist()
     assert any(re.match(r"pylut/_core\..*(so|pyd)$", n) for n in names), names
-    sources = [n for n in names if n.endswith((".c", ".h", ".pyx", ".pxd", ".cpp"))]
+    sources = [n for n in names if n.endswith((".c", ".h", ".pyx", ".pxd", ".pxi", ".cpp"))]
     assert not sources, f"sources shipped in the wheel: {sources}"
     assert "pylut/cli.py" in names and any(n.endswith("entry_points.txt") for n in names)
 

@@ -1,0 +1,251 @@
+# _model.pxi - the forward pass (Model, Session): included by _core.pyx, whose imports,
+# declarations and helpers it uses; kept apart so each file reads in one sitting.
+
+# ---------------------------------------------------------------- the forward pass
+
+from libc.stdint cimport int32_t
+from libc.string cimport memcpy
+
+ARCHS = {"llama": PYLUT_ARCH_LLAMA, "qwen2": PYLUT_ARCH_QWEN2, "bitnet": PYLUT_ARCH_BITNET}
+
+
+cdef const float *_fptr(dict keep, object a, name, int64_t n) except? NULL:
+    """Pointer to a float32 vector of n entries (kept alive in keep), or NULL for None."""
+    if a is None:
+        return NULL
+    a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+    if a.shape[0] != n:
+        raise ValueError(f"{name} must have {n} entries, got {a.shape[0]}")
+    keep[name] = a
+    return <const float *>cnp.PyArray_DATA(a)
+
+
+cdef const pylut_qmatrix *_qptr(object q, name) except NULL:
+    if not isinstance(q, QMatrix):
+        raise TypeError(f"{name} must be a QMatrix, got {type(q).__name__}")
+    return &(<QMatrix>q).qm
+
+
+cdef class Model:
+    """Weights of a Llama-family model wired for the C forward pass. `config` has arch,
+    n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx, norm_eps,
+    rope_theta, rope_neox; `tensors` maps GGUF-style names to QMatrix / float32 arrays."""
+    cdef pylut_model m
+    cdef pylut_layer *layers
+    cdef dict keep
+    cdef readonly dict config
+
+    def __cinit__(self, dict config, dict tensors):
+        self.keep = {}
+        self.config = dict(config)
+        arch = config["arch"]
+        if arch not in ARCHS:
+            raise ValueError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+        m = &self.m
+        m.arch = ARCHS[arch]
+        m.n_layers = config["n_layers"]
+        m.dim = config["dim"]
+        m.n_heads = config["n_heads"]
+        m.n_kv_heads = config["n_kv_heads"]
+        m.head_dim = config["head_dim"]
+        m.ffn_dim = config["ffn_dim"]
+        m.vocab = config["vocab"]
+        m.max_ctx = config["max_ctx"]
+        m.norm_eps = config["norm_eps"]
+        m.rope_theta = config["rope_theta"]
+        m.rope_neox = 1 if config["rope_neox"] else 0
+        if m.n_layers < 1 or m.n_layers > 100000:
+            raise ValueError(f"n_layers out of range: {m.n_layers}")
+        self.layers = <pylut_layer *>malloc(m.n_layers * sizeof(pylut_layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        m.layers = self.layers
+        keep = self.keep
+        keep["_tensors"] = dict(tensors)
+
+        def need(name):
+            if name not in tensors:
+                raise ValueError(f"missing tensor {name!r}")
+            return tensors[name]
+
+        emb = need("token_embd")
+        if isinstance(emb, QMatrix):
+            m.tok_embd = &(<QMatrix>emb).qm
+            m.tok_embd_f32 = NULL
+        else:
+            m.tok_embd = NULL
+            m.tok_embd_f32 = _fptr(keep, emb, "token_embd", <int64_t>m.vocab * m.dim)
+        m.output_norm = _fptr(keep, need("output_norm"), "output_norm", m.dim)
+        m.output = _qptr(need("output"), "output")
+        qd = m.n_heads * m.head_dim
+        for l in range(m.n_layers):
+            L = &self.layers[l]
+            p = f"blk.{l}."
+            L.attn_norm = _fptr(keep, need(p + "attn_norm"), p + "attn_norm", m.dim)
+            L.wq = _qptr(need(p + "attn_q"), p + "attn_q")
+            L.wk = _qptr(need(p + "attn_k"), p + "attn_k")
+            L.wv = _qptr(need(p + "attn_v"), p + "attn_v")
+            L.bq = _fptr(keep, tensors.get(p + "attn_q.bias"), p + "attn_q.bias", qd)
+            L.bk = _fptr(keep, tensors.get(p + "attn_k.bias"), p + "attn_k.bias", m.n_kv_heads * m.head_dim)
+            L.bv = _fptr(keep, tensors.get(p + "attn_v.bias"), p + "attn_v.bias", m.n_kv_heads * m.head_dim)
+            L.attn_sub_norm = _fptr(keep, tensors.get(p + "attn_sub_norm"), p + "attn_sub_norm", qd)
+            L.wo = _qptr(need(p + "attn_output"), p + "attn_output")
+            L.ffn_norm = _fptr(keep, need(p + "ffn_norm"), p + "ffn_norm", m.dim)
+            L.w_gate = _qptr(need(p + "ffn_gate"), p + "ffn_gate")
+            L.w_up = _qptr(need(p + "ffn_up"), p + "ffn_up")
+            L.ffn_sub_norm = _fptr(keep, tensors.get(p + "ffn_sub_norm"), p + "ffn_sub_norm", m.ffn_dim)
+            L.w_down = _qptr(need(p + "ffn_down"), p + "ffn_down")
+        cdef const char *why = NULL
+        if pylut_model_check(m, &why) != PYLUT_OK:
+            raise ValueError(f"model does not fit together: {why.decode()}")
+
+    def __dealloc__(self):
+        free(self.layers)
+
+
+cdef class Session:
+    """One sequence's KV cache and scratch for a Model: forward(tokens) -> logits.
+    streaming: optional bool [n_layers, n_kv_heads]; a True head keeps only the first `sink`
+    and the `window` most recent positions (DuoAttention's streaming heads) in fewer slots."""
+    cdef pylut_state *s
+    cdef readonly Model model
+    cdef readonly int n_ctx
+    cdef readonly str kv_type
+    cdef readonly object streaming
+    cdef readonly int sink, window
+
+    def __cinit__(self, Model model, int n_ctx, int max_batch=64, kv_type="f16", streaming=None,
+                  int sink=0, int window=0):
+        if n_ctx < 1 or n_ctx > model.m.max_ctx:
+            raise ValueError(f"n_ctx must be in 1..{model.m.max_ctx} (the model's context), got {n_ctx}")
+        if max_batch < 1 or max_batch > 4096:
+            raise ValueError(f"max_batch must be in 1..4096, got {max_batch}")
+        cdef int code = _kv_code(kv_type)
+        if pylut_kv_row_bytes(code, model.m.head_dim) == 0:
+            raise ValueError(f"head size {model.m.head_dim} is not supported by the KV cache (even, <= 512)")
+        if model.m.n_heads // model.m.n_kv_heads > 64:
+            raise ValueError(f"{model.m.n_heads // model.m.n_kv_heads} query heads per kv head: at most 64 supported")
+        self.model = model
+        self.n_ctx = n_ctx
+        self.kv_type = kv_type
+        cdef const uint8_t[::1] flags
+        if streaming is None:
+            self.s = pylut_state_create(&model.m, n_ctx, max_batch, code)
+        else:
+            arr = np.asarray(streaming)
+            if arr.shape != (model.m.n_layers, model.m.n_kv_heads):
+                raise ValueError(f"streaming must have shape ({model.m.n_layers}, {model.m.n_kv_heads}) "
+                                 f"(layers, kv heads), got {arr.shape}")
+            if not 0 <= sink <= n_ctx or not 1 <= window <= n_ctx:
+                raise ValueError(f"streaming heads need 0 <= sink <= n_ctx and 1 <= window <= n_ctx "
+                                 f"(n_ctx={n_ctx}), got sink={sink}, window={window}")
+            arr = np.ascontiguousarray(arr.astype(bool).astype(np.uint8).reshape(-1))
+            flags = arr
+            self.streaming = arr.reshape(model.m.n_layers, model.m.n_kv_heads).astype(bool)
+            self.streaming.flags.writeable = False
+            self.sink, self.window = sink, window
+            self.s = pylut_state_create_heads(&model.m, n_ctx, max_batch, code, &flags[0], sink, window)
+        if self.s == NULL:
+            raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
+
+    def __dealloc__(self):
+        pylut_state_free(self.s)
+
+    @property
+    def pos(self):
+        return pylut_state_pos(self.s)
+
+    def shift(self, int n_keep, int n_discard):
+        """Drop cached positions [n_keep, n_keep+n_discard); later ones move down (RoPE fixed)."""
+        if n_keep < 0 or n_discard < 1 or n_keep + n_discard > self.pos:
+            raise ValueError(f"cannot drop {n_discard} positions after {n_keep} of {self.pos}")
+        if self.streaming is not None and self.streaming.any() and n_keep < self.sink:
+            raise ValueError(f"a context shift with streaming heads must keep at least the {self.sink} sink "
+                             f"positions (n_keep={n_keep})")
+        cdef int rc
+        with nogil:
+            rc = pylut_state_shift(&self.model.m, self.s, n_keep, n_discard)
+        _check(rc, "shift")
+
+    def kv_array(self):
+        """The KV cache as a writable uint8 view [2, n_layers, n_kv_heads, n_ctx, row_bytes]
+        (keys, values; rows encoded as kv_type, see kv_decode). With streaming heads the heads
+        differ in slots: the whole allocation as a flat uint8 view (head_kv for one head)."""
+        cdef int64_t n = pylut_state_kv_bytes(self.s)
+        cdef uint8_t[::1] view = <uint8_t[:n]>pylut_state_kv(self.s)
+        if self.streaming is not None and self.streaming.any():
+            return np.asarray(view)
+        m = &self.model.m
+        return np.asarray(view).reshape(2, m.n_layers, m.n_kv_heads, self.n_ctx,
+                                        pylut_kv_row_bytes(_kv_code(self.kv_type), m.head_dim))
+
+    @property
+    def kv_bytes(self):
+        """Bytes the KV cache holds allocated (keys and values, every head)."""
+        return int(pylut_state_kv_bytes(self.s))
+
+    def _head_check(self, int layer, int head):
+        if not 0 <= layer < self.model.m.n_layers or not 0 <= head < self.model.m.n_kv_heads:
+            raise IndexError(f"no kv head ({layer}, {head}) in a model of {self.model.m.n_layers} layers x "
+                             f"{self.model.m.n_kv_heads} kv heads")
+
+    def head_kv(self, int kv, int layer, int head):
+        """One head's keys (kv=0) or values (kv=1): a writable uint8 view [slots, row_bytes].
+        A full head's slot is the position; a streaming head's slots [0, sink) hold positions
+        0..sink-1 and slot sink + i holds position stream_base + i."""
+        self._head_check(layer, head)
+        if kv not in (0, 1):
+            raise ValueError("kv must be 0 (keys) or 1 (values)")
+        cdef int64_t rb = pylut_kv_row_bytes(_kv_code(self.kv_type), self.model.m.head_dim)
+        cdef int64_t slots = pylut_state_head_slots(self.s, layer, head)
+        cdef uint8_t[::1] view = <uint8_t[:slots * rb]>pylut_state_head_kv(self.s, kv, layer, head)
+        return np.asarray(view).reshape(slots, rb)
+
+    def head_used(self, int layer, int head):
+        """Slots of the head holding positions at the current pos."""
+        self._head_check(layer, head)
+        return int(pylut_state_head_used(self.s, layer, head))
+
+    @property
+    def stream_base(self):
+        return pylut_state_stream_base(self.s)
+
+    def set_stream(self, int pos, int stream_base):
+        """Restore pos and the streaming heads' stream_base (loading a saved session)."""
+        if pylut_state_set_stream(self.s, pos, stream_base) != PYLUT_OK:
+            raise ValueError(f"pos={pos}, stream_base={stream_base} do not fit this session")
+
+    def can_truncate(self, int pos):
+        """True when going on from pos is exact (streaming heads still hold that window)."""
+        return bool(pylut_state_can_truncate(self.s, pos))
+
+    def set_pos(self, int pos):
+        if pylut_state_set_pos(self.s, pos) != PYLUT_OK:
+            raise ValueError(f"pos must be in 0..{self.n_ctx}")
+
+    def truncate(self, int pos):
+        if pylut_state_truncate(self.s, pos) != PYLUT_OK:
+            if 0 <= pos <= self.pos:
+                raise ValueError(f"cannot truncate to {pos}: the streaming heads already dropped positions "
+                                 f"its window needs (truncate to 0 and run the prompt again)")
+            raise ValueError(f"cannot truncate to {pos}: the session holds {self.pos} positions")
+
+    def forward(self, tokens, ThreadPool pool, bint all_logits=False):
+        toks = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+        cdef int n = toks.shape[0]
+        if n < 1:
+            raise ValueError("forward needs at least one token")
+        if toks.min() < 0 or toks.max() >= self.model.m.vocab:
+            raise ValueError(f"token ids must be in 0..{self.model.m.vocab - 1}")
+        if self.pos + n > self.n_ctx:
+            raise ValueError(f"{self.pos} cached + {n} new tokens exceed n_ctx={self.n_ctx}")
+        t32 = toks.astype(np.int32)
+        out = np.empty((n if all_logits else 1, self.model.m.vocab), np.float32)
+        cdef const int32_t[::1] tv = t32
+        cdef float[:, ::1] ov = out
+        cdef int rc
+        with pool.lock:
+            with nogil:
+                rc = pylut_forward(pool.pool, &self.model.m, self.s, &tv[0], n, &ov[0, 0], all_logits)
+        _check(rc, "forward")
+        return out if all_logits else out[0]
