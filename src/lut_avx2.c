@@ -17,19 +17,9 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "lut_prefetch_x86.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
-/* Software prefetch: B-type code streams 8 KB ahead into L2, every line; T3 256 B ahead
- * into L1 (why: lut_avx512_body.h) */
-#ifndef PF_B_DIST
-#define PF_B_DIST 8192
-#endif
-#ifndef PF_B_HINT
-#define PF_B_HINT _MM_HINT_T1
-#endif
-#ifndef PF_T3_DIST
-#define PF_T3_DIST 256
-#endif
 
 static ALWAYS_INLINE __m256i lut_lookup_lo(__m256i tbl, __m256i w, __m256i m0f) {
     return _mm256_shuffle_epi8(tbl, _mm256_and_si256(w, m0f));

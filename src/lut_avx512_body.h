@@ -13,23 +13,9 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "lut_prefetch_x86.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
-/* Software prefetch. B-type code streams: 8 KB ahead into L2. Decode streams the weights
- * from DRAM on one core with much compute per byte; L1-bound prefetches (256 B ahead, T0)
- * left ~40 % of a core's read bandwidth unused, since a few L1 miss buffers cap the bytes in
- * flight. Far L2 prefetches measured 12-29 % faster per GEMV for B4/g32 and Q2_K-style
- * matrices on Zen 4 (48-64 distinct 2048x2048 matrices, interleaved runs), same speed in
- * cache. T3 streams measured the other way (T0 256 B: 1.5x the far T1 variant): kept. */
-#ifndef PF_B_DIST
-#define PF_B_DIST 8192
-#endif
-#ifndef PF_B_HINT
-#define PF_B_HINT _MM_HINT_T1
-#endif
-#ifndef PF_T3_DIST
-#define PF_T3_DIST 256
-#endif
 
 /* 64 lookups of 4-bit indices (low nibble / high nibble of each byte) */
 #if PYLUT_VBMI

@@ -13,11 +13,7 @@ from pylut import _core
 ISAS = _core.isa_supported()
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = _core.isa_active()
-    yield
-    _core.isa_set(before)
+pytestmark = pytest.mark.usefixtures("restore_isa")  # conftest.py
 
 
 def reference(q, kf, vf, n_heads, pos0):

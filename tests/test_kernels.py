@@ -35,11 +35,7 @@ SHAPES = [(1, 32, 32), (37, 100, 32), (64, 400, 64), (100, 256, 128), (130, 1000
 RMS_LIMIT = {1: 0.03, 2: 0.03, 3: 0.03, 4: 0.03, 5: 0.03, 6: 0.03, 8: 0.03, "t3": 0.03}
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = _core.isa_active()
-    yield
-    _core.isa_set(before)
+pytestmark = pytest.mark.usefixtures("restore_isa")  # conftest.py
 
 
 def run(q, x, isa, n_threads=1):
