@@ -6,6 +6,7 @@ empty prompt, Ctrl-D). The REPL model has a real (qwen2) vocab and chat template
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -171,9 +172,11 @@ def test_piped_chat_answers_once_without_colours(chat_model_file, cache):
 
 def _spawn(args, cache, timeout=30):
     pexpect = pytest.importorskip("pexpect", reason="pexpect drives the pty")
+    # SIGINT back to its default in the child: a test run started as a background job (bash
+    # ignores SIGINT there) would hand the REPL an ignored Ctrl-C, and Python keeps it ignored
     child = pexpect.spawn(sys.executable, ["-m", "pylut", "chat", *args], env=dict(_env(), PYLUT_CACHE_DIR=str(cache)),
                           cwd=str(ROOT), encoding="utf-8", codec_errors="replace", timeout=timeout,
-                          dimensions=(40, 200))
+                          dimensions=(40, 200), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return pexpect, child
 
 
