@@ -90,6 +90,56 @@ static ALWAYS_INLINE void pair_lookup(__m256i tbl, const uint8_t *blk, int p, in
     *hi = _mm256_maddubs_epi16(mul12, lut_lookup_hi(tbl, w, m0f));
 }
 
+/* One group's lookups, planes not yet weighted: pacc[p][q] = plane 2p + 2 * plane 2p+1 and
+ * lacc[q] = the lone plane (odd bits), rows 16q..16q+15, int16. Advances blk and T. */
+static ALWAYS_INLINE void group_plane_sums(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+                                           __m256i pacc[4][4], __m256i lacc[4]) {
+    const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    const __m256i mul12 = _mm256_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
+    const uint8_t *blk = *pblk;
+    const int8_t *T = *pT;
+    for (int q = 0; q < 4; q++) {
+        for (int p = 0; p < npair; p++) pacc[p][q] = _mm256_setzero_si256();
+        lacc[q] = _mm256_setzero_si256();
+    }
+    for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
+        const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
+        for (int o = 0; o < kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
+        for (int p = 0; p < npair; p++)
+            for (int half = 0; half < 2; half++) {
+                __m256i lo, hi;
+                pair_lookup(tbl, blk, p, half, mul12, m0f, &lo, &hi);
+                pacc[p][half] = _mm256_add_epi16(pacc[p][half], lo);
+                pacc[p][2 + half] = _mm256_add_epi16(pacc[p][2 + half], hi);
+            }
+        if (lone) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
+            __m256i vlo = lut_lookup_lo(tbl, w, m0f), vhi = lut_lookup_hi(tbl, w, m0f);
+            lacc[0] = _mm256_add_epi16(lacc[0], _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vlo)));
+            lacc[1] = _mm256_add_epi16(lacc[1], _mm256_cvtepi8_epi16(_mm256_extracti128_si256(vlo, 1)));
+            lacc[2] = _mm256_add_epi16(lacc[2], _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vhi)));
+            lacc[3] = _mm256_add_epi16(lacc[3], _mm256_cvtepi8_epi16(_mm256_extracti128_si256(vhi, 1)));
+        }
+    }
+    *pblk = blk;
+    *pT = T;
+}
+
+/* One group's int16 lookup sums A_g = sum_i 2^i T[idx_i], rows 16q..16q+15 in a[q], when
+ * (2^b-1) * group <= 1032 keeps every partial sum in int16 (kernels.h): the planes are
+ * weighted before any widening. Advances blk and T. */
+static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+                                       __m256i a[4]) {
+    const int npair = bits / 2, lone = bits & 1;
+    __m256i pacc[4][4], lacc[4];
+    group_plane_sums(pblk, pT, kpg, bits, pacc, lacc);
+    for (int q = 0; q < 4; q++) {
+        a[q] = lone ? _mm256_slli_epi16(lacc[q], bits - 1) : _mm256_setzero_si256();
+        for (int p = 0; p < npair; p++) a[q] = _mm256_add_epi16(a[q], _mm256_slli_epi16(pacc[p][q], 2 * p));
+    }
+}
+
 /* One row tile (64 rows), one token. bits is a compile-time constant at every call site. */
 static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
                                       int64_t t, const int bits) {
@@ -98,86 +148,28 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     const int kpg = qm->group / PYLUT_KGROUP;
     const float h = (float)((1 << bits) - 1) * 0.5f;
     const int small = ((1 << bits) - 1) * qm->group <= 1032; /* a group's weighted sum fits int16 (kernels.h) */
-    const __m256i m0f = _mm256_set1_epi8(0x0f);
-    const __m256i mul12 = _mm256_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
     __m256 acc[8];
     for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_ps();
     const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     const int8_t *T = L->tbl;
     for (int64_t g = 0; g < groups; g++) {
-        __m256i pacc[4][4], lacc[4]; /* [pair][16-row quarter], lone [quarter] */
-        for (int q = 0; q < 4; q++) {
-            for (int p = 0; p < npair; p++) pacc[p][q] = _mm256_setzero_si256();
-            lacc[q] = _mm256_setzero_si256();
-        }
-        for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
-            const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
-            for (int o = 0; o < kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
-            for (int p = 0; p < npair; p++)
-                for (int half = 0; half < 2; half++) {
-                    __m256i lo, hi;
-                    pair_lookup(tbl, blk, p, half, mul12, m0f, &lo, &hi);
-                    pacc[p][half] = _mm256_add_epi16(pacc[p][half], lo);
-                    pacc[p][2 + half] = _mm256_add_epi16(pacc[p][2 + half], hi);
-                }
-            if (lone) {
-                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
-                __m256i vlo = lut_lookup_lo(tbl, w, m0f), vhi = lut_lookup_hi(tbl, w, m0f);
-                lacc[0] = _mm256_add_epi16(lacc[0], _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vlo)));
-                lacc[1] = _mm256_add_epi16(lacc[1], _mm256_cvtepi8_epi16(_mm256_extracti128_si256(vlo, 1)));
-                lacc[2] = _mm256_add_epi16(lacc[2], _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vhi)));
-                lacc[3] = _mm256_add_epi16(lacc[3], _mm256_cvtepi8_epi16(_mm256_extracti128_si256(vhi, 1)));
-            }
-        }
         __m256i A[8];
         for (int q = 0; q < 8; q++) A[q] = _mm256_setzero_si256();
-        for (int q = 0; q < 4; q++) {
-            if (small) { /* weight the planes in int16, widen once */
-                __m256i a16 = lone ? _mm256_slli_epi16(lacc[q], bits - 1) : _mm256_setzero_si256();
-                for (int p = 0; p < npair; p++) a16 = _mm256_add_epi16(a16, _mm256_slli_epi16(pacc[p][q], 2 * p));
-                widen_add(a16, 0, &A[2 * q], &A[2 * q + 1]);
-                continue;
+        if (small) { /* weight the planes in int16, widen once */
+            __m256i a16[4];
+            group_sums16(&blk, &T, kpg, bits, a16);
+            for (int q = 0; q < 4; q++) widen_add(a16[q], 0, &A[2 * q], &A[2 * q + 1]);
+        } else {
+            __m256i pacc[4][4], lacc[4]; /* [pair][16-row quarter], lone [quarter] */
+            group_plane_sums(&blk, &T, kpg, bits, pacc, lacc);
+            for (int q = 0; q < 4; q++) {
+                for (int p = 0; p < npair; p++) widen_add(pacc[p][q], 2 * p, &A[2 * q], &A[2 * q + 1]);
+                if (lone) widen_add(lacc[q], bits - 1, &A[2 * q], &A[2 * q + 1]);
             }
-            for (int p = 0; p < npair; p++) widen_add(pacc[p][q], 2 * p, &A[2 * q], &A[2 * q + 1]);
-            if (lone) widen_add(lacc[q], bits - 1, &A[2 * q], &A[2 * q + 1]);
         }
         group_apply(qm, t, g, 0.5f * L->tscale[g], h, L->sumx[g], A, acc);
     }
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
-}
-
-/* One group's int16 lookup sums A_g = sum_i 2^i T[idx_i], rows 16q..16q+15 in a[q], for
- * int-super matrices: (2^b-1) * group <= 1032 keeps every partial sum in int16 (kernels.h),
- * so planes are weighted before any widening. Advances blk and T. */
-static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
-                                       __m256i a[4]) {
-    const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
-    const __m256i m0f = _mm256_set1_epi8(0x0f);
-    const __m256i mul12 = _mm256_set1_epi16(0x0201);
-    const uint8_t *blk = *pblk;
-    const int8_t *T = *pT;
-    for (int q = 0; q < 4; q++) a[q] = _mm256_setzero_si256();
-    for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
-        const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
-        for (int o = 0; o < kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
-        for (int p = 0; p < npair; p++)
-            for (int half = 0; half < 2; half++) {
-                __m256i lo, hi;
-                pair_lookup(tbl, blk, p, half, mul12, m0f, &lo, &hi);
-                a[half] = _mm256_add_epi16(a[half], _mm256_slli_epi16(lo, 2 * p));
-                a[2 + half] = _mm256_add_epi16(a[2 + half], _mm256_slli_epi16(hi, 2 * p));
-            }
-        if (lone) {
-            __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
-            __m256i vlo = lut_lookup_lo(tbl, w, m0f), vhi = lut_lookup_hi(tbl, w, m0f);
-            a[0] = _mm256_add_epi16(a[0], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(vlo)), bits - 1));
-            a[1] = _mm256_add_epi16(a[1], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(vlo, 1)), bits - 1));
-            a[2] = _mm256_add_epi16(a[2], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(vhi)), bits - 1));
-            a[3] = _mm256_add_epi16(a[3], _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(vhi, 1)), bits - 1));
-        }
-    }
-    *pblk = blk;
-    *pT = T;
 }
 
 /* Rows 16q..16q+15 of int8 sub-values of groups g, g+1 (absent: zeros), interleaved per row

@@ -77,6 +77,57 @@ static ALWAYS_INLINE __m512 sub_values(const int8_t *sub, int64_t t, int64_t g, 
 
 /* ------------------------------------------------------------------ B-type GEMM */
 
+/* One group's lookups, planes not yet weighted: pacc[p][h] = plane 2p + 2 * plane 2p+1 and
+ * lacc[h] = the lone plane (odd bits), rows 32h..32h+31, int16. Two k-groups per step: their
+ * products are added before the accumulator, halving the loop overhead and the
+ * accumulators' dependency chains. Advances blk and T. */
+static ALWAYS_INLINE void group_plane_sums(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+                                           __m512i pacc[4][2], __m512i lacc[2]) {
+    const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
+    const __m512i m0f = _mm512_set1_epi8(0x0f);
+    const __m512i mul12 = _mm512_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
+    const uint8_t *blk = *pblk;
+    const int8_t *T = *pT;
+    (void)m0f;
+    for (int p = 0; p < npair; p++) pacc[p][0] = pacc[p][1] = _mm512_setzero_si512();
+    lacc[0] = lacc[1] = _mm512_setzero_si512();
+    for (int j = 0; j < kpg; j += 2, blk += 2 * kgb, T += 32) { /* kpg is even (group % 8 == 0) */
+        const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
+        const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
+        for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
+        for (int p = 0; p < npair; p++) {
+            __m512i lo, hi;
+            pair_lookup2(tbl, tbl1, blk, kgb, p, mul12, m0f, &lo, &hi);
+            pacc[p][0] = _mm512_add_epi16(pacc[p][0], lo);
+            pacc[p][1] = _mm512_add_epi16(pacc[p][1], hi);
+        }
+        if (lone) /* 32 bytes a k-group: rows 0..31 in the low nibbles, 32..63 in the high ones */
+            for (int u = 0; u < 2; u++) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + u * kgb + 64 * npair));
+                __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
+                __m512i v = lookup_lo(u ? tbl1 : tbl, idx, m0f);
+                lacc[0] = _mm512_add_epi16(lacc[0], _mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)));
+                lacc[1] = _mm512_add_epi16(lacc[1], _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)));
+            }
+    }
+    *pblk = blk;
+    *pT = T;
+}
+
+/* One group's int16 lookup sums A_g = sum_i 2^i T[idx_i] of rows 0..31 (a[0]) and 32..63
+ * (a[1]) when (2^b-1) * group <= 1032 keeps every partial sum in int16 (kernels.h): the
+ * planes are weighted before any widening. Advances blk and T. */
+static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+                                       __m512i a[2]) {
+    const int npair = bits / 2, lone = bits & 1;
+    __m512i pacc[4][2], lacc[2];
+    group_plane_sums(pblk, pT, kpg, bits, pacc, lacc);
+    for (int h = 0; h < 2; h++) {
+        a[h] = lone ? _mm512_slli_epi16(lacc[h], bits - 1) : _mm512_setzero_si512();
+        for (int p = 0; p < npair; p++) a[h] = _mm512_add_epi16(a[h], _mm512_slli_epi16(pacc[p][h], 2 * p));
+    }
+}
+
 static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
                                       int64_t t, const int bits) {
     const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
@@ -84,55 +135,25 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
     const int kpg = qm->group / PYLUT_KGROUP;
     const float h = (float)((1 << bits) - 1) * 0.5f;
     const int small = ((1 << bits) - 1) * qm->group <= 1032; /* a group's weighted sum fits int16 (kernels.h) */
-    const __m512i m0f = _mm512_set1_epi8(0x0f);
-    const __m512i mul12 = _mm512_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
     __m512 acc[4], dsup[4], dmsup[4]; /* dsup/dmsup: the current super-block's d, dmin */
     const int64_t gps = qm->super ? qm->super / qm->group : 1;
     for (int q = 0; q < 4; q++) acc[q] = dsup[q] = dmsup[q] = _mm512_setzero_ps();
     const uint8_t *blk = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     const int8_t *T = L->tbl;
     for (int64_t g = 0; g < groups; g++) {
-        __m512i pacc[4][2], lacc[2]; /* [pair][rows 0..31 | 32..63], lone [half] */
-        for (int p = 0; p < npair; p++) pacc[p][0] = pacc[p][1] = _mm512_setzero_si512();
-        lacc[0] = lacc[1] = _mm512_setzero_si512();
-        for (int j = 0; j < kpg; j += 2, blk += 2 * kgb, T += 32) { /* kpg is even (group % 8 == 0) */
-            const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
-            const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
-            for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
-            for (int p = 0; p < npair; p++) {
-                /* two k-groups per step: their products are added before the accumulator,
-                 * halving the loop overhead and the accumulators' dependency chains */
-                __m512i lo, hi;
-                pair_lookup2(tbl, tbl1, blk, kgb, p, mul12, m0f, &lo, &hi);
-                pacc[p][0] = _mm512_add_epi16(pacc[p][0], lo);
-                pacc[p][1] = _mm512_add_epi16(pacc[p][1], hi);
-            }
-            if (lone) { /* the odd k-group's lone plane */
-                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + kgb + 64 * npair));
-                __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
-                __m512i v = lookup_lo(tbl1, idx, m0f);
-                lacc[0] = _mm512_add_epi16(lacc[0], _mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)));
-                lacc[1] = _mm512_add_epi16(lacc[1], _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)));
-            }
-            if (lone) { /* 32 bytes: rows 0..31 in the low nibbles, 32..63 in the high ones */
-                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
-                __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
-                __m512i v = lookup_lo(tbl, idx, m0f);
-                lacc[0] = _mm512_add_epi16(lacc[0], _mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)));
-                lacc[1] = _mm512_add_epi16(lacc[1], _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)));
-            }
-        }
         __m512i A[4];
         for (int q = 0; q < 4; q++) A[q] = _mm512_setzero_si512();
-        for (int half = 0; half < 2; half++) {
-            if (small) { /* weight the planes in int16, widen once (Q4_0: 12 of ~190 ops a group) */
-                __m512i a16 = lone ? _mm512_slli_epi16(lacc[half], bits - 1) : _mm512_setzero_si512();
-                for (int p = 0; p < npair; p++) a16 = _mm512_add_epi16(a16, _mm512_slli_epi16(pacc[p][half], 2 * p));
-                widen_add(a16, 0, &A[2 * half], &A[2 * half + 1]);
-                continue;
+        if (small) { /* weight the planes in int16, widen once (Q4_0: 12 of ~190 ops a group) */
+            __m512i a16[2];
+            group_sums16(&blk, &T, kpg, bits, a16);
+            for (int half = 0; half < 2; half++) widen_add(a16[half], 0, &A[2 * half], &A[2 * half + 1]);
+        } else {
+            __m512i pacc[4][2], lacc[2]; /* [pair][rows 0..31 | 32..63], lone [half] */
+            group_plane_sums(&blk, &T, kpg, bits, pacc, lacc);
+            for (int half = 0; half < 2; half++) {
+                for (int p = 0; p < npair; p++) widen_add(pacc[p][half], 2 * p, &A[2 * half], &A[2 * half + 1]);
+                if (lone) widen_add(lacc[half], bits - 1, &A[2 * half], &A[2 * half + 1]);
             }
-            for (int p = 0; p < npair; p++) widen_add(pacc[p][half], 2 * p, &A[2 * half], &A[2 * half + 1]);
-            if (lone) widen_add(lacc[half], bits - 1, &A[2 * half], &A[2 * half + 1]);
         }
         const __m512 vf = _mm512_set1_ps(0.5f * L->tscale[g]);
         if (qm->super && g % gps == 0) { /* a new super-block: its d (and dmin) once */
@@ -159,42 +180,6 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
         }
     }
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
-}
-
-/* One group's int16 lookup sums A_g = sum_i 2^i T[idx_i] of rows 0..31 (a[0]) and 32..63
- * (a[1]), int-super matrices only: (2^b-1) * group <= 1032 keeps every partial sum in int16
- * (kernels.h), so the planes are weighted before any widening. Advances blk and T. */
-static ALWAYS_INLINE void group_sums16(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
-                                       __m512i a[2]) {
-    const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
-    const __m512i m0f = _mm512_set1_epi8(0x0f);
-    const __m512i mul12 = _mm512_set1_epi16(0x0201);
-    const uint8_t *blk = *pblk;
-    const int8_t *T = *pT;
-    (void)m0f;
-    a[0] = a[1] = _mm512_setzero_si512();
-    for (int j = 0; j < kpg; j += 2, blk += 2 * kgb, T += 32) {
-        const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
-        const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
-        for (int o = 0; o < 2 * kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
-        for (int p = 0; p < npair; p++) {
-            __m512i lo, hi;
-            pair_lookup2(tbl, tbl1, blk, kgb, p, mul12, m0f, &lo, &hi);
-            a[0] = _mm512_add_epi16(a[0], _mm512_slli_epi16(lo, 2 * p));
-            a[1] = _mm512_add_epi16(a[1], _mm512_slli_epi16(hi, 2 * p));
-        }
-        if (lone) {
-            for (int u = 0; u < 2; u++) {
-                __m256i w = _mm256_loadu_si256((const __m256i *)(blk + u * kgb + 64 * npair));
-                __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
-                __m512i v = lookup_lo(u ? tbl1 : tbl, idx, m0f);
-                a[0] = _mm512_add_epi16(a[0], _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)), bits - 1));
-                a[1] = _mm512_add_epi16(a[1], _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)), bits - 1));
-            }
-        }
-    }
-    *pblk = blk;
-    *pT = T;
 }
 
 /* Rows 32h..32h+31 of int8 sub-values of groups g, g+1 (g+1 absent: zeros), interleaved per
