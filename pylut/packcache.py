@@ -18,6 +18,7 @@ import glob
 import hashlib
 import json
 import logging
+import mmap
 import os
 import struct
 import tempfile
@@ -40,6 +41,11 @@ _HEAD = struct.Struct("<8sII")          # magic, version, 0: the same in every v
 _PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header crc32, 0
 DATA_START = ALIGN
 _WRITE_CHUNK = 1 << 26                  # a write() moves at most ~2 GiB on Linux
+# Writes reach the file in whole 2 MiB-aligned pieces: Linux page caches (ext4, xfs) then hold
+# the file in 2 MiB folios, which the mapping gets as huge pages. One core streaming decode
+# weights through 4 KiB pages ran ~5-10 % slower (TLB walks, and the hardware prefetchers
+# stop at every 4 KiB page).
+_HUGE = 2 << 20
 
 
 def cache_dir() -> str:
@@ -119,7 +125,8 @@ class PackWriter:
     def __init__(self, out_path: str):
         self.out_path = os.path.abspath(out_path)
         self.entries: dict = {}
-        self.pos = DATA_START
+        self._written = 0
+        self._staged = bytearray()
         self._f = None
         self.tmp = None
         directory = os.path.dirname(self.out_path)
@@ -128,9 +135,14 @@ class PackWriter:
             _remove_stale_temps(self.out_path)
             fd, self.tmp = tempfile.mkstemp(dir=directory, suffix=".tmp",
                                             prefix=f"{os.path.basename(self.out_path)}.{os.getpid()}.")
-            self._f = os.fdopen(fd, "wb")
-            # header offset 0 until finish(): a file cut short says it is incomplete
-            self._f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, 0, 0, 0, 0).ljust(DATA_START, b"\0"))
+            self._f = os.fdopen(fd, "wb", buffering=0)
+            # header offset 0 until finish(): a file cut short says it is incomplete. Written
+            # now, and staged again to go out with the first 2 MiB piece.
+            prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, 0, 0, 0, 0).ljust(DATA_START, b"\0")
+            self._write_all(memoryview(prefix))
+            self._f.seek(0)
+            self._written = 0
+            self._staged += prefix
         except OSError as e:
             self.abort()
             raise CacheWriteError(e.errno, f"cannot create a packed-model file in {directory}: "
@@ -143,12 +155,37 @@ class PackWriter:
         self.abort()  # a no-op after finish(); else (an exception) the temp file goes
 
     def _write(self, buf) -> None:
+        """Append buf: staged until the file offset is 2 MiB-aligned, then whole 2 MiB
+        multiples go straight from buf (no copy)."""
+        buf = memoryview(buf).cast("B")
         try:
-            for i in range(0, len(buf), _WRITE_CHUNK):
-                self._f.write(buf[i:i + _WRITE_CHUNK])
+            while len(buf):
+                if self._staged or len(buf) < _HUGE:
+                    n = min(len(buf), _HUGE - len(self._staged))
+                    self._staged += buf[:n]
+                    buf = buf[n:]
+                    if len(self._staged) == _HUGE:
+                        self._flush()
+                    continue
+                n = min(len(buf) // _HUGE * _HUGE, _WRITE_CHUNK)
+                self._write_all(buf[:n])
+                buf = buf[n:]
         except OSError as e:
             raise CacheWriteError(e.errno, f"cannot write {self.tmp}: {e.strerror or e}") from None
-        self.pos += len(buf)
+
+    def _flush(self) -> None:
+        self._write_all(memoryview(self._staged))
+        self._staged = bytearray()
+
+    def _write_all(self, buf) -> None:
+        while len(buf):  # an unbuffered write() may take less than it was given
+            n = self._f.write(buf)
+            self._written += n
+            buf = buf[n:]
+
+    @property
+    def pos(self) -> int:
+        return self._written + len(self._staged)
 
     def _pad(self) -> None:
         pad = -self.pos % ALIGN
@@ -198,6 +235,7 @@ class PackWriter:
         offset = self.pos
         self._write(header)
         try:
+            self._flush()
             self._f.seek(0)
             self._f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, offset, len(header), zlib.crc32(header), 0))
             self._f.close()
@@ -274,12 +312,25 @@ def _read_header(pack_path: str, size: int):
         raise PackFileError(f"{pack_path}: corrupt header ({e})") from None
 
 
+def _map(pack_path: str) -> np.ndarray:
+    """The file as a read-only uint8 array over a shared mapping, asking for huge pages: a
+    page cache rebuilt from disk (after eviction) then reads the file in 2 MiB folios."""
+    with open(pack_path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: 4 KiB pages it is
+            pass
+    return np.frombuffer(m, dtype=np.uint8)
+
+
 def load(pack_path: str):
     """Map a packed-model file; returns a LoadedModel (zero-copy views of the mapping)."""
     from .loader import LoadedModel
     size = os.path.getsize(pack_path)
     h, data_end = _read_header(pack_path, size)
-    mm = np.memmap(pack_path, dtype=np.uint8, mode="r")
+    mm = _map(pack_path)
 
     def view(span, dtype):
         if span is None:

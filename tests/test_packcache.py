@@ -4,6 +4,7 @@ file that is truncated, corrupt, of another version or left by an interrupted wr
 never trusted (refused by packcache.load, rebuilt by pylut.load); a failing disk falls back
 to loading without the cache. Models are tiny and built here (tests/model_builder.py)."""
 import errno
+import mmap
 import os
 import struct
 import subprocess
@@ -44,6 +45,13 @@ def _logits(model):
     return model.eval(TOKENS)
 
 
+def _mapped(arr) -> bool:
+    """arr is a view of a file mapping (not a copy in memory)."""
+    while arr is not None and not isinstance(arr, mmap.mmap):
+        arr = getattr(arr, "base", None) if not isinstance(arr, memoryview) else arr.obj
+    return arr is not None
+
+
 def _the_cache_file(cache):
     files = [p for p in cache.iterdir()]
     assert len(files) == 1 and files[0].suffix == ".pylut", files  # no temp file left beside it
@@ -67,7 +75,7 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
     # the first load serves the mapped file, exactly as a warm load does
     for m in (first, warm):
         embd = m.loaded.tensors["token_embd"]
-        assert isinstance(embd, _core.QMatrix) and isinstance(embd.codes_buf.base, np.memmap)
+        assert isinstance(embd, _core.QMatrix) and _mapped(embd.codes_buf)
         assert (m.loaded.tensors["output"] is embd) == tied
         for key in ("n_params", "bits_per_weight", "tensor_types", "lossy", "tied_output", "config"):
             assert getattr(m.loaded, key) == getattr(reference.loaded, key), key
@@ -96,6 +104,35 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
     assert all(a[0] + a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no overlap
 
 
+
+def test_writes_go_out_in_whole_2mib_aligned_pieces(tmp_path, monkeypatch):
+    """The page cache holds a file written this way in 2 MiB folios, which a mapping gets as
+    huge pages; the bytes must land exactly where the header says all the same."""
+    writes = []
+    real = packcache.PackWriter._write_all
+
+    def record(self, buf):
+        writes.append((self._f.tell(), len(buf)))
+        real(self, buf)
+    monkeypatch.setattr(packcache.PackWriter, "_write_all", record)
+    rng = np.random.default_rng(1)
+    arrays = {f"a{i}": rng.standard_normal(n).astype(np.float32)
+              for i, n in enumerate([25, 700_000, 1_300_000, 5, 524_288, 3_000_001])}
+    path = tmp_path / "x.pylut"
+    w = packcache.PackWriter(str(path))
+    for name, a in arrays.items():
+        w.put(name, a)
+    w.finish(loader_mod.LoadedModel(config={}, tensors=arrays, metadata={}, path=str(path), arch="llama",
+                                    tensor_types={}, n_params=0, bits_per_weight=32.0, lossy=set(),
+                                    tied_output=False))
+    huge = 2 << 20
+    assert writes[0] == (0, packcache.DATA_START)  # the incomplete-file prefix, at once
+    body = writes[1:]
+    assert len(body) >= 3 and all(off % huge == 0 and n % huge == 0 for off, n in body[:-1])
+    assert body[-1][0] % huge == 0  # the tail starts aligned too
+    h = packcache.load(str(path))
+    for name, a in arrays.items():
+        assert np.array_equal(h.tensors[name], a)
 def test_convert_streams_the_same_file(tmp_path, cache):
     src = _model(tmp_path, "Q4_K")
     out = tmp_path / "m.pylut"
@@ -240,7 +277,7 @@ def test_a_failing_disk_falls_back_to_loading_without_the_cache(tmp_path, cache,
         w._f.close()
         w._f = open("/dev/full", "wb", buffering=0)
         with pytest.raises(packcache.CacheWriteError, match="cannot write"):
-            w.put("v", np.ones(4, np.float32))
+            w.put("v", np.ones(1 << 20, np.float32))  # > 2 MiB: the writer's staging must flush
         w.abort()
         assert not list(tmp_path.glob("x.pylut*"))
     # and convert reports it as a clear command-line error
