@@ -65,6 +65,7 @@ class Model:
                  context_shift=True, kv_type="f16", head_plan=None):
         self.context_shift = bool(context_shift)
         self.n_shifts = 0
+        self._fingerprint_hex = None
         self.loaded = loaded
         self.tokenizer = tokenizer
         cfg = loaded.config
@@ -168,14 +169,35 @@ class Model:
     # ---------------------------------------------------------------- sessions on disk
 
     _STATE_MAGIC = b"PYLUTST\0"
-    _STATE_VERSION = 3  # 3: + the head plan; the cache is each kv head's used slots in turn
-    _STATE_READS = (2, 3)  # 2: the cache stored per kv head, in the session's kv_type
+    _STATE_VERSION = 4  # 3: + the head plan, each kv head's used slots in turn; 4: weight-sampling fingerprint
+    _FINGERPRINT_SAMPLE = 4096  # bytes hashed at each of three places in every buffer
+    _STATE_READS = (2, 3, 4)  # 2: the cache stored per kv head, in the session's kv_type
 
-    def _fingerprint(self) -> str:
-        """Identifies the weights a cache belongs to: config + every tensor's shape and type."""
+    def _fingerprint(self, shapes_only: bool = False) -> str:
+        """Identifies the weights a cache or head plan belongs to: config, every tensor's
+        shape and type, and samples of every buffer's bytes (start, middle, end), so two
+        checkpoints of one architecture differ without the whole model being read.
+        shapes_only: without the samples (what session files before version 4 recorded)."""
         desc = {"config": self.loaded.config, "types": self.loaded.tensor_types,
                 "params": int(self.loaded.n_params)}
-        return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+        h = hashlib.sha256(json.dumps(desc, sort_keys=True).encode())
+        if shapes_only:
+            return h.hexdigest()
+        if self._fingerprint_hex is None:
+            for name in sorted(self.loaded.tensors):
+                t = self.loaded.tensors[name]
+                bufs = ([getattr(t, f) for f in ("codes_buf", "scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf")]
+                        if isinstance(t, _core.QMatrix) else [t])
+                for b in bufs:
+                    if b is None:
+                        continue
+                    raw = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+                    n, w = raw.size, self._FINGERPRINT_SAMPLE
+                    h.update(name.encode() + n.to_bytes(8, "little"))
+                    for at in sorted({0, max(0, n // 2 - w // 2), max(0, n - w)}):
+                        h.update(raw[at:at + w].tobytes())
+            self._fingerprint_hex = h.hexdigest()
+        return self._fingerprint_hex
 
     def _heads(self):
         cfg = self.loaded.config
@@ -239,7 +261,7 @@ class Model:
                 base, plan_key = int(h["stream_base"]), h["head_plan"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: corrupt session header ({e})") from None
-        if h.get("fingerprint") != self._fingerprint():
+        if h.get("fingerprint") != self._fingerprint(shapes_only=version < 4):
             raise ValueError(f"{path}: the session was saved from another model ({h.get('model')!r}); "
                              f"load it with the same model file")
         if h.get("kv_type") != self.session.kv_type:

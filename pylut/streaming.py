@@ -109,7 +109,8 @@ class HeadPlan:
         if diff:
             raise ValueError("head plan is for another model: " + ", ".join(
                 f"{k} {mine[k]} != {theirs[k]}" for k in diff) + f" (plan made on {self.model.get('name')!r})")
-        if self.model.get("fingerprint") not in (None, theirs["fingerprint"]):
+        # (plans written before the fingerprint sampled weight bytes recorded the shapes only)
+        if self.model.get("fingerprint") not in (None, theirs["fingerprint"], model._fingerprint(shapes_only=True)):
             raise ValueError(f"head plan is for another model: the weights' fingerprint differs (plan made on "
                              f"{self.model.get('name')!r}, this is {model.name!r}); calibrate it on this model")
 

@@ -3,7 +3,7 @@ reference with the same streaming mask (prefill chunks shorter and longer than t
 decode, 1-3 threads), chunk independence, cache types, the needle in a haystack on a model
 with one hand-built retrieval head (tests/needle_model.py: found by calibration, answered
 with the plan, missed with a wrong plan), the memory it saves, context shifts, prefix reuse,
-session files (format v3, v2 still read) and plan files."""
+session files (format v4, v2 and v3 still read) and plan files."""
 import hashlib
 import json
 import struct
@@ -227,7 +227,7 @@ def test_version_2_session_files_still_load(tiny, tmp_path):
     prompt = [5, 6, 7, 8, 9]
     m.eval(prompt)
     kv = m.session.kv_array()[:, :, :, :5, :]
-    header = json.dumps({"fingerprint": m._fingerprint(), "n_tokens": 5, "tokens": prompt, "kv_type": "f16",
+    header = json.dumps({"fingerprint": m._fingerprint(shapes_only=True), "n_tokens": 5, "tokens": prompt, "kv_type": "f16",
                          "kv_shape": list(kv.shape), "model": m.name}).encode()
     body = struct.pack("<8sIQ", b"PYLUTST\0", 2, len(header)) + header + np.ascontiguousarray(kv).tobytes()
     (tmp_path / "v2.bin").write_bytes(body + hashlib.sha256(body).digest())
@@ -235,6 +235,24 @@ def test_version_2_session_files_still_load(tiny, tmp_path):
     again.load_state(tmp_path / "v2.bin")
     assert np.array_equal(again.eval(prompt + [10]), m.eval(prompt + [10]))
     assert again.stats["prompt_processed"] == 1
+
+
+def test_a_checkpoint_of_the_same_shape_is_another_model(tiny, tmp_path):
+    """The fingerprint samples weight bytes: a retrained checkpoint with every shape and type
+    equal refuses the other's session file and head plan."""
+    twin = tmp_path / "twin.gguf"
+    build_gguf(twin, "llama", "Q8_0", vocab=300, n_layers=2, dim=64, n_heads=4, n_kv_heads=2,
+               context_length=512, seed=1)
+    a, b = pylut.load(tiny, n_ctx=64), pylut.load(twin, n_ctx=64)
+    assert a._fingerprint(shapes_only=True) == b._fingerprint(shapes_only=True)
+    assert a._fingerprint() != b._fingerprint()
+    assert a._fingerprint() == pylut.load(tiny, n_ctx=64, cache=False)._fingerprint()  # mapped or not
+    a.eval([5, 6, 7])
+    a.save_state(tmp_path / "a.bin")
+    with pytest.raises(ValueError, match="another model"):
+        b.load_state(tmp_path / "a.bin")
+    with pytest.raises(ValueError, match="fingerprint"):
+        pylut.load(twin, n_ctx=256, head_plan=plan_for(pylut.load(tiny, n_ctx=256), MIXED))
 
 
 def test_plan_files_round_trip_and_refuse_another_model(tiny, needle, tmp_path):
@@ -247,8 +265,7 @@ def test_plan_files_round_trip_and_refuse_another_model(tiny, needle, tmp_path):
     assert m.info()["head_plan"]["retrieval"] == [[0, 1], [1, 0]]
     with pytest.raises(ValueError, match="another model"):
         pylut.load(needle, n_ctx=256, head_plan=plan)
-    # Model._fingerprint covers the config and every tensor's type and shape (not the weight
-    # values): a plan recording another fingerprint is refused
+    # a plan recording another fingerprint is refused
     d = plan.to_dict()
     d["model"]["fingerprint"] = "0" * 64
     (tmp_path / "fp.json").write_text(json.dumps(d))
