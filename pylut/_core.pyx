@@ -275,12 +275,27 @@ cdef class QMatrix:
 
     @staticmethod
     def from_packed(int type, int64_t m, int64_t k, int group, bint has_bias, codes,
-                    scale=None, bias=None, zero=None, int super_=0, sub_scale=None, sub_bias=None):
+                    scale=None, bias=None, zero=None, int super_=0, sub_scale=None, sub_bias=None,
+                    bint sub_nibbles=False):
         """Wrap already-packed buffers (e.g. from a packed-model file); sizes are checked.
-        super_ > 0: two-level scales (scale/bias per super-block, int8 sub_scale/sub_bias)."""
+        super_ > 0: two-level scales (scale/bias per super-block, int8 sub_scale/sub_bias);
+        sub_nibbles: sub_scale is uint8, low nibble the sub-scale, high nibble the sub-bias's
+        magnitude (its sign is the bias array's), and sub_bias is None (see pylut.h)."""
         cdef QMatrix self = QMatrix.__new__(QMatrix)
         _check(pylut_qmatrix_layout(&self.qm, type, m, k, group, has_bias), "QMatrix.from_packed")
-        if super_:
+        if sub_nibbles and not (super_ and has_bias):
+            raise ValueError("sub_nibbles needs two-level scales (super_) and a bias array")
+        if sub_nibbles:
+            _check(pylut_qmatrix_set_super(&self.qm, super_), "QMatrix.from_packed (super-block)")
+            _check(pylut_qmatrix_set_sub_nibbles(&self.qm, 1), "QMatrix.from_packed (sub_nibbles)")
+            if sub_bias is not None:
+                raise ValueError("sub_nibbles: sub_bias must be None (sub_scale's high nibbles hold it)")
+            a = _array(sub_scale, np.uint8, 1, "sub_scale (nibbles)")
+            if a.size != self.qm.sub_count:
+                raise ValueError(f"sub_scale has {a.size} entries, layout needs {self.qm.sub_count}")
+            self.sub_scale_buf = a
+            self.qm.sub_scale = <int8_t *>cnp.PyArray_DATA(a)
+        elif super_:
             _check(pylut_qmatrix_set_super(&self.qm, super_), "QMatrix.from_packed (super-block)")
             for name, a in (("sub_scale", sub_scale), ("sub_bias", sub_bias if has_bias else None)):
                 if a is None and name == "sub_bias":
@@ -345,11 +360,13 @@ cdef class QMatrix:
 
     @staticmethod
     def from_codes_super(codes, d, sub_scale, dmin=None, sub_bias=None, int bits=2, int group=16,
-                         int super_=256, zero=None):
+                         int super_=256, zero=None, bint nibbles=False):
         """Two-level scales, llama.cpp's K-quants exactly: per super-block of super_ weights
         an fp16 d (and dmin), per group int8 sub_scale (and sub_bias); W = d*sub_scale*codes
         + dmin*sub_bias, or without dmin W = d*sub_scale*(codes - zero).
-        d, dmin: [m, k_pad/super_]; sub_scale, sub_bias: [m, k_pad/group]."""
+        d, dmin: [m, k_pad/super_]; sub_scale, sub_bias: [m, k_pad/group].
+        nibbles: store both sub-values in one byte (Q2_K: 0.5 bit/weight less), the same W;
+        needs dmin, sub_scale in 0..15, |sub_bias| <= 15 and one sign per super-block."""
         codes = _array(codes, np.uint8, 2, "codes")
         m, k = codes.shape
         cdef pylut_qmatrix q
@@ -359,14 +376,21 @@ cdef class QMatrix:
         if codes.size and int(codes.max()) >> bits:
             raise ValueError(f"codes must be < 2^{bits} = {1 << bits}, max is {int(codes.max())}")
         d16 = _tile_params(_group_params(d, m, n_super, "d"), q.m_pad, n_super)
-        sc8 = _tile_int8(sub_scale, m, q.m_pad, n_groups, "sub_scale")
         dm16 = sb8 = None
-        if dmin is not None:
-            dm16 = _tile_params(_group_params(dmin, m, n_super, "dmin"), q.m_pad, n_super)
-            sb8 = _tile_int8(sub_bias, m, q.m_pad, n_groups, "sub_bias")
+        if nibbles:
+            if dmin is None:
+                raise ValueError("nibbles needs dmin and sub_bias (the bias array carries their sign)")
+            sc8, dmin = _nibbles(sub_scale, sub_bias, _group_params(dmin, m, n_super, "dmin"), m,
+                                 q.m_pad, n_groups, n_super)
+            dm16 = _tile_params(dmin, q.m_pad, n_super)
+        else:
+            sc8 = _tile_int8(sub_scale, m, q.m_pad, n_groups, "sub_scale")
+            if dmin is not None:
+                dm16 = _tile_params(_group_params(dmin, m, n_super, "dmin"), q.m_pad, n_super)
+                sb8 = _tile_int8(sub_bias, m, q.m_pad, n_groups, "sub_bias")
         cdef QMatrix self = QMatrix.from_packed(bits, m, k, group, dmin is not None,
                                                 np.zeros(q.codes_bytes, np.uint8), d16, dm16, zero,
-                                                super_, sc8, sb8)
+                                                super_, sc8, sb8, nibbles)
         self._pack(codes)
         return self
 
@@ -422,6 +446,11 @@ cdef class QMatrix:
         return self.qm.super
 
     @property
+    def sub_nibbles(self):
+        """True when sub-scale and sub-bias share one byte per (row, group) (see pylut.h)."""
+        return bool(self.qm.sub_nibbles)
+
+    @property
     def has_bias(self):
         return bool(self.qm.has_bias)
 
@@ -436,7 +465,7 @@ cdef class QMatrix:
 
     @property
     def nbytes(self):
-        """Bytes a GEMV reads: packed codes + scales (+ biases)."""
+        """Bytes a GEMV reads: packed codes + scales (+ biases, sub-values)."""
         n = self.codes_buf.nbytes
         for b in (self.scale_buf, self.bias_buf, self.sub_scale_buf, self.sub_bias_buf):
             if b is not None:
@@ -446,6 +475,19 @@ cdef class QMatrix:
     @property
     def bits_per_weight(self):
         return 8.0 * self.nbytes / (self.qm.m * self.qm.k)
+
+    def row(self, int64_t i):
+        """Row i of W as float32 [k], dequantized by pylut_qmatrix_row (what the forward
+        pass's embedding lookup runs)."""
+        if not 0 <= i < self.qm.m:
+            raise IndexError(f"row {i} of a {self.qm.m}-row matrix")
+        out = np.empty(self.qm.k, np.float32)
+        cdef float[::1] ov = out
+        cdef int rc
+        with nogil:
+            rc = pylut_qmatrix_row(&self.qm, i, &ov[0])
+        _check(rc, "row")
+        return out
 
     def unpack_codes(self):
         """The integer codes back as uint8 [m, k] (T3: trit+1 in {0,1,2})."""
@@ -466,14 +508,15 @@ cdef class QMatrix:
         if self.qm.super:
             gps, n_super = self.qm.super // g, self.qm.k_pad // self.qm.super
             s = np.repeat(_untile_params(self.scale_buf, self.qm.m_pad, n_super), gps, axis=1)
-            s = (s * _untile_int8(self.sub_scale_buf, self.qm.m_pad, n_groups))[:m]
+            s = (s * _untile_sub(self.sub_scale_buf, self.qm.m_pad, n_groups, self.qm.sub_nibbles, False))[:m]
         else:
             s = _untile_params(self.scale_buf, self.qm.m_pad, n_groups)[:m]
         if self.qm.type == PYLUT_TYPE_T3:
             return np.repeat(s, g, axis=1)[:, :k] * (codes - 1.0)
         if self.qm.has_bias and self.qm.super:
             b = np.repeat(_untile_params(self.bias_buf, self.qm.m_pad, n_super), gps, axis=1)
-            b = (b * _untile_int8(self.sub_bias_buf, self.qm.m_pad, n_groups))[:m]
+            sub = self.sub_scale_buf if self.qm.sub_nibbles else self.sub_bias_buf
+            b = (b * _untile_sub(sub, self.qm.m_pad, n_groups, self.qm.sub_nibbles, True))[:m]
         elif self.qm.has_bias:
             b = _untile_params(self.bias_buf, self.qm.m_pad, n_groups)[:m]
         else:
@@ -500,20 +543,51 @@ def _tile_params(a, m_pad, n_groups):
                                 .transpose(0, 2, 1)).reshape(-1).view(np.uint16)
 
 
-def _tile_int8(a, m, m_pad, n_groups, name):
+def _tile_int8(a, m, m_pad, n_groups, name, dtype=np.int8):
     a = np.asarray(a)
     if a.shape != (m, n_groups):
         raise ValueError(f"{name} must have shape ({m}, {n_groups}), got {a.shape}")
-    if a.size and (a.min() < -128 or a.max() > 127):
-        raise ValueError(f"{name} must fit int8")
-    full = np.zeros((m_pad, n_groups), np.int8)
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    if a.size and (a.min() < lo or a.max() > hi):
+        raise ValueError(f"{name} must fit {np.dtype(dtype).name}")
+    full = np.zeros((m_pad, n_groups), dtype)
     full[:m] = a
     return np.ascontiguousarray(full.reshape(m_pad // TILE_M, TILE_M, n_groups).transpose(0, 2, 1)).reshape(-1)
+
+
+def _nibbles(sub_scale, sub_bias, dmin, m, m_pad, n_groups, n_super):
+    """(packed nibble bytes, dmin with each super-block's sub-bias sign) of pylut.h's
+    nibble form, or ValueError when a value does not fit it."""
+    sc, sb = np.asarray(sub_scale), np.asarray(sub_bias)
+    for name, a in (("sub_scale", sc), ("sub_bias", sb)):
+        if a.shape != (m, n_groups):
+            raise ValueError(f"{name} must have shape ({m}, {n_groups}), got {a.shape}")
+    if sc.size and (sc.min() < 0 or sc.max() > 15):
+        raise ValueError(f"nibbles: sub_scale must be in 0..15, got {sc.min()}..{sc.max()}")
+    sb = sb.astype(np.int64)
+    if sb.size and np.abs(sb).max() > 15:
+        raise ValueError(f"nibbles: sub_bias must be in -15..15, got {sb.min()}..{sb.max()}")
+    per = sb.reshape(m, n_super, n_groups // n_super)
+    neg, pos = (per < 0).any(2), (per > 0).any(2)
+    if (neg & pos).any():
+        r, b = np.argwhere(neg & pos)[0]
+        raise ValueError(f"nibbles: row {r}, super-block {b} has sub_bias of both signs (the sign "
+                         f"is stored once per super-block, in dmin)")
+    byte = sc.astype(np.int64) | (np.abs(sb) << 4)
+    return _tile_int8(byte, m, m_pad, n_groups, "nibbles", np.uint8), np.where(neg, -dmin, dmin)
 
 
 def _untile_int8(buf, m_pad, n_groups):
     return (buf.reshape(m_pad // TILE_M, n_groups, TILE_M).transpose(0, 2, 1)
             .reshape(m_pad, n_groups).astype(np.float32))
+
+
+def _untile_sub(buf, m_pad, n_groups, nibbles, bias):
+    """Sub-scales (bias False) or sub-biases as float32 [m_pad, n_groups]; from nibble bytes
+    the sub-bias is the high nibble, its sign being the bias array's."""
+    if nibbles:
+        buf = (buf >> 4) if bias else (buf & 15)
+    return _untile_int8(buf, m_pad, n_groups)
 
 
 def _untile_params(buf, m_pad, n_groups):

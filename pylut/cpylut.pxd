@@ -30,6 +30,7 @@ cdef extern from "pylut/pylut.h" nogil:
         int32_t has_bias
         float zero
         int32_t super "super"
+        int32_t sub_nibbles
         int64_t codes_bytes
         int64_t scale_count
         int64_t sub_count
@@ -61,8 +62,10 @@ cdef extern from "pylut/pylut.h" nogil:
 
     int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias)
     int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super_)
+    int pylut_qmatrix_set_sub_nibbles(pylut_qmatrix *qm, int on)
     int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld)
     int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld)
+    int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out)
     int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g)
     int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm)
 

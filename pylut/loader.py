@@ -226,6 +226,14 @@ def _k_super(info: TensorInfo, q: quants.QuantCodes):
     return None if mn is None else (d, sc, dmin, mn, None)
 
 
+def _nibbles_fit(q: quants.QuantCodes, sc: np.ndarray, mn: np.ndarray | None) -> bool:
+    """Q2_K's sub-scales and mins are 4-bit in the file, so they fit the nibble form (0.5
+    bit/weight less); the 6-bit ones of Q4_K/Q5_K rarely would, and a matrix whose row pieces
+    chose different forms is converted again whole, so those stay int8."""
+    return (q.type_name == "Q2_K" and mn is not None and bool(np.all((sc >= 0) & (sc <= 15)))
+            and bool(np.all((mn >= -15) & (mn <= 0))))
+
+
 def _ternary_magnitude(w: np.ndarray) -> float | None:
     """s when w only holds -s, 0 and +s, 0.0 when w is all zero, else None."""
     s = float(np.abs(w).max()) if w.size else 0.0
@@ -281,7 +289,8 @@ def _rows_info(info, r0: int, r1: int):
 
 
 def _form(q: _core.QMatrix) -> tuple:
-    return (q.type, q.group, q.has_bias, q.zero, q.super_block) + tuple(getattr(q, b) is None for b in _BUFFERS)
+    return ((q.type, q.group, q.has_bias, q.zero, q.super_block, q.sub_nibbles)
+            + tuple(getattr(q, b) is None for b in _BUFFERS))
 
 
 def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.QMatrix | None:
@@ -316,7 +325,7 @@ def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.Q
     get = bufs.get
     return _core.QMatrix.from_packed(form[0], m, k, form[1], form[2], get("codes_buf"), get("scale_buf"),
                                      get("bias_buf"), form[3], form[4], get("sub_scale_buf"),
-                                     get("sub_bias_buf"))
+                                     get("sub_bias_buf"), form[5])
 
 
 def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
@@ -351,7 +360,7 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
         if two is not None:  # exact, and ~0.5-1 bit/weight smaller than fp16 per group
             d, sc, dmin, mn, zero = two
             return _core.QMatrix.from_codes_super(q.codes, d, sc, dmin, mn, bits=q.bits, group=q.group,
-                                                  super_=256, zero=zero)
+                                                  super_=256, zero=zero, nibbles=_nibbles_fit(q, sc, mn))
     scale, bias = q.scale, q.bias
     if multiplier != 1.0:
         scale, bias = scale * np.float32(multiplier), bias * np.float32(multiplier)

@@ -1,7 +1,7 @@
 """The packed-model cache: repacking a GGUF file into bit planes takes seconds, so the result
 is written once to an mmap-able file and the next load maps it (a few ms per tensor).
 
-File layout (little-endian), format 5:
+File layout (little-endian), format 6:
     prefix (40 bytes, zero-padded to 64): b"PYLUTPK\\0"  u32 format version  u32 0
         u64 header offset  u64 header bytes  u32 crc32 of the header  u32 0
     buffers, each 64-byte aligned at absolute offsets >= 64, described by the header
@@ -34,8 +34,9 @@ from ._version import __version__
 log = logging.getLogger("pylut")
 
 MAGIC = b"PYLUTPK\0"
-# 2: T3 fp16 scales; 3: implied-bias (zero) matrices; 4: two-level scales; 5: header last
-FORMAT_VERSION = 5
+# 2: T3 fp16 scales; 3: implied-bias (zero) matrices; 4: two-level scales; 5: header last;
+# 6: nibble sub-values ("sub_nibbles" in a matrix's header entry)
+FORMAT_VERSION = 6
 ALIGN = 64
 _HEAD = struct.Struct("<8sII")          # magic, version, 0: the same in every version
 _PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header crc32, 0
@@ -207,7 +208,7 @@ class PackWriter:
         if isinstance(t, _core.QMatrix):
             e = {"kind": "q", "type": t.type, "m": t.shape[0], "k": t.shape[1], "group": t.group,
                  "has_bias": t.has_bias, "zero": t.zero, "super": t.super_block,
-                 "codes": self._add(t.codes_buf)}
+                 "sub_nibbles": t.sub_nibbles, "codes": self._add(t.codes_buf)}
             for field in ("scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf"):
                 buf = getattr(t, field)
                 e[field[:-4]] = None if buf is None else self._add(buf)
@@ -344,10 +345,12 @@ def load(pack_path: str):
     try:
         for name, e in h["tensors"].items():
             if e["kind"] == "q":
+                nib = bool(e["sub_nibbles"])
                 tensors[name] = _core.QMatrix.from_packed(
                     e["type"], e["m"], e["k"], e["group"], e["has_bias"], view(e["codes"], np.uint8),
                     view(e["scale"], np.uint16), view(e["bias"], np.uint16), e.get("zero"),
-                    e["super"], view(e["sub_scale"], np.int8), view(e["sub_bias"], np.int8))
+                    e["super"], view(e["sub_scale"], np.uint8 if nib else np.int8),
+                    view(e["sub_bias"], np.int8), nib)
             elif e["kind"] == "f":
                 tensors[name] = view(e["data"], np.float32).reshape(e["shape"])
         for name, e in h["tensors"].items():

@@ -193,7 +193,9 @@ static int qmatrix_ok(const pylut_qmatrix *qm) {
     if (pylut_qmatrix_layout(&ref, qm->type, qm->m, qm->k, qm->group, qm->has_bias) != PYLUT_OK) return 0;
     if (qm->super && pylut_qmatrix_set_super(&ref, qm->super) != PYLUT_OK) return 0;
     if (ref.sub_count != qm->sub_count) return 0;
-    if (qm->super && (!qm->sub_scale || (qm->has_bias && !qm->sub_bias))) return 0;
+    if (qm->sub_nibbles != 0 && (qm->sub_nibbles != 1 || !qm->super || !qm->has_bias || qm->sub_bias))
+        return 0;
+    if (qm->super && (!qm->sub_scale || (qm->has_bias && !qm->sub_nibbles && !qm->sub_bias))) return 0;
     if (ref.m_pad != qm->m_pad || ref.k_pad != qm->k_pad || ref.codes_bytes != qm->codes_bytes ||
         ref.scale_count != qm->scale_count || ref.bits != qm->bits)
         return 0;

@@ -73,15 +73,25 @@ PYLUT_ATTN_ROWS_DECL(pylut_attn_rows_neon);
 /* The active ISA's instantiation. */
 pylut_attn_rows_fn pylut_attn_rows_active(void);
 
-/* A B-type matrix's scale (base = qm->scale, sub = qm->sub_scale) or bias (qm->bias,
- * qm->sub_bias) of (row r of tile t, group g): fp16, or fp16 super-block value * int8. */
-static inline float pylut_b_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
-                                  int64_t t, int64_t g, int r) {
+/* Sub-value at index i ([m_pad/64][k_pad/group][64] order) of a two-level matrix: its
+ * sub-scale (bias 0) or sub-bias (bias 1), from int8 arrays or from the nibble bytes. */
+static inline int pylut_b_sub(const pylut_qmatrix *qm, int bias, int64_t i) {
+    if (qm->sub_nibbles) {
+        const uint8_t v = ((const uint8_t *)qm->sub_scale)[i];
+        return bias ? v >> 4 : v & 15;
+    }
+    return bias ? qm->sub_bias[i] : qm->sub_scale[i];
+}
+
+/* A B-type matrix's scale (bias 0) or bias (bias 1) of (row r of tile t, group g): fp16, or
+ * fp16 super-block value * sub-value. */
+static inline float pylut_b_param(const pylut_qmatrix *qm, int bias, int64_t t, int64_t g, int r) {
+    const uint16_t *base = bias ? qm->bias : qm->scale;
     const int64_t groups = qm->k_pad / qm->group;
     if (!qm->super) return pylut_fp16_to_fp32(base[(t * groups + g) * PYLUT_TILE_M + r]);
     const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
     return pylut_fp16_to_fp32(base[(t * supers + g / gps) * PYLUT_TILE_M + r]) *
-           (float)sub[(t * groups + g) * PYLUT_TILE_M + r];
+           (float)pylut_b_sub(qm, bias, (t * groups + g) * PYLUT_TILE_M + r);
 }
 
 /* Two-level matrices summed in integers ("int-super"): per (row, super-block)
@@ -94,7 +104,9 @@ static inline float pylut_b_param(const pylut_qmatrix *qm, const uint16_t *base,
  *   |A_g| <= (2^b-1) * 127 * group/4 and |c * sumq_g| <= (2^b-1) * 127 * group/4, both
  *   <= 32766 when (2^b-1) * group <= 1032 (SIMD kernels keep them in int16; Q2_K..Q6_K fit);
  *   |S| <= 128 * 2 * (2^b-1) * 127 * super/4 < 2^31 when (2^b-1) * super <= 262144.
- * Anything else (non-integral 2*zero too) keeps per-group float scales. */
+ * Anything else (non-integral 2*zero too) keeps per-group float scales.
+ * With sub_nibbles, B sums |sub_bias| and the stored dmin carries the sign: (-dmin * tscale)
+ * * (-B) rounds exactly like (dmin * tscale) * B, so y equals the int8 form's bit for bit. */
 static inline int pylut_b_int_super(const pylut_qmatrix *qm) {
     if (!qm->super || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8) return 0;
     const int top = (1 << qm->bits) - 1;

@@ -40,15 +40,23 @@ static ALWAYS_INLINE __m256 load_f16x8(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-/* 8 rows' scale (or bias) of group g: fp16, or fp16 super-block value * int8 sub-value */
-static ALWAYS_INLINE __m256 group_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
-                                        int64_t t, int64_t g, int q) {
+/* 8 rows' scale (bias 0) or bias (bias 1) of group g: fp16, or fp16 super-block value *
+ * int8 or nibble sub-value */
+static ALWAYS_INLINE __m256 group_param(const pylut_qmatrix *qm, int bias, int64_t t, int64_t g, int q) {
+    const uint16_t *base = bias ? qm->bias : qm->scale;
     const int64_t groups = qm->k_pad / qm->group;
     if (!qm->super) return load_f16x8(base + (t * groups + g) * PYLUT_TILE_M + 8 * q);
     const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
+    const int64_t at = (t * groups + g) * PYLUT_TILE_M + 8 * q;
     const __m256 d = load_f16x8(base + (t * supers + g / gps) * PYLUT_TILE_M + 8 * q);
-    const __m128i s8 = _mm_loadl_epi64((const __m128i *)(sub + (t * groups + g) * PYLUT_TILE_M + 8 * q));
-    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s8)));
+    __m256i s;
+    if (qm->sub_nibbles) {
+        s = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)qm->sub_scale + at)));
+        s = bias ? _mm256_srli_epi32(s, 4) : _mm256_and_si256(s, _mm256_set1_epi32(15));
+    } else {
+        s = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((bias ? qm->sub_bias : qm->sub_scale) + at)));
+    }
+    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(s));
 }
 
 /* Apply one scale group's integer sums A (rows 0..63 as 8 x int32x8) to the float acc. */
@@ -58,12 +66,12 @@ static ALWAYS_INLINE void group_apply(const pylut_qmatrix *qm, int64_t t, int64_
     /* implied bias -scale*zero (no bias buffer): scale * (f*A + (h - zero) * sx) */
     const __m256 zc = _mm256_set1_ps(qm->has_bias ? 0.0f : (h - qm->zero) * sx);
     for (int q = 0; q < 8; q++) {
-        const __m256 s = group_param(qm, qm->scale, qm->sub_scale, t, g, q);
+        const __m256 s = group_param(qm, 0, t, g, q);
         if (!qm->has_bias) {
             acc[q] = _mm256_fmadd_ps(s, _mm256_fmadd_ps(vf, _mm256_cvtepi32_ps(A[q]), zc), acc[q]);
             continue;
         }
-        const __m256 b = group_param(qm, qm->bias, qm->sub_bias, t, g, q);
+        const __m256 b = group_param(qm, 1, t, g, q);
         acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(s, vf), _mm256_cvtepi32_ps(A[q]), acc[q]);
         acc[q] = _mm256_fmadd_ps(_mm256_fmadd_ps(s, _mm256_set1_ps(h), b), _mm256_set1_ps(sx), acc[q]);
     }
@@ -182,12 +190,27 @@ static ALWAYS_INLINE void sub_pairs(const int8_t *sub, int has1, __m256i *lo, __
     *hi = _mm256_unpackhi_epi16(s0, s1);
 }
 
+/* The same from nibble bytes: one load per group gives the sub-scales (low nibbles: sl, sh)
+ * and the sub-biases' magnitudes (high nibbles: bl, bh) */
+static ALWAYS_INLINE void sub_pairs_nib(const uint8_t *sub, int has1, __m256i *sl, __m256i *sh,
+                                        __m256i *bl, __m256i *bh) {
+    const __m256i m = _mm256_set1_epi16(15);
+    const __m256i s0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sub));
+    const __m256i s1 = has1 ? _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(sub + PYLUT_TILE_M)))
+                            : _mm256_setzero_si256();
+    const __m256i lo = _mm256_unpacklo_epi16(s0, s1), hi = _mm256_unpackhi_epi16(s0, s1);
+    *sl = _mm256_and_si256(lo, m);
+    *sh = _mm256_and_si256(hi, m);
+    *bl = _mm256_srli_epi16(lo, 4);
+    *bh = _mm256_srli_epi16(hi, 4);
+}
+
 /* int-super B-type tile (kernels.h): per super-block, S and B in int32 by vpmaddwd over pairs
  * of groups, one float conversion per super-block. unpacklo/hi leave the int32 rows of a
  * 16-row quarter as lo = rows {0-3, 8-11}, hi = {4-7, 12-15}: put back in order once per
  * super-block. */
 static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
-                                           int64_t t, const int bits) {
+                                           int64_t t, const int bits, const int nib) {
     const int kgb = 32 * bits, top = (1 << bits) - 1;
     const int64_t groups = qm->k_pad / qm->group, supers = qm->k_pad / qm->super;
     const int kpg = qm->group / PYLUT_KGROUP, gps = qm->super / qm->group;
@@ -212,23 +235,23 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
             const __m256i cpair = _mm256_set1_epi32((int)(((uint32_t)(uint16_t)(coef * q1) << 16) | (uint16_t)(coef * q0)));
             const __m256i qpair = _mm256_set1_epi32((int)(((uint32_t)(uint16_t)q1 << 16) | (uint16_t)q0));
             const int8_t *scp = qm->sub_scale + (t * groups + g) * PYLUT_TILE_M;
-            const int8_t *sbp = qm->has_bias ? qm->sub_bias + (t * groups + g) * PYLUT_TILE_M : NULL;
+            const int8_t *sbp = qm->has_bias && !nib ? qm->sub_bias + (t * groups + g) * PYLUT_TILE_M : NULL;
             for (int q = 0; q < 4; q++) {
                 if (fold) {
                     a0[q] = _mm256_add_epi16(a0[q], _mm256_set1_epi16((short)(coef * q0)));
                     a1[q] = _mm256_add_epi16(a1[q], _mm256_set1_epi16((short)(coef * q1)));
                 }
-                __m256i sl, sh;
-                sub_pairs(scp + 16 * q, has1, &sl, &sh);
+                __m256i sl, sh, bl, bh;
+                if (nib) sub_pairs_nib((const uint8_t *)scp + 16 * q, has1, &sl, &sh, &bl, &bh);
+                else sub_pairs(scp + 16 * q, has1, &sl, &sh);
                 S[2 * q] = _mm256_add_epi32(S[2 * q], _mm256_madd_epi16(_mm256_unpacklo_epi16(a0[q], a1[q]), sl));
                 S[2 * q + 1] = _mm256_add_epi32(S[2 * q + 1], _mm256_madd_epi16(_mm256_unpackhi_epi16(a0[q], a1[q]), sh));
                 if (!fold) {
                     S[2 * q] = _mm256_add_epi32(S[2 * q], _mm256_madd_epi16(cpair, sl));
                     S[2 * q + 1] = _mm256_add_epi32(S[2 * q + 1], _mm256_madd_epi16(cpair, sh));
                 }
-                if (sbp) {
-                    __m256i bl, bh;
-                    sub_pairs(sbp + 16 * q, has1, &bl, &bh);
+                if (nib || sbp) {
+                    if (!nib) sub_pairs(sbp + 16 * q, has1, &bl, &bh);
                     B[2 * q] = _mm256_add_epi32(B[2 * q], _mm256_madd_epi16(qpair, bl));
                     B[2 * q + 1] = _mm256_add_epi32(B[2 * q + 1], _mm256_madd_epi16(qpair, bh));
                 }
@@ -253,9 +276,11 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
 static ALWAYS_INLINE void gemm_b_bits(const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                                       float *y, int64_t ldy, int64_t tile0, int64_t tile1,
                                       const int bits) {
-    if (pylut_b_int_super(qm)) {
+    if (pylut_b_int_super(qm)) { /* nibbles as a constant: the int8 loop stays as it was */
         for (int64_t t = tile0; t < tile1; t++)
-            for (int tok = 0; tok < n; tok++) gemm_b_tile_isup(qm, lut + tok, y + tok * ldy, t, bits);
+            for (int tok = 0; tok < n; tok++)
+                if (qm->sub_nibbles) gemm_b_tile_isup(qm, lut + tok, y + tok * ldy, t, bits, 1);
+                else gemm_b_tile_isup(qm, lut + tok, y + tok * ldy, t, bits, 0);
         return;
     }
     for (int64_t t = tile0; t < tile1; t++)

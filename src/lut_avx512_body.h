@@ -57,21 +57,21 @@ static ALWAYS_INLINE void store_tile(float *y, int64_t row0, int64_t m, const __
     }
 }
 
-/* 16 rows' scale (or bias) of group g: fp16, or fp16 super-block value * int8 sub-value */
-static ALWAYS_INLINE __m512 group_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
-                                        int64_t t, int64_t g, int q) {
+/* 16 rows' fp16 scale (or bias) of group g of a one-level matrix */
+static ALWAYS_INLINE __m512 group_param(const pylut_qmatrix *qm, const uint16_t *base, int64_t t, int64_t g, int q) {
     const int64_t groups = qm->k_pad / qm->group;
-    if (!qm->super)
-        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(base + (t * groups + g) * PYLUT_TILE_M + 16 * q)));
-    const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(base + (t * supers + g / gps) * PYLUT_TILE_M + 16 * q)));
-    const __m128i s8 = _mm_loadu_si128((const __m128i *)(sub + (t * groups + g) * PYLUT_TILE_M + 16 * q));
-    return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)));
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(base + (t * groups + g) * PYLUT_TILE_M + 16 * q)));
 }
 
-/* 16 rows' int8 sub-values of group g as floats */
-static ALWAYS_INLINE __m512 sub_values(const int8_t *sub, int64_t t, int64_t g, int64_t groups, int q) {
-    const __m128i s8 = _mm_loadu_si128((const __m128i *)(sub + (t * groups + g) * PYLUT_TILE_M + 16 * q));
+/* 16 rows' sub-scales (bias 0) or sub-biases (bias 1) of group g as floats: int8, or the
+ * low / high nibbles */
+static ALWAYS_INLINE __m512 sub_values(const pylut_qmatrix *qm, int bias, int64_t t, int64_t g, int64_t groups, int q) {
+    const int64_t at = (t * groups + g) * PYLUT_TILE_M + 16 * q;
+    if (qm->sub_nibbles) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)qm->sub_scale + at)));
+        return _mm512_cvtepi32_ps(bias ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(15)));
+    }
+    const __m128i s8 = _mm_loadu_si128((const __m128i *)((bias ? qm->sub_bias : qm->sub_scale) + at));
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8));
 }
 
@@ -167,14 +167,14 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
         /* implied bias -scale*zero (no bias buffer): scale * (vf*A + (h - zero) * sumx) */
         const __m512 zc = _mm512_set1_ps(qm->has_bias ? 0.0f : (h - qm->zero) * L->sumx[g]);
         for (int q = 0; q < 4; q++) {
-            __m512 s = qm->super ? _mm512_mul_ps(dsup[q], sub_values(qm->sub_scale, t, g, groups, q))
-                                 : group_param(qm, qm->scale, qm->sub_scale, t, g, q);
+            __m512 s = qm->super ? _mm512_mul_ps(dsup[q], sub_values(qm, 0, t, g, groups, q))
+                                 : group_param(qm, qm->scale, t, g, q);
             if (!qm->has_bias) {
                 acc[q] = _mm512_fmadd_ps(s, _mm512_fmadd_ps(vf, _mm512_cvtepi32_ps(A[q]), zc), acc[q]);
                 continue;
             }
-            const __m512 b = qm->super ? _mm512_mul_ps(dmsup[q], sub_values(qm->sub_bias, t, g, groups, q))
-                                       : group_param(qm, qm->bias, qm->sub_bias, t, g, q);
+            const __m512 b = qm->super ? _mm512_mul_ps(dmsup[q], sub_values(qm, 1, t, g, groups, q))
+                                       : group_param(qm, qm->bias, t, g, q);
             acc[q] = _mm512_fmadd_ps(_mm512_mul_ps(s, vf), _mm512_cvtepi32_ps(A[q]), acc[q]);
             acc[q] = _mm512_fmadd_ps(_mm512_fmadd_ps(s, _mm512_set1_ps(h), b), _mm512_set1_ps(L->sumx[g]), acc[q]);
         }
@@ -192,12 +192,27 @@ static ALWAYS_INLINE void sub_pairs(const int8_t *sub, int has1, __m512i *lo, __
     *hi = _mm512_unpackhi_epi16(s0, s1);
 }
 
+/* The same from nibble bytes: one 32-byte load per group gives the sub-scales (low nibbles:
+ * sl, sh) and the sub-biases' magnitudes (high nibbles: bl, bh) */
+static ALWAYS_INLINE void sub_pairs_nib(const uint8_t *sub, int has1, __m512i *sl, __m512i *sh,
+                                        __m512i *bl, __m512i *bh) {
+    const __m512i m = _mm512_set1_epi16(15);
+    const __m512i s0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)sub));
+    const __m512i s1 = has1 ? _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(sub + PYLUT_TILE_M)))
+                            : _mm512_setzero_si512();
+    const __m512i lo = _mm512_unpacklo_epi16(s0, s1), hi = _mm512_unpackhi_epi16(s0, s1);
+    *sl = _mm512_and_si512(lo, m);
+    *sh = _mm512_and_si512(hi, m);
+    *bl = _mm512_srli_epi16(lo, 4);
+    *bh = _mm512_srli_epi16(hi, 4);
+}
+
 /* int-super B-type tile (kernels.h): per super-block, S and B in int32 by vpmaddwd over pairs
  * of groups, one float conversion per super-block. unpacklo/hi leave the int32 rows of a
  * 32-row half as lo = rows {0-3, 8-11, 16-19, 24-27}, hi = {4-7, ...}: put back in order once
  * per super-block, before the float epilogue. */
 static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_lut *L, float *y,
-                                           int64_t t, const int bits) {
+                                           int64_t t, const int bits, const int nib) {
     const int kgb = 32 * bits, top = (1 << bits) - 1;
     const int64_t groups = qm->k_pad / qm->group, supers = qm->k_pad / qm->super;
     const int kpg = qm->group / PYLUT_KGROUP, gps = qm->super / qm->group;
@@ -231,8 +246,9 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
                 a1[1] = _mm512_add_epi16(a1[1], _mm512_set1_epi16((short)(coef * q1)));
             }
             for (int h = 0; h < 2; h++) {
-                __m512i sl, sh;
-                sub_pairs(scp + 32 * h, has1, &sl, &sh);
+                __m512i sl, sh, bl, bh;
+                if (nib) sub_pairs_nib((const uint8_t *)scp + 32 * h, has1, &sl, &sh, &bl, &bh);
+                else sub_pairs(scp + 32 * h, has1, &sl, &sh);
                 S[2 * h] = _mm512_add_epi32(S[2 * h], _mm512_madd_epi16(_mm512_unpacklo_epi16(a0[h], a1[h]), sl));
                 S[2 * h + 1] = _mm512_add_epi32(S[2 * h + 1], _mm512_madd_epi16(_mm512_unpackhi_epi16(a0[h], a1[h]), sh));
                 if (!fold) {
@@ -240,8 +256,7 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
                     S[2 * h + 1] = _mm512_add_epi32(S[2 * h + 1], _mm512_madd_epi16(cpair, sh));
                 }
                 if (qm->has_bias) {
-                    __m512i bl, bh;
-                    sub_pairs(qm->sub_bias + (t * groups + g) * PYLUT_TILE_M + 32 * h, has1, &bl, &bh);
+                    if (!nib) sub_pairs(qm->sub_bias + (t * groups + g) * PYLUT_TILE_M + 32 * h, has1, &bl, &bh);
                     B[2 * h] = _mm512_add_epi32(B[2 * h], _mm512_madd_epi16(qpair, bl));
                     B[2 * h + 1] = _mm512_add_epi32(B[2 * h + 1], _mm512_madd_epi16(qpair, bh));
                 }
@@ -279,6 +294,16 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
     default: tile(qm, L, yt, t, 8); break;           \
     }
 
+/* The nibble form as a constant too: the int8 loop stays as it was */
+static ALWAYS_INLINE void tile_isup_int8(const pylut_qmatrix *qm, const pylut_lut *L, float *y, int64_t t,
+                                         const int bits) {
+    gemm_b_tile_isup(qm, L, y, t, bits, 0);
+}
+static ALWAYS_INLINE void tile_isup_nib(const pylut_qmatrix *qm, const pylut_lut *L, float *y, int64_t t,
+                                        const int bits) {
+    gemm_b_tile_isup(qm, L, y, t, bits, 1);
+}
+
 static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y,
                                       int64_t ldy, int64_t tile0, int64_t tile1) {
     const int int_super = pylut_b_int_super(qm);
@@ -286,7 +311,8 @@ static void gemm_b_body(const pylut_qmatrix *qm, const pylut_lut *lut, int n, fl
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;
             float *yt = y + tok * ldy;
-            if (int_super) FOR_BITS(gemm_b_tile_isup, qm, L, yt, t)
+            if (int_super && qm->sub_nibbles) FOR_BITS(tile_isup_nib, qm, L, yt, t)
+            else if (int_super) FOR_BITS(tile_isup_int8, qm, L, yt, t)
             else FOR_BITS(gemm_b_tile, qm, L, yt, t)
         }
 }

@@ -62,18 +62,26 @@ static ALWAYS_INLINE int16x8_t fold_pair(int16x8_t acc, int8x16_t v) {
     return vsraq_n_s16(acc, vreinterpretq_s16_s8(v), 8);
 }
 
-/* 4 rows' (from row r0 of the tile) scale or bias of group g: fp16, or fp16 super-block
- * value * int8 sub-value */
-static ALWAYS_INLINE float32x4_t group_param(const pylut_qmatrix *qm, const uint16_t *base, const int8_t *sub,
-                                             int64_t t, int64_t g, int r0) {
+/* 4 rows' (from row r0 of the tile) scale (bias 0) or bias (bias 1) of group g: fp16, or
+ * fp16 super-block value * int8 or nibble sub-value */
+static ALWAYS_INLINE float32x4_t group_param(const pylut_qmatrix *qm, int bias, int64_t t, int64_t g, int r0) {
+    const uint16_t *base = bias ? qm->bias : qm->scale;
     const int64_t groups = qm->k_pad / qm->group;
     if (!qm->super) return load_f16x4(base + (t * groups + g) * PYLUT_TILE_M + r0);
     const int64_t supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
+    const int64_t at = (t * groups + g) * PYLUT_TILE_M + r0;
     const float32x4_t d = load_f16x4(base + (t * supers + g / gps) * PYLUT_TILE_M + r0);
-    int8_t v[8] = {0};
-    memcpy(v, sub + (t * groups + g) * PYLUT_TILE_M + r0, 4);
-    const int32x4_t s32 = vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(v))));
-    return vmulq_f32(d, vcvtq_f32_s32(s32));
+    const uint8_t *sub = (const uint8_t *)(bias && !qm->sub_nibbles ? qm->sub_bias : qm->sub_scale);
+    uint8_t v[8] = {0};
+    memcpy(v, sub + at, 4);
+    int16x8_t s16;
+    if (qm->sub_nibbles) {
+        const uint8x8_t u = vld1_u8(v);
+        s16 = vreinterpretq_s16_u16(vmovl_u8(bias ? vshr_n_u8(u, 4) : vand_u8(u, vdup_n_u8(15))));
+    } else {
+        s16 = vmovl_s8(vreinterpret_s8_u8(vld1_u8(v)));
+    }
+    return vmulq_f32(d, vcvtq_f32_s32(vmovl_s16(vget_low_s16(s16))));
 }
 
 /* int16 x8 (8 rows) -> int32 x4 twice, times 2^sh, added to a[0], a[1]. vshlq with a
@@ -144,10 +152,10 @@ static ALWAYS_INLINE void gemm_b_tile(const pylut_qmatrix *qm, const pylut_lut *
             for (int p = 0; p < npair; p++) widen_add(pacc[p][q], 2 * p, A);
             if (lone) widen_add(lacc[q], bits - 1, A);
             for (int e = 0; e < 2; e++) {
-                const float32x4_t s = group_param(qm, qm->scale, qm->sub_scale, t, g, 8 * q + 4 * e);
+                const float32x4_t s = group_param(qm, 0, t, g, 8 * q + 4 * e);
                 float32x4_t a = vfmaq_f32(acc[2 * q + e], vmulq_n_f32(s, f), vcvtq_f32_s32(A[e]));
                 if (qm->has_bias) {
-                    const float32x4_t b = group_param(qm, qm->bias, qm->sub_bias, t, g, 8 * q + 4 * e);
+                    const float32x4_t b = group_param(qm, 1, t, g, 8 * q + 4 * e);
                     a = vfmaq_n_f32(a, vfmaq_n_f32(b, s, h), sx);
                 } else if (h != qm->zero) { /* implied bias -scale*zero */
                     a = vfmaq_n_f32(a, vmulq_n_f32(s, h - qm->zero), sx);

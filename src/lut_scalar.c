@@ -138,8 +138,8 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                 if (isup) { /* see kernels.h: ints over the super-block, floats once */
                     const int64_t at = (t * groups + g) * PYLUT_TILE_M, sq = pylut_lut_sumq(L)[g];
                     for (int r = 0; r < PYLUT_TILE_M; r++) {
-                        S[r] += qm->sub_scale[at + r] * (A[r] + coef * (int32_t)sq);
-                        if (qm->has_bias) B[r] += qm->sub_bias[at + r] * (int32_t)sq;
+                        S[r] += pylut_b_sub(qm, 0, at + r) * (A[r] + coef * (int32_t)sq);
+                        if (qm->has_bias) B[r] += pylut_b_sub(qm, 1, at + r) * (int32_t)sq;
                     }
                     if ((g + 1) % gps) continue;
                     const int64_t sat = (t * (qm->k_pad / qm->super) + g / gps) * PYLUT_TILE_M;
@@ -153,9 +153,9 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                 }
                 const float f = 0.5f * L->tscale[g], sx = L->sumx[g];
                 for (int r = 0; r < PYLUT_TILE_M; r++) {
-                    float s = pylut_b_param(qm, qm->scale, qm->sub_scale, t, g, r);
+                    float s = pylut_b_param(qm, 0, t, g, r);
                     acc[r] += (s * f) * (float)A[r];
-                    if (qm->has_bias) acc[r] += (pylut_b_param(qm, qm->bias, qm->sub_bias, t, g, r) + s * h) * sx;
+                    if (qm->has_bias) acc[r] += (pylut_b_param(qm, 1, t, g, r) + s * h) * sx;
                     else if (h != qm->zero) acc[r] += (s * (h - qm->zero)) * sx;
                 }
             }

@@ -99,6 +99,13 @@ int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super) {
     return PYLUT_OK;
 }
 
+int pylut_qmatrix_set_sub_nibbles(pylut_qmatrix *qm, int on) {
+    if (!qm) return PYLUT_EINVAL;
+    if (on && (!qm->super || !qm->has_bias)) return PYLUT_EINVAL; /* the sign lives in dmin */
+    qm->sub_nibbles = on ? 1 : 0;
+    return PYLUT_OK;
+}
+
 int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
     if (!lut || !qm) return PYLUT_EINVAL;
     memset(lut, 0, sizeof(*lut));
@@ -262,19 +269,16 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
         return PYLUT_OK;
     }
     const int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
-    const int64_t kgroups = qm->k_pad / PYLUT_KGROUP, groups = qm->k_pad / qm->group;
-    const float h = (float)((1 << bits) - 1) * 0.5f;
+    const int64_t kgroups = qm->k_pad / PYLUT_KGROUP;
     int offs[8], his[8];
     for (int i = 0; i < bits; i++) offs[i] = (int)b_nibble_pos(bits, r, i, &his[i]);
     for (int64_t col = 0; col < qm->k; col++) {
-        int64_t j = col / PYLUT_KGROUP, g = col / qm->group, si = (t * groups + g) * PYLUT_TILE_M + r;
+        int64_t j = col / PYLUT_KGROUP, g = col / qm->group;
         int e = (int)(col % PYLUT_KGROUP), c = 0;
         const uint8_t *blk = qm->codes + (t * kgroups + j) * kgb;
         for (int i = 0; i < bits; i++) c |= ((blk[offs[i]] >> (e + (his[i] ? 4 : 0))) & 1) << i;
-        float s = pylut_b_param(qm, qm->scale, qm->sub_scale, t, g, r);
-        float b = qm->has_bias ? pylut_b_param(qm, qm->bias, qm->sub_bias, t, g, r) : -s * qm->zero;
-        (void)h;
-        (void)si;
+        float s = pylut_b_param(qm, 0, t, g, r);
+        float b = qm->has_bias ? pylut_b_param(qm, 1, t, g, r) : -s * qm->zero;
         out[col] = s * (float)c + b;
     }
     return PYLUT_OK;

@@ -64,7 +64,7 @@ def group_scales(q):
     if not q.super_block:
         return _core._untile_params(q.scale_buf, m_pad, q.k_pad // g)[:m]
     d = _core._untile_params(q.scale_buf, m_pad, q.k_pad // q.super_block)
-    sc = _core._untile_int8(q.sub_scale_buf, m_pad, q.k_pad // g)
+    sc = _core._untile_sub(q.sub_scale_buf, m_pad, q.k_pad // g, q.sub_nibbles, False)
     return (np.repeat(d, q.super_block // g, axis=1) * sc)[:m]
 
 
@@ -72,7 +72,8 @@ def group_biases(q):
     """Effective bias per (row, group) of a two-level matrix with a bias array."""
     m, g, m_pad = q.shape[0], q.group, -(-q.shape[0] // 64) * 64
     d = _core._untile_params(q.bias_buf, m_pad, q.k_pad // q.super_block)
-    sb = _core._untile_int8(q.sub_bias_buf, m_pad, q.k_pad // g)
+    sub = q.sub_scale_buf if q.sub_nibbles else q.sub_bias_buf
+    sb = _core._untile_sub(sub, m_pad, q.k_pad // g, q.sub_nibbles, True)
     return (np.repeat(d, q.super_block // g, axis=1) * sb)[:m]
 
 
@@ -237,6 +238,90 @@ def test_two_level_scales(bits, group, with_min, sup):
     check_scalar_and_simd(q, x)
     with pytest.raises(ValueError, match="super"):
         pylut.QMatrix.from_codes_super(codes, d, sc, bits=bits, group=group, super_=group * 3 + 8)
+
+
+def two_level_pair(bits, group, sup, m, k, seed):
+    """The same K-quant-style matrix with int8 and with nibble sub-values: sub-scales 0..15,
+    sub-biases -15..0 (Q2_K's mins) except in a few super-blocks where they are 0..15."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
+    d, dmin = (rng.uniform(0.001, 0.01, (m, k // sup)).astype(np.float16).astype(np.float32)
+               for _ in range(2))
+    sc = rng.integers(0, 16, (m, k // group)).astype(np.int8)
+    mn = -rng.integers(0, 16, (m, k // group)).astype(np.int8)
+    positive = np.repeat(rng.random((m, k // sup)) < 0.2, sup // group, axis=1)
+    mn[positive] = -mn[positive]
+    kw = dict(bits=bits, group=group, super_=sup)
+    return (pylut.QMatrix.from_codes_super(codes, d, sc, dmin, mn, **kw),
+            pylut.QMatrix.from_codes_super(codes, d, sc, dmin, mn, nibbles=True, **kw), rng)
+
+
+@pytest.mark.parametrize("bits,group,sup,m,k,n", [
+    (2, 16, 256, 64, 256, 1),     # Q2_K, one tile, decode
+    (2, 16, 256, 130, 768, 1),    # Q2_K, ragged m (two full tiles and 2 rows)
+    (2, 16, 256, 37, 512, 5),     # Q2_K, ragged m, a GEMM of 5 tokens
+    (3, 32, 96, 100, 288, 3),     # odd groups per super-block (the last pair has one)
+    (6, 32, 256, 70, 512, 2),     # too wide for integer super sums: per-group floats
+    (8, 16, 256, 65, 256, 1)])
+def test_nibble_sub_values_equal_the_int8_form(bits, group, sup, m, k, n):
+    """pylut.h's nibble form: the same weights, and bit-identical outputs on every ISA."""
+    a, b, rng = two_level_pair(bits, group, sup, m, k, seed=bits * 100 + m)
+    assert b.sub_nibbles and not a.sub_nibbles
+    assert b.sub_bias_buf is None and b.sub_scale_buf.dtype == np.uint8
+    assert a.nbytes - b.nbytes == a.sub_bias_buf.nbytes  # one byte per (row, group) less
+    w = a.dequantize()
+    assert np.array_equal(b.dequantize(), w)
+    for i in range(m):  # the C row dequantizer (embedding lookups)
+        assert np.array_equal(b.row(i), w[i]) and np.array_equal(a.row(i), w[i])
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    for isa in ISAS:
+        assert np.array_equal(run(b, x, isa), run(a, x, isa)), isa
+    check_scalar_and_simd(b, x)
+
+
+def test_nibbles_save_half_a_bit_per_q2_k_weight():
+    a, b, _ = two_level_pair(2, 16, 256, 128, 512, seed=5)
+    assert a.bits_per_weight == 3.125 and b.bits_per_weight == 2.625
+
+
+def test_nibbles_refuse_values_that_do_not_fit():
+    rng = np.random.default_rng(6)
+    m, k, g, sup = 64, 512, 16, 256
+    codes = rng.integers(0, 4, (m, k)).astype(np.uint8)
+    d = np.full((m, k // sup), 0.01, np.float32)
+    sc = rng.integers(0, 16, (m, k // g)).astype(np.int8)
+    mn = -rng.integers(0, 16, (m, k // g)).astype(np.int8)
+    kw = dict(bits=2, group=g, super_=sup, nibbles=True)
+
+    def bad(sc_, mn_, match):
+        with pytest.raises(ValueError, match=match):
+            pylut.QMatrix.from_codes_super(codes, d, sc_, d, mn_, **kw)
+    for v in (16, -1):
+        s2 = sc.copy()
+        s2[3, 5] = v
+        bad(s2, mn, r"sub_scale must be in 0\.\.15")
+    m2 = mn.copy()
+    m2[3, 5] = -16
+    bad(sc, m2, r"sub_bias must be in -15\.\.15")
+    m2 = mn.copy()
+    m2[7, 16:18] = (-3, 4)  # row 7, super-block 1
+    bad(sc, m2, "row 7, super-block 1 has sub_bias of both signs")
+    with pytest.raises(ValueError, match="nibbles needs dmin"):
+        pylut.QMatrix.from_codes_super(codes, d, sc, zero=2.0, **kw)
+    # from_packed: the nibble form needs two-level scales and a bias, and no sub_bias array
+    good = pylut.QMatrix.from_codes_super(codes, d, sc, d, mn, **kw)
+    args = (2, m, k, g, True, good.codes_buf, good.scale_buf, good.bias_buf, None)
+    with pytest.raises(ValueError, match="sub_nibbles needs two-level scales"):
+        pylut.QMatrix.from_packed(*args, 0, good.sub_scale_buf, None, True)
+    with pytest.raises(ValueError, match="sub_bias must be None"):
+        pylut.QMatrix.from_packed(*args, sup, good.sub_scale_buf, good.sub_scale_buf.view(np.int8), True)
+    with pytest.raises(ValueError, match="layout needs"):
+        pylut.QMatrix.from_packed(*args, sup, good.sub_scale_buf[:-1], None, True)
+    with pytest.raises(TypeError, match="uint8"):
+        pylut.QMatrix.from_packed(*args, sup, good.sub_scale_buf.view(np.int8), None, True)
+    again = pylut.QMatrix.from_packed(*args, sup, good.sub_scale_buf, None, True)
+    x = rng.standard_normal(k).astype(np.float32)
+    assert np.array_equal(pylut.gemm(again, x), pylut.gemm(good, x))
 
 
 def test_lossless_codes_give_exact_dequantize():

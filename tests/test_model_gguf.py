@@ -166,6 +166,14 @@ def test_forward_matches_reference(tmp_path, results, arch, tensor_type):
             np.testing.assert_array_equal(w, expected, err_msg=name)
     assert not lm.lossy
 
+    # Q2_K's 4-bit sub-scales and mins take the nibble form (file size: 2.625 bits/weight),
+    # so the logits below run it; the 6-bit ones of the other K-quants stay int8
+    for name, t in lm.tensors.items():
+        if isinstance(t, _core.QMatrix) and t.super_block:
+            assert t.sub_nibbles == (tensor_type == "Q2_K"), name
+    if tensor_type == "Q2_K":
+        assert lm.tensors["blk.0.attn_q"].bits_per_weight == 2.625
+
     # ternary matrices pack densely (T3) with the file's per-block scales (TQ) or the
     # tensor's one scale (BitNet floats), losslessly
     if tensor_type.startswith("TQ") or ternary_floats:

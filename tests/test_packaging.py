@@ -82,10 +82,11 @@ def _set_format_version(path, version):
     path.write_bytes(bytes(data))
 
 
-def test_packed_format_version_is_checked_on_load(tmp_path, monkeypatch, capsys, caplog):
+@pytest.mark.parametrize("step", [-1, 1])  # an older file (5: int8 sub-values only), a newer one
+def test_packed_format_version_is_checked_on_load(tmp_path, monkeypatch, capsys, caplog, step):
     src, packed = _tiny_packed(tmp_path, monkeypatch)
     assert packcache.load(str(packed)) is not None          # the current version loads
-    other = packcache.FORMAT_VERSION + 1
+    other = packcache.FORMAT_VERSION + step
     _set_format_version(packed, other)
     with pytest.raises(packcache.PackFileError,
                        match=f"packed format version {other}, this pylut reads {packcache.FORMAT_VERSION}"):

@@ -80,9 +80,13 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
         for key in ("n_params", "bits_per_weight", "tensor_types", "lossy", "tied_output", "config"):
             assert getattr(m.loaded, key) == getattr(reference.loaded, key), key
         assert m.loaded.path == os.path.abspath(src)
+        q = m.loaded.tensors["blk.0.attn_q"]  # Q2_K: nibble sub-values, mapped as uint8
+        assert q.sub_nibbles == (tensor_type == "Q2_K") == (q.sub_scale_buf is not None
+                                                             and q.sub_scale_buf.dtype == np.uint8)
     # the tied output is stored once, as an alias
     h, _ = packcache._read_header(str(f), f.stat().st_size)
     assert (h["tensors"]["output"]["kind"] == "alias") == tied
+    assert h["tensors"]["blk.0.attn_q"]["sub_nibbles"] == (tensor_type == "Q2_K")
 
 
 def test_layout_header_last_and_aligned(tmp_path, cache):
@@ -91,7 +95,7 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
     f = _the_cache_file(cache)
     data = f.read_bytes()
     magic, version, _, hoff, hlen, crc, _ = packcache._PREFIX.unpack_from(data)
-    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 5
+    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 6
     assert hoff % packcache.ALIGN == 0 and hoff + hlen == len(data) and zlib.crc32(data[hoff:]) == crc
     spans = []
     for e in packcache._read_header(str(f), len(data))[0]["tensors"].values():
@@ -176,8 +180,8 @@ def _damaged_files(good: bytes):
         "header byte flipped": (bytes(flip_header), "checksum mismatch"),
         "interrupted write": (bytes(incomplete), "incomplete packed-model file"),
         "bad magic": (b"NOTPYLUT" + good[8:], "bad magic"),
-        "old version": (good[:8] + struct.pack("<I", 4) + good[12:],
-                        "packed format version 4, this pylut reads 5"),
+        "old version": (good[:8] + struct.pack("<I", 5) + good[12:],  # 5: int8 sub-values only
+                        "packed format version 5, this pylut reads 6"),
     }
 
 

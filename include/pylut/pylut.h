@@ -96,15 +96,22 @@ typedef struct {
     int32_t super;       /* B: 0, or weights per super-block (llama.cpp K-quants, 256): then
                           * scale/bias hold fp16 d/dmin per (row, super-block) and the group's
                           * scale = d * sub_scale, bias = dmin * sub_bias (int8): exact */
+    int32_t sub_nibbles; /* super with bias: sub-values as nibbles, see below (0 or 1) */
     int64_t codes_bytes; /* required sizes of the caller's buffers */
     int64_t scale_count; /* fp16 entries of scale (and bias) */
-    int64_t sub_count;   /* int8 entries of sub_scale (and sub_bias) when super */
+    int64_t sub_count;   /* bytes of sub_scale (and sub_bias) when super */
     uint8_t *codes;
     uint16_t *scale;     /* fp16 bits [m_pad/64][k_pad/(super or group)][64] */
     uint16_t *bias;      /* B: fp16 bits or NULL; T3: NULL */
     int8_t *sub_scale;   /* super: [m_pad/64][k_pad/group][64] */
-    int8_t *sub_bias;    /* super with bias: same shape */
+    int8_t *sub_bias;    /* super with bias: same shape; NULL with sub_nibbles */
 } pylut_qmatrix;
+/* Nibble sub-values (sub_nibbles, llama.cpp's Q2_K keeps both as 4 bits): sub_scale holds one
+ * byte per (row, group) in the same [m_pad/64][k_pad/group][64] order, low nibble =
+ * sub-scale 0..15, high nibble = |sub-bias| 0..15, and sub_bias is NULL. A super-block whose
+ * sub-biases are negative stores dmin negated (exact in fp16), so bias = dmin * high nibble
+ * takes the same values as the int8 form: a super-block cannot mix signs. 2.625 bits per
+ * Q2_K weight instead of 3.125, and the kernels' integer sums keep their magnitudes. */
 
 /* Fill shape/size fields of *qm for a matrix of this type. Returns PYLUT_EINVAL on a bad
  * type, group (B: multiple of 8 in [8,256]; T3: [6, 768]), or non-positive / huge shape. */
@@ -113,6 +120,8 @@ int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int 
 /* Two-level scales for a B-type layout (after pylut_qmatrix_layout): super-blocks of
  * `super` weights, a multiple of group <= 4096; k_pad grows to a multiple of super. */
 int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super);
+/* Nibble sub-values (after pylut_qmatrix_set_super; needs a bias array). Sizes unchanged. */
+int pylut_qmatrix_set_sub_nibbles(pylut_qmatrix *qm, int on);
 /* 1 if every field of *qm agrees with pylut_qmatrix_layout and the buffers are set. */
 int pylut_qmatrix_valid(const pylut_qmatrix *qm);
 /* Dequantize row `row` into out[k] (scalar; embedding lookups read one row per token). */
