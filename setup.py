@@ -27,7 +27,7 @@ if IS_X86_64:
         "attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
         "lut_avx512vbmi.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                             "-mavx512vbmi"],
+                             "-mavx512vbmi", "-mavx512vnni"],
     }
 
 SOURCES = ["pylut/_core.pyx"] + [

@@ -56,8 +56,10 @@ int pylut_isa_supported(int isa) {
     case PYLUT_ISA_AVX512:
         return pylut_isa_supported(PYLUT_ISA_AVX2) && cpu.os_zmm && cpu.avx512f && cpu.avx512bw &&
                cpu.avx512vl;
-    /* Ice Lake, Tiger Lake, Sapphire Rapids and later Xeons, Zen 4/5 */
-    case PYLUT_ISA_AVX512VBMI: return pylut_isa_supported(PYLUT_ISA_AVX512) && cpu.avx512vbmi;
+    /* Ice Lake, Tiger Lake, Sapphire Rapids and later Xeons, Zen 4/5: all have VNNI beside
+     * VBMI (Cannon Lake, the one without, takes the AVX-512BW kernels) */
+    case PYLUT_ISA_AVX512VBMI:
+        return pylut_isa_supported(PYLUT_ISA_AVX512) && cpu.avx512vbmi && cpu.avx512vnni;
     default: return 0;
     }
 }

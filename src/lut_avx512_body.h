@@ -6,8 +6,8 @@
  * is replicated in all four 128-bit lanes. Two flavours share one body:
  *   - AVX-512BW (Skylake-SP/X, Cascade Lake): vpshufb, which needs the nibble masked to 4
  *     bits (bit 7 would zero the result);
- *   - AVX-512VBMI (Ice Lake, Sapphire Rapids, Zen 4/5): vpermb reads only the low 6 index
- *     bits, and with the table replicated 4x bits 4-5 don't matter: no masking at all.
+ *   - AVX-512VBMI + VNNI (Ice Lake, Sapphire Rapids, Zen 4/5): vpermb reads only the low 6
+ *     index bits, and with the table replicated 4x bits 4-5 don't matter: no masking at all.
  * The int16 bounds are the ones proved in lut_avx2.c (same accumulation order). */
 #include <immintrin.h>
 #include <string.h>
@@ -16,6 +16,14 @@
 #include "lut_prefetch_x86.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* acc + the int32 pair sums of a*b (int16): one vpdpwssd where VNNI comes with VBMI (the
+ * K-quant sub-scale products, 8 a group pair), else vpmaddwd + vpaddd. Same integers. */
+#if PYLUT_VBMI
+#define madd_acc(acc, a, b) _mm512_dpwssd_epi32((acc), (a), (b))
+#else
+#define madd_acc(acc, a, b) _mm512_add_epi32((acc), _mm512_madd_epi16((a), (b)))
+#endif
 
 /* 64 lookups of 4-bit indices (low nibble / high nibble of each byte) */
 #if PYLUT_VBMI
@@ -249,16 +257,16 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
                 __m512i sl, sh, bl, bh;
                 if (nib) sub_pairs_nib((const uint8_t *)scp + 32 * h, has1, &sl, &sh, &bl, &bh);
                 else sub_pairs(scp + 32 * h, has1, &sl, &sh);
-                S[2 * h] = _mm512_add_epi32(S[2 * h], _mm512_madd_epi16(_mm512_unpacklo_epi16(a0[h], a1[h]), sl));
-                S[2 * h + 1] = _mm512_add_epi32(S[2 * h + 1], _mm512_madd_epi16(_mm512_unpackhi_epi16(a0[h], a1[h]), sh));
+                S[2 * h] = madd_acc(S[2 * h], _mm512_unpacklo_epi16(a0[h], a1[h]), sl);
+                S[2 * h + 1] = madd_acc(S[2 * h + 1], _mm512_unpackhi_epi16(a0[h], a1[h]), sh);
                 if (!fold) {
-                    S[2 * h] = _mm512_add_epi32(S[2 * h], _mm512_madd_epi16(cpair, sl));
-                    S[2 * h + 1] = _mm512_add_epi32(S[2 * h + 1], _mm512_madd_epi16(cpair, sh));
+                    S[2 * h] = madd_acc(S[2 * h], cpair, sl);
+                    S[2 * h + 1] = madd_acc(S[2 * h + 1], cpair, sh);
                 }
                 if (qm->has_bias) {
                     if (!nib) sub_pairs(qm->sub_bias + (t * groups + g) * PYLUT_TILE_M + 32 * h, has1, &bl, &bh);
-                    B[2 * h] = _mm512_add_epi32(B[2 * h], _mm512_madd_epi16(qpair, bl));
-                    B[2 * h + 1] = _mm512_add_epi32(B[2 * h + 1], _mm512_madd_epi16(qpair, bh));
+                    B[2 * h] = madd_acc(B[2 * h], qpair, bl);
+                    B[2 * h + 1] = madd_acc(B[2 * h + 1], qpair, bh);
                 }
             }
         }
