@@ -49,6 +49,14 @@ def _array(x, dtype, ndim, name):
     return x
 
 
+def _sized(x, dtype, n, name, unit="entries"):
+    """_array(x, dtype, 1, name) holding exactly n elements (a packed buffer's layout size)."""
+    x = _array(x, dtype, 1, name)
+    if x.size != n:
+        raise ValueError(f"{name.split(' (')[0]} has {x.size} {unit}, layout needs {n}")
+    return x
+
+
 # ---------------------------------------------------------------- ISA dispatch
 
 def isa_detect():
@@ -290,9 +298,7 @@ cdef class QMatrix:
             _check(pylut_qmatrix_set_sub_nibbles(&self.qm, 1), "QMatrix.from_packed (sub_nibbles)")
             if sub_bias is not None:
                 raise ValueError("sub_nibbles: sub_bias must be None (sub_scale's high nibbles hold it)")
-            a = _array(sub_scale, np.uint8, 1, "sub_scale (nibbles)")
-            if a.size != self.qm.sub_count:
-                raise ValueError(f"sub_scale has {a.size} entries, layout needs {self.qm.sub_count}")
+            a = _sized(sub_scale, np.uint8, self.qm.sub_count, "sub_scale (nibbles)")
             self.sub_scale_buf = a
             self.qm.sub_scale = <int8_t *>cnp.PyArray_DATA(a)
         elif super_:
@@ -300,9 +306,7 @@ cdef class QMatrix:
             for name, a in (("sub_scale", sub_scale), ("sub_bias", sub_bias if has_bias else None)):
                 if a is None and name == "sub_bias":
                     continue
-                a = _array(a, np.int8, 1, name)
-                if a.size != self.qm.sub_count:
-                    raise ValueError(f"{name} has {a.size} entries, layout needs {self.qm.sub_count}")
+                a = _sized(a, np.int8, self.qm.sub_count, name)
                 if name == "sub_scale":
                     self.sub_scale_buf = a
                     self.qm.sub_scale = <int8_t *>cnp.PyArray_DATA(a)
@@ -315,20 +319,14 @@ cdef class QMatrix:
             if not 0 <= zero <= (1 << self.qm.bits) - 1:
                 raise ValueError(f"zero must be in [0, {(1 << self.qm.bits) - 1}], got {zero}")
             self.qm.zero = zero
-        codes = _array(codes, np.uint8, 1, "codes")
-        if codes.size != self.qm.codes_bytes:
-            raise ValueError(f"codes has {codes.size} bytes, layout needs {self.qm.codes_bytes}")
+        codes = _sized(codes, np.uint8, self.qm.codes_bytes, "codes", "bytes")
         self.codes_buf = codes
         self.qm.codes = <uint8_t *>cnp.PyArray_DATA(codes)
-        scale = _array(scale, np.uint16, 1, "scale (fp16 bits)")
-        if scale.size != self.qm.scale_count:
-            raise ValueError(f"scale has {scale.size} entries, layout needs {self.qm.scale_count}")
+        scale = _sized(scale, np.uint16, self.qm.scale_count, "scale (fp16 bits)")
         self.scale_buf = scale
         self.qm.scale = <uint16_t *>cnp.PyArray_DATA(scale)
         if has_bias:
-            bias = _array(bias, np.uint16, 1, "bias (fp16 bits)")
-            if bias.size != self.qm.scale_count:
-                raise ValueError(f"bias has {bias.size} entries, layout needs {self.qm.scale_count}")
+            bias = _sized(bias, np.uint16, self.qm.scale_count, "bias (fp16 bits)")
             self.bias_buf = bias
             self.qm.bias = <uint16_t *>cnp.PyArray_DATA(bias)
         return self
