@@ -131,7 +131,8 @@ def test_writes_go_out_in_whole_2mib_aligned_pieces(tmp_path, monkeypatch):
                                     tied_output=False))
     huge = 2 << 20
     assert writes[0] == (0, packcache.DATA_START)  # the incomplete-file prefix, at once
-    body = writes[1:]
+    assert writes[-1] == (0, packcache._PREFIX.size)  # finish(): the prefix, now complete
+    body = writes[1:-1]
     assert len(body) >= 3 and all(off % huge == 0 and n % huge == 0 for off, n in body[:-1])
     assert body[-1][0] % huge == 0  # the tail starts aligned too
     h = packcache.load(str(path))
