@@ -597,20 +597,28 @@ def _untile_params(buf, m_pad, n_groups):
 
 cdef class Tables:
     """Lookup tables for n activation vectors, built once and read by every matrix of the
-    same k/group/family (q, k, v share one; gate, up share one)."""
+    same k/group/family (q, k, v share one; gate, up share one). int8=True: the activations
+    quantized to int8 per scale group instead, for the int8 prefill GEMM (B-type matrices)."""
     cdef pylut_lut *luts
     cdef readonly int n
     cdef readonly object tbl, tscale, sumx
     cdef readonly int64_t k
+    cdef readonly bint int8
 
-    def __cinit__(self, QMatrix like, int n):
+    def __cinit__(self, QMatrix like, int n, bint int8=False):
         if n < 1:
             raise ValueError("n must be >= 1")
+        if int8 and like.qm.type == PYLUT_TYPE_T3:
+            raise ValueError("int8 activations serve B-type matrices only, not T3")
         self.luts = <pylut_lut *>malloc(n * sizeof(pylut_lut))
         if self.luts == NULL:
             raise MemoryError()
         self.n = n
-        _check(pylut_lut_layout(&self.luts[0], &like.qm), "Tables")
+        self.int8 = int8
+        if int8:
+            _check(pylut_lut_layout_i8(&self.luts[0], &like.qm), "Tables")
+        else:
+            _check(pylut_lut_layout(&self.luts[0], &like.qm), "Tables")
         cdef pylut_lut base = self.luts[0]
         self.k = base.k
         self.tbl = np.zeros((n, base.tbl_bytes), np.int8)
@@ -641,9 +649,15 @@ cdef class Tables:
         _check(rc, "lut_build")
 
 
-def gemm_multi(mats, x, ThreadPool pool, Tables tables=None):
+def i8_preferred(QMatrix qm, int n):
+    """Whether the model would run n tokens through qm on the int8 prefill path here."""
+    return pylut_gemm_i8_preferred(&qm.qm, n) == 1
+
+
+def gemm_multi(mats, x, ThreadPool pool, Tables tables=None, bint int8=False):
     """y_i = W_i x for every matrix (same k, group and family): one table build, one
-    dispatch. x: float32 [k] or [n, k]. Returns a list of float32 [m_i] or [n, m_i]."""
+    dispatch. x: float32 [k] or [n, k]. Returns a list of float32 [m_i] or [n, m_i].
+    int8=True runs the int8-activation prefill kernel instead of the table lookups."""
     if not 1 <= len(mats) <= 8:
         raise ValueError("gemm_multi takes 1..8 matrices")
     for obj in mats:
@@ -666,7 +680,7 @@ def gemm_multi(mats, x, ThreadPool pool, Tables tables=None):
             raise ValueError("matrices sharing tables must have the same k, group, family and "
                              "table-scale block")
     if tables is None:
-        tables = Tables(first, n)
+        tables = Tables(first, n, int8)
         tables.build(x, pool)
     elif tables.n != n or tables.k != k:
         raise ValueError("tables were built for another shape")

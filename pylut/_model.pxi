@@ -115,7 +115,7 @@ cdef class Session:
     cdef readonly int sink, window
 
     def __cinit__(self, Model model, int n_ctx, int max_batch=64, kv_type="f16", streaming=None,
-                  int sink=0, int window=0):
+                  int sink=0, int window=0, bint batch_invariant=False):
         if n_ctx < 1 or n_ctx > model.m.max_ctx:
             raise ValueError(f"n_ctx must be in 1..{model.m.max_ctx} (the model's context), got {n_ctx}")
         if max_batch < 1 or max_batch > 4096:
@@ -147,6 +147,7 @@ cdef class Session:
             self.s = pylut_state_create_heads(&model.m, n_ctx, max_batch, code, &flags[0], sink, window)
         if self.s == NULL:
             raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
+        _check(pylut_state_set_batch_invariant(self.s, 1 if batch_invariant else 0), "batch_invariant")
 
     def __dealloc__(self):
         pylut_state_free(self.s)
@@ -154,6 +155,11 @@ cdef class Session:
     @property
     def pos(self):
         return pylut_state_pos(self.s)
+
+    @property
+    def batch_invariant(self):
+        """True: prefill stays on the table lookups, so results do not depend on chunking."""
+        return pylut_state_batch_invariant(self.s) == 1
 
     def shift(self, int n_keep, int n_discard):
         """Drop cached positions [n_keep, n_keep+n_discard); later ones move down (RoPE fixed)."""

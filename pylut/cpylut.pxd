@@ -68,6 +68,8 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out)
     int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g)
     int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm)
+    int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm)
+    int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n)
 
     pylut_pool *pylut_pool_create(int n_threads)
     void pylut_pool_free(pylut_pool *pool)
@@ -140,6 +142,8 @@ cdef extern from "pylut/model.h" nogil:
     void pylut_state_free(pylut_state *s)
     int pylut_state_pos(const pylut_state *s)
     int pylut_state_truncate(pylut_state *s, int pos)
+    int pylut_state_set_batch_invariant(pylut_state *s, int on)
+    int pylut_state_batch_invariant(const pylut_state *s)
     int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                       int n, float *logits, int all_logits)
     int64_t pylut_state_kv_bytes(const pylut_state *s)

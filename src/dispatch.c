@@ -208,7 +208,8 @@ static int qmatrix_ok(const pylut_qmatrix *qm) {
 
 static int lut_ok(const pylut_lut *lut, const pylut_qmatrix *qm) {
     pylut_lut ref;
-    if (!lut || !lut->tbl || !lut->tscale || pylut_lut_layout(&ref, qm) != PYLUT_OK) return 0;
+    if (!lut || !lut->tbl || !lut->tscale) return 0;
+    if ((lut->kind == 2 ? pylut_lut_layout_i8(&ref, qm) : pylut_lut_layout(&ref, qm)) != PYLUT_OK) return 0;
     return lut->kind == ref.kind && lut->k == ref.k && lut->k_pad == ref.k_pad &&
            lut->group == ref.group && lut->super == ref.super && lut->tbl_bytes == ref.tbl_bytes &&
            lut->n_groups == ref.n_groups && (lut->kind == 1 || lut->sumx != NULL);
@@ -230,9 +231,7 @@ static void build_task(void *arg, int ith, int nth) {
     for (int64_t w = w0; w < w1;) {
         int64_t tok = w / per, g0 = w % per, g1 = g0 + (w1 - w);
         if (g1 > per) g1 = per;
-        pylut_lut *L = c->lut + tok;
-        if (L->kind == 1) pylut_lut_build_t3_range(c->x + tok * c->ldx, L, g0, g1);
-        else pylut_lut_build_b_range(c->x + tok * c->ldx, L, g0, g1);
+        pylut_lut_build_range(c->x + tok * c->ldx, c->lut + tok, g0, g1);
         w += g1 - g0;
     }
 }
@@ -240,7 +239,7 @@ static void build_task(void *arg, int ith, int nth) {
 int pylut_lut_build(pylut_pool *pool, pylut_lut *lut, int n, const float *x, int64_t ldx) {
     if (!lut || !x || n < 1 || ldx < lut[0].k) return PYLUT_EINVAL;
     for (int i = 0; i < n; i++)
-        if (!lut[i].tbl || !lut[i].tscale || (lut[i].kind == 0 && !lut[i].sumx) ||
+        if (!lut[i].tbl || !lut[i].tscale || (lut[i].kind != 1 && !lut[i].sumx) ||
             lut[i].k != lut[0].k || lut[i].k_pad != lut[0].k_pad || lut[i].group != lut[0].group ||
             lut[i].kind != lut[0].kind || lut[i].n_groups != lut[0].n_groups || lut[i].n_groups < 1)
             return PYLUT_EINVAL;
@@ -266,16 +265,20 @@ typedef struct {
     atomic_llong next;                 /* next unclaimed tile */
 } gemm_ctx;
 
+/* Row tiles [tile0, tile1) with kernel set k: the activations' kind picks the kernel. */
+static void run_tiles(const pylut_kernels *k, const pylut_qmatrix *qm, const pylut_lut *lut, int n,
+                      float *y, int64_t ldy, int64_t tile0, int64_t tile1) {
+    if (tile0 >= tile1) return;
+    if (lut->kind == 2) (k->gemm_b_i8 ? k->gemm_b_i8 : pylut_gemm_b_i8_scalar)(qm, lut, n, y, ldy, tile0, tile1);
+    else if (qm->type == PYLUT_TYPE_T3) k->gemm_t3(qm, lut, n, y, ldy, tile0, tile1);
+    else k->gemm_b(qm, lut, n, y, ldy, tile0, tile1);
+}
+
 static void gemm_range(gemm_ctx *c, int64_t w0, int64_t w1) {
     for (int i = 0; i < c->n_mats && w0 < w1; i++) {
         int64_t s = c->tile_start[i], e = c->tile_start[i + 1];
         int64_t a = w0 > s ? w0 : s, b = w1 < e ? w1 : e;
-        if (a >= b) continue;
-        const pylut_qmatrix *qm = c->qms[i];
-        if (qm->type == PYLUT_TYPE_T3)
-            c->k->gemm_t3(qm, c->lut, c->n, c->ys[i], c->ldys[i], a - s, b - s);
-        else
-            c->k->gemm_b(qm, c->lut, c->n, c->ys[i], c->ldys[i], a - s, b - s);
+        if (a < b) run_tiles(c->k, c->qms[i], c->lut, c->n, c->ys[i], c->ldys[i], a - s, b - s);
     }
 }
 
@@ -319,9 +322,17 @@ int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, 
 
 void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                       int64_t tile0, int64_t tile1) {
-    if (tile0 >= tile1) return;
-    if (qm->type == PYLUT_TYPE_T3) active->gemm_t3(qm, lut, n, y, ldy, tile0, tile1);
-    else active->gemm_b(qm, lut, n, y, ldy, tile0, tile1);
+    run_tiles(active, qm, lut, n, y, ldy, tile0, tile1);
+}
+
+/* Where the int8 prefill kernel beats the table lookups (tools/bench_prefill.py, Zen 4):
+ * from PYLUT_I8_MIN_TOKENS tokens on, for 3 bits and up (1- and 2-bit lookups are cheap
+ * enough that unpacking to bytes does not pay). */
+#define PYLUT_I8_MIN_TOKENS 16
+#define PYLUT_I8_MIN_BITS 3
+int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
+    return qm && active->gemm_b_i8 && qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 &&
+           qm->bits >= PYLUT_I8_MIN_BITS && n >= PYLUT_I8_MIN_TOKENS;
 }
 
 int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }

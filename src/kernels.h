@@ -13,6 +13,10 @@ typedef struct {
                    int64_t tile0, int64_t tile1);
     void (*gemm_t3)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                     int64_t tile0, int64_t tile1);
+    /* the same for a B-type matrix and int8 activations (kind 2); NULL: the ISA has no fast
+     * one, pylut_gemm_b_i8_scalar serves */
+    void (*gemm_b_i8)(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
+                      int64_t tile0, int64_t tile1);
     /* out[hd] = softmax(scale * q.K^T) V over len cached positions; K and V are fp16 rows
      * of stride ld elements; scores: scratch [len] */
     void (*attn_f16)(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
@@ -41,6 +45,31 @@ extern const pylut_kernels pylut_kernels_neon_dot;
  * scale-groups [g0, g1) of the tables for x. */
 void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
 void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
+/* int8 activations (kind 2), scale groups [g0, g1) */
+void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
+/* Any kind of table set, scale groups [g0, g1) of the one for x */
+void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
+
+/* ------------------------------------------------------------------ int8 prefill (prefill.c)
+ * A row tile's codes are unpacked a k-chunk at a time into "dword codes": [k-group][64 rows]
+ * uint32, byte e of row r's dword = code of weight 4j+e (one vpdpbusd lane per row), with the
+ * chunk's per-group scale and bias as floats [group][64]. Per token and group g the twin and
+ * every SIMD kernel then do, in this order (so all agree bit for bit):
+ *     I = sum of the group's code * xq (int32, exact)
+ *     acc = fmaf((float)I, scale * xs_g, acc);   acc = fmaf(bias, sumx_g, acc)
+ * with bias = -zero * scale for matrices without a bias array. */
+#define PYLUT_I8_CHUNK 256 /* k per unpacked chunk: 16 KB of dword codes per 64-row tile */
+static inline int pylut_i8_chunk(int group) { return group * (PYLUT_I8_CHUNK / group > 0 ? PYLUT_I8_CHUNK / group : 1); }
+/* Float scale and bias of groups [g0, g1) of tile t into s, b: [g1-g0][64] (portable) */
+void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b);
+/* Dword codes of k-groups [j0, j1) of tile t into w: [j1-j0][64] (portable) */
+void pylut_i8_unpack(const pylut_qmatrix *qm, int64_t t, int64_t j0, int64_t j1, uint32_t *w);
+void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                            int64_t ldy, int64_t tile0, int64_t tile1);
+#if defined(__x86_64__) || defined(_M_X64)
+void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                          int64_t ldy, int64_t tile0, int64_t tile1);
+#endif
 
 /* The portable attention twin (also what NEON uses until it has its own). */
 void pylut_attn_f16_scalar(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,

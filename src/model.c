@@ -22,10 +22,19 @@ typedef struct {
     pylut_lut *lut;            /* [max_batch] */
     int8_t *tbl;               /* [max_batch][tbl_bytes] */
     float *tscale, *sumx;      /* [max_batch][n_groups] */
+    /* B-type sets: the same tokens as int8 activations, for chunks the int8 prefill kernel
+     * takes (pylut_gemm_i8_preferred); NULL for T3 sets */
+    pylut_lut *act;            /* [max_batch] */
+    int8_t *act_q;             /* [max_batch][k_pad] */
+    float *act_s, *act_sum;    /* [max_batch][n_groups] */
+    const pylut_qmatrix *widest; /* the set's matrix with the most bits: decides for the set */
+    int use_act;               /* this chunk reads act, not lut */
 } table_set;
 
 struct pylut_state {
     int n_ctx, max_batch, pos, n_sets;
+    int batch_invariant;       /* 1: never the int8 prefill path, so a token's results do not
+                                * depend on how many tokens share its chunk */
     int q_dim, kv_dim, n_layers, n_kv_heads, kv_type;
     int64_t row_bytes;         /* one cached head vector (pylut_kv_row_bytes) */
     uint8_t *kv;               /* [2][n_layers][n_kv_heads][slots of the head][row_bytes]: keys then
@@ -70,7 +79,11 @@ static int set_for(const pylut_state *s, const pylut_qmatrix *qm) {
 }
 
 static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
-    if (set_for(s, qm) >= 0) return PYLUT_OK;
+    const int have = set_for(s, qm);
+    if (have >= 0) {
+        if (qm->bits > s->sets[have].widest->bits) s->sets[have].widest = qm;
+        return PYLUT_OK;
+    }
     if (s->n_sets == MAX_TABLE_SETS) return PYLUT_EINVAL;
     pylut_lut key;
     pylut_lut_layout(&key, qm);
@@ -86,9 +99,34 @@ static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
         ts->lut[b].tscale = ts->tscale + b * key.n_groups;
         ts->lut[b].sumx = ts->sumx + b * key.n_groups;
     }
+    ts->widest = qm;
     s->keys[s->n_sets++] = key;
+    pylut_lut ak;
+    if (pylut_lut_layout_i8(&ak, qm) != PYLUT_OK) return PYLUT_OK; /* T3: tables only */
+    ts->act = calloc((size_t)s->max_batch, sizeof(pylut_lut));
+    ts->act_q = malloc((size_t)(s->max_batch * ak.tbl_bytes));
+    ts->act_s = malloc((size_t)(s->max_batch * ak.n_groups) * sizeof(float));
+    ts->act_sum = malloc((size_t)(s->max_batch * ak.n_groups) * sizeof(float));
+    if (!ts->act || !ts->act_q || !ts->act_s || !ts->act_sum) return PYLUT_ENOMEM;
+    for (int b = 0; b < s->max_batch; b++) {
+        ts->act[b] = ak;
+        ts->act[b].tbl = ts->act_q + b * ak.tbl_bytes;
+        ts->act[b].tscale = ts->act_s + b * ak.n_groups;
+        ts->act[b].sumx = ts->act_sum + b * ak.n_groups;
+    }
     return PYLUT_OK;
 }
+
+int pylut_state_set_batch_invariant(pylut_state *s, int on) {
+    if (!s || (on != 0 && on != 1)) return PYLUT_EINVAL;
+    s->batch_invariant = on;
+    return PYLUT_OK;
+}
+
+int pylut_state_batch_invariant(const pylut_state *s) { return s ? s->batch_invariant : 0; }
+
+/* The activations set ts's matrices read in this chunk. */
+static pylut_lut *set_input(const table_set *ts) { return ts->use_act ? ts->act : ts->lut; }
 
 void pylut_state_free(pylut_state *s) {
     if (!s) return;
@@ -97,6 +135,10 @@ void pylut_state_free(pylut_state *s) {
         free(s->sets[i].tbl);
         free(s->sets[i].tscale);
         free(s->sets[i].sumx);
+        free(s->sets[i].act);
+        free(s->sets[i].act_q);
+        free(s->sets[i].act_s);
+        free(s->sets[i].act_sum);
     }
     free(s->kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
@@ -495,13 +537,12 @@ static void stage_tables(step_ctx *c, int ith, int nth, const float *x, int64_t 
         int si = set_for(c->s, mats[i]);
         if (done[si]) continue;
         done[si] = 1;
-        pylut_lut *luts = c->s->sets[si].lut;
+        pylut_lut *luts = set_input(&c->s->sets[si]);
         const int64_t per = luts[0].n_groups;
         SPLIT(per * n, ith, nth, w0, w1);
         for (int64_t w = w0; w < w1;) {
             int64_t tok = w / per, g0 = w % per, g1 = g0 + (w1 - w) < per ? g0 + (w1 - w) : per;
-            if (luts[0].kind == 1) pylut_lut_build_t3_range(x + tok * ldx, &luts[tok], g0, g1);
-            else pylut_lut_build_b_range(x + tok * ldx, &luts[tok], g0, g1);
+            pylut_lut_build_range(x + tok * ldx, &luts[tok], g0, g1);
             w += g1 - g0;
         }
     }
@@ -526,7 +567,7 @@ static void stage_gemm(step_ctx *c, int ith, int nth, int *stage, int n,
         for (int i = 0; i < nm; i++) {
             int64_t a = w0 > start[i] ? w0 : start[i], b = w1 < start[i + 1] ? w1 : start[i + 1];
             if (a < b)
-                pylut_gemm_tiles(mats[i], c->s->sets[set_for(c->s, mats[i])].lut, n, ys[i], ldys[i],
+                pylut_gemm_tiles(mats[i], set_input(&c->s->sets[set_for(c->s, mats[i])]), n, ys[i], ldys[i],
                                  a - start[i], b - start[i]);
         }
     }
@@ -705,6 +746,9 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
             s->scratch_threads = nth;
             s->attn_scratch_floats = j->scratch_floats;
         }
+        for (int i = 0; i < s->n_sets; i++)
+            s->sets[i].use_act = s->sets[i].act && !s->batch_invariant &&
+                                 pylut_gemm_i8_preferred(s->sets[i].widest, chunk);
         barrier_init(&c.bar);
         for (int i = 0; i < 5 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
         pylut_pool_run(pool, step_task, &c);

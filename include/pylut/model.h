@@ -54,6 +54,12 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
                                       const uint8_t *streaming, int sink, int window);
 void pylut_state_free(pylut_state *s);
 int pylut_state_pos(const pylut_state *s);
+/* Prefill chunks of many tokens go through the int8 prefill GEMM where it is faster
+ * (pylut_gemm_i8_preferred), so a token's logits move by activation rounding with how many
+ * tokens share its chunk. on = 1 keeps every chunk on the table lookups: bit-identical
+ * results however tokens are chunked, at the table path's prefill speed. Default 0. */
+int pylut_state_set_batch_invariant(pylut_state *s, int on);
+int pylut_state_batch_invariant(const pylut_state *s);
 /* Forget positions >= pos (prefix reuse keeps the shared prefix). PYLUT_EINVAL when a
  * streaming head has already dropped positions the window at pos would see (see below). */
 int pylut_state_truncate(pylut_state *s, int pos);

@@ -141,11 +141,16 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
 /* ------------------------------------------------------------------ activation tables */
 
 /* Tables built from one activation vector x[k] for matrices of one type family and group.
- *   B: tbl int8 [k_pad/4][16], tscale/sumx fp32 [k_pad/group]
+ *   B (kind 0): tbl int8 [k_pad/4][16], tscale/sumx fp32 [k_pad/group]
  *      with super (two-level matrices summed in integers, see pylut_lut_layout): one table
  *      scale per super-block (tscale[g] repeats it for each group), and tbl continues with
  *      int16 sumq [k_pad/group] = round(sumx / tscale) (sumx then holds sumq * tscale)
- *   T3: tbl int8 [groups * triples][16] (entries 0..13 used), tscale fp32 [groups], sumx unused */
+ *   T3 (kind 1): tbl int8 [groups * triples][16] (entries 0..13 used), tscale fp32 [groups],
+ *      sumx unused
+ *   int8 activations (kind 2, B-type matrices, the prefill path below): no tables but x itself
+ *      quantized per scale group: tbl int8 [k_pad] (round(x / xs), padding 0), tscale fp32
+ *      [k_pad/group] the group's xs = max |x| / 127, sumx fp32 [k_pad/group] = xs * sum of
+ *      the group's int8 values (the sum the integer dot products really saw) */
 typedef struct {
     int32_t kind;        /* 0: B-type tables, 1: T3 tables */
     int64_t k, k_pad;
@@ -161,6 +166,8 @@ typedef struct {
  * matrix's two-level scales can be summed in integers: then a super-block's int lookup sums,
  * times the int8 sub-scales, are converted to float once per super-block, not per group). */
 int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm);
+/* Size int8 activations (kind 2) for a B-type matrix like qm; PYLUT_EINVAL for T3. */
+int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm);
 
 /* ------------------------------------------------------------------ thread pool */
 
@@ -179,6 +186,14 @@ int pylut_lut_build(pylut_pool *pool, pylut_lut *lut, int n, const float *x, int
 /* y[n][m] (row stride ldy) = W x_n for the n tables. Any m, k; threads split rows. */
 int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                float *y, int64_t ldy);
+/* Prefill through int8 activations. With many tokens a B-type GEMM can unpack each weight
+ * tile to bytes once and reuse it for every token; the dot products then run on int8 multiply-
+ * add units (VNNI vpdpbusd) at ~3x the table lookups' rate per weight, whatever the bit width.
+ * Pass kind-2 activations (pylut_lut_layout_i8) to pylut_gemm for it. Results differ from
+ * the table path by activation rounding (int8 per scale group against int8 table entries).
+ * 1 when the active ISA has a fast kernel for it and n tokens make it pay for qm; every ISA
+ * runs kind-2 activations (the portable twin where there is no fast kernel). */
+int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n);
 /* Several matrices reading the same tables (q/k/v, gate/up) in one pool dispatch. */
 int pylut_gemm_multi(pylut_pool *pool, int n_mats, const pylut_qmatrix *const *qms,
                      const pylut_lut *lut, int n, float *const *ys, const int64_t *ldys);

@@ -1,0 +1,107 @@
+/* prefill.c - the int8-activation GEMM for prefill, portable part: activation quantizer,
+ * tile unpacking to dword codes, per-group float parameters, and the scalar twin every SIMD
+ * prefill kernel is tested against. (Decode stays on the table lookups: one token cannot
+ * pay for unpacking a tile; a batch of them can, see pylut.h "Prefill through int8".) */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ------------------------------------------------------------------ activations */
+
+/* round half to even without libm, as the table builders do (|v * inv| <= 127 here) */
+static inline int round_i8(float v, float inv) {
+    const float magic = 12582912.0f;
+    float r = (v * inv + magic) - magic;
+    return (int)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
+}
+
+void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t g1) {
+    const int64_t gw = act->group;
+    for (int64_t g = g0; g < g1; g++) {
+        const int64_t c0 = g * gw, c1 = c0 + gw < act->k ? c0 + gw : act->k;
+        float amax = 0.0f;
+        for (int64_t c = c0; c < c1; c++) amax = fmaxf(amax, fabsf(x[c]));
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int64_t c = c0; c < c0 + gw; c++) {
+            const int q = c < c1 ? round_i8(x[c], inv) : 0;
+            act->tbl[c] = (int8_t)q;
+            sum += q;
+        }
+        act->tscale[g] = amax / 127.0f;
+        act->sumx[g] = act->tscale[g] * (float)sum;
+    }
+}
+
+void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
+    if (lut->kind == 2) pylut_act8_build_range(x, lut, g0, g1);
+    else if (lut->kind == 1) pylut_lut_build_t3_range(x, lut, g0, g1);
+    else pylut_lut_build_b_range(x, lut, g0, g1);
+}
+
+/* ------------------------------------------------------------------ weights */
+
+void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b) {
+    for (int64_t g = g0; g < g1; g++)
+        for (int r = 0; r < PYLUT_TILE_M; r++) {
+            const float sc = pylut_b_param(qm, 0, t, g, r);
+            s[(g - g0) * PYLUT_TILE_M + r] = sc;
+            b[(g - g0) * PYLUT_TILE_M + r] = qm->has_bias ? pylut_b_param(qm, 1, t, g, r) : -qm->zero * sc;
+        }
+}
+
+/* Plane p's nibble of row r in a k-group's block (layouts in pylut.h): bit e = weight 4j+e */
+static int plane_nibble(const uint8_t *blk, int bits, int p, int r) {
+    const int rr = r & 31, shift = r >= 32 ? 4 : 0, paired = p < bits / 2 * 2;
+    const int64_t off = paired ? 64 * (p / 2) + 16 * (rr / 8) + 2 * (rr % 8) + p % 2
+                               : 64 * (p / 2) + rr; /* the lone top plane of odd b */
+    return (blk[off] >> shift) & 15;
+}
+
+void pylut_i8_unpack(const pylut_qmatrix *qm, int64_t t, int64_t j0, int64_t j1, uint32_t *w) {
+    const int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
+    const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
+    for (int64_t j = j0; j < j1; j++)
+        for (int r = 0; r < PYLUT_TILE_M; r++) {
+            uint32_t d = 0;
+            for (int p = 0; p < bits; p++) {
+                const uint32_t nib = (uint32_t)plane_nibble(tile + j * kgb, bits, p, r);
+                for (int e = 0; e < 4; e++) d |= ((nib >> e) & 1u) << (8 * e + p);
+            }
+            w[(j - j0) * PYLUT_TILE_M + r] = d;
+        }
+}
+
+/* ------------------------------------------------------------------ the scalar twin */
+
+void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                            int64_t ldy, int64_t tile0, int64_t tile1) {
+    const int gw = qm->group, kc = pylut_i8_chunk(gw);
+    float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups in chunk][64] */
+    float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
+    uint32_t w[PYLUT_I8_CHUNK / PYLUT_KGROUP * PYLUT_TILE_M]; /* [k-groups in chunk][64] */
+    for (int64_t t = tile0; t < tile1; t++)
+        for (int tok = 0; tok < n; tok++) {
+            const pylut_lut *A = act + tok;
+            float acc[PYLUT_TILE_M] = {0};
+            for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
+                const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, g0 = k0 / gw;
+                pylut_i8_unpack(qm, t, k0 / 4, (k0 + kl) / 4, w);
+                pylut_i8_params(qm, t, g0, (k0 + kl) / gw, s, b);
+                for (int64_t g = 0; g < kl / gw; g++) {
+                    const float xs = A->tscale[g0 + g], sx = A->sumx[g0 + g];
+                    for (int r = 0; r < PYLUT_TILE_M; r++) {
+                        int32_t I = 0;
+                        for (int64_t c = g * gw; c < (g + 1) * gw; c++)
+                            I += (int32_t)((w[c / 4 * PYLUT_TILE_M + r] >> (8 * (c % 4))) & 255) *
+                                 A->tbl[k0 + c];
+                        acc[r] = fmaf((float)I, s[g * PYLUT_TILE_M + r] * xs, acc[r]);
+                        acc[r] = fmaf(b[g * PYLUT_TILE_M + r], sx, acc[r]);
+                    }
+                }
+            }
+            for (int r = 0; r < PYLUT_TILE_M && t * PYLUT_TILE_M + r < qm->m; r++)
+                y[tok * ldy + t * PYLUT_TILE_M + r] = acc[r];
+        }
+}
