@@ -168,11 +168,13 @@ def quantize(w, bits=4, group=None, mode="sym"):
 
 # ---------------------------------------------------------------- GEMV / GEMM
 
-def gemm(qm, x, n_threads=None, pool=None):
-    """y = W x for a packed matrix: x float32 [k] -> [m], or [n, k] -> [n, m]."""
-    return _core.gemm_multi([qm], x, pool or get_pool(n_threads))[0]
+def gemm(qm, x, n_threads=None, pool=None, int8=False):
+    """y = W x for a packed matrix: x float32 [k] -> [m], or [n, k] -> [n, m]. int8=True:
+    the prefill kernel (x quantized to int8 per scale group, codes unpacked to bytes) instead
+    of the table lookups; B-type matrices only."""
+    return _core.gemm_multi([qm], x, pool or get_pool(n_threads), int8=int8)[0]
 
 
-def gemm_multi(mats, x, n_threads=None, pool=None):
+def gemm_multi(mats, x, n_threads=None, pool=None, int8=False):
     """Several matrices reading the same x (q/k/v): one table build, one dispatch."""
-    return _core.gemm_multi(list(mats), x, pool or get_pool(n_threads))
+    return _core.gemm_multi(list(mats), x, pool or get_pool(n_threads), int8=int8)

@@ -78,14 +78,32 @@ def test_generate_greedy_seeded_and_streamed(model_file, cache):
 
 
 def test_prefix_reuse_only_processes_new_tokens(model_file, cache):
-    m = pylut.load(model_file, n_ctx=64)
+    m = pylut.load(model_file, n_ctx=64, batch_invariant=True)
     first = list(range(3, 23))
     m.eval(first)
     assert m.stats["prompt_processed"] == 20
     logits = m.eval(first + [30, 31, 32])
     assert m.stats["prompt_processed"] == 3
-    fresh = pylut.load(model_file, n_ctx=64)
+    fresh = pylut.load(model_file, n_ctx=64, batch_invariant=True)
     assert np.array_equal(logits, fresh.eval(first + [30, 31, 32]))
+
+
+def test_prefix_reuse_on_the_int8_prefill_path_stays_close(model_file, cache):
+    """By default a 20-token prompt goes through the int8 prefill kernel where the CPU has
+    one, and the 3 new tokens through the tables: close to a fresh 23-token run, not equal."""
+    m = pylut.load(model_file, n_ctx=64)
+    assert m.info()["batch_invariant"] is False
+    first = list(range(3, 23))
+    m.eval(first)
+    logits = m.eval(first + [30, 31, 32])
+    assert m.stats["prompt_processed"] == 3
+    fresh = pylut.load(model_file, n_ctx=64).eval(first + [30, 31, 32])
+    exact = pylut.load(model_file, n_ctx=64, batch_invariant=True).eval(first + [30, 31, 32])
+    scale = np.abs(exact).max()
+    assert np.abs(logits - exact).max() <= 0.05 * scale
+    assert np.abs(fresh - exact).max() <= 0.05 * scale
+    if _core.i8_preferred(m.loaded.tensors["blk.0.attn_q"], 20):
+        assert not np.array_equal(fresh, exact)  # the int8 path did run
     m.eval(first[:5] + [40])  # diverges: the cache is cut back to the common prefix
     assert m.stats["prompt_processed"] == 1
 
@@ -132,14 +150,14 @@ def test_generation_stops_at_context_end(model_file, cache):
 def test_context_shift_rerotates_keys(model_file, cache):
     """Layer-0 keys depend only on token and position, so after a shift the moved keys must
     equal keys computed fresh at their new positions."""
-    m = pylut.load(model_file, n_ctx=32)
+    m = pylut.load(model_file, n_ctx=32, batch_invariant=True)  # 20 and 14-token prompts compared
     toks = list(range(3, 23))
     m.eval(toks)
     m.session.shift(4, 6)
     hd = m.loaded.config["head_dim"]
     keys = lambda model: _core.kv_decode(model.session.kv_array()[0, 0, :, :14], "f16", hd)  # noqa: E731
     shifted = keys(m)
-    fresh = pylut.load(model_file, n_ctx=32)
+    fresh = pylut.load(model_file, n_ctx=32, batch_invariant=True)
     fresh.eval(toks[:4] + toks[10:])
     # fp16 cache: the re-rotation rounds once more than a fresh write (2 ulp of fp16)
     assert np.allclose(shifted, keys(fresh), rtol=2e-3, atol=2e-3)

@@ -118,7 +118,8 @@ def test_decode_with_the_cache_sliced_across_threads_matches_the_reference(tmp_p
     model = tmp_path / "mqa.gguf"
     build_gguf(model, "llama", "Q8_0", vocab=300, n_layers=2, dim=64, n_heads=4, n_kv_heads=1,
                context_length=1024)
-    m = pylut.load(model, n_ctx=1024, n_threads=2)
+    # batch_invariant: decode steps are compared with the same tokens inside prefill chunks
+    m = pylut.load(model, n_ctx=1024, n_threads=2, batch_invariant=True)
     tokens = [int(t) for t in np.random.default_rng(3).integers(0, 300, 703)]
     m.eval(tokens[:700])
     steps = np.stack([m.session.forward([t], m.pool) for t in tokens[700:]])
@@ -127,6 +128,6 @@ def test_decode_with_the_cache_sliced_across_threads_matches_the_reference(tmp_p
     assert np.abs(steps - ref).max() <= 0.03 * np.abs(ref).max()
     assert np.array_equal(steps.argmax(1), ref.argmax(1))
     # the same positions through prefill (query tiles, no slices): equal up to float order
-    fresh = pylut.load(model, n_ctx=1024, n_threads=2)
+    fresh = pylut.load(model, n_ctx=1024, n_threads=2, batch_invariant=True)
     tiled = fresh.session.forward(tokens, fresh.pool, all_logits=True)[700:]
     assert np.abs(steps - tiled).max() <= 1e-4 * np.abs(tiled).max()

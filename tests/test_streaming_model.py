@@ -73,7 +73,8 @@ def test_results_do_not_depend_on_how_the_tokens_are_chunked(tiny):
     tokens = [int(t) for t in np.random.default_rng(7).integers(0, 300, 120)]
     outs = []
     for max_batch, step in ((64, 120), (5, 120), (64, 1), (64, 37)):
-        m = pylut.load(tiny, n_ctx=256, n_threads=2, max_batch=max_batch, head_plan=plan_for(base, MIXED))
+        m = pylut.load(tiny, n_ctx=256, n_threads=2, max_batch=max_batch, head_plan=plan_for(base, MIXED),
+                       batch_invariant=True)
         outs.append(np.concatenate([m.session.forward(tokens[i:i + step], m.pool, all_logits=True)
                                     for i in range(0, len(tokens), step)]))
     for o in outs[1:]:

@@ -1,0 +1,133 @@
+"""The int8-activation prefill GEMM (pylut.h "Prefill through int8"): the portable twin within
+the int8 rounding bound of dequantize-then-matmul, every ISA bit-identical to the twin, and the
+model's choice between it and the table lookups.
+
+Tolerance: x is rounded to int8 per scale group g with step xs_g = max|x_g| / 127, each value
+off by at most xs_g / 2, so |y - x W^T| <= sum_g xs_g / 2 * sum_{j in g} |W_rj| (the
+integer dot products are exact; the float epilogue adds a few ulps, 1e-5 * max|y|)."""
+import numpy as np
+import pytest
+
+import pylut
+from pylut import _core
+
+from test_kernels import ISAS, two_level_pair
+
+pytestmark = pytest.mark.usefixtures("restore_isa")  # conftest.py
+
+
+def run(q, x, isa, n_threads=1):
+    _core.isa_set(isa)
+    return pylut.gemm(q, x, n_threads=n_threads, int8=True)
+
+
+def rounding_bound(q, x):
+    w = np.abs(q.dequantize().astype(np.float64))
+    g, k = q.group, q.shape[1]
+    k_pad = -(-k // g) * g
+    xp = np.zeros((x.shape[0], k_pad))
+    xp[:, :k] = x
+    wp = np.zeros((w.shape[0], k_pad))
+    wp[:, :k] = w
+    xs = np.abs(xp.reshape(len(x), -1, g)).max(2) / 127            # [n, groups]
+    wsum = wp.reshape(len(w), -1, g).sum(2)                         # [m, groups]
+    return 0.5 * xs @ wsum.T
+
+
+def check(q, x):
+    ref = run(q, x, "scalar")
+    exact = x.astype(np.float64) @ q.dequantize().astype(np.float64).T
+    assert np.all(np.abs(ref - exact) <= rounding_bound(q, x) + 1e-5 * np.abs(exact).max())
+    rms = np.sqrt(np.mean((ref - exact) ** 2) / np.mean(exact ** 2))
+    assert rms < 0.02, rms  # measured ~0.3-0.6 %: a systematic error cannot hide in the bound
+    for isa in ISAS:
+        assert np.array_equal(run(q, x, isa), ref), isa
+
+
+# (mode, bits): every plane count, with and without a bias array
+CASES = [("sym", 1), ("zp", 2), ("sym", 3), ("zp", 3), ("sym", 4), ("zp", 4), ("sym", 5),
+         ("zp", 6), ("sym", 7), ("sym", 8), ("ternary", 2)]
+# (m, k, group, n): ragged rows and k, groups 8..256, token counts around the kernel's
+# 4-token blocks and 64-token passes, k over several 256-wide chunks
+SHAPES = [(37, 100, 32, 1), (64, 256, 32, 5), (130, 1000, 8, 7), (70, 800, 96, 66),
+          (65, 512, 256, 4), (100, 768, 16, 19)]
+
+
+@pytest.mark.parametrize("mode,bits", CASES)
+@pytest.mark.parametrize("m,k,group,n", SHAPES)
+def test_int8_prefill_within_the_rounding_bound_and_equal_on_every_isa(mode, bits, m, k, group, n):
+    rng = np.random.default_rng(bits * 1000 + m + n)
+    q = pylut.quantize(rng.standard_normal((m, k)).astype(np.float32), bits=bits, group=group, mode=mode)
+    check(q, rng.standard_normal((n, k)).astype(np.float32))
+
+
+@pytest.mark.parametrize("bits,group,sup,m,k,n", [
+    (2, 16, 256, 130, 768, 9),    # Q2_K (nibble sub-values)
+    (3, 16, 256, 70, 512, 17),    # Q3_K-style, no bias array
+    (4, 32, 256, 64, 512, 5),     # Q4_K
+    (6, 16, 256, 65, 256, 3),     # Q6_K-style
+    (3, 32, 96, 100, 288, 6)])    # odd groups per super-block
+def test_int8_prefill_two_level_scales(bits, group, sup, m, k, n):
+    a, b, rng = two_level_pair(bits, group, sup, m, k, seed=bits + m)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    check(a, x)
+    for isa in ISAS:  # the nibble form reads the same values
+        assert np.array_equal(run(b, x, isa), run(a, x, isa)), isa
+    z = float(1 << (bits - 1))  # two-level without a bias array: bias = -zero * scale
+    codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
+    d = rng.uniform(0.001, 0.01, (m, k // sup)).astype(np.float16).astype(np.float32)
+    sc = rng.integers(-32, 32, (m, k // group)).astype(np.int8)
+    check(pylut.QMatrix.from_codes_super(codes, d, sc, zero=z, bits=bits, group=group, super_=sup), x)
+
+
+def test_q4_0_grid_and_threads():
+    """Q4_0: codes - 8 without a bias array; 2 threads split the tiles, results unchanged."""
+    rng = np.random.default_rng(4)
+    m, k, g = 200, 512, 32
+    codes = rng.integers(0, 16, (m, k)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.1, (m, k // g)).astype(np.float16).astype(np.float32)
+    q = pylut.QMatrix.from_codes(codes, d, None, bits=4, group=g, zero=8.0)
+    x = rng.standard_normal((70, k)).astype(np.float32)
+    check(q, x)
+    for isa in ISAS:
+        assert np.array_equal(run(q, x, isa, n_threads=2), run(q, x, isa)), isa
+
+
+def test_close_to_the_table_path():
+    """Both kernels approximate the same product: their difference is rounding-sized."""
+    rng = np.random.default_rng(9)
+    q = pylut.quantize(rng.standard_normal((96, 1024)).astype(np.float32), bits=4, group=32)
+    x = rng.standard_normal((24, 1024)).astype(np.float32)
+    lut, i8 = pylut.gemm(q, x), pylut.gemm(q, x, int8=True)
+    assert np.abs(lut - i8).max() <= 0.02 * np.abs(lut).max()
+    assert not np.array_equal(lut, i8)
+
+
+def test_refused_inputs():
+    rng = np.random.default_rng(1)
+    t3 = pylut.quantize(rng.standard_normal((64, 192)).astype(np.float32), bits=2, mode="t3")
+    with pytest.raises(ValueError, match="T3"):
+        pylut.gemm(t3, np.ones(192, np.float32), int8=True)
+    q = pylut.quantize(rng.standard_normal((64, 256)).astype(np.float32), bits=4, group=32)
+    other = pylut.quantize(rng.standard_normal((64, 256)).astype(np.float32), bits=4, group=64)
+    pool = pylut.get_pool(1)
+    tables = _core.Tables(q, 2, True)
+    tables.build(np.ones((2, 256), np.float32), pool)
+    with pytest.raises(ValueError):  # activations grouped for another scale group
+        _core.gemm_multi([other], np.ones((2, 256), np.float32), pool, tables)
+    with pytest.raises(ValueError, match="shape"):
+        tables.build(np.ones((3, 256), np.float32), pool)
+
+
+def test_which_path_the_model_takes():
+    """Decode and short chunks stay on the tables; long prompt chunks of 3+ bit matrices take
+    the int8 kernel where the ISA has a fast one (AVX-512 VNNI); 1-2 bit and ternary never."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    fast = _core.isa_active() == "avx512vbmi"
+    for bits in (3, 4, 6, 8):
+        q = pylut.quantize(w, bits=bits, group=32)
+        assert not _core.i8_preferred(q, 1) and not _core.i8_preferred(q, 8)
+        assert _core.i8_preferred(q, 64) == fast
+    for q in (pylut.quantize(w, bits=2, group=32), pylut.quantize(w, bits=2, mode="t3")):
+        assert not _core.i8_preferred(q, 64)
