@@ -325,14 +325,15 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
     run_tiles(active, qm, lut, n, y, ldy, tile0, tile1);
 }
 
-/* Where the int8 prefill kernel beats the table lookups (tools/bench_prefill.py, Zen 4):
- * from PYLUT_I8_MIN_TOKENS tokens on, for 3 bits and up (1- and 2-bit lookups are cheap
- * enough that unpacking to bytes does not pay). */
-#define PYLUT_I8_MIN_TOKENS 16
-#define PYLUT_I8_MIN_BITS 3
+/* Where the int8 prefill kernel beats the table lookups (tools/bench_prefill.py, Zen 4, one
+ * thread, 2048x2048, tokens/s int8 / tables): 4-bit 0.93 at 8 tokens, 1.41 at 16, 1.68 at 64;
+ * 3-bit 1.02 / 1.32 / 1.82; 8-bit 1.80 at 8. The lookups' cost grows with the planes, the
+ * int8 kernel's does not, so 5+ bits switch at 8 tokens. 2-bit stays on the tables: 0.94 at
+ * 16, 1.17 at 64 with group 32, and Q2_K's 16-weight groups 0.93 at 64. */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
-    return qm && active->gemm_b_i8 && qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 &&
-           qm->bits >= PYLUT_I8_MIN_BITS && n >= PYLUT_I8_MIN_TOKENS;
+    if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 3)
+        return 0;
+    return n >= (qm->bits >= 5 ? 8 : 16);
 }
 
 int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }

@@ -127,7 +127,8 @@ def test_which_path_the_model_takes():
     fast = _core.isa_active() == "avx512vbmi"
     for bits in (3, 4, 6, 8):
         q = pylut.quantize(w, bits=bits, group=32)
-        assert not _core.i8_preferred(q, 1) and not _core.i8_preferred(q, 8)
-        assert _core.i8_preferred(q, 64) == fast
+        assert not _core.i8_preferred(q, 1) and not _core.i8_preferred(q, 7)
+        assert _core.i8_preferred(q, 8) == (fast and bits >= 5)
+        assert _core.i8_preferred(q, 16) == _core.i8_preferred(q, 64) == fast
     for q in (pylut.quantize(w, bits=2, group=32), pylut.quantize(w, bits=2, mode="t3")):
         assert not _core.i8_preferred(q, 64)
