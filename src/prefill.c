@@ -20,15 +20,19 @@ void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t 
     const int64_t gw = act->group;
     for (int64_t g = g0; g < g1; g++) {
         const int64_t c0 = g * gw, c1 = c0 + gw < act->k ? c0 + gw : act->k;
-        float amax = 0.0f;
-        for (int64_t c = c0; c < c1; c++) amax = fmaxf(amax, fabsf(x[c]));
+        float amax = 0.0f; /* (not fmaxf: a libm call per element on the baseline ISA) */
+        for (int64_t c = c0; c < c1; c++) {
+            const float a = fabsf(x[c]);
+            amax = a > amax ? a : amax;
+        }
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         int32_t sum = 0;
-        for (int64_t c = c0; c < c0 + gw; c++) {
-            const int q = c < c1 ? round_i8(x[c], inv) : 0;
+        for (int64_t c = c0; c < c1; c++) {
+            const int q = round_i8(x[c], inv);
             act->tbl[c] = (int8_t)q;
             sum += q;
         }
+        for (int64_t c = c1; c < c0 + gw; c++) act->tbl[c] = 0; /* k padding */
         act->tscale[g] = amax / 127.0f;
         act->sumx[g] = act->tscale[g] * (float)sum;
     }

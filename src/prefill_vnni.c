@@ -28,12 +28,13 @@ static inline __m512i transpose_bits(__m512i x) {
 /* One k-group's 64 rows: w[64] dword codes. A pair block's 16-bit word a (bytes 2a, 2a+1)
  * holds both of its planes for rows a and a+32, so word a of every block, stacked into a
  * qword, is the plane-byte column transpose_bits() wants. */
-static inline void unpack_kgroup(const uint8_t *blk, int bits, uint32_t *w) {
+static inline __attribute__((always_inline)) void unpack_kgroup(const uint8_t *blk, int bits, uint32_t *w) {
     const __m512i z = _mm512_setzero_si512();
-    __m512i v[4] = {z, z, z, z}; /* v[i] word a: planes 2i, 2i+1 of rows a, a+32 */
-    const int pairs = bits / 2;
-    for (int i = 0; i < pairs; i++) v[i] = _mm512_loadu_si512(blk + 64 * i);
-    if (bits & 1) v[pairs] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 64 * pairs)));
+    __m512i v[4]; /* v[i] word a: planes 2i, 2i+1 of rows a, a+32 (bits is a constant here) */
+    for (int i = 0; i < 4; i++)
+        v[i] = 2 * i + 1 < bits ? _mm512_loadu_si512(blk + 64 * i)
+               : 2 * i + 1 == bits ? _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 64 * i)))
+                                   : z;
     const __m512i wlo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i whi = _mm512_add_epi16(wlo, _mm512_set1_epi16(16));
@@ -55,6 +56,16 @@ static inline void unpack_kgroup(const uint8_t *blk, int bits, uint32_t *w) {
     _mm512_store_si512(w + 16, _mm512_permutex2var_epi32(q2, even, q3));
     _mm512_store_si512(w + 32, _mm512_permutex2var_epi32(q0, odd, q1));
     _mm512_store_si512(w + 48, _mm512_permutex2var_epi32(q2, odd, q3));
+}
+
+/* kgroups k-groups of a tile's codes from blk into w [kgroups][64] */
+static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t *w) {
+    const int kgb = pylut_b_kgroup_bytes(bits);
+#define UNPACK_BITS(b) \
+    case b: for (int64_t j = 0; j < kgroups; j++) unpack_kgroup(blk + j * kgb, b, w + j * PYLUT_TILE_M); break;
+    switch (bits) { UNPACK_BITS(1) UNPACK_BITS(2) UNPACK_BITS(3) UNPACK_BITS(4)
+                    UNPACK_BITS(5) UNPACK_BITS(6) UNPACK_BITS(7) UNPACK_BITS(8) }
+#undef UNPACK_BITS
 }
 
 /* Groups [g0, g1) of tile t: s, b [g][64] floats, as pylut_i8_params computes them */
@@ -111,9 +122,7 @@ static inline __attribute__((always_inline)) void tokens_pass(
             const __m512i w0 = _mm512_load_si512(wj), w1 = _mm512_load_si512(wj + 16);
             const __m512i w2 = _mm512_load_si512(wj + 32), w3 = _mm512_load_si512(wj + 48);
             for (int t = 0; t < nt; t++) {
-                int32_t x4;
-                memcpy(&x4, act[t].tbl + k0 + 4 * kg, 4);
-                const __m512i xb = _mm512_set1_epi32(x4);
+                const __m512i xb = _mm512_broadcastd_epi32(_mm_loadu_si32(act[t].tbl + k0 + 4 * kg));
                 a[t][0] = _mm512_dpbusd_epi32(a[t][0], w0, xb);
                 a[t][1] = _mm512_dpbusd_epi32(a[t][1], w1, xb);
                 a[t][2] = _mm512_dpbusd_epi32(a[t][2], w2, xb);
@@ -148,8 +157,7 @@ void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
             memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
             for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
                 const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;
-                for (int64_t j = 0; j < kl / PYLUT_KGROUP; j++)
-                    unpack_kgroup(tile + (k0 / PYLUT_KGROUP + j) * kgb, bits, w + j * PYLUT_TILE_M);
+                unpack_chunk(tile + k0 / PYLUT_KGROUP * kgb, bits, kl / PYLUT_KGROUP, w);
                 params(qm, t, g0, g0 + ng, s, b);
                 int tok = 0;
                 for (; tok + 4 <= nt; tok += 4)
@@ -157,9 +165,12 @@ void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
                 for (; tok < nt; tok++)
                     tokens_pass(1, w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
             }
-            for (int tok = 0; tok < nt; tok++)
-                memcpy(y + (tb + tok) * ldy + t * PYLUT_TILE_M, yacc + tok * PYLUT_TILE_M,
-                       (size_t)rows * sizeof(float));
+            for (int tok = 0; tok < nt; tok++) /* the tile's rows < m only */
+                for (int i = 0; i < 4 && 16 * i < rows; i++) {
+                    const __mmask16 live = rows - 16 * i >= 16 ? 0xFFFF : (__mmask16)((1u << (rows - 16 * i)) - 1);
+                    _mm512_mask_storeu_ps(y + (tb + tok) * ldy + t * PYLUT_TILE_M + 16 * i, live,
+                                          _mm512_load_ps(yacc + tok * PYLUT_TILE_M + 16 * i));
+                }
         }
     }
 }
