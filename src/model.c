@@ -18,17 +18,19 @@
 
 /* ------------------------------------------------------------------ state */
 
-typedef struct {
-    pylut_lut *lut;            /* [max_batch] */
+typedef struct {               /* one activation set per token of a chunk */
+    pylut_lut *lut;            /* [max_batch], all of one layout */
     int8_t *tbl;               /* [max_batch][tbl_bytes] */
     float *tscale, *sumx;      /* [max_batch][n_groups] */
-    /* B-type sets: the same tokens as int8 activations, for chunks the int8 prefill kernel
-     * takes (pylut_gemm_i8_preferred); NULL for T3 sets */
-    pylut_lut *act;            /* [max_batch] */
-    int8_t *act_q;             /* [max_batch][k_pad] */
-    float *act_s, *act_sum;    /* [max_batch][n_groups] */
+} lut_batch;
+
+typedef struct {
+    lut_batch tables;          /* lookup tables (kind 0 or 1) */
+    lut_batch act;             /* B-type sets: the same tokens as int8 activations, for chunks
+                                * the int8 prefill kernel takes (pylut_gemm_i8_preferred);
+                                * act.lut NULL for T3 sets */
     const pylut_qmatrix *widest; /* the set's matrix with the most bits: decides for the set */
-    int use_act;               /* this chunk reads act, not lut */
+    int use_act;               /* this chunk reads act, not tables */
 } table_set;
 
 struct pylut_state {
@@ -78,6 +80,28 @@ static int set_for(const pylut_state *s, const pylut_qmatrix *qm) {
     return -1;
 }
 
+static int lut_batch_alloc(lut_batch *b, const pylut_lut *key, int n) {
+    b->lut = calloc((size_t)n, sizeof(pylut_lut));
+    b->tbl = malloc((size_t)(n * key->tbl_bytes));
+    b->tscale = malloc((size_t)(n * key->n_groups) * sizeof(float));
+    b->sumx = malloc((size_t)(n * key->n_groups) * sizeof(float));
+    if (!b->lut || !b->tbl || !b->tscale || !b->sumx) return PYLUT_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        b->lut[i] = *key;
+        b->lut[i].tbl = b->tbl + i * key->tbl_bytes;
+        b->lut[i].tscale = b->tscale + i * key->n_groups;
+        b->lut[i].sumx = b->sumx + i * key->n_groups;
+    }
+    return PYLUT_OK;
+}
+
+static void lut_batch_free(lut_batch *b) {
+    free(b->lut);
+    free(b->tbl);
+    free(b->tscale);
+    free(b->sumx);
+}
+
 static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
     const int have = set_for(s, qm);
     if (have >= 0) {
@@ -85,36 +109,15 @@ static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
         return PYLUT_OK;
     }
     if (s->n_sets == MAX_TABLE_SETS) return PYLUT_EINVAL;
-    pylut_lut key;
+    pylut_lut key, act_key;
     pylut_lut_layout(&key, qm);
     table_set *ts = &s->sets[s->n_sets];
-    ts->lut = calloc((size_t)s->max_batch, sizeof(pylut_lut));
-    ts->tbl = malloc((size_t)(s->max_batch * key.tbl_bytes));
-    ts->tscale = malloc((size_t)(s->max_batch * key.n_groups) * sizeof(float));
-    ts->sumx = malloc((size_t)(s->max_batch * key.n_groups) * sizeof(float));
-    if (!ts->lut || !ts->tbl || !ts->tscale || !ts->sumx) return PYLUT_ENOMEM;
-    for (int b = 0; b < s->max_batch; b++) {
-        ts->lut[b] = key;
-        ts->lut[b].tbl = ts->tbl + b * key.tbl_bytes;
-        ts->lut[b].tscale = ts->tscale + b * key.n_groups;
-        ts->lut[b].sumx = ts->sumx + b * key.n_groups;
-    }
     ts->widest = qm;
     s->keys[s->n_sets++] = key;
-    pylut_lut ak;
-    if (pylut_lut_layout_i8(&ak, qm) != PYLUT_OK) return PYLUT_OK; /* T3: tables only */
-    ts->act = calloc((size_t)s->max_batch, sizeof(pylut_lut));
-    ts->act_q = malloc((size_t)(s->max_batch * ak.tbl_bytes));
-    ts->act_s = malloc((size_t)(s->max_batch * ak.n_groups) * sizeof(float));
-    ts->act_sum = malloc((size_t)(s->max_batch * ak.n_groups) * sizeof(float));
-    if (!ts->act || !ts->act_q || !ts->act_s || !ts->act_sum) return PYLUT_ENOMEM;
-    for (int b = 0; b < s->max_batch; b++) {
-        ts->act[b] = ak;
-        ts->act[b].tbl = ts->act_q + b * ak.tbl_bytes;
-        ts->act[b].tscale = ts->act_s + b * ak.n_groups;
-        ts->act[b].sumx = ts->act_sum + b * ak.n_groups;
-    }
-    return PYLUT_OK;
+    int rc = lut_batch_alloc(&ts->tables, &key, s->max_batch);
+    if (rc == PYLUT_OK && pylut_lut_layout_i8(&act_key, qm) == PYLUT_OK) /* T3: tables only */
+        rc = lut_batch_alloc(&ts->act, &act_key, s->max_batch);
+    return rc;
 }
 
 int pylut_state_set_batch_invariant(pylut_state *s, int on) {
@@ -126,19 +129,13 @@ int pylut_state_set_batch_invariant(pylut_state *s, int on) {
 int pylut_state_batch_invariant(const pylut_state *s) { return s ? s->batch_invariant : 0; }
 
 /* The activations set ts's matrices read in this chunk. */
-static pylut_lut *set_input(const table_set *ts) { return ts->use_act ? ts->act : ts->lut; }
+static pylut_lut *set_input(const table_set *ts) { return ts->use_act ? ts->act.lut : ts->tables.lut; }
 
 void pylut_state_free(pylut_state *s) {
     if (!s) return;
     for (int i = 0; i < s->n_sets; i++) {
-        free(s->sets[i].lut);
-        free(s->sets[i].tbl);
-        free(s->sets[i].tscale);
-        free(s->sets[i].sumx);
-        free(s->sets[i].act);
-        free(s->sets[i].act_q);
-        free(s->sets[i].act_s);
-        free(s->sets[i].act_sum);
+        lut_batch_free(&s->sets[i].tables);
+        lut_batch_free(&s->sets[i].act);
     }
     free(s->kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
@@ -747,7 +744,7 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
             s->attn_scratch_floats = j->scratch_floats;
         }
         for (int i = 0; i < s->n_sets; i++)
-            s->sets[i].use_act = s->sets[i].act && !s->batch_invariant &&
+            s->sets[i].use_act = s->sets[i].act.lut && !s->batch_invariant &&
                                  pylut_gemm_i8_preferred(s->sets[i].widest, chunk);
         barrier_init(&c.bar);
         for (int i = 0; i < 5 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
