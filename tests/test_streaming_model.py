@@ -185,7 +185,7 @@ def test_a_shift_keeps_each_streaming_row_where_a_full_head_has_it(tiny):
 
 def test_prefix_reuse_stays_exact(tiny):
     base = pylut.load(tiny, n_ctx=256)
-    m = pylut.load(tiny, n_ctx=256, max_batch=16, head_plan=plan_for(base, MIXED))
+    m = pylut.load(tiny, n_ctx=256, max_batch=16, head_plan=plan_for(base, MIXED), batch_invariant=True)
     a = list(range(5, 125))
     m.eval(a)
     longer = m.eval(a + [7, 8, 9])  # the whole prompt reused
@@ -193,7 +193,7 @@ def test_prefix_reuse_stays_exact(tiny):
     other = a[:40] + list(range(200, 260))  # shares 40: the stream has dropped what that needs
     got = m.eval(other)
     assert m.stats["prompt_processed"] == len(other)
-    fresh = pylut.load(tiny, n_ctx=256, max_batch=16, head_plan=plan_for(base, MIXED))
+    fresh = pylut.load(tiny, n_ctx=256, max_batch=16, head_plan=plan_for(base, MIXED), batch_invariant=True)
     assert np.allclose(got, fresh.eval(other), atol=1e-4 * np.abs(got).max())
     assert np.allclose(longer, fresh.eval(a + [7, 8, 9]), atol=1e-4 * np.abs(longer).max())
     with pytest.raises(ValueError, match="dropped"):
