@@ -106,39 +106,73 @@ static void params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, f
 
 /* ------------------------------------------------------------------ the dot products */
 
-/* nt (1..4) tokens x 64 rows over ng groups of the chunk: yacc [nt][64] += their sums.
- * Inlined with a constant nt, so the accumulators a[nt][4] live in registers. */
-static inline __attribute__((always_inline)) void tokens_pass(
-    int nt, const uint32_t *w, const float *s, const float *b, int64_t ng, int gw,
-    const pylut_lut *act, int64_t k0, int64_t g0, float *yacc) {
+/* One token's group sums a0..a3 (rows 0-15 .. 48-63) into yacc [64]: the twin's order */
+static inline __attribute__((always_inline)) void group_epilogue(__m512i a0, __m512i a1, __m512i a2, __m512i a3,
+                                                               const float *s, const float *b, float xs1,
+                                                               float sx1, float *yacc) {
+    const __m512 xs = _mm512_set1_ps(xs1), sx = _mm512_set1_ps(sx1);
+    const __m512i a[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; i++) {
+        const __m512 p = _mm512_mul_ps(_mm512_load_ps(s + 16 * i), xs);
+        __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[i]), p, _mm512_load_ps(yacc + 16 * i));
+        y = _mm512_fmadd_ps(_mm512_load_ps(b + 16 * i), sx, y);
+        _mm512_store_ps(yacc + 16 * i, y);
+    }
+}
+
+/* acc += u8 w . s8 x per dword lane. Inline asm, not _mm512_dpbusd_epi32: GCC 12 ties the
+ * intrinsic's accumulator so badly that a 16-accumulator loop spent a third of its
+ * instructions on register copies (perf annotate); the asm leaves allocation free. */
+static inline __attribute__((always_inline)) __m512i dpbusd(__m512i acc, __m512i w, __m512i x) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
+    return acc;
+}
+#define BCAST(p) _mm512_broadcastd_epi32(_mm_loadu_si32(p))
+#define DOT4(A, X)                                                      \
+    A##0 = dpbusd(A##0, w0, X), A##1 = dpbusd(A##1, w1, X), \
+    A##2 = dpbusd(A##2, w2, X), A##3 = dpbusd(A##3, w3, X)
+
+/* 4 tokens x 64 rows over ng groups of the chunk: yacc [4][64] += their sums. Sixteen named
+ * accumulators (an array of them made GCC shuffle registers every k-group). */
+static void tokens4(const uint32_t *w, const float *s, const float *b, int64_t ng, int gw,
+                    const pylut_lut *act, int64_t k0, int64_t g0, float *yacc) {
     const int kq = gw / 4;
+    const int8_t *x0 = act[0].tbl + k0, *x1 = act[1].tbl + k0, *x2 = act[2].tbl + k0, *x3 = act[3].tbl + k0;
     for (int64_t g = 0; g < ng; g++) {
-        __m512i a[4][4];
-        for (int t = 0; t < nt; t++)
-            for (int i = 0; i < 4; i++) a[t][i] = _mm512_setzero_si512();
-        for (int j = 0; j < kq; j++) {
-            const int64_t kg = g * kq + j;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        __m512i c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+        for (int64_t kg = g * kq; kg < (g + 1) * kq; kg++) {
             const uint32_t *wj = w + kg * PYLUT_TILE_M;
             const __m512i w0 = _mm512_load_si512(wj), w1 = _mm512_load_si512(wj + 16);
             const __m512i w2 = _mm512_load_si512(wj + 32), w3 = _mm512_load_si512(wj + 48);
-            for (int t = 0; t < nt; t++) {
-                const __m512i xb = _mm512_broadcastd_epi32(_mm_loadu_si32(act[t].tbl + k0 + 4 * kg));
-                a[t][0] = _mm512_dpbusd_epi32(a[t][0], w0, xb);
-                a[t][1] = _mm512_dpbusd_epi32(a[t][1], w1, xb);
-                a[t][2] = _mm512_dpbusd_epi32(a[t][2], w2, xb);
-                a[t][3] = _mm512_dpbusd_epi32(a[t][3], w3, xb);
-            }
+            DOT4(a, BCAST(x0 + 4 * kg));
+            DOT4(b, BCAST(x1 + 4 * kg));
+            DOT4(c, BCAST(x2 + 4 * kg));
+            DOT4(d, BCAST(x3 + 4 * kg));
         }
-        for (int t = 0; t < nt; t++) {
-            const __m512 xs = _mm512_set1_ps(act[t].tscale[g0 + g]), sx = _mm512_set1_ps(act[t].sumx[g0 + g]);
-            for (int i = 0; i < 4; i++) {
-                float *yp = yacc + t * PYLUT_TILE_M + 16 * i;
-                const __m512 p = _mm512_mul_ps(_mm512_load_ps(s + g * PYLUT_TILE_M + 16 * i), xs);
-                __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][i]), p, _mm512_load_ps(yp));
-                y = _mm512_fmadd_ps(_mm512_load_ps(b + g * PYLUT_TILE_M + 16 * i), sx, y);
-                _mm512_store_ps(yp, y);
-            }
+        const float *sg = s + g * PYLUT_TILE_M, *bg = b + g * PYLUT_TILE_M;
+        group_epilogue(a0, a1, a2, a3, sg, bg, act[0].tscale[g0 + g], act[0].sumx[g0 + g], yacc);
+        group_epilogue(b0, b1, b2, b3, sg, bg, act[1].tscale[g0 + g], act[1].sumx[g0 + g], yacc + PYLUT_TILE_M);
+        group_epilogue(c0, c1, c2, c3, sg, bg, act[2].tscale[g0 + g], act[2].sumx[g0 + g], yacc + 2 * PYLUT_TILE_M);
+        group_epilogue(d0, d1, d2, d3, sg, bg, act[3].tscale[g0 + g], act[3].sumx[g0 + g], yacc + 3 * PYLUT_TILE_M);
+    }
+}
+
+/* The same for one token (the n % 4 tail). */
+static void tokens1(const uint32_t *w, const float *s, const float *b, int64_t ng, int gw,
+                    const pylut_lut *act, int64_t k0, int64_t g0, float *yacc) {
+    const int kq = gw / 4;
+    const int8_t *x0 = act[0].tbl + k0;
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t kg = g * kq; kg < (g + 1) * kq; kg++) {
+            const uint32_t *wj = w + kg * PYLUT_TILE_M;
+            const __m512i w0 = _mm512_load_si512(wj), w1 = _mm512_load_si512(wj + 16);
+            const __m512i w2 = _mm512_load_si512(wj + 32), w3 = _mm512_load_si512(wj + 48);
+            DOT4(a, BCAST(x0 + 4 * kg));
         }
+        group_epilogue(a0, a1, a2, a3, s + g * PYLUT_TILE_M, b + g * PYLUT_TILE_M, act[0].tscale[g0 + g],
+                       act[0].sumx[g0 + g], yacc);
     }
 }
 
@@ -161,9 +195,9 @@ void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
                 params(qm, t, g0, g0 + ng, s, b);
                 int tok = 0;
                 for (; tok + 4 <= nt; tok += 4)
-                    tokens_pass(4, w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
+                    tokens4(w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
                 for (; tok < nt; tok++)
-                    tokens_pass(1, w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
+                    tokens1(w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
             }
             for (int tok = 0; tok < nt; tok++) /* the tile's rows < m only */
                 for (int i = 0; i < 4 && 16 * i < rows; i++) {
