@@ -29,7 +29,7 @@ if IS_X86_64:
         "lut_avx512vbmi.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                              "-mavx512vbmi", "-mavx512vnni"],
         "prefill_vnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                           "-mavx512vnni"],
+                           "-mavx512vnni", "-mgfni"],
     }
 
 SOURCES = ["pylut/_core.pyx"] + [

@@ -18,7 +18,7 @@ static uint64_t read_xcr0(void) {
 }
 
 static struct {
-    int ssse3, sse42, avx, avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vbmi, avx512vnni;
+    int ssse3, sse42, avx, avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vbmi, avx512vnni, gfni;
     int os_ymm, os_zmm;
 } cpu;
 
@@ -44,6 +44,7 @@ static void detect(void) {
         cpu.avx512vl = (b >> 31) & 1;
         cpu.avx512vbmi = (c >> 1) & 1;
         cpu.avx512vnni = (c >> 11) & 1;
+        cpu.gfni = (c >> 8) & 1;
     }
 }
 
@@ -56,22 +57,22 @@ int pylut_isa_supported(int isa) {
     case PYLUT_ISA_AVX512:
         return pylut_isa_supported(PYLUT_ISA_AVX2) && cpu.os_zmm && cpu.avx512f && cpu.avx512bw &&
                cpu.avx512vl;
-    /* Ice Lake, Tiger Lake, Sapphire Rapids and later Xeons, Zen 4/5: all have VNNI beside
-     * VBMI (Cannon Lake, the one without, takes the AVX-512BW kernels) */
+    /* Ice Lake, Tiger Lake, Sapphire Rapids and later Xeons, Zen 4/5: all have VNNI and GFNI
+     * beside VBMI (Cannon Lake, the one without, takes the AVX-512BW kernels) */
     case PYLUT_ISA_AVX512VBMI:
-        return pylut_isa_supported(PYLUT_ISA_AVX512) && cpu.avx512vbmi && cpu.avx512vnni;
+        return pylut_isa_supported(PYLUT_ISA_AVX512) && cpu.avx512vbmi && cpu.avx512vnni && cpu.gfni;
     default: return 0;
     }
 }
 
 const char *pylut_cpu_flags(void) {
     static char buf[256];
-    snprintf(buf, sizeof buf, "%s%s%s%s%s%s%s%s%s%s%s", cpu.ssse3 ? "ssse3," : "",
+    snprintf(buf, sizeof buf, "%s%s%s%s%s%s%s%s%s%s%s%s", cpu.ssse3 ? "ssse3," : "",
              cpu.sse42 ? "sse4.2," : "", cpu.avx && cpu.os_ymm ? "avx," : "",
              cpu.avx2 && cpu.os_ymm ? "avx2," : "", cpu.fma ? "fma," : "", cpu.f16c ? "f16c," : "",
              cpu.avx512f && cpu.os_zmm ? "avx512f," : "", cpu.avx512bw && cpu.os_zmm ? "avx512bw," : "",
              cpu.avx512vl && cpu.os_zmm ? "avx512vl," : "", cpu.avx512vbmi && cpu.os_zmm ? "avx512vbmi," : "",
-             cpu.avx512vnni && cpu.os_zmm ? "avx512vnni," : "");
+             cpu.avx512vnni && cpu.os_zmm ? "avx512vnni," : "", cpu.gfni ? "gfni," : "");
     size_t n = strlen(buf);
     if (n) buf[n - 1] = 0;
     return buf;
@@ -326,14 +327,18 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
 }
 
 /* Where the int8 prefill kernel beats the table lookups (tools/bench_prefill.py, Zen 4, one
- * thread, 2048x2048, tokens/s int8 / tables): 4-bit 0.93 at 8 tokens, 1.41 at 16, 1.68 at 64;
- * 3-bit 1.02 / 1.32 / 1.82; 8-bit 1.80 at 8. The lookups' cost grows with the planes, the
- * int8 kernel's does not, so 5+ bits switch at 8 tokens. 2-bit stays on the tables: 0.94 at
- * 16, 1.17 at 64 with group 32, and Q2_K's 16-weight groups 0.93 at 64. */
+ * thread, 2048x2048, group 32, tokens/s int8 / tables): the lookups' cost grows with the
+ * planes, the int8 kernel's does not, and its tile unpacking is paid once per 64 tokens.
+ *   6-bit: 1.18 at 4 tokens, 1.69 at 8;  4-bit: 0.98 at 4, 1.49 at 8, 1.82 at 64;
+ *   3-bit: 1.14 at 4, 1.41 at 8;  2-bit: 0.99 at 8, 1.21 at 16, 1.41 at 64.
+ * Two-level 2-bit (Q2_K, 16-weight groups: twice the per-group float work) only 1.05 at 64,
+ * and its integer super-block lookups are exact to more bits: it stays on the tables, as do
+ * 1-bit and ternary matrices and every single-token step. */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
-    if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 3)
+    if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 2)
         return 0;
-    return n >= (qm->bits >= 5 ? 8 : 16);
+    if (qm->bits == 2) return !qm->super && qm->group >= 32 && n >= 16;
+    return n >= (qm->bits >= 5 ? 4 : 8);
 }
 
 int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }

@@ -14,15 +14,17 @@
 
 /* Transpose the 8x8 bit matrix in each qword: bit j of byte i goes to bit i of byte j. A
  * qword holding plane bytes 0..7 (low nibbles row a, high nibbles row a+32) becomes the
- * codes of row a's 4 weights (bytes 0..3) and row a+32's (bytes 4..7). */
+ * codes of row a's 4 weights (bytes 0..3) and row a+32's (bytes 4..7). GFNI's affine
+ * transform multiplies each data byte by the qword's bit matrix, whose output bit i reads
+ * matrix byte 7-i: with data byte j = 1 << j and the qword byte-reversed as the matrix, out
+ * byte j bit i = bit j of byte i. Two instructions where shift-and-mask swaps took twelve. */
 static inline __m512i transpose_bits(__m512i x) {
-    __m512i t = _mm512_and_si512(_mm512_xor_si512(x, _mm512_srli_epi64(x, 7)),
-                                 _mm512_set1_epi64(0x00AA00AA00AA00AAll));
-    x = _mm512_xor_si512(x, _mm512_xor_si512(t, _mm512_slli_epi64(t, 7)));
-    t = _mm512_and_si512(_mm512_xor_si512(x, _mm512_srli_epi64(x, 14)), _mm512_set1_epi64(0x0000CCCC0000CCCCll));
-    x = _mm512_xor_si512(x, _mm512_xor_si512(t, _mm512_slli_epi64(t, 14)));
-    t = _mm512_and_si512(_mm512_xor_si512(x, _mm512_srli_epi64(x, 28)), _mm512_set1_epi64(0x00000000F0F0F0F0ll));
-    return _mm512_xor_si512(x, _mm512_xor_si512(t, _mm512_slli_epi64(t, 28)));
+    const __m512i reverse = _mm512_set_epi8(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
+                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
+                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
+                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm512_gf2p8affine_epi64_epi8(_mm512_set1_epi64(0x8040201008040201ll),
+                                         _mm512_shuffle_epi8(x, reverse), 0);
 }
 
 /* One k-group's 64 rows: w[64] dword codes. A pair block's 16-bit word a (bytes 2a, 2a+1)

@@ -120,15 +120,16 @@ def test_refused_inputs():
 
 
 def test_which_path_the_model_takes():
-    """Decode and short chunks stay on the tables; long prompt chunks of 3+ bit matrices take
-    the int8 kernel where the ISA has a fast one (AVX-512 VNNI); 1-2 bit and ternary never."""
+    """Decode and short chunks stay on the tables; prompt chunks take the int8 kernel where
+    the ISA has a fast one (AVX-512 VNNI) from 4 (5+ bits), 8 (3-4 bits) or 16 tokens (plain
+    2-bit); Q2_K-style two-level 2-bit, 1-bit and ternary never."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((64, 256)).astype(np.float32)
     fast = _core.isa_active() == "avx512vbmi"
-    for bits in (3, 4, 6, 8):
+    for bits, first in ((2, 16), (3, 8), (4, 8), (6, 4), (8, 4)):
         q = pylut.quantize(w, bits=bits, group=32)
-        assert not _core.i8_preferred(q, 1) and not _core.i8_preferred(q, 7)
-        assert _core.i8_preferred(q, 8) == (fast and bits >= 5)
-        assert _core.i8_preferred(q, 16) == _core.i8_preferred(q, 64) == fast
-    for q in (pylut.quantize(w, bits=2, group=32), pylut.quantize(w, bits=2, mode="t3")):
+        assert not _core.i8_preferred(q, 1) and not _core.i8_preferred(q, first - 1)
+        assert _core.i8_preferred(q, first) == _core.i8_preferred(q, 64) == fast
+    q2k, _, _ = two_level_pair(2, 16, 256, 64, 256, seed=0)
+    for q in (pylut.quantize(w, bits=1, group=32), pylut.quantize(w, bits=2, mode="t3"), q2k):
         assert not _core.i8_preferred(q, 64)

@@ -45,7 +45,7 @@ enum pylut_isa {
     PYLUT_ISA_AVX512 = 2,    /* AVX-512 F+BW+VL on top of AVX2, OS saves zmm */
     PYLUT_ISA_NEON = 3,      /* aarch64 Advanced SIMD */
     PYLUT_ISA_NEON_DOT = 4,  /* aarch64 + dotprod (armv8.2-a) */
-    PYLUT_ISA_AVX512VBMI = 5, /* AVX-512 + VBMI (vpermb) + VNNI (vpdpwssd) */
+    PYLUT_ISA_AVX512VBMI = 5, /* AVX-512 + VBMI (vpermb) + VNNI (vpdpwssd) + GFNI */
 };
 
 enum pylut_status {
