@@ -4,7 +4,7 @@
 # needs (apt: gcc-aarch64-linux-gnu, qemu-user-static, mmdebstrap; pip: crossenv, auditwheel).
 #
 #   bash tools/arm-test.sh [pytest args...]   from the project root
-#   (no args = -q tests/test_kernels.py tests/test_attention.py; e.g. bash tools/arm-test.sh -q -x -k neon tests/)
+#   (no args = -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py; e.g. bash tools/arm-test.sh -q -x -k neon tests/)
 #
 # Besides pytest it checks, per CPU model, that the wheel really holds the NEON units
 # (src/lut_neon.c compiled, sdot only in the dotprod functions) and that run-time dispatch
@@ -40,7 +40,7 @@
 #   ARM_BUILD_ONLY=1           stop after building + checking the wheel (no pytest under qemu);
 #                              tools/build-wheels.sh uses this
 set -euo pipefail
-[ $# -gt 0 ] || set -- -q tests/test_kernels.py tests/test_attention.py
+[ $# -gt 0 ] || set -- -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py
 
 REPO=${ARM_REPO:-$(git rev-parse --show-toplevel 2>/dev/null || pwd)}
 MODE=${ARM_MODE:-cross}
