@@ -29,14 +29,16 @@ if IS_X86_64:
         "lut_avx512vbmi.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                              "-mavx512vbmi", "-mavx512vnni"],
         "prefill_vnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                           "-mavx512vnni", "-mgfni"],
+                           "-mavx512vnni"],
+        "prefill_vnni_gfni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                                "-mavx512vnni", "-mgfni"],
     }
 
 SOURCES = ["pylut/_core.pyx"] + [
     os.path.join("src", f)
     for f in ("dispatch.c", "pack.c", "i8_pack.c", "threadpool.c", "lut_scalar.c",
               "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c", "model.c",
-              "prefill.c", "prefill_vnni.c",
+              "prefill.c", "prefill_vnni.c", "prefill_vnni_gfni.c",
               "attention.c", "attn_scalar.c", "attn_avx2.c", "attn_avx512.c", "attn_neon.c")
 ]
 

@@ -124,10 +124,18 @@ static int active_isa = PYLUT_ISA_SCALAR;
 static int detected = 0;
 
 static const pylut_kernels *kernels_for(int isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    static pylut_kernels avx512_vnni; /* the BW tier plus int8 prefill, filled on first use */
+#endif
     switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
     case PYLUT_ISA_AVX2: return &pylut_kernels_avx2;
-    case PYLUT_ISA_AVX512: return &pylut_kernels_avx512;
+    case PYLUT_ISA_AVX512:
+        if (!cpu.avx512vnni) return &pylut_kernels_avx512; /* Skylake-SP/X */
+        /* Cascade Lake, Cooper Lake: VNNI without VBMI or GFNI */
+        avx512_vnni = pylut_kernels_avx512;
+        avx512_vnni.gemm_b_i8 = pylut_gemm_b_i8_vnni;
+        return &avx512_vnni;
     case PYLUT_ISA_AVX512VBMI: return &pylut_kernels_avx512vbmi;
 #endif
 #if defined(__aarch64__)

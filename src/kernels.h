@@ -69,6 +69,8 @@ void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n
 #if defined(__x86_64__) || defined(_M_X64)
 void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                           int64_t ldy, int64_t tile0, int64_t tile1);
+void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                               int64_t ldy, int64_t tile0, int64_t tile1);
 #endif
 
 /* The portable attention twin (also what NEON uses until it has its own). */

@@ -395,6 +395,6 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
     .gemm_t3 = gemm_t3_body,
     .i8_gemv = pylut_i8_gemv_avx2, /* the baseline stays the llama.cpp-style AVX2 loop */
 #if PYLUT_VBMI
-    .gemm_b_i8 = pylut_gemm_b_i8_vnni, /* the VBMI set requires VNNI */
-#endif
+    .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
+#endif /* (the BW tier's CPUs with VNNI get pylut_gemm_b_i8_vnni from dispatch.c) */
 };

@@ -121,11 +121,11 @@ def test_refused_inputs():
 
 def test_which_path_the_model_takes():
     """Decode and short chunks stay on the tables; prompt chunks take the int8 kernel where
-    the ISA has a fast one (AVX-512 VNNI) from 4 (5+ bits), 8 (3-4 bits) or 16 tokens (plain
+    the ISA has a fast one (AVX-512 VNNI, either tier) from 4 (5+ bits), 8 (3-4 bits) or 16 tokens (plain
     2-bit); Q2_K-style two-level 2-bit, 1-bit and ternary never."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((64, 256)).astype(np.float32)
-    fast = _core.isa_active() == "avx512vbmi"
+    fast = _core.isa_active() == "avx512vbmi" or (_core.isa_active() == "avx512" and "avx512vnni" in _core.cpu_flags())
     for bits, first in ((2, 16), (3, 8), (4, 8), (6, 4), (8, 4)):
         q = pylut.quantize(w, bits=bits, group=32)
         assert not _core.i8_preferred(q, 1) and not _core.i8_preferred(q, first - 1)

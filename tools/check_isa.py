@@ -8,7 +8,8 @@ runs. This does, from the disassembly (x86-64 only):
   * every function that touches a ymm/zmm/k register, or uses any VEX/EVEX instruction or an
     instruction newer than the x86-64 baseline (SSE3..4.2, BMI1/2, POPCNT, ...), must come
     from one of the per-ISA units (src/lut_avx2.c, src/lut_avx512.c, src/lut_avx512vbmi.c,
-    src/attn_avx2.c, src/attn_avx512.c, src/prefill_vnni.c);
+    src/attn_avx2.c, src/attn_avx512.c, src/prefill_vnni.c,
+    src/prefill_vnni_gfni.c);
   * no function outside those units calls or jumps straight into them: they are reached only
     through the dispatch table (src/dispatch.c takes the tables' addresses, never calls);
   * each ISA unit really holds ymm/zmm code (a unit compiled to nothing would pass silently).
@@ -31,7 +32,8 @@ import subprocess
 import sys
 from collections import defaultdict
 
-ISA_UNITS = {"lut_avx2", "lut_avx512", "lut_avx512vbmi", "attn_avx2", "attn_avx512", "prefill_vnni"}  # reached only via the dispatch table
+ISA_UNITS = {"lut_avx2", "lut_avx512", "lut_avx512vbmi", "attn_avx2", "attn_avx512", "prefill_vnni",
+             "prefill_vnni_gfni"}  # reached only via the dispatch table
 
 WIDE_REG = re.compile(r"%(?:[yz]mm\d+|k[0-7]\b)")
 FUNC_HDR = re.compile(r"^([0-9a-f]+) <(.+)>:$")

@@ -1,0 +1,226 @@
+/* prefill_vnni_body.h - the int8-activation prefill GEMM on AVX-512 VNNI (vpdpbusd), one
+ * body for two units: prefill_vnni_gfni.c (Ice Lake, Tiger Lake, Sapphire Rapids and later
+ * Xeons, Zen 4/5: bit transposes through GFNI) and prefill_vnni.c (Cascade Lake, Cooper
+ * Lake: AVX-512 VNNI without GFNI, shift-and-mask transposes). The including unit defines
+ * PREFILL_FN (the kernel's name) and PREFILL_GFNI (0 or 1). Same arithmetic as
+ * pylut_gemm_b_i8_scalar (prefill.c), in the same order: outputs are bit-identical. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define TOKENS 64 /* tokens per pass over an unpacked chunk: each pass re-unpacks the tile */
+
+/* ------------------------------------------------------------------ unpacking */
+
+/* Transpose the 8x8 bit matrix in each qword: bit j of byte i goes to bit i of byte j. A
+ * qword holding plane bytes 0..7 (low nibbles row a, high nibbles row a+32) becomes the
+ * codes of row a's 4 weights (bytes 0..3) and row a+32's (bytes 4..7). */
+#if PREFILL_GFNI
+/* GFNI's affine transform multiplies each data byte by the qword's bit matrix, whose output
+ * bit i reads matrix byte 7-i: with data byte j = 1 << j and the qword byte-reversed as the
+ * matrix, out byte j bit i = bit j of byte i. Two instructions for the swaps' twelve. */
+static inline __m512i transpose_bits(__m512i x) {
+    const __m512i reverse = _mm512_set_epi8(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
+                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
+                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
+                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm512_gf2p8affine_epi64_epi8(_mm512_set1_epi64(0x8040201008040201ll),
+                                         _mm512_shuffle_epi8(x, reverse), 0);
+}
+#else
+/* three delta swaps (Hacker's Delight's transpose8) */
+static inline __m512i transpose_bits(__m512i x) {
+    __m512i t = _mm512_and_si512(_mm512_xor_si512(x, _mm512_srli_epi64(x, 7)),
+                                 _mm512_set1_epi64(0x00AA00AA00AA00AAll));
+    x = _mm512_xor_si512(x, _mm512_xor_si512(t, _mm512_slli_epi64(t, 7)));
+    t = _mm512_and_si512(_mm512_xor_si512(x, _mm512_srli_epi64(x, 14)), _mm512_set1_epi64(0x0000CCCC0000CCCCll));
+    x = _mm512_xor_si512(x, _mm512_xor_si512(t, _mm512_slli_epi64(t, 14)));
+    t = _mm512_and_si512(_mm512_xor_si512(x, _mm512_srli_epi64(x, 28)), _mm512_set1_epi64(0x00000000F0F0F0F0ll));
+    return _mm512_xor_si512(x, _mm512_xor_si512(t, _mm512_slli_epi64(t, 28)));
+}
+#endif
+
+/* One k-group's 64 rows: w[64] dword codes. A pair block's 16-bit word a (bytes 2a, 2a+1)
+ * holds both of its planes for rows a and a+32, so word a of every block, stacked into a
+ * qword, is the plane-byte column transpose_bits() wants. */
+static inline __attribute__((always_inline)) void unpack_kgroup(const uint8_t *blk, int bits, uint32_t *w) {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i v[4]; /* v[i] word a: planes 2i, 2i+1 of rows a, a+32 (bits is a constant here) */
+    for (int i = 0; i < 4; i++)
+        v[i] = 2 * i + 1 < bits ? _mm512_loadu_si512(blk + 64 * i)
+               : 2 * i + 1 == bits ? _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 64 * i)))
+                                   : z;
+    const __m512i wlo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                         39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i whi = _mm512_add_epi16(wlo, _mm512_set1_epi16(16));
+    const __m512i d0 = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i d1 = _mm512_add_epi32(d0, _mm512_set1_epi32(8));
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    /* dwords (v0[a], v1[a]) and (v2[a], v3[a]) for a = 0..15 (lo) and 16..31 (hi) */
+    const __m512i a_lo = _mm512_permutex2var_epi16(v[0], wlo, v[1]);
+    const __m512i a_hi = _mm512_permutex2var_epi16(v[0], whi, v[1]);
+    const __m512i b_lo = bits > 4 ? _mm512_permutex2var_epi16(v[2], wlo, v[3]) : z;
+    const __m512i b_hi = bits > 4 ? _mm512_permutex2var_epi16(v[2], whi, v[3]) : z;
+    /* qwords of rows a = 0..7, 8..15, 16..23, 24..31 */
+    const __m512i q0 = transpose_bits(_mm512_permutex2var_epi32(a_lo, d0, b_lo));
+    const __m512i q1 = transpose_bits(_mm512_permutex2var_epi32(a_lo, d1, b_lo));
+    const __m512i q2 = transpose_bits(_mm512_permutex2var_epi32(a_hi, d0, b_hi));
+    const __m512i q3 = transpose_bits(_mm512_permutex2var_epi32(a_hi, d1, b_hi));
+    _mm512_store_si512(w + 0, _mm512_permutex2var_epi32(q0, even, q1));
+    _mm512_store_si512(w + 16, _mm512_permutex2var_epi32(q2, even, q3));
+    _mm512_store_si512(w + 32, _mm512_permutex2var_epi32(q0, odd, q1));
+    _mm512_store_si512(w + 48, _mm512_permutex2var_epi32(q2, odd, q3));
+}
+
+/* kgroups k-groups of a tile's codes from blk into w [kgroups][64] */
+static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t *w) {
+    const int kgb = pylut_b_kgroup_bytes(bits);
+#define UNPACK_BITS(b) \
+    case b: for (int64_t j = 0; j < kgroups; j++) unpack_kgroup(blk + j * kgb, b, w + j * PYLUT_TILE_M); break;
+    switch (bits) { UNPACK_BITS(1) UNPACK_BITS(2) UNPACK_BITS(3) UNPACK_BITS(4)
+                    UNPACK_BITS(5) UNPACK_BITS(6) UNPACK_BITS(7) UNPACK_BITS(8) }
+#undef UNPACK_BITS
+}
+
+/* Groups [g0, g1) of tile t: s, b [g][64] floats, as pylut_i8_params computes them */
+static void params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b) {
+    const int64_t groups = qm->k_pad / qm->group;
+    const int64_t supers = qm->super ? qm->k_pad / qm->super : 0, gps = qm->super ? qm->super / qm->group : 1;
+    const __m512 negzero = _mm512_set1_ps(-qm->zero);
+    for (int64_t g = g0; g < g1; g++)
+        for (int q = 0; q < 4; q++) {
+            const int64_t at = (t * groups + g) * PYLUT_TILE_M + 16 * q;
+            __m512 sc, bi;
+            if (!qm->super) {
+                sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + at)));
+                bi = qm->has_bias ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + at)))
+                                  : _mm512_mul_ps(negzero, sc);
+            } else {
+                const int64_t sat = (t * supers + g / gps) * PYLUT_TILE_M + 16 * q;
+                const __m128i raw = _mm_loadu_si128((const __m128i *)(qm->sub_scale + at));
+                __m512i si, bsub;
+                if (qm->sub_nibbles) {
+                    si = _mm512_cvtepu8_epi32(_mm_and_si128(raw, _mm_set1_epi8(15)));
+                    bsub = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15)));
+                } else {
+                    si = _mm512_cvtepi8_epi32(raw);
+                    bsub = qm->has_bias ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qm->sub_bias + at)))
+                                        : si;
+                }
+                sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + sat))),
+                                   _mm512_cvtepi32_ps(si));
+                bi = qm->has_bias ? _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + sat))),
+                                                  _mm512_cvtepi32_ps(bsub))
+                                  : _mm512_mul_ps(negzero, sc);
+            }
+            _mm512_store_ps(s + (g - g0) * PYLUT_TILE_M + 16 * q, sc);
+            _mm512_store_ps(b + (g - g0) * PYLUT_TILE_M + 16 * q, bi);
+        }
+}
+
+/* ------------------------------------------------------------------ the dot products */
+
+/* One token's group sums a0..a3 (rows 0-15 .. 48-63) into yacc [64]: the twin's order */
+static inline __attribute__((always_inline)) void group_epilogue(__m512i a0, __m512i a1, __m512i a2, __m512i a3,
+                                                               const float *s, const float *b, float xs1,
+                                                               float sx1, float *yacc) {
+    const __m512 xs = _mm512_set1_ps(xs1), sx = _mm512_set1_ps(sx1);
+    const __m512i a[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; i++) {
+        const __m512 p = _mm512_mul_ps(_mm512_load_ps(s + 16 * i), xs);
+        __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[i]), p, _mm512_load_ps(yacc + 16 * i));
+        y = _mm512_fmadd_ps(_mm512_load_ps(b + 16 * i), sx, y);
+        _mm512_store_ps(yacc + 16 * i, y);
+    }
+}
+
+/* acc += u8 w . s8 x per dword lane. Inline asm, not _mm512_dpbusd_epi32: GCC 12 ties the
+ * intrinsic's accumulator so badly that a 16-accumulator loop spent a third of its
+ * instructions on register copies (perf annotate); the asm leaves allocation free. */
+static inline __attribute__((always_inline)) __m512i dpbusd(__m512i acc, __m512i w, __m512i x) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
+    return acc;
+}
+#define BCAST(p) _mm512_broadcastd_epi32(_mm_loadu_si32(p))
+#define DOT4(A, X)                                                      \
+    A##0 = dpbusd(A##0, w0, X), A##1 = dpbusd(A##1, w1, X), \
+    A##2 = dpbusd(A##2, w2, X), A##3 = dpbusd(A##3, w3, X)
+
+/* 4 tokens x 64 rows over ng groups of the chunk: yacc [4][64] += their sums. Sixteen named
+ * accumulators (an array of them made GCC shuffle registers every k-group). */
+static void tokens4(const uint32_t *w, const float *s, const float *b, int64_t ng, int gw,
+                    const pylut_lut *act, int64_t k0, int64_t g0, float *yacc) {
+    const int kq = gw / 4;
+    const int8_t *x0 = act[0].tbl + k0, *x1 = act[1].tbl + k0, *x2 = act[2].tbl + k0, *x3 = act[3].tbl + k0;
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        __m512i c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+        for (int64_t kg = g * kq; kg < (g + 1) * kq; kg++) {
+            const uint32_t *wj = w + kg * PYLUT_TILE_M;
+            const __m512i w0 = _mm512_load_si512(wj), w1 = _mm512_load_si512(wj + 16);
+            const __m512i w2 = _mm512_load_si512(wj + 32), w3 = _mm512_load_si512(wj + 48);
+            DOT4(a, BCAST(x0 + 4 * kg));
+            DOT4(b, BCAST(x1 + 4 * kg));
+            DOT4(c, BCAST(x2 + 4 * kg));
+            DOT4(d, BCAST(x3 + 4 * kg));
+        }
+        const float *sg = s + g * PYLUT_TILE_M, *bg = b + g * PYLUT_TILE_M;
+        group_epilogue(a0, a1, a2, a3, sg, bg, act[0].tscale[g0 + g], act[0].sumx[g0 + g], yacc);
+        group_epilogue(b0, b1, b2, b3, sg, bg, act[1].tscale[g0 + g], act[1].sumx[g0 + g], yacc + PYLUT_TILE_M);
+        group_epilogue(c0, c1, c2, c3, sg, bg, act[2].tscale[g0 + g], act[2].sumx[g0 + g], yacc + 2 * PYLUT_TILE_M);
+        group_epilogue(d0, d1, d2, d3, sg, bg, act[3].tscale[g0 + g], act[3].sumx[g0 + g], yacc + 3 * PYLUT_TILE_M);
+    }
+}
+
+/* The same for one token (the n % 4 tail). */
+static void tokens1(const uint32_t *w, const float *s, const float *b, int64_t ng, int gw,
+                    const pylut_lut *act, int64_t k0, int64_t g0, float *yacc) {
+    const int kq = gw / 4;
+    const int8_t *x0 = act[0].tbl + k0;
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t kg = g * kq; kg < (g + 1) * kq; kg++) {
+            const uint32_t *wj = w + kg * PYLUT_TILE_M;
+            const __m512i w0 = _mm512_load_si512(wj), w1 = _mm512_load_si512(wj + 16);
+            const __m512i w2 = _mm512_load_si512(wj + 32), w3 = _mm512_load_si512(wj + 48);
+            DOT4(a, BCAST(x0 + 4 * kg));
+        }
+        group_epilogue(a0, a1, a2, a3, s + g * PYLUT_TILE_M, b + g * PYLUT_TILE_M, act[0].tscale[g0 + g],
+                       act[0].sumx[g0 + g], yacc);
+    }
+}
+
+void PREFILL_FN(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy, int64_t tile0,
+                int64_t tile1) {
+    const int gw = qm->group, kc = pylut_i8_chunk(gw), bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
+    _Alignas(64) uint32_t w[PYLUT_I8_CHUNK / PYLUT_KGROUP * PYLUT_TILE_M]; /* [k-groups][64] */
+    _Alignas(64) float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups][64] */
+    _Alignas(64) float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
+    _Alignas(64) float yacc[TOKENS * PYLUT_TILE_M];                         /* [tokens][64] */
+    for (int64_t t = tile0; t < tile1; t++) {
+        const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
+        const int64_t rows = qm->m - t * PYLUT_TILE_M < PYLUT_TILE_M ? qm->m - t * PYLUT_TILE_M : PYLUT_TILE_M;
+        for (int tb = 0; tb < n; tb += TOKENS) {
+            const int nt = n - tb < TOKENS ? n - tb : TOKENS;
+            memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
+            for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
+                const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;
+                unpack_chunk(tile + k0 / PYLUT_KGROUP * kgb, bits, kl / PYLUT_KGROUP, w);
+                params(qm, t, g0, g0 + ng, s, b);
+                int tok = 0;
+                for (; tok + 4 <= nt; tok += 4)
+                    tokens4(w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
+                for (; tok < nt; tok++)
+                    tokens1(w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
+            }
+            for (int tok = 0; tok < nt; tok++) /* the tile's rows < m only */
+                for (int i = 0; i < 4 && 16 * i < rows; i++) {
+                    const __mmask16 live = rows - 16 * i >= 16 ? 0xFFFF : (__mmask16)((1u << (rows - 16 * i)) - 1);
+                    _mm512_mask_storeu_ps(y + (tb + tok) * ldy + t * PYLUT_TILE_M + 16 * i, live,
+                                          _mm512_load_ps(yacc + tok * PYLUT_TILE_M + 16 * i));
+                }
+        }
+    }
+}
