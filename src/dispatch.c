@@ -339,9 +339,8 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
  * planes, the int8 kernel's does not, and its tile unpacking is paid once per 64 tokens.
  *   6-bit: 1.18 at 4 tokens, 1.69 at 8;  4-bit: 0.98 at 4, 1.49 at 8, 1.82 at 64;
  *   3-bit: 1.14 at 4, 1.41 at 8;  2-bit: 0.99 at 8, 1.21 at 16, 1.41 at 64.
- * Two-level 2-bit (Q2_K, 16-weight groups: twice the per-group float work) only 1.05 at 64,
- * and its integer super-block lookups are exact to more bits: it stays on the tables, as do
- * 1-bit and ternary matrices and every single-token step. */
+ * Two-level 2-bit (Q2_K: 16-weight groups, twice the per-group float work) gains only 1.05
+ * at 64 and stays on the tables, as do 1-bit and ternary matrices and every decode step. */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
     if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 2)
         return 0;
