@@ -71,7 +71,7 @@ def model_kind(path):
 
 
 def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True,
-               requant=None, kv_type="f16", head_plan=None):
+               requant=None, kv_type="f16", head_plan=None, batch_invariant=False):
     """A Model from a .gguf or .pylut path; library errors become CLIError."""
     kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
@@ -80,7 +80,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
             import pylut
             model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
                                chat_template=chat_template, cache=cache, requant=requant, kv_type=kv_type,
-                               head_plan=head_plan)
+                               head_plan=head_plan, batch_invariant=batch_invariant)
         else:
             from .model import Model
             from .packcache import load as load_packed
@@ -91,7 +91,8 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
                 raise CLIError(f"{path}: its source GGUF {loaded.path} is gone; the tokenizer is read "
                                "from it. Put it back or re-run 'pylut convert' from the GGUF.")
             model = Model(loaded, Tokenizer.from_file(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
-                          chat_template=chat_template, kv_type=kv_type, head_plan=head_plan)
+                          chat_template=chat_template, kv_type=kv_type, head_plan=head_plan,
+                          batch_invariant=batch_invariant)
             model.name = os.path.basename(path)
     except CLIError:
         raise
@@ -155,6 +156,9 @@ def _add_model_args(p, optional_model=False, threads=True):
     p.add_argument("--kv-type", choices=("f16", "q8", "q4"), default="f16",
                    help="KV cache storage: f16 (default), q8 (int8, 0.53x the memory) or q4 (4-bit, "
                         "0.28x; some quality loss, see tools/bench_attention.py)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="keep prompts on the table-lookup kernels: results do not depend on how a "
+                        "prompt is chunked (bit for bit), at the slower prefill of that path")
     p.add_argument("--head-plan", default=None, metavar="PLAN",
                    help="a head plan from 'pylut calibrate-heads': its streaming kv heads keep only the "
                         "attention sinks and a recent window (smaller KV cache)")
@@ -332,7 +336,8 @@ def main(argv=None):
 def _load_from_args(args, model_path=None):
     return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None), bits=args.bits,
                       chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant,
-                      kv_type=args.kv_type, head_plan=getattr(args, "head_plan", None))
+                      kv_type=args.kv_type, head_plan=getattr(args, "head_plan", None),
+                      batch_invariant=getattr(args, "batch_invariant", False))
 
 
 def cmd_chat(args):

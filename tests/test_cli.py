@@ -118,6 +118,9 @@ def test_info_run_bench(capsys, chat_model_file):
     rc, out, _ = _run(capsys, "info", chat_model_file, "--json", "--chat-template", "llama-3")
     info = json.loads(out)
     assert info["arch"] == "qwen2" and info["chat_template"] == "llama-3" and info["file_bytes"] > 0
+    assert info["batch_invariant"] is False
+    rc, out, _ = _run(capsys, "info", chat_model_file, "--json", "--batch-invariant")
+    assert rc == 0 and json.loads(out)["batch_invariant"] is True
     rc, out, err = _run(capsys, "run", chat_model_file, "Once upon a time", "-n", "6", "--temperature", "0")
     assert rc == 0 and out.strip() and "gen" in err
     rc, out, _ = _run(capsys, "bench", chat_model_file, "--threads", "1,2", "--prompt-tokens", "16",
