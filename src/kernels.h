@@ -59,6 +59,7 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  *     acc = fmaf((float)I, scale * xs_g, acc);   acc = fmaf(bias, sumx_g, acc)
  * with bias = -zero * scale for matrices without a bias array. */
 #define PYLUT_I8_CHUNK 256 /* k per unpacked chunk: 16 KB of dword codes per 64-row tile */
+#define PYLUT_I8_TOKENS 64 /* tokens per pass over an unpacked chunk (each pass re-unpacks) */
 static inline int pylut_i8_chunk(int group) { return group * (PYLUT_I8_CHUNK / group > 0 ? PYLUT_I8_CHUNK / group : 1); }
 /* Float scale and bias of groups [g0, g1) of tile t into s, b: [g1-g0][64] (portable) */
 void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b);
@@ -161,6 +162,25 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
 /* Trit triple (a,b,c) in {-1,0,1}^3 -> v = 9(a+1)+3(b+1)+(c+1) in [0,27). v and 26-v are
  * negatives of each other, so 14 table entries (v <= 13) plus a sign bit cover all 27. */
 #define PYLUT_T3_ZERO 13
+
+/* round(v * inv) to int8, half to even like lrintf but without a libm call: adding and
+ * removing 1.5 * 2^23 leaves the nearest integer (|v * inv| <= 127 by construction of the
+ * scale, far inside the trick's 2^22 range; the compiler may not reassociate it away). */
+static inline int8_t pylut_round_i8(float v, float inv) {
+    const float magic = 12582912.0f;
+    float r = (v * inv + magic) - magic;
+    return (int8_t)(int)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
+}
+
+/* Where the nibble of (row r in tile, plane i) sits inside one k-group's bytes of a B matrix:
+ * returns the byte offset and sets *hi when it is the high nibble. */
+static inline int64_t pylut_b_nibble_pos(int bits, int r, int plane, int *hi) {
+    *hi = r >= 32;
+    const int rr = r & 31, block = plane / 2;
+    if (plane == bits - 1 && (bits & 1)) /* lone top plane: 32 bytes after the pair blocks */
+        return 64 * block + rr;
+    return 64 * block + 16 * (rr / 8) + 2 * (rr % 8) + (plane & 1);
+}
 
 /* Bytes of packed codes per (row tile, k-group) for b planes. */
 static inline int pylut_b_kgroup_bytes(int bits) { return 32 * bits; }

@@ -9,14 +9,6 @@
 
 /* ------------------------------------------------------------------ table builders */
 
-/* round(v * inv) to int8, half to even like lrintf but without a libm call: adding and
- * removing 1.5 * 2^23 leaves the nearest integer (|v * inv| <= 127 by construction of the
- * scale, far inside the trick's 2^22 range; the compiler may not reassociate it away). */
-static inline int8_t quantize_entry(float v, float inv) {
-    const float magic = 12582912.0f;
-    float r = (v * inv + magic) - magic;
-    return (int8_t)(int)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
-}
 
 /* B-type tables: T[idx] = sum_e (bit_e(idx) ? x_e : -x_e) for 4 activations. Only idx 0..7
  * are computed; T[15-idx] = -T[idx] because 15-idx flips every bit. The table scale of a
@@ -62,7 +54,7 @@ void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t
             for (int idx = 0; idx < 8; idx++) {
                 float s = ((idx & 1) ? v[0] : -v[0]) + ((idx & 2) ? v[1] : -v[1]) +
                           ((idx & 4) ? v[2] : -v[2]) - v[3];
-                t[idx] = quantize_entry(s, inv);
+                t[idx] = pylut_round_i8(s, inv);
                 t[15 - idx] = (int8_t)-t[idx];
             }
         }
@@ -93,8 +85,8 @@ void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_
             const float x0 = v[j][0], x1 = v[j][1], x2 = v[j][2];
             const float bc[9] = {-x1 - x2, -x1, -x1 + x2, -x2, 0.0f, x2, x1 - x2, x1, x1 + x2};
             int8_t *t = lut->tbl + (g * tg + j) * 16;
-            for (int i = 0; i < 9; i++) t[i] = quantize_entry(bc[i] - x0, inv);
-            for (int i = 0; i < 5; i++) t[9 + i] = quantize_entry(bc[i], inv);
+            for (int i = 0; i < 9; i++) t[i] = pylut_round_i8(bc[i] - x0, inv);
+            for (int i = 0; i < 5; i++) t[9 + i] = pylut_round_i8(bc[i], inv);
             t[14] = t[15] = 0;
         }
     }

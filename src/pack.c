@@ -154,18 +154,6 @@ static int t3_trit(const pylut_qmatrix *qm, const uint8_t *tile, int r, int64_t 
     return (v / pow3[o % 3]) % 3 - 1;
 }
 
-/* Where the nibble of (row r in tile, plane i) sits inside one k-group's bytes of a B matrix:
- * returns the byte offset and sets *hi when it is the high nibble. */
-static int64_t b_nibble_pos(int bits, int r, int plane, int *hi) {
-    *hi = r >= 32;
-    int rr = r & 31;
-    int block = plane / 2;
-    if (plane == bits - 1 && (bits & 1)) /* lone top plane: 32 bytes after the pair blocks */
-        return 64 * block + rr;
-    int lane = rr / 8;
-    return 64 * block + 16 * lane + 2 * (rr % 8) + (plane & 1);
-}
-
 int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
     if (!qm || !qm->codes || !codes || ld < qm->k) return PYLUT_EINVAL;
     memset(qm->codes, 0, (size_t)qm->codes_bytes);
@@ -214,7 +202,7 @@ int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
             int shift[8];
             for (int i = 0; i < bits; i++) {
                 int hi;
-                off[i] = b_nibble_pos(bits, r, i, &hi);
+                off[i] = pylut_b_nibble_pos(bits, r, i, &hi);
                 shift[i] = hi ? 4 : 0;
             }
             uint8_t *blk = qm->codes + t * kgroups * kgb;
@@ -255,7 +243,7 @@ int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
                 const uint8_t *blk = qm->codes + (t * (qm->k_pad / PYLUT_KGROUP) + j) * pylut_b_kgroup_bytes(qm->bits);
                 for (int i = 0; i < qm->bits; i++) {
                     int hi;
-                    int64_t off = b_nibble_pos(qm->bits, r, i, &hi);
+                    int64_t off = pylut_b_nibble_pos(qm->bits, r, i, &hi);
                     c |= ((blk[off] >> (e + (hi ? 4 : 0))) & 1) << i;
                 }
             }
@@ -283,7 +271,7 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
     const int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
     const int64_t kgroups = qm->k_pad / PYLUT_KGROUP;
     int offs[8], his[8];
-    for (int i = 0; i < bits; i++) offs[i] = (int)b_nibble_pos(bits, r, i, &his[i]);
+    for (int i = 0; i < bits; i++) offs[i] = (int)pylut_b_nibble_pos(bits, r, i, &his[i]);
     for (int64_t col = 0; col < qm->k; col++) {
         int64_t j = col / PYLUT_KGROUP, g = col / qm->group;
         int e = (int)(col % PYLUT_KGROUP), c = 0;

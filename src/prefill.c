@@ -9,13 +9,6 @@
 
 /* ------------------------------------------------------------------ activations */
 
-/* round half to even without libm, as the table builders do (|v * inv| <= 127 here) */
-static inline int round_i8(float v, float inv) {
-    const float magic = 12582912.0f;
-    float r = (v * inv + magic) - magic;
-    return (int)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
-}
-
 void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t g1) {
     const int64_t gw = act->group;
     for (int64_t g = g0; g < g1; g++) {
@@ -28,7 +21,7 @@ void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t 
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         int32_t sum = 0;
         for (int64_t c = c0; c < c1; c++) {
-            const int q = round_i8(x[c], inv);
+            const int q = pylut_round_i8(x[c], inv);
             act->tbl[c] = (int8_t)q;
             sum += q;
         }
@@ -55,22 +48,16 @@ void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1,
         }
 }
 
-/* Plane p's nibble of row r in a k-group's block (layouts in pylut.h): bit e = weight 4j+e */
-static int plane_nibble(const uint8_t *blk, int bits, int p, int r) {
-    const int rr = r & 31, shift = r >= 32 ? 4 : 0, paired = p < bits / 2 * 2;
-    const int64_t off = paired ? 64 * (p / 2) + 16 * (rr / 8) + 2 * (rr % 8) + p % 2
-                               : 64 * (p / 2) + rr; /* the lone top plane of odd b */
-    return (blk[off] >> shift) & 15;
-}
-
 void pylut_i8_unpack(const pylut_qmatrix *qm, int64_t t, int64_t j0, int64_t j1, uint32_t *w) {
     const int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
     const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     for (int64_t j = j0; j < j1; j++)
         for (int r = 0; r < PYLUT_TILE_M; r++) {
             uint32_t d = 0;
-            for (int p = 0; p < bits; p++) {
-                const uint32_t nib = (uint32_t)plane_nibble(tile + j * kgb, bits, p, r);
+            for (int p = 0; p < bits; p++) { /* the nibble's bit e is weight 4j+e */
+                int hi;
+                const int64_t off = pylut_b_nibble_pos(bits, r, p, &hi);
+                const uint32_t nib = (uint32_t)(tile[j * kgb + off] >> (hi ? 4 : 0)) & 15u;
                 for (int e = 0; e < 4; e++) d |= ((nib >> e) & 1u) << (8 * e + p);
             }
             w[(j - j0) * PYLUT_TILE_M + r] = d;
@@ -85,27 +72,33 @@ void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n
     float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups in chunk][64] */
     float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
     uint32_t w[PYLUT_I8_CHUNK / PYLUT_KGROUP * PYLUT_TILE_M]; /* [k-groups in chunk][64] */
+    float acc[PYLUT_I8_TOKENS * PYLUT_TILE_M];                  /* [tokens of a pass][64] */
     for (int64_t t = tile0; t < tile1; t++)
-        for (int tok = 0; tok < n; tok++) {
-            const pylut_lut *A = act + tok;
-            float acc[PYLUT_TILE_M] = {0};
+        for (int tb = 0; tb < n; tb += PYLUT_I8_TOKENS) { /* passes as in the SIMD kernels */
+            const int nt = n - tb < PYLUT_I8_TOKENS ? n - tb : PYLUT_I8_TOKENS;
+            memset(acc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
             for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
                 const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, g0 = k0 / gw;
                 pylut_i8_unpack(qm, t, k0 / 4, (k0 + kl) / 4, w);
                 pylut_i8_params(qm, t, g0, (k0 + kl) / gw, s, b);
-                for (int64_t g = 0; g < kl / gw; g++) {
-                    const float xs = A->tscale[g0 + g], sx = A->sumx[g0 + g];
-                    for (int r = 0; r < PYLUT_TILE_M; r++) {
-                        int32_t I = 0;
-                        for (int64_t c = g * gw; c < (g + 1) * gw; c++)
-                            I += (int32_t)((w[c / 4 * PYLUT_TILE_M + r] >> (8 * (c % 4))) & 255) *
-                                 A->tbl[k0 + c];
-                        acc[r] = fmaf((float)I, s[g * PYLUT_TILE_M + r] * xs, acc[r]);
-                        acc[r] = fmaf(b[g * PYLUT_TILE_M + r], sx, acc[r]);
+                for (int tok = 0; tok < nt; tok++) {
+                    const pylut_lut *A = act + tb + tok;
+                    float *ar = acc + tok * PYLUT_TILE_M;
+                    for (int64_t g = 0; g < kl / gw; g++) {
+                        const float xs = A->tscale[g0 + g], sx = A->sumx[g0 + g];
+                        for (int r = 0; r < PYLUT_TILE_M; r++) {
+                            int32_t I = 0;
+                            for (int64_t c = g * gw; c < (g + 1) * gw; c++)
+                                I += (int32_t)((w[c / 4 * PYLUT_TILE_M + r] >> (8 * (c % 4))) & 255) *
+                                     A->tbl[k0 + c];
+                            ar[r] = fmaf((float)I, s[g * PYLUT_TILE_M + r] * xs, ar[r]);
+                            ar[r] = fmaf(b[g * PYLUT_TILE_M + r], sx, ar[r]);
+                        }
                     }
                 }
             }
-            for (int r = 0; r < PYLUT_TILE_M && t * PYLUT_TILE_M + r < qm->m; r++)
-                y[tok * ldy + t * PYLUT_TILE_M + r] = acc[r];
+            for (int tok = 0; tok < nt; tok++)
+                for (int r = 0; r < PYLUT_TILE_M && t * PYLUT_TILE_M + r < qm->m; r++)
+                    y[(tb + tok) * ldy + t * PYLUT_TILE_M + r] = acc[tok * PYLUT_TILE_M + r];
         }
 }

@@ -9,8 +9,6 @@
 
 #include "kernels.h"
 
-#define TOKENS 64 /* tokens per pass over an unpacked chunk: each pass re-unpacks the tile */
-
 /* ------------------------------------------------------------------ unpacking */
 
 /* Transpose the 8x8 bit matrix in each qword: bit j of byte i goes to bit i of byte j. A
@@ -198,12 +196,12 @@ void PREFILL_FN(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, 
     _Alignas(64) uint32_t w[PYLUT_I8_CHUNK / PYLUT_KGROUP * PYLUT_TILE_M]; /* [k-groups][64] */
     _Alignas(64) float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups][64] */
     _Alignas(64) float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
-    _Alignas(64) float yacc[TOKENS * PYLUT_TILE_M];                         /* [tokens][64] */
+    _Alignas(64) float yacc[PYLUT_I8_TOKENS * PYLUT_TILE_M];                         /* [tokens][64] */
     for (int64_t t = tile0; t < tile1; t++) {
         const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
         const int64_t rows = qm->m - t * PYLUT_TILE_M < PYLUT_TILE_M ? qm->m - t * PYLUT_TILE_M : PYLUT_TILE_M;
-        for (int tb = 0; tb < n; tb += TOKENS) {
-            const int nt = n - tb < TOKENS ? n - tb : TOKENS;
+        for (int tb = 0; tb < n; tb += PYLUT_I8_TOKENS) {
+            const int nt = n - tb < PYLUT_I8_TOKENS ? n - tb : PYLUT_I8_TOKENS;
             memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
             for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
                 const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;

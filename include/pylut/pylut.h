@@ -152,7 +152,7 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
  *      [k_pad/group] the group's xs = max |x| / 127, sumx fp32 [k_pad/group] = xs * sum of
  *      the group's int8 values (the sum the integer dot products really saw) */
 typedef struct {
-    int32_t kind;        /* 0: B-type tables, 1: T3 tables */
+    int32_t kind;        /* 0: B-type tables, 1: T3 tables, 2: int8 activations */
     int64_t k, k_pad;
     int32_t group;
     int32_t super;       /* B: weights per table scale when > group, else 0 */
