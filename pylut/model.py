@@ -39,11 +39,12 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     each quantized one fp16 scale per 32 elements; attention reads it as stored. head_plan: a
     HeadPlan or the path of one (pylut.calibrate_heads): its streaming kv heads keep only the
     attention sinks and a recent window, in a smaller cache (opt-in; None: every head full).
-    batch_invariant: keep prompts on the table-lookup kernels. By default a prompt chunk of
-    16+ tokens on a CPU with AVX-512 VNNI multiplies 3- to 8-bit weights with int8 activations
-    instead (~1.8x faster prefill), so logits move at the activation-rounding level with how a
-    prompt is chunked; True makes every token's results independent of its chunk, bit for bit
-    (prefix reuse then equals a fresh run exactly)."""
+    batch_invariant: keep prompts on the table-lookup kernels. By default, on a CPU with
+    AVX-512 VNNI, prompt chunks of 2- to 8-bit weights (from 4 to 16 tokens on, by bit width;
+    not Q2_K or ternary) multiply them with int8 activations instead (1.5-2.3x faster GEMMs),
+    so logits move at the activation-rounding level with how a prompt is chunked; True makes
+    every token's results independent of its chunk, bit for bit (prefix reuse then equals a
+    fresh run exactly)."""
     from . import packcache
     from .hf_loader import is_hf_folder, load_hf
     from .loader import load_gguf
