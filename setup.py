@@ -25,6 +25,7 @@ if IS_X86_64:
         "lut_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "lut_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
         "attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "prefill_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
         "lut_avx512vbmi.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                              "-mavx512vbmi", "-mavx512vnni"],
@@ -38,7 +39,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     os.path.join("src", f)
     for f in ("dispatch.c", "pack.c", "i8_pack.c", "threadpool.c", "lut_scalar.c",
               "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c", "model.c",
-              "prefill.c", "prefill_vnni.c", "prefill_vnni_gfni.c",
+              "prefill.c", "prefill_avx2.c", "prefill_vnni.c", "prefill_vnni_gfni.c",
               "attention.c", "attn_scalar.c", "attn_avx2.c", "attn_avx512.c", "attn_neon.c")
 ]
 

@@ -126,6 +126,7 @@ static int detected = 0;
 static const pylut_kernels *kernels_for(int isa) {
 #if defined(__x86_64__) || defined(_M_X64)
     static pylut_kernels avx512_vnni; /* the BW tier plus int8 prefill, filled on first use */
+    static const unsigned char vnni_from[2][9] = PYLUT_I8_FROM_VNNI;
 #endif
     switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -135,6 +136,7 @@ static const pylut_kernels *kernels_for(int isa) {
         /* Cascade Lake, Cooper Lake: VNNI without VBMI or GFNI */
         avx512_vnni = pylut_kernels_avx512;
         avx512_vnni.gemm_b_i8 = pylut_gemm_b_i8_vnni;
+        memcpy(avx512_vnni.i8_from, vnni_from, sizeof vnni_from);
         return &avx512_vnni;
     case PYLUT_ISA_AVX512VBMI: return &pylut_kernels_avx512vbmi;
 #endif
@@ -334,18 +336,14 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
     run_tiles(active, qm, lut, n, y, ldy, tile0, tile1);
 }
 
-/* Where the int8 prefill kernel beats the table lookups (tools/bench_prefill.py, Zen 4, one
- * thread, 2048x2048, group 32, tokens/s int8 / tables): the lookups' cost grows with the
- * planes, the int8 kernel's does not, and its tile unpacking is paid once per 64 tokens.
- *   6-bit: 1.18 at 4 tokens, 1.69 at 8;  4-bit: 0.98 at 4, 1.49 at 8, 1.82 at 64;
- *   3-bit: 1.14 at 4, 1.41 at 8;  2-bit: 0.99 at 8, 1.21 at 16, 1.41 at 64.
- * Two-level 2-bit (Q2_K: 16-weight groups, twice the per-group float work) gains only 1.05
- * at 64 and stays on the tables, as do 1-bit and ternary matrices and every decode step. */
+/* The ISA's measured thresholds (PYLUT_I8_FROM_* in kernels.h). Plain 2-bit groups under
+ * 32 weights carry as much float work per weight as Q2_K's and stay on the tables too. */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
     if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 2)
         return 0;
-    if (qm->bits == 2) return !qm->super && qm->group >= 32 && n >= 16;
-    return n >= (qm->bits >= 5 ? 4 : 8);
+    const int from = active->i8_from[qm->super != 0][qm->bits];
+    if (!from || (qm->bits == 2 && qm->group < 32)) return 0;
+    return n >= from;
 }
 
 int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }

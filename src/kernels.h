@@ -17,6 +17,9 @@ typedef struct {
      * one, pylut_gemm_b_i8_scalar serves */
     void (*gemm_b_i8)(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                       int64_t tile0, int64_t tile1);
+    /* the model's prompt chunks take gemm_b_i8 from this many tokens, by [two-level scales]
+     * [bits]; 0: never (pylut_gemm_i8_preferred; the figures beside PYLUT_I8_FROM_*) */
+    unsigned char i8_from[2][9];
     /* out[hd] = softmax(scale * q.K^T) V over len cached positions; K and V are fp16 rows
      * of stride ld elements; scores: scratch [len] */
     void (*attn_f16)(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
@@ -58,6 +61,18 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  *     I = sum of the group's code * xq (int32, exact)
  *     acc = fmaf((float)I, scale * xs_g, acc);   acc = fmaf(bias, sumx_g, acc)
  * with bias = -zero * scale for matrices without a bias array. */
+/* Where the int8 prefill kernel beats the table lookups, tokens per chunk by [two-level][bits]
+ * (tools/bench_prefill.py, Zen 4, one thread, 2048x2048, group 32, int8 / tables). The
+ * lookups' cost grows with the planes, the int8 kernel's does not, and its tile unpacking is
+ * paid once per 64 tokens. 1-bit, ternary and every decode step stay on the tables.
+ * AVX-512 VNNI: 6-bit 1.18 at 4 tokens, 1.69 at 8; 4-bit 0.98 at 4, 1.49 at 8, 1.82 at 64;
+ *   3-bit 1.14 at 4, 1.41 at 8; 2-bit 0.99 at 8, 1.21 at 16 (groups >= 32 only). Two-level
+ *   (K-quant) 3-6-bit as plain; Q2_K's 2-bit 0.85 at 8, 1.13 at 64: tables.
+ * AVX2 (vpmaddubsw, forced on the same CPU): 3-7-bit 1.06-1.18 at 8, 1.30-1.70 at 64; two-level
+ *   3-6-bit 0.82-0.98 at 8, 1.06-1.37 at 16; 2-bit 0.98 at 64 and 8-bit (vpmaddubsw would
+ *   saturate): tables. */
+#define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 8, 4, 4, 4, 4}, {0, 0, 0, 8, 8, 4, 4, 4, 4}}
+#define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
 #define PYLUT_I8_CHUNK 256 /* k per unpacked chunk: 16 KB of dword codes per 64-row tile */
 #define PYLUT_I8_TOKENS 64 /* tokens per pass over an unpacked chunk (each pass re-unpacks) */
 static inline int pylut_i8_chunk(int group) { return group * (PYLUT_I8_CHUNK / group > 0 ? PYLUT_I8_CHUNK / group : 1); }
@@ -68,6 +83,8 @@ void pylut_i8_unpack(const pylut_qmatrix *qm, int64_t t, int64_t j0, int64_t j1,
 void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                             int64_t ldy, int64_t tile0, int64_t tile1);
 #if defined(__x86_64__) || defined(_M_X64)
+void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                          int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,

@@ -477,6 +477,8 @@ const pylut_kernels pylut_kernels_avx2 = {
     .gemm_b = gemm_b_avx2,
     .gemm_t3 = gemm_t3_avx2,
     .i8_gemv = pylut_i8_gemv_avx2,
+    .gemm_b_i8 = pylut_gemm_b_i8_avx2,
+    .i8_from = PYLUT_I8_FROM_AVX2,
 };
 
 #endif /* x86-64 */

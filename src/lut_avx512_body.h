@@ -396,5 +396,6 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
     .i8_gemv = pylut_i8_gemv_avx2, /* the baseline stays the llama.cpp-style AVX2 loop */
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
+    .i8_from = PYLUT_I8_FROM_VNNI,
 #endif /* (the BW tier's CPUs with VNNI get pylut_gemm_b_i8_vnni from dispatch.c) */
 };

@@ -80,6 +80,24 @@ def test_int8_prefill_two_level_scales(bits, group, sup, m, k, n):
     check(pylut.QMatrix.from_codes_super(codes, d, sc, zero=z, bits=bits, group=group, super_=sup), x)
 
 
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("group", [16, 32, 256])
+def test_largest_codes_and_activations_do_not_overflow(bits, group):
+    """Every code at 2^bits - 1 against activations of +-127 after quantization: the AVX2
+    kernel adds a whole group's int16 pair sums before widening, up to the bound it computes
+    (Q4_0's 8 k-groups of 32 weights are exactly at it); one step past it would wrap."""
+    m, k = 64, 512
+    codes = np.full((m, k), (1 << bits) - 1, np.uint8)
+    q = _core.QMatrix.from_codes(codes, np.ones((m, k // group), np.float32), bits=bits, group=group,
+                                 zero=0)
+    x = np.ones((3, k), np.float32)
+    x[1] = -1.0
+    x[2, ::2] = -1.0  # pairs that cancel
+    exact = x.astype(np.float64) @ q.dequantize().astype(np.float64).T
+    for isa in ISAS:
+        np.testing.assert_allclose(run(q, x, isa), exact, rtol=1e-6, err_msg=isa)
+
+
 def test_q4_0_grid_and_threads():
     """Q4_0: codes - 8 without a bias array; 2 threads split the tiles, results unchanged."""
     rng = np.random.default_rng(4)
@@ -119,17 +137,37 @@ def test_refused_inputs():
         tables.build(np.ones((3, 256), np.float32), pool)
 
 
-def test_which_path_the_model_takes():
+# first token count at which each ISA's model takes the int8 kernel, by (bits, two-level);
+# absent: never (kernels.h PYLUT_I8_FROM_*, measured by tools/bench_prefill.py)
+VNNI_FROM = {(2, False): 16, (3, False): 8, (4, False): 8, (6, False): 4, (8, False): 4,
+             (3, True): 8, (6, True): 4}
+AVX2_FROM = {(3, False): 8, (4, False): 8, (6, False): 8, (3, True): 16, (6, True): 16}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_which_path_the_model_takes(isa):
     """Decode and short chunks stay on the tables; prompt chunks take the int8 kernel where
-    the ISA has a fast one (AVX-512 VNNI, either tier) from 4 (5+ bits), 8 (3-4 bits) or 16 tokens (plain
-    2-bit); Q2_K-style two-level 2-bit, 1-bit and ternary never."""
+    the ISA has a fast one (AVX-512 VNNI on either tier, AVX2), from the token counts that
+    tools/bench_prefill.py measured per ISA; Q2_K-style two-level 2-bit, 2-bit groups under
+    32, 1-bit and ternary never, nor 8-bit codes on AVX2."""
+    _core.isa_set(isa)
+    vnni = isa == "avx512vbmi" or (isa == "avx512" and "avx512vnni" in _core.cpu_flags())
+    expect = VNNI_FROM if vnni else AVX2_FROM if isa == "avx2" else {}
     rng = np.random.default_rng(2)
     w = rng.standard_normal((64, 256)).astype(np.float32)
-    fast = _core.isa_active() == "avx512vbmi" or (_core.isa_active() == "avx512" and "avx512vnni" in _core.cpu_flags())
-    for bits, first in ((2, 16), (3, 8), (4, 8), (6, 4), (8, 4)):
-        q = pylut.quantize(w, bits=bits, group=32)
-        assert not _core.i8_preferred(q, 1) and not _core.i8_preferred(q, first - 1)
-        assert _core.i8_preferred(q, first) == _core.i8_preferred(q, 64) == fast
-    q2k, _, _ = two_level_pair(2, 16, 256, 64, 256, seed=0)
-    for q in (pylut.quantize(w, bits=1, group=32), pylut.quantize(w, bits=2, mode="t3"), q2k):
+    for bits in (2, 3, 4, 6, 8):
+        for two_level in (False, True):
+            if two_level and bits in (4, 8):
+                continue
+            q = (two_level_pair(bits, 16, 256, 64, 256, seed=0)[0] if two_level
+                 else pylut.quantize(w, bits=bits, group=32))
+            first = expect.get((bits, two_level))
+            assert not _core.i8_preferred(q, 1), (bits, two_level)
+            if first is None:
+                assert not _core.i8_preferred(q, 64), (bits, two_level)
+            else:
+                assert not _core.i8_preferred(q, first - 1), (bits, two_level)
+                assert _core.i8_preferred(q, first) and _core.i8_preferred(q, 64), (bits, two_level)
+    for q in (pylut.quantize(w, bits=1, group=32), pylut.quantize(w, bits=2, mode="t3"),
+              pylut.quantize(w, bits=2, group=16)):
         assert not _core.i8_preferred(q, 64)

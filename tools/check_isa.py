@@ -32,7 +32,7 @@ import subprocess
 import sys
 from collections import defaultdict
 
-ISA_UNITS = {"lut_avx2", "lut_avx512", "lut_avx512vbmi", "attn_avx2", "attn_avx512", "prefill_vnni",
+ISA_UNITS = {"lut_avx2", "lut_avx512", "lut_avx512vbmi", "attn_avx2", "attn_avx512", "prefill_avx2", "prefill_vnni",
              "prefill_vnni_gfni"}  # reached only via the dispatch table
 
 WIDE_REG = re.compile(r"%(?:[yz]mm\d+|k[0-7]\b)")
