@@ -9,7 +9,15 @@ Each engine runs in its own subprocess so peak RSS is its own.
 
 The engines alternate for --rounds rounds and each keeps its best figures (this machine's
 speed drifts); peak RSS is the highest of pylut's runs, the first of which builds the packed
-cache when it is cold (the first-load peak).
+cache when it is cold (the first-load peak). The header names both engines' instruction sets.
+
+Like for like on an older CPU class: --isa avx2 runs pylut's AVX2 kernels (PYLUT_ISA) on an
+AVX-512 machine; build the peer the same way into a folder of its own and put it first on
+PYTHONPATH (its dependencies may come from a native build's folder after it):
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
+        pip install --target /tmp/llcpp_avx2 --no-deps llama-cpp-python
+    PYTHONPATH=/tmp/llcpp_avx2:/tmp/llcpp python3 tools/bench_e2e.py MODEL.gguf --isa avx2
 """
 import argparse
 import json
@@ -77,7 +85,10 @@ def worker_pylut(path, threads, n_prompt, n_gen, reps):
 def worker_llama(path, threads, n_prompt, n_gen, reps):
     import llama_cpp
     from llama_cpp import Llama
-    out = {"engine": "llama.cpp"}
+    info = llama_cpp.llama_print_system_info()
+    info = info.decode() if isinstance(info, bytes) else str(info)
+    feats = [f.split("=")[0].strip() for f in info.replace("CPU :", "").split("|") if f.strip().endswith("= 1")]
+    out = {"engine": "llama.cpp", "isa": "+".join(f for f in feats if f.startswith(("AVX", "NEON", "SVE"))) or "?"}
 
     def last_logits(llm):
         ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
@@ -108,7 +119,10 @@ def run_worker(engine, args):
     cmd = [sys.executable, os.path.abspath(__file__), args.model, "--worker", engine,
            "--threads", args.threads, "--prompt", str(args.prompt), "--gen", str(args.gen),
            "--reps", str(args.reps)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.isa and engine == "pylut":
+        env["PYLUT_ISA"] = args.isa
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
         print(f"{engine} failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
@@ -141,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternate the engines this many times, keep each one's best (default 3)")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp even when installed")
+    ap.add_argument("--isa", help="force pylut's kernels to this ISA (avx2, avx512, scalar, ...), "
+                                  "e.g. to match a peer built for an older CPU class")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--worker", choices=["pylut", "llama.cpp"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -173,6 +189,9 @@ def main(argv=None):
         o = run_worker("pylut", a)
         if o is None:
             return 1
+        if a.isa and o.get("isa") != a.isa.strip().lower():
+            print(f"--isa {a.isa}: not available here, pylut ran {o.get('isa')}")
+            return 2
         ours = o if ours is None else best_of(ours, o)
         if use_peer:
             p = run_worker("llama.cpp", a)
@@ -182,8 +201,12 @@ def main(argv=None):
             print(f"round {r + 1}: pylut " + ", ".join(f"{k} {o[k]:.1f}" for k in sorted(o) if k.endswith("tps_t1") or k.endswith("tps_t2"))
                   + ("" if not use_peer or p is None else "; llama.cpp " + ", ".join(
                       f"{k} {p[k]:.1f}" for k in sorted(p) if k.endswith("tps_t1") or k.endswith("tps_t2"))), flush=True)
-    print(f"{a.model}: prompt {a.prompt} tok, decode {a.gen} tok, isa {ours.get('isa')}, "
-          f"load {ours['load_s']:.2f} s, load avg {res['load_avg']:.2f}")
+    print(f"{a.model}: prompt {a.prompt} tok, decode {a.gen} tok, isa {ours.get('isa')}"
+          + (f" (llama.cpp: {peer.get('isa')})" if peer else "")
+          + f", load {ours['load_s']:.2f} s, load avg {res['load_avg']:.2f}")
+    res["isa"] = ours.get("isa")
+    if peer:
+        res["peer_isa"] = peer.get("isa")
     print(f"{'':>10} {'threads':>7} {'prefill t/s':>12} {'decode t/s':>11} {'py ovh':>7}")
     for t in threads:
         print(f"{'pylut':>10} {t:>7} {ours[f'prefill_tps_t{t}']:>12.1f} {ours[f'decode_tps_t{t}']:>11.2f} "

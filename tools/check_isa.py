@@ -8,7 +8,7 @@ runs. This does, from the disassembly (x86-64 only):
   * every function that touches a ymm/zmm/k register, or uses any VEX/EVEX instruction or an
     instruction newer than the x86-64 baseline (SSE3..4.2, BMI1/2, POPCNT, ...), must come
     from one of the per-ISA units (src/lut_avx2.c, src/lut_avx512.c, src/lut_avx512vbmi.c,
-    src/attn_avx2.c, src/attn_avx512.c, src/prefill_vnni.c,
+    src/attn_avx2.c, src/attn_avx512.c, src/prefill_avx2.c, src/prefill_vnni.c,
     src/prefill_vnni_gfni.c);
   * no function outside those units calls or jumps straight into them: they are reached only
     through the dispatch table (src/dispatch.c takes the tables' addresses, never calls);
