@@ -654,6 +654,11 @@ def i8_preferred(QMatrix qm, int n):
     return pylut_gemm_i8_preferred(&qm.qm, n) == 1
 
 
+def ternary_as_planes():
+    """Whether ternary weights run faster here as 2 bit planes (B2) than densely (T3)."""
+    return pylut_ternary_as_planes() == 1
+
+
 def gemm_multi(mats, x, ThreadPool pool, Tables tables=None, bint int8=False):
     """y_i = W_i x for every matrix (same k, group and family): one table build, one
     dispatch. x: float32 [k] or [n, k]. Returns a list of float32 [m_i] or [n, m_i].

@@ -70,6 +70,7 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm)
     int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm)
     int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n)
+    int pylut_ternary_as_planes()
 
     pylut_pool *pylut_pool_create(int n_threads)
     void pylut_pool_free(pylut_pool *pool)

@@ -58,6 +58,13 @@ def cpu_features():
     }
 
 
+def ternary_layout():
+    """How model loaders pack ternary weights on the active ISA by default: 't3' (1.67
+    bits/weight, its own kernel) or 'b2' (two bit planes: more bytes, but where T3's kernel
+    is slower per weight, as with AVX2, the faster decode). Both are exact."""
+    return "b2" if _core.ternary_as_planes() else "t3"
+
+
 def set_isa(name):
     """Force a kernel family ('scalar', 'avx2', 'avx512', 'avx512vbmi', 'neon', 'neon_dotprod')."""
     _core.isa_set(name)

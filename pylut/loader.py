@@ -46,6 +46,21 @@ SUPPORTED_ARCHS = ("llama", "qwen2", "bitnet")
 NEOX_ROPE_ARCHS = ("qwen2",)
 DEFAULT_FLOAT_GROUP = 128
 DEFAULT_T3_GROUP = 192  # 64 triples: no padding
+TERNARY_LAYOUTS = ("t3", "b2")  # dense 1.67-bit packing, or two bit planes (codes 0..2, zero 1)
+
+
+def _ternary(trits: np.ndarray, scale: np.ndarray, group: int, layout: str) -> _core.QMatrix:
+    """Trits [m, k] in {-1, 0, 1} with scale [m, groups] -> QMatrix in the chosen layout;
+    both hold the same weights exactly. B2's groups stop at MAX_GROUP (a larger ternary
+    group's scale repeats over its pieces)."""
+    if layout == "t3":
+        return _core.QMatrix.from_trits(trits, scale, group=group)
+    g = next((d for d in range(_core.MAX_GROUP, _core.MIN_GROUP - 1, -8) if group % d == 0), None)
+    if g is None:
+        raise ValueError(f"ternary group {group} has no B2 split (a multiple of 8 up to {_core.MAX_GROUP})")
+    scale = np.repeat(scale, group // g, axis=1)
+    codes = (trits + np.int8(1)).view(np.uint8)
+    return _core.QMatrix.from_codes(codes, scale, None, bits=2, group=g, zero=1.0)
 _REQUIRED = object()
 
 
@@ -329,9 +344,10 @@ def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.Q
 
 
 def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
-            lossy: set[str], core_name: str, ternary_s: float | None = None):
+            lossy: set[str], core_name: str, ternary_s: float | None = None, ternary: str = "t3"):
     """One GGUF matrix (or rows of one) -> QMatrix; multiplier folds a separate per-tensor
-    scale in. ternary_s: for float types, the magnitude when the matrix is ternary."""
+    scale in. ternary_s: for float types, the magnitude when the matrix is ternary.
+    ternary: the layout of ternary matrices (TERNARY_LAYOUTS)."""
     type_name = info.type_name
     if type_name in quants.FLOAT_TYPES:
         w = quants.decode_float(info.data, type_name, info.shape)
@@ -340,19 +356,21 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
             scale = np.float32(s * multiplier)
             if np.float32(np.float16(scale)) != scale:
                 lossy.add(core_name)
-            return _core.QMatrix.from_trits(trits, np.full(w.shape[0], scale, np.float32), group=DEFAULT_T3_GROUP)
+            g = DEFAULT_T3_GROUP if ternary == "t3" else 256  # (one scale per row: any group)
+            k_pad = -(-w.shape[1] // g) * g
+            return _ternary(trits, np.full((w.shape[0], k_pad // g), scale, np.float32), g, ternary)
         if multiplier != 1.0:
             w = w * np.float32(multiplier)
         return quantize(w, bits=bits, group=group)
 
     q = quants.decode_codes(info.data, type_name, info.shape)
     if q.ternary and q.codes.size and int(q.codes.max()) <= 2 and 6 <= q.group <= _core.T3_MAX_GROUP:
-        # dense 1.67-bit packing with the file's own per-block scales: lossless
+        # the trits with the file's own per-block scales (dense T3 or B2 planes): lossless
         trits = q.codes.view(np.int8) - np.int8(1)
         scale = q.scale * np.float32(multiplier)
         if not np.array_equal(scale.astype(np.float16).astype(np.float32), scale):
             lossy.add(core_name)
-        return _core.QMatrix.from_trits(trits, scale, group=q.group)
+        return _ternary(trits, scale, q.group, ternary)
     if q.group % 8 or not _core.MIN_GROUP <= q.group <= _core.MAX_GROUP:
         raise ValueError(f"group {q.group} of {type_name} does not fit the kernel")
     if type_name in _K_SUPER and multiplier == 1.0:
@@ -376,7 +394,7 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
 
 
 def _convert_matrix(f: GGUFFile, info: TensorInfo, bits: int, group: int, multiplier: float,
-                    requant: str | None, lossy: set[str], core_name: str) -> _core.QMatrix:
+                    requant: str | None, lossy: set[str], core_name: str, ternary: str = "t3") -> _core.QMatrix:
     """_matrix (or requant's quantize) by row pieces, dropping source pages as it goes."""
     if requant is not None:
         lossy.add(core_name)
@@ -390,7 +408,7 @@ def _convert_matrix(f: GGUFFile, info: TensorInfo, bits: int, group: int, multip
             ternary_s = _ternary_float(info, _rows_per_piece(*info.shape))
 
         def convert(part):
-            return _matrix(part, bits, group, multiplier, lossy, core_name, ternary_s)
+            return _matrix(part, bits, group, multiplier, lossy, core_name, ternary_s, ternary)
     q = by_rows(info, convert, f.drop_pages)
     return convert(info) if q is None else q
 
@@ -427,14 +445,19 @@ REQUANT = {
 
 
 def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
-              sink=None) -> LoadedModel:
+              sink=None, ternary: str = "t3") -> LoadedModel:
     """Read a llama / qwen2 / bitnet GGUF file into packed matrices for ``_core.Model``.
 
     bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
     keep their own grid unless ``requant`` (one of REQUANT) asks to requantize every matrix.
     sink: where each converted tensor goes (see MemorySink); when given, the returned
     LoadedModel's ``tensors`` is empty and the sink holds (or has written) them.
+    ternary: how ternary matrices (TQ1_0/TQ2_0, ternary-valued floats) are packed, 't3'
+    (1.67 bits/weight) or 'b2' (two bit planes, 2.06 with TQ's scales); both are exact, the
+    faster one depends on the ISA (pylut.kernels.ternary_layout()).
     Raises ModelFileError naming the file and the problem."""
+    if ternary not in TERNARY_LAYOUTS:
+        raise ValueError(f"ternary must be one of {', '.join(TERNARY_LAYOUTS)}, got {ternary!r}")
     if requant is not None and requant not in REQUANT:
         raise ValueError(f"requant must be one of {', '.join(REQUANT)}, got {requant!r}")
     if group is None:
@@ -495,7 +518,8 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
                     multiplier = _scalar_multiplier(f, spec.gguf_name)
                     if multiplier != 1.0:
                         used.add(spec.gguf_name[: -len(".weight")] + ".scale")
-                    t = _convert_matrix(f, info, bits, group, multiplier, requant, lossy, spec.core_name)
+                    t = _convert_matrix(f, info, bits, group, multiplier, requant, lossy, spec.core_name,
+                                        ternary)
                     packed_bytes += t.nbytes
                     matrix_params += t.shape[0] * t.shape[1]
                 else:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _core, streaming
 from .chat_template import ChatTemplate
-from .kernels import cpu_features, get_pool, physical_cores
+from .kernels import cpu_features, get_pool, physical_cores, ternary_layout
 from .sampling import Sampler, SamplingParams
 
 log = logging.getLogger("pylut")
@@ -27,7 +27,7 @@ log = logging.getLogger("pylut")
 def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
          max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
          context_shift: bool = True, requant: Optional[str] = None, kv_type: str = "f16",
-         head_plan=None, batch_invariant: bool = False) -> "Model":
+         head_plan=None, batch_invariant: bool = False, ternary: str = "auto") -> "Model":
     """Load a GGUF model file or a Hugging Face folder (config.json + safetensors, float
     weights quantized on load). n_ctx defaults to min(4096, the model's context);
     n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
@@ -40,11 +40,15 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     HeadPlan or the path of one (pylut.calibrate_heads): its streaming kv heads keep only the
     attention sinks and a recent window, in a smaller cache (opt-in; None: every head full).
     batch_invariant: keep prompts on the table-lookup kernels. By default, on a CPU with
-    AVX-512 VNNI, prompt chunks of 2- to 8-bit weights (from 4 to 16 tokens on, by bit width;
-    not Q2_K or ternary) multiply them with int8 activations instead (1.5-2.3x faster GEMMs),
-    so logits move at the activation-rounding level with how a prompt is chunked; True makes
+    AVX-512 VNNI or AVX2, prompt chunks of 2- to 8-bit weights (from 4 to 32 tokens on, by ISA
+    and bit width: kernels.h PYLUT_I8_FROM_*; never ternary or 1-bit) multiply them with int8
+    activations instead (1.1-2.3x faster GEMMs), so logits move at the activation-rounding
+    level with how a prompt is chunked; True makes
     every token's results independent of its chunk, bit for bit (prefix reuse then equals a
-    fresh run exactly)."""
+    fresh run exactly). ternary: how a GGUF file's ternary weights (TQ1_0, TQ2_0, BitNet's
+    ternary floats) are packed, 't3' (1.67 bits/weight) or 'b2' (2 bit planes, 2.06); both are
+    exact. 'auto' (default) takes the faster one on this CPU: b2 where the kernels are AVX2,
+    t3 elsewhere (pylut.kernels.ternary_layout())."""
     from . import packcache
     from .hf_loader import is_hf_folder, load_hf
     from .loader import load_gguf
@@ -54,15 +58,36 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
         raise FileNotFoundError(f"model file not found: {path}")
     if bits not in (1, 2, 3, 4, 5, 6, 8):
         raise ValueError(f"bits must be one of 1, 2, 3, 4, 5, 6, 8; got {bits!r}")
+    if ternary not in ("auto", "t3", "b2"):
+        raise ValueError(f"ternary must be 'auto', 't3' or 'b2'; got {ternary!r}")
     t0 = time.perf_counter()
-    loader = load_hf if is_hf_folder(path) else load_gguf
-    build = lambda sink: loader(path, bits=bits, requant=requant, sink=sink)  # noqa: E731
-    loaded = packcache.load_or_build(path, build, use_cache=cache, bits=bits, requant=requant)
+    options = dict(bits=bits, requant=requant)
+    if is_hf_folder(path):
+        build = lambda sink: load_hf(path, bits=bits, requant=requant, sink=sink)  # noqa: E731
+    else:
+        layout = ternary_layout() if ternary == "auto" else ternary
+        if _may_hold_ternary(path):  # (in the cache key only where it can change the pack)
+            options["ternary"] = layout
+        build = lambda sink: load_gguf(path, sink=sink, **dict(options, ternary=layout))  # noqa: E731
+    loaded = packcache.load_or_build(path, build, use_cache=cache, **options)
     tokenizer = Tokenizer.from_file(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
     return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
                  chat_template=chat_template, context_shift=context_shift, kv_type=kv_type, head_plan=head_plan,
                  batch_invariant=batch_invariant)
+
+
+def _may_hold_ternary(path) -> bool:
+    """Whether a GGUF file can hold matrices the loader packs as ternary: TQ1_0/TQ2_0
+    tensors, or a BitNet file (its converter writes ternary weights as floats). Reads the
+    header only; a file it cannot read says yes and fails properly in the loader."""
+    from .gguf_reader import GGUFFile
+    try:
+        with GGUFFile(path) as f:
+            return f.architecture == "bitnet" or any(t.type_name in ("TQ1_0", "TQ2_0")
+                                                      for t in f.tensors.values())
+    except Exception:
+        return True
 
 
 class Model:

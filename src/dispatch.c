@@ -337,14 +337,17 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
 }
 
 /* The ISA's measured thresholds (PYLUT_I8_FROM_* in kernels.h). Plain 2-bit groups under
- * 32 weights carry as much float work per weight as Q2_K's and stay on the tables too. */
+ * 32 weights stay on the tables (their float work per weight is Q2_K's without its
+ * integer sub-scales, unmeasured). */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
     if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 2)
         return 0;
     const int from = active->i8_from[qm->super != 0][qm->bits];
-    if (!from || (qm->bits == 2 && qm->group < 32)) return 0;
+    if (!from || (qm->bits == 2 && !qm->super && qm->group < 32)) return 0;
     return n >= from;
 }
+
+int pylut_ternary_as_planes(void) { return active->ternary_planes; }
 
 int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }
 

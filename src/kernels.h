@@ -20,6 +20,9 @@ typedef struct {
     /* the model's prompt chunks take gemm_b_i8 from this many tokens, by [two-level scales]
      * [bits]; 0: never (pylut_gemm_i8_preferred; the figures beside PYLUT_I8_FROM_*) */
     unsigned char i8_from[2][9];
+    /* 1: ternary weights run faster as two bit planes (B2, 2.06 bits/weight with TQ's
+     * scales) than densely packed (T3, 1.74): the loader's default (pylut_ternary_as_planes) */
+    unsigned char ternary_planes;
     /* out[hd] = softmax(scale * q.K^T) V over len cached positions; K and V are fp16 rows
      * of stride ld elements; scores: scratch [len] */
     void (*attn_f16)(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
@@ -67,11 +70,11 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * paid once per 64 tokens. 1-bit, ternary and every decode step stay on the tables.
  * AVX-512 VNNI: 6-bit 1.18 at 4 tokens, 1.69 at 8; 4-bit 0.98 at 4, 1.49 at 8, 1.82 at 64;
  *   3-bit 1.14 at 4, 1.41 at 8; 2-bit 0.99 at 8, 1.21 at 16 (groups >= 32 only). Two-level
- *   (K-quant) 3-6-bit as plain; Q2_K's 2-bit 0.85 at 8, 1.13 at 64: tables.
+ *   (K-quant) 3-6-bit as plain; Q2_K's 2-bit 0.83-0.85 at 8, 0.95-1.11 at 16, 1.15-1.21 at 32.
  * AVX2 (vpmaddubsw, forced on the same CPU): 3-7-bit 1.06-1.18 at 8, 1.30-1.70 at 64; two-level
  *   3-6-bit 0.82-0.98 at 8, 1.06-1.37 at 16; 2-bit 0.98 at 64 and 8-bit (vpmaddubsw would
  *   saturate): tables. */
-#define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 8, 4, 4, 4, 4}, {0, 0, 0, 8, 8, 4, 4, 4, 4}}
+#define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 8, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
 #define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
 #define PYLUT_I8_CHUNK 256 /* k per unpacked chunk: 16 KB of dword codes per 64-row tile */
 #define PYLUT_I8_TOKENS 64 /* tokens per pass over an unpacked chunk (each pass re-unpacks) */

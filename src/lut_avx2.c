@@ -479,6 +479,11 @@ const pylut_kernels pylut_kernels_avx2 = {
     .i8_gemv = pylut_i8_gemv_avx2,
     .gemm_b_i8 = pylut_gemm_b_i8_avx2,
     .i8_from = PYLUT_I8_FROM_AVX2,
+    /* T3's sign bits cost a broadcast, a shuffle and a compare per 32 lookups in ymm, where
+     * AVX-512 reads them as a mask register: one Zen 4 core in L2, weights/s, T3 89 G against
+     * B2 140 G (AVX-512VBMI: 149 G and 152 G). Decode streams at ~25 GB/s: T3 there ~54 G/s,
+     * B2 ~95 G/s despite 18 % more bytes. */
+    .ternary_planes = 1,
 };
 
 #endif /* x86-64 */

@@ -29,8 +29,11 @@ typedef struct {
     lut_batch act;             /* B-type sets: the same tokens as int8 activations, for chunks
                                 * the int8 prefill kernel takes (pylut_gemm_i8_preferred);
                                 * act.lut NULL for T3 sets */
-    const pylut_qmatrix *widest; /* the set's matrix with the most bits: decides for the set */
-    int use_act;               /* this chunk reads act, not tables */
+    const pylut_qmatrix *by_bits[9]; /* one matrix of the set per bit width (or NULL): the
+                                * int8 choice depends only on the width within one layout */
+    unsigned act_bits;         /* this chunk: bit b set when the set's b-bit matrices read act
+                                * (each width decides for itself: a Q2_K matrix beside a Q3_K
+                                * one in the same layout keeps the tables where they win) */
 } table_set;
 
 struct pylut_state {
@@ -105,14 +108,15 @@ static void lut_batch_free(lut_batch *b) {
 static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
     const int have = set_for(s, qm);
     if (have >= 0) {
-        if (qm->bits > s->sets[have].widest->bits) s->sets[have].widest = qm;
+        if (!s->sets[have].by_bits[qm->bits]) s->sets[have].by_bits[qm->bits] = qm;
         return PYLUT_OK;
     }
     if (s->n_sets == MAX_TABLE_SETS) return PYLUT_EINVAL;
     pylut_lut key, act_key;
     pylut_lut_layout(&key, qm);
     table_set *ts = &s->sets[s->n_sets];
-    ts->widest = qm;
+    memset(ts->by_bits, 0, sizeof ts->by_bits);
+    ts->by_bits[qm->bits] = qm;
     s->keys[s->n_sets++] = key;
     int rc = lut_batch_alloc(&ts->tables, &key, s->max_batch);
     if (rc == PYLUT_OK && pylut_lut_layout_i8(&act_key, qm) == PYLUT_OK) /* T3: tables only */
@@ -128,8 +132,13 @@ int pylut_state_set_batch_invariant(pylut_state *s, int on) {
 
 int pylut_state_batch_invariant(const pylut_state *s) { return s ? s->batch_invariant : 0; }
 
-/* The activations set ts's matrices read in this chunk. */
-static pylut_lut *set_input(const table_set *ts) { return ts->use_act ? ts->act.lut : ts->tables.lut; }
+/* Whether matrix qm of set ts reads the int8 activations in this chunk. */
+static int reads_act(const table_set *ts, const pylut_qmatrix *qm) { return (ts->act_bits >> qm->bits) & 1u; }
+
+/* The activations matrix qm (of set ts) reads in this chunk. */
+static pylut_lut *mat_input(const table_set *ts, const pylut_qmatrix *qm) {
+    return reads_act(ts, qm) ? ts->act.lut : ts->tables.lut;
+}
 
 void pylut_state_free(pylut_state *s) {
     if (!s) return;
@@ -529,20 +538,23 @@ typedef struct {
 /* Build the tables every matrix in mats[] needs for x[n][k] (stride ldx); ends with a barrier. */
 static void stage_tables(step_ctx *c, int ith, int nth, const float *x, int64_t ldx, int n,
                          const pylut_qmatrix *const *mats, int nm) {
-    int done[MAX_TABLE_SETS] = {0};
+    int need[MAX_TABLE_SETS] = {0}; /* per set: 1 tables, 2 int8 activations, 3 both */
     for (int i = 0; i < nm; i++) {
-        int si = set_for(c->s, mats[i]);
-        if (done[si]) continue;
-        done[si] = 1;
-        pylut_lut *luts = set_input(&c->s->sets[si]);
-        const int64_t per = luts[0].n_groups;
-        SPLIT(per * n, ith, nth, w0, w1);
-        for (int64_t w = w0; w < w1;) {
-            int64_t tok = w / per, g0 = w % per, g1 = g0 + (w1 - w) < per ? g0 + (w1 - w) : per;
-            pylut_lut_build_range(x + tok * ldx, &luts[tok], g0, g1);
-            w += g1 - g0;
-        }
+        const int si = set_for(c->s, mats[i]);
+        need[si] |= reads_act(&c->s->sets[si], mats[i]) ? 2 : 1;
     }
+    for (int si = 0; si < c->s->n_sets; si++)
+        for (int form = 1; form <= 2; form++) {
+            if (!(need[si] & form)) continue;
+            pylut_lut *luts = form == 2 ? c->s->sets[si].act.lut : c->s->sets[si].tables.lut;
+            const int64_t per = luts[0].n_groups;
+            SPLIT(per * n, ith, nth, w0, w1);
+            for (int64_t w = w0; w < w1;) {
+                int64_t tok = w / per, g0 = w % per, g1 = g0 + (w1 - w) < per ? g0 + (w1 - w) : per;
+                pylut_lut_build_range(x + tok * ldx, &luts[tok], g0, g1);
+                w += g1 - g0;
+            }
+        }
     barrier_wait(&c->bar, nth);
 }
 
@@ -564,7 +576,7 @@ static void stage_gemm(step_ctx *c, int ith, int nth, int *stage, int n,
         for (int i = 0; i < nm; i++) {
             int64_t a = w0 > start[i] ? w0 : start[i], b = w1 < start[i + 1] ? w1 : start[i + 1];
             if (a < b)
-                pylut_gemm_tiles(mats[i], set_input(&c->s->sets[set_for(c->s, mats[i])]), n, ys[i], ldys[i],
+                pylut_gemm_tiles(mats[i], mat_input(&c->s->sets[set_for(c->s, mats[i])], mats[i]), n, ys[i], ldys[i],
                                  a - start[i], b - start[i]);
         }
     }
@@ -743,9 +755,13 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
             s->scratch_threads = nth;
             s->attn_scratch_floats = j->scratch_floats;
         }
-        for (int i = 0; i < s->n_sets; i++)
-            s->sets[i].use_act = s->sets[i].act.lut && !s->batch_invariant &&
-                                 pylut_gemm_i8_preferred(s->sets[i].widest, chunk);
+        for (int i = 0; i < s->n_sets; i++) {
+            table_set *ts = &s->sets[i];
+            ts->act_bits = 0;
+            for (int b = 1; b <= 8; b++)
+                if (ts->act.lut && !s->batch_invariant && ts->by_bits[b] && pylut_gemm_i8_preferred(ts->by_bits[b], chunk))
+                    ts->act_bits |= 1u << b;
+        }
         barrier_init(&c.bar);
         for (int i = 0; i < 5 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
         pylut_pool_run(pool, step_task, &c);

@@ -140,7 +140,7 @@ def test_refused_inputs():
 # first token count at which each ISA's model takes the int8 kernel, by (bits, two-level);
 # absent: never (kernels.h PYLUT_I8_FROM_*, measured by tools/bench_prefill.py)
 VNNI_FROM = {(2, False): 16, (3, False): 8, (4, False): 8, (6, False): 4, (8, False): 4,
-             (3, True): 8, (6, True): 4}
+             (2, True): 32, (3, True): 8, (6, True): 4}
 AVX2_FROM = {(3, False): 8, (4, False): 8, (6, False): 8, (3, True): 16, (6, True): 16}
 
 
@@ -148,8 +148,9 @@ AVX2_FROM = {(3, False): 8, (4, False): 8, (6, False): 8, (3, True): 16, (6, Tru
 def test_which_path_the_model_takes(isa):
     """Decode and short chunks stay on the tables; prompt chunks take the int8 kernel where
     the ISA has a fast one (AVX-512 VNNI on either tier, AVX2), from the token counts that
-    tools/bench_prefill.py measured per ISA; Q2_K-style two-level 2-bit, 2-bit groups under
-    32, 1-bit and ternary never, nor 8-bit codes on AVX2."""
+    tools/bench_prefill.py measured per ISA (Q2_K-style two-level 2-bit only from 32 tokens
+    and only with VNNI); plain 2-bit groups under 32, 1-bit and ternary never, nor 8-bit
+    codes on AVX2."""
     _core.isa_set(isa)
     vnni = isa == "avx512vbmi" or (isa == "avx512" and "avx512vnni" in _core.cpu_flags())
     expect = VNNI_FROM if vnni else AVX2_FROM if isa == "avx2" else {}

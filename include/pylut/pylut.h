@@ -194,6 +194,10 @@ int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, 
  * 1 when the active ISA has a fast kernel for it and n tokens make it pay for qm; every ISA
  * runs kind-2 activations (the portable twin where there is no fast kernel). */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n);
+
+/* 1 when the active ISA runs ternary weights faster as two bit planes (a B2 matrix with codes
+ * 0..2 and zero 1) than as T3, counting T3's fewer bytes: the loaders' default layout. */
+int pylut_ternary_as_planes(void);
 /* Several matrices reading the same tables (q/k/v, gate/up) in one pool dispatch. */
 int pylut_gemm_multi(pylut_pool *pool, int n_mats, const pylut_qmatrix *const *qms,
                      const pylut_lut *lut, int n, float *const *ys, const int64_t *ldys);
