@@ -71,7 +71,7 @@ def model_kind(path):
 
 
 def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True,
-               requant=None, kv_type="f16", head_plan=None, batch_invariant=False):
+               requant=None, kv_type="f16", head_plan=None, batch_invariant=False, ternary="auto"):
     """A Model from a .gguf or .pylut path; library errors become CLIError."""
     kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
@@ -80,7 +80,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
             import pylut
             model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
                                chat_template=chat_template, cache=cache, requant=requant, kv_type=kv_type,
-                               head_plan=head_plan, batch_invariant=batch_invariant)
+                               head_plan=head_plan, batch_invariant=batch_invariant, ternary=ternary)
         else:
             from .model import Model
             from .packcache import load as load_packed
@@ -156,6 +156,9 @@ def _add_model_args(p, optional_model=False, threads=True):
     p.add_argument("--kv-type", choices=("f16", "q8", "q4"), default="f16",
                    help="KV cache storage: f16 (default), q8 (int8, 0.53x the memory) or q4 (4-bit, "
                         "0.28x; some quality loss, see tools/bench_attention.py)")
+    p.add_argument("--ternary", choices=("auto", "t3", "b2"), default="auto",
+                   help="ternary weights as t3 (1.67 bits/weight) or b2 (two bit planes, 2.06); both exact. "
+                        "auto (default): the faster on this CPU (b2 with AVX2 kernels, else t3)")
     p.add_argument("--batch-invariant", action="store_true",
                    help="keep prompts on the table-lookup kernels: results do not depend on how a "
                         "prompt is chunked (bit for bit), at the slower prefill of that path")
@@ -264,6 +267,9 @@ def build_parser():
                    help="bits F16/F32 weights are quantized to (default 4)")
     p.add_argument("--requant", choices=("q4", "q3", "q2", "ternary"), default=None,
                    help="requantize every matrix (lossy)")
+    p.add_argument("--ternary", choices=("auto", "t3", "b2"), default="auto",
+                   help="ternary weights as t3 (1.67 bits/weight) or b2 (two bit planes, 2.06); both exact. "
+                        "auto (default): the faster on this CPU (b2 with AVX2 kernels, else t3)")
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server",
                        description="Serve /v1/chat/completions, /v1/completions, /v1/models and "
@@ -337,7 +343,8 @@ def _load_from_args(args, model_path=None):
     return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None), bits=args.bits,
                       chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant,
                       kv_type=args.kv_type, head_plan=getattr(args, "head_plan", None),
-                      batch_invariant=getattr(args, "batch_invariant", False))
+                      batch_invariant=getattr(args, "batch_invariant", False),
+                      ternary=getattr(args, "ternary", "auto"))
 
 
 def cmd_chat(args):
@@ -501,6 +508,7 @@ def cmd_bench(args):
 
 
 def cmd_convert(args):
+    from .kernels import ternary_layout
     from .loader import load_gguf
     from .packcache import convert
     if model_kind(args.input) != "gguf":
@@ -512,7 +520,8 @@ def cmd_convert(args):
     try:
         # streamed: one tensor in memory at a time, as for the cache
         convert(args.input, args.output,
-                lambda sink: load_gguf(args.input, bits=args.bits, requant=args.requant, sink=sink))
+                lambda sink: load_gguf(args.input, bits=args.bits, requant=args.requant, sink=sink,
+                                       ternary=ternary_layout() if args.ternary == "auto" else args.ternary))
     except (OSError, ValueError) as e:
         raise CLIError(str(e)) from None
     finally:

@@ -185,6 +185,30 @@ def test_forward_matches_reference(tmp_path, results, arch, tensor_type):
     assert_within_tolerance(figures)
 
 
+@pytest.mark.parametrize("arch,tensor_type", [("llama", "TQ1_0"), ("qwen2", "TQ2_0"), ("bitnet", "F16"),
+                                               ("bitnet", "TQ2_0")])
+def test_ternary_as_bit_planes(tmp_path, results, arch, tensor_type):
+    """ternary='b2' (the default where the kernels are AVX2) packs the same trits as two bit
+    planes with zero 1: the same weights exactly, the file's scales, and logits within the
+    tolerance of the reference forward pass, like T3's."""
+    path = tmp_path / f"{arch}-{tensor_type}.gguf"
+    build_gguf(path, arch, tensor_type, **sizes(tensor_type))
+    planes, dense = load_gguf(path, ternary="b2"), load_gguf(path, ternary="t3")
+    ternary_names = [n for n, t in dense.tensors.items()
+                     if isinstance(t, _core.QMatrix) and t.type == _core.TYPE_T3]
+    assert "blk.0.attn_q" in ternary_names and "blk.0.ffn_down" in ternary_names
+    for name in ternary_names:
+        q = planes.tensors[name]
+        assert q.bits == 2 and q.type != _core.TYPE_T3 and not q.has_bias and q.zero == 1.0, name
+        np.testing.assert_array_equal(q.dequantize(), dense.tensors[name].dequantize(), err_msg=name)
+    assert not planes.lossy
+    figures = check_forward(planes, dequantized(planes))
+    results[(arch, f"{tensor_type}+b2")] = figures + (planes.load_seconds,)
+    assert_within_tolerance(figures)
+    with pytest.raises(ValueError, match="ternary must be one of"):
+        load_gguf(path, ternary="dense")
+
+
 @needs_vocab
 @pytest.mark.parametrize("arch,tensor_type,vocab_file,tied", [
     ("llama", "Q4_0", "ggml-vocab-llama-spm.gguf", False),

@@ -89,6 +89,29 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
     assert h["tensors"]["blk.0.attn_q"]["sub_nibbles"] == (tensor_type == "Q2_K")
 
 
+def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, cache):
+    """ternary='auto' takes this ISA's layout (pylut.kernels.ternary_layout); a file that can
+    hold ternary weights gets one cache file per layout, with the same logits; any other
+    file keeps one cache file whatever is asked. A bad value is refused."""
+    from pylut.kernels import ternary_layout
+    src = _model(tmp_path, "TQ2_0", "bitnet")
+    auto = pylut.load(src, n_ctx=64)
+    want_type = _core.TYPE_T3 if ternary_layout() == "t3" else 2
+    assert auto.loaded.tensors["blk.0.attn_q"].type == want_type
+    other = "b2" if ternary_layout() == "t3" else "t3"
+    forced = pylut.load(src, n_ctx=64, ternary=other)
+    assert forced.loaded.tensors["blk.0.attn_q"].type != want_type
+    assert len(list(cache.iterdir())) == 2
+    np.testing.assert_allclose(_logits(forced), _logits(auto), atol=0.05 * np.abs(_logits(auto)).max())
+    (tmp_path / "plain").mkdir()
+    plain = _model(tmp_path / "plain", "Q4_0")
+    for layout in ("t3", "b2", "auto"):
+        pylut.load(plain, n_ctx=64, ternary=layout)
+    assert len(list(cache.iterdir())) == 3
+    with pytest.raises(ValueError, match="ternary must be"):
+        pylut.load(src, n_ctx=64, ternary="planes")
+
+
 def test_layout_header_last_and_aligned(tmp_path, cache):
     src = _model(tmp_path)
     pylut.load(src, n_ctx=64)
