@@ -108,6 +108,26 @@ def test_prefix_reuse_on_the_int8_prefill_path_stays_close(model_file, cache):
     assert m.stats["prompt_processed"] == 1
 
 
+@pytest.mark.parametrize("isa", [i for i in ("avx2", "avx512vbmi") if i in _core.isa_supported()])
+def test_matrices_of_one_table_layout_choose_their_path_each(tmp_path, cache, isa, restore_isa):
+    """Q2_K and Q3_K share a table layout (16-weight groups, 256-weight super-blocks): in a
+    20-token chunk the Q3_K matrices take the int8 kernel and the Q2_K query projection keeps
+    the tables, so the chunk builds both inputs and each matrix reads its own."""
+    pylut.set_isa(isa)
+    path = tmp_path / "mixed.gguf"
+    build_gguf(path, "llama", "Q3_K", dim=256, ffn=256, vocab=300,
+               type_overrides={"blk.0.attn_q.weight": "Q2_K", "blk.1.attn_q.weight": "Q2_K"})
+    prompt = list(range(3, 23))
+    m = pylut.load(path, n_ctx=64)
+    q2k, q3k = m.loaded.tensors["blk.0.attn_q"], m.loaded.tensors["blk.0.attn_k"]
+    assert (q2k.bits, q3k.bits) == (2, 3) and q2k.super_block == q3k.super_block == 256
+    assert not _core.i8_preferred(q2k, len(prompt)) and _core.i8_preferred(q3k, len(prompt))
+    logits = m.eval(prompt)
+    exact = pylut.load(path, n_ctx=64, batch_invariant=True).eval(prompt)
+    assert np.all(np.isfinite(logits)) and not np.array_equal(logits, exact)
+    assert np.abs(logits - exact).max() <= 0.05 * np.abs(exact).max()
+
+
 def test_openai_shaped_results(chat_model_file, cache):
     m = pylut.load(chat_model_file, n_ctx=128)
     assert m.info()["chat_template"]
