@@ -72,41 +72,20 @@ static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t
 #undef UNPACK_BITS
 }
 
-/* Groups [g0, g1) of tile t: s, b [g][64] floats, as pylut_i8_params computes them */
-static void params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b) {
-    const int64_t groups = qm->k_pad / qm->group;
-    const int64_t supers = qm->super ? qm->k_pad / qm->super : 0, gps = qm->super ? qm->super / qm->group : 1;
-    const __m256 negzero = _mm256_set1_ps(-qm->zero);
-    for (int64_t g = g0; g < g1; g++)
-        for (int q = 0; q < 8; q++) {
-            const int64_t at = (t * groups + g) * PYLUT_TILE_M + 8 * q;
-            __m256 sc, bi;
-            if (!qm->super) {
-                sc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(qm->scale + at)));
-                bi = qm->has_bias ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(qm->bias + at)))
-                                  : _mm256_mul_ps(negzero, sc);
-            } else {
-                const int64_t sat = (t * supers + g / gps) * PYLUT_TILE_M + 8 * q;
-                const __m128i raw = _mm_loadl_epi64((const __m128i *)(qm->sub_scale + at));
-                __m256i si, bsub;
-                if (qm->sub_nibbles) {
-                    si = _mm256_cvtepu8_epi32(_mm_and_si128(raw, _mm_set1_epi8(15)));
-                    bsub = _mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15)));
-                } else {
-                    si = _mm256_cvtepi8_epi32(raw);
-                    bsub = qm->has_bias ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qm->sub_bias + at)))
-                                        : si;
-                }
-                sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(qm->scale + sat))),
-                                   _mm256_cvtepi32_ps(si));
-                bi = qm->has_bias ? _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(qm->bias + sat))),
-                                                  _mm256_cvtepi32_ps(bsub))
-                                  : _mm256_mul_ps(negzero, sc);
-            }
-            _mm256_store_ps(s + (g - g0) * PYLUT_TILE_M + 8 * q, sc);
-            _mm256_store_ps(b + (g - g0) * PYLUT_TILE_M + 8 * q, bi);
-        }
-}
+/* ------------------------------------------------------------------ float parameters */
+
+#define PV __m256
+#define PW 8
+#define pv_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define pv_i8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define pv_nib_lo(p) \
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_loadl_epi64((const __m128i *)(p)), _mm_set1_epi8(15))))
+#define pv_nib_hi(p) \
+    _mm256_cvtepi32_ps(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))), 4))
+#define pv_mul _mm256_mul_ps
+#define pv_set1 _mm256_set1_ps
+#define pv_store _mm256_store_ps
+#include "prefill_params.h"
 
 /* ------------------------------------------------------------------ the dot products */
 

@@ -82,41 +82,20 @@ static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t
 #undef UNPACK_BITS
 }
 
-/* Groups [g0, g1) of tile t: s, b [g][64] floats, as pylut_i8_params computes them */
-static void params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b) {
-    const int64_t groups = qm->k_pad / qm->group;
-    const int64_t supers = qm->super ? qm->k_pad / qm->super : 0, gps = qm->super ? qm->super / qm->group : 1;
-    const __m512 negzero = _mm512_set1_ps(-qm->zero);
-    for (int64_t g = g0; g < g1; g++)
-        for (int q = 0; q < 4; q++) {
-            const int64_t at = (t * groups + g) * PYLUT_TILE_M + 16 * q;
-            __m512 sc, bi;
-            if (!qm->super) {
-                sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + at)));
-                bi = qm->has_bias ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + at)))
-                                  : _mm512_mul_ps(negzero, sc);
-            } else {
-                const int64_t sat = (t * supers + g / gps) * PYLUT_TILE_M + 16 * q;
-                const __m128i raw = _mm_loadu_si128((const __m128i *)(qm->sub_scale + at));
-                __m512i si, bsub;
-                if (qm->sub_nibbles) {
-                    si = _mm512_cvtepu8_epi32(_mm_and_si128(raw, _mm_set1_epi8(15)));
-                    bsub = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15)));
-                } else {
-                    si = _mm512_cvtepi8_epi32(raw);
-                    bsub = qm->has_bias ? _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qm->sub_bias + at)))
-                                        : si;
-                }
-                sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->scale + sat))),
-                                   _mm512_cvtepi32_ps(si));
-                bi = qm->has_bias ? _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(qm->bias + sat))),
-                                                  _mm512_cvtepi32_ps(bsub))
-                                  : _mm512_mul_ps(negzero, sc);
-            }
-            _mm512_store_ps(s + (g - g0) * PYLUT_TILE_M + 16 * q, sc);
-            _mm512_store_ps(b + (g - g0) * PYLUT_TILE_M + 16 * q, bi);
-        }
-}
+/* ------------------------------------------------------------------ float parameters */
+
+#define PV __m512
+#define PW 16
+#define pv_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define pv_i8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define pv_nib_lo(p) \
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_loadu_si128((const __m128i *)(p)), _mm_set1_epi8(15))))
+#define pv_nib_hi(p) \
+    _mm512_cvtepi32_ps(_mm512_srli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p))), 4))
+#define pv_mul _mm512_mul_ps
+#define pv_set1 _mm512_set1_ps
+#define pv_store _mm512_store_ps
+#include "prefill_params.h"
 
 /* ------------------------------------------------------------------ the dot products */
 
