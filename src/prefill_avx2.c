@@ -172,40 +172,26 @@ static void tokens2(const uint32_t *w, const float *s, const float *b, int64_t n
     tokens2_body(w, s, b, ng, kq, lim < kq ? lim : kq, act, two, k0, g0, yacc);
 }
 
+/* Every token of a pass over one chunk: quarters of 16 rows, two tokens at a time (the
+ * tokens re-read the quarter's codes from L1). */
+static void run_chunk(const uint32_t *w, const float *s, const float *b, int64_t ng, int gw, int bits,
+                      const pylut_lut *act, int nt, int64_t k0, int64_t g0, float *yacc) {
+    const int lim = int16_kgroups(bits) > 0 ? int16_kgroups(bits) : 1;
+    for (int q = 0; q < 4; q++)
+        for (int tok = 0; tok < nt; tok += 2)
+            tokens2(w + 16 * q, s + 16 * q, b + 16 * q, ng, gw, lim, act + tok, tok + 1 < nt, k0, g0,
+                    yacc + tok * PYLUT_TILE_M + 16 * q);
+}
+
+#define PREFILL_ALIGN 32
+#include "prefill_driver.h"
+
 void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                           int64_t tile0, int64_t tile1) {
-    const int gw = qm->group, kc = pylut_i8_chunk(gw), bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
-    const int lim = int16_kgroups(bits) > 0 ? int16_kgroups(bits) : 1;
-    _Alignas(32) uint32_t w[PYLUT_I8_CHUNK / PYLUT_KGROUP * PYLUT_TILE_M]; /* [k-groups][64] */
-    _Alignas(32) float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups][64] */
-    _Alignas(32) float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
-    _Alignas(32) float yacc[PYLUT_I8_TOKENS * PYLUT_TILE_M];                         /* [tokens][64] */
-    if (bits > 7) { /* vpmaddubsw would saturate; the model never asks (pylut_gemm_i8_preferred) */
+    if (qm->bits > 7) /* vpmaddubsw would saturate; the model never asks (pylut_gemm_i8_preferred) */
         pylut_gemm_b_i8_scalar(qm, act, n, y, ldy, tile0, tile1);
-        return;
-    }
-    for (int64_t t = tile0; t < tile1; t++) {
-        const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
-        const int64_t rows = qm->m - t * PYLUT_TILE_M < PYLUT_TILE_M ? qm->m - t * PYLUT_TILE_M : PYLUT_TILE_M;
-        for (int tb = 0; tb < n; tb += PYLUT_I8_TOKENS) {
-            const int nt = n - tb < PYLUT_I8_TOKENS ? n - tb : PYLUT_I8_TOKENS;
-            memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
-            for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
-                const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;
-                unpack_chunk(tile + k0 / PYLUT_KGROUP * kgb, bits, kl / PYLUT_KGROUP, w);
-                params(qm, t, g0, g0 + ng, s, b);
-                for (int q = 0; q < 4; q++) { /* quarters of 16 rows; the tokens re-read w from L1 */
-                    const int64_t rq = 16 * q;
-                    int tok = 0;
-                    for (; tok < nt; tok += 2)
-                        tokens2(w + rq, s + rq, b + rq, ng, gw, lim, act + tb + tok, tok + 1 < nt, k0, g0,
-                                yacc + tok * PYLUT_TILE_M + rq);
-                }
-            }
-            for (int tok = 0; tok < nt; tok++) /* the tile's rows < m only */
-                memcpy(y + (tb + tok) * ldy + t * PYLUT_TILE_M, yacc + tok * PYLUT_TILE_M, (size_t)rows * sizeof(float));
-        }
-    }
+    else
+        prefill_tiles(qm, act, n, y, ldy, tile0, tile1);
 }
 
 #endif /* x86-64 */

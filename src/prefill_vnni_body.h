@@ -169,35 +169,19 @@ static void tokens1(const uint32_t *w, const float *s, const float *b, int64_t n
     }
 }
 
+/* Every token of a pass over one chunk: 4 at a time, then the rest one by one. */
+static void run_chunk(const uint32_t *w, const float *s, const float *b, int64_t ng, int gw, int bits,
+                      const pylut_lut *act, int nt, int64_t k0, int64_t g0, float *yacc) {
+    (void)bits;
+    int tok = 0;
+    for (; tok + 4 <= nt; tok += 4) tokens4(w, s, b, ng, gw, act + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
+    for (; tok < nt; tok++) tokens1(w, s, b, ng, gw, act + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
+}
+
+#define PREFILL_ALIGN 64
+#include "prefill_driver.h"
+
 void PREFILL_FN(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy, int64_t tile0,
                 int64_t tile1) {
-    const int gw = qm->group, kc = pylut_i8_chunk(gw), bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
-    _Alignas(64) uint32_t w[PYLUT_I8_CHUNK / PYLUT_KGROUP * PYLUT_TILE_M]; /* [k-groups][64] */
-    _Alignas(64) float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups][64] */
-    _Alignas(64) float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
-    _Alignas(64) float yacc[PYLUT_I8_TOKENS * PYLUT_TILE_M];                         /* [tokens][64] */
-    for (int64_t t = tile0; t < tile1; t++) {
-        const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
-        const int64_t rows = qm->m - t * PYLUT_TILE_M < PYLUT_TILE_M ? qm->m - t * PYLUT_TILE_M : PYLUT_TILE_M;
-        for (int tb = 0; tb < n; tb += PYLUT_I8_TOKENS) {
-            const int nt = n - tb < PYLUT_I8_TOKENS ? n - tb : PYLUT_I8_TOKENS;
-            memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
-            for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
-                const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;
-                unpack_chunk(tile + k0 / PYLUT_KGROUP * kgb, bits, kl / PYLUT_KGROUP, w);
-                params(qm, t, g0, g0 + ng, s, b);
-                int tok = 0;
-                for (; tok + 4 <= nt; tok += 4)
-                    tokens4(w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
-                for (; tok < nt; tok++)
-                    tokens1(w, s, b, ng, gw, act + tb + tok, k0, g0, yacc + tok * PYLUT_TILE_M);
-            }
-            for (int tok = 0; tok < nt; tok++) /* the tile's rows < m only */
-                for (int i = 0; i < 4 && 16 * i < rows; i++) {
-                    const __mmask16 live = rows - 16 * i >= 16 ? 0xFFFF : (__mmask16)((1u << (rows - 16 * i)) - 1);
-                    _mm512_mask_storeu_ps(y + (tb + tok) * ldy + t * PYLUT_TILE_M + 16 * i, live,
-                                          _mm512_load_ps(yacc + tok * PYLUT_TILE_M + 16 * i));
-                }
-        }
-    }
+    prefill_tiles(qm, act, n, y, ldy, tile0, tile1);
 }

@@ -1,0 +1,34 @@
+/* prefill_driver.h - the int8 prefill kernels' walk over row tiles, passes of
+ * PYLUT_I8_TOKENS tokens and k-chunks, one body for every SIMD unit (the scalar twin in
+ * prefill.c walks the same way). The including unit defines, before including this file:
+ *
+ *   PREFILL_ALIGN        the vector alignment of the scratch buffers
+ *   unpack_chunk(blk, bits, kgroups, w)             a chunk's codes -> w [kgroups][64] dwords
+ *   params(qm, t, g0, g1, s, b)                     groups' floats -> s, b [g][64]
+ *   run_chunk(w, s, b, ng, gw, bits, act, nt, k0, g0, yacc)  nt tokens over the chunk: yacc += */
+
+/* y[tok][tiles' rows] for row tiles [tile0, tile1) of qm, tokens [0, n) of act */
+static void prefill_tiles(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
+                          int64_t tile0, int64_t tile1) {
+    const int gw = qm->group, kc = pylut_i8_chunk(gw), bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
+    _Alignas(PREFILL_ALIGN) uint32_t w[PYLUT_I8_CHUNK / PYLUT_KGROUP * PYLUT_TILE_M]; /* [k-groups][64] */
+    _Alignas(PREFILL_ALIGN) float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups][64] */
+    _Alignas(PREFILL_ALIGN) float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
+    _Alignas(PREFILL_ALIGN) float yacc[PYLUT_I8_TOKENS * PYLUT_TILE_M];             /* [tokens][64] */
+    for (int64_t t = tile0; t < tile1; t++) {
+        const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
+        const int64_t rows = qm->m - t * PYLUT_TILE_M < PYLUT_TILE_M ? qm->m - t * PYLUT_TILE_M : PYLUT_TILE_M;
+        for (int tb = 0; tb < n; tb += PYLUT_I8_TOKENS) {
+            const int nt = n - tb < PYLUT_I8_TOKENS ? n - tb : PYLUT_I8_TOKENS;
+            memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
+            for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
+                const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;
+                unpack_chunk(tile + k0 / PYLUT_KGROUP * kgb, bits, kl / PYLUT_KGROUP, w);
+                params(qm, t, g0, g0 + ng, s, b);
+                run_chunk(w, s, b, ng, gw, bits, act + tb, nt, k0, g0, yacc);
+            }
+            for (int tok = 0; tok < nt; tok++) /* the tile's rows < m only */
+                memcpy(y + (tb + tok) * ldy + t * PYLUT_TILE_M, yacc + tok * PYLUT_TILE_M, (size_t)rows * sizeof(float));
+        }
+    }
+}
