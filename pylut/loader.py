@@ -356,7 +356,8 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
             scale = np.float32(s * multiplier)
             if np.float32(np.float16(scale)) != scale:
                 lossy.add(core_name)
-            g = DEFAULT_T3_GROUP if ternary == "t3" else 256  # (one scale per row: any group)
+            k = w.shape[1]  # one scale per row: any group; B2 takes the largest that divides k
+            g = DEFAULT_T3_GROUP if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
             k_pad = -(-w.shape[1] // g) * g
             return _ternary(trits, np.full((w.shape[0], k_pad // g), scale, np.float32), g, ternary)
         if multiplier != 1.0:
