@@ -349,6 +349,12 @@ int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
 
 int pylut_ternary_as_planes(void) { return active->ternary_planes; }
 
+void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
+    if (lut->kind == 2) pylut_act8_build_range(x, lut, g0, g1);
+    else if (lut->kind == 1) pylut_lut_build_t3_range(x, lut, g0, g1);
+    else pylut_lut_build_b_range(x, lut, g0, g1, active->b_entries);
+}
+
 int pylut_qmatrix_valid(const pylut_qmatrix *qm) { return qmatrix_ok(qm); }
 
 int pylut_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,

@@ -5,6 +5,10 @@
 
 #include "pylut/pylut.h"
 
+/* B-type table entries of k-groups [j0, j1) of x (k values) at scale inv into tbl + 16 j
+ * (pylut_lut_build_b_range, below) */
+typedef void (*pylut_b_entries_fn)(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
+
 /* One ISA's kernels. Ranges are half-open and already validated by dispatch.c: per-ISA code
  * trusts them (and nothing else). */
 typedef struct {
@@ -20,6 +24,8 @@ typedef struct {
     /* the model's prompt chunks take gemm_b_i8 from this many tokens, by [two-level scales]
      * [bits]; 0: never (pylut_gemm_i8_preferred; the figures beside PYLUT_I8_FROM_*) */
     unsigned char i8_from[2][9];
+    /* the B-type table entries of k-groups [j0, j1) into tbl + 16 j (NULL: the portable loop) */
+    pylut_b_entries_fn b_entries;
     /* 1: ternary weights run faster as two bit planes (B2, 2.06 bits/weight with TQ's
      * scales) than densely packed (T3, 1.74): the loader's default (pylut_ternary_as_planes) */
     unsigned char ternary_planes;
@@ -47,9 +53,12 @@ extern const pylut_kernels pylut_kernels_neon;
 extern const pylut_kernels pylut_kernels_neon_dot;
 #endif
 
-/* Table builders (portable C, O(k) work per token: not worth per-ISA copies). Build
- * scale-groups [g0, g1) of the tables for x. */
-void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
+/* Table builders (portable C, O(k) work per token), scale groups [g0, g1) of the tables for
+ * x. The B-type builder takes the entries of each k-group from `entries` (NULL: the portable
+ * loop): eight sums of four signed activations, the one part that pays for SIMD (2-6 % of a
+ * decode step in C); every copy must write the portable loop's bytes exactly. */
+void pylut_b_entries_scalar(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
+void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1, pylut_b_entries_fn entries);
 void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
 /* int8 activations (kind 2), scale groups [g0, g1) */
 void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
@@ -86,6 +95,7 @@ void pylut_i8_unpack(const pylut_qmatrix *qm, int64_t t, int64_t j0, int64_t j1,
 void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                             int64_t ldy, int64_t tile0, int64_t tile1);
 #if defined(__x86_64__) || defined(_M_X64)
+void pylut_b_entries_avx2(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
 void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,

@@ -361,6 +361,33 @@ static void gemm_t3_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, f
     }
 }
 
+/* ------------------------------------------------------------------ table entries */
+
+/* pylut_b_entries_scalar with a k-group's 8 entries in one vector: the same float operations
+ * in the same order (the sign flips are exact), cvtps2dq's round-half-even where the portable
+ * loop adds and removes 1.5 * 2^23, the same clamp: the same bytes. */
+void pylut_b_entries_avx2(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl) {
+    /* lane idx: -0.0f (flip x_e's sign) where bit e of idx is clear */
+    const __m256 f0 = _mm256_setr_ps(-0.0f, 0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f, 0.0f);
+    const __m256 f1 = _mm256_setr_ps(-0.0f, -0.0f, 0.0f, 0.0f, -0.0f, -0.0f, 0.0f, 0.0f);
+    const __m256 f2 = _mm256_setr_ps(-0.0f, -0.0f, -0.0f, -0.0f, 0.0f, 0.0f, 0.0f, 0.0f);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
+    const __m128i reverse = _mm_setr_epi8(14, 15, 12, 13, 10, 11, 8, 9, 6, 7, 4, 5, 2, 3, 0, 1);
+    int64_t j = j0;
+    for (; j < j1 && 4 * j + 4 <= k; j++) { /* whole k-groups; the ragged last one below */
+        const float *v = x + 4 * j;
+        __m256 s = _mm256_add_ps(_mm256_xor_ps(_mm256_broadcast_ss(v), f0), _mm256_xor_ps(_mm256_broadcast_ss(v + 1), f1));
+        s = _mm256_sub_ps(_mm256_add_ps(s, _mm256_xor_ps(_mm256_broadcast_ss(v + 2), f2)), _mm256_broadcast_ss(v + 3));
+        __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(s, vinv));
+        r = _mm256_max_epi32(_mm256_min_epi32(r, hi), lo);
+        const __m128i t = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)); /* T[0..7] */
+        const __m128i neg = _mm_shuffle_epi8(_mm_sub_epi16(_mm_setzero_si128(), t), reverse); /* -T[7..0] */
+        _mm_storeu_si128((__m128i *)(tbl + 16 * j), _mm_packs_epi16(t, neg));
+    }
+    if (j < j1) pylut_b_entries_scalar(x, k, j, j1, inv, tbl);
+}
+
 /* ------------------------------------------------------------------ int8 baseline */
 
 float hsum256(__m256 v);
@@ -478,6 +505,7 @@ const pylut_kernels pylut_kernels_avx2 = {
     .gemm_t3 = gemm_t3_avx2,
     .i8_gemv = pylut_i8_gemv_avx2,
     .gemm_b_i8 = pylut_gemm_b_i8_avx2,
+    .b_entries = pylut_b_entries_avx2,
     .i8_from = PYLUT_I8_FROM_AVX2,
     /* T3's sign bits cost a broadcast, a shuffle and a compare per 32 lookups in ymm, where
      * AVX-512 reads them as a mask register: one Zen 4 core in L2, weights/s, T3 89 G against

@@ -394,6 +394,7 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
     .gemm_b = gemm_b_body,
     .gemm_t3 = gemm_t3_body,
     .i8_gemv = pylut_i8_gemv_avx2, /* the baseline stays the llama.cpp-style AVX2 loop */
+    .b_entries = pylut_b_entries_avx2, /* 8 entries a k-group: ymm is the natural width */
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
     .i8_from = PYLUT_I8_FROM_VNNI,

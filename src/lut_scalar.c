@@ -24,7 +24,20 @@ static float kgroup_amax(const float *x, int64_t k, int64_t j0, int64_t j1) {
     return amax;
 }
 
-void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
+void pylut_b_entries_scalar(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl) {
+    for (int64_t j = j0; j < j1; j++) {
+        float v[4];
+        for (int e = 0; e < 4; e++) v[e] = j * 4 + e < k ? x[j * 4 + e] : 0.0f;
+        int8_t *t = tbl + j * 16;
+        for (int idx = 0; idx < 8; idx++) {
+            float s = ((idx & 1) ? v[0] : -v[0]) + ((idx & 2) ? v[1] : -v[1]) + ((idx & 4) ? v[2] : -v[2]) - v[3];
+            t[idx] = pylut_round_i8(s, inv);
+            t[15 - idx] = (int8_t)-t[idx];
+        }
+    }
+}
+
+void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1, pylut_b_entries_fn entries) {
     const int64_t kg_per_group = lut->group / PYLUT_KGROUP;
     /* int-super tables share one scale per super-block (which [g0, g1) may cut: the block's
      * max is taken over all of it whoever builds it, so every thread finds the same) */
@@ -47,17 +60,7 @@ void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t
             sumq[g] = (int16_t)(int)r;
             lut->sumx[g] = r * tscale; /* what the int sums use, for per-group float kernels */
         }
-        for (int64_t j = g * kg_per_group; j < (g + 1) * kg_per_group; j++) {
-            float v[4];
-            for (int e = 0; e < 4; e++) v[e] = j * 4 + e < lut->k ? x[j * 4 + e] : 0.0f;
-            int8_t *t = lut->tbl + j * 16;
-            for (int idx = 0; idx < 8; idx++) {
-                float s = ((idx & 1) ? v[0] : -v[0]) + ((idx & 2) ? v[1] : -v[1]) +
-                          ((idx & 4) ? v[2] : -v[2]) - v[3];
-                t[idx] = pylut_round_i8(s, inv);
-                t[15 - idx] = (int8_t)-t[idx];
-            }
-        }
+        (entries ? entries : pylut_b_entries_scalar)(x, lut->k, g * kg_per_group, (g + 1) * kg_per_group, inv, lut->tbl);
     }
 }
 

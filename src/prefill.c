@@ -31,12 +31,6 @@ void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t 
     }
 }
 
-void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
-    if (lut->kind == 2) pylut_act8_build_range(x, lut, g0, g1);
-    else if (lut->kind == 1) pylut_lut_build_t3_range(x, lut, g0, g1);
-    else pylut_lut_build_b_range(x, lut, g0, g1);
-}
-
 /* ------------------------------------------------------------------ weights */
 
 void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b) {

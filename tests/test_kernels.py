@@ -159,6 +159,32 @@ def test_a_token_in_a_batch_equals_the_token_alone(isa, mode, bits):
         assert np.array_equal(batch[i], run(q, x[i:i + 1], isa)[0])
 
 
+@pytest.mark.skipif(not SIMD_ISAS, reason="this CPU runs the scalar kernels only")
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("k,group,two_level", [(100, 32, False), (1000, 8, False), (4096, 128, False),
+                                               (2050, 256, False), (512, 16, True), (1024, 32, True)])
+def test_table_builders_write_the_same_bytes_on_every_isa(isa, k, group, two_level):
+    """The B-type table entries are built per ISA (pylut_b_entries_*); every copy must write
+    the portable loop's bytes, scales and sums exactly, ragged k and padding included, and
+    with the int-super sums of two-level matrices."""
+    rng = np.random.default_rng(k + group)
+    if two_level:
+        q = two_level_pair(2, group, 256, 64, k, seed=3)[1]
+    else:
+        q = pylut.quantize(rng.standard_normal((64, k)).astype(np.float32), bits=4, group=group)
+    x = rng.standard_normal((3, k)).astype(np.float32) * np.float32(3.0)
+    x[1, : k // 3] = 0.0  # zero groups: inv = 0
+    x[2, 5] = 1e30        # one huge activation squashes its group's other entries to 0
+    built = {}
+    for name in ("scalar", isa):
+        _core.isa_set(name)
+        t = _core.Tables(q, 3)
+        t.build(x, pylut.get_pool(1))
+        built[name] = (t.tbl.copy(), t.tscale.copy(), t.sumx.copy())
+    for a, b in zip(built["scalar"], built[isa]):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_threads_do_not_change_results(isa):
     q, rng = make("sym", 2, 300, 512, 128)
