@@ -61,6 +61,8 @@ def _ternary(trits: np.ndarray, scale: np.ndarray, group: int, layout: str) -> _
     scale = np.repeat(scale, group // g, axis=1)
     codes = (trits + np.int8(1)).view(np.uint8)
     return _core.QMatrix.from_codes(codes, scale, None, bits=2, group=g, zero=1.0)
+
+
 _REQUIRED = object()
 
 

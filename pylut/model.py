@@ -66,7 +66,9 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
         build = lambda sink: load_hf(path, bits=bits, requant=requant, sink=sink)  # noqa: E731
     else:
         layout = ternary_layout() if ternary == "auto" else ternary
-        if _may_hold_ternary(path):  # (in the cache key only where it can change the pack)
+        # the layout is in the cache key only where it can change the pack; a pack cached
+        # without it says the file has no ternary matrices (and spares a header parse)
+        if not (cache and os.path.exists(packcache.cache_path(path, **options))) and _may_hold_ternary(path):
             options["ternary"] = layout
         build = lambda sink: load_gguf(path, sink=sink, **dict(options, ternary=layout))  # noqa: E731
     loaded = packcache.load_or_build(path, build, use_cache=cache, **options)

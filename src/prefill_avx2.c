@@ -6,8 +6,9 @@
  * vpmaddwd (pairs to int32). The second is paid once per scale group instead of once per
  * k-group: the int16 pair sums of a whole group add up without overflow while
  * 2 * kgroups * (2^bits - 1) * 127 <= 32767 (Q4_0's group of 32: 8 k-groups, exactly the
- * limit). Larger groups or wider codes fall back to int32 per k-group. Codes of 8 bits would
- * saturate vpmaddubsw's pair sum: the twin serves them. */
+ * limit). Larger groups or wider codes widen in runs of that many k-groups (one k-group per
+ * run for 7-bit codes). Codes of 8 bits would saturate vpmaddubsw's pair sum: the twin
+ * serves them. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <string.h>
@@ -62,16 +63,6 @@ static inline __attribute__((always_inline)) void unpack_kgroup(const uint8_t *b
     }
 }
 
-/* kgroups k-groups of a tile's codes from blk into w [kgroups][64] */
-static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t *w) {
-    const int kgb = pylut_b_kgroup_bytes(bits);
-#define UNPACK_BITS(b) \
-    case b: for (int64_t j = 0; j < kgroups; j++) unpack_kgroup(blk + j * kgb, b, w + j * PYLUT_TILE_M); break;
-    switch (bits) { UNPACK_BITS(1) UNPACK_BITS(2) UNPACK_BITS(3) UNPACK_BITS(4)
-                    UNPACK_BITS(5) UNPACK_BITS(6) UNPACK_BITS(7) }
-#undef UNPACK_BITS
-}
-
 /* ------------------------------------------------------------------ float parameters */
 
 #define PV __m256
@@ -89,7 +80,8 @@ static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t
 
 /* ------------------------------------------------------------------ the dot products */
 
-/* k-groups whose int16 pair sums may add up before vpmaddwd (see the top of the file) */
+/* k-groups whose int16 pair sums may add up before vpmaddwd (see the top of the file):
+ * at least 1 for the 1-7-bit codes this kernel takes */
 static int int16_kgroups(int bits) { return 32767 / (2 * 127 * ((1 << bits) - 1)); }
 
 #define BCAST(p) _mm256_broadcastd_epi32(_mm_loadu_si32(p)) /* x's 4 bytes of one k-group */
@@ -176,7 +168,7 @@ static void tokens2(const uint32_t *w, const float *s, const float *b, int64_t n
  * tokens re-read the quarter's codes from L1). */
 static void run_chunk(const uint32_t *w, const float *s, const float *b, int64_t ng, int gw, int bits,
                       const pylut_lut *act, int nt, int64_t k0, int64_t g0, float *yacc) {
-    const int lim = int16_kgroups(bits) > 0 ? int16_kgroups(bits) : 1;
+    const int lim = int16_kgroups(bits);
     for (int q = 0; q < 4; q++)
         for (int tok = 0; tok < nt; tok += 2)
             tokens2(w + 16 * q, s + 16 * q, b + 16 * q, ng, gw, lim, act + tok, tok + 1 < nt, k0, g0,
@@ -184,6 +176,7 @@ static void run_chunk(const uint32_t *w, const float *s, const float *b, int64_t
 }
 
 #define PREFILL_ALIGN 32
+#define PREFILL_MAX_BITS 7
 #include "prefill_driver.h"
 
 void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,

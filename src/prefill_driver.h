@@ -3,9 +3,25 @@
  * prefill.c walks the same way). The including unit defines, before including this file:
  *
  *   PREFILL_ALIGN        the vector alignment of the scratch buffers
- *   unpack_chunk(blk, bits, kgroups, w)             a chunk's codes -> w [kgroups][64] dwords
+ *   PREFILL_MAX_BITS     the widest codes the unit takes (7 or 8)
+ *   unpack_kgroup(blk, bits, w)                     one k-group's 64 rows -> w [64] dwords
  *   params(qm, t, g0, g1, s, b)                     groups' floats -> s, b [g][64]
  *   run_chunk(w, s, b, ng, gw, bits, act, nt, k0, g0, yacc)  nt tokens over the chunk: yacc += */
+
+/* kgroups k-groups of a tile's codes from blk into w [kgroups][64]; a case per width so
+ * each unpack_kgroup inlines with constant bits */
+static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t *w) {
+    const int kgb = pylut_b_kgroup_bytes(bits);
+#define UNPACK_BITS(b) \
+    case b: for (int64_t j = 0; j < kgroups; j++) unpack_kgroup(blk + j * kgb, b, w + j * PYLUT_TILE_M); break;
+    switch (bits) {
+        UNPACK_BITS(1) UNPACK_BITS(2) UNPACK_BITS(3) UNPACK_BITS(4) UNPACK_BITS(5) UNPACK_BITS(6) UNPACK_BITS(7)
+#if PREFILL_MAX_BITS >= 8
+        UNPACK_BITS(8)
+#endif
+    }
+#undef UNPACK_BITS
+}
 
 /* y[tok][tiles' rows] for row tiles [tile0, tile1) of qm, tokens [0, n) of act */
 static void prefill_tiles(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,

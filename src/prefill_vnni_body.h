@@ -72,16 +72,6 @@ static inline __attribute__((always_inline)) void unpack_kgroup(const uint8_t *b
     _mm512_store_si512(w + 48, _mm512_permutex2var_epi32(q2, odd, q3));
 }
 
-/* kgroups k-groups of a tile's codes from blk into w [kgroups][64] */
-static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t *w) {
-    const int kgb = pylut_b_kgroup_bytes(bits);
-#define UNPACK_BITS(b) \
-    case b: for (int64_t j = 0; j < kgroups; j++) unpack_kgroup(blk + j * kgb, b, w + j * PYLUT_TILE_M); break;
-    switch (bits) { UNPACK_BITS(1) UNPACK_BITS(2) UNPACK_BITS(3) UNPACK_BITS(4)
-                    UNPACK_BITS(5) UNPACK_BITS(6) UNPACK_BITS(7) UNPACK_BITS(8) }
-#undef UNPACK_BITS
-}
-
 /* ------------------------------------------------------------------ float parameters */
 
 #define PV __m512
@@ -179,6 +169,7 @@ static void run_chunk(const uint32_t *w, const float *s, const float *b, int64_t
 }
 
 #define PREFILL_ALIGN 64
+#define PREFILL_MAX_BITS 8
 #include "prefill_driver.h"
 
 void PREFILL_FN(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy, int64_t tile0,

@@ -89,7 +89,7 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
     assert h["tensors"]["blk.0.attn_q"]["sub_nibbles"] == (tensor_type == "Q2_K")
 
 
-def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, cache):
+def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, cache, monkeypatch):
     """ternary='auto' takes this ISA's layout (pylut.kernels.ternary_layout); a file that can
     hold ternary weights gets one cache file per layout, with the same logits; any other
     file keeps one cache file whatever is asked. A bad value is refused."""
@@ -107,6 +107,16 @@ def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, ca
     plain = _model(tmp_path / "plain", "Q4_0")
     for layout in ("t3", "b2", "auto"):
         pylut.load(plain, n_ctx=64, ternary=layout)
+    assert len(list(cache.iterdir())) == 3
+    # a warm load of a file without ternary matrices skips the header scan; a ternary file's
+    # warm load still finds its own layout's pack
+    scans = []
+    real_scan = pylut.model._may_hold_ternary
+    monkeypatch.setattr(pylut.model, "_may_hold_ternary", lambda p: scans.append(p) or real_scan(p))
+    pylut.load(plain, n_ctx=64)
+    assert scans == []
+    again = pylut.load(src, n_ctx=64, ternary=other)
+    assert scans == [os.fspath(src)] and again.loaded.tensors["blk.0.attn_q"].type == forced.loaded.tensors["blk.0.attn_q"].type
     assert len(list(cache.iterdir())) == 3
     with pytest.raises(ValueError, match="ternary must be"):
         pylut.load(src, n_ctx=64, ternary="planes")
