@@ -39,7 +39,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     os.path.join("src", f)
     for f in ("dispatch.c", "pack.c", "i8_pack.c", "threadpool.c", "lut_scalar.c",
               "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c", "model.c",
-              "prefill.c", "prefill_avx2.c", "prefill_vnni.c", "prefill_vnni_gfni.c",
+              "prefill.c", "prefill_avx2.c", "prefill_vnni.c", "prefill_vnni_gfni.c", "prefill_neon.c",
               "attention.c", "attn_scalar.c", "attn_avx2.c", "attn_avx512.c", "attn_neon.c")
 ]
 

@@ -85,6 +85,10 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  *   saturate): tables. */
 #define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 8, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
 #define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
+/* NEON sdot (Cortex-A76 and later): AVX2's thresholds, not measured (no ARM hardware here,
+ * and qemu's timings say nothing). sdot does 4 products per lane like vpdpbusd, so the int8
+ * side is at least AVX2's; 8-bit codes do not fit its signed bytes. */
+#define PYLUT_I8_FROM_NEON_DOT PYLUT_I8_FROM_AVX2
 #define PYLUT_I8_CHUNK 256 /* k per unpacked chunk: 16 KB of dword codes per 64-row tile */
 #define PYLUT_I8_TOKENS 64 /* tokens per pass over an unpacked chunk (each pass re-unpacks) */
 static inline int pylut_i8_chunk(int group) { return group * (PYLUT_I8_CHUNK / group > 0 ? PYLUT_I8_CHUNK / group : 1); }
@@ -102,6 +106,10 @@ void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                                int64_t ldy, int64_t tile0, int64_t tile1);
+#endif
+#if defined(__aarch64__)
+void pylut_gemm_b_i8_neon_dot(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                              int64_t ldy, int64_t tile0, int64_t tile1);
 #endif
 
 /* The portable attention twin (also what NEON uses until it has its own). */

@@ -326,7 +326,8 @@ static TARGET_DOTPROD void i8_gemv_neon_dot(const pylut_i8matrix *qm, const int8
     I8_GEMV_ROWS(i8_dot32_sdot)
 }
 
-/* The LUT kernels use no dotprod instruction, so both tables share them. */
+/* The LUT kernels use no dotprod instruction, so both tables share them; the int8 prefill
+ * (prefill_neon.c) needs sdot. */
 const pylut_kernels pylut_kernels_neon = {
     .gemm_b = gemm_b_neon,
     .gemm_t3 = gemm_t3_neon,
@@ -337,6 +338,8 @@ const pylut_kernels pylut_kernels_neon_dot = {
     .gemm_b = gemm_b_neon,
     .gemm_t3 = gemm_t3_neon,
     .i8_gemv = i8_gemv_neon_dot,
+    .gemm_b_i8 = pylut_gemm_b_i8_neon_dot,
+    .i8_from = PYLUT_I8_FROM_NEON_DOT,
 };
 
 #endif /* __aarch64__ */

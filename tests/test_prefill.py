@@ -147,13 +147,13 @@ AVX2_FROM = {(3, False): 8, (4, False): 8, (6, False): 8, (3, True): 16, (6, Tru
 @pytest.mark.parametrize("isa", ISAS)
 def test_which_path_the_model_takes(isa):
     """Decode and short chunks stay on the tables; prompt chunks take the int8 kernel where
-    the ISA has a fast one (AVX-512 VNNI on either tier, AVX2), from the token counts that
-    tools/bench_prefill.py measured per ISA (Q2_K-style two-level 2-bit only from 32 tokens
-    and only with VNNI); plain 2-bit groups under 32, 1-bit and ternary never, nor 8-bit
-    codes on AVX2."""
+    the ISA has a fast one (AVX-512 VNNI on either tier, AVX2, NEON with sdot), from the
+    token counts that tools/bench_prefill.py measured per ISA (Q2_K-style two-level 2-bit
+    only from 32 tokens and only with VNNI; NEON sdot borrows AVX2's); plain 2-bit groups
+    under 32, 1-bit and ternary never, nor 8-bit codes on AVX2 and NEON; plain NEON never."""
     _core.isa_set(isa)
     vnni = isa == "avx512vbmi" or (isa == "avx512" and "avx512vnni" in _core.cpu_flags())
-    expect = VNNI_FROM if vnni else AVX2_FROM if isa == "avx2" else {}
+    expect = VNNI_FROM if vnni else AVX2_FROM if isa in ("avx2", "neon_dotprod") else {}
     rng = np.random.default_rng(2)
     w = rng.standard_normal((64, 256)).astype(np.float32)
     for bits in (2, 3, 4, 6, 8):
