@@ -108,6 +108,15 @@ void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, in
                                int64_t ldy, int64_t tile0, int64_t tile1);
 #endif
 #if defined(__aarch64__)
+/* The attribute of the functions that use sdot (lut_neon.c, prefill_neon.c); their units are
+ * compiled for plain Armv8. GCC 12 rejects target("+dotprod"); "arch=armv8.2-a+dotprod"
+ * works in GCC and clang >= 16. Raising the arch inside these functions is safe:
+ * FEAT_DotProd needs Armv8.2 at least. */
+#if defined(__clang__) && __clang_major__ < 16
+#define TARGET_DOTPROD __attribute__((target("dotprod")))
+#else
+#define TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
 void pylut_gemm_b_i8_neon_dot(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                               int64_t ldy, int64_t tile0, int64_t tile1);
 #endif

@@ -35,14 +35,6 @@
 #define PF_DIST 256 /* bytes ahead of the code stream (as on x86; untuned on ARM) */
 #endif
 
-/* GCC 12 rejects target("+dotprod"); "arch=armv8.2-a+dotprod" works in GCC and clang >= 16.
- * Raising the arch inside these functions is safe: FEAT_DotProd needs Armv8.2 at least. */
-#if defined(__clang__) && __clang_major__ < 16
-#define TARGET_DOTPROD __attribute__((target("dotprod")))
-#else
-#define TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-
 /* fp16 bits -> 4 x fp32; aarch64 always has the fp16 <-> fp32 conversion (FCVTL). Exact,
  * like pylut_fp16_to_fp32, for every input including subnormals, inf and NaN. */
 static ALWAYS_INLINE float32x4_t load_f16x4(const uint16_t *p) {

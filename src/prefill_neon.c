@@ -16,12 +16,6 @@
 
 #include "kernels.h"
 
-#if defined(__clang__) && __clang_major__ < 16 /* (as in lut_neon.c) */
-#define TARGET_DOTPROD __attribute__((target("dotprod")))
-#else
-#define TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-
 /* ------------------------------------------------------------------ unpacking */
 
 /* Planes P[0..7] of 16 row pairs (byte a: row a's 4 weights in the low nibble, row a+32's in
