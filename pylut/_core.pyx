@@ -598,32 +598,36 @@ def _untile_params(buf, m_pad, n_groups):
 cdef class Tables:
     """Lookup tables for n activation vectors, built once and read by every matrix of the
     same k/group/family (q, k, v share one; gate, up share one). int8=True: the activations
-    quantized to int8 per scale group instead, for the int8 prefill GEMM (B-type matrices)."""
+    quantized to int8 per scale group instead, for the int8 prefill GEMM (B-type matrices);
+    split=True with it: two int8 parts, the value and its rounding residual (~16-bit)."""
     cdef pylut_lut *luts
     cdef readonly int n
     cdef readonly object tbl, tscale, sumx
     cdef readonly int64_t k
-    cdef readonly bint int8
+    cdef readonly bint int8, split
 
-    def __cinit__(self, QMatrix like, int n, bint int8=False):
+    def __cinit__(self, QMatrix like, int n, bint int8=False, bint split=False):
         if n < 1:
             raise ValueError("n must be >= 1")
+        if split and not int8:
+            raise ValueError("split=True needs int8=True (it splits the int8 activations)")
         if int8 and like.qm.type == PYLUT_TYPE_T3:
             raise ValueError("int8 activations serve B-type matrices only, not T3")
         self.luts = <pylut_lut *>malloc(n * sizeof(pylut_lut))
         if self.luts == NULL:
             raise MemoryError()
         self.n = n
-        self.int8 = int8
+        self.int8, self.split = int8, split
         if int8:
-            _check(pylut_lut_layout_i8(&self.luts[0], &like.qm), "Tables")
+            _check(pylut_lut_layout_i8(&self.luts[0], &like.qm, 2 if split else 1), "Tables")
         else:
             _check(pylut_lut_layout(&self.luts[0], &like.qm), "Tables")
         cdef pylut_lut base = self.luts[0]
         self.k = base.k
         self.tbl = np.zeros((n, base.tbl_bytes), np.int8)
-        self.tscale = np.zeros((n, base.n_groups), np.float32)
-        self.sumx = np.zeros((n, base.n_groups), np.float32)
+        cdef int64_t floats = base.n_groups * (base.parts if base.parts > 1 else 1)
+        self.tscale = np.zeros((n, floats), np.float32)
+        self.sumx = np.zeros((n, floats), np.float32)
         cdef int8_t[:, ::1] tv = self.tbl
         cdef float[:, ::1] sv = self.tscale
         cdef float[:, ::1] xv = self.sumx
@@ -659,10 +663,11 @@ def ternary_as_planes():
     return pylut_ternary_as_planes() == 1
 
 
-def gemm_multi(mats, x, ThreadPool pool, Tables tables=None, bint int8=False):
+def gemm_multi(mats, x, ThreadPool pool, Tables tables=None, bint int8=False, bint split=False):
     """y_i = W_i x for every matrix (same k, group and family): one table build, one
     dispatch. x: float32 [k] or [n, k]. Returns a list of float32 [m_i] or [n, m_i].
-    int8=True runs the int8-activation prefill kernel instead of the table lookups."""
+    int8=True runs the int8-activation prefill kernel instead of the table lookups; split=True
+    with it reads x as two int8 parts (value and rounding residual)."""
     if not 1 <= len(mats) <= 8:
         raise ValueError("gemm_multi takes 1..8 matrices")
     for obj in mats:
@@ -685,7 +690,7 @@ def gemm_multi(mats, x, ThreadPool pool, Tables tables=None, bint int8=False):
             raise ValueError("matrices sharing tables must have the same k, group, family and "
                              "table-scale block")
     if tables is None:
-        tables = Tables(first, n, int8)
+        tables = Tables(first, n, int8, split)
         tables.build(x, pool)
     elif tables.n != n or tables.k != k:
         raise ValueError("tables were built for another shape")

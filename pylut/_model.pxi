@@ -115,7 +115,7 @@ cdef class Session:
     cdef readonly int sink, window
 
     def __cinit__(self, Model model, int n_ctx, int max_batch=64, kv_type="f16", streaming=None,
-                  int sink=0, int window=0, bint batch_invariant=False):
+                  int sink=0, int window=0, bint batch_invariant=False, bint split_int8=False):
         if n_ctx < 1 or n_ctx > model.m.max_ctx:
             raise ValueError(f"n_ctx must be in 1..{model.m.max_ctx} (the model's context), got {n_ctx}")
         if max_batch < 1 or max_batch > 4096:
@@ -148,6 +148,7 @@ cdef class Session:
         if self.s == NULL:
             raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
         _check(pylut_state_set_batch_invariant(self.s, 1 if batch_invariant else 0), "batch_invariant")
+        _check(pylut_state_set_split_int8(self.s, 1 if split_int8 else 0), "split_int8")
 
     def __dealloc__(self):
         pylut_state_free(self.s)
@@ -160,6 +161,12 @@ cdef class Session:
     def batch_invariant(self):
         """True: prefill stays on the table lookups, so results do not depend on chunking."""
         return pylut_state_batch_invariant(self.s) == 1
+
+    @property
+    def split_int8(self):
+        """True: every B-type matrix reads its input as two int8 parts (value and rounding
+        residual) in every step: ~16-bit activations, results independent of chunking."""
+        return pylut_state_split_int8(self.s) == 1
 
     def shift(self, int n_keep, int n_discard):
         """Drop cached positions [n_keep, n_keep+n_discard); later ones move down (RoPE fixed)."""

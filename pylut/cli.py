@@ -71,7 +71,8 @@ def model_kind(path):
 
 
 def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True,
-               requant=None, kv_type="f16", head_plan=None, batch_invariant=False, ternary="auto"):
+               requant=None, kv_type="f16", head_plan=None, batch_invariant=False, ternary="auto",
+               precision="fast"):
     """A Model from a .gguf or .pylut path; library errors become CLIError."""
     kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
@@ -80,7 +81,8 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
             import pylut
             model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
                                chat_template=chat_template, cache=cache, requant=requant, kv_type=kv_type,
-                               head_plan=head_plan, batch_invariant=batch_invariant, ternary=ternary)
+                               head_plan=head_plan, batch_invariant=batch_invariant, ternary=ternary,
+                               precision=precision)
         else:
             from .model import Model
             from .packcache import load as load_packed
@@ -92,7 +94,7 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
                                "from it. Put it back or re-run 'pylut convert' from the GGUF.")
             model = Model(loaded, Tokenizer.from_file(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
                           chat_template=chat_template, kv_type=kv_type, head_plan=head_plan,
-                          batch_invariant=batch_invariant)
+                          batch_invariant=batch_invariant, precision=precision)
             model.name = os.path.basename(path)
     except CLIError:
         raise
@@ -162,6 +164,10 @@ def _add_model_args(p, optional_model=False, threads=True):
     p.add_argument("--batch-invariant", action="store_true",
                    help="keep prompts on the table-lookup kernels: results do not depend on how a "
                         "prompt is chunked (bit for bit), at the slower prefill of that path")
+    p.add_argument("--precision", choices=("fast", "high"), default="fast",
+                   help="fast (default): int8 activations. high: activations as two int8 parts (~16-bit) "
+                        "in every step, so greedy text follows a float forward pass over the same "
+                        "weights; slower decode")
     p.add_argument("--head-plan", default=None, metavar="PLAN",
                    help="a head plan from 'pylut calibrate-heads': its streaming kv heads keep only the "
                         "attention sinks and a recent window (smaller KV cache)")
@@ -344,7 +350,7 @@ def _load_from_args(args, model_path=None):
                       chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant,
                       kv_type=args.kv_type, head_plan=getattr(args, "head_plan", None),
                       batch_invariant=getattr(args, "batch_invariant", False),
-                      ternary=getattr(args, "ternary", "auto"))
+                      ternary=getattr(args, "ternary", "auto"), precision=getattr(args, "precision", "fast"))
 
 
 def cmd_chat(args):

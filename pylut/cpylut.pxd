@@ -46,6 +46,7 @@ cdef extern from "pylut/pylut.h" nogil:
         int32_t group
         int32_t super "super"
         int64_t tbl_bytes, n_groups
+        int32_t parts
         int8_t *tbl
         float *tscale
         float *sumx
@@ -68,7 +69,7 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out)
     int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g)
     int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm)
-    int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm)
+    int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts)
     int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n)
     int pylut_ternary_as_planes()
 
@@ -145,6 +146,8 @@ cdef extern from "pylut/model.h" nogil:
     int pylut_state_truncate(pylut_state *s, int pos)
     int pylut_state_set_batch_invariant(pylut_state *s, int on)
     int pylut_state_batch_invariant(const pylut_state *s)
+    int pylut_state_set_split_int8(pylut_state *s, int on)
+    int pylut_state_split_int8(const pylut_state *s)
     int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                       int n, float *logits, int all_logits)
     int64_t pylut_state_kv_bytes(const pylut_state *s)

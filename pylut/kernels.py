@@ -175,13 +175,14 @@ def quantize(w, bits=4, group=None, mode="sym"):
 
 # ---------------------------------------------------------------- GEMV / GEMM
 
-def gemm(qm, x, n_threads=None, pool=None, int8=False):
+def gemm(qm, x, n_threads=None, pool=None, int8=False, split=False):
     """y = W x for a packed matrix: x float32 [k] -> [m], or [n, k] -> [n, m]. int8=True:
     the prefill kernel (x quantized to int8 per scale group, codes unpacked to bytes) instead
-    of the table lookups; B-type matrices only."""
-    return _core.gemm_multi([qm], x, pool or get_pool(n_threads), int8=int8)[0]
+    of the table lookups; B-type matrices only. split=True with it: x as two int8 parts, its
+    value and the value's rounding residual (~2^-15 of a group's largest value, not 2^-8)."""
+    return _core.gemm_multi([qm], x, pool or get_pool(n_threads), int8=int8, split=split)[0]
 
 
-def gemm_multi(mats, x, n_threads=None, pool=None, int8=False):
+def gemm_multi(mats, x, n_threads=None, pool=None, int8=False, split=False):
     """Several matrices reading the same x (q/k/v): one table build, one dispatch."""
-    return _core.gemm_multi(list(mats), x, pool or get_pool(n_threads), int8=int8)
+    return _core.gemm_multi(list(mats), x, pool or get_pool(n_threads), int8=int8, split=split)

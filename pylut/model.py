@@ -27,7 +27,8 @@ log = logging.getLogger("pylut")
 def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
          max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
          context_shift: bool = True, requant: Optional[str] = None, kv_type: str = "f16",
-         head_plan=None, batch_invariant: bool = False, ternary: str = "auto") -> "Model":
+         head_plan=None, batch_invariant: bool = False, ternary: str = "auto",
+         precision: str = "fast") -> "Model":
     """Load a GGUF model file or a Hugging Face folder (config.json + safetensors, float
     weights quantized on load). n_ctx defaults to min(4096, the model's context);
     n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
@@ -48,7 +49,13 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     fresh run exactly). ternary: how a GGUF file's ternary weights (TQ1_0, TQ2_0, BitNet's
     ternary floats) are packed, 't3' (1.67 bits/weight) or 'b2' (2 bit planes, 2.06); both are
     exact. 'auto' (default) takes the faster one on this CPU: b2 where the kernels are AVX2,
-    t3 elsewhere (pylut.kernels.ternary_layout())."""
+    t3 elsewhere (pylut.kernels.ternary_layout()). precision: 'fast' (default) or 'high'.
+    'fast' multiplies weights with int8 activations (the tables' int8 entries, or int8 per
+    scale group on the prompt path), about 2^-8 of a group's largest value: a near-tie between
+    two tokens can go either way, as it does in llama.cpp. 'high' reads every activation as
+    two int8 parts, its value and the rounding residual (~2^-15), through the int8 GEMM in
+    every step (ternary weights as b2): logits then follow a float forward pass over the same
+    weights and greedy text matches it, at a slower decode (SmolLM2-135M: README)."""
     from . import packcache
     from .hf_loader import is_hf_folder, load_hf
     from .loader import load_gguf
@@ -60,6 +67,13 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
         raise ValueError(f"bits must be one of 1, 2, 3, 4, 5, 6, 8; got {bits!r}")
     if ternary not in ("auto", "t3", "b2"):
         raise ValueError(f"ternary must be 'auto', 't3' or 'b2'; got {ternary!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'fast' or 'high'; got {precision!r}")
+    if precision == "high" and ternary == "t3":
+        raise ValueError("precision='high' needs ternary weights as b2 (t3 has no int8 path); "
+                         "pass ternary='b2' or 'auto'")
+    if precision == "high":
+        ternary = "b2"
     t0 = time.perf_counter()
     options = dict(bits=bits, requant=requant)
     if is_hf_folder(path):
@@ -76,7 +90,10 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
     return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
                  chat_template=chat_template, context_shift=context_shift, kv_type=kv_type, head_plan=head_plan,
-                 batch_invariant=batch_invariant)
+                 batch_invariant=batch_invariant, precision=precision)
+
+
+PRECISIONS = ("fast", "high")
 
 
 def _may_hold_ternary(path) -> bool:
@@ -96,7 +113,7 @@ class Model:
     N_SINK = 4  # first positions kept by a context shift (StreamingLLM's attention sinks)
 
     def __init__(self, loaded, tokenizer, n_ctx=None, n_threads=None, max_batch=64, chat_template=None,
-                 context_shift=True, kv_type="f16", head_plan=None, batch_invariant=False):
+                 context_shift=True, kv_type="f16", head_plan=None, batch_invariant=False, precision="fast"):
         self.context_shift = bool(context_shift)
         self.n_shifts = 0
         self._fingerprint_hex = None
@@ -111,6 +128,15 @@ class Model:
             raise ValueError(f"n_ctx={n_ctx} is over the model's context length {cfg['max_ctx']}")
         if tokenizer.n_vocab > cfg["vocab"]:  # (checkpoints may pad the vocabulary: fewer is fine)
             raise ValueError(f"tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary is {cfg['vocab']}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'fast' or 'high'; got {precision!r}")
+        if precision == "high":
+            t3 = next((name for name, t in loaded.tensors.items()
+                       if isinstance(t, _core.QMatrix) and t.type == _core.TYPE_T3), None)
+            if t3 is not None:
+                raise ValueError(f"precision='high' needs every matrix on the int8 path, but {t3} is packed "
+                                 "as T3 (dense ternary); load the GGUF with ternary='b2'")
+        self.precision = precision
         self.n_threads = physical_cores() if n_threads is None else int(n_threads)
         self.pool = get_pool(self.n_threads)
         self.weights = _core.Model(cfg, loaded.tensors)
@@ -119,7 +145,7 @@ class Model:
         self.head_plan = streaming.resolve(head_plan)
         if self.head_plan is None:
             self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type,
-                                         batch_invariant=bool(batch_invariant))
+                                         batch_invariant=bool(batch_invariant), split_int8=precision == "high")
         else:
             self.head_plan.check_model(self)
             p = self.head_plan
@@ -127,7 +153,7 @@ class Model:
                 raise ValueError(f"head plan (sink={p.sink}, window={p.window}) does not fit n_ctx={n_ctx}")
             self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type,
                                          streaming=p.streaming_mask(), sink=p.sink, window=p.window,
-                                         batch_invariant=bool(batch_invariant))
+                                         batch_invariant=bool(batch_invariant), split_int8=precision == "high")
             log.info("head plan: %d of %d kv heads keep the whole cache; KV cache %.1f MiB",
                      p.n_retrieval, p.n_heads, self.session.kv_bytes / 2**20)
         self.n_ctx = int(n_ctx)
@@ -474,7 +500,8 @@ class Model:
                 "context": cfg["max_ctx"], "n_ctx": self.n_ctx, "isa": cpu_features()["isa"],
                 "threads": self.n_threads, "chat_template": self.chat_template.name,
                 "kv_type": self.session.kv_type, "kv_bytes": self.session.kv_bytes,
-                "batch_invariant": self.session.batch_invariant, "head_plan": self._plan_info()}
+                "batch_invariant": self.session.batch_invariant, "precision": self.precision,
+                "head_plan": self._plan_info()}
 
     def _plan_info(self) -> Optional[dict]:
         """The head plan and what it saves: allocated KV bytes against an all-full cache."""

@@ -220,10 +220,10 @@ static int qmatrix_ok(const pylut_qmatrix *qm) {
 static int lut_ok(const pylut_lut *lut, const pylut_qmatrix *qm) {
     pylut_lut ref;
     if (!lut || !lut->tbl || !lut->tscale) return 0;
-    if ((lut->kind == 2 ? pylut_lut_layout_i8(&ref, qm) : pylut_lut_layout(&ref, qm)) != PYLUT_OK) return 0;
+    if ((lut->kind == 2 ? pylut_lut_layout_i8(&ref, qm, lut->parts) : pylut_lut_layout(&ref, qm)) != PYLUT_OK) return 0;
     return lut->kind == ref.kind && lut->k == ref.k && lut->k_pad == ref.k_pad &&
            lut->group == ref.group && lut->super == ref.super && lut->tbl_bytes == ref.tbl_bytes &&
-           lut->n_groups == ref.n_groups && (lut->kind == 1 || lut->sumx != NULL);
+           lut->n_groups == ref.n_groups && lut->parts == ref.parts && (lut->kind == 1 || lut->sumx != NULL);
 }
 
 /* ------------------------------------------------------------------ table build */

@@ -98,6 +98,18 @@ void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1,
 void pylut_i8_unpack(const pylut_qmatrix *qm, int64_t t, int64_t j0, int64_t j1, uint32_t *w);
 void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                             int64_t ldy, int64_t tile0, int64_t tile1);
+/* The second part (the rounding residual) of n two-part int8 activations, as one-part views
+ * into the same buffers: every kernel runs it as a second pass over the unpacked chunk. */
+static inline void pylut_act8_residual_views(const pylut_lut *act, int n, pylut_lut *lo) {
+    for (int i = 0; i < n; i++) {
+        lo[i] = act[i];
+        lo[i].parts = 1;
+        lo[i].tbl_bytes = act[i].k_pad;
+        lo[i].tbl = act[i].tbl + act[i].k_pad;
+        lo[i].tscale = act[i].tscale + act[i].n_groups;
+        lo[i].sumx = act[i].sumx + act[i].n_groups;
+    }
+}
 #if defined(__x86_64__) || defined(_M_X64)
 void pylut_b_entries_avx2(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
 void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,

@@ -21,7 +21,7 @@
 typedef struct {               /* one activation set per token of a chunk */
     pylut_lut *lut;            /* [max_batch], all of one layout */
     int8_t *tbl;               /* [max_batch][tbl_bytes] */
-    float *tscale, *sumx;      /* [max_batch][n_groups] */
+    float *tscale, *sumx;      /* [max_batch][parts][n_groups] (parts: 2 for split int8) */
 } lut_batch;
 
 typedef struct {
@@ -40,6 +40,9 @@ struct pylut_state {
     int n_ctx, max_batch, pos, n_sets;
     int batch_invariant;       /* 1: never the int8 prefill path, so a token's results do not
                                 * depend on how many tokens share its chunk */
+    int split_int8;            /* 1: every matrix with an int8 path reads its input as two int8
+                                * parts (value and rounding residual), decode steps included:
+                                * activations at ~2^-15 instead of ~2^-8 of their group's max */
     int q_dim, kv_dim, n_layers, n_kv_heads, kv_type;
     int64_t row_bytes;         /* one cached head vector (pylut_kv_row_bytes) */
     uint8_t *kv;               /* [2][n_layers][n_kv_heads][slots of the head][row_bytes]: keys then
@@ -84,16 +87,17 @@ static int set_for(const pylut_state *s, const pylut_qmatrix *qm) {
 }
 
 static int lut_batch_alloc(lut_batch *b, const pylut_lut *key, int n) {
+    const int64_t floats = key->n_groups * (key->parts > 1 ? key->parts : 1); /* per token */
     b->lut = calloc((size_t)n, sizeof(pylut_lut));
     b->tbl = malloc((size_t)(n * key->tbl_bytes));
-    b->tscale = malloc((size_t)(n * key->n_groups) * sizeof(float));
-    b->sumx = malloc((size_t)(n * key->n_groups) * sizeof(float));
+    b->tscale = malloc((size_t)(n * floats) * sizeof(float));
+    b->sumx = malloc((size_t)(n * floats) * sizeof(float));
     if (!b->lut || !b->tbl || !b->tscale || !b->sumx) return PYLUT_ENOMEM;
     for (int i = 0; i < n; i++) {
         b->lut[i] = *key;
         b->lut[i].tbl = b->tbl + i * key->tbl_bytes;
-        b->lut[i].tscale = b->tscale + i * key->n_groups;
-        b->lut[i].sumx = b->sumx + i * key->n_groups;
+        b->lut[i].tscale = b->tscale + i * floats;
+        b->lut[i].sumx = b->sumx + i * floats;
     }
     return PYLUT_OK;
 }
@@ -119,7 +123,7 @@ static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
     ts->by_bits[qm->bits] = qm;
     s->keys[s->n_sets++] = key;
     int rc = lut_batch_alloc(&ts->tables, &key, s->max_batch);
-    if (rc == PYLUT_OK && pylut_lut_layout_i8(&act_key, qm) == PYLUT_OK) /* T3: tables only */
+    if (rc == PYLUT_OK && pylut_lut_layout_i8(&act_key, qm, s->split_int8 ? 2 : 1) == PYLUT_OK) /* T3: tables only */
         rc = lut_batch_alloc(&ts->act, &act_key, s->max_batch);
     return rc;
 }
@@ -131,6 +135,30 @@ int pylut_state_set_batch_invariant(pylut_state *s, int on) {
 }
 
 int pylut_state_batch_invariant(const pylut_state *s) { return s ? s->batch_invariant : 0; }
+
+int pylut_state_set_split_int8(pylut_state *s, int on) {
+    if (!s || (on != 0 && on != 1)) return PYLUT_EINVAL;
+    for (int i = 0; i < s->n_sets; i++) { /* the int8 activations change layout: one or two parts */
+        table_set *ts = &s->sets[i];
+        if (!ts->act.lut) continue; /* T3: no int8 path, tables either way */
+        const pylut_qmatrix *qm = NULL;
+        for (int b = 1; b <= 8 && !qm; b++) qm = ts->by_bits[b];
+        pylut_lut key;
+        if (!qm || pylut_lut_layout_i8(&key, qm, on ? 2 : 1) != PYLUT_OK) return PYLUT_EINVAL;
+        lut_batch_free(&ts->act);
+        memset(&ts->act, 0, sizeof ts->act);
+        if (lut_batch_alloc(&ts->act, &key, s->max_batch) != PYLUT_OK) {
+            lut_batch_free(&ts->act);
+            memset(&ts->act, 0, sizeof ts->act);
+            s->split_int8 = 0;
+            return PYLUT_ENOMEM; /* this set now has no int8 path: tables only, still correct */
+        }
+    }
+    s->split_int8 = on;
+    return PYLUT_OK;
+}
+
+int pylut_state_split_int8(const pylut_state *s) { return s ? s->split_int8 : 0; }
 
 /* Whether matrix qm of set ts reads the int8 activations in this chunk. */
 static int reads_act(const table_set *ts, const pylut_qmatrix *qm) { return (ts->act_bits >> qm->bits) & 1u; }
@@ -759,7 +787,8 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
             table_set *ts = &s->sets[i];
             ts->act_bits = 0;
             for (int b = 1; b <= 8; b++)
-                if (ts->act.lut && !s->batch_invariant && ts->by_bits[b] && pylut_gemm_i8_preferred(ts->by_bits[b], chunk))
+                if (ts->act.lut && ts->by_bits[b] &&
+                    (s->split_int8 || (!s->batch_invariant && pylut_gemm_i8_preferred(ts->by_bits[b], chunk))))
                     ts->act_bits |= 1u << b;
         }
         barrier_init(&c.bar);

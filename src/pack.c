@@ -128,14 +128,16 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
     return PYLUT_OK;
 }
 
-int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm) {
-    if (!lut || !qm || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8) return PYLUT_EINVAL;
+int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts) {
+    if (!lut || !qm || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || parts < 1 || parts > 2)
+        return PYLUT_EINVAL;
     memset(lut, 0, sizeof(*lut));
     lut->kind = 2;
     lut->k = qm->k;
     lut->k_pad = qm->k_pad;
     lut->group = qm->group;
-    lut->tbl_bytes = qm->k_pad;
+    lut->parts = parts;
+    lut->tbl_bytes = parts * qm->k_pad;
     lut->n_groups = qm->k_pad / qm->group;
     return PYLUT_OK;
 }

@@ -9,25 +9,35 @@
 
 /* ------------------------------------------------------------------ activations */
 
+/* One group's int8 codes of v[c] = x[c] - sub[c] * sub_scale (sub NULL: v = x) into
+ * tbl/tscale/sumx at group g. */
+static void act8_group(const float *x, const int8_t *sub, float sub_scale, int64_t c0, int64_t c1, int64_t gw,
+                       int8_t *tbl, float *tscale, float *sumx, int64_t g) {
+    float amax = 0.0f; /* (not fmaxf: a libm call per element on the baseline ISA) */
+    for (int64_t c = c0; c < c1; c++) {
+        const float a = fabsf(sub ? x[c] - (float)sub[c] * sub_scale : x[c]);
+        amax = a > amax ? a : amax;
+    }
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sum = 0;
+    for (int64_t c = c0; c < c1; c++) {
+        const int q = pylut_round_i8(sub ? x[c] - (float)sub[c] * sub_scale : x[c], inv);
+        tbl[c] = (int8_t)q;
+        sum += q;
+    }
+    for (int64_t c = c1; c < c0 + gw; c++) tbl[c] = 0; /* k padding */
+    tscale[g] = amax / 127.0f;
+    sumx[g] = tscale[g] * (float)sum;
+}
+
 void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t g1) {
     const int64_t gw = act->group;
     for (int64_t g = g0; g < g1; g++) {
         const int64_t c0 = g * gw, c1 = c0 + gw < act->k ? c0 + gw : act->k;
-        float amax = 0.0f; /* (not fmaxf: a libm call per element on the baseline ISA) */
-        for (int64_t c = c0; c < c1; c++) {
-            const float a = fabsf(x[c]);
-            amax = a > amax ? a : amax;
-        }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t sum = 0;
-        for (int64_t c = c0; c < c1; c++) {
-            const int q = pylut_round_i8(x[c], inv);
-            act->tbl[c] = (int8_t)q;
-            sum += q;
-        }
-        for (int64_t c = c1; c < c0 + gw; c++) act->tbl[c] = 0; /* k padding */
-        act->tscale[g] = amax / 127.0f;
-        act->sumx[g] = act->tscale[g] * (float)sum;
+        act8_group(x, NULL, 0.0f, c0, c1, gw, act->tbl, act->tscale, act->sumx, g);
+        if (act->parts == 2) /* what the first part's rounding left out, as a second part */
+            act8_group(x, act->tbl, act->tscale[g], c0, c1, gw, act->tbl + act->k_pad, act->tscale + act->n_groups,
+                       act->sumx + act->n_groups, g);
     }
 }
 
@@ -75,8 +85,11 @@ void pylut_gemm_b_i8_scalar(const pylut_qmatrix *qm, const pylut_lut *act, int n
                 const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, g0 = k0 / gw;
                 pylut_i8_unpack(qm, t, k0 / 4, (k0 + kl) / 4, w);
                 pylut_i8_params(qm, t, g0, (k0 + kl) / gw, s, b);
-                for (int tok = 0; tok < nt; tok++) {
-                    const pylut_lut *A = act + tb + tok;
+                pylut_lut lo[PYLUT_I8_TOKENS]; /* the residual part, after the first (as the kernels) */
+                if (act->parts == 2) pylut_act8_residual_views(act + tb, nt, lo);
+                for (int pt = 0; pt < act->parts * nt; pt++) {
+                    const int tok = pt % nt;
+                    const pylut_lut *A = pt >= nt ? lo + tok : act + tb + tok;
                     float *ar = acc + tok * PYLUT_TILE_M;
                     for (int64_t g = 0; g < kl / gw; g++) {
                         const float xs = A->tscale[g0 + g], sx = A->sumx[g0 + g];

@@ -42,6 +42,11 @@ static void prefill_tiles(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
                 unpack_chunk(tile + k0 / PYLUT_KGROUP * kgb, bits, kl / PYLUT_KGROUP, w);
                 params(qm, t, g0, g0 + ng, s, b);
                 run_chunk(w, s, b, ng, gw, bits, act + tb, nt, k0, g0, yacc);
+                if (act->parts == 2) { /* the residual part reuses the unpacked chunk */
+                    pylut_lut lo[PYLUT_I8_TOKENS];
+                    pylut_act8_residual_views(act + tb, nt, lo);
+                    run_chunk(w, s, b, ng, gw, bits, lo, nt, k0, g0, yacc);
+                }
             }
             for (int tok = 0; tok < nt; tok++) /* the tile's rows < m only */
                 memcpy(y + (tb + tok) * ldy + t * PYLUT_TILE_M, yacc + tok * PYLUT_TILE_M, (size_t)rows * sizeof(float));

@@ -89,15 +89,17 @@ def relative_error(got, want):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def check_forward(lm, weights, seed=1, prompt=None):
+def check_forward(lm, weights, seed=1, prompt=None, split_int8=False):
     """Prompt logits and greedy decoding vs the reference; returns the measured figures:
     (prompt logit error, prompt argmax agreement, decode logit error, greedy prefix).
-    prompt: PROMPT_LEN token ids (default: random ones)."""
+    prompt: PROMPT_LEN token ids (default: random ones). split_int8: the session of
+    precision='high' (two-part int8 activations in every step)."""
     cfg = lm.config
     if prompt is None:
         prompt = np.random.default_rng(seed).integers(0, cfg["vocab"], PROMPT_LEN)
     prompt = np.asarray(prompt)
-    session = _core.Session(lm.build(), n_ctx=PROMPT_LEN + GREEDY_LEN)
+    session = _core.Session(lm.build(), n_ctx=PROMPT_LEN + GREEDY_LEN, split_int8=split_int8)
+    assert session.split_int8 == split_int8
     pool = pylut.get_pool()
     logits = session.forward(prompt, pool, all_logits=True)
     ref = ref_forward(cfg, weights, prompt)

@@ -60,6 +60,14 @@ int pylut_state_pos(const pylut_state *s);
  * results however tokens are chunked, at the table path's prefill speed. Default 0. */
 int pylut_state_set_batch_invariant(pylut_state *s, int on);
 int pylut_state_batch_invariant(const pylut_state *s);
+/* on = 1: every matrix with an int8 path (B-type; T3 has none and keeps its tables) reads its
+ * input as two int8 parts, the value and its rounding residual (pylut_lut parts 2), in every
+ * chunk and decode step. Activations then carry ~2^-15 of their group's largest value
+ * instead of ~2^-8, and logits follow a float forward pass over the same weights closely
+ * enough to keep its greedy choices (near-ties included), at the int8 GEMM's cost for each
+ * decode step. Results are also independent of chunking. Default 0. */
+int pylut_state_set_split_int8(pylut_state *s, int on);
+int pylut_state_split_int8(const pylut_state *s);
 /* Forget positions >= pos (prefix reuse keeps the shared prefix). PYLUT_EINVAL when a
  * streaming head has already dropped positions the window at pos would see (see below). */
 int pylut_state_truncate(pylut_state *s, int pos);

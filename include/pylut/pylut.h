@@ -150,13 +150,18 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
  *   int8 activations (kind 2, B-type matrices, the prefill path below): no tables but x itself
  *      quantized per scale group: tbl int8 [k_pad] (round(x / xs), padding 0), tscale fp32
  *      [k_pad/group] the group's xs = max |x| / 127, sumx fp32 [k_pad/group] = xs * sum of
- *      the group's int8 values (the sum the integer dot products really saw) */
+ *      the group's int8 values (the sum the integer dot products really saw).
+ *      With parts == 2 each array holds a second part after the first, the same encoding of
+ *      the rounding residual x - xs * round(x / xs): tbl [2][k_pad], tscale and sumx
+ *      [2][k_pad/group]. The GEMM adds both parts' products, so x is read to ~2^-15 of its
+ *      group's largest value (int8 alone: 2^-8) for one more integer dot product per weight. */
 typedef struct {
     int32_t kind;        /* 0: B-type tables, 1: T3 tables, 2: int8 activations */
     int64_t k, k_pad;
     int32_t group;
     int32_t super;       /* B: weights per table scale when > group, else 0 */
-    int64_t tbl_bytes, n_groups;
+    int64_t tbl_bytes, n_groups; /* tbl_bytes counts every part; n_groups one part's groups */
+    int32_t parts;       /* kind 2: 1, or 2 with the rounding residual; 0 for tables */
     int8_t *tbl;
     float *tscale;
     float *sumx;
@@ -166,8 +171,9 @@ typedef struct {
  * matrix's two-level scales can be summed in integers: then a super-block's int lookup sums,
  * times the int8 sub-scales, are converted to float once per super-block, not per group). */
 int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm);
-/* Size int8 activations (kind 2) for a B-type matrix like qm; PYLUT_EINVAL for T3. */
-int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm);
+/* Size int8 activations (kind 2) for a B-type matrix like qm, in parts 1 or 2 (see above);
+ * PYLUT_EINVAL for T3. tscale and sumx then take parts * n_groups floats. */
+int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts);
 
 /* ------------------------------------------------------------------ thread pool */
 
