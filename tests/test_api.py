@@ -88,6 +88,23 @@ def test_prefix_reuse_only_processes_new_tokens(model_file, cache):
     assert np.array_equal(logits, fresh.eval(first + [30, 31, 32]))
 
 
+def test_high_precision_is_chunk_independent_and_checked(model_file, cache):
+    """precision='high' runs every chunk and decode step on two-part int8 activations, so
+    prefix reuse equals a fresh run bit for bit; bad values are refused by name."""
+    m = pylut.load(model_file, n_ctx=64, precision="high")
+    assert m.info()["precision"] == "high" and m.session.split_int8
+    first = list(range(3, 23))
+    m.eval(first)
+    logits = m.eval(first + [30, 31, 32])
+    assert m.stats["prompt_processed"] == 3
+    assert np.array_equal(logits, pylut.load(model_file, n_ctx=64, precision="high").eval(first + [30, 31, 32]))
+    assert pylut.load(model_file, n_ctx=64).info()["precision"] == "fast"
+    with pytest.raises(ValueError, match="precision must be 'fast' or 'high'"):
+        pylut.load(model_file, precision="exact")
+    with pytest.raises(ValueError, match="needs ternary weights as b2"):
+        pylut.load(model_file, precision="high", ternary="t3")
+
+
 def test_prefix_reuse_on_the_int8_prefill_path_stays_close(model_file, cache):
     """By default a 20-token prompt goes through the int8 prefill kernel where the CPU has
     one, and the 3 new tokens through the tables: close to a fresh 23-token run, not equal."""

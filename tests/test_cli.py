@@ -82,6 +82,7 @@ def test_subcommand_help(capsys, command):
     ["serve", "m.gguf", "--port", "99999"],
     ["info", "m.gguf", "--bits", "7"],
     ["chat", "--temperature", "hot"],
+    ["run", "m.gguf", "hi", "--precision", "exact"],
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv):
     rc, out, err = _run(capsys, *argv)
@@ -121,6 +122,8 @@ def test_info_run_bench(capsys, chat_model_file):
     assert info["batch_invariant"] is False
     rc, out, _ = _run(capsys, "info", chat_model_file, "--json", "--batch-invariant")
     assert rc == 0 and json.loads(out)["batch_invariant"] is True
+    rc, out, _ = _run(capsys, "info", chat_model_file, "--json", "--precision", "high")
+    assert rc == 0 and json.loads(out)["precision"] == "high"
     rc, out, err = _run(capsys, "run", chat_model_file, "Once upon a time", "-n", "6", "--temperature", "0")
     assert rc == 0 and out.strip() and "gen" in err
     rc, out, _ = _run(capsys, "bench", chat_model_file, "--threads", "1,2", "--prompt-tokens", "16",

@@ -16,9 +16,9 @@ from test_kernels import ISAS, two_level_pair
 pytestmark = pytest.mark.usefixtures("restore_isa")  # conftest.py
 
 
-def run(q, x, isa, n_threads=1):
+def run(q, x, isa, n_threads=1, split=False):
     _core.isa_set(isa)
-    return pylut.gemm(q, x, n_threads=n_threads, int8=True)
+    return pylut.gemm(q, x, n_threads=n_threads, int8=True, split=split)
 
 
 def rounding_bound(q, x):
@@ -61,6 +61,25 @@ def test_int8_prefill_within_the_rounding_bound_and_equal_on_every_isa(mode, bit
     check(q, rng.standard_normal((n, k)).astype(np.float32))
 
 
+@pytest.mark.parametrize("mode,bits", CASES)
+@pytest.mark.parametrize("m,k,group,n", SHAPES[:4])
+def test_split_int8_within_its_residual_bound_and_equal_on_every_isa(mode, bits, m, k, group, n):
+    """Two-part activations (precision='high'): the residual x - xs*round(x/xs) is at most
+    xs/2 per element, so its own int8 step is <= xs/254 and the bound shrinks 254-fold."""
+    rng = np.random.default_rng(bits * 1000 + m + n)
+    q = pylut.quantize(rng.standard_normal((m, k)).astype(np.float32), bits=bits, group=group, mode=mode)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    ref = run(q, x, "scalar", split=True)
+    exact = x.astype(np.float64) @ q.dequantize().astype(np.float64).T
+    assert np.all(np.abs(ref - exact) <= rounding_bound(q, x) / 254 + 1e-5 * np.abs(exact).max())
+    rms = np.sqrt(np.mean((ref - exact) ** 2) / np.mean(exact ** 2))
+    assert rms < 1e-4, rms  # one part: 3e-3 - 6e-3
+    for isa in ISAS:
+        assert np.array_equal(run(q, x, isa, n_threads=2, split=True), ref), isa
+    with pytest.raises(ValueError, match="split=True needs int8=True"):
+        pylut.gemm(q, x, split=True)
+
+
 @pytest.mark.parametrize("bits,group,sup,m,k,n", [
     (2, 16, 256, 130, 768, 9),    # Q2_K (nibble sub-values)
     (3, 16, 256, 70, 512, 17),    # Q3_K-style, no bias array
@@ -73,6 +92,9 @@ def test_int8_prefill_two_level_scales(bits, group, sup, m, k, n):
     check(a, x)
     for isa in ISAS:  # the nibble form reads the same values
         assert np.array_equal(run(b, x, isa), run(a, x, isa)), isa
+    two_part = run(a, x, "scalar", split=True)  # precision='high' over two-level scales
+    for isa in ISAS:
+        assert np.array_equal(run(b, x, isa, split=True), two_part), isa
     z = float(1 << (bits - 1))  # two-level without a bias array: bias = -zero * scale
     codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
     d = rng.uniform(0.001, 0.01, (m, k // sup)).astype(np.float16).astype(np.float32)
