@@ -48,6 +48,12 @@ static inline vf vf_exp2(vf x) {
     return _mm512_maskz_scalef_ps(keep, p, n); /* p * 2^n */
 }
 static inline vf vf_load_h(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline vf vf_load_i8(const int8_t *c) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)c))); }
+static inline vf vf_load_q4(const uint8_t *c, int hi) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
+    const __m512i n = _mm512_and_si512(hi ? _mm512_srli_epi32(b, 4) : b, _mm512_set1_epi32(15));
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(n, _mm512_set1_epi32(8)));
+}
 /* 8 vectors -> 8 sums: fold each zmm to a ymm, then AVX2's hadd tree */
 static inline void sum8(const vf a[8], float out[8]) {
     __m256 h[8];

@@ -12,6 +12,8 @@
  *   sum8(const vf a[8], float out[8])   the horizontal sums of 8 vectors
  *   h2f(uint16_t h)                                         one fp16 -> fp32
  *   vf_load_h(const uint16_t *h)                            VL fp16 -> a vector
+ *   vf_load_i8(const int8_t *c)                             VL int8 codes -> a vector
+ *   vf_load_q4(const uint8_t *c, int hi)                    VL nibbles (hi: the high ones) - 8
  *   dec_f16(const uint16_t *h, int n, float *out)           n fp16 -> fp32
  *   dec_i8(const int8_t *c, float scale, int n, float *out)  n codes * scale
  *   unpack_q4(const uint8_t *c, int n, int8_t *out)          n 4-bit codes (byte i: element
@@ -67,19 +69,45 @@ static ALWAYS_INLINE void scores_decoded(const float *qr, const float *kbuf, int
     }
 }
 
-/* Fused fp16 path: RC rows x KG keys (RC*KG = 8 accumulators, one reduction tree), each
+/* A quantized row's block scales as floats: sc[b] for elements [32b, 32b+32) of the row. */
+static ALWAYS_INLINE void row_scales(int type, const uint8_t *row, int hd, float *sc) {
+    const uint8_t *scales = row + (type == PYLUT_KV_Q8 ? hd : hd / 2);
+    for (int b = 0; b * PYLUT_KV_BLOCK < hd; b++) {
+        uint16_t h;
+        memcpy(&h, scales + 2 * b, 2); /* scales follow the codes: unaligned */
+        sc[b] = h2f(h);
+    }
+}
+
+/* VL elements from i of a cache row in registers: fp16, or codes times the scale of their
+ * block (VL divides 16, so one scale and one nibble half per vector), the decoded path's
+ * values. A whole 4-bit block's byte o holds elements o (low nibble) and o + 16 (high). */
+static ALWAYS_INLINE vf row_vec(const int type, const uint8_t *row, int i, const float *sc) {
+    const float s = type == PYLUT_KV_F16 ? 0.0f : sc[i / PYLUT_KV_BLOCK];
+    if (type == PYLUT_KV_Q8) return vf_mul(vf_load_i8((const int8_t *)row + i), vf_set1(s));
+    if (type == PYLUT_KV_Q4) {
+        const int o = i % PYLUT_KV_BLOCK;
+        return vf_mul(vf_load_q4(row + (i - o) / 2 + o % 16, o >= 16), vf_set1(s));
+    }
+    return vf_load_h((const uint16_t *)row + i);
+}
+
+/* Fused path (fp16, q8): RC rows x KG keys (RC*KG = 8 accumulators, one reduction tree), each
  * key converted once in registers and used by every row - no store and reload through
  * kbuf. Keys past nk repeat the last one (never read past the block). */
-static ALWAYS_INLINE void scores_f16(const int RC, const int KG, const float *qs, int hd_pad, int hd,
-                                     const uint16_t *k0, int64_t ldh, int see, int nk, float *sbuf) {
+static ALWAYS_INLINE void scores_fused(const int type, const int RC, const int KG, const float *qs, int hd_pad, int hd,
+                                       const uint8_t *k0, int64_t ld, int see, int nk, float *sbuf) {
+    float sc[8][PYLUT_ATTN_MAX_HD / PYLUT_KV_BLOCK]; /* quantized: [key][block] scales */
     for (int j = 0; j < see; j += KG) {
         vf a[8];
-        const uint16_t *kr[8];
-        for (int u = 0; u < KG; u++) kr[u] = k0 + (int64_t)(j + u < nk ? j + u : nk - 1) * ldh;
+        const uint8_t *kr[8];
+        for (int u = 0; u < KG; u++) kr[u] = k0 + (int64_t)(j + u < nk ? j + u : nk - 1) * ld;
+        if (type != PYLUT_KV_F16)
+            for (int u = 0; u < KG; u++) row_scales(type, kr[u], hd, sc[u]);
         for (int u = 0; u < 8; u++) a[u] = vf_zero();
         for (int i = 0; i < hd; i += VL) {
             vf kv[8];
-            for (int u = 0; u < KG; u++) kv[u] = vf_load_h(kr[u] + i);
+            for (int u = 0; u < KG; u++) kv[u] = row_vec(type, kr[u], i, sc[u]);
             for (int r = 0; r < RC; r++) {
                 const vf qv = vf_load(qs + (int64_t)r * hd_pad + i);
                 for (int u = 0; u < KG; u++) a[r * KG + u] = vf_fma(qv, kv[u], a[r * KG + u]);
@@ -94,9 +122,10 @@ static ALWAYS_INLINE void scores_f16(const int RC, const int KG, const float *qs
 
 /* ------------------------------------------------------------------ values */
 
-/* Fused fp16 path: RC (<= 4) rows, FUSED_ACC vectors of each accumulator row in registers. */
-static ALWAYS_INLINE void values_f16(int rc, const float *p, float *acc, int hd_pad, int hd, const uint16_t *v0,
-                                     int64_t ldh, int nv) {
+/* Fused path: RC (<= 4) rows, FUSED_ACC vectors of each accumulator row in registers.
+ * vsc: quantized types, the block's value rows' scales [nv][blocks]. */
+static ALWAYS_INLINE void values_fused(const int type, int rc, const float *p, float *acc, int hd_pad, int hd,
+                                       const uint8_t *v0, int64_t ld, int nv, const float (*vsc)[PYLUT_ATTN_MAX_HD / PYLUT_KV_BLOCK]) {
     int i0 = 0;
     for (; i0 + FUSED_ACC * VL <= hd; i0 += FUSED_ACC * VL) {
         vf a[4][FUSED_ACC];
@@ -104,7 +133,7 @@ static ALWAYS_INLINE void values_f16(int rc, const float *p, float *acc, int hd_
             for (int u = 0; u < FUSED_ACC; u++) a[r][u] = vf_load(acc + (int64_t)r * hd_pad + i0 + u * VL);
         for (int j = 0; j < nv; j++) {
             vf vv[FUSED_ACC];
-            for (int u = 0; u < FUSED_ACC; u++) vv[u] = vf_load_h(v0 + (int64_t)j * ldh + i0 + u * VL);
+            for (int u = 0; u < FUSED_ACC; u++) vv[u] = row_vec(type, v0 + (int64_t)j * ld, i0 + u * VL, vsc[j]);
             for (int r = 0; r < rc; r++) {
                 const vf pj = vf_set1(p[r * PYLUT_ATTN_BLOCK + j]);
                 for (int u = 0; u < FUSED_ACC; u++) a[r][u] = vf_fma(pj, vv[u], a[r][u]);
@@ -117,7 +146,7 @@ static ALWAYS_INLINE void values_f16(int rc, const float *p, float *acc, int hd_
         for (int r = 0; r < rc; r++) {
             vf a = vf_load(acc + (int64_t)r * hd_pad + i0);
             for (int j = 0; j < nv; j++)
-                a = vf_fma(vf_set1(p[r * PYLUT_ATTN_BLOCK + j]), vf_load_h(v0 + (int64_t)j * ldh + i0), a);
+                a = vf_fma(vf_set1(p[r * PYLUT_ATTN_BLOCK + j]), row_vec(type, v0 + (int64_t)j * ld, i0, vsc[j]), a);
             vf_store(acc + (int64_t)r * hd_pad + i0, a);
         }
 }
@@ -152,8 +181,8 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
     int last = 0; /* no row sees position >= last */
     for (int r = 0; r < rows; r++) last = lim[r] > last ? lim[r] : last;
     if (j1 > last) j1 = last;
-    /* GQA decode (2-8 rows, fp16, whole vectors per head, rows 2-byte aligned): convert in
-     * registers, once for all rows. Otherwise decode each block once into kbuf: many rows
+    /* GQA decode (2-8 rows, whole vectors per head; fp16 rows 2-byte aligned, 4-bit heads
+     * whole blocks): convert in registers, once for all rows. Otherwise decode each block once into kbuf: many rows
      * share it, and a single row streams faster through the decoupled decode loop (MHA
      * decode measured 1.6x slower fused). */
     /* per row, the blocks' sums kept lane-wise and reduced once at the end (a horizontal
@@ -161,8 +190,9 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
     vf vsum[PYLUT_ATTN_ROWS];
     float carry[PYLUT_ATTN_ROWS];
     for (int r = 0; r < rows; r++) vsum[r] = vf_zero(), carry[r] = sum[r];
-    const int fused = type == PYLUT_KV_F16 && rows >= 2 && rows <= 8 && hd % VL == 0 && ld % 2 == 0;
-    const int64_t ldh = ld / 2;
+    const int fused = rows >= 2 && rows <= 8 && hd % VL == 0 && (type != PYLUT_KV_F16 || ld % 2 == 0) &&
+                      (type != PYLUT_KV_Q4 || hd % PYLUT_KV_BLOCK == 0);
+    float vsc[PYLUT_ATTN_BLOCK][PYLUT_ATTN_MAX_HD / PYLUT_KV_BLOCK]; /* quantized: the block's value scales */
     for (int jb = j0; jb < j1; jb += B) {
         const int nk = j1 - jb < B ? j1 - jb : B;
         int most = 0; /* the longest row's view of this block */
@@ -175,14 +205,20 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
         /* (software prefetch 32-128 rows ahead measured 1.5-2x slower: the hardware
          * prefetchers follow a head's contiguous rows on their own) */
         if (fused) {
-            const uint16_t *k0 = (const uint16_t *)(k + (int64_t)jb * ld);
+            const uint8_t *k0 = k + (int64_t)jb * ld;
             for (int r0 = 0; r0 < rows; r0 += 4) {
                 const int rc = rows - r0 < 4 ? rows - r0 : 4;
                 const float *q0 = qs + (int64_t)r0 * hd_pad;
                 float *s0 = sbuf + (int64_t)r0 * B;
-                if (rc == 1) scores_f16(1, 8, q0, hd_pad, hd, k0, ldh, most, nk, s0);
-                else if (rc == 2) scores_f16(2, 4, q0, hd_pad, hd, k0, ldh, most, nk, s0);
-                else scores_f16(4, 2, q0, hd_pad, hd, k0, ldh, most, nk, s0); /* rc 3: a spare row of qs */
+                /* a constant type and shape per call: each inlines to its own loop */
+#define SCORES(T) \
+    (rc == 1   ? scores_fused(T, 1, 8, q0, hd_pad, hd, k0, ld, most, nk, s0) \
+     : rc == 2 ? scores_fused(T, 2, 4, q0, hd_pad, hd, k0, ld, most, nk, s0) \
+               : scores_fused(T, 4, 2, q0, hd_pad, hd, k0, ld, most, nk, s0)) /* rc 3: a spare row of qs */
+                if (type == PYLUT_KV_Q8) SCORES(PYLUT_KV_Q8);
+                else if (type == PYLUT_KV_Q4) SCORES(PYLUT_KV_Q4);
+                else SCORES(PYLUT_KV_F16);
+#undef SCORES
             }
         } else {
             for (int j = 0; j < nk; j++) decode_row(type, hd, k + (int64_t)(jb + j) * ld, kbuf + (int64_t)j * hd_pad);
@@ -218,15 +254,22 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
 
         /* ---- values: acc[r] += sum_j p[r][j] * v[j] */
         if (fused) {
-            const uint16_t *v0 = (const uint16_t *)(v + (int64_t)jb * ld);
+            const uint8_t *v0 = v + (int64_t)jb * ld;
+            if (type != PYLUT_KV_F16)
+                for (int j = 0; j < most; j++) row_scales(type, v0 + (int64_t)j * ld, hd, vsc[j]);
             for (int r0 = 0; r0 < rows; r0 += 4) { /* a constant row count keeps acc in registers */
                 const int rc = rows - r0 < 4 ? rows - r0 : 4;
                 const float *p0 = sbuf + (int64_t)r0 * B;
                 float *a0 = acc + (int64_t)r0 * hd_pad;
-                if (rc == 4) values_f16(4, p0, a0, hd_pad, hd, v0, ldh, most);
-                else if (rc == 3) values_f16(3, p0, a0, hd_pad, hd, v0, ldh, most);
-                else if (rc == 2) values_f16(2, p0, a0, hd_pad, hd, v0, ldh, most);
-                else values_f16(1, p0, a0, hd_pad, hd, v0, ldh, most);
+#define VALUES(T) \
+    (rc == 4   ? values_fused(T, 4, p0, a0, hd_pad, hd, v0, ld, most, vsc) \
+     : rc == 3 ? values_fused(T, 3, p0, a0, hd_pad, hd, v0, ld, most, vsc) \
+     : rc == 2 ? values_fused(T, 2, p0, a0, hd_pad, hd, v0, ld, most, vsc) \
+               : values_fused(T, 1, p0, a0, hd_pad, hd, v0, ld, most, vsc))
+                if (type == PYLUT_KV_Q8) VALUES(PYLUT_KV_Q8);
+                else if (type == PYLUT_KV_Q4) VALUES(PYLUT_KV_Q4);
+                else VALUES(PYLUT_KV_F16);
+#undef VALUES
             }
         } else {
             float *vbuf = kbuf; /* values reuse the keys' buffer: the smaller L1 footprint is faster */

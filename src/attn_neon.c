@@ -39,6 +39,18 @@ static inline vf vf_exp2(vf x) {
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(r), keep));
 }
 static inline vf vf_load_h(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+static inline vf vf_load_i8(const int8_t *c) {
+    int32_t w; /* 4 codes: no 4-byte NEON load, so through a scalar lane */
+    memcpy(&w, c, 4);
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(w))))));
+}
+static inline vf vf_load_q4(const uint8_t *c, int hi) {
+    uint32_t w; /* 4 bytes through a scalar lane, as vf_load_i8 */
+    memcpy(&w, c, 4);
+    const uint32x4_t b = vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(w)))));
+    const uint32x4_t n = vandq_u32(hi ? vshrq_n_u32(b, 4) : b, vdupq_n_u32(15));
+    return vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(n), vdupq_n_s32(8)));
+}
 static inline void sum8(const vf a[8], float out[8]) {
     vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
     vst1q_f32(out + 4, vpaddq_f32(vpaddq_f32(a[4], a[5]), vpaddq_f32(a[6], a[7])));

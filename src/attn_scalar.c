@@ -28,6 +28,8 @@ static inline vf vf_load_h(const uint16_t *p) {
     memcpy(&h, p, 2);
     return pylut_fp16_to_fp32(h);
 }
+static inline vf vf_load_i8(const int8_t *c) { return (float)*c; }
+static inline vf vf_load_q4(const uint8_t *c, int hi) { return (float)(((*c >> (hi ? 4 : 0)) & 15) - 8); }
 static inline void sum8(const vf a[8], float out[8]) {
     for (int u = 0; u < 8; u++) out[u] = a[u];
 }
