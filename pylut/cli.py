@@ -430,7 +430,8 @@ def cmd_info(args):
     print(f"file size:     {info['file_bytes']:,} bytes ({info['file_bytes'] / 2**20:.1f} MiB)")
     print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})")
     print(f"chat template: {info['chat_template']}")
-    print(f"kernels:       {info['isa']}, {info['threads']} threads")
+    print(f"kernels:       {info['isa']}, {info['threads']} threads, precision {info['precision']}"
+          + (", batch-invariant" if info["batch_invariant"] else ""))
     plan = info["head_plan"]
     print(f"KV cache:      {info['kv_bytes'] / 2**20:.2f} MiB ({info['kv_type']})"
           + (f", head plan: {plan['retrieval_heads']} of {plan['retrieval_heads'] + plan['streaming_heads']} kv heads "

@@ -114,7 +114,8 @@ def test_model_path_errors(capsys, tmp_path, monkeypatch):
 def test_info_run_bench(capsys, chat_model_file):
     rc, out, _ = _run(capsys, "info", chat_model_file)
     assert rc == 0
-    for word in ("qwen2", "parameters", "Q8_0", "bits/weight", "bytes", "context:", "chat template"):
+    for word in ("qwen2", "parameters", "Q8_0", "bits/weight", "bytes", "context:", "chat template",
+                 "precision fast"):
         assert word in out
     rc, out, _ = _run(capsys, "info", chat_model_file, "--json", "--chat-template", "llama-3")
     info = json.loads(out)
