@@ -44,9 +44,11 @@ def run_case(isa, kv_type, n, length, n_heads, n_kv, hd, threads, seed):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("kv_type", ["f16", "q8", "q4"])  # all convert in registers for GQA decode
 @pytest.mark.parametrize("hd", [64, 80, 100, 128, 256])
-@pytest.mark.parametrize("length", [1, 7, 300, 2048, 8192])
+# every type converts in registers for decode; the quantized ones skip 8192 (the long-run
+# accumulation is the same code as f16's, and it is the slow case under qemu)
+@pytest.mark.parametrize("kv_type,length", [(t, n) for t in ("f16", "q8", "q4") for n in (1, 7, 300, 2048, 8192)
+                                             if t == "f16" or n < 8192])
 def test_decode_every_head_size_and_length(isa, kv_type, hd, length):
     run_case(isa, kv_type, 1, length, 8, 2, hd, 2, hd * 7 + length)
 
