@@ -29,13 +29,18 @@
 #include "kernels.h"
 #include "pylut/attention.h"
 
+/* A quantized row's fp16 block scales, after its codes (hd bytes for q8, hd/2 for q4). */
+static inline const uint8_t *row_scale_bytes(int type, int hd, const uint8_t *row) {
+    return row + (type == PYLUT_KV_Q8 ? hd : hd / 2);
+}
+
 /* One cache row (hd elements, type's encoding) -> dst[hd]. */
 static inline void decode_row(int type, int hd, const uint8_t *row, float *dst) {
     if (type == PYLUT_KV_F16) {
         dec_f16((const uint16_t *)row, hd, dst);
         return;
     }
-    const uint8_t *scales = row + (type == PYLUT_KV_Q8 ? hd : hd / 2);
+    const uint8_t *scales = row_scale_bytes(type, hd, row);
     for (int b = 0; b * PYLUT_KV_BLOCK < hd; b++) {
         const int e0 = b * PYLUT_KV_BLOCK, n = hd - e0 < PYLUT_KV_BLOCK ? hd - e0 : PYLUT_KV_BLOCK;
         uint16_t h;
@@ -71,7 +76,7 @@ static ALWAYS_INLINE void scores_decoded(const float *qr, const float *kbuf, int
 
 /* A quantized row's block scales as floats: sc[b] for elements [32b, 32b+32) of the row. */
 static ALWAYS_INLINE void row_scales(int type, const uint8_t *row, int hd, float *sc) {
-    const uint8_t *scales = row + (type == PYLUT_KV_Q8 ? hd : hd / 2);
+    const uint8_t *scales = row_scale_bytes(type, hd, row);
     for (int b = 0; b * PYLUT_KV_BLOCK < hd; b++) {
         uint16_t h;
         memcpy(&h, scales + 2 * b, 2); /* scales follow the codes: unaligned */
@@ -92,7 +97,7 @@ static ALWAYS_INLINE vf row_vec(const int type, const uint8_t *row, int i, const
     return vf_load_h((const uint16_t *)row + i);
 }
 
-/* Fused path (fp16, q8): RC rows x KG keys (RC*KG = 8 accumulators, one reduction tree), each
+/* Fused path (every cache type): RC rows x KG keys (RC*KG = 8 accumulators, one reduction tree), each
  * key converted once in registers and used by every row - no store and reload through
  * kbuf. Keys past nk repeat the last one (never read past the block). */
 static ALWAYS_INLINE void scores_fused(const int type, const int RC, const int KG, const float *qs, int hd_pad, int hd,
