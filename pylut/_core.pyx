@@ -625,7 +625,7 @@ cdef class Tables:
         cdef pylut_lut base = self.luts[0]
         self.k = base.k
         self.tbl = np.zeros((n, base.tbl_bytes), np.int8)
-        cdef int64_t floats = base.n_groups * (base.parts if base.parts > 1 else 1)
+        cdef int64_t floats = pylut_lut_scale_floats(&base)
         self.tscale = np.zeros((n, floats), np.float32)
         self.sumx = np.zeros((n, floats), np.float32)
         cdef int8_t[:, ::1] tv = self.tbl

@@ -70,6 +70,7 @@ cdef extern from "pylut/pylut.h" nogil:
     int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g)
     int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm)
     int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts)
+    int64_t pylut_lut_scale_floats(const pylut_lut *lut)
     int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n)
     int pylut_ternary_as_planes()
 

@@ -87,7 +87,7 @@ static int set_for(const pylut_state *s, const pylut_qmatrix *qm) {
 }
 
 static int lut_batch_alloc(lut_batch *b, const pylut_lut *key, int n) {
-    const int64_t floats = key->n_groups * (key->parts > 1 ? key->parts : 1); /* per token */
+    const int64_t floats = pylut_lut_scale_floats(key); /* per token */
     b->lut = calloc((size_t)n, sizeof(pylut_lut));
     b->tbl = malloc((size_t)(n * key->tbl_bytes));
     b->tscale = malloc((size_t)(n * floats) * sizeof(float));

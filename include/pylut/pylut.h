@@ -174,6 +174,10 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm);
 /* Size int8 activations (kind 2) for a B-type matrix like qm, in parts 1 or 2 (see above);
  * PYLUT_EINVAL for T3. tscale and sumx then take parts * n_groups floats. */
 int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts);
+/* Floats of tscale (and of sumx) one table set holds: n_groups per part. */
+static inline int64_t pylut_lut_scale_floats(const pylut_lut *lut) {
+    return lut->n_groups * (lut->parts > 1 ? lut->parts : 1);
+}
 
 /* ------------------------------------------------------------------ thread pool */
 
