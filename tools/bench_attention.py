@@ -95,23 +95,21 @@ def paired_rounds(fn, bw, rounds, resident):
             np.array(res))
 
 
-def resident_fn(shape, kv_type, pool, rng, calls=4):
-    """The same kernel over a 4 MB f16 cache (2-4 MB quantized), which stays in the last-level
-    cache between calls: its GB/s is the kernel's compute-bound rate at this moment, the
-    ceiling its DRAM rate could reach. (At <= 1 MB, in L2, the per-call overhead hid the
-    kernel: 15 against 17.5 GB/s at 1 thread, 28 against 36 at 2.)"""
+def resident_fn(shape, pool, rng, calls=4):
+    """The same kernel over a 4 MB f16 cache, which stays in the last-level cache between
+    calls: its GB/s is the kernel's compute-bound rate at this moment, the ceiling its DRAM
+    rate could reach. (At <= 1 MB, in L2, the per-call overhead hid the kernel: 15 against
+    17.5 GB/s at 1 thread, 28 against 36 at 2.)"""
     n_heads, n_kv, hd = shape
-    length = 16
-    while 2 * 2 * n_kv * length * _core.kv_row_bytes("f16", hd) <= 4 << 20:
-        length *= 2
-    q, k, v = make_cache(shape, length, kv_type, rng)
+    length = (4 << 20) // (2 * n_kv * _core.kv_row_bytes("f16", hd))
+    q, k, v = make_cache(shape, length, "f16", rng)
     nbytes = k.nbytes + v.nbytes
 
     def sample():
-        _core.attention(q, k, v, n_heads, n_kv, kv_type, pool=pool)  # warm
+        _core.attention(q, k, v, n_heads, n_kv, "f16", pool=pool)  # warm
         t0 = time.perf_counter()
         for _ in range(calls):
-            _core.attention(q, k, v, n_heads, n_kv, kv_type, pool=pool)
+            _core.attention(q, k, v, n_heads, n_kv, "f16", pool=pool)
         return nbytes * calls / (time.perf_counter() - t0) / 1e9
 
     return sample
@@ -166,7 +164,7 @@ def bench_shape(name, shape, lengths, threads_list, repeats, rng):
                     layers = caches[kv_type]
                     nbytes = layers[0][1].nbytes + layers[0][2].nbytes
                     tiled = lambda q, k, v: _core.attention(q, k, v, shape[0], shape[1], kv_type, pool=pool)  # noqa: E731
-                    resident = resident_fn(shape, kv_type, pool, rng) if kv_type == "f16" else None
+                    resident = resident_fn(shape, pool, rng) if kv_type == "f16" else None
                     times, meter, meter_max, res = paired_rounds(layers_fn(tiled, layers), bw, repeats, resident)
                     t_tiled = times.min() / n_layers
                     t_naive = None
