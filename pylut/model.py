@@ -143,17 +143,16 @@ class Model:
         self.name = os.path.basename(loaded.path)
         self.max_batch = int(max_batch)
         self.head_plan = streaming.resolve(head_plan)
+        modes = dict(batch_invariant=bool(batch_invariant), split_int8=precision == "high")
         if self.head_plan is None:
-            self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type,
-                                         batch_invariant=bool(batch_invariant), split_int8=precision == "high")
+            self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type, **modes)
         else:
             self.head_plan.check_model(self)
             p = self.head_plan
             if p.sink + 1 >= n_ctx or p.window > n_ctx:
                 raise ValueError(f"head plan (sink={p.sink}, window={p.window}) does not fit n_ctx={n_ctx}")
             self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type,
-                                         streaming=p.streaming_mask(), sink=p.sink, window=p.window,
-                                         batch_invariant=bool(batch_invariant), split_int8=precision == "high")
+                                         streaming=p.streaming_mask(), sink=p.sink, window=p.window, **modes)
             log.info("head plan: %d of %d kv heads keep the whole cache; KV cache %.1f MiB",
                      p.n_retrieval, p.n_heads, self.session.kv_bytes / 2**20)
         self.n_ctx = int(n_ctx)
