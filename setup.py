@@ -2,7 +2,7 @@
 
 Per-ISA kernel units get their own instruction-set flags; everything else is compiled for the
 baseline ISA so the wheel runs on any x86-64 / aarch64 CPU. The kernels are chosen at run
-time (src/dispatch.c). Never build for the host CPU only (no "native" arch flags): such a
+time (src/core/dispatch.c). Never build for the host CPU only (no "native" arch flags): such a
 wheel dies with SIGILL elsewhere.
 """
 import glob
@@ -18,29 +18,35 @@ PLATFORM = sysconfig.get_platform()  # crossenv reports the target (e.g. linux-a
 IS_X86_64 = PLATFORM.endswith(("x86_64", "amd64"))
 IS_AARCH64 = PLATFORM.endswith(("aarch64", "arm64"))
 
-# Flags per kernel unit; a unit for another architecture compiles to nothing (#if guards).
+# Flags per kernel unit, keyed by path from the project root; a unit for another architecture
+# compiles to nothing (#if guards). One folder per kernel family: core/ (layouts, packing,
+# dispatch, pool), lut/, prefill/, attention/, model/, baseline/ (comparison kernels).
 ISA_FLAGS = {}
 if IS_X86_64:
     ISA_FLAGS = {
-        "lut_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
-        "lut_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
-        "attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
-        "prefill_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
-        "attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
-        "lut_avx512vbmi.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                             "-mavx512vbmi", "-mavx512vnni"],
-        "prefill_vnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                           "-mavx512vnni"],
-        "prefill_vnni_gfni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                                "-mavx512vnni", "-mgfni"],
+        "src/lut/lut_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "src/lut/lut_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
+        "src/lut/lut_avx512vbmi.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                                     "-mavx512vbmi", "-mavx512vnni"],
+        "src/prefill/prefill_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "src/prefill/prefill_vnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                                       "-mavx512vnni"],
+        "src/prefill/prefill_vnni_gfni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
+                                            "-mavx512vl", "-mavx512vnni", "-mgfni"],
+        "src/attention/attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "src/attention/attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
     }
 
 SOURCES = ["pylut/_core.pyx"] + [
-    os.path.join("src", f)
-    for f in ("dispatch.c", "pack.c", "i8_pack.c", "threadpool.c", "lut_scalar.c",
-              "lut_avx2.c", "lut_avx512.c", "lut_avx512vbmi.c", "lut_neon.c", "model.c",
-              "prefill.c", "prefill_avx2.c", "prefill_vnni.c", "prefill_vnni_gfni.c", "prefill_neon.c",
-              "attention.c", "attn_scalar.c", "attn_avx2.c", "attn_avx512.c", "attn_neon.c")
+    "src/core/dispatch.c", "src/core/pack.c", "src/core/threadpool.c",
+    "src/lut/lut_scalar.c", "src/lut/lut_avx2.c", "src/lut/lut_avx512.c", "src/lut/lut_avx512vbmi.c",
+    "src/lut/lut_neon.c",
+    "src/prefill/prefill.c", "src/prefill/prefill_avx2.c", "src/prefill/prefill_vnni.c",
+    "src/prefill/prefill_vnni_gfni.c", "src/prefill/prefill_neon.c",
+    "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
+    "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
+    "src/model/model.c",
+    "src/baseline/i8_pack.c",
 ]
 
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
@@ -56,7 +62,8 @@ class PerFileFlagsBuildExt(build_ext):
         original = compiler._compile
 
         def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
-            extra = list(extra_postargs) + ISA_FLAGS.get(os.path.basename(src), [])
+            rel = os.path.relpath(src).replace(os.sep, "/")
+            extra = list(extra_postargs) + ISA_FLAGS.get(rel, [])
             return original(obj, src, ext, cc_args, extra, pp_opts)
 
         compiler._compile = _compile
@@ -65,14 +72,15 @@ class PerFileFlagsBuildExt(build_ext):
 
 # the headers every unit includes (kernel bodies are headers instantiated per ISA): without
 # them an edit to one leaves a stale build in place
-DEPENDS = sorted(glob.glob(os.path.join("src", "*.h")) + glob.glob(os.path.join("include", "pylut", "*.h"))
+DEPENDS = sorted(glob.glob(os.path.join("src", "**", "*.h"), recursive=True)
+                 + glob.glob(os.path.join("include", "pylut", "*.h"))
                  + glob.glob(os.path.join("pylut", "*.pxd")) + glob.glob(os.path.join("pylut", "*.pxi")))
 
 ext = Extension(
     "pylut._core",
     sources=SOURCES,
     depends=DEPENDS,
-    include_dirs=["include", "src", numpy.get_include()],
+    include_dirs=["include", "src/core", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=BASE_FLAGS,
     extra_link_args=["-pthread"],

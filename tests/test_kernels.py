@@ -78,7 +78,7 @@ def group_biases(q):
 
 
 def int_super(q):
-    """src/kernels.h pylut_b_int_super: two-level scales summed in integers, with one table
+    """src/core/kernels.h pylut_b_int_super: two-level scales summed in integers, with one table
     scale per super-block and sum x rounded to table steps."""
     if q.type == _core.TYPE_T3 or not q.super_block:
         return False

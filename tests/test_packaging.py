@@ -195,19 +195,19 @@ def _setup_flags():
 
 @x86_only
 def test_static_isa_check_catches_avx2_in_a_baseline_unit(tmp_path):
-    """A throwaway build of src/*.c with setup.py's flags: clean, it passes; with -mavx2 added
+    """A throwaway build of src/**/*.c with setup.py's flags: clean, it passes; with -mavx2 added
     to the baseline unit lut_scalar.c (what a wrong flag in setup.py would do), it fails."""
     cc = _tool_or_skip("gcc", "cc")
     _tool_or_skip("objdump"), _tool_or_skip("readelf"), _tool_or_skip("nm")
     base, isa = _setup_flags()
     import numpy
-    incs = ["-I", str(ROOT / "include"), "-I", str(ROOT / "src"), "-I", numpy.get_include()]
+    incs = ["-I", str(ROOT / "include"), "-I", str(ROOT / "src" / "core"), "-I", numpy.get_include()]
     objdir = tmp_path / "obj"
     objdir.mkdir()
 
     def compile_(src, extra=()):
         obj = objdir / (src.stem + ".o")
-        return subprocess.Popen([cc, "-c", "-fPIC", *base, *isa.get(src.name, []), *extra, *incs,
+        return subprocess.Popen([cc, "-c", "-fPIC", *base, *isa.get(src.relative_to(ROOT).as_posix(), []), *extra, *incs,
                                  str(src), "-o", str(obj)], stderr=subprocess.PIPE, text=True)
 
     def link_and_check(name):
@@ -217,7 +217,7 @@ def test_static_isa_check_catches_avx2_in_a_baseline_unit(tmp_path):
         return subprocess.run([sys.executable, str(ROOT / "tools" / "check_isa.py"), str(so), "--objdir",
                                str(objdir)], capture_output=True, text=True, timeout=120, check=False)
 
-    srcs = sorted((ROOT / "src").glob("*.c"))
+    srcs = sorted((ROOT / "src").rglob("*.c"))
     procs = []
     for i, s in enumerate(srcs):        # two at a time
         procs.append((s, compile_(s)))
@@ -228,7 +228,7 @@ def test_static_isa_check_catches_avx2_in_a_baseline_unit(tmp_path):
             procs = []
     clean = link_and_check("clean.so")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    p = compile_(ROOT / "src" / "lut_scalar.c", ["-mavx2"])
+    p = compile_(ROOT / "src" / "lut" / "lut_scalar.c", ["-mavx2"])
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     bad = link_and_check("scalar-avx2.so")

@@ -7,7 +7,7 @@
 #   (no args = -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py; e.g. bash tools/arm-test.sh -q -x -k neon tests/)
 #
 # Besides pytest it checks, per CPU model, that the wheel really holds the NEON units
-# (src/lut_neon.c compiled, sdot only in the dotprod functions) and that run-time dispatch
+# (src/lut/lut_neon.c compiled, sdot only in the dotprod functions) and that run-time dispatch
 # picks the ISA the model should get (cortex-a76: neon_dotprod, cortex-a72 and cortex-a53: neon).
 #
 # How it works (no ARM hardware, no docker, no binfmt_misc needed in cross mode):

@@ -4,7 +4,7 @@ kernel, pylut's int8 prefill kernel (codes unpacked to bytes once per tile, int8
 vpdpbusd; the scalar twin where the ISA has none) and the llama.cpp-style int8 baseline
 (maddubs per token, bits 2 and 4 only). Prints tokens/s, which of the first two is faster,
 and which one pylut's model picks - the measurement behind that rule
-(pylut_gemm_i8_preferred in src/dispatch.c).
+(pylut_gemm_i8_preferred in src/core/dispatch.c).
 
     python3 tools/bench_prefill.py [--threads 1,2] [--n 1,8,16,32,64] [--bits 2,3,4,6] [--json]
 """

@@ -7,11 +7,11 @@ runs. This does, from the disassembly (x86-64 only):
 
   * every function that touches a ymm/zmm/k register, or uses any VEX/EVEX instruction or an
     instruction newer than the x86-64 baseline (SSE3..4.2, BMI1/2, POPCNT, ...), must come
-    from one of the per-ISA units (src/lut_avx2.c, src/lut_avx512.c, src/lut_avx512vbmi.c,
-    src/attn_avx2.c, src/attn_avx512.c, src/prefill_avx2.c, src/prefill_vnni.c,
-    src/prefill_vnni_gfni.c);
+    from one of the per-ISA units (src/lut/lut_avx2.c, lut_avx512.c, lut_avx512vbmi.c,
+    src/attention/attn_avx2.c, attn_avx512.c, src/prefill/prefill_avx2.c, prefill_vnni.c,
+    prefill_vnni_gfni.c);
   * no function outside those units calls or jumps straight into them: they are reached only
-    through the dispatch table (src/dispatch.c takes the tables' addresses, never calls);
+    through the dispatch table (src/core/dispatch.c takes the tables' addresses, never calls);
   * each ISA unit really holds ymm/zmm code (a unit compiled to nothing would pass silently).
 
 Functions are mapped to their source unit from the extension's symbol table (local symbols
