@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core, streaming
-from .chat_template import ChatTemplate
+from .tokenizer.chat_template import ChatTemplate
 from .kernels import cpu_features, get_pool, physical_cores, ternary_layout
 from .sampling import Sampler, SamplingParams
 
@@ -56,9 +56,9 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     two int8 parts, its value and the rounding residual (~2^-15), through the int8 GEMM in
     every step (ternary weights as b2): logits then follow a float forward pass over the same
     weights and greedy text matches it, at a slower decode (SmolLM2-135M: README)."""
-    from . import packcache
-    from .hf_loader import is_hf_folder, load_hf
-    from .loader import load_gguf
+    from .formats import packcache
+    from .formats.hf_loader import is_hf_folder, load_hf
+    from .formats.gguf_model import load_gguf
     from .tokenizer import Tokenizer
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -100,7 +100,7 @@ def _may_hold_ternary(path) -> bool:
     """Whether a GGUF file can hold matrices the loader packs as ternary: TQ1_0/TQ2_0
     tensors, or a BitNet file (its converter writes ternary weights as floats). Reads the
     header only; a file it cannot read says yes and fails properly in the loader."""
-    from .gguf_reader import GGUFFile
+    from .formats.gguf_reader import GGUFFile
     try:
         with GGUFFile(path) as f:
             return f.architecture == "bitnet" or any(t.type_name in ("TQ1_0", "TQ2_0")

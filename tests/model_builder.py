@@ -85,7 +85,7 @@ def _encode(w: np.ndarray, tensor_type: str) -> tuple[np.ndarray, GGMLQuantizati
 
 def _copy_tokenizer(writer: gguf.GGUFWriter, vocab_file: Path) -> int:
     """Copy every tokenizer.* key of a vocab-only GGUF; returns its vocabulary size."""
-    from pylut.gguf_reader import GGUFFile
+    from pylut.formats.gguf_reader import GGUFFile
     with GGUFFile(vocab_file) as f:
         for key, value in f.metadata.items():
             if not key.startswith("tokenizer."):

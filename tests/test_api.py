@@ -8,7 +8,7 @@ import pytest
 
 import pylut
 from pylut import _core
-from pylut import packcache
+from pylut.formats import packcache
 
 from model_builder import VOCAB_DIR, build_gguf
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from model_builder import VOCAB_DIR, build_gguf
 
-from pylut import cli
+from pylut.app import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("chat", "run", "info", "bench", "convert", "serve", "cpu", "calibrate-heads")

@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType, GGUFWriter  # noqa: E402
 from gguf.constants import GGML_QUANT_SIZES  # noqa: E402
 
 from pylut.errors import ModelFileError  # noqa: E402
-from pylut.gguf_reader import GGML_TYPES, GGUFFile, tensor_nbytes  # noqa: E402
+from pylut.formats.gguf_reader import GGML_TYPES, GGUFFile, tensor_nbytes  # noqa: E402
 
 RAW_TYPES = ["BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
              "Q5_K", "Q6_K", "TQ1_0", "TQ2_0", "IQ4_NL"]

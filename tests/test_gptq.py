@@ -25,7 +25,8 @@ import pytest
 from test_hf_loader import build_hf
 
 import pylut
-from pylut import _core, gptq
+from pylut import _core
+from pylut.formats import gptq
 from pylut.errors import ModelFileError
 
 from ref_forward import forward
@@ -276,7 +277,7 @@ def test_second_load_maps_the_packed_cache(tmp_path, cache, monkeypatch):
 
     def no_repack(*args, **kwargs):
         raise AssertionError("the second load repacked the checkpoint instead of mapping the cache")
-    monkeypatch.setattr("pylut.hf_loader.load_hf", no_repack)
+    monkeypatch.setattr("pylut.formats.hf_loader.load_hf", no_repack)
     second = pylut.load(tmp_path / "m", n_ctx=64)
     a, b = first.loaded, second.loaded
     assert (a.lossy, a.tensor_types, a.config) == (b.lossy, b.tensor_types, b.config)

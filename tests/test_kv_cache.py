@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pylut
-from pylut.cli import default_model_path
+from pylut.app.cli import default_model_path
 
 from model_builder import build_gguf
 

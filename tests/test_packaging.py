@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 import pylut
-from pylut import cli, packcache
+from pylut.app import cli
+from pylut.formats import packcache
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_X86_64_LINUX = sys.platform.startswith("linux") and sysconfig.get_platform().endswith("x86_64")
@@ -154,7 +155,9 @@ def test_wheel_holds_no_sources(built_wheel):
     assert any(re.match(r"pylut/_core\..*(so|pyd)$", n) for n in names), names
     sources = [n for n in names if n.endswith((".c", ".h", ".pyx", ".pxd", ".pxi", ".cpp"))]
     assert not sources, f"sources shipped in the wheel: {sources}"
-    assert "pylut/cli.py" in names and any(n.endswith("entry_points.txt") for n in names)
+    assert "pylut/app/cli.py" in names and any(n.endswith("entry_points.txt") for n in names)
+    for sub in ("formats", "tokenizer", "app"):  # the subpackages ship, each with its __init__
+        assert f"pylut/{sub}/__init__.py" in names, names
 
 
 def _tool_or_skip(*names):

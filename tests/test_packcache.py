@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 import pylut
-from pylut import _core, cli, packcache
-from pylut import loader as loader_mod
-from pylut.hf_loader import load_hf
-from pylut.loader import load_gguf
+from pylut import _core
+from pylut.app import cli
+from pylut.formats import packcache
+from pylut.formats import gguf_model as loader_mod
+from pylut.formats.hf_loader import load_hf
+from pylut.formats.gguf_model import load_gguf
 
 from model_builder import build_gguf
 from test_hf_loader import build_hf
@@ -277,7 +279,7 @@ def test_an_interrupted_build_leaves_nothing_behind(tmp_path, cache):
 def test_a_killed_writer_leaves_a_temp_file_that_is_never_read(tmp_path, cache):
     src = _model(tmp_path)
     target = packcache.cache_path(str(src), bits=4, requant=None)
-    code = ("import os, sys; from pylut import packcache; from pylut.loader import load_gguf\n"
+    code = ("import os, sys; from pylut.formats import packcache; from pylut.formats.gguf_model import load_gguf\n"
             "w = packcache.PackWriter(sys.argv[2])\n"
             "load_gguf(sys.argv[1], sink=w)\n"
             "os._exit(9)  # killed before finish()\n")

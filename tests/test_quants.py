@@ -2,7 +2,7 @@
 
 Comparison is bit-exact (``np.array_equal``; 0.0 and -0.0 compare equal): the affine
 form scale*code+bias evaluated in float32 rounds at most once, exactly where the
-reference dequantizer rounds (see pylut/quants.py docstring).
+reference dequantizer rounds (see pylut/formats/quants.py docstring).
 """
 import zlib
 
@@ -14,7 +14,7 @@ import gguf.quants as reference  # noqa: E402
 from gguf import GGMLQuantizationType  # noqa: E402
 from gguf.constants import GGML_QUANT_SIZES  # noqa: E402
 
-from pylut import quants  # noqa: E402
+from pylut.formats import quants  # noqa: E402
 
 # byte offsets of the fp16 super-scale fields (d, and dmin/m where present) per block
 FP16_FIELDS = {
@@ -160,7 +160,7 @@ def test_float_types(type_name):
 
 
 def test_decoding_a_gguf_tensor(tmp_path):
-    from pylut.gguf_reader import GGUFFile
+    from pylut.formats.gguf_reader import GGUFFile
     rng = np.random.default_rng(8)
     raw = random_blocks(rng, "Q6_K", 4, 512)
     writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")

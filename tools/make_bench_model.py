@@ -25,7 +25,7 @@ DEFAULT_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "
 
 def copy_tokenizer(writer, vocab_file):
     import gguf
-    from pylut.gguf_reader import GGUFFile
+    from pylut.formats.gguf_reader import GGUFFile
     with GGUFFile(vocab_file) as f:
         meta = dict(f.metadata)
     toks = meta["tokenizer.ggml.tokens"]

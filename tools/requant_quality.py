@@ -35,7 +35,7 @@ TEXT = (
 
 
 def default_model():
-    from pylut.cli import default_model_path
+    from pylut.app.cli import default_model_path
     return default_model_path()
 
 

@@ -226,8 +226,8 @@ class Tokenizer:
     def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> "Tokenizer":
         """Load from a GGUF file (model or vocab-only) or a Hugging Face ``tokenizer.json``
         (the file, or a folder holding it and optionally ``tokenizer_config.json``)."""
-        from . import tokenizer_loaders  # local import keeps the two modules' roles apart
-        return tokenizer_loaders.load(cls, Path(path))
+        from . import loaders  # local import keeps the two modules' roles apart
+        return loaders.load(cls, Path(path))
 
     def _find_byte_tokens(self) -> List[Optional[int]]:
         """Id for each byte value: ``<0xNN>`` tokens (SPM) or GPT-2 byte characters (BPE)."""

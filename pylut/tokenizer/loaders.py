@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._pretokenize import GPT2, PreTokenizer
-from .gguf_meta import GGUF_MAGIC, read_gguf_metadata
+from ..formats.gguf_meta import GGUF_MAGIC, read_gguf_metadata
 
 logger = logging.getLogger("pylut")
 

@@ -1,4 +1,4 @@
-"""pylut.hf_loader - a Hugging Face model folder (config.json + *.safetensors) -> the same
+"""pylut.formats.hf_loader - a Hugging Face model folder (config.json + *.safetensors) -> the same
 LoadedModel the GGUF loader makes, float weights quantized on load.
 
 Hugging Face llama/mistral/qwen2 checkpoints keep q/k rows in the half-split ("NEOX") RoPE
@@ -6,7 +6,7 @@ order (llama.cpp's converter permutes them to adjacent pairs when writing GGUF),
 architecture here rotates (i, i + head_dim/2) pairs. Norm weights and biases stay float32.
 
 GPTQ checkpoints (quantization_config.quant_method "gptq") keep their codes and scales
-(pylut.gptq); their embedding, norms and usually lm_head are float and take the float path.
+(pylut.formats.gptq); their embedding, norms and usually lm_head are float and take the float path.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import time
 import numpy as np
 
 from . import gptq
-from .errors import ModelFileError
-from .kernels import quantize
-from .loader import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows
+from ..errors import ModelFileError
+from ..kernels import quantize
+from .gguf_model import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
@@ -101,8 +101,8 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             sink=None) -> LoadedModel:
     """Read a Hugging Face llama / mistral / qwen2 folder. Float matrices are quantized to
     `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group; GPTQ
-    matrices keep the checkpoint's codes and scales (see pylut.gptq) unless `requant` is given.
-    sink: where each converted tensor goes, as for ``loader.load_gguf``."""
+    matrices keep the checkpoint's codes and scales (see pylut.formats.gptq) unless `requant` is given.
+    sink: where each converted tensor goes, as for ``gguf_model.load_gguf``."""
     path = os.fspath(path)
     start = time.perf_counter()
     cfg, tied, quant = _config(path)

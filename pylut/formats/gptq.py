@@ -1,4 +1,4 @@
-"""pylut.gptq - GPTQ linear layers of a Hugging Face checkpoint (AutoGPTQ / GPTQModel /
+"""pylut.formats.gptq - GPTQ linear layers of a Hugging Face checkpoint (AutoGPTQ / GPTQModel /
 optimum layout) -> pylut's bit-plane ``QMatrix``, losslessly where the grid allows it.
 
 One linear layer W[N, K] (N outputs, K inputs) is stored as
@@ -40,9 +40,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _core
-from .errors import ModelFileError
-from .kernels import quantize
+from .. import _core
+from ..errors import ModelFileError
+from ..kernels import quantize
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 FORMATS = {"gptq": True, "gptq_v2": False}  # checkpoint_format -> zeros stored minus one

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .sampling import SamplingParams
+from ..sampling import SamplingParams
 
 HELP = """Commands:
   /help                  this help
@@ -127,7 +127,7 @@ class Repl:
         except ImportError:  # Windows without pyreadline: plain input() still works
             return
         self._readline = readline
-        from .packcache import cache_dir
+        from ..formats.packcache import cache_dir
         self._history = os.path.join(cache_dir(), "chat_history")
         try:
             readline.read_history_file(self._history)

@@ -28,8 +28,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import _core
-from ._version import __version__
+from .. import _core
+from .._version import __version__
 
 log = logging.getLogger("pylut")
 
@@ -329,7 +329,7 @@ def _map(pack_path: str) -> np.ndarray:
 
 def load(pack_path: str):
     """Map a packed-model file; returns a LoadedModel (zero-copy views of the mapping)."""
-    from .loader import LoadedModel
+    from .gguf_model import LoadedModel
     size = os.path.getsize(pack_path)
     h, data_end = _read_header(pack_path, size)
     mm = _map(pack_path)

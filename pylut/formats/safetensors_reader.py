@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .gguf_reader import drop_mapped_pages
 
 logger = logging.getLogger("pylut")

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 logger = logging.getLogger("pylut")
 

@@ -1,4 +1,4 @@
-"""pylut.loader - a GGUF model file -> weights wired for the C forward pass (`_core.Model`).
+"""pylut.formats.gguf_model - a GGUF model file -> weights wired for the C forward pass (`_core.Model`).
 
     lm = load_gguf("model.gguf")
     model = lm.build()                       # _core.Model(lm.config, lm.tensors)
@@ -33,10 +33,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _core, quants
-from .errors import ModelFileError
+from .. import _core
+from . import quants
+from ..errors import ModelFileError
 from .gguf_reader import GGUFFile, TensorInfo
-from .kernels import quantize
+from ..kernels import quantize
 
 log = logging.getLogger("pylut")
 
