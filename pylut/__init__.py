@@ -13,5 +13,5 @@ from .sampling import SamplingParams  # noqa: E402
 from .streaming import HeadPlan, calibrate_heads  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
-__all__ = ["__version__", "load", "Model", "Tokenizer", "SamplingParams", "cpu_features", "set_isa", "quantize", "gemm", "gemm_multi",
-           "QMatrix", "Tables", "ThreadPool", "I8Matrix", "get_pool", "HeadPlan", "calibrate_heads"]
+__all__ = ["__version__", "load", "Model", "Tokenizer", "SamplingParams", "cpu_features", "set_isa", "quantize", "gemm",
+           "gemm_multi", "QMatrix", "Tables", "ThreadPool", "I8Matrix", "get_pool", "HeadPlan", "calibrate_heads"]

@@ -12,7 +12,7 @@ import os
 import struct
 import time
 import uuid
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -160,7 +160,9 @@ class Model:
         self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_s": 0.0, "gen_tokens": 0, "gen_s": 0.0,
                       "forward_s": 0.0}
         tok = tokenizer
-        piece = lambda i: tok.token_to_piece(i, special=True).decode("utf-8", "replace") if i is not None else ""
+
+        def piece(i):
+            return tok.token_to_piece(i, special=True).decode("utf-8", "replace") if i is not None else ""
         self.chat_template = ChatTemplate(tok.chat_template, bos=piece(tok.bos_id), eos=piece(tok.eos_id),
                                           arch=loaded.arch, override=chat_template)
 
@@ -464,8 +466,8 @@ class Model:
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         params = SamplingParams.from_kwargs(**sampling)
         prompt = self.chat_template.render(messages, add_generation_prompt=True)
-        ptoks = self.tokenize(prompt, add_bos=self.tokenizer.add_bos and not prompt.startswith(self.chat_template.bos or "\0"),
-                              special=True)
+        add_bos = self.tokenizer.add_bos and not prompt.startswith(self.chat_template.bos or "\0")
+        ptoks = self.tokenize(prompt, add_bos=add_bos, special=True)
         if max_tokens is None:
             max_tokens = max(1, self.n_ctx - len(ptoks))
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

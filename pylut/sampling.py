@@ -26,7 +26,8 @@ class SamplingParams:
             (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (isinstance(self.repeat_penalty, (int, float)) and self.repeat_penalty > 0, "repeat_penalty must be > 0"),
-            (isinstance(self.repeat_last_n, (int, np.integer)) and self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+            (isinstance(self.repeat_last_n, (int, np.integer)) and self.repeat_last_n >= 0,
+             "repeat_last_n must be >= 0"),
             (self.seed is None or isinstance(self.seed, (int, np.integer)), "seed must be an integer or None"),
         ]
         for ok, msg in checks:

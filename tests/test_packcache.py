@@ -118,7 +118,8 @@ def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, ca
     pylut.load(plain, n_ctx=64)
     assert scans == []
     again = pylut.load(src, n_ctx=64, ternary=other)
-    assert scans == [os.fspath(src)] and again.loaded.tensors["blk.0.attn_q"].type == forced.loaded.tensors["blk.0.attn_q"].type
+    assert scans == [os.fspath(src)]
+    assert again.loaded.tensors["blk.0.attn_q"].type == forced.loaded.tensors["blk.0.attn_q"].type
     assert len(list(cache.iterdir())) == 3
     with pytest.raises(ValueError, match="ternary must be"):
         pylut.load(src, n_ctx=64, ternary="planes")

@@ -228,8 +228,8 @@ def test_version_2_session_files_still_load(tiny, tmp_path):
     prompt = [5, 6, 7, 8, 9]
     m.eval(prompt)
     kv = m.session.kv_array()[:, :, :, :5, :]
-    header = json.dumps({"fingerprint": m._fingerprint(shapes_only=True), "n_tokens": 5, "tokens": prompt, "kv_type": "f16",
-                         "kv_shape": list(kv.shape), "model": m.name}).encode()
+    header = json.dumps({"fingerprint": m._fingerprint(shapes_only=True), "n_tokens": 5, "tokens": prompt,
+                         "kv_type": "f16", "kv_shape": list(kv.shape), "model": m.name}).encode()
     body = struct.pack("<8sIQ", b"PYLUTST\0", 2, len(header)) + header + np.ascontiguousarray(kv).tobytes()
     (tmp_path / "v2.bin").write_bytes(body + hashlib.sha256(body).digest())
     again = pylut.load(tiny, n_ctx=64)

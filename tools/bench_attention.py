@@ -172,10 +172,12 @@ def bench_shape(name, shape, lengths, threads_list, repeats, rng):
                         naive = lambda q, k, v: naive_fn(q, k, v, shape, ex, threads)()  # noqa: E731
                         t_naive = best_time(layers_fn(naive, layers), max(2, repeats // 3)) / n_layers
                     gbs = nbytes * n_layers / times / 1e9  # each token's rate
-                    rows.append(dict(shape=name, length=length, threads=threads, kv_type=kv_type, bytes=nbytes, layers=n_layers,
-                                     tiled_us=t_tiled * 1e6, naive_us=t_naive * 1e6 if t_naive else None,
-                                     gbs=nbytes / t_tiled / 1e9, read_gbs=meter_max, read_gbs_median=float(np.median(meter)),
-                                     roofline=float(np.median(gbs / meter)), roofline_peak=nbytes / t_tiled / 1e9 / meter_max,
+                    rows.append(dict(shape=name, length=length, threads=threads, kv_type=kv_type, bytes=nbytes,
+                                     layers=n_layers, tiled_us=t_tiled * 1e6,
+                                     naive_us=t_naive * 1e6 if t_naive else None,
+                                     gbs=nbytes / t_tiled / 1e9, read_gbs=meter_max,
+                                     read_gbs_median=float(np.median(meter)), roofline=float(np.median(gbs / meter)),
+                                     roofline_peak=nbytes / t_tiled / 1e9 / meter_max,
                                      incache_gbs=float(np.median(res)) if len(res) else None,
                                      vs_incache=float(np.median(gbs / res)) if len(res) else None))
                     r = rows[-1]
@@ -230,7 +232,8 @@ def main(argv=None):
         if s not in SHAPES:
             ap.error(f"unknown shape {s!r}; choose from {sorted(SHAPES)}")
     print(f"isa {_core.isa_active()}, {cores} cores; per layer, one decoded token")
-    print(f"{'shape':7s} {'len':>6s} {'thr':>3s}  {'kv':4s} {'cache':>11s} {'tiled':>12s} {'naive':>10s} {'speedup':>7s}")
+    print(f"{'shape':7s} {'len':>6s} {'thr':>3s}  {'kv':4s} {'cache':>11s} {'tiled':>12s} {'naive':>10s} "
+          f"{'speedup':>7s}")
     rng = np.random.default_rng(0)
     rows = []
     for s in args.shapes.split(","):
@@ -240,7 +243,8 @@ def main(argv=None):
     for s in args.shapes.split(","):
         n_heads, n_kv, hd = SHAPES[s]
         per_tok = {t: 2 * n_kv * _core.kv_row_bytes(t, hd) for t in KV_TYPES}
-        print(f"{s}: KV bytes per token per layer: " + ", ".join(f"{t} {b} ({b / per_tok['f16']:.3f}x)" for t, b in per_tok.items()))
+        print(f"{s}: KV bytes per token per layer: "
+              + ", ".join(f"{t} {b} ({b / per_tok['f16']:.3f}x)" for t, b in per_tok.items()))
         summary[f"kv_bytes_per_token_by_shape_{s}"] = per_tok
     first = args.shapes.split(",")[0]
     n_heads, n_kv, hd = SHAPES[first]

@@ -98,7 +98,7 @@ def worker_llama(path, threads, n_prompt, n_gen, reps):
                     n_batch=n_prompt, n_ubatch=n_prompt, verbose=False)
         ids = prompt_ids(llm.n_vocab(), n_prompt)
         llm.eval(ids[:8])
-        out[f"prefill_tps_t{t}"] = n_prompt / best_time(reps, llm.reset, lambda: llm.eval(ids))
+        out[f"prefill_tps_t{t}"] = n_prompt / best_time(reps, llm.reset, lambda m=llm: m.eval(ids))
         dec = float("inf")
         for _ in range(reps):
             llm.reset()
@@ -198,9 +198,11 @@ def main(argv=None):
             if p is not None:
                 peer = p if peer is None else best_of(peer, p)
         if a.rounds > 1:
-            print(f"round {r + 1}: pylut " + ", ".join(f"{k} {o[k]:.1f}" for k in sorted(o) if k.endswith("tps_t1") or k.endswith("tps_t2"))
+            print(f"round {r + 1}: pylut "
+                  + ", ".join(f"{k} {o[k]:.1f}" for k in sorted(o) if k.endswith("tps_t1") or k.endswith("tps_t2"))
                   + ("" if not use_peer or p is None else "; llama.cpp " + ", ".join(
-                      f"{k} {p[k]:.1f}" for k in sorted(p) if k.endswith("tps_t1") or k.endswith("tps_t2"))), flush=True)
+                      f"{k} {p[k]:.1f}" for k in sorted(p) if k.endswith("tps_t1") or k.endswith("tps_t2"))),
+                  flush=True)
     print(f"{a.model}: prompt {a.prompt} tok, decode {a.gen} tok, isa {ours.get('isa')}"
           + (f" (llama.cpp: {peer.get('isa')})" if peer else "")
           + f", load {ours['load_s']:.2f} s, load avg {res['load_avg']:.2f}")
@@ -223,7 +225,8 @@ def main(argv=None):
     if peer:
         res["peer_rss_mb"] = peer["rss_mb"]
         res["rss_ratio"] = ours["rss_mb"] / peer["rss_mb"]
-        print("ratios (pylut / llama.cpp): " + ", ".join(f"{k[6:]} {v:.2f}x" for k, v in res.items() if k.startswith("ratio_")))
+        print("ratios (pylut / llama.cpp): "
+              + ", ".join(f"{k[6:]} {v:.2f}x" for k, v in res.items() if k.startswith("ratio_")))
     if a.json:
         print(json.dumps(res))
     return 0

@@ -12,7 +12,8 @@ Method (what every number means):
   a pass streams from DRAM, not from the 32 MB L3. The clones live back to back (64-byte
   aligned) in one large numpy allocation, like a packed model loaded into memory, and so
   are paged the same way as the bandwidth probe's buffer (numpy asks for transparent huge
-  pages on large arrays; separate small arrays would get 4 KiB pages and more TLB misses). A pass = one GEMV per matrix of the set.
+  pages on large arrays; separate small arrays would get 4 KiB pages and more TLB misses). A pass = one GEMV per
+  matrix of the set.
 - Decode builds one lookup table per activation vector and shares it among the matrices that
   read that vector, so the table is built ONCE per pass, outside the timed loop (its build
   time is shown separately, column 'tbl us'). The int8 baseline likewise quantizes its

@@ -174,7 +174,8 @@ def main():
     ap.add_argument("--window", type=int, default=128, help="window on SmolLM2 (default 128)")
     ap.add_argument("--fraction", type=float, default=0.25)
     ap.add_argument("--ctx", type=int, default=1024, help="SmolLM2 n_ctx and perplexity tokens (default 1024)")
-    ap.add_argument("--calib-tokens", type=int, default=None, help="SmolLM2 calibration prompt (default sink + 3 window)")
+    ap.add_argument("--calib-tokens", type=int, default=None,
+                    help="SmolLM2 calibration prompt (default sink + 3 window)")
     ap.add_argument("--needle-tokens", type=int, default=768)
     ap.add_argument("--needle-trials", type=int, default=5)
     ap.add_argument("--no-smollm", action="store_true")
@@ -201,12 +202,14 @@ def main():
                   f"lowest-scoring {r['retrieval_heads']}")
             print(f"   perplexity ({r['ppl_tokens']} tokens of {r['ppl_text']}): full {r['ppl_full']}, plan "
                   f"{r['ppl_plan']}, inverted plan {r['ppl_inverted_plan']}")
-            print(f"   pass-key needle ({r['needle_tokens']} tokens): full {r['needle_full']}, plan {r['needle_plan']}, "
+            print(f"   pass-key needle ({r['needle_tokens']} tokens): full {r['needle_full']}, "
+                  f"plan {r['needle_plan']}, "
                   f"inverted plan {r['needle_inverted_plan']}")
             if "ppl_text_plan" in r:
                 print(f"   plan calibrated on text (scored on 64 positions): perplexity {r['ppl_text_plan']}, "
                       f"pass-key needle {r['needle_text_plan']}")
-            print(f"   decode at positions {r['ppl_tokens'] - 80}..{r['ppl_tokens']}: full {r['decode_tps_full']} tok/s, "
+            print(f"   decode at positions {r['ppl_tokens'] - 80}..{r['ppl_tokens']}: "
+                  f"full {r['decode_tps_full']} tok/s, "
                   f"plan {r['decode_tps_plan']}, inverted plan {r['decode_tps_inverted_plan']} ({args.threads} "
                   "threads, median of 5 interleaved rounds)")
     if args.json:

@@ -346,7 +346,8 @@ def main(argv=None):
 # ---------------------------------------------------------------- commands
 
 def _load_from_args(args, model_path=None):
-    return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None), bits=args.bits,
+    return load_model(model_path or args.model, n_ctx=args.ctx, n_threads=getattr(args, "threads", None),
+                      bits=args.bits,
                       chat_template=args.chat_template, cache=not args.no_cache, requant=args.requant,
                       kv_type=args.kv_type, head_plan=getattr(args, "head_plan", None),
                       batch_invariant=getattr(args, "batch_invariant", False),
