@@ -29,33 +29,79 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
          context_shift: bool = True, requant: Optional[str] = None, kv_type: str = "f16",
          head_plan=None, batch_invariant: bool = False, ternary: str = "auto",
          precision: str = "fast") -> "Model":
-    """Load a GGUF model file or a Hugging Face folder (config.json + safetensors, float
-    weights quantized on load). n_ctx defaults to min(4096, the model's context);
-    n_threads to the physical cores; bits is the width F16/F32 weights are quantized to.
-    cache: keep the packed model in pylut's cache dir ($PYLUT_CACHE_DIR) so the next load
-    maps it instead of repacking. context_shift: when generation fills n_ctx, drop the oldest
-    half (keeping the first tokens, the attention sinks) instead of stopping. requant: 'q4',
-        'q3', 'q2' or 'ternary' requantizes every matrix (fewer bytes per token, lossy). kv_type:
-    the KV cache's storage, 'f16' (default), 'q8' (int8, 0.53x the bytes) or 'q4' (4-bit, 0.28x),
-    each quantized one fp16 scale per 32 elements; attention reads it as stored. head_plan: a
-    HeadPlan or the path of one (pylut.calibrate_heads): its streaming kv heads keep only the
-    attention sinks and a recent window, in a smaller cache (opt-in; None: every head full).
-    batch_invariant: keep prompts on the table-lookup kernels. By default, on a CPU with
-    AVX-512 VNNI or AVX2, prompt chunks of 2- to 8-bit weights (from 4 to 32 tokens on, by ISA
-    and bit width: kernels.h PYLUT_I8_FROM_*; never ternary or 1-bit) multiply them with int8
-    activations instead (1.1-2.3x faster GEMMs), so logits move at the activation-rounding
-    level with how a prompt is chunked; True makes
-    every token's results independent of its chunk, bit for bit (prefix reuse then equals a
-    fresh run exactly). ternary: how a GGUF file's ternary weights (TQ1_0, TQ2_0, BitNet's
-    ternary floats) are packed, 't3' (1.67 bits/weight) or 'b2' (2 bit planes, 2.06); both are
-    exact. 'auto' (default) takes the faster one on this CPU: b2 where the kernels are AVX2,
-    t3 elsewhere (pylut.kernels.ternary_layout()). precision: 'fast' (default) or 'high'.
-    'fast' multiplies weights with int8 activations (the tables' int8 entries, or int8 per
-    scale group on the prompt path), about 2^-8 of a group's largest value: a near-tie between
-    two tokens can go either way, as it does in llama.cpp. 'high' reads every activation as
-    two int8 parts, its value and the rounding residual (~2^-15), through the int8 GEMM in
-    every step (ternary weights as b2): logits then follow a float forward pass over the same
-    weights and greedy text matches it, at a slower decode (SmolLM2-135M: README)."""
+    """Load a model and return a :class:`Model` ready to generate.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A GGUF file (v2/v3; llama, qwen2 or bitnet architecture) or a Hugging Face folder
+        (``config.json`` + ``*.safetensors`` + ``tokenizer.json``; float weights are
+        quantized on load, GPTQ checkpoints keep their codes).
+    n_ctx : int or None, default None
+        Context length in tokens, 1 to the model's own; None takes min(4096, the model's).
+    n_threads : int or None, default None
+        Threads of the kernel pool; None takes the number of physical cores.
+    bits : {1, 2, 3, 4, 5, 6, 8}, default 4
+        Width that F16/BF16/F32 matrices are quantized to. Integer-grid blocks (Q4_0, Q2_K,
+        TQ1_0, ...) keep their own codes and ignore it.
+    max_batch : int, default 64
+        Most tokens one forward step takes; longer prompts run in chunks of this size.
+    chat_template : {None, 'chatml', 'llama-2', 'llama-3', 'zephyr', 'phi-3'}, default None
+        A built-in chat template to use instead of the model's. None uses the file's
+        (rendered by Jinja2 when installed, else by the closest built-in).
+    cache : bool, default True
+        Keep the packed model in pylut's cache directory (``$PYLUT_CACHE_DIR``, default
+        ``~/.cache/pylut``) so the next load maps it instead of repacking.
+    context_shift : bool, default True
+        When generation fills ``n_ctx``, drop the older half of the context (keeping the
+        first tokens, the attention sinks) and go on; False stops with
+        ``finish_reason="length"``.
+    requant : {None, 'q4', 'q3', 'q2', 'ternary'}, default None
+        Requantize every matrix to that width: fewer bytes per token, lossy (round to
+        nearest; small models do not survive 3 bits or less).
+    kv_type : {'f16', 'q8', 'q4'}, default 'f16'
+        Storage of the KV cache: fp16; int8 with an fp16 scale per 32 elements (0.53x the
+        bytes); or 4-bit with an fp16 scale per 32 (0.28x, Walsh-Hadamard rotated).
+        Attention reads it as stored.
+    head_plan : HeadPlan, str, os.PathLike or None, default None
+        A plan from :func:`pylut.calibrate_heads`, or the path of a saved one: its
+        streaming kv heads keep only the attention sinks and a recent window, in a smaller
+        cache. None keeps every head's whole cache.
+    batch_invariant : bool, default False
+        Keep prompts on the table-lookup kernels. By default, on a CPU with AVX-512 VNNI,
+        AVX2 or ARM dotprod, prompt chunks of 2- to 8-bit matrices from a few tokens on (by
+        ISA and bit width: ``PYLUT_I8_FROM_*`` in the kernel table; never ternary or 1-bit)
+        multiply int8 activations instead, which is faster but makes logits move at the
+        activation-rounding level with how a prompt is chunked. True makes every token's
+        results independent of its chunk, bit for bit (prefix reuse then equals a fresh
+        run exactly).
+    ternary : {'auto', 't3', 'b2'}, default 'auto'
+        How a GGUF file's ternary weights (TQ1_0, TQ2_0, BitNet's ternary floats) are
+        packed: 't3' densely (1.67 bits/weight) or 'b2' as two bit planes (2.06); both are
+        exact. 'auto' takes the faster one on this CPU: b2 where the kernels are AVX2, t3
+        elsewhere (:func:`pylut.kernels.ternary_layout`).
+    precision : {'fast', 'high'}, default 'fast'
+        'fast' multiplies weights with int8 activations (the tables' int8 entries, or int8
+        per scale group on the prompt path), about 2^-8 of a group's largest value: a
+        near-tie between two tokens can go either way, as in llama.cpp. 'high' reads every
+        activation as two int8 parts, its value and the rounding residual (~2^-15), through
+        the int8 GEMM in every step (ternary weights as b2, so 't3' is refused): logits
+        then follow a float forward pass over the same weights and greedy text matches it,
+        at about half the decode speed.
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        An option outside the values above, or ``n_ctx`` over the model's context.
+    pylut.errors.ModelFileError
+        The file is not a model pylut can read (the message says why).
+    """
     from .formats import packcache
     from .formats.hf_loader import is_hf_folder, load_hf
     from .formats.gguf_model import load_gguf

@@ -43,9 +43,9 @@ _PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header 
 DATA_START = ALIGN
 _WRITE_CHUNK = 1 << 26                  # a write() moves at most ~2 GiB on Linux
 # Writes reach the file in whole 2 MiB-aligned pieces: Linux page caches (ext4, xfs) then hold
-# the file in 2 MiB folios, which the mapping gets as huge pages. One core streaming decode
-# weights through 4 KiB pages ran slower (TLB walks, and the hardware prefetchers stop at
-# every 4 KiB page): 4-bit matrices ~10 %, ternary ~30 % (Zen 4).
+# the file in 2 MiB folios, which the mapping gets as huge pages. Decode weights streamed
+# through 4 KiB pages run slower (TLB walks, and the hardware prefetchers stop at every
+# 4 KiB page); the figures are in docs/benchmarks.md.
 _HUGE = 2 << 20
 
 

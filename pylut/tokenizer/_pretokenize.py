@@ -35,8 +35,8 @@ def _category_class_body(spec: str) -> str:
     general category starts with one of the comma-separated prefixes in ``spec``.
 
     Astral characters are left out on purpose: ``re`` keeps code points above U+FFFF as a
-    list of ranges that it scans linearly on every failed test, which made matching ten
-    times slower. :meth:`PreTokenizer.split` maps astral characters onto BMP stand-ins of
+    list of ranges that it scans linearly on every failed test, which made matching several
+    times slower (docs/benchmarks.md). :meth:`PreTokenizer.split` maps astral characters onto BMP stand-ins of
     the same category instead (see ``_astral_stand_ins``)."""
     prefixes = tuple(spec.split(","))
     category = unicodedata.category
