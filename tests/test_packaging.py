@@ -210,8 +210,9 @@ def test_static_isa_check_catches_avx2_in_a_baseline_unit(tmp_path):
 
     def compile_(src, extra=()):
         obj = objdir / (src.stem + ".o")
-        return subprocess.Popen([cc, "-c", "-fPIC", *base, *isa.get(src.relative_to(ROOT).as_posix(), []), *extra, *incs,
-                                 str(src), "-o", str(obj)], stderr=subprocess.PIPE, text=True)
+        flags = isa.get(src.relative_to(ROOT).as_posix(), [])
+        return subprocess.Popen([cc, "-c", "-fPIC", *base, *flags, *extra, *incs, str(src), "-o", str(obj)],
+                                stderr=subprocess.PIPE, text=True)
 
     def link_and_check(name):
         so = tmp_path / name
