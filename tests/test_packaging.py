@@ -109,6 +109,27 @@ def test_packed_format_version_is_checked_on_load(tmp_path, monkeypatch, capsys,
     assert struct.unpack_from("<I", cached.read_bytes(), 8)[0] == packcache.FORMAT_VERSION
 
 
+# ---------------------------------------------------------------- tools/arm-test.sh's Python choice
+
+@pytest.mark.parametrize("args, env, rc, says", [
+    # no Debian suite has an arm64 python3.12: it must say so and how to get one, with the
+    # status tools/build-wheels.sh reads as "not built here"
+    (["--python", "3.12"], {}, 4, "no Debian suite carries an arm64 python3.12"),
+    (["--python=3.12"], {}, 4, "ARM_CPYTHON_SRC=Python-3.12.N.tar.xz"),
+    ([], {"ARM_PY": "3.10"}, 4, "no Debian suite carries an arm64 python3.10"),
+    (["--python", "three"], {}, 2, "wants a version like 3.12"),
+    (["--python", "3.12"], {"ARM_CPYTHON_SRC": "/nonexistent/Python-3.12.8.tar.xz"}, 2, "no such file"),
+    ([], {"ARM_CPYTHON_SRC": "/nonexistent/Python-3.12.8.tar.xz"}, 2, "needs the version too"),
+])
+def test_arm_test_refuses_a_python_it_cannot_get(tmp_path, args, env, rc, says):
+    """These are decided before anything is installed or built (no root, apt or network)."""
+    r = subprocess.run(["bash", str(ROOT / "tools" / "arm-test.sh"), *args], capture_output=True,
+                       text=True, timeout=60, check=False, cwd=ROOT,
+                       env=dict(os.environ, ARM_CACHE=str(tmp_path / "cache"), **env))
+    assert r.returncode == rc and says in r.stderr, (r.returncode, r.stderr)
+    assert not (tmp_path / "cache").exists()
+
+
 # ---------------------------------------------------------------- a wheel built here
 
 def _which(*names):

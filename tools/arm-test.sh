@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# tools/arm-test.sh - build pylut's aarch64 (NEON) wheel and run its pytest suite under
-# qemu-user emulation, on an x86-64 Debian host, as root. Self-contained: installs what it
-# needs (apt: gcc-aarch64-linux-gnu, qemu-user-static, mmdebstrap; pip: crossenv, auditwheel).
+# tools/arm-test.sh - build pylut's aarch64 (NEON) wheel for one CPython and run its pytest
+# suite under qemu-user emulation, on an x86-64 Debian host, as root. Self-contained: installs
+# what it needs (apt: gcc-aarch64-linux-gnu, qemu-user-static, mmdebstrap; pip: crossenv, auditwheel).
 #
-#   bash tools/arm-test.sh [pytest args...]   from the project root
-#   (no args = -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py; e.g. bash tools/arm-test.sh -q -x -k neon tests/)
+#   bash tools/arm-test.sh [--python 3.X] [pytest args...]   from the project root
+#   (no args = CPython 3.11 and -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py,
+#    what CI runs; e.g. bash tools/arm-test.sh --python 3.13 -q -x -k neon tests/)
+#
+# One run tests one Python (each has a root, a crossenv and a wheel of its own; all three
+# would triple CI's run, so CI runs only 3.11). Per Python:
+#   bash tools/arm-test.sh                       3.11  Debian bookworm = Raspberry Pi OS bookworm
+#   bash tools/arm-test.sh --python 3.13         3.13  Debian trixie   = Raspberry Pi OS trixie
+#   ARM_CPYTHON_SRC=Python-3.12.N.tar.xz bash tools/arm-test.sh --python 3.12
+#                                                3.12  Ubuntu 24.04's Python: no Debian suite
+#        carries an arm64 python3.12 (bookworm has 3.11, trixie 3.13, forky and sid 3.13 and up),
+#        so it is cross-compiled from a CPython source tarball into /opt/cpython3.12 of a
+#        bookworm root (any minor works this way: --python + ARM_CPYTHON_SRC)
+# Each also needs an x86-64 CPython of the same minor on the host (crossenv, pip --target,
+# host-side compileall: .pyc magic is per minor): /usr/bin/python3.X, python3.X on PATH, or
+# ~/.pyenv/versions/3.X.*; the first of those that has venv is used.
 #
 # Besides pytest it checks, per CPU model, that the wheel really holds the NEON units
 # (src/lut/lut_neon.c compiled, sdot only in the dotprod functions) and that run-time dispatch
@@ -28,7 +42,11 @@
 # Environment knobs:
 #   ARM_MODE=cross|native      (default cross)
 #   ARM_CACHE=DIR              state kept between runs (default /var/cache/arm-test)
-#   ARM_SUITE=bookworm         Debian suite of the arm64 root (decides Python version)
+#   ARM_PY=3.11                the CPython minor version (same as --python)
+#   ARM_SUITE=bookworm         Debian suite of the arm64 root (default: the one that carries
+#                              python$ARM_PY; given alone, its python3 decides the version)
+#   ARM_CPYTHON_SRC=FILE       CPython source tarball (or unpacked folder) of version ARM_PY,
+#                              cross-compiled into the root instead of using Debian's python
 #   ARM_MIRROR=URL             (default: the first Debian archive URI in this host's apt sources)
 #   ARM_REPO=DIR               the project to build (default: the git top level of the cwd)
 #   ARM_QEMU_CPUS="cortex-a76 cortex-a72 cortex-a53"
@@ -39,13 +57,48 @@
 #   ARM_OUT=DIR                where the repaired wheel is copied (default ARM_CACHE/wheelhouse)
 #   ARM_BUILD_ONLY=1           stop after building + checking the wheel (no pytest under qemu);
 #                              tools/build-wheels.sh uses this
+#
+# Exit status: 0 all passed, 1 a check or test failed, 2 usage or setup error, 4 no guest or
+# host python of the asked version can be had here (tools/build-wheels.sh lists it as not built).
 set -euo pipefail
+case ${1:-} in
+--python) PYWANT=${2:?arm-test: --python needs a version, e.g. 3.13}; shift 2 ;;
+--python=*) PYWANT=${1#--python=}; shift ;;
+*) PYWANT=${ARM_PY:-} ;;
+esac
 [ $# -gt 0 ] || set -- -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py
 
 REPO=${ARM_REPO:-$(git rev-parse --show-toplevel 2>/dev/null || pwd)}
 MODE=${ARM_MODE:-cross}
 CACHE=${ARM_CACHE:-/var/cache/arm-test}
-SUITE=${ARM_SUITE:-bookworm}
+CPYTHON_SRC=${ARM_CPYTHON_SRC:-}
+debian_suite_of() {  # the Debian suite whose arm64 archive carries python$1 ("" = none)
+    case $1 in
+    3.11) echo bookworm ;;
+    3.13) echo trixie ;;
+    *) echo "" ;;
+    esac
+}
+[ -n "$PYWANT" ] || [ -n "${ARM_SUITE:-}" ] || [ -n "$CPYTHON_SRC" ] || PYWANT=3.11   # what CI tests
+[[ -z $PYWANT || $PYWANT =~ ^3\.[0-9]+$ ]] \
+    || { echo "arm-test: --python wants a version like 3.12, not $PYWANT" >&2; exit 2; }
+if [ -n "$CPYTHON_SRC" ]; then
+    [ -n "$PYWANT" ] || { echo "arm-test: ARM_CPYTHON_SRC needs the version too (--python 3.X)" >&2; exit 2; }
+    [ -e "$CPYTHON_SRC" ] || { echo "arm-test: ARM_CPYTHON_SRC=$CPYTHON_SRC: no such file" >&2; exit 2; }
+    [ "$MODE" = cross ] || { echo "arm-test: ARM_CPYTHON_SRC works in cross mode only" >&2; exit 2; }
+    CPYTHON_SRC=$(realpath "$CPYTHON_SRC")
+    SUITE=${ARM_SUITE:-bookworm}   # its glibc (2.36) is the Pi OS bookworm one: the lowest we serve
+elif [ -n "${ARM_SUITE:-}" ]; then
+    SUITE=$ARM_SUITE
+else
+    SUITE=$(debian_suite_of "$PYWANT")
+    if [ -z "$SUITE" ]; then
+        echo "arm-test: no Debian suite carries an arm64 python$PYWANT (bookworm has 3.11, trixie" \
+             "3.13, forky and sid 3.13 and newer). Name one that does (ARM_SUITE=...), or give a" \
+             "CPython $PYWANT source tarball to cross-compile: ARM_CPYTHON_SRC=Python-$PYWANT.N.tar.xz" >&2
+        exit 4
+    fi
+fi
 host_mirror() {  # the Debian archive this host's apt already uses
     # (|| true: a missing sources.list makes grep exit 2, which pipefail + set -e would turn
     # into a silent exit of the whole script)
@@ -58,7 +111,8 @@ QEMU_CPUS=${ARM_QEMU_CPUS:-cortex-a76 cortex-a72 cortex-a53}
 BUILD_DEPS=${ARM_BUILD_DEPS:-setuptools>=64 wheel Cython>=3.0 numpy}
 TEST_DEPS=${ARM_TEST_DEPS:-numpy pytest}
 OUT=${ARM_OUT:-$CACHE/wheelhouse}
-ROOT=$CACHE/root-$SUITE-arm64-$MODE
+# a root per suite and Python: switching versions rebuilds nothing
+ROOT=$CACHE/root-$SUITE${PYWANT:+-py$PYWANT}${CPYTHON_SRC:+-src}-arm64-$MODE
 WORK=$CACHE/work
 QEMU=/usr/bin/qemu-aarch64-static
 
@@ -97,51 +151,107 @@ timed "host packages (apt)" host_tools
 
 # ------------------------------------------------ 2. arm64 root (extract only)
 # libstdc++6/libgcc-s1: manylinux wheels (numpy, ...) assume them present on the system
-ROOT_INCLUDE=python3,python3-dev,libc6-dev,libstdc++6,libgcc-s1${ARM_EXTRA_DEBS:+,$ARM_EXTRA_DEBS}
+ROOT_INCLUDE=libc6-dev,libstdc++6,libgcc-s1${ARM_EXTRA_DEBS:+,$ARM_EXTRA_DEBS}
+if [ -n "$CPYTHON_SRC" ]; then
+    ROOT_INCLUDE=$ROOT_INCLUDE,libffi-dev,zlib1g-dev       # for _ctypes and zlib
+elif [ -n "$PYWANT" ]; then
+    ROOT_INCLUDE=python$PYWANT,python$PYWANT-dev,$ROOT_INCLUDE
+else
+    ROOT_INCLUDE=python3,python3-dev,$ROOT_INCLUDE
+fi
 [ "$MODE" = native ] && ROOT_INCLUDE=$ROOT_INCLUDE,python3-pip,gcc
 make_root() {
-    local key="$SUITE $MIRROR $ROOT_INCLUDE v2"
+    local key="$SUITE $MIRROR $ROOT_INCLUDE v3"
     stamp_ok "$ROOT/.armtest-root" "$key" && { echo "(cached)"; return; }
     rm -rf "$ROOT"
     # extract: unpack packages + dependencies, run no maintainer script (nothing
-    # executes under qemu). Root is not merged-/usr; fine for python + sysroot.
+    # executes under qemu).
     mmdebstrap --quiet --mode=root --variant=extract --architectures=arm64 \
         --include="$ROOT_INCLUDE" "$SUITE" "$ROOT" "$MIRROR"
     mkdir -p "$ROOT/proc" "$ROOT/dev" "$ROOT/tmp" "$ROOT/work"
+    # trixie's packages ship /usr/lib only; binaries still ask for /lib/ld-linux-aarch64.so.1,
+    # and the symlinks that would merge /usr come from a package extract leaves out
+    local d
+    for d in lib bin sbin; do
+        [ -e "$ROOT/$d" ] || [ ! -d "$ROOT/usr/$d" ] || ln -s "usr/$d" "$ROOT/$d"
+    done
     # The dev symlinks are absolute (libm.so -> /lib/aarch64-linux-gnu/libm.so.6): seen from
     # the host they dangle, and the cross linker silently falls back to the static libm.a
     # (whose errno@GLIBC_PRIVATE then makes auditwheel refuse the wheel). Make them relative.
-    find "$ROOT/usr/lib" "$ROOT/lib" -type l -lname '/*' 2>/dev/null | while read -r l; do
+    find "$ROOT/usr/lib" "$ROOT/lib/" -type l -lname '/*' 2>/dev/null | while read -r l; do
         ln -sfr "$ROOT$(readlink "$l")" "$l"
     done
     echo "$key" > "$ROOT/.armtest-root"
 }
 timed "arm64 root (mmdebstrap)" make_root
 
-PYVER=$(cd "$ROOT/usr/bin" && ls python3.[0-9]* | grep -E '^python3\.[0-9]+$' | sort -V | tail -1)
-PYVER=${PYVER#python}                       # e.g. 3.11
+if [ -n "$PYWANT" ]; then
+    PYVER=$PYWANT
+else
+    PYVER=$(cd "$ROOT/usr/bin" && ls python3.[0-9]* | grep -E '^python3\.[0-9]+$' | sort -V | tail -1)
+    PYVER=${PYVER#python}                   # e.g. 3.11
+fi
 PYTAG=cp${PYVER/./}                         # e.g. cp311
+PYPREFIX=/usr                               # the guest python's prefix inside the root
+[ -z "$CPYTHON_SRC" ] || PYPREFIX=/opt/cpython$PYVER
+PYBIN=$ROOT$PYPREFIX/bin/python$PYVER
 # accept manylinux wheels up to the root's glibc (e.g. 2.36 on bookworm)
 GLIBC_MINOR=$(grep -m1 -aoE 'release version 2\.[0-9]+' "$ROOT"/lib/aarch64-linux-gnu/libc.so.6 | sed -n '1s/.*2\.//p')
 PLATS=(--platform manylinux2014_aarch64)
 for ((g = 17; g <= GLIBC_MINOR; g++)); do PLATS+=(--platform "manylinux_2_${g}_aarch64"); done
-echo "target: Debian $SUITE arm64, Python $PYVER ($PYTAG)"
+echo "target: Debian $SUITE arm64 (glibc 2.$GLIBC_MINOR), Python $PYVER ($PYTAG)" \
+     "${CPYTHON_SRC:+built from $(basename "$CPYTHON_SRC")}"
 
 # host interpreter with the same major.minor (needed by crossenv, pip --target
 # bytecode and host-side compileall: .pyc magic is per minor version)
-HOSTPY=""
-for c in /usr/bin/python$PYVER "$(command -v python$PYVER || true)"; do
-    [ -n "$c" ] && [ -x "$c" ] && "$c" -c 'import venv, ensurepip' 2>/dev/null && { HOSTPY=$c; break; }
-done
-if [ -z "$HOSTPY" ] && [ -x /usr/bin/python$PYVER ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python$PYVER-venv >/dev/null; HOSTPY=/usr/bin/python$PYVER
-fi
-[ -n "$HOSTPY" ] || { echo "arm-test: need a host python$PYVER (same minor as the $SUITE root)" >&2; exit 2; }
+find_host_python() {
+    local c
+    for c in /usr/bin/python$PYVER "$(command -v python$PYVER || true)" \
+             $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$PYVER".*/bin/python$PYVER 2>/dev/null | sort -rV); do
+        # (a pyenv shim on PATH only answers for the selected version: ask it for the real one)
+        [ -n "$c" ] && [ -x "$c" ] && "$c" -c 'import venv, ensurepip, sys; print(sys.executable)' 2>/dev/null && return
+    done
+    if [ -x /usr/bin/python$PYVER ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python$PYVER-venv >/dev/null && echo /usr/bin/python$PYVER
+    fi
+}
+HOSTPY=$(find_host_python)
+[ -n "$HOSTPY" ] || { echo "arm-test: need an x86-64 host python$PYVER with venv (same minor as the guest's): not in /usr/bin, PATH or ~/.pyenv/versions" >&2; exit 4; }
+echo "host: $HOSTPY"
+
+# ------------------------------------- 2b. CPython from source (no Debian python of that minor)
+# Cross-compiled on the host against the root (its glibc and libffi/zlib), with the host
+# python of the same minor as the build python, installed under $PYPREFIX inside the root.
+build_cpython() {
+    local key; key="$(sha256sum "$CPYTHON_SRC" 2>/dev/null | cut -c1-16 || echo "$CPYTHON_SRC") v1"
+    stamp_ok "$ROOT$PYPREFIX/.armtest" "$key" && { echo "(cached)"; return; }
+    local src=$CACHE/cpython-src-$PYVER
+    rm -rf "$src" "$ROOT$PYPREFIX"
+    if [ -d "$CPYTHON_SRC" ]; then cp -a "$CPYTHON_SRC" "$src"
+    else mkdir -p "$src" && tar -C "$src" --strip-components=1 -xf "$CPYTHON_SRC"; fi
+    local v; v=$(sed -nE 's/^#define PY_VERSION +"([0-9]+\.[0-9]+).*/\1/p' "$src/Include/patchlevel.h")
+    [ "$v" = "$PYVER" ] || { echo "arm-test: $CPYTHON_SRC is CPython $v, not $PYVER" >&2; return 1; }
+    mkdir -p "$src/build"
+    # ac_cv_file__dev_ptmx/ptc: configure cannot probe the target's /dev when cross-compiling
+    ( cd "$src/build" && ../configure -q --host=aarch64-linux-gnu --build=x86_64-pc-linux-gnu \
+        --prefix="$PYPREFIX" --with-build-python="$HOSTPY" --without-ensurepip \
+        --disable-test-modules ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no \
+        CC="aarch64-linux-gnu-gcc --sysroot=$ROOT" \
+        PKG_CONFIG_LIBDIR="$ROOT/usr/lib/aarch64-linux-gnu/pkgconfig:$ROOT/usr/share/pkgconfig" \
+        PKG_CONFIG_SYSROOT_DIR="$ROOT" >/dev/null \
+      && make -s -j"$(nproc)" >make.log 2>&1 && make -s install DESTDIR="$ROOT" >>make.log 2>&1 ) \
+        || { tail -30 "$src/build/make.log" "$src/build/config.log" 2>/dev/null >&2; return 1; }
+    [ -x "$PYBIN" ] || { echo "arm-test: no $PYBIN after make install" >&2; return 1; }
+    rm -rf "$src"
+    echo "$key" > "$ROOT$PYPREFIX/.armtest"
+}
+[ -z "$CPYTHON_SRC" ] || timed "CPython $PYVER from source (cross)" build_cpython
+[ -x "$PYBIN" ] || { echo "arm-test: the $SUITE root has no $PYPREFIX/bin/python$PYVER" >&2; exit 2; }
 
 precompile_root() {
     stamp_ok "$ROOT/.armtest-pyc" "$PYVER" && { echo "(cached)"; return; }
     # guest would otherwise re-parse the whole stdlib under emulation on every start
-    "$HOSTPY" -m compileall -q -j0 -d /usr/lib/python$PYVER "$ROOT/usr/lib/python$PYVER" >/dev/null || true
+    "$HOSTPY" -m compileall -q -j0 -d $PYPREFIX/lib/python$PYVER "$ROOT$PYPREFIX/lib/python$PYVER" >/dev/null || true
     "$HOSTPY" -m compileall -q -j0 -d /usr/lib/python3/dist-packages "$ROOT/usr/lib/python3/dist-packages" >/dev/null || true
     echo "$PYVER" > "$ROOT/.armtest-pyc"
 }
@@ -177,10 +287,11 @@ tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='*.
     --exclude=./dist --exclude=./wheelhouse -cf - . | { mkdir -p "$WORK/src-tree"; tar -C "$WORK/src-tree" -xf -; }
 
 build_cross() {
-    local XENV=$CACHE/crossenv-$SUITE-$PYVER
-    if ! stamp_ok "$XENV/.armtest" "$BUILD_DEPS"; then
+    local XENV=$CACHE/crossenv-${ROOT##*/root-}
+    local key; key="$BUILD_DEPS $(cat "$ROOT/.armtest-root") $(cat "$ROOT$PYPREFIX/.armtest" 2>/dev/null || true)"
+    if ! stamp_ok "$XENV/.armtest" "$key"; then
         rm -rf "$XENV"
-        "$HOSTVENV/bin/python" -m crossenv "$ROOT/usr/bin/python$PYVER" "$XENV" >/dev/null
+        "$HOSTVENV/bin/python" -m crossenv "$PYBIN" "$XENV" >/dev/null
         # build deps run on the host (build-pip) and are exposed to the cross env
         "$XENV/bin/build-pip" install -q $BUILD_DEPS
         local names; names=$(printf '%s\n' $BUILD_DEPS | sed -E 's/[<>=!~;\[ ].*//')
@@ -190,7 +301,7 @@ build_cross() {
         # build site-packages to the cross sys.path (last, after the cross packages)
         "$XENV/bin/build-python" -c 'import site; print(site.getsitepackages()[0])' \
             > "$XENV/cross/lib/python$PYVER/site-packages/zz-armtest-build-site.pth"
-        echo "$BUILD_DEPS" > "$XENV/.armtest"
+        echo "$key" > "$XENV/.armtest"
     fi
     # sysconfigdata of the arm64 python gives CC=aarch64-linux-gnu-gcc; --sysroot
     # makes it use the root's headers (incl. <aarch64-linux-gnu/python3.x/pyconfig.h>) and libs
@@ -276,10 +387,10 @@ fi
 # sys.executable in a subprocess would exec an aarch64 ELF on the host (needs binfmt_misc,
 # which containers usually lack). qemu's -0 sets argv[0] to a host shell wrapper that sits
 # beside the real binary (so the guest's prefix is still found from it) and re-enters qemu.
-GUESTPY=$ROOT/usr/bin/python$PYVER-qemu
+GUESTPY=$PYBIN-qemu
 cat > "$GUESTPY" <<EOF2
 #!/bin/sh
-exec $QEMU -0 "\$0" $ROOT/usr/bin/python$PYVER "\$@"
+exec $QEMU -0 "\$0" $PYBIN "\$@"
 EOF2
 chmod +x "$GUESTPY"
 

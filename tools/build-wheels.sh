@@ -6,9 +6,13 @@
 #             the tree, checked with tools/check_isa.py (AVX code only in the per-ISA units),
 #             retagged manylinux by `auditwheel repair`, stripped with the host `strip`.
 #   aarch64 : cross-built by tools/arm-test.sh (ARM_BUILD_ONLY=1: crossenv against an
-#             extracted arm64 Debian root, auditwheel repair, NEON checks; needs root) for the
-#             Python of each Debian suite in $WHEEL_ARM_SUITES (bookworm = 3.11, the Pi OS one),
-#             stripped with aarch64-linux-gnu-strip (never auditwheel --strip: host strip).
+#             extracted arm64 Debian root, auditwheel repair, NEON checks; needs root) for each
+#             CPython in $WHEEL_ARM_PYTHONS: 3.11 (Debian bookworm = Raspberry Pi OS bookworm),
+#             3.12 (Ubuntu 24.04), 3.13 (Debian trixie = Raspberry Pi OS trixie); stripped with
+#             aarch64-linux-gnu-strip (never auditwheel --strip: host strip). arm-test.sh says
+#             where each Python comes from; 3.12 has no Debian package and needs a CPython
+#             source tarball (WHEEL_CPYTHON_SRC). A version that cannot be had here is listed
+#             as not built at the end (the exit status stays 0 for it, as for x86 Pythons not found).
 #
 # Every wheel must be < $WHEEL_BUDGET bytes (2 MB) and hold no .c/.h/.pyx/.pxd; the script
 # prints name, size and `auditwheel show` platform tag of each and fails otherwise.
@@ -22,8 +26,10 @@
 #                            a release tag, or HEAD while others have half-done edits
 #   WHEEL_ARCHS="x86_64 aarch64"
 #   WHEEL_PYTHONS="python3.11 /opt/py312/bin/python3"   x86 interpreters (default: found ones)
-#   WHEEL_ARM_SUITES=bookworm   Debian suites for aarch64 (bullseye = 3.9, trixie = 3.13: each
-#                            needs a host python of the same minor for crossenv)
+#   WHEEL_ARM_PYTHONS="3.11 3.12 3.13"   CPython versions for aarch64 (each needs a host
+#                            python of the same minor for crossenv: /usr/bin, PATH or ~/.pyenv)
+#   WHEEL_CPYTHON_SRC="3.12=/path/Python-3.12.8.tar.xz"   source tarballs for versions no
+#                            Debian suite carries (arm-test.sh's ARM_CPYTHON_SRC)
 #   WHEEL_CACHE=DIR          venvs + work (default ${XDG_CACHE_HOME:-~/.cache}/pylut-wheels)
 #   WHEEL_BUDGET=2000000     bytes per wheel
 #
@@ -35,7 +41,7 @@ set -euo pipefail
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel 2>/dev/null || (cd "$(dirname "$0")/.." && pwd))
 OUT=${WHEEL_OUT:-$REPO/wheelhouse}
 ARCHS=${WHEEL_ARCHS:-x86_64 aarch64}
-ARM_SUITES=${WHEEL_ARM_SUITES:-bookworm}
+ARM_PYTHONS=${WHEEL_ARM_PYTHONS:-3.11 3.12 3.13}
 CACHE=${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pylut-wheels}
 BUDGET=${WHEEL_BUDGET:-2000000}
 BUILD_DEPS="setuptools>=64 wheel Cython>=3.0 numpy>=1.22"   # pyproject build-system.requires
@@ -46,6 +52,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 T0=$(date +%s)
 BUILT=()       # wheels written by this run
 FAILED=()
+MISSING=()     # aarch64 Pythons that cannot be had here (arm-test.sh exit 4)
 
 log() { echo "=== $*"; }
 
@@ -119,13 +126,16 @@ build_x86() {  # build_x86 PYTHON
 }
 
 # ------------------------------------------------------------------ aarch64
-build_aarch64() {  # build_aarch64 SUITE
-    local suite=$1 d=$WORK/aarch64-$1
-    log "aarch64 Debian $suite (tools/arm-test.sh, ARM_BUILD_ONLY=1)"
+build_aarch64() {  # build_aarch64 3.X
+    local v=$1 d=$WORK/aarch64-$1 src="" p rc=0
+    for p in ${WHEEL_CPYTHON_SRC:-}; do [ "${p%%=*}" != "$v" ] || src=${p#*=}; done
+    log "aarch64 CPython $v (tools/arm-test.sh --python $v, ARM_BUILD_ONLY=1${src:+, from $src})"
     if [ "$(id -u)" != 0 ]; then echo "build-wheels: the aarch64 cross-build needs root (apt, mmdebstrap)" >&2; return 1; fi
     mkdir -p "$d/out"
-    ARM_BUILD_ONLY=1 ARM_OUT="$d/out" ARM_SUITE="$suite" ARM_REPO="$SRC" bash "$REPO/tools/arm-test.sh" 2>&1 \
-        | sed 's/^/  /'
+    ARM_BUILD_ONLY=1 ARM_OUT="$d/out" ARM_REPO="$SRC" ARM_CPYTHON_SRC="$src" \
+        bash "$REPO/tools/arm-test.sh" --python "$v" 2>&1 | tee "$d/log" | sed 's/^/  /' || rc=$?
+    if [ "$rc" = 4 ]; then MISSING+=("aarch64 cp${v/./}: $(grep -m1 '^arm-test:' "$d/log")"); return 0; fi
+    [ "$rc" = 0 ] || { echo "build-wheels: tools/arm-test.sh --python $v failed ($rc)" >&2; return 1; }
     command -v aarch64-linux-gnu-strip >/dev/null || { echo "build-wheels: aarch64-linux-gnu-strip missing" >&2; return 1; }
     local whl; whl=$(ls "$d"/out/pylut-*.whl)
     strip_wheel "$whl" aarch64-linux-gnu-strip "$OUT"
@@ -141,7 +151,7 @@ for arch in $ARCHS; do
         # no `|| ...` after a build: that would switch off set -e inside it; a failed build stops here
         for py in "${PYS[@]}"; do build_x86 "$py"; done ;;
     aarch64)
-        for s in $ARM_SUITES; do build_aarch64 "$s"; done ;;
+        for v in $ARM_PYTHONS; do build_aarch64 "$v"; done ;;
     *) echo "build-wheels: unknown arch $arch" >&2; FAILED+=("$arch") ;;
     esac
 done
@@ -158,6 +168,7 @@ for w in "${BUILT[@]}"; do
     srcs=$(unzip -Z1 "$w" | grep -E '\.(c|h|pyx|pxd|cpp)$' || true)
     [ -z "$srcs" ] || FAILED+=("$(basename "$w"): ships sources: $srcs")
 done
+[ ${#MISSING[@]} -eq 0 ] || printf 'build-wheels: NOT BUILT (no such Python here): %s\n' "${MISSING[@]}" >&2
 if [ ${#FAILED[@]} -gt 0 ]; then
     printf 'build-wheels: FAILED: %s\n' "${FAILED[@]}" >&2
     exit 1
