@@ -232,20 +232,21 @@ build_cpython() {
     local v; v=$(sed -nE 's/^#define PY_VERSION +"([0-9]+\.[0-9]+).*/\1/p' "$src/Include/patchlevel.h")
     [ "$v" = "$PYVER" ] || { echo "arm-test: $CPYTHON_SRC is CPython $v, not $PYVER" >&2; return 1; }
     mkdir -p "$src/build"
-    # ac_cv_file__dev_ptmx/ptc: configure cannot probe the target's /dev when cross-compiling
+    # ac_cv_*: what configure cannot find out by running a test program when cross-compiling
+    # (the target's /dev/ptmx, whether its getaddrinfo works), set to what glibc on Linux has
     ( cd "$src/build" && ../configure -q --host=aarch64-linux-gnu --build=x86_64-pc-linux-gnu \
         --prefix="$PYPREFIX" --with-build-python="$HOSTPY" --without-ensurepip \
-        --disable-test-modules ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no \
+        --disable-test-modules ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no \
         CC="aarch64-linux-gnu-gcc --sysroot=$ROOT" \
         PKG_CONFIG_LIBDIR="$ROOT/usr/lib/aarch64-linux-gnu/pkgconfig:$ROOT/usr/share/pkgconfig" \
         PKG_CONFIG_SYSROOT_DIR="$ROOT" >/dev/null \
       && make -s -j"$(nproc)" >make.log 2>&1 && make -s install DESTDIR="$ROOT" >>make.log 2>&1 ) \
-        || { tail -30 "$src/build/make.log" "$src/build/config.log" 2>/dev/null >&2; return 1; }
+        || { tail -30 "$src/build/make.log" "$src/build/config.log" >&2 2>/dev/null; return 1; }
     [ -x "$PYBIN" ] || { echo "arm-test: no $PYBIN after make install" >&2; return 1; }
     rm -rf "$src"
     echo "$key" > "$ROOT$PYPREFIX/.armtest"
 }
-[ -z "$CPYTHON_SRC" ] || timed "CPython $PYVER from source (cross)" build_cpython
+if [ -n "$CPYTHON_SRC" ]; then timed "CPython $PYVER from source (cross)" build_cpython; fi
 [ -x "$PYBIN" ] || { echo "arm-test: the $SUITE root has no $PYPREFIX/bin/python$PYVER" >&2; exit 2; }
 
 precompile_root() {
