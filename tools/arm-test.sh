@@ -199,8 +199,7 @@ PYBIN=$ROOT$PYPREFIX/bin/python$PYVER
 GLIBC_MINOR=$(grep -m1 -aoE 'release version 2\.[0-9]+' "$ROOT"/lib/aarch64-linux-gnu/libc.so.6 | sed -n '1s/.*2\.//p')
 PLATS=(--platform manylinux2014_aarch64)
 for ((g = 17; g <= GLIBC_MINOR; g++)); do PLATS+=(--platform "manylinux_2_${g}_aarch64"); done
-echo "target: Debian $SUITE arm64 (glibc 2.$GLIBC_MINOR), Python $PYVER ($PYTAG)" \
-     "${CPYTHON_SRC:+built from $(basename "$CPYTHON_SRC")}"
+echo "target: Debian $SUITE arm64 (glibc 2.$GLIBC_MINOR), Python $PYVER ($PYTAG${CPYTHON_SRC:+, built from $(basename "$CPYTHON_SRC")})"
 
 # host interpreter with the same major.minor (needed by crossenv, pip --target
 # bytecode and host-side compileall: .pyc magic is per minor version)
