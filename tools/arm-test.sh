@@ -219,28 +219,39 @@ HOSTPY=$(find_host_python)
 echo "host: $HOSTPY"
 
 # ------------------------------------- 2b. CPython from source (no Debian python of that minor)
-# Cross-compiled on the host against the root (its glibc and libffi/zlib), with the host
-# python of the same minor as the build python, installed under $PYPREFIX inside the root.
+# Cross-compiled on the host against the root (its glibc and libffi/zlib), installed under
+# $PYPREFIX inside the root. Its make runs the source's own Lib/ under a build python, which
+# must be the very same version (3.13.0 running 3.13.5's Lib fails in linecache): the host
+# python when its X.Y.Z matches, else one built first from the same source (not installed).
 build_cpython() {
-    local key; key="$(sha256sum "$CPYTHON_SRC" 2>/dev/null | cut -c1-16 || echo "$CPYTHON_SRC") v1"
+    local key; key="$(sha256sum "$CPYTHON_SRC" 2>/dev/null | cut -c1-16 || echo "$CPYTHON_SRC") v2"
     stamp_ok "$ROOT$PYPREFIX/.armtest" "$key" && { echo "(cached)"; return; }
     local src=$CACHE/cpython-src-$PYVER
     rm -rf "$src" "$ROOT$PYPREFIX"
     if [ -d "$CPYTHON_SRC" ]; then cp -a "$CPYTHON_SRC" "$src"
     else mkdir -p "$src" && tar -C "$src" --strip-components=1 -xf "$CPYTHON_SRC"; fi
-    local v; v=$(sed -nE 's/^#define PY_VERSION +"([0-9]+\.[0-9]+).*/\1/p' "$src/Include/patchlevel.h")
-    [ "$v" = "$PYVER" ] || { echo "arm-test: $CPYTHON_SRC is CPython $v, not $PYVER" >&2; return 1; }
+    local v; v=$(sed -nE 's/^#define PY_VERSION +"([0-9.]+).*/\1/p' "$src/Include/patchlevel.h")
+    [ "${v%.*}" = "$PYVER" ] || { echo "arm-test: $CPYTHON_SRC is CPython $v, not $PYVER" >&2; return 1; }
+    local buildpy=$HOSTPY
+    if [ "$("$HOSTPY" -c 'import platform; print(platform.python_version())')" != "$v" ]; then
+        buildpy=$src/build-host/python
+        echo "build python: $v for the host first ($HOSTPY is another $PYVER)"
+        mkdir -p "$src/build-host"
+        ( cd "$src/build-host" && ../configure -q --without-ensurepip >/dev/null \
+          && make -s -j"$(nproc)" >make.log 2>&1 ) \
+            || { tail -n 30 "$src/build-host/make.log" "$src/build-host/config.log" >&2 || true; return 1; }
+    fi
     mkdir -p "$src/build"
     # ac_cv_*: what configure cannot find out by running a test program when cross-compiling
     # (the target's /dev/ptmx, whether its getaddrinfo works), set to what glibc on Linux has
     ( cd "$src/build" && ../configure -q --host=aarch64-linux-gnu --build=x86_64-pc-linux-gnu \
-        --prefix="$PYPREFIX" --with-build-python="$HOSTPY" --without-ensurepip \
+        --prefix="$PYPREFIX" --with-build-python="$buildpy" --without-ensurepip \
         --disable-test-modules ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no \
         CC="aarch64-linux-gnu-gcc --sysroot=$ROOT" \
         PKG_CONFIG_LIBDIR="$ROOT/usr/lib/aarch64-linux-gnu/pkgconfig:$ROOT/usr/share/pkgconfig" \
         PKG_CONFIG_SYSROOT_DIR="$ROOT" >/dev/null \
       && make -s -j"$(nproc)" >make.log 2>&1 && make -s install DESTDIR="$ROOT" >>make.log 2>&1 ) \
-        || { tail -30 "$src/build/make.log" "$src/build/config.log" >&2 2>/dev/null; return 1; }
+        || { tail -n 30 "$src/build/make.log" "$src/build/config.log" >&2 || true; return 1; }
     [ -x "$PYBIN" ] || { echo "arm-test: no $PYBIN after make install" >&2; return 1; }
     rm -rf "$src"
     echo "$key" > "$ROOT$PYPREFIX/.armtest"
