@@ -131,8 +131,9 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
         if not (cache and os.path.exists(packcache.cache_path(path, **options))) and _may_hold_ternary(path):
             options["ternary"] = layout
         build = lambda sink: load_gguf(path, sink=sink, **dict(options, ternary=layout))  # noqa: E731
+    _check_load_args(n_ctx, n_threads, max_batch)
     loaded = packcache.load_or_build(path, build, use_cache=cache, **options)
-    tokenizer = Tokenizer.from_file(path)
+    tokenizer = _read_tokenizer(path)
     log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
     return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
                  chat_template=chat_template, context_shift=context_shift, kv_type=kv_type, head_plan=head_plan,
@@ -140,6 +141,34 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
 
 
 PRECISIONS = ("fast", "high")
+MAX_THREADS = 1024
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_load_args(n_ctx, n_threads, max_batch) -> None:
+    """Sizes given by the caller: integers (never bools) in range, as ValueError."""
+    if n_ctx is not None and (not _is_int(n_ctx) or not 1 <= n_ctx < 2**31):
+        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    if n_threads is not None and (not _is_int(n_threads) or not 1 <= n_threads <= MAX_THREADS):
+        raise ValueError(f"n_threads must be an integer in 1..{MAX_THREADS}, got {n_threads!r}")
+    if not _is_int(max_batch) or not 1 <= max_batch <= 4096:
+        raise ValueError(f"max_batch must be an integer in 1..4096, got {max_batch!r}")
+
+
+def _read_tokenizer(path: str):
+    """The model's tokenizer; whatever is wrong with its metadata is a ModelFileError."""
+    from .errors import ModelFileError
+    from .tokenizer import Tokenizer
+    try:
+        return Tokenizer.from_file(path)
+    except ModelFileError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError,
+            UnicodeError, RecursionError) as e:
+        raise ModelFileError(f"{path}: the tokenizer metadata cannot be used: {e}") from None
 
 
 def _may_hold_ternary(path) -> bool:
@@ -166,10 +195,9 @@ class Model:
         self.loaded = loaded
         self.tokenizer = tokenizer
         cfg = loaded.config
+        _check_load_args(n_ctx, n_threads, max_batch)
         if n_ctx is None:
             n_ctx = min(4096, cfg["max_ctx"])
-        if not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
-            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         if n_ctx > cfg["max_ctx"]:
             raise ValueError(f"n_ctx={n_ctx} is over the model's context length {cfg['max_ctx']}")
         if tokenizer.n_vocab > cfg["vocab"]:  # (checkpoints may pad the vocabulary: fewer is fine)
@@ -338,7 +366,15 @@ class Model:
 
     def load_state(self, path) -> None:
         """Restore a session written by save_state; refuses files of another model/version,
-        cache type or head plan."""
+        cache type or head plan.
+
+        A session file is trusted data: its SHA-256 detects corruption, not forgery (anyone can
+        recompute it), so load only files you wrote. What is verified: the checksum, the
+        format version, the model fingerprint, kv type and head plan; every token id is an
+        integer in the vocabulary, the count fits n_ctx, stream_base lies in 0..n_tokens,
+        each kv head's row count and the data size match; every cached row is finite (fp16
+        values, or q8/q4 scales) and not all zero bytes. Plausible but wrong keys/values
+        cannot be told from real ones."""
         with open(path, "rb") as f:
             data = f.read()
         pre = struct.calcsize("<8sIQ")
@@ -355,8 +391,12 @@ class Model:
         heads = self._heads()
         try:
             h = json.loads(data[pre:pre + hlen])
-            n = int(h["n_tokens"])
-            tokens = [int(t) for t in h["tokens"]]
+            n, tokens = h["n_tokens"], h["tokens"]
+            vocab = self.loaded.config["vocab"]
+            if not _is_int(n) or not isinstance(tokens, list):
+                raise ValueError("n_tokens / tokens")
+            if not all(_is_int(t) and 0 <= t < vocab for t in tokens):
+                raise ValueError(f"token ids must be integers in 0..{vocab - 1}")
             if version == 2:  # [2, n_layers, n_kv_heads, n, row_bytes], no head plan
                 shape = tuple(h["kv_shape"])
                 if len(shape) != 5 or shape[3] != n:
@@ -366,8 +406,11 @@ class Model:
                 if tuple(shape[:3]) != (2, cfg["n_layers"], cfg["n_kv_heads"]):
                     raise ValueError(f"kv_shape {shape}")
             else:
-                row_bytes, head_rows = int(h["row_bytes"]), [int(r) for r in h["head_rows"]]
-                base, plan_key = int(h["stream_base"]), h["head_plan"]
+                row_bytes, head_rows, base = h["row_bytes"], h["head_rows"], h["stream_base"]
+                plan_key = h["head_plan"]
+                if not (_is_int(row_bytes) and isinstance(head_rows, list) and all(map(_is_int, head_rows))
+                        and _is_int(base) and 0 <= base <= n):
+                    raise ValueError(f"row_bytes / head_rows / stream_base (must be in 0..{n})")
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: corrupt session header ({e})") from None
         if h.get("fingerprint") != self._fingerprint(shapes_only=version < 4):
@@ -393,12 +436,28 @@ class Model:
             raise ValueError(f"{path}: session sizes do not fit this model")
         if sum(head_rows) * row_bytes != len(data) - pre - hlen - 32:
             raise ValueError(f"{path}: session data has the wrong size")
-        self.session.set_stream(n, base)
-        at = pre + hlen
-        for r, v in zip(head_rows, views):
-            v[:r] = np.frombuffer(data, dtype=np.uint8, count=r * row_bytes, offset=at).reshape(r, row_bytes)
+        at, blocks = pre + hlen, []
+        for r in head_rows:
+            block = np.frombuffer(data, dtype=np.uint8, count=r * row_bytes, offset=at).reshape(r, row_bytes)
+            self._check_kv_rows(path, block)
+            blocks.append(block)
             at += r * row_bytes
+        self.session.set_stream(n, base)
+        for r, v, block in zip(head_rows, views, blocks):
+            v[:r] = block
         self._cached = tokens
+
+    def _check_kv_rows(self, path, rows: np.ndarray) -> None:
+        """Refuse cached rows no forward pass writes: a non-finite fp16 value (the f16 cache)
+        or scale (q8/q4), or a row of zero bytes (a zero key and value)."""
+        hd = self.loaded.config["head_dim"]
+        kv = self.session.kv_type
+        halves = rows if kv == "f16" else rows[:, hd if kv == "q8" else hd // 2:]
+        halves = np.ascontiguousarray(halves).view(np.float16)
+        if halves.size and not np.isfinite(halves).all():
+            raise ValueError(f"{path}: the session's KV cache holds NaN or infinite values")
+        if rows.size and not rows.any(axis=1).all():
+            raise ValueError(f"{path}: the session's KV cache holds zeroed rows")
 
     # ---------------------------------------------------------------- generation
 
@@ -435,7 +494,11 @@ class Model:
         if isinstance(prompt, str):
             ptoks = self.tokenize(prompt, special=special)
         else:
-            ptoks = [int(t) for t in prompt]
+            ptoks = list(prompt)
+            vocab = self.loaded.config["vocab"]
+            if not all(_is_int(t) and 0 <= t < vocab for t in ptoks):
+                raise ValueError(f"prompt token ids must be integers in 0..{vocab - 1}")
+            ptoks = [int(t) for t in ptoks]
         if not ptoks:
             raise ValueError("empty prompt")
         if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:

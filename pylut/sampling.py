@@ -9,7 +9,7 @@ import numpy as np
 @dataclass
 class SamplingParams:
     temperature: float = 0.8      # <= 0: greedy
-    top_k: int = 40               # <= 0: off
+    top_k: int = 40               # 0: off
     top_p: float = 0.95           # >= 1: off
     min_p: float = 0.05           # <= 0: off
     repeat_penalty: float = 1.1   # 1: off
@@ -20,15 +20,23 @@ class SamplingParams:
         self.validate()
 
     def validate(self):
+        def num(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+                and bool(np.isfinite(v))
+
+        def integer(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
         checks = [
-            (isinstance(self.temperature, (int, float)) and self.temperature >= 0, "temperature must be >= 0"),
-            (isinstance(self.top_k, (int, np.integer)), "top_k must be an integer"),
-            (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (isinstance(self.repeat_penalty, (int, float)) and self.repeat_penalty > 0, "repeat_penalty must be > 0"),
-            (isinstance(self.repeat_last_n, (int, np.integer)) and self.repeat_last_n >= 0,
-             "repeat_last_n must be >= 0"),
-            (self.seed is None or isinstance(self.seed, (int, np.integer)), "seed must be an integer or None"),
+            (num(self.temperature) and self.temperature >= 0, "temperature must be a finite number >= 0"),
+            (integer(self.top_k) and 0 <= self.top_k < 2**31, "top_k must be an integer in 0..2^31-1 (0: off)"),
+            (num(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (num(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (num(self.repeat_penalty) and 0 < self.repeat_penalty <= 1e6,
+             "repeat_penalty must be a finite number in (0, 1e6]"),
+            (integer(self.repeat_last_n) and 0 <= self.repeat_last_n < 2**31,
+             "repeat_last_n must be an integer in 0..2^31-1"),
+            (self.seed is None or (integer(self.seed) and 0 <= self.seed < 2**64),
+             "seed must be an integer in 0..2^64-1 or None"),
         ]
         for ok, msg in checks:
             if not ok:

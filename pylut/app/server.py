@@ -12,6 +12,7 @@ The server logs through logging.getLogger("pylut.server"); it never prints by it
 """
 import json
 import logging
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,14 +49,19 @@ def _bad(message, param=None, code=None):
     return RequestError(400, message, param, code)
 
 
-# field -> (check, description, range check or None)
+def _is_finite(v):
+    return _is_num(v) and math.isfinite(v)
+
+
+# field -> (check, description, range check or None, the range in words)
 _SAMPLING = {
-    "temperature": (_is_num, "a number", lambda v: 0 <= v <= 2, "between 0 and 2"),
-    "top_p": (_is_num, "a number", lambda v: 0 < v <= 1, "in (0, 1]"),
-    "top_k": (_is_int, "an integer", None, None),
-    "min_p": (_is_num, "a number", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "repeat_penalty": (_is_num, "a number", lambda v: v > 0, "> 0"),
-    "seed": (_is_int, "an integer", None, None),
+    "temperature": (_is_finite, "a number", lambda v: 0 <= v <= 2, "between 0 and 2"),
+    "top_p": (_is_finite, "a number", lambda v: 0 < v <= 1, "in (0, 1]"),
+    "top_k": (_is_int, "an integer", lambda v: 0 <= v < 2**31, "in 0..2147483647 (0: off)"),
+    "min_p": (_is_finite, "a number", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "repeat_penalty": (_is_finite, "a number", lambda v: 0 < v <= 1e6, "in (0, 1e6]"),
+    "repeat_last_n": (_is_int, "an integer", lambda v: 0 <= v < 2**31, "in 0..2147483647"),
+    "seed": (_is_int, "an integer", lambda v: 0 <= v < 2**64, "in 0..2^64-1"),
 }
 
 
@@ -71,7 +77,7 @@ def parse_common(body, max_tokens_limit, default_max_tokens):
         if not check(v):
             raise _bad(f"'{name}' must be {what}, got {json.dumps(v)[:50]}", name)
         if rng is not None and not rng(v):
-            raise _bad(f"'{name}' must be {rng_text}, got {v}", name)
+            raise _bad(f"'{name}' must be {rng_text}, got {json.dumps(v)[:50]}", name)
         sampling[name] = v
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if max_tokens is None:
@@ -128,8 +134,14 @@ def parse_prompt(body):
             raise _bad("'prompt' is empty", "prompt")
         return prompt
     if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+        if not all(0 <= t < 2**31 for t in prompt):
+            raise _bad("'prompt' token ids must be in 0..vocab-1", "prompt")
         return prompt
     raise _bad("'prompt' must be a non-empty string or array of token ids (batches are not supported)", "prompt")
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
 # ---------------------------------------------------------------- the server
@@ -215,8 +227,9 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug must cost one request, never the server
             log.exception("internal error on %s", self.path)
             try:
-                self._send_error(RequestError(500, f"internal error: {type(e).__name__}: {e}",
-                                              etype="server_error"), close=True)
+                # the details are in the server's log; a client learns nothing of the internals
+                self._send_error(RequestError(500, "internal server error", etype="server_error"),
+                                 close=True)
             except OSError:
                 self.close_connection = True
 
@@ -253,8 +266,8 @@ class Handler(BaseHTTPRequestHandler):
                                code="request_too_large")
         raw = self.rfile.read(n)
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+            return json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise _bad(f"request body is not valid JSON: {e}", code="invalid_json") from None
 
     # ------------------------------------------------------------ endpoints

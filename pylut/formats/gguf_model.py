@@ -126,7 +126,27 @@ def _hparam(meta: dict[str, Any], path: str, key: str, default: Any = _REQUIRED,
     value = kind(value)
     if not np.isfinite(value) or value <= 0:
         raise _fail(path, f"{key} = {value!r} must be positive")
+    lo, hi = _HPARAM_RANGES.get(key.split(".", 1)[1], (None, None)) if "." in key else (None, None)
+    if lo is not None and not lo <= value <= hi:
+        raise _fail(path, f"{key} = {value!r} is out of range: expected {lo} to {hi}")
     return value
+
+
+# Plausible bounds of each hyperparameter (key without the arch prefix): beyond them a value
+# is corrupt, and sizes derived from it (per-layer lists, buffers) must never be allocated.
+_HPARAM_RANGES = {
+    "embedding_length": (1, 1 << 17),
+    "attention.head_count": (1, 1 << 12),
+    "attention.head_count_kv": (1, 1 << 12),
+    "attention.key_length": (2, 1 << 12),
+    "attention.value_length": (2, 1 << 12),
+    "rope.dimension_count": (2, 1 << 12),
+    "block_count": (1, 1 << 12),
+    "feed_forward_length": (1, 1 << 20),
+    "context_length": (1, (1 << 31) - 1),
+    "attention.layer_norm_rms_epsilon": (1e-12, 0.1),
+    "rope.freq_base": (1.0, 1e10),
+}
 
 
 def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
@@ -156,8 +176,16 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
     if scaling not in ("none", ""):
         log.warning("%s: rope scaling %r is ignored; quality degrades beyond the training "
                     "context", path, scaling)
+    n_layers = _hparam(meta, path, a + "block_count")
+    # Every layer has its own tensors: a count beyond the file's tensors is corrupt, and is
+    # refused before anything per layer is built.
+    if n_layers * 9 > len(f.tensors):
+        raise _fail(path, f"{a}block_count = {n_layers} needs at least {n_layers * 9} tensors, "
+                          f"the file holds {len(f.tensors)}")
+    if head_dim % 2:
+        raise _fail(path, f"head dim {head_dim} ({a}attention.key_length) must be even")
     return dict(arch=arch,
-                n_layers=_hparam(meta, path, a + "block_count"),
+                n_layers=n_layers,
                 dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                 ffn_dim=_hparam(meta, path, a + "feed_forward_length"),
                 vocab=0,  # from token_embd.weight's shape

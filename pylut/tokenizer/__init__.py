@@ -429,7 +429,7 @@ class Tokenizer:
         for text, ttype in zip(self._tokens, self._types):
             if ttype in (TOKEN_CONTROL, TOKEN_UNKNOWN):
                 pieces.append(b"")
-            elif ttype == TOKEN_BYTE and len(text) == 6 and text.startswith("<0x"):
+            elif ttype == TOKEN_BYTE and _BYTE_TOKEN.fullmatch(text):
                 pieces.append(bytes([int(text[3:5], 16)]))
             elif ttype == TOKEN_USER_DEFINED:
                 pieces.append(text.encode("utf-8"))
@@ -477,5 +477,6 @@ class Tokenizer:
         return StreamDecoder(self, special=special, strip_leading_space=strip_leading_space)
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 # An SPM chunk: a run of escaped spaces plus the following non-space characters.
 _SPM_CHUNK = re.compile(SPM_SPACE + "+[^" + SPM_SPACE + "]*|[^" + SPM_SPACE + "]+")

@@ -49,9 +49,23 @@ def load_gguf(cls, path: Path):
     types = meta.get("tokenizer.ggml.token_type")
     types = [_TOKEN_NORMAL] * len(tokens) if types is None else types.tolist()
 
+    if not isinstance(tokens, list) or not tokens:
+        raise ValueError(f"{path}: tokenizer.ggml.tokens must be a non-empty array of strings")
+    if len(types) != len(tokens):
+        raise ValueError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, expected "
+                         f"{len(tokens)} (one per token)")
+
     def opt_int(key: str) -> Optional[int]:
         value = meta.get(key)
-        return None if value is None or int(value) < 0 else int(value)
+        if value is None:
+            return None
+        if isinstance(value, (str, float, list)) or getattr(value, "ndim", 0):
+            raise ValueError(f"{path}: {key} = {value!r} should be an integer token id")
+        value = int(value)
+        if value >= len(tokens) and value != 0xFFFFFFFF:  # (u32 -1: llama.cpp's "none")
+            raise ValueError(f"{path}: {key} = {value} is out of range: expected a token id in "
+                             f"0..{len(tokens) - 1}")
+        return None if value < 0 or value >= len(tokens) else value
 
     common: Dict[str, Any] = dict(
         bos_id=opt_int("tokenizer.ggml.bos_token_id"),
@@ -69,6 +83,9 @@ def load_gguf(cls, path: Path):
         scores = meta.get("tokenizer.ggml.scores")
         if scores is None:
             raise ValueError(f"{path}: SentencePiece vocabulary without tokenizer.ggml.scores")
+        if len(scores) != len(tokens):
+            raise ValueError(f"{path}: tokenizer.ggml.scores has {len(scores)} entries, expected "
+                             f"{len(tokens)} (one per token)")
         rstrip_ids = _phi3_rstrip_ids(meta, tokens, types)
         return cls(tokens, types, model="spm", scores=scores.tolist(),
                    add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
