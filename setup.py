@@ -35,10 +35,14 @@ if IS_X86_64:
                                             "-mavx512vl", "-mavx512vnni", "-mgfni"],
         "src/attention/attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "src/attention/attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
+        "src/core/checksum_hw.c": ["-msse4.2"],
     }
+elif IS_AARCH64:
+    ISA_FLAGS = {"src/core/checksum_hw.c": ["-march=armv8-a+crc"]}
 
 SOURCES = ["pylut/_core.pyx"] + [
-    "src/core/dispatch.c", "src/core/pack.c", "src/core/threadpool.c",
+    "src/core/dispatch.c", "src/core/pack.c", "src/core/threadpool.c", "src/core/checksum.c",
+    "src/core/checksum_hw.c",
     "src/lut/lut_scalar.c", "src/lut/lut_avx2.c", "src/lut/lut_avx512.c", "src/lut/lut_avx512vbmi.c",
     "src/lut/lut_neon.c",
     "src/prefill/prefill.c", "src/prefill/prefill_avx2.c", "src/prefill/prefill_vnni.c",

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -115,6 +115,25 @@ def read_bytes(buf, ThreadPool pool):
         with nogil:
             r = pylut_read_bytes(pool.pool, &bv[0], n)
     return int(r)
+
+
+def crc32c(buf, crc=0, bint scalar=False):
+    """CRC-32C of a contiguous uint8 array (or any buffer of bytes), continuing from `crc`;
+    scalar: the portable table version instead of the CPU's CRC instructions. GIL released."""
+    cdef const uint8_t[::1] bv = np.frombuffer(buf, np.uint8) if not isinstance(buf, np.ndarray) \
+        else np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+    cdef uint32_t c = <uint32_t>(int(crc) & 0xFFFFFFFF)
+    cdef size_t n = bv.shape[0]
+    if n == 0:
+        return int(c)
+    with nogil:
+        c = pylut_crc32c_scalar(c, &bv[0], n) if scalar else pylut_crc32c(c, &bv[0], n)
+    return int(c)
+
+
+def crc32c_impl():
+    """Which CRC-32C path crc32c runs here: 'sse4.2', 'armv8-crc' or 'scalar'."""
+    return pylut_crc32c_impl().decode()
 
 
 def attention_f16(q, k, v, float scale):

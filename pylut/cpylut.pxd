@@ -1,5 +1,5 @@
 # cpylut.pxd - the C API of include/pylut/pylut.h, for Cython. Declarations only.
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "pylut/pylut.h" nogil:
     enum:
@@ -200,3 +200,9 @@ cdef extern from "pylut/attention.h" nogil:
         int64_t n_items
 
     int pylut_attention(pylut_pool *pool, pylut_attn_job *job)
+
+
+cdef extern from "pylut/checksum.h" nogil:
+    uint32_t pylut_crc32c(uint32_t crc, const void *buf, size_t n)
+    uint32_t pylut_crc32c_scalar(uint32_t crc, const void *buf, size_t n)
+    const char *pylut_crc32c_impl()

@@ -3,6 +3,7 @@ header (huge block_count, absurd hyperparameters, broken tokenizer metadata) is 
 ModelFileError; bad API arguments and server fields are ValueErrors / 400s; forged session
 files and runaway chat templates are refused."""
 import hashlib
+import os
 import http.client
 import json
 import struct
@@ -263,3 +264,130 @@ def test_ordinary_template_renders_within_budget():
     t = ChatTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     assert t.render([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+# ---------------------------------------------------------------- packed files
+
+def test_crc32c_matches_the_standard_and_its_scalar_twin():
+    from pylut import _core
+    assert _core.crc32c(b"123456789") == 0xE3069283
+    assert _core.crc32c(b"123456789", scalar=True) == 0xE3069283
+    rng = np.random.default_rng(1)
+    buf = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    for start, n in [(0, 0), (1, 1), (3, 7), (5, 8), (7, 1000), (0, 1 << 16), (13, 40000)]:
+        part = buf[start:start + n]
+        assert _core.crc32c(part) == _core.crc32c(part, scalar=True)
+    # chaining: the CRC of a whole is the CRC of its second half continued from the first's
+    assert _core.crc32c(buf[1000:], _core.crc32c(buf[:1000])) == _core.crc32c(buf)
+
+
+def _pack(model_file, cache):
+    from pylut import packcache
+    pylut.load(model_file, n_ctx=64)
+    (f,) = list(cache.glob("*.pylut"))
+    return f, packcache
+
+
+def _forge_pack(f: Path, edit) -> None:
+    """Rewrite the pack's JSON header through edit(header), with a valid header CRC."""
+    import zlib
+    from pylut import packcache
+    data = f.read_bytes()
+    magic, version, z, hoff, hlen, crc, z2 = packcache._PREFIX.unpack_from(data)
+    h = json.loads(data[hoff:hoff + hlen])
+    edit(h)
+    raw = json.dumps(h).encode()
+    prefix = packcache._PREFIX.pack(magic, version, z, hoff, len(raw), zlib.crc32(raw), z2)
+    f.write_bytes(prefix + data[len(prefix):hoff] + raw)
+
+
+def test_bit_flipped_pack_payload_is_refused_and_rebuilt(model_file, cache, caplog):
+    f, packcache = _pack(model_file, cache)
+    want = pylut.load(model_file, n_ctx=64, cache=False).eval([5, 6, 7])
+    h = packcache._read_header(str(f), f.stat().st_size)[0]
+    rng = np.random.default_rng(0)
+    spans = [e[k] for e in h["tensors"].values() for k in ("codes", "scale", "data") if e.get(k)]
+    good = f.read_bytes()
+    for trial in range(8):
+        off, n, _ = spans[rng.integers(len(spans))]
+        at = off + int(rng.integers(n))
+        data = bytearray(good)
+        data[at] ^= 1 << int(rng.integers(8))
+        st = f.stat()
+        f.write_bytes(bytes(data))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with its mtime restored
+        with pytest.raises(packcache.PackFileError, match="CRC"):
+            packcache.load(str(f))
+    data = bytearray(good)
+    off, n, _ = spans[0]
+    data[off] ^= 0x10
+    f.write_bytes(bytes(data))
+    m = pylut.load(model_file, n_ctx=64)  # the cache is rebuilt, the answer unchanged
+    assert "unreadable packed-model cache" in caplog.text
+    assert np.array_equal(m.eval([5, 6, 7]), want)
+
+
+@pytest.mark.parametrize("forgery", ["norm_eps", "rope_neox", "layer_alias", "shifted_scale", "n_layers",
+                                     "zero", "span_type"])
+def test_forged_pack_headers_are_refused(model_file, cache, forgery):
+    f, packcache = _pack(model_file, cache)
+
+    def edit(h):
+        t = h["tensors"]
+        if forgery == "norm_eps":
+            h["config"]["norm_eps"] = 4.6e18
+        elif forgery == "rope_neox":
+            h["config"]["rope_neox"] = -1
+        elif forgery == "layer_alias":
+            t["blk.1.attn_q"] = {"kind": "alias", "of": "blk.0.attn_q"}
+        elif forgery == "shifted_scale":
+            t["blk.0.attn_q"]["scale"][0] = t["blk.0.attn_q"]["codes"][0] + 64
+        elif forgery == "n_layers":
+            h["config"]["n_layers"] = 2**31
+        elif forgery == "zero":
+            t["blk.0.attn_q"]["zero"] = float("inf")
+        elif forgery == "span_type":
+            t["blk.0.attn_q"]["codes"][1] = 1.5
+    _forge_pack(f, edit)
+    with pytest.raises(packcache.PackFileError):
+        packcache.load(str(f))
+
+
+def test_source_edited_in_place_with_mtime_restored_rebuilds_the_pack(tmp_path, cache):
+    src = tmp_path / "m.gguf"
+    build_gguf(src, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
+    before = pylut.load(src, n_ctx=64).eval([5, 6, 7])
+    assert len(list(cache.glob("*.pylut"))) == 1
+    from pylut.gguf_reader import GGUFFile
+    with GGUFFile(src) as g:
+        info = g.tensors["blk.0.attn_q.weight"]
+        at = info.offset + 2  # a code byte of the first block (after its fp16 scale)
+    st = src.stat()
+    data = bytearray(src.read_bytes())
+    for i in range(64):
+        data[at + i] ^= 0x77
+    src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))  # cp -p / rsync -t / tar x
+    assert src.stat().st_mtime_ns == st.st_mtime_ns and src.stat().st_size == st.st_size
+    after = pylut.load(src, n_ctx=64).eval([5, 6, 7])
+    fresh = pylut.load(src, n_ctx=64, cache=False).eval([5, 6, 7])
+    assert len(list(cache.glob("*.pylut"))) == 2  # rebuilt, not served stale
+    assert np.array_equal(after, fresh) and not np.array_equal(after, before)
+
+
+def test_converted_pack_refuses_a_changed_source(tmp_path, cache):
+    from pylut.cli import CLIError, load_model
+    src = tmp_path / "m.gguf"
+    build_gguf(src, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
+    out = tmp_path / "m.pylut"
+    r = subprocess.run([sys.executable, "-m", "pylut", "convert", str(src), str(out)], cwd=ROOT,
+                       capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    load_model(str(out), n_ctx=64)
+    data = bytearray(src.read_bytes())
+    data[100] ^= 1  # inside the metadata: the tokenizer the pack would read
+    st = src.stat()
+    src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(CLIError, match="changed since it was packed"):
+        load_model(str(out), n_ctx=64)

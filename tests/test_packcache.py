@@ -55,7 +55,7 @@ def _mapped(arr) -> bool:
 
 
 def _the_cache_file(cache):
-    files = [p for p in cache.iterdir()]
+    files = [p for p in cache.iterdir() if p.suffix != ".verified"]
     assert len(files) == 1 and files[0].suffix == ".pylut", files  # no temp file left beside it
     return files[0]
 
@@ -86,7 +86,7 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
         assert q.sub_nibbles == (tensor_type == "Q2_K") == (q.sub_scale_buf is not None
                                                              and q.sub_scale_buf.dtype == np.uint8)
     # the tied output is stored once, as an alias
-    h, _ = packcache._read_header(str(f), f.stat().st_size)
+    h, _, _ = packcache._read_header(str(f), f.stat().st_size)
     assert (h["tensors"]["output"]["kind"] == "alias") == tied
     assert h["tensors"]["blk.0.attn_q"]["sub_nibbles"] == (tensor_type == "Q2_K")
 
@@ -103,13 +103,13 @@ def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, ca
     other = "b2" if ternary_layout() == "t3" else "t3"
     forced = pylut.load(src, n_ctx=64, ternary=other)
     assert forced.loaded.tensors["blk.0.attn_q"].type != want_type
-    assert len(list(cache.iterdir())) == 2
+    assert len(list(cache.glob("*.pylut"))) == 2
     np.testing.assert_allclose(_logits(forced), _logits(auto), atol=0.05 * np.abs(_logits(auto)).max())
     (tmp_path / "plain").mkdir()
     plain = _model(tmp_path / "plain", "Q4_0")
     for layout in ("t3", "b2", "auto"):
         pylut.load(plain, n_ctx=64, ternary=layout)
-    assert len(list(cache.iterdir())) == 3
+    assert len(list(cache.glob("*.pylut"))) == 3
     # a warm load of a file without ternary matrices skips the header scan; a ternary file's
     # warm load still finds its own layout's pack
     scans = []
@@ -120,7 +120,7 @@ def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, ca
     again = pylut.load(src, n_ctx=64, ternary=other)
     assert scans == [os.fspath(src)]
     assert again.loaded.tensors["blk.0.attn_q"].type == forced.loaded.tensors["blk.0.attn_q"].type
-    assert len(list(cache.iterdir())) == 3
+    assert len(list(cache.glob("*.pylut"))) == 3
     with pytest.raises(ValueError, match="ternary must be"):
         pylut.load(src, n_ctx=64, ternary="planes")
 
@@ -131,7 +131,7 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
     f = _the_cache_file(cache)
     data = f.read_bytes()
     magic, version, _, hoff, hlen, crc, _ = packcache._PREFIX.unpack_from(data)
-    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 6
+    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 7
     assert hoff % packcache.ALIGN == 0 and hoff + hlen == len(data) and zlib.crc32(data[hoff:]) == crc
     spans = []
     for e in packcache._read_header(str(f), len(data))[0]["tensors"].values():
@@ -139,7 +139,7 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
             if e.get(key) is not None:
                 spans.append(e[key])
     assert spans and all(off % packcache.ALIGN == 0 and off >= packcache.DATA_START and off + n <= hoff
-                         for off, n in spans)
+                         for off, n, _ in spans)
     spans.sort()
     assert all(a[0] + a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no overlap
 
@@ -162,7 +162,9 @@ def test_writes_go_out_in_whole_2mib_aligned_pieces(tmp_path, monkeypatch):
     w = packcache.PackWriter(str(path))
     for name, a in arrays.items():
         w.put(name, a)
-    w.finish(loader_mod.LoadedModel(config={}, tensors=arrays, metadata={}, path=str(path), arch="llama",
+    config = dict(arch="llama", n_layers=1, dim=64, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128,
+                  vocab=300, max_ctx=128, norm_eps=1e-5, rope_theta=10000.0, rope_neox=False)
+    w.finish(loader_mod.LoadedModel(config=config, tensors=arrays, metadata={}, path=str(path), arch="llama",
                                     tensor_types={}, n_params=0, bits_per_weight=32.0, lossy=set(),
                                     tied_output=False))
     huge = 2 << 20
@@ -218,7 +220,7 @@ def _damaged_files(good: bytes):
         "interrupted write": (bytes(incomplete), "incomplete packed-model file"),
         "bad magic": (b"NOTPYLUT" + good[8:], "bad magic"),
         "old version": (good[:8] + struct.pack("<I", 5) + good[12:],  # 5: int8 sub-values only
-                        "packed format version 5, this pylut reads 6"),
+                        "packed format version 5, this pylut reads 7"),
     }
 
 

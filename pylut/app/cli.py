@@ -84,15 +84,14 @@ def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cac
                                head_plan=head_plan, batch_invariant=batch_invariant, ternary=ternary,
                                precision=precision)
         else:
-            from ..model import Model
+            from ..formats.packcache import check_source
             from ..formats.packcache import load as load_packed
-            from ..tokenizer import Tokenizer
+            from ..model import Model, _read_tokenizer
             loaded = load_packed(path)
-            # the packed file holds weights only; the tokenizer comes from the source GGUF
-            if not os.path.exists(loaded.path):
-                raise CLIError(f"{path}: its source GGUF {loaded.path} is gone; the tokenizer is read "
-                               "from it. Put it back or re-run 'pylut convert' from the GGUF.")
-            model = Model(loaded, Tokenizer.from_file(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
+            # the packed file holds weights only; the tokenizer comes from the source GGUF,
+            # which must be the file that was packed
+            check_source(loaded, path)
+            model = Model(loaded, _read_tokenizer(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
                           chat_template=chat_template, kv_type=kv_type, head_plan=head_plan,
                           batch_invariant=batch_invariant, precision=precision)
             model.name = os.path.basename(path)

@@ -81,6 +81,7 @@ class LoadedModel:
     lossy: set[str] = field(default_factory=set)   # matrices whose scales fp16 rounded
     tied_output: bool = False          # output.weight absent: the embedding is reused
     load_seconds: float = 0.0
+    source_fingerprint: str = ""       # packcache.source_fingerprint of the file it came from
 
     def build(self) -> _core.Model:
         return _core.Model(self.config, self.tensors)
@@ -193,6 +194,36 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
                 norm_eps=_hparam(meta, path, a + "attention.layer_norm_rms_epsilon", kind=float),
                 rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
                 rope_neox=arch in NEOX_ROPE_ARCHS)
+
+
+# config key -> (type, low, high): what _core.Model accepts; every loader's config (and a
+# packed file's header) passes check_config before anything is sized from it
+CONFIG_RANGES = {
+    "n_layers": (int, 1, 1 << 12), "dim": (int, 1, 1 << 17), "n_heads": (int, 1, 1 << 12),
+    "n_kv_heads": (int, 1, 1 << 12), "head_dim": (int, 2, 512), "ffn_dim": (int, 1, 1 << 20),
+    "vocab": (int, 1, 1 << 24), "max_ctx": (int, 1, (1 << 31) - 1),
+    "norm_eps": (float, 1e-12, 0.1), "rope_theta": (float, 1.0, 1e10),
+}
+
+
+def check_config(cfg: Any, where: str) -> dict[str, Any]:
+    """cfg as the C model reads it, or a ModelFileError naming `where` and the bad key."""
+    if not isinstance(cfg, dict):
+        raise _fail(where, f"model config should be an object, got {type(cfg).__name__}")
+    if cfg.get("arch") not in SUPPORTED_ARCHS:
+        raise _fail(where, f"config arch = {cfg.get('arch')!r}: expected one of {', '.join(SUPPORTED_ARCHS)}")
+    if not isinstance(cfg.get("rope_neox"), bool):
+        raise _fail(where, f"config rope_neox = {cfg.get('rope_neox')!r}: expected true or false")
+    for key, (kind, lo, hi) in CONFIG_RANGES.items():
+        v = cfg.get(key)
+        ok_type = (isinstance(v, (int, np.integer)) if kind is int else isinstance(v, (int, float, np.number)))
+        if isinstance(v, (bool, np.bool_)) or not ok_type or not lo <= v <= hi:
+            raise _fail(where, f"config {key} = {v!r}: expected {'an integer' if kind is int else 'a number'} "
+                               f"in {lo}..{hi}")
+    if cfg["n_heads"] % cfg["n_kv_heads"] or cfg["head_dim"] % 2:
+        raise _fail(where, f"config heads {cfg['n_heads']}/{cfg['n_kv_heads']}, head_dim {cfg['head_dim']}: "
+                           f"expected n_kv_heads dividing n_heads and an even head_dim")
+    return cfg
 
 
 # ---------------------------------------------------------------- expected tensors
@@ -514,6 +545,7 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
             raise _fail(path, f"tensor 'token_embd.weight' has shape {embd.shape}, expected "
                               f"(vocab, {cfg['dim']})")
         cfg["vocab"] = int(embd.shape[0])
+        check_config(cfg, path)
         specs = _expected(cfg)
 
         # Check everything before the (slower) conversion, so a bad file fails fast.

@@ -20,7 +20,7 @@ import numpy as np
 from . import gptq
 from ..errors import ModelFileError
 from ..kernels import quantize
-from .gguf_model import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows
+from .gguf_model import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows, check_config
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
@@ -58,7 +58,7 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
     if hf.get("rope_scaling"):
         log.warning("%s: rope_scaling is ignored; quality may drop past the original context", cfg_path)
-    return cfg, bool(hf.get("tie_word_embeddings", False)), quant
+    return check_config(cfg, cfg_path), bool(hf.get("tie_word_embeddings", False)), quant
 
 
 def _wanted(cfg: dict, tied: bool) -> dict:

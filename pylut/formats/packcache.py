@@ -10,9 +10,17 @@ The header is a trailer so that a model can be streamed into the file one tensor
 (``PackWriter``): nothing but the tensor being converted has to be in memory. A file whose
 write was interrupted has header offset 0 and is refused; it is written under a temporary
 name and renamed into place only when complete anyway.
-The cache key is the source file's absolute path, size and mtime plus the load options, so
-an edited or replaced model file is never served stale. Any unreadable cache file is logged
-and rebuilt: a cache is never a reason to fail.
+Format 7 adds a CRC-32C to every buffer's [offset, nbytes, crc32c] and the source's content
+fingerprint. The buffers' CRCs are verified the first time a file is mapped (GB/s on the
+CPU's CRC instructions) and the success recorded beside it (``<pack>.verified``: the file's
+size, mtime, ctime, inode and header CRC; a cache file just written is recorded at once,
+its CRCs having been computed from the bytes written), so later maps skip it; the header's config and tensor
+entries are type- and range-checked on every map, and buffers may not overlap.
+The cache key is the source file's absolute path, size, mtime and content fingerprint
+(``source_fingerprint``: the first 16 MiB, where the metadata and tokenizer live, the last
+MiB and 256 samples between, or the whole file when small) plus the load options, so an
+edited or replaced model file is never served stale, even with its mtime restored. Any
+unreadable cache file is logged and rebuilt: a cache is never a reason to fail.
 """
 import glob
 import hashlib
@@ -30,13 +38,15 @@ import numpy as np
 
 from .. import _core
 from .._version import __version__
+from ..errors import ModelFileError
 
 log = logging.getLogger("pylut")
 
 MAGIC = b"PYLUTPK\0"
 # 2: T3 fp16 scales; 3: implied-bias (zero) matrices; 4: two-level scales; 5: header last;
-# 6: nibble sub-values ("sub_nibbles" in a matrix's header entry)
-FORMAT_VERSION = 6
+# 6: nibble sub-values ("sub_nibbles" in a matrix's header entry); 7: a CRC-32C per buffer
+# and the source's content fingerprint
+FORMAT_VERSION = 7
 ALIGN = 64
 _HEAD = struct.Struct("<8sII")          # magic, version, 0: the same in every version
 _PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header crc32, 0
@@ -58,8 +68,62 @@ def cache_dir() -> str:
     return d
 
 
+_WHOLE_FILE = 32 << 20     # files up to this size are hashed whole
+_HEAD_BYTES = 16 << 20     # else: the head (GGUF metadata and tokenizer), the tail, samples
+_TAIL_BYTES = 1 << 20
+_SAMPLES, _SAMPLE_BYTES = 256, 4096
+_fingerprints: dict = {}   # (path, size, mtime, ctime, inode) -> fingerprint, within a process
+
+
+def _file_fingerprint(path: str) -> str:
+    st = os.stat(path)
+    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if memo in _fingerprints:
+        return _fingerprints[memo]
+    h = hashlib.sha256(st.st_size.to_bytes(8, "little"))
+    size = st.st_size
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        if size <= _WHOLE_FILE:
+            ranges = [(0, size)]
+        else:
+            span = size - _HEAD_BYTES - _TAIL_BYTES
+            ranges = [(0, _HEAD_BYTES)] + [(_HEAD_BYTES + span * i // _SAMPLES, _SAMPLE_BYTES)
+                                           for i in range(_SAMPLES)] + [(size - _TAIL_BYTES, _TAIL_BYTES)]
+        for off, n in ranges:
+            while n > 0:
+                chunk = os.pread(fd, min(n, 8 << 20), off)
+                if not chunk:
+                    break
+                h.update(chunk)
+                off += len(chunk)
+                n -= len(chunk)
+    _fingerprints[memo] = fp = h.hexdigest()[:32]
+    return fp
+
+
+def source_fingerprint(path: str) -> str:
+    """The content fingerprint of a model file (or of every file of a model folder)."""
+    if os.path.isdir(path):
+        h = hashlib.sha256()
+        for f in sorted(os.listdir(path)):
+            full = os.path.join(path, f)
+            if os.path.isfile(full):
+                h.update(f.encode() + b"\0" + _file_fingerprint(full).encode())
+        return h.hexdigest()[:32]
+    return _file_fingerprint(path)
+
+
+def _fingerprint_if_any(path: str) -> str:
+    try:
+        return source_fingerprint(path)
+    except OSError:  # a model built in memory: no source to compare with
+        return ""
+
+
 def cache_key(path: str, **options) -> str:
-    """A file: its path, size and mtime; a model folder: the same for every file in it."""
+    """A file: its path, size, mtime and content fingerprint; a model folder: the same for
+    every file in it."""
     if os.path.isdir(path):
         files = sorted(os.listdir(path))
         stamp = [[f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns]
@@ -67,7 +131,8 @@ def cache_key(path: str, **options) -> str:
     else:
         st = os.stat(path)
         stamp = [st.st_size, st.st_mtime_ns]
-    ident = json.dumps([os.path.abspath(path), stamp, FORMAT_VERSION, sorted(options.items())])
+    ident = json.dumps([os.path.abspath(path), stamp, source_fingerprint(path), FORMAT_VERSION,
+                        sorted(options.items())])
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
@@ -198,8 +263,9 @@ class PackWriter:
         arr = np.ascontiguousarray(arr)
         self._pad()
         start = self.pos
-        self._write(memoryview(arr.reshape(-1).view(np.uint8)))
-        return [start, arr.nbytes]
+        raw = arr.reshape(-1).view(np.uint8)
+        self._write(memoryview(raw))
+        return [start, arr.nbytes, _core.crc32c(raw)]
 
     def put(self, name: str, t) -> None:
         """Write a QMatrix or a float array under name."""
@@ -231,6 +297,7 @@ class PackWriter:
             "config": loaded.config, "arch": loaded.arch, "tensor_types": loaded.tensor_types,
             "n_params": int(loaded.n_params), "bits_per_weight": float(loaded.bits_per_weight),
             "lossy": sorted(loaded.lossy), "tied_output": bool(loaded.tied_output), "tensors": self.entries,
+            "source_fingerprint": loaded.source_fingerprint or _fingerprint_if_any(loaded.path),
         }).encode()
         self._pad()
         offset = self.pos
@@ -281,12 +348,12 @@ def save(loaded, out_path: str) -> None:
 
 # ---------------------------------------------------------------- reading
 
-class PackFileError(ValueError):
-    pass
+class PackFileError(ModelFileError):
+    """A packed-model file is corrupt, forged or of another version (a ModelFileError)."""
 
 
 def _read_header(pack_path: str, size: int):
-    """(header dict, header offset), after every check that needs no tensor."""
+    """(header dict, header offset, header crc), after every check that needs no tensor."""
     with open(pack_path, "rb") as f:
         prefix = f.read(_PREFIX.size)
         if len(prefix) < _HEAD.size:
@@ -309,8 +376,8 @@ def _read_header(pack_path: str, size: int):
     if len(raw) != hlen or zlib.crc32(raw) != crc:
         raise PackFileError(f"{pack_path}: corrupt header (checksum mismatch)")
     try:
-        return json.loads(raw), hoff
-    except ValueError as e:
+        return json.loads(raw), hoff, crc
+    except (ValueError, RecursionError) as e:
         raise PackFileError(f"{pack_path}: corrupt header ({e})") from None
 
 
@@ -327,19 +394,137 @@ def _map(pack_path: str) -> np.ndarray:
     return np.frombuffer(m, dtype=np.uint8)
 
 
-def load(pack_path: str):
-    """Map a packed-model file; returns a LoadedModel (zero-copy views of the mapping)."""
+_Q_FIELDS = {"type": int, "m": int, "k": int, "group": int, "has_bias": bool, "super": int, "sub_nibbles": bool}
+_Q_BUFFERS = {"codes": np.uint8, "scale": np.uint16, "bias": np.uint16, "sub_scale": None, "sub_bias": np.int8}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_header(pack_path: str, h, data_end: int) -> None:
+    """Types and ranges of everything the header says, before anything is built from it: the
+    config (loader.check_config), every tensor entry's fields, and every buffer span inside
+    the data section, 64-byte aligned, with a CRC, and overlapping no other buffer."""
+    from .gguf_model import check_config
+    if not isinstance(h, dict) or not isinstance(h.get("tensors"), dict):
+        raise PackFileError(f"{pack_path}: header without a tensor table")
+    try:
+        check_config(h.get("config"), pack_path)
+    except ValueError as e:
+        raise PackFileError(str(e)) from None
+    for key, kind in (("source", str), ("arch", str), ("tensor_types", dict), ("n_params", int),
+                      ("bits_per_weight", (int, float)), ("lossy", list), ("tied_output", bool),
+                      ("source_fingerprint", str)):
+        if not isinstance(h.get(key), kind) or (kind is int and isinstance(h.get(key), bool)):
+            raise PackFileError(f"{pack_path}: header field {key!r} = {h.get(key)!r} has the wrong type")
+    spans = []
+    for name, e in h["tensors"].items():
+        kind = e.get("kind") if isinstance(e, dict) else None
+        if kind == "alias":
+            if (name, e.get("of")) != ("output", "token_embd"):
+                raise PackFileError(f"{pack_path}: tensor {name!r} aliases {e.get('of')!r}; only the tied "
+                                    f"output may alias the embedding")
+            continue
+        if kind == "q":
+            for f, t in _Q_FIELDS.items():
+                v = e.get(f)
+                if not isinstance(v, t) or (t is int and (isinstance(v, bool) or not 0 <= v < 1 << 31)):
+                    raise PackFileError(f"{pack_path}: tensor {name!r} field {f!r} = {v!r} is invalid")
+            z = e.get("zero")
+            if z is not None and (not isinstance(z, (int, float)) or isinstance(z, bool) or not abs(z) <= 256):
+                raise PackFileError(f"{pack_path}: tensor {name!r} zero = {z!r} is invalid")
+            bufs = [e.get(b) for b in _Q_BUFFERS]
+            if bufs[0] is None:
+                raise PackFileError(f"{pack_path}: tensor {name!r} has no codes")
+        elif kind == "f":
+            shape = e.get("shape")
+            if not isinstance(shape, list) or not all(_is_int(d) and 0 < d < 1 << 31 for d in shape):
+                raise PackFileError(f"{pack_path}: tensor {name!r} shape {shape!r} is invalid")
+            bufs = [e.get("data")]
+        else:
+            raise PackFileError(f"{pack_path}: tensor {name!r} has unknown kind {kind!r}")
+        for span in bufs:
+            if span is None:
+                continue
+            if (not isinstance(span, list) or len(span) != 3 or not all(map(_is_int, span))
+                    or span[0] < DATA_START or span[0] % ALIGN or span[1] < 0 or span[0] + span[1] > data_end
+                    or not 0 <= span[2] < 1 << 32):
+                raise PackFileError(f"{pack_path}: tensor {name!r}: buffer {span!r} lies outside the file's "
+                                    f"data or has no CRC")
+            spans.append((span[0], span[1], name))
+    spans.sort()
+    for (a0, an, a_name), (b0, _, b_name) in zip(spans, spans[1:]):
+        if a0 + an > b0:
+            raise PackFileError(f"{pack_path}: buffers of {a_name!r} and {b_name!r} overlap")
+
+
+def _verified_stamp(pack_path: str, crc: int) -> str:
+    st = os.stat(pack_path)
+    return json.dumps([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, crc])
+
+
+def _verify_buffers(pack_path: str, h, mm: np.ndarray, header_crc: int) -> None:
+    """Check every buffer's CRC-32C once per file: a recorded success (the file's stat and
+    header CRC in <pack>.verified) skips it; a failure is a PackFileError."""
+    marker = pack_path + ".verified"
+    stamp = _verified_stamp(pack_path, header_crc)
+    try:
+        with open(marker) as f:
+            if f.read() == stamp:
+                return
+    except OSError:
+        pass
+    t0 = time.perf_counter()
+    total = 0
+    for name, e in h["tensors"].items():
+        for key in ("codes", "scale", "bias", "sub_scale", "sub_bias", "data"):
+            span = e.get(key)
+            if span is None:
+                continue
+            off, n, want = span
+            got = 0
+            for at in range(off, off + n, _HUGE):  # 2 MiB pieces, the GIL released in each
+                got = _core.crc32c(mm[at:min(at + _HUGE, off + n)], got)
+            if got != want:
+                raise PackFileError(f"{pack_path}: tensor {name!r} buffer {key!r} fails its CRC-32C "
+                                    f"(corrupt file)")
+            total += n
+    log.info("verified %s: %.0f MB of buffers in %.3f s (crc32c, %s)", pack_path, total / 1e6,
+             time.perf_counter() - t0, _core.crc32c_impl())
+    _record_verified(pack_path, stamp)
+
+
+def _record_verified(pack_path: str, stamp: str = None) -> None:
+    if stamp is None:
+        with open(pack_path, "rb") as f:
+            stamp = _verified_stamp(pack_path, _PREFIX.unpack(f.read(_PREFIX.size))[5])
+    marker = pack_path + ".verified"
+    try:
+        with open(marker + f".{os.getpid()}.tmp", "w") as f:
+            f.write(stamp)
+        os.replace(marker + f".{os.getpid()}.tmp", marker)
+    except OSError as e:  # a read-only place: verified again on each map
+        log.debug("cannot record the verification of %s: %s", pack_path, e)
+
+
+def load(pack_path: str, verify: bool = True):
+    """Map a packed-model file; returns a LoadedModel (zero-copy views of the mapping).
+    verify: check the buffers' CRCs (once per file, see _verify_buffers)."""
     from .gguf_model import LoadedModel
     size = os.path.getsize(pack_path)
-    h, data_end = _read_header(pack_path, size)
+    h, data_end, header_crc = _read_header(pack_path, size)
+    _check_header(pack_path, h, data_end)
     mm = _map(pack_path)
+    if verify:
+        _verify_buffers(pack_path, h, mm, header_crc)
 
     def view(span, dtype):
         if span is None:
             return None
-        off, n = int(span[0]), int(span[1])
-        if off < DATA_START or off % ALIGN or n < 0 or off + n > data_end or n % np.dtype(dtype).itemsize:
-            raise PackFileError(f"{pack_path}: a buffer lies outside the file's data (truncated?)")
+        off, n = span[0], span[1]
+        if n % np.dtype(dtype).itemsize:
+            raise PackFileError(f"{pack_path}: a buffer's size is not a whole number of elements")
         return mm[off: off + n].view(dtype)
 
     tensors = {}
@@ -360,9 +545,20 @@ def load(pack_path: str):
         return LoadedModel(config=h["config"], tensors=tensors, metadata={}, path=h["source"],
                            arch=h["arch"], tensor_types=h["tensor_types"], n_params=h["n_params"],
                            bits_per_weight=h["bits_per_weight"], lossy=set(h["lossy"]),
-                           tied_output=h["tied_output"])
-    except (KeyError, TypeError, ValueError) as e:
+                           tied_output=h["tied_output"], source_fingerprint=h["source_fingerprint"])
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise PackFileError(f"{pack_path}: inconsistent packed model ({e})") from None
+
+
+def check_source(loaded, pack_path: str) -> None:
+    """A packed file's source (where the tokenizer is read) must be the file it was packed
+    from: same content fingerprint, else a ModelFileError."""
+    if not os.path.exists(loaded.path):
+        raise ModelFileError(f"{pack_path}: its source GGUF {loaded.path} is gone; the tokenizer is read "
+                             "from it. Put it back or re-run 'pylut convert' from the GGUF.")
+    if source_fingerprint(loaded.path) != loaded.source_fingerprint:
+        raise ModelFileError(f"{pack_path}: its source {loaded.path} changed since it was packed (content "
+                             f"fingerprint differs); re-run 'pylut convert' from the GGUF")
 
 
 def load_or_build(path: str, build: Callable, use_cache: bool = True, **options):
@@ -387,8 +583,12 @@ def load_or_build(path: str, build: Callable, use_cache: bool = True, **options)
     try:
         with PackWriter(target) as writer:
             built = build(writer)
+            built.source_fingerprint = source_fingerprint(path)
             writer.finish(built)
-        loaded = load(target)
+        # the CRCs were computed from the very bytes just written: recorded as verified, so
+        # neither this map nor the next reads the whole file again
+        loaded = load(target, verify=False)
+        _record_verified(target)
     except (CacheWriteError, PackFileError) as e:
         # what was streamed is gone from memory: load again without the cache
         log.warning("could not write the packed-model cache %s (%s); loading without it", target, e)

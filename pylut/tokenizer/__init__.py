@@ -70,8 +70,11 @@ def merge_symbols(symbols: List[str], priority: Dict, use_pairs: bool) -> List[s
 
     Repeatedly joins the adjacent pair with the lowest priority value (ties: leftmost pair
     first) until no adjacent pair has a priority. ``priority`` is keyed by the merged string
-    (SentencePiece scores) or, if ``use_pairs``, by the ``(left, right)`` tuple (BPE ranks).
-    A heap plus a doubly linked list keeps long inputs near O(n log n).
+    (SentencePiece) or, if ``use_pairs``, by the ``(left, right)`` tuple (BPE), and its values
+    are non-negative integer ranks. A heap plus a doubly linked list keeps it O(n log n) in
+    the word's length: the heap holds plain integers ``rank * n + position`` (fast to compare,
+    where tuples made a 10 MB single-word input take minutes), and an entry is stale when the
+    pair now at its position no longer has its rank.
     """
     n = len(symbols)
     if n < 2:
@@ -86,15 +89,18 @@ def merge_symbols(symbols: List[str], priority: Dict, use_pairs: bool) -> List[s
         a, b = symbols[i], symbols[i + 1]
         p = get((a, b) if use_pairs else a + b)
         if p is not None:
-            heap.append((p, i, a, b))
+            heap.append(p * n + i)
     heapq.heapify(heap)
     push, pop = heapq.heappush, heapq.heappop
     while heap:
-        _, i, a, b = pop(heap)
+        p, i = divmod(pop(heap), n)
+        a = symbols[i]
         j = nxt[i]
-        # Entries go stale when a neighbour merged first; the texts tell us.
-        if j < 0 or symbols[i] != a or symbols[j] != b:
+        if a is None or j < 0:
             continue
+        b = symbols[j]
+        if get((a, b) if use_pairs else a + b) != p:
+            continue  # a neighbour merged first: this pair is gone
         merged = a + b
         symbols[i] = merged
         symbols[j] = None
@@ -104,16 +110,23 @@ def merge_symbols(symbols: List[str], priority: Dict, use_pairs: bool) -> List[s
             prv[k] = i
         h = prv[i]
         if h >= 0:
-            left = symbols[h]
-            p = get((left, merged) if use_pairs else left + merged)
-            if p is not None:
-                push(heap, (p, h, left, merged))
+            q = get((symbols[h], merged) if use_pairs else symbols[h] + merged)
+            if q is not None:
+                push(heap, q * n + h)
         if k >= 0:
-            right = symbols[k]
-            p = get((merged, right) if use_pairs else merged + right)
-            if p is not None:
-                push(heap, (p, i, merged, right))
+            q = get((merged, symbols[k]) if use_pairs else merged + symbols[k])
+            if q is not None:
+                push(heap, q * n + i)
     return [s for s in symbols if s is not None]
+
+
+def _score_ranks(pieces: Dict[str, float]) -> Dict[str, int]:
+    """piece -> integer rank of its negated score (best score 0; equal scores, equal ranks;
+    NaN last), the order merge_symbols needs as integers."""
+    values = sorted({v for v in pieces.values() if v == v})
+    rank = {v: r for r, v in enumerate(values)}
+    worst = len(values)
+    return {t: rank.get(v, worst) for t, v in pieces.items()}
 
 
 class StreamDecoder:
@@ -195,7 +208,7 @@ class Tokenizer:
             if scores is None:
                 raise ValueError(f"{source}: SentencePiece vocabulary without scores")
             # merged string -> priority (lower first): the negated score of that piece
-            self._priority = {t: -float(scores[i]) for t, i in self._text_to_id.items()}
+            self._priority = _score_ranks({t: -float(scores[i]) for t, i in self._text_to_id.items()})
             self._pair_keys = False
         else:
             if merges is None:
