@@ -6,7 +6,9 @@
 
 Without --text, the corpus is about 1 MB of English prose: docstrings of the Python
 standard library's sources (always available, varied vocabulary). "cold" is the first pass
-with an empty word cache, "warm" a second pass over the same text.
+with an empty word cache, "warm" a second pass over the same text. Then, per vocab, one
+pre-token of --long-word MB ("aaaa...", default 10): the worst case of the BPE merge, whose
+time grows as n log n in the word's length (the word cache cannot help).
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def main() -> int:
     ap.add_argument("paths", nargs="*", help="GGUF files or tokenizer.json (default: fixtures)")
     ap.add_argument("--text", help="UTF-8 text file to encode (default: stdlib docstrings)")
     ap.add_argument("--mb", type=float, default=1.0, help="corpus size when generated")
+    ap.add_argument("--long-word", type=float, default=10.0, help="MB of the single-word case (0: skip)")
     args = ap.parse_args()
 
     paths = [Path(p) for p in args.paths] or [FIXTURES / f"ggml-vocab-{v}.gguf" for v in VOCABS]
@@ -82,6 +85,15 @@ def main() -> int:
         load = time.perf_counter() - t0
         cold, warm, dec, n = bench(tok, text)
         print(f"{path.name:<28} {load:7.2f} {cold:10.2f} {warm:10.2f} {dec:12.2f} {n:9d}")
+    if args.long_word > 0:
+        word = "a" * int(args.long_word * 1e6)
+        print(f"one {args.long_word:g} MB word of 'a':")
+        for path in paths:
+            if path.exists():
+                tok = Tokenizer.from_file(path)
+                t0 = time.perf_counter()
+                n = len(tok.encode(word))
+                print(f"{path.name:<28} {time.perf_counter() - t0:7.2f} s {n:9d} tokens")
     return 0
 
 
