@@ -143,7 +143,8 @@ def mutate_gguf(seed: bytes, fields, rng: random.Random):
     if kind == "float":
         floats = [f for f in fields if f[2] == "scalar" and f[1] in (4, 8)]
         off, size, _ = rng.choice(floats)
-        v = rng.choice([float("nan"), float("inf"), -float("inf"), 0.0, -1.0, 1e-45, 3.4e38, 1e300])
+        v = rng.choice([float("nan"), float("inf"), -float("inf"), 0.0, -1.0, 1e-45, 3.4e38]
+                       + ([1e300, 5e-324] if size == 8 else []))
         buf[off:off + size] = struct.pack("<f" if size == 4 else "<d", v)
         return bytes(buf), f"set float at {off} to {v}"
     n = rng.randrange(1, 32)
