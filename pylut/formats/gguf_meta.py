@@ -18,6 +18,8 @@ from typing import Any, Dict, Union
 
 import numpy as np
 
+from .errors import ModelFileError
+
 GGUF_MAGIC = b"GGUF"
 
 # value type id -> (struct format, numpy dtype) for fixed-size scalars
@@ -53,7 +55,7 @@ class _Cursor:
 
     def _need(self, n: int) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise ValueError(
+            raise ModelFileError(
                 f"{self.path}: truncated GGUF file (wanted {n} bytes at offset {self.pos}, "
                 f"file has {self.size})"
             )
@@ -111,7 +113,7 @@ def _read_value(cur: _Cursor, vtype: int, depth: int = 0) -> Any:
         return cur.string()
     if vtype == _TYPE_ARRAY:
         if depth > 4:
-            raise ValueError(f"{cur.path}: GGUF arrays nested too deeply")
+            raise ModelFileError(f"{cur.path}: GGUF arrays nested too deeply")
         item_type = cur.u32()
         count = cur.u64()
         if item_type in _SCALAR_TYPES:
@@ -126,8 +128,8 @@ def _read_value(cur: _Cursor, vtype: int, depth: int = 0) -> Any:
             return _read_string_array(cur, count)
         if item_type == _TYPE_ARRAY:
             return [_read_value(cur, _TYPE_ARRAY, depth + 1) for _ in range(count)]
-        raise ValueError(f"{cur.path}: unknown GGUF array element type {item_type}")
-    raise ValueError(f"{cur.path}: unknown GGUF value type {vtype}")
+        raise ModelFileError(f"{cur.path}: unknown GGUF array element type {item_type}")
+    raise ModelFileError(f"{cur.path}: unknown GGUF value type {vtype}")
 
 
 def read_gguf_metadata(path: PathLike) -> Dict[str, Any]:
@@ -135,13 +137,13 @@ def read_gguf_metadata(path: PathLike) -> Dict[str, Any]:
 
     Scalars become Python numbers/bools/str, string arrays become ``list[str]`` and numeric
     arrays become numpy arrays. Also includes ``"GGUF.version"`` and ``"GGUF.tensor_count"``.
-    Raises ValueError on a bad magic, an unsupported version or a truncated file.
+    Raises ModelFileError (a ValueError) on a bad magic, an unsupported version or a truncated file.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 4:
-            raise ValueError(f"{path}: not a GGUF file (only {size} bytes)")
+            raise ModelFileError(f"{path}: not a GGUF file (only {size} bytes)")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         return _parse(mm, path)
@@ -154,11 +156,11 @@ def _parse(buf, path: str) -> Dict[str, Any]:
     cur._need(4)
     magic = bytes(buf[0:4])
     if magic != GGUF_MAGIC:
-        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+        raise ModelFileError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
     cur.pos = 4
     version = cur.u32()
     if version not in (2, 3):
-        raise ValueError(f"{path}: unsupported GGUF version {version} (need 2 or 3)")
+        raise ModelFileError(f"{path}: unsupported GGUF version {version} (need 2 or 3)")
     n_tensors = cur.u64()
     n_kv = cur.u64()
     meta: Dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": n_tensors}
