@@ -116,7 +116,18 @@ def mutate_gguf(seed: bytes, fields, rng: random.Random):
     """(mutated bytes, description)."""
     buf = bytearray(seed)
     header_end = max(o + s for o, s, _ in fields)
-    kind = rng.choice(["flip", "flip", "truncate", "extreme", "extreme", "utf8", "splat", "float"])
+    kind = rng.choice(["flip", "flip", "truncate", "extreme", "extreme", "utf8", "splat", "float", "array"])
+    floats = [f for f in fields if f[2] == "scalar" and f[1] in (4, 8)]
+    arrays = [f for f in fields if f[2] == "array" and f[1] >= 4]
+    if (kind == "float" and not floats) or (kind == "array" and not arrays):
+        kind = "flip"
+    if kind == "array":  # an element of a numeric array (token types, scores): extreme value
+        off, size, _ = rng.choice(arrays)
+        at = off + rng.randrange(size // 4) * 4
+        v = rng.choice([b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\xff\xff\xff\xff", b"\x07\x00\x00\x00",
+                        b"\x00\x00\x00\x80"])
+        buf[at:at + 4] = v
+        return bytes(buf), f"array element at {at} = {v!r}"
     if kind == "flip":
         at = rng.randrange(header_end if rng.random() < 0.8 else len(buf))
         bit = rng.randrange(8)
@@ -141,7 +152,6 @@ def mutate_gguf(seed: bytes, fields, rng: random.Random):
         buf[at:at + len(bad)] = bad[:max(0, off + size - at)] or bad[:1]
         return bytes(buf), f"bad utf-8 {bad!r} at {at}"
     if kind == "float":
-        floats = [f for f in fields if f[2] == "scalar" and f[1] in (4, 8)]
         off, size, _ = rng.choice(floats)
         v = rng.choice([float("nan"), float("inf"), -float("inf"), 0.0, -1.0, 1e-45, 3.4e38]
                        + ([1e300, 5e-324] if size == 8 else []))
@@ -347,14 +357,54 @@ def fork_case(target, data, ctx, timeout, mem_bytes, workdir):
 # ---------------------------------------------------------------- seeds
 
 
+def small_vocab(src: Path, dst: str, n_tokens: int = 3000, n_merges: int = 2000) -> bytes:
+    """A real vocabulary cut to its first n_tokens (byte tokens included: GPT-2 and SPM keep
+    them first) and n_merges merges: the same structures, a tokenizer built in milliseconds."""
+    import gguf
+    from pylut.gguf_reader import GGUFFile
+    with GGUFFile(src) as f:
+        meta = dict(f.metadata)
+    w = gguf.GGUFWriter(dst, "llama")
+    w.add_tokenizer_model(meta["tokenizer.ggml.model"])
+    if "tokenizer.ggml.pre" in meta:
+        w.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
+    w.add_token_list([t.encode("utf-8", "surrogateescape") for t in meta["tokenizer.ggml.tokens"][:n_tokens]])
+    w.add_token_types([int(t) for t in meta["tokenizer.ggml.token_type"][:n_tokens]])
+    if "tokenizer.ggml.scores" in meta:
+        w.add_token_scores([float(v) for v in meta["tokenizer.ggml.scores"][:n_tokens]])
+    if "tokenizer.ggml.merges" in meta:
+        w.add_token_merges(meta["tokenizer.ggml.merges"][:n_merges])
+    for key, add in (("tokenizer.ggml.bos_token_id", w.add_bos_token_id), ("tokenizer.ggml.eos_token_id", w.add_eos_token_id),
+                     ("tokenizer.ggml.unknown_token_id", w.add_unk_token_id)):
+        if key in meta and int(meta[key]) < n_tokens:
+            add(int(meta[key]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    return Path(dst).read_bytes()
+
+
+def warm_up(seeds, model) -> None:
+    """Build what every child would build again (pre-tokenizer regexes, lazy imports) once,
+    in the parent, so forked cases start warm. Nothing here starts a thread."""
+    import pylut.model as pm
+    model.detokenize(model.tokenize(TEXT))
+    with tempfile.TemporaryDirectory() as d:
+        for i, seed in enumerate(seeds["vocab"]):
+            path = os.path.join(d, f"v{i}.gguf")
+            Path(path).write_bytes(seed)
+            tok = pm._read_tokenizer(path)
+            tok.decode(tok.encode(TEXT, add_bos=True, parse_special=True))
+
+
 def make_seeds(workdir: str):
     from model_builder import build_gguf
     gguf_path = os.path.join(workdir, "seed.gguf")
     build_gguf(gguf_path, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
     seeds = {"gguf": Path(gguf_path).read_bytes()}
-    vocab = VOCAB_DIR / "ggml-vocab-gpt-2.gguf"
-    spm = VOCAB_DIR / "ggml-vocab-llama-spm.gguf"
-    seeds["vocab"] = [p.read_bytes() for p in (vocab, spm) if p.exists()] or [seeds["gguf"]]
+    seeds["vocab"] = [small_vocab(VOCAB_DIR / f"ggml-vocab-{name}.gguf", os.path.join(workdir, f"{name}.gguf"))
+                      for name in ("gpt-2", "llama-spm") if (VOCAB_DIR / f"ggml-vocab-{name}.gguf").exists()]
+    seeds["vocab"] = seeds["vocab"] or [seeds["gguf"]]
     pack_path = os.path.join(workdir, "seed.pylut")
     from pylut.loader import load_gguf
     packcache.convert(gguf_path, pack_path, lambda sink: load_gguf(gguf_path, sink=sink))
@@ -384,6 +434,7 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="pylut-fuzz-work-") as work:
         seeds, model, _ = make_seeds(work)
+        warm_up(seeds, model)
         ctx = {"model": model, "want": {}}
         # reference outputs, computed in a child the same way as every case
         for target in targets:

@@ -25,6 +25,8 @@ import unicodedata
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
+import numpy as np
+
 from ._pretokenize import PreTokenizer
 
 logger = logging.getLogger("pylut")
@@ -123,10 +125,9 @@ def merge_symbols(symbols: List[str], priority: Dict, use_pairs: bool) -> List[s
 def _score_ranks(pieces: Dict[str, float]) -> Dict[str, int]:
     """piece -> integer rank of its negated score (best score 0; equal scores, equal ranks;
     NaN last), the order merge_symbols needs as integers."""
-    values = sorted({v for v in pieces.values() if v == v})
-    rank = {v: r for r, v in enumerate(values)}
-    worst = len(values)
-    return {t: rank.get(v, worst) for t, v in pieces.items()}
+    values = np.fromiter(pieces.values(), np.float64, len(pieces))
+    _, ranks = np.unique(values, return_inverse=True)  # (np.unique sorts NaN last)
+    return dict(zip(pieces, ranks.reshape(-1).tolist()))
 
 
 class StreamDecoder:
