@@ -179,7 +179,7 @@ def _add_sampling_args(p, max_tokens_default):
                    help="most tokens to generate (0: until the context is full)"
                    + (f"; default {max_tokens_default}" if max_tokens_default else ""))
     g.add_argument("--temperature", "--temp", type=float, default=None, help="0 = greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=None, help="default 40; <= 0 off")
+    g.add_argument("--top-k", type=int, default=None, help="default 40; 0 off")
     g.add_argument("--top-p", type=float, default=None, help="default 0.95")
     g.add_argument("--min-p", type=float, default=None, help="default 0.05")
     g.add_argument("--repeat-penalty", type=float, default=None, help="default 1.1; 1 off")
