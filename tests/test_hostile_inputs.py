@@ -328,7 +328,7 @@ def test_bit_flipped_pack_payload_is_refused_and_rebuilt(model_file, cache, capl
 
 
 @pytest.mark.parametrize("forgery", ["norm_eps", "rope_neox", "layer_alias", "shifted_scale", "n_layers",
-                                     "zero", "span_type"])
+                                     "zero", "span_type", "ffn_dim"])
 def test_forged_pack_headers_are_refused(model_file, cache, forgery):
     f, packcache = _pack(model_file, cache)
 
@@ -346,6 +346,8 @@ def test_forged_pack_headers_are_refused(model_file, cache, forgery):
             h["config"]["n_layers"] = 2**31
         elif forgery == "zero":
             t["blk.0.attn_q"]["zero"] = float("inf")
+        elif forgery == "ffn_dim":  # in range, but not the tensors' shape
+            h["config"]["ffn_dim"] = 1
         elif forgery == "span_type":
             t["blk.0.attn_q"]["codes"][1] = 1.5
     _forge_pack(f, edit)

@@ -146,7 +146,7 @@ _HPARAM_RANGES = {
     "feed_forward_length": (1, 1 << 20),
     "context_length": (1, (1 << 31) - 1),
     "attention.layer_norm_rms_epsilon": (1e-12, 0.1),
-    "rope.freq_base": (1.0, 1e10),
+    "rope.freq_base": (1.0, 1e15),
 }
 
 
@@ -202,7 +202,7 @@ CONFIG_RANGES = {
     "n_layers": (int, 1, 1 << 12), "dim": (int, 1, 1 << 17), "n_heads": (int, 1, 1 << 12),
     "n_kv_heads": (int, 1, 1 << 12), "head_dim": (int, 2, 512), "ffn_dim": (int, 1, 1 << 20),
     "vocab": (int, 1, 1 << 24), "max_ctx": (int, 1, (1 << 31) - 1),
-    "norm_eps": (float, 1e-12, 0.1), "rope_theta": (float, 1.0, 1e10),
+    "norm_eps": (float, 1e-12, 0.1), "rope_theta": (float, 1.0, 1e15),
 }
 
 

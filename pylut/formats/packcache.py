@@ -545,6 +545,7 @@ def load(pack_path: str, verify: bool = True):
         for name, e in h["tensors"].items():
             if e["kind"] == "alias":
                 tensors[name] = tensors[e["of"]]
+        _core.Model(h["config"], tensors)  # every tensor's shape fits the config (pointers only)
         return LoadedModel(config=h["config"], tensors=tensors, metadata={}, path=h["source"],
                            arch=h["arch"], tensor_types=h["tensor_types"], n_params=h["n_params"],
                            bits_per_weight=h["bits_per_weight"], lossy=set(h["lossy"]),
