@@ -12,6 +12,8 @@ runs. This does, from the disassembly (x86-64 only):
     prefill_vnni_gfni.c);
   * no function outside those units calls or jumps straight into them: they are reached only
     through the dispatch table (src/core/dispatch.c takes the tables' addresses, never calls);
+  * src/core/checksum_hw.c (SSE4.2 crc32) may hold post-baseline code but no ymm/zmm, and is
+    reached only through the function pointer src/core/checksum.c picks at run time;
   * each ISA unit really holds ymm/zmm code (a unit compiled to nothing would pass silently).
 
 Functions are mapped to their source unit from the extension's symbol table (local symbols
@@ -34,6 +36,9 @@ from collections import defaultdict
 
 ISA_UNITS = {"lut_avx2", "lut_avx512", "lut_avx512vbmi", "attn_avx2", "attn_avx512", "prefill_avx2", "prefill_vnni",
              "prefill_vnni_gfni"}  # reached only via the dispatch table
+# units built for a post-baseline extension without wide registers (SSE4.2 crc32), reached
+# only through a function pointer chosen at run time (src/core/checksum.c)
+NARROW_ISA_UNITS = {"checksum_hw"}
 
 WIDE_REG = re.compile(r"%(?:[yz]mm\d+|k[0-7]\b)")
 FUNC_HDR = re.compile(r"^([0-9a-f]+) <(.+)>:$")
@@ -134,7 +139,7 @@ def check_objects(objdump, objs, verbose):
         wide = 0
         for _, name, insns in disassemble(objdump, o):
             why = classify(insns)
-            if why and unit not in ISA_UNITS:
+            if why and unit not in ISA_UNITS | NARROW_ISA_UNITS:
                 bad.append(f"{os.path.basename(o)}: {name}: {why} in a baseline unit")
             if any(WIDE_REG.search(ops) for _, _, ops in insns):
                 wide += 1
@@ -164,7 +169,7 @@ def check_extension(objdump, readelf, so, owners, verbose):
         else:                                      # hidden/global: ask the objects
             cands = owners.get(base_name(name), set())
             u = next(iter(cands)) if len(cands) == 1 else None
-            if len(cands) > 1 and cands & ISA_UNITS:
+            if len(cands) > 1 and cands & (ISA_UNITS | NARROW_ISA_UNITS):
                 bad.append(f"{name}: defined in several units {sorted(cands)}")
         if u is not None and (addr not in unit_at or unit_at[addr] is None):
             unit_at[addr] = u
@@ -177,7 +182,7 @@ def check_extension(objdump, readelf, so, owners, verbose):
     wide_per_unit = defaultdict(int)
     for addr, name, insns in funcs:
         unit = unit_at.get(addr)
-        isa = unit in ISA_UNITS
+        isa = unit in ISA_UNITS or unit in NARROW_ISA_UNITS
         why = classify(insns)
         if any(WIDE_REG.search(ops) for _, _, ops in insns):
             wide_per_unit[unit] += 1
@@ -188,7 +193,8 @@ def check_extension(objdump, readelf, so, owners, verbose):
         for _, mn, ops in insns:        # direct call/jump from baseline code into an ISA unit
             if mn.startswith(("call", "jmp", "j")):
                 m = DIRECT.match(ops)
-                if m and unit_at.get(int(m.group(1), 16)) in ISA_UNITS and int(m.group(1), 16) in name_at:
+                if (m and unit_at.get(int(m.group(1), 16)) in ISA_UNITS | NARROW_ISA_UNITS
+                        and int(m.group(1), 16) in name_at):
                     bad.append(f"{name} (unit {unit}): calls {m.group(2)} of "
                                f"{unit_at[int(m.group(1), 16)]} directly, not through the dispatch table")
     return bad, dict(wide_per_unit)
@@ -232,6 +238,9 @@ def main(argv=None):
     bad += bad2
     print("  functions with ymm/zmm/k registers per unit: "
           + ", ".join(f"{u}={n}" for u, n in sorted(wide.items(), key=lambda x: str(x[0]))))
+    for u in sorted(NARROW_ISA_UNITS):
+        if wide.get(u):
+            bad.append(f"{u}: ymm/zmm code in a unit that should hold none")
     for u in sorted(ISA_UNITS):
         if not wide.get(u):
             bad.append(f"{u}: no ymm/zmm code in the extension (unit compiled to nothing?)")
