@@ -134,7 +134,7 @@ def test_api_size_arguments_are_value_errors(model_file, cache):
 def server(model_file, tmp_path_factory):
     import os
     os.environ.setdefault("PYLUT_CACHE_DIR", str(tmp_path_factory.mktemp("srvcache")))
-    from pylut.server import make_server
+    from pylut.app.server import make_server
     srv = make_server(pylut.load(model_file, n_ctx=64, n_threads=1), port=0)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -250,7 +250,7 @@ def test_forged_session_rows_are_refused(session, tmp_path):
 ])
 def test_runaway_chat_templates_are_refused(template, words):
     pytest.importorskip("jinja2")
-    from pylut.chat_template import ChatTemplate, TemplateBudgetError
+    from pylut.tokenizer.chat_template import ChatTemplate, TemplateBudgetError
     t = ChatTemplate(template)
     t0 = time.monotonic()
     with pytest.raises(TemplateBudgetError, match=words):
@@ -260,7 +260,7 @@ def test_runaway_chat_templates_are_refused(template, words):
 
 def test_ordinary_template_renders_within_budget():
     pytest.importorskip("jinja2")
-    from pylut.chat_template import ChatTemplate
+    from pylut.tokenizer.chat_template import ChatTemplate
     t = ChatTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     assert t.render([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
@@ -282,7 +282,7 @@ def test_crc32c_matches_the_standard_and_its_scalar_twin():
 
 
 def _pack(model_file, cache):
-    from pylut import packcache
+    from pylut.formats import packcache
     pylut.load(model_file, n_ctx=64)
     (f,) = list(cache.glob("*.pylut"))
     return f, packcache
@@ -291,7 +291,7 @@ def _pack(model_file, cache):
 def _forge_pack(f: Path, edit) -> None:
     """Rewrite the pack's JSON header through edit(header), with a valid header CRC."""
     import zlib
-    from pylut import packcache
+    from pylut.formats import packcache
     data = f.read_bytes()
     magic, version, z, hoff, hlen, crc, z2 = packcache._PREFIX.unpack_from(data)
     h = json.loads(data[hoff:hoff + hlen])
@@ -360,7 +360,7 @@ def test_source_edited_in_place_with_mtime_restored_rebuilds_the_pack(tmp_path, 
     build_gguf(src, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
     before = pylut.load(src, n_ctx=64).eval([5, 6, 7])
     assert len(list(cache.glob("*.pylut"))) == 1
-    from pylut.gguf_reader import GGUFFile
+    from pylut.formats.gguf_reader import GGUFFile
     with GGUFFile(src) as g:
         info = g.tensors["blk.0.attn_q.weight"]
         at = info.offset + 2  # a code byte of the first block (after its fp16 scale)
@@ -378,7 +378,7 @@ def test_source_edited_in_place_with_mtime_restored_rebuilds_the_pack(tmp_path, 
 
 
 def test_converted_pack_refuses_a_changed_source(tmp_path, cache):
-    from pylut.cli import CLIError, load_model
+    from pylut.app.cli import CLIError, load_model
     src = tmp_path / "m.gguf"
     build_gguf(src, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
     out = tmp_path / "m.pylut"

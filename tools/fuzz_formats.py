@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 
 import pylut  # noqa: E402
-from pylut import packcache  # noqa: E402
+from pylut.formats import packcache  # noqa: E402
 from pylut.errors import ModelFileError  # noqa: E402
 
 VOCAB_DIR = ROOT.parent / "shared" / "testdata" / "vocab"
@@ -361,7 +361,7 @@ def small_vocab(src: Path, dst: str, n_tokens: int = 3000, n_merges: int = 2000)
     """A real vocabulary cut to its first n_tokens (byte tokens included: GPT-2 and SPM keep
     them first) and n_merges merges: the same structures, a tokenizer built in milliseconds."""
     import gguf
-    from pylut.gguf_reader import GGUFFile
+    from pylut.formats.gguf_reader import GGUFFile
     with GGUFFile(src) as f:
         meta = dict(f.metadata)
     w = gguf.GGUFWriter(dst, "llama")
@@ -406,7 +406,7 @@ def make_seeds(workdir: str):
                       for name in ("gpt-2", "llama-spm") if (VOCAB_DIR / f"ggml-vocab-{name}.gguf").exists()]
     seeds["vocab"] = seeds["vocab"] or [seeds["gguf"]]
     pack_path = os.path.join(workdir, "seed.pylut")
-    from pylut.loader import load_gguf
+    from pylut.formats.gguf_model import load_gguf
     packcache.convert(gguf_path, pack_path, lambda sink: load_gguf(gguf_path, sink=sink))
     seeds["pack"] = Path(pack_path).read_bytes()
     model = pylut.load(gguf_path, n_ctx=64, n_threads=1, cache=False)

@@ -18,7 +18,7 @@ from typing import Any, Dict, Union
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 GGUF_MAGIC = b"GGUF"
 

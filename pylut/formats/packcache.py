@@ -511,9 +511,10 @@ def _record_verified(pack_path: str, stamp: str = None) -> None:
         log.debug("cannot record the verification of %s: %s", pack_path, e)
 
 
-def load(pack_path: str, verify: bool = True):
+def load(pack_path: str, verify: bool = True, check_model: bool = True):
     """Map a packed-model file; returns a LoadedModel (zero-copy views of the mapping).
-    verify: check the buffers' CRCs (once per file, see _verify_buffers)."""
+    verify: check the buffers' CRCs (once per file, see _verify_buffers). check_model: the
+    tensors must be the config's model (False: any tensors, for tools that store arrays)."""
     from .gguf_model import LoadedModel
     size = os.path.getsize(pack_path)
     h, data_end, header_crc = _read_header(pack_path, size)
@@ -545,7 +546,8 @@ def load(pack_path: str, verify: bool = True):
         for name, e in h["tensors"].items():
             if e["kind"] == "alias":
                 tensors[name] = tensors[e["of"]]
-        _core.Model(h["config"], tensors)  # every tensor's shape fits the config (pointers only)
+        if check_model:
+            _core.Model(h["config"], tensors)  # every tensor's shape fits the config (pointers only)
         return LoadedModel(config=h["config"], tensors=tensors, metadata={}, path=h["source"],
                            arch=h["arch"], tensor_types=h["tensor_types"], n_params=h["n_params"],
                            bits_per_weight=h["bits_per_weight"], lossy=set(h["lossy"]),
