@@ -131,6 +131,8 @@ cdef extern from "pylut/model.h" nogil:
         int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx
         float norm_eps, rope_theta
         int32_t rope_neox
+        const float *rope_inv_freq
+        float rope_attn_factor
         const pylut_qmatrix *tok_embd
         const float *tok_embd_f32
         const float *output_norm

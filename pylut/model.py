@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, streaming
+from . import _core, rope, streaming
 from .tokenizer.chat_template import ChatTemplate
 from .kernels import cpu_features, get_pool, physical_cores, ternary_layout
 from .sampling import Sampler, SamplingParams
@@ -607,6 +607,11 @@ class Model:
         return {"arch": self.loaded.arch, "path": self.loaded.path, "params": self.loaded.n_params,
                 "bits_per_weight": self.loaded.bits_per_weight, "tensor_types": self.loaded.tensor_types,
                 "n_layers": cfg["n_layers"], "dim": cfg["dim"], "vocab": cfg["vocab"],
+                "n_heads": cfg["n_heads"], "n_kv_heads": cfg["n_kv_heads"], "head_dim": cfg["head_dim"],
+                "ffn_dim": cfg["ffn_dim"], "norm_eps": cfg["norm_eps"],
+                "rope": {"theta": cfg["rope_theta"], "neox": bool(cfg["rope_neox"]),
+                         "scaling": cfg.get("rope_scaling") or {"type": "default"},
+                         "attn_factor": cfg.get("rope_attn_factor", 1.0), "summary": rope.describe(cfg)},
                 "context": cfg["max_ctx"], "n_ctx": self.n_ctx, "isa": cpu_features()["isa"],
                 "threads": self.n_threads, "chat_template": self.chat_template.name,
                 "kv_type": self.session.kv_type, "kv_bytes": self.session.kv_bytes,

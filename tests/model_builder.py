@@ -120,7 +120,8 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
                context_length: int = 128, omit: Iterable[str] = (),
                shape_overrides: dict[str, tuple[int, ...]] | None = None,
                type_overrides: dict[str, str] | None = None,
-               residual_gain: float | None = None) -> dict[str, str]:
+               residual_gain: float | None = None, rope_theta: float = 10000.0,
+               rope_freqs: np.ndarray | None = None, metadata: dict | None = None) -> dict[str, str]:
     """Write a random model; returns GGUF tensor name -> type name as written.
 
     tensor_type applies to every matrix (embedding and output included); norms and biases
@@ -128,7 +129,9 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
     vocabulary size then follows it).  For the bad-input tests: ``omit`` leaves tensors out,
     ``shape_overrides`` writes a tensor with another shape, ``type_overrides`` stores one
     matrix as another type (any type: raw random bytes when gguf cannot quantize to it);
-    ``arch`` may be any string (the tensor layout is llama's unless qwen2 / bitnet)."""
+    ``arch`` may be any string (the tensor layout is llama's unless qwen2 / bitnet).
+    rope_freqs: written as rope_freqs.weight (F32); metadata: extra keys (str, float or int
+    values), e.g. "llama.rope.scaling.type"."""
     rng = np.random.default_rng(seed)
     # GPT-2's init: the projections back into the residual stream get 1/sqrt(#branches), so
     # the current token's embedding stays the largest part of the residual (see output.weight)
@@ -150,8 +153,15 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
     writer.add_head_count(n_heads)
     writer.add_head_count_kv(n_kv_heads)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_freq_base(rope_theta)
     writer.add_rope_dimension_count(head_dim)
+    for key, value in (metadata or {}).items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_uint32(key, int(value))
 
     written: dict[str, str] = {}
 
@@ -184,6 +194,9 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
             writer.add_tensor(name, (mean + 0.1 * rng.standard_normal(shape)).astype(np.float32))
             written[name] = "F32"
 
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
+        written["rope_freqs.weight"] = "F32"
     ternary = arch == "bitnet"
     q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
     embd, qtype, qtype_name = matrix("token_embd.weight", vocab, dim, False)

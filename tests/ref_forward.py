@@ -8,13 +8,14 @@ def rmsnorm(x, w, eps):
     return (x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w).astype(np.float32)
 
 
-def rope(v, pos, theta, neox):
-    """v: [n_heads, head_dim] at one position."""
+def rope(v, pos, theta, neox, inv_freq=None, scale=1.0):
+    """v: [n_heads, head_dim] at one position. inv_freq: [head_dim/2] scaled frequencies
+    (config rope_inv_freq), else theta^(-2i/head_dim); scale multiplies cos and sin."""
     hd = v.shape[-1]
     half = hd // 2
-    inv = theta ** (-2.0 * np.arange(half) / hd)
+    inv = theta ** (-2.0 * np.arange(half) / hd) if inv_freq is None else np.asarray(inv_freq, np.float64)
     a = pos * inv
-    c, s = np.cos(a), np.sin(a)
+    c, s = np.cos(a) * scale, np.sin(a) * scale
     out = v.astype(np.float64).copy()
     if neox:
         x0, x1 = v[:, :half], v[:, half:]
@@ -46,8 +47,9 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0):
         q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
         k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
         v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
-        q = np.stack([rope(q[t].reshape(n_h, hd), t, cfg["rope_theta"], cfg["rope_neox"]) for t in range(n)])
-        k = np.stack([rope(k[t].reshape(n_kv, hd), t, cfg["rope_theta"], cfg["rope_neox"]) for t in range(n)])
+        rot = (cfg["rope_theta"], cfg["rope_neox"], cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0))
+        q = np.stack([rope(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
+        k = np.stack([rope(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
         v = v.reshape(n, n_kv, hd)
         rep = n_h // n_kv
         out = np.empty((n, n_h, hd), np.float32)

@@ -131,7 +131,7 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
     f = _the_cache_file(cache)
     data = f.read_bytes()
     magic, version, _, hoff, hlen, crc, _ = packcache._PREFIX.unpack_from(data)
-    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 7
+    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 8
     assert hoff % packcache.ALIGN == 0 and hoff + hlen == len(data) and zlib.crc32(data[hoff:]) == crc
     spans = []
     for e in packcache._read_header(str(f), len(data))[0]["tensors"].values():

@@ -32,6 +32,10 @@ typedef struct {
     int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx;
     float norm_eps, rope_theta;
     int32_t rope_neox;             /* 1: rotate (i, i+d/2) pairs (qwen2); 0: (2i, 2i+1) */
+    const float *rope_inv_freq;    /* [head_dim/2] each pair's inverse frequency, computed by the
+                                    * loader with the checkpoint's RoPE scaling (pylut.rope);
+                                    * NULL: rope_theta^(-2i/head_dim) */
+    float rope_attn_factor;        /* YaRN's factor on cos and sin (on q and k); 0 or 1: none */
     const pylut_qmatrix *tok_embd; /* [vocab, dim] packed, or NULL when tok_embd_f32 is set */
     const float *tok_embd_f32;     /* [vocab, dim] */
     const float *output_norm;      /* [dim] */

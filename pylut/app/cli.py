@@ -428,6 +428,9 @@ def cmd_info(args):
     print(f"tensor types:  {types}")
     print(f"bits/weight:   {info['bits_per_weight']:.3f} (as packed by pylut)")
     print(f"file size:     {info['file_bytes']:,} bytes ({info['file_bytes'] / 2**20:.1f} MiB)")
+    print(f"attention:     {info['n_heads']} heads, {info['n_kv_heads']} kv heads of {info['head_dim']}, "
+          f"ffn {info['ffn_dim']}, rms norm eps {info['norm_eps']:g}")
+    print(f"rope:          {info['rope']['summary']}")
     print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})")
     print(f"chat template: {info['chat_template']}")
     print(f"kernels:       {info['isa']}, {info['threads']} threads, precision {info['precision']}"

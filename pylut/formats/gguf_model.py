@@ -29,11 +29,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .. import _core
+from .. import _core, rope
 from . import quants
 from ..errors import ModelFileError
 from .gguf_reader import GGUFFile, TensorInfo
@@ -173,10 +173,6 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
     if rope_dims != head_dim:
         raise _fail(path, f"partial rotary embedding (rope.dimension_count {rope_dims} < "
                           f"head dim {head_dim}) is not supported")
-    scaling = meta.get(a + "rope.scaling.type", "none")
-    if scaling not in ("none", ""):
-        log.warning("%s: rope scaling %r is ignored; quality degrades beyond the training "
-                    "context", path, scaling)
     n_layers = _hparam(meta, path, a + "block_count")
     # Every layer has its own tensors: a count beyond the file's tensors is corrupt, and is
     # refused before anything per layer is built.
@@ -223,7 +219,31 @@ def check_config(cfg: Any, where: str) -> dict[str, Any]:
     if cfg["n_heads"] % cfg["n_kv_heads"] or cfg["head_dim"] % 2:
         raise _fail(where, f"config heads {cfg['n_heads']}/{cfg['n_kv_heads']}, head_dim {cfg['head_dim']}: "
                            f"expected n_kv_heads dividing n_heads and an even head_dim")
+    inv = cfg.get("rope_inv_freq")  # computed by pylut.rope; a packed header could forge it
+    if inv is not None and (not isinstance(inv, list) or len(inv) != cfg["head_dim"] // 2
+                            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                       and np.isfinite(x) and x > 0 for x in inv)):
+        raise _fail(where, f"config rope_inv_freq: expected {cfg['head_dim'] // 2} positive finite numbers")
+    attn = cfg.get("rope_attn_factor", 1.0)
+    if isinstance(attn, bool) or not isinstance(attn, (int, float)) or not 0 < attn <= 100:
+        raise _fail(where, f"config rope_attn_factor = {attn!r}: expected a number in (0, 100]")
     return cfg
+
+
+def _rope_freqs(f: GGUFFile, cfg: dict[str, Any]) -> Optional[np.ndarray]:
+    """rope_freqs.weight [head_dim/2]: Llama 3.1's per-pair frequency divisors, or None."""
+    info = f.tensors.get("rope_freqs.weight")
+    if info is None:
+        return None
+    want = (cfg["head_dim"] // 2,)
+    if tuple(info.shape) != want:
+        raise _fail(f.path, f"tensor 'rope_freqs.weight' has shape {tuple(info.shape)}, expected {want}")
+    if info.type_name not in ("F32", "F16", "BF16"):
+        raise _fail(f.path, f"tensor 'rope_freqs.weight' has type {info.type_name}; expected a float type")
+    factors = quants.dequantize(info.data, info.type_name, info.shape).reshape(-1).astype(np.float64)
+    if not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        raise _fail(f.path, "tensor 'rope_freqs.weight' holds non-finite or non-positive factors")
+    return factors
 
 
 # ---------------------------------------------------------------- expected tensors
@@ -545,6 +565,7 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
             raise _fail(path, f"tensor 'token_embd.weight' has shape {embd.shape}, expected "
                               f"(vocab, {cfg['dim']})")
         cfg["vocab"] = int(embd.shape[0])
+        rope.apply(cfg, rope.gguf_scaling(f.metadata, arch, path, cfg["max_ctx"]), _rope_freqs(f, cfg))
         check_config(cfg, path)
         specs = _expected(cfg)
 
@@ -571,7 +592,7 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
         tensor_types: dict[str, str] = {}
         lossy: set[str] = set()
         n_params = packed_bytes = matrix_params = 0
-        used = set()
+        used = {"rope_freqs.weight"} if "rope_freqs.weight" in f.tensors else set()
         for spec in specs:
             info = f.tensors.get(spec.gguf_name)
             if info is None:
@@ -603,9 +624,6 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
             out.alias("output", "token_embd")
             tensor_types["output"] = tensor_types["token_embd"]
         unused = sorted(set(f.tensors) - used)
-        if "rope_freqs.weight" in unused:
-            log.warning("%s: rope_freqs.weight (Llama 3.1 rope scaling) is ignored; quality "
-                        "degrades beyond 8k positions", path)
         if unused:
             log.debug("%s: unused tensors: %s", path, ", ".join(unused))
         metadata = dict(f.metadata)

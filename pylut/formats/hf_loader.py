@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import gptq
+from .. import rope
 from ..errors import ModelFileError
 from ..kernels import quantize
 from .gguf_model import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows, check_config
@@ -32,33 +33,138 @@ def is_hf_folder(path) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
-    cfg_path = os.path.join(path, "config.json")
+# ---------------------------------------------------------------- config.json
+
+# keys with no effect on the computed logits (bookkeeping, training-only, generation defaults)
+_INERT_KEYS = {
+    "_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "initializer_range", "use_cache", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
+    "pretraining_tp", "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id",
+    "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "tie_encoder_decoder", "torchscript",
+    "tokenizer_class", "auto_map", "use_return_dict", "prefix", "task_specific_params", "finetuning_task",
+    "cross_attention_hidden_size", "add_cross_attention", "is_decoder", "pruned_heads", "max_length",
+    "bad_words_ids", "num_labels", "quantization_config", "use_bfloat16", "keys_to_ignore_at_inference",
+    "unsloth_version", "unsloth_fixed",
+}
+# quantities pylut's llama/qwen2 block does not compute: refused unless at their no-op value
+_UNSUPPORTED = {
+    "attn_logit_softcapping": (None,), "final_logit_softcapping": (None,), "query_pre_attn_scalar": (None,),
+    "logit_scale": (None, 1, 1.0), "logits_scaling": (None, 1, 1.0), "embedding_multiplier": (None, 1, 1.0),
+    "residual_multiplier": (None, 1, 1.0), "attention_multiplier": (None,), "scale_embedding": (None, False),
+    "use_qk_norm": (None, False), "qk_layernorm": (None, False), "no_rope_layers": (None,),
+    "no_rope_layer_interval": (None,), "mlp_bias": (None, False), "num_experts": (None, 0),
+    "num_local_experts": (None, 0), "moe_intermediate_size": (None,), "layer_norm_eps": (None,),
+    "norm_eps": (None,),
+}
+_SILU = ("silu", "swish")
+
+
+def _read_json(cfg_path: str) -> dict:
     try:
         with open(cfg_path) as f:
             hf = json.load(f)
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{cfg_path}: cannot read the model config ({e})") from None
+    if not isinstance(hf, dict):
+        raise ModelFileError(f"{cfg_path}: the model config is not a JSON object")
+    return hf
+
+
+def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str) -> int:
+    """The context pylut can run exactly. Every layer attends to all earlier positions, so a
+    checkpoint with sliding-window layers runs up to its window, where windowing is a no-op."""
+    window = hf.get("sliding_window")
+    if hf_arch == "Qwen2ForCausalLM":
+        types = hf.get("layer_types")
+        if types is None:  # older configs: the window applies from layer max_window_layers on
+            use = bool(hf.get("use_sliding_window", False))
+            windowed = use and window is not None and n_layers > int(hf.get("max_window_layers", n_layers))
+        else:
+            if not isinstance(types, list) or len(types) != n_layers or \
+                    any(t not in ("full_attention", "sliding_attention") for t in types):
+                raise ModelFileError(f"{cfg_path}: layer_types {types!r} should list full_attention / "
+                                     f"sliding_attention for each of the {n_layers} layers")
+            windowed = "sliding_attention" in types and bool(hf.get("use_sliding_window", False)) \
+                and window is not None
+    elif hf_arch == "MistralForCausalLM":
+        windowed = window is not None
+    else:  # Llama's attention has no window; a stray key would be a misconfiguration
+        if window is not None:
+            raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} is set, but LlamaForCausalLM "
+                                 f"attends to every position; pylut will not guess which one applies")
+        windowed = False
+    if not windowed:
+        return max_ctx
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} should be a positive integer")
+    if window < max_ctx:
+        log.info("%s: sliding_window %d: the context is limited to the window, within which every "
+                 "layer sees every position (pylut has no windowed attention)", cfg_path, window)
+        return window
+    return max_ctx
+
+
+def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
+    """Hyperparameters from config.json. Every key that sets a quantity pylut computes with is
+    read, or refused with its name; a default stands only where the config says nothing."""
+    cfg_path = os.path.join(path, "config.json")
+    hf = _read_json(cfg_path)
     archs = hf.get("architectures") or []
-    arch = next((ARCHS[a] for a in archs if a in ARCHS), None)
-    if arch is None:
+    hf_arch = next((a for a in archs if a in ARCHS), None)
+    if hf_arch is None:
         raise ModelFileError(f"{cfg_path}: unsupported architecture {archs or hf.get('model_type')!r}; "
                              f"supported: {', '.join(sorted(ARCHS))}")
+    arch = ARCHS[hf_arch]
     qc = gptq.quantization_config(path, hf)
     quant = gptq.parse_config(qc, cfg_path) if qc else None
+    for key, neutral in _UNSUPPORTED.items():
+        if key in hf and hf[key] not in neutral:
+            raise ModelFileError(f"{cfg_path}: {key} = {hf[key]!r} is not supported by pylut's "
+                                 f"{arch} block (it computes no such quantity)")
+    act = hf.get("hidden_act", "silu")
+    if act not in _SILU:
+        raise ModelFileError(f"{cfg_path}: hidden_act = {act!r} is not supported (the MLP is SiLU-gated)")
     try:
         dim, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-        cfg = dict(arch=arch, n_layers=int(hf["num_hidden_layers"]), dim=dim, n_heads=heads,
+        n_layers = int(hf["num_hidden_layers"])
+        head_dim = int(hf.get("head_dim") or dim // heads)
+        cfg = dict(arch=arch, n_layers=n_layers, dim=dim, n_heads=heads,
                    n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-                   head_dim=int(hf.get("head_dim") or dim // heads), ffn_dim=int(hf["intermediate_size"]),
+                   head_dim=head_dim, ffn_dim=int(hf["intermediate_size"]),
                    vocab=int(hf["vocab_size"]), max_ctx=int(hf.get("max_position_embeddings", 4096)),
-                   norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(hf.get("rope_theta", 10000.0)),
-                   rope_neox=True)
+                   norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_neox=True)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
-    if hf.get("rope_scaling"):
-        log.warning("%s: rope_scaling is ignored; quality may drop past the original context", cfg_path)
-    return check_config(cfg, cfg_path), bool(hf.get("tie_word_embeddings", False)), quant
+    if "max_position_embeddings" not in hf:
+        log.info("%s: max_position_embeddings is absent; the context is limited to %d", cfg_path, cfg["max_ctx"])
+    cfg["max_ctx"] = _context(hf, hf_arch, n_layers, cfg["max_ctx"], cfg_path)
+    if cfg["norm_eps"] <= 0:
+        raise ModelFileError(f"{cfg_path}: rms_norm_eps = {hf.get('rms_norm_eps')!r} must be positive")
+    cfg["rope_theta"], scaling = rope.hf_scaling(hf, cfg_path)
+    if head_dim % 2:
+        raise ModelFileError(f"{cfg_path}: head_dim {head_dim} is odd; RoPE rotates pairs")
+    rope.apply(cfg, scaling)
+    # Llama reads attention_bias (q/k/v/o biases); Qwen2 always has q/k/v ones; Mistral has none
+    bias = hf.get("attention_bias", False)
+    if not isinstance(bias, bool):
+        raise ModelFileError(f"{cfg_path}: attention_bias = {bias!r} should be true or false")
+    if bias and hf_arch == "MistralForCausalLM":
+        raise ModelFileError(f"{cfg_path}: attention_bias = true, but MistralForCausalLM has no attention "
+                             f"biases; pylut will not guess whether they apply")
+    cfg["attention_bias"] = arch == "qwen2" or bias
+    tied = hf.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise ModelFileError(f"{cfg_path}: tie_word_embeddings = {tied!r} should be true or false")
+    read = {"hidden_size", "num_attention_heads", "num_hidden_layers", "head_dim", "num_key_value_heads",
+            "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+            "rope_scaling", "rope_parameters", "partial_rotary_factor", "original_max_position_embeddings",
+            "hidden_act", "attention_bias", "tie_word_embeddings", "sliding_window", "use_sliding_window",
+            "max_window_layers", "layer_types"}
+    unknown = sorted(set(hf) - read - _INERT_KEYS - set(_UNSUPPORTED))
+    if unknown:
+        log.warning("%s: config keys pylut does not know, ignored: %s", cfg_path, ", ".join(unknown))
+    return check_config(cfg, cfg_path), tied, quant
 
 
 def _wanted(cfg: dict, tied: bool) -> dict:
@@ -82,9 +188,9 @@ def _wanted(cfg: dict, tied: bool) -> dict:
             p + "ffn_up": (h + "mlp.up_proj.weight", (ffn, d), True, True),
             p + "ffn_down": (h + "mlp.down_proj.weight", (d, ffn), True, True),
         })
-        # qwen2 always has q/k/v biases; llama-family checkpoints with attention_bias do too
+        # qwen2 always has q/k/v biases; llama checkpoints with attention_bias do too
         for x, n in (("q", qd), ("k", kvd), ("v", kvd)):
-            want[p + f"attn_{x}.bias"] = (h + f"self_attn.{x}_proj.bias", (n,), False, cfg["arch"] == "qwen2")
+            want[p + f"attn_{x}.bias"] = (h + f"self_attn.{x}_proj.bias", (n,), False, cfg["attention_bias"])
     return want
 
 

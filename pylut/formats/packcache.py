@@ -45,8 +45,9 @@ log = logging.getLogger("pylut")
 MAGIC = b"PYLUTPK\0"
 # 2: T3 fp16 scales; 3: implied-bias (zero) matrices; 4: two-level scales; 5: header last;
 # 6: nibble sub-values ("sub_nibbles" in a matrix's header entry); 7: a CRC-32C per buffer
-# and the source's content fingerprint
-FORMAT_VERSION = 7
+# and the source's content fingerprint; 8: configs carry the computed RoPE frequencies
+# (rope_inv_freq, rope_attn_factor, rope_scaling)
+FORMAT_VERSION = 8
 ALIGN = 64
 _HEAD = struct.Struct("<8sII")          # magic, version, 0: the same in every version
 _PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header crc32, 0

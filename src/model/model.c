@@ -66,6 +66,7 @@ struct pylut_state {
     float *attn_partial;       /* [attn_partial_floats]: decode slices' max/sum/acc, grown to the plan */
     int64_t attn_partial_floats;
     float *inv_freq;           /* [head_dim/2] */
+    float rope_scale;          /* cos/sin factor (YaRN's attention factor; else 1) */
     atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
                                 * (4 per layer + output), then each layer's attention item */
     table_set sets[MAX_TABLE_SETS];
@@ -275,7 +276,8 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
         return NULL;
     }
     for (int i = 0; i < m->head_dim / 2; i++)
-        s->inv_freq[i] = (float)pow((double)m->rope_theta, -2.0 * i / m->head_dim);
+        s->inv_freq[i] = m->rope_inv_freq ? m->rope_inv_freq[i] : (float)pow((double)m->rope_theta, -2.0 * i / m->head_dim);
+    s->rope_scale = m->rope_attn_factor > 0 ? m->rope_attn_factor : 1.0f;
     int rc = PYLUT_OK;
     for (int l = 0; l < m->n_layers && rc == PYLUT_OK; l++) {
         const pylut_layer *L = &m->layers[l];
@@ -448,6 +450,10 @@ int pylut_model_check(const pylut_model *m, const char **why) {
     REQUIRE(m->head_dim % 2 == 0, "head_dim must be even for RoPE");
     REQUIRE(m->n_heads % m->n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
     REQUIRE(m->norm_eps > 0 && m->rope_theta > 0, "norm_eps and rope_theta must be positive");
+    REQUIRE(m->rope_attn_factor >= 0 && isfinite(m->rope_attn_factor), "rope_attn_factor must be finite and >= 0");
+    if (m->rope_inv_freq)
+        for (int i = 0; i < m->head_dim / 2; i++)
+            REQUIRE(isfinite(m->rope_inv_freq[i]) && m->rope_inv_freq[i] > 0, "rope_inv_freq must be finite and positive");
     REQUIRE(m->tok_embd_f32 || mat_ok(m->tok_embd, m->vocab, m->dim), "token embedding shape");
     REQUIRE(m->output_norm && mat_ok(m->output, m->vocab, m->dim), "output / output_norm");
     REQUIRE(m->layers, "no layers");
@@ -537,10 +543,11 @@ static void residual_add(float *x, const float *y, int64_t count, int ith, int n
     for (int64_t i = a; i < b; i++) x[i] += y[i];
 }
 
-static void rope(float *v, int head_dim, int pos, const float *inv_freq, int neox) {
+/* scale multiplies cos and sin, so q.k carries it squared, as YaRN's temperature asks */
+static void rope(float *v, int head_dim, int pos, const float *inv_freq, float scale, int neox) {
     const int half = head_dim / 2;
     for (int i = 0; i < half; i++) {
-        float a = (float)pos * inv_freq[i], c = cosf(a), s = sinf(a);
+        float a = (float)pos * inv_freq[i], c = cosf(a) * scale, s = sinf(a) * scale;
         int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
         float x0 = v[i0], x1 = v[i1];
         v[i0] = x0 * c - x1 * s;
@@ -671,13 +678,13 @@ static void step_task(void *arg, int ith, int nth) {
                 if (h < m->n_heads) {
                     float *q = s->q + (int64_t)t * qd + h * hd;
                     if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
-                    rope(q, hd, pos, s->inv_freq, m->rope_neox);
+                    rope(q, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
                 } else {
                     h -= m->n_heads;
                     float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
-                    rope(k, hd, pos, s->inv_freq, m->rope_neox);
+                    rope(k, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
                     pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, slot_of(s, l, h, pos)));
                     pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, slot_of(s, l, h, pos)));
                 }

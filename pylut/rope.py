@@ -1,0 +1,236 @@
+"""pylut.rope - RoPE frequencies of every supported scaling, computed once in Python: the
+per-pair inverse frequencies and YaRN's cos/sin factor that the C forward pass and the
+numpy reference both rotate with (config keys rope_inv_freq, rope_attn_factor).
+
+Sources of truth: transformers' modeling_rope_utils (ROPE_INIT_FUNCTIONS) for Hugging Face
+configs, ggml's rope (freq_factors, freq_scale, YaRN ramp and mscale) for GGUF files. The
+two agree: a frequency factor f divides a pair's inverse frequency, linear scaling divides
+all of them, YaRN blends the divided and undivided ones along a ramp over the pairs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import ModelFileError
+
+DEFAULT_THETA = 10000.0
+SCALING_TYPES = ("default", "linear", "llama3", "yarn")
+YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
+
+# ---------------------------------------------------------------- the frequencies
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature (paper eq. 21): 1 + 0.1 * mscale * ln(factor)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_ramp(head_dim: int, theta: float, original_ctx: float, beta_fast: float, beta_slow: float,
+               truncate: bool) -> np.ndarray:
+    """[head_dim/2]: 1 where a pair keeps its frequency (it turns more than beta_fast times in
+    the original context), 0 where it is divided by the factor (fewer than beta_slow turns)."""
+    def pair_of(turns):  # the pair index at which a frequency turns `turns` times
+        return head_dim * math.log(original_ctx / (turns * 2 * math.pi)) / (2 * math.log(theta))
+    low, high = pair_of(beta_fast), pair_of(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # transformers and ggml both keep the ramp finite
+    ramp = np.clip((np.arange(head_dim // 2) - low) / (high - low), 0.0, 1.0)
+    return 1.0 - ramp
+
+
+def inv_freq(head_dim: int, theta: float, scaling: Optional[dict] = None,
+             freq_factors: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
+    """-> (inverse frequency of each rotated pair [head_dim/2] float32, cos/sin factor).
+    scaling: {"type": one of SCALING_TYPES, ...its parameters} (see hf_scaling / gguf_scaling);
+    freq_factors: GGUF rope_freqs.weight [head_dim/2], dividing each pair's frequency."""
+    scaling = scaling or {"type": "default"}
+    base = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [head_dim/2]
+    if freq_factors is not None:
+        base = base / np.asarray(freq_factors, np.float64)
+    kind, attn = scaling["type"], 1.0
+    if kind == "default":
+        inv = base
+    elif kind == "linear":
+        inv = base / scaling["factor"]
+    elif kind == "llama3":
+        factor, orig = scaling["factor"], scaling["original_max_position_embeddings"]
+        lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / base
+        inv = np.where(wavelen > orig / lo, base / factor, base)
+        smooth = (orig / wavelen - lo) / (hi - lo)
+        medium = (wavelen >= orig / hi) & (wavelen <= orig / lo)
+        inv = np.where(medium, (1 - smooth) * inv / factor + smooth * inv, inv)
+    elif kind == "yarn":
+        factor = scaling["factor"]
+        keep = _yarn_ramp(head_dim, theta, scaling["original_max_position_embeddings"], scaling["beta_fast"],
+                          scaling["beta_slow"], scaling.get("truncate", True))
+        inv = base / factor * (1 - keep) + base * keep
+        attn = scaling["attention_factor"]
+    else:
+        raise ModelFileError(f"RoPE scaling type {kind!r} is not supported "
+                             f"(supported: {', '.join(SCALING_TYPES)})")
+    return inv.astype(np.float32), float(attn)
+
+
+def apply(cfg: dict, scaling: dict, freq_factors: Optional[np.ndarray] = None) -> dict:
+    """Store the scaling and its computed frequencies in a model config (JSON-friendly)."""
+    inv, attn = inv_freq(cfg["head_dim"], cfg["rope_theta"], scaling, freq_factors)
+    cfg["rope_scaling"] = dict(scaling)
+    if freq_factors is not None:
+        cfg["rope_scaling"]["freq_factors"] = [float(x) for x in np.asarray(freq_factors).reshape(-1)]
+    cfg["rope_inv_freq"] = [float(x) for x in inv]
+    cfg["rope_attn_factor"] = attn
+    return cfg
+
+
+def describe(cfg: dict) -> str:
+    """One line for `pylut info`: the base and the scaling in force."""
+    s = dict(cfg.get("rope_scaling") or {"type": "default"})
+    kind = s.pop("type")
+    ff = s.pop("freq_factors", None)
+    parts = [f"base {cfg['rope_theta']:g}", kind]
+    if s:
+        parts.append("(" + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in sorted(s.items())) + ")")
+    if ff is not None:
+        parts.append(f"freq factors {min(ff):g}..{max(ff):g} (rope_freqs.weight)")
+    if cfg.get("rope_attn_factor", 1.0) != 1.0:
+        parts.append(f"attn factor {cfg['rope_attn_factor']:.6g}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- Hugging Face configs
+
+# per scaling type: parameter -> required? (rope_type / type / rope_theta /
+# partial_rotary_factor are handled for every type)
+_HF_PARAMS = {
+    "default": {},
+    "linear": {"factor": True},
+    "llama3": {"factor": True, "low_freq_factor": True, "high_freq_factor": True,
+               "original_max_position_embeddings": False},
+    "yarn": {"factor": False, "attention_factor": False, "beta_fast": False, "beta_slow": False,
+             "mscale": False, "mscale_all_dim": False, "original_max_position_embeddings": False,
+             "truncate": False},
+}
+
+
+def _number(where: str, key: str, value: Any, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise ModelFileError(f"{where}: {key} = {value!r} must be a {'positive ' if positive else ''}number")
+    return float(value)
+
+
+def hf_scaling(hf: dict, where: str) -> tuple[float, dict]:
+    """(rope base, scaling dict) from a config.json in either layout: transformers >= 5's
+    `rope_parameters` or the older top-level `rope_theta` + `rope_scaling`. Anything that would
+    change the rotation and is not computed here is refused with its name."""
+    new, old = hf.get("rope_parameters"), hf.get("rope_scaling")
+    for key, v in (("rope_parameters", new), ("rope_scaling", old)):
+        if v is not None and not isinstance(v, dict):
+            raise ModelFileError(f"{where}: {key} = {v!r} should be an object")
+    if new and old and new != old:
+        raise ModelFileError(f"{where}: both rope_parameters and rope_scaling are set and differ; "
+                             f"which one the checkpoint was trained with is ambiguous")
+    params = dict(new or old or {})
+    nested = [k for k, v in params.items() if isinstance(v, dict)]
+    if nested:
+        raise ModelFileError(f"{where}: rope_parameters per layer type ({', '.join(nested)}) are not supported")
+
+    def one_of(key_a, a, key_b, b):
+        if a is not None and b is not None and a != b:
+            raise ModelFileError(f"{where}: {key_a} = {a!r} and {key_b} = {b!r} disagree")
+        return a if a is not None else b
+
+    theta = one_of("rope_parameters.rope_theta", params.pop("rope_theta", None), "rope_theta", hf.get("rope_theta"))
+    theta = DEFAULT_THETA if theta is None else _number(where, "rope_theta", theta)
+    kind = one_of("rope_type", params.pop("rope_type", None), "type", params.pop("type", None)) or "default"
+    prf = one_of("rope_parameters.partial_rotary_factor", params.pop("partial_rotary_factor", None),
+                 "partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if prf is not None and _number(where, "partial_rotary_factor", prf) != 1.0:
+        raise ModelFileError(f"{where}: partial_rotary_factor = {prf!r}: partial rotary embeddings are not supported")
+    if kind not in _HF_PARAMS:
+        raise ModelFileError(f"{where}: rope_type {kind!r} is not supported (supported: {', '.join(_HF_PARAMS)})")
+    allowed = _HF_PARAMS[kind]
+    for key in params:
+        if key not in allowed:
+            raise ModelFileError(f"{where}: RoPE parameter {key!r} is not used by rope_type {kind!r} "
+                                 f"and pylut does not compute it")
+    for key, required in allowed.items():
+        if required and params.get(key) is None:
+            raise ModelFileError(f"{where}: rope_type {kind!r} needs {key!r}")
+    out: dict[str, Any] = {"type": kind}
+    if kind in ("llama3", "yarn"):  # transformers: the top-level value wins, then max_position_embeddings
+        orig = hf.get("original_max_position_embeddings") or params.get("original_max_position_embeddings") \
+            or hf.get("max_position_embeddings")
+        if orig is None:
+            raise ModelFileError(f"{where}: rope_type {kind!r} needs original_max_position_embeddings")
+        out["original_max_position_embeddings"] = _number(where, "original_max_position_embeddings", orig)
+    if kind in ("linear", "llama3"):
+        out["factor"] = _number(where, "factor", params["factor"])
+    if kind == "llama3":
+        out["low_freq_factor"] = _number(where, "low_freq_factor", params["low_freq_factor"])
+        out["high_freq_factor"] = _number(where, "high_freq_factor", params["high_freq_factor"])
+        if out["high_freq_factor"] <= out["low_freq_factor"]:
+            raise ModelFileError(f"{where}: high_freq_factor must exceed low_freq_factor")
+    if kind == "yarn":
+        factor = params.get("factor")
+        if factor is None:  # DeepSeek-style: the context ratio
+            factor = _number(where, "max_position_embeddings", hf.get("max_position_embeddings")) \
+                / out["original_max_position_embeddings"]
+        out["factor"] = factor = _number(where, "factor", factor)
+        attn = params.get("attention_factor")
+        if attn is None:
+            ms, ms_all = params.get("mscale"), params.get("mscale_all_dim")
+            attn = (_yarn_mscale(factor, _number(where, "mscale", ms, False)) /
+                    _yarn_mscale(factor, _number(where, "mscale_all_dim", ms_all, False))
+                    if ms and ms_all else _yarn_mscale(factor))
+        out["attention_factor"] = _number(where, "attention_factor", attn)
+        out["beta_fast"] = _number(where, "beta_fast", params.get("beta_fast") or YARN_BETA_FAST)
+        out["beta_slow"] = _number(where, "beta_slow", params.get("beta_slow") or YARN_BETA_SLOW)
+        truncate = params.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise ModelFileError(f"{where}: truncate = {truncate!r} should be true or false")
+        out["truncate"] = truncate
+    return theta, out
+
+
+# ---------------------------------------------------------------- GGUF metadata
+
+
+def gguf_scaling(meta: dict, arch: str, where: str, n_ctx_train: int) -> dict:
+    """The scaling a GGUF file's `{arch}.rope.scaling.*` keys ask for, as llama.cpp applies it
+    (freq_scale = 1/factor; YaRN with ext_factor 1 and mscale 1 + 0.1 ln(factor) times
+    rope.scaling.attn_factor). rope_freqs.weight, if present, is applied on top by the caller."""
+    a = arch + ".rope.scaling."
+    kind = meta.get(a + "type", "none") or "none"
+    factor = meta.get(a + "factor")
+    legacy = meta.get(arch + ".rope.scale_linear")  # older converters' linear factor
+    if kind == "none" and legacy is not None and float(legacy) != 1.0:
+        kind, factor = "linear", legacy
+    if kind == "none" or (kind == "linear" and factor is not None and float(factor) == 1.0):
+        return {"type": "default"}
+    if kind not in ("linear", "yarn"):
+        raise ModelFileError(f"{where}: RoPE scaling type {kind!r} ({a}type) is not supported "
+                             f"(supported: none, linear, yarn)")
+    if factor is None:
+        raise ModelFileError(f"{where}: {a}type is {kind!r} but {a}factor is missing")
+    factor = _number(where, a + "factor", float(factor))
+    if kind == "linear":
+        return {"type": "linear", "factor": factor}
+    orig = meta.get(a + "original_context_length", n_ctx_train)
+    attn = _number(where, a + "attn_factor", float(meta.get(a + "attn_factor", 1.0)))
+    ext = float(meta.get(a + "yarn_ext_factor", 1.0))
+    if ext != 1.0:
+        raise ModelFileError(f"{where}: {a}yarn_ext_factor = {ext:g} is not supported (only 1)")
+    return {"type": "yarn", "factor": factor,
+            "original_max_position_embeddings": _number(where, a + "original_context_length", float(orig)),
+            "beta_fast": _number(where, a + "yarn_beta_fast", float(meta.get(a + "yarn_beta_fast", YARN_BETA_FAST))),
+            "beta_slow": _number(where, a + "yarn_beta_slow", float(meta.get(a + "yarn_beta_slow", YARN_BETA_SLOW))),
+            "truncate": True, "attention_factor": attn * _yarn_mscale(factor)}
