@@ -100,7 +100,7 @@ def describe(cfg: dict) -> str:
                                      for k, v in sorted(s.items())) + ")")
     if ff is not None:
         parts.append(f"freq factors {min(ff):g}..{max(ff):g} (rope_freqs.weight)")
-    if cfg.get("rope_attn_factor", 1.0) != 1.0:
+    if cfg.get("rope_attn_factor", 1.0) != 1.0 and "attention_factor" not in s:
         parts.append(f"attn factor {cfg['rope_attn_factor']:.6g}")
     return " ".join(parts)
 
