@@ -105,7 +105,6 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     from .formats import packcache
     from .formats.hf_loader import is_hf_folder, load_hf
     from .formats.gguf_model import load_gguf
-    from .tokenizer import Tokenizer
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")

@@ -220,7 +220,7 @@ def _damaged_files(good: bytes):
         "interrupted write": (bytes(incomplete), "incomplete packed-model file"),
         "bad magic": (b"NOTPYLUT" + good[8:], "bad magic"),
         "old version": (good[:8] + struct.pack("<I", 5) + good[12:],  # 5: int8 sub-values only
-                        "packed format version 5, this pylut reads 7"),
+                        "packed format version 5, this pylut reads 8"),
     }
 
 
