@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import gptq
+from ..arch import spec as arch_spec
 from ..errors import ModelFileError
 from ..kernels import quantize
 from .gguf_model import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows, check_config
@@ -53,7 +54,7 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
                    head_dim=int(hf.get("head_dim") or dim // heads), ffn_dim=int(hf["intermediate_size"]),
                    vocab=int(hf["vocab_size"]), max_ctx=int(hf.get("max_position_embeddings", 4096)),
                    norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(hf.get("rope_theta", 10000.0)),
-                   rope_neox=True)
+                   rope_neox=True, ffn_act=arch_spec(arch).ffn_act)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
     if hf.get("rope_scaling"):
