@@ -139,9 +139,10 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
     ``shape_overrides`` writes a tensor with another shape, ``type_overrides`` stores one
     matrix as another type (any type: raw random bytes when gguf cannot quantize to it);
     ``arch`` may be any string (the tensor layout is llama's unless qwen2 / a bitnet);
-    ``extra_tensors`` adds F32 tensors as given; ``merges`` go into the made-up vocabulary. tied: no output.weight (always for the
-    bitnets). scale_tensors (bitnets): a one-element ``<matrix>.scale`` beside each layer
-    matrix, an fp16-exact factor near 1 that the runtime multiplies the product by."""
+    ``extra_tensors`` adds F32 tensors as given; ``merges`` go into the made-up vocabulary.
+    tied: no output.weight (always for the bitnets). scale_tensors (bitnets): a one-element
+    ``<matrix>.scale`` beside each layer matrix, an fp16-exact factor in [0.5, 2] that the
+    runtime multiplies the product by."""
     rng = np.random.default_rng(seed)
     # GPT-2's init: the projections back into the residual stream get 1/sqrt(#branches), so
     # the current token's embedding stays the largest part of the residual (see output.weight)

@@ -21,7 +21,7 @@ import gguf  # noqa: E402
 import gguf.quants  # noqa: E402
 import pylut  # noqa: E402
 from pylut import _core  # noqa: E402
-from pylut.loader import load_gguf  # noqa: E402
+from pylut.formats.gguf_model import load_gguf  # noqa: E402
 from model_builder import build_gguf  # noqa: E402
 from ref_forward import forward as ref_forward  # noqa: E402
 
