@@ -6,7 +6,7 @@
 from libc.stdint cimport int32_t
 from libc.string cimport memcpy
 
-ARCHS = {"llama": PYLUT_ARCH_LLAMA, "qwen2": PYLUT_ARCH_QWEN2, "bitnet": PYLUT_ARCH_BITNET}
+FFN_ACTS = {"silu": PYLUT_FFN_SILU, "relu2": PYLUT_FFN_RELU2}
 
 
 cdef const float *_fptr(dict keep, object a, name, int64_t n) except? NULL:
@@ -29,9 +29,10 @@ cdef const pylut_qmatrix *_qptr(object q, name) except NULL:
 cdef class Model:
     """Weights of a Llama-family model wired for the C forward pass. `config` has arch,
     n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx, norm_eps,
-    rope_theta, rope_neox, optionally rope_inv_freq ([head_dim/2], the scaled frequencies
-    pylut.rope computes) and rope_attn_factor; `tensors` maps GGUF-style names to QMatrix /
-    float32 arrays."""
+    rope_theta, rope_neox, ffn_act ('silu' or 'relu2'; pylut/arch.py says which arch has
+    which), optionally rope_inv_freq ([head_dim/2], the scaled frequencies pylut.rope
+    computes) and rope_attn_factor; `tensors` maps GGUF-style names to QMatrix / float32
+    arrays."""
     cdef pylut_model m
     cdef pylut_layer *layers
     cdef dict keep
@@ -40,11 +41,11 @@ cdef class Model:
     def __cinit__(self, dict config, dict tensors):
         self.keep = {}
         self.config = dict(config)
-        arch = config["arch"]
-        if arch not in ARCHS:
-            raise ValueError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+        act = config["ffn_act"]
+        if act not in FFN_ACTS:
+            raise ValueError(f"unknown ffn_act {act!r} (known: {', '.join(FFN_ACTS)})")
         m = &self.m
-        m.arch = ARCHS[arch]
+        m.ffn_act = FFN_ACTS[act]
         m.n_layers = config["n_layers"]
         m.dim = config["dim"]
         m.n_heads = config["n_heads"]

@@ -106,9 +106,8 @@ cdef extern from "pylut/pylut.h" nogil:
 
 cdef extern from "pylut/model.h" nogil:
     enum:
-        PYLUT_ARCH_LLAMA
-        PYLUT_ARCH_QWEN2
-        PYLUT_ARCH_BITNET
+        PYLUT_FFN_SILU
+        PYLUT_FFN_RELU2
 
     ctypedef struct pylut_layer:
         const float *attn_norm
@@ -127,7 +126,7 @@ cdef extern from "pylut/model.h" nogil:
         const pylut_qmatrix *w_down
 
     ctypedef struct pylut_model:
-        int32_t arch
+        int32_t ffn_act
         int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx
         float norm_eps, rope_theta
         int32_t rope_neox

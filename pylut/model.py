@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core, rope, streaming
+from .arch import TERNARY_ARCHS
 from .tokenizer.chat_template import ChatTemplate
 from .kernels import cpu_features, get_pool, physical_cores, ternary_layout
 from .sampling import Sampler, SamplingParams
@@ -177,7 +178,7 @@ def _may_hold_ternary(path) -> bool:
     from .formats.gguf_reader import GGUFFile
     try:
         with GGUFFile(path) as f:
-            return f.architecture == "bitnet" or any(t.type_name in ("TQ1_0", "TQ2_0")
+            return f.architecture in TERNARY_ARCHS or any(t.type_name in ("TQ1_0", "TQ2_0")
                                                       for t in f.tensors.values())
     except Exception:
         return True

@@ -9,9 +9,13 @@ positive offset and a degenerate model).
 
 The output matrix is the embedding with its rows shuffled (see build_gguf for why).
 
-BitNet matrices are ternary with one scale per tensor, as BitNet b1.58 trains them, so that
-TQ1_0/TQ2_0 blocks all carry the same scale and float files hold ternary values (what
-llama.cpp's converter writes for BitNet).
+BitNet matrices (the bitnet, bitnet-b1.58 and bitnet-25 archs) are ternary with one scale
+per tensor, as BitNet b1.58 trains them, so that TQ1_0/TQ2_0 blocks all carry the same
+scale and float files hold ternary values (what llama.cpp's converter writes for BitNet).
+Their LM head is the embedding (llama.cpp's `bitnet` has no output tensor), they have
+sub-norms, and may carry a one-element ``*.scale`` tensor beside each matrix.
+
+Everything is drawn from ``seed``: the same arguments write byte-identical files.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 _K_SCALE_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2),
                    "Q6_K": (208, None)}
 _FLOAT_DTYPES = {"F32": np.float32, "F16": np.float16}
+BITNET_ARCHS = ("bitnet", "bitnet-b1.58", "bitnet-25")
 # types gguf.quants can quantize from floats
 QUANTIZABLE = ("BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0")
 
@@ -106,9 +111,12 @@ def _copy_tokenizer(writer: gguf.GGUFWriter, vocab_file: Path) -> int:
         return len(f.metadata["tokenizer.ggml.tokens"])
 
 
-def _made_up_tokenizer(writer: gguf.GGUFWriter, vocab: int) -> None:
+def _made_up_tokenizer(writer: gguf.GGUFWriter, vocab: int, merges: Iterable[str]) -> None:
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"tok{i}" for i in range(vocab)])
+    merges = list(merges)
+    if merges:   # llama.cpp refuses a BPE vocabulary without them (GGUF has no empty arrays)
+        writer.add_token_merges(merges)
     writer.add_token_types([1] * vocab)
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(1)
@@ -121,7 +129,9 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
                shape_overrides: dict[str, tuple[int, ...]] | None = None,
                type_overrides: dict[str, str] | None = None,
                residual_gain: float | None = None, rope_theta: float = 10000.0,
-               rope_freqs: np.ndarray | None = None, metadata: dict | None = None) -> dict[str, str]:
+               rope_freqs: np.ndarray | None = None, metadata: dict | None = None,
+               scale_tensors: bool = False, extra_tensors: dict[str, np.ndarray] | None = None,
+               merges: Iterable[str] = ()) -> dict[str, str]:
     """Write a random model; returns GGUF tensor name -> type name as written.
 
     tensor_type applies to every matrix (embedding and output included); norms and biases
@@ -129,7 +139,11 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
     vocabulary size then follows it).  For the bad-input tests: ``omit`` leaves tensors out,
     ``shape_overrides`` writes a tensor with another shape, ``type_overrides`` stores one
     matrix as another type (any type: raw random bytes when gguf cannot quantize to it);
-    ``arch`` may be any string (the tensor layout is llama's unless qwen2 / bitnet).
+    ``arch`` may be any string (the tensor layout is llama's unless qwen2 / a bitnet);
+    ``extra_tensors`` adds F32 tensors as given; ``merges`` go into the made-up vocabulary.
+    tied: no output.weight (always for the bitnets). scale_tensors (bitnets): a one-element
+    ``<matrix>.scale`` beside each layer matrix, an fp16-exact factor in [0.5, 2] that the
+    runtime multiplies the product by.
     rope_freqs: written as rope_freqs.weight (F32); metadata: extra keys (str, float or int
     values), e.g. "llama.rope.scaling.type"."""
     rng = np.random.default_rng(seed)
@@ -140,11 +154,13 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
     shape_overrides = dict(shape_overrides or {})
     type_overrides = dict(type_overrides or {})
     omit = set(omit)
+    bitnet = arch in BITNET_ARCHS
+    tied = tied or bitnet
     writer = gguf.GGUFWriter(str(path), arch)
     if vocab_from is not None:
         vocab = _copy_tokenizer(writer, VOCAB_DIR / vocab_from)
     else:
-        _made_up_tokenizer(writer, vocab)
+        _made_up_tokenizer(writer, vocab, merges)
     head_dim = dim // n_heads
     writer.add_block_count(n_layers)
     writer.add_context_length(context_length)
@@ -186,6 +202,11 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
         if name not in omit:
             writer.add_tensor(name, data, raw_dtype=qtype)
             written[name] = qtype_name
+            if scale_tensors and name.startswith("blk."):
+                scale_name = name[: -len(".weight")] + ".scale"
+                factor = np.float32(np.float16(rng.uniform(0.5, 2.0)))
+                writer.add_tensor(scale_name, np.array([factor], np.float32))
+                written[scale_name] = "F32"
         return data, qtype, qtype_name
 
     def vector(name, size, mean):
@@ -197,7 +218,7 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
         written["rope_freqs.weight"] = "F32"
-    ternary = arch == "bitnet"
+    ternary = bitnet
     q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
     embd, qtype, qtype_name = matrix("token_embd.weight", vocab, dim, False)
     vector("output_norm.weight", dim, 1.0)
@@ -219,15 +240,18 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
             vector(p + "attn_q.bias", q_dim, 0.0)
             vector(p + "attn_k.bias", kv_dim, 0.0)
             vector(p + "attn_v.bias", kv_dim, 0.0)
-        if arch == "bitnet":
+        if bitnet:
             vector(p + "attn_sub_norm.weight", q_dim, 1.0)
         matrix(p + "attn_output.weight", dim, q_dim, ternary)
         vector(p + "ffn_norm.weight", dim, 1.0)
         matrix(p + "ffn_gate.weight", ffn, dim, ternary)
         matrix(p + "ffn_up.weight", ffn, dim, ternary)
-        if arch == "bitnet":
+        if bitnet:
             vector(p + "ffn_sub_norm.weight", ffn, 1.0)
         matrix(p + "ffn_down.weight", dim, ffn, ternary)
+    for name, value in (extra_tensors or {}).items():
+        writer.add_tensor(name, np.asarray(value, np.float32))
+        written[name] = "F32"
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -1,6 +1,21 @@
-"""A plain numpy forward pass of the Llama family (llama, qwen2, bitnet) over float weights:
-the oracle the C forward pass is compared against (same dequantized weights)."""
+"""A plain numpy forward pass of the Llama family (llama, qwen2, the bitnets) over float
+weights: the oracle the C forward pass is compared against (same dequantized weights).
+
+How each architecture computes is written down here from llama.cpp's source, apart from
+pylut/arch.py, so that a wrong assumption there cannot hide in both; llama.cpp's own logits
+(tests/test_llamacpp_oracle.py) check this table in turn."""
 import numpy as np
+
+# GGUF arch -> (RoPE pairing, FFN activation): llama.cpp's llama_rope_type (NORM: adjacent
+# pairs; NEOX: (i, i + head_dim/2)) and its graph builders' build_ffn; the 2B4T names from
+# bitnet.cpp's build_bitnet_158. Sub-norms are applied wherever the weights have them.
+GGUF_ARCHS = {
+    "llama": ("norm", "silu"),
+    "qwen2": ("neox", "silu"),
+    "bitnet": ("neox", "silu"),
+    "bitnet-b1.58": ("neox", "relu2"),
+    "bitnet-25": ("neox", "relu2"),
+}
 
 
 def rmsnorm(x, w, eps):
@@ -8,7 +23,7 @@ def rmsnorm(x, w, eps):
     return (x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w).astype(np.float32)
 
 
-def rope(v, pos, theta, neox, inv_freq=None, scale=1.0):
+def rotate(v, pos, theta, neox, inv_freq=None, scale=1.0):
     """v: [n_heads, head_dim] at one position. inv_freq: [head_dim/2] scaled frequencies
     (config rope_inv_freq), else theta^(-2i/head_dim); scale multiplies cos and sin."""
     hd = v.shape[-1]
@@ -32,10 +47,16 @@ def streaming_mask(n, sink, window):
     return np.where((j <= p) & ((j < sink) | (j > p - window)), 0.0, -np.inf)
 
 
-def forward(cfg, W, tokens, streaming=None, sink=0, window=0):
+def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rope=None, ffn_act=None):
     """W: name -> float32 array (matrices [out, in]). Returns logits [n, vocab].
     streaming: optional bool [n_layers, n_kv_heads]; those heads see only the first `sink`
-    positions and the `window` most recent ones (DuoAttention's streaming heads)."""
+    positions and the `window` most recent ones (DuoAttention's streaming heads).
+    layout: "gguf" (q/k rows as llama.cpp's converters write them: GGUF_ARCHS) or "hf"
+    (Hugging Face's half-split order, every arch). rope / ffn_act override the table."""
+    table_rope, table_act = GGUF_ARCHS[cfg["arch"]]
+    rope = rope or ("neox" if layout == "hf" else table_rope)
+    ffn_act = ffn_act or table_act
+    neox = {"neox": True, "norm": False}[rope]
     n_h, n_kv, hd, eps = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"], cfg["norm_eps"]
     x = W["token_embd"][np.asarray(tokens)].astype(np.float32)
     n = len(tokens)
@@ -47,9 +68,9 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0):
         q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
         k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
         v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
-        rot = (cfg["rope_theta"], cfg["rope_neox"], cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0))
-        q = np.stack([rope(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
-        k = np.stack([rope(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
+        rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0))
+        q = np.stack([rotate(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
+        k = np.stack([rotate(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
         v = v.reshape(n, n_kv, hd)
         rep = n_h // n_kv
         out = np.empty((n, n_h, hd), np.float32)
@@ -64,10 +85,11 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0):
         x = x + att @ W[p + "attn_output"].T
         xb = rmsnorm(x, W[p + "ffn_norm"], eps)
         g, u = xb @ W[p + "ffn_gate"].T, xb @ W[p + "ffn_up"].T
-        if cfg["arch"] == "bitnet":
+        if ffn_act == "relu2":
             h_ = np.maximum(g, 0) ** 2 * u
-            h_ = rmsnorm(h_, W[p + "ffn_sub_norm"], eps)
         else:
             h_ = g / (1 + np.exp(-g)) * u
+        if p + "ffn_sub_norm" in W:
+            h_ = rmsnorm(h_, W[p + "ffn_sub_norm"], eps)
         x = x + h_ @ W[p + "ffn_down"].T
     return rmsnorm(x, W["output_norm"], eps) @ W["output"].T

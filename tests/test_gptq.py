@@ -158,7 +158,7 @@ def greedy_prefix(loaded, weights, prompt):
     for _ in range(GREEDY_LEN - 1):
         tokens.append(int(session.forward([tokens[-1]], pool).argmax()))
     seq = np.concatenate([prompt, tokens])
-    ref_choice = forward(loaded.config, weights, seq[:-1])[len(prompt) - 1:].argmax(1)
+    ref_choice = forward(loaded.config, weights, seq[:-1], layout="hf")[len(prompt) - 1:].argmax(1)
     differ = np.flatnonzero(ref_choice != np.asarray(tokens))
     return int(differ[0]) if differ.size else GREEDY_LEN
 
@@ -216,7 +216,7 @@ def test_gptq_repacked_losslessly(tmp_path, cache, arch, bits, sym, fmt, write_g
     weights = dequantized(lm)
     prompt = m.tokenize("GPTQ, repacked: 0123", add_bos=False)
     out = m.session.forward(prompt, m.pool, all_logits=True)
-    want = forward(lm.config, weights, prompt)
+    want = forward(lm.config, weights, prompt, layout="hf")
     assert relative_error(out, want) <= LOGIT_RTOL
     assert (out.argmax(1) == want.argmax(1)).mean() >= 0.9
     assert greedy_prefix(lm, weights, prompt) == GREEDY_LEN
@@ -265,8 +265,8 @@ def test_act_order_is_requantized_with_a_warning(tmp_path, cache, caplog, bits, 
     checkpoint = dict(loaded, **{n: r.w for n, r in ref.items()})
     prompt = m.tokenize("GPTQ, act order", add_bos=False)
     out = m.session.forward(prompt, m.pool, all_logits=True)
-    assert relative_error(out, forward(lm.config, loaded, prompt)) <= LOGIT_RTOL  # the kernel itself
-    want = forward(lm.config, checkpoint, prompt)
+    assert relative_error(out, forward(lm.config, loaded, prompt, layout="hf")) <= LOGIT_RTOL  # the kernel itself
+    want = forward(lm.config, checkpoint, prompt, layout="hf")
     assert relative_error(out, want) <= ACT_ORDER_RTOL[bits]
     assert (out.argmax(1) == want.argmax(1)).mean() >= 0.9
 

@@ -82,7 +82,7 @@ def test_hf_folder_matches_reference(tmp_path, cache, arch, dtype, tied):
     weights = {k: (t.dequantize() if hasattr(t, "dequantize") else np.asarray(t)) for k, t in m.loaded.tensors.items()}
     toks = m.tokenize("Hello, world! 123", add_bos=False)
     assert m.detokenize(toks) == "Hello, world! 123"
-    ref = forward(cfg, weights, toks)
+    ref = forward(cfg, weights, toks, layout="hf")
     out = m.session.forward(toks, m.pool, all_logits=True)
     # int8 activation tables: ~1 % per matmul, compounded over 2 layers (see test_model_gguf)
     assert np.abs(out - ref).max() <= 0.03 * np.abs(ref).max()

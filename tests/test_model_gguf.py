@@ -57,7 +57,8 @@ ALL_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0",
 LOSSLESS = {"Q4_0", "Q4_1", "Q5_0", "Q8_0", "TQ1_0", "TQ2_0"}
 K_QUANTS = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
 CASES = ([("llama", t) for t in ALL_TYPES] + [("qwen2", t) for t in ALL_TYPES]
-         + [("bitnet", t) for t in ("F16", "TQ1_0", "TQ2_0")])
+         + [("bitnet", t) for t in ("F16", "TQ1_0", "TQ2_0")]
+         + [("bitnet-b1.58", t) for t in ("F16", "TQ2_0")])
 
 needs_vocab = pytest.mark.skipif(not VOCAB_DIR.is_dir(),
                                  reason=f"real vocabularies not found at {VOCAB_DIR}")
@@ -150,20 +151,25 @@ def test_forward_matches_reference(tmp_path, results, arch, tensor_type):
     path = tmp_path / f"{arch}-{tensor_type}.gguf"
     written = build_gguf(path, arch, tensor_type, **sizes(tensor_type))
     lm = load_gguf(path)
-    assert lm.arch == arch and lm.config["rope_neox"] == (arch == "qwen2")
-    assert lm.config["vocab"] == 300 and not lm.tied_output
+    assert lm.arch == arch and lm.config["rope_neox"] == (arch != "llama")
+    assert lm.config["ffn_act"] == ("relu2" if arch == "bitnet-b1.58" else "silu")
+    bitnet = arch.startswith("bitnet")
+    assert lm.config["vocab"] == 300 and lm.tied_output == bitnet   # the bitnets' head is tied
     weights = dequantized(lm)
+    if bitnet:
+        assert lm.tensors["output"] is lm.tensors["token_embd"]
+    stored = {n: w for n, w in weights.items() if not (bitnet and n == "output")}
 
     # every tensor of the file is used, under the core name, with its type recorded
-    assert {core_to_gguf(n) for n in lm.tensors} == set(written)
-    for name in lm.tensors:
+    assert {core_to_gguf(n) for n in stored} == set(written)
+    for name in stored:
         assert lm.tensor_types[name] == written[core_to_gguf(name)]
-    assert lm.n_params == sum(np.asarray(w).size for w in weights.values())
+    assert lm.n_params == sum(np.asarray(w).size for w in stored.values())
 
     # the packed weights against the gguf package's own dequantization of the file
     file_weights = reference_weights(path)
-    ternary_floats = arch == "bitnet" and tensor_type == "F16"   # what BitNet's converter writes
-    for name, w in weights.items():
+    ternary_floats = bitnet and tensor_type == "F16"   # what BitNet's converter writes
+    for name, w in stored.items():
         expected = file_weights[core_to_gguf(name)]
         assert w.shape == expected.shape, name
         # K-quants repack with two-level scales (fp16 d/dmin + int8 sub-scales): exact too
@@ -274,11 +280,23 @@ def test_unknown_architecture(tmp_path):
 @pytest.mark.parametrize("arch,missing", [("llama", "blk.1.ffn_down.weight"),
                                           ("llama", "output_norm.weight"),
                                           ("qwen2", "blk.0.attn_k.bias"),
-                                          ("bitnet", "blk.1.ffn_sub_norm.weight")])
+                                          ("bitnet", "blk.1.ffn_sub_norm.weight"),
+                                          ("bitnet-b1.58", "blk.0.attn_sub_norm.weight")])
 def test_missing_tensor(tmp_path, arch, missing):
     path = tmp_path / "m.gguf"
     build_gguf(path, arch, "F16", omit=[missing])
     with pytest.raises(ModelFileError, match=f"missing tensor '{missing}'"):
+        load_gguf(path)
+
+
+@pytest.mark.parametrize("name", ["output.weight", "blk.1.attn_k.bias"])
+def test_bitnet_refuses_what_llamacpp_refuses(tmp_path, name):
+    """llama.cpp's `bitnet` has no output head of its own and no q/k/v biases: a file with
+    either is ambiguous, and refused naming the tensor."""
+    path = tmp_path / "m.gguf"
+    shape = (300, 64) if name == "output.weight" else (32,)
+    build_gguf(path, "bitnet", "F16", extra_tensors={name: np.zeros(shape, np.float32)})
+    with pytest.raises(ModelFileError, match=f"'{name}' has no place in the bitnet architecture"):
         load_gguf(path)
 
 

@@ -64,7 +64,7 @@ def _the_cache_file(cache):
 
 @pytest.mark.parametrize("arch,tensor_type,tied", [
     ("llama", "Q4_0", False), ("llama", "Q2_K", True), ("llama", "Q6_K", False),
-    ("bitnet", "TQ2_0", False), ("llama", "F16", True)])
+    ("bitnet", "TQ2_0", True), ("llama", "F16", True)])   # a bitnet head is always tied
 def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_type, tied):
     src = _model(tmp_path, tensor_type, arch, tied=tied)
     reference = pylut.load(src, n_ctx=64, cache=False)
@@ -131,7 +131,7 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
     f = _the_cache_file(cache)
     data = f.read_bytes()
     magic, version, _, hoff, hlen, crc, _ = packcache._PREFIX.unpack_from(data)
-    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 8
+    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 9
     assert hoff % packcache.ALIGN == 0 and hoff + hlen == len(data) and zlib.crc32(data[hoff:]) == crc
     spans = []
     for e in packcache._read_header(str(f), len(data))[0]["tensors"].values():
@@ -219,8 +219,8 @@ def _damaged_files(good: bytes):
         "header byte flipped": (bytes(flip_header), "checksum mismatch"),
         "interrupted write": (bytes(incomplete), "incomplete packed-model file"),
         "bad magic": (b"NOTPYLUT" + good[8:], "bad magic"),
-        "old version": (good[:8] + struct.pack("<I", 5) + good[12:],  # 5: int8 sub-values only
-                        "packed format version 5, this pylut reads 8"),
+        "old version": (good[:8] + struct.pack("<I", 8) + good[12:],  # 8: bitnet with the old RoPE
+                        "packed format version 8, this pylut reads 9"),
     }
 
 

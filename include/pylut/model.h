@@ -1,4 +1,6 @@
 /* model.h - the Llama-family forward pass (llama, qwen2, bitnet) over packed matrices.
+ * Architectures differ only in the settings below (RoPE pairing, FFN activation, optional
+ * sub-norms); which architecture has which is pylut/arch.py's table.
  * The loader (Python) fills a pylut_model with pointers into its own buffers; a pylut_state
  * holds one sequence's KV cache and scratch. Model code knows nothing about ISAs. */
 #ifndef PYLUT_MODEL_H
@@ -10,7 +12,7 @@
 extern "C" {
 #endif
 
-enum pylut_arch { PYLUT_ARCH_LLAMA = 0, PYLUT_ARCH_QWEN2 = 1, PYLUT_ARCH_BITNET = 2 };
+enum pylut_ffn_act { PYLUT_FFN_SILU = 0, PYLUT_FFN_RELU2 = 1 };   /* act(gate) * up */
 
 typedef struct {
     const float *attn_norm;        /* [dim] */
@@ -18,20 +20,20 @@ typedef struct {
     const pylut_qmatrix *wk;       /* [n_kv_heads*head_dim, dim] */
     const pylut_qmatrix *wv;       /* [n_kv_heads*head_dim, dim] */
     const float *bq, *bk, *bv;     /* qwen2 biases or NULL */
-    const float *attn_sub_norm;    /* bitnet: [n_heads*head_dim] before wo, else NULL */
+    const float *attn_sub_norm;    /* bitnet family: [n_heads*head_dim] before wo, else NULL */
     const pylut_qmatrix *wo;       /* [dim, n_heads*head_dim] */
     const float *ffn_norm;         /* [dim] */
     const pylut_qmatrix *w_gate;   /* [ffn_dim, dim] */
     const pylut_qmatrix *w_up;     /* [ffn_dim, dim] */
-    const float *ffn_sub_norm;     /* bitnet: [ffn_dim] before w_down, else NULL */
+    const float *ffn_sub_norm;     /* bitnet family: [ffn_dim] before w_down, else NULL */
     const pylut_qmatrix *w_down;   /* [dim, ffn_dim] */
 } pylut_layer;
 
 typedef struct {
-    int32_t arch;                  /* enum pylut_arch */
+    int32_t ffn_act;               /* enum pylut_ffn_act */
     int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx;
     float norm_eps, rope_theta;
-    int32_t rope_neox;             /* 1: rotate (i, i+d/2) pairs (qwen2); 0: (2i, 2i+1) */
+    int32_t rope_neox;             /* 1: rotate (i, i+d/2) pairs (qwen2, bitnet); 0: (2i, 2i+1) */
     const float *rope_inv_freq;    /* [head_dim/2] each pair's inverse frequency, computed by the
                                     * loader with the checkpoint's RoPE scaling (pylut.rope);
                                     * NULL: rope_theta^(-2i/head_dim) */

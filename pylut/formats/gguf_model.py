@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _core, rope
+from .. import arch as archs
 from . import quants
 from ..errors import ModelFileError
 from .gguf_reader import GGUFFile, TensorInfo
@@ -41,10 +42,7 @@ from ..kernels import quantize
 
 log = logging.getLogger("pylut")
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "bitnet")
-# qwen2 rotates (i, i + head_dim/2) pairs; llama.cpp's converter permutes llama's Q/K rows
-# so that adjacent pairs (2i, 2i+1) rotate instead, and BitNet follows llama.
-NEOX_ROPE_ARCHS = ("qwen2",)
+SUPPORTED_ARCHS = tuple(archs.ARCHS)   # how each one computes: pylut/arch.py
 DEFAULT_FLOAT_GROUP = 128
 DEFAULT_T3_GROUP = 192  # 64 triples: no padding
 TERNARY_LAYOUTS = ("t3", "b2")  # dense 1.67-bit packing, or two bit planes (codes 0..2, zero 1)
@@ -189,7 +187,7 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
                 max_ctx=_hparam(meta, path, a + "context_length"),
                 norm_eps=_hparam(meta, path, a + "attention.layer_norm_rms_epsilon", kind=float),
                 rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
-                rope_neox=arch in NEOX_ROPE_ARCHS)
+                **archs.model_config(arch))
 
 
 # config key -> (type, low, high): what _core.Model accepts; every loader's config (and a
@@ -210,6 +208,9 @@ def check_config(cfg: Any, where: str) -> dict[str, Any]:
         raise _fail(where, f"config arch = {cfg.get('arch')!r}: expected one of {', '.join(SUPPORTED_ARCHS)}")
     if not isinstance(cfg.get("rope_neox"), bool):
         raise _fail(where, f"config rope_neox = {cfg.get('rope_neox')!r}: expected true or false")
+    if cfg.get("ffn_act") not in archs.FFN_ACTIVATIONS:
+        raise _fail(where, f"config ffn_act = {cfg.get('ffn_act')!r}: expected one of "
+                           f"{', '.join(archs.FFN_ACTIVATIONS)}")
     for key, (kind, lo, hi) in CONFIG_RANGES.items():
         v = cfg.get(key)
         ok_type = (isinstance(v, (int, np.integer)) if kind is int else isinstance(v, (int, float, np.number)))
@@ -261,10 +262,11 @@ def _expected(cfg: dict[str, Any]) -> list[_Spec]:
     dim, ffn, vocab = cfg["dim"], cfg["ffn_dim"], cfg["vocab"]
     q_dim = cfg["n_heads"] * cfg["head_dim"]
     kv_dim = cfg["n_kv_heads"] * cfg["head_dim"]
-    arch = cfg["arch"]
+    spec = archs.spec(cfg["arch"])
     specs = [_Spec("token_embd.weight", "token_embd", (vocab, dim), True),
-             _Spec("output_norm.weight", "output_norm", (dim,), False),
-             _Spec("output.weight", "output", (vocab, dim), True, required=False)]
+             _Spec("output_norm.weight", "output_norm", (dim,), False)]
+    if spec.output == "optional":
+        specs.append(_Spec("output.weight", "output", (vocab, dim), True, required=False))
     for layer in range(cfg["n_layers"]):
         p = f"blk.{layer}."
         specs += [_Spec(p + "attn_norm.weight", p + "attn_norm", (dim,), False),
@@ -276,14 +278,31 @@ def _expected(cfg: dict[str, Any]) -> list[_Spec]:
                   _Spec(p + "ffn_gate.weight", p + "ffn_gate", (ffn, dim), True),
                   _Spec(p + "ffn_up.weight", p + "ffn_up", (ffn, dim), True),
                   _Spec(p + "ffn_down.weight", p + "ffn_down", (dim, ffn), True)]
-        # qwen2 always has q/k/v biases; other llama-family files occasionally do too
-        for name, size in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
-            specs.append(_Spec(p + name + ".bias", p + name + ".bias", (size,), False,
-                               required=arch == "qwen2"))
-        if arch == "bitnet":
+        if spec.qkv_bias != "none":
+            for name, size in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+                specs.append(_Spec(p + name + ".bias", p + name + ".bias", (size,), False,
+                                   required=spec.qkv_bias == "required"))
+        if spec.sub_norms:
             specs += [_Spec(p + "attn_sub_norm.weight", p + "attn_sub_norm", (q_dim,), False),
                       _Spec(p + "ffn_sub_norm.weight", p + "ffn_sub_norm", (ffn,), False)]
     return specs
+
+
+def _refuse_foreign(f: GGUFFile, cfg: dict[str, Any]) -> None:
+    """Tensors the architecture has no place for but that would change the model if they
+    were meant (llama.cpp refuses such a file too): an output head where it is tied, q/k/v
+    biases where it has none."""
+    spec = archs.spec(cfg["arch"])
+    names = []
+    if spec.output == "tied":
+        names.append("output.weight")
+    if spec.qkv_bias == "none":
+        names += [f"blk.{l}.attn_{x}.bias" for l in range(cfg["n_layers"]) for x in "qkv"]
+    for name in names:
+        if name in f.tensors:
+            raise _fail(f.path, f"tensor {name!r} has no place in the {cfg['arch']} architecture "
+                                f"(its LM head is token_embd and it has no q/k/v biases; llama.cpp "
+                                f"refuses this file too)")
 
 
 # ---------------------------------------------------------------- tensor conversion
@@ -568,6 +587,7 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
         rope.apply(cfg, rope.gguf_scaling(f.metadata, arch, path, cfg["max_ctx"]), _rope_freqs(f, cfg))
         check_config(cfg, path)
         specs = _expected(cfg)
+        _refuse_foreign(f, cfg)
 
         # Check everything before the (slower) conversion, so a bad file fails fast.
         for spec in specs:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import gptq
 from .. import rope
+from ..arch import spec as arch_spec
 from ..errors import ModelFileError
 from ..kernels import quantize
 from .gguf_model import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows, check_config
@@ -133,7 +134,8 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
                    n_kv_heads=int(hf.get("num_key_value_heads") or heads),
                    head_dim=head_dim, ffn_dim=int(hf["intermediate_size"]),
                    vocab=int(hf["vocab_size"]), max_ctx=int(hf.get("max_position_embeddings", 4096)),
-                   norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_neox=True)
+                   norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_neox=True,
+                   ffn_act=arch_spec(arch).ffn_act)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
     if "max_position_embeddings" not in hf:

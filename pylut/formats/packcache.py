@@ -1,7 +1,7 @@
 """The packed-model cache: repacking a GGUF file into bit planes takes seconds, so the result
 is written once to an mmap-able file and the next load maps it (a few ms per tensor).
 
-File layout (little-endian), format 6:
+File layout (little-endian), format 8:
     prefix (40 bytes, zero-padded to 64): b"PYLUTPK\\0"  u32 format version  u32 0
         u64 header offset  u64 header bytes  u32 crc32 of the header  u32 0
     buffers, each 64-byte aligned at absolute offsets >= 64, described by the header
@@ -47,7 +47,9 @@ MAGIC = b"PYLUTPK\0"
 # 6: nibble sub-values ("sub_nibbles" in a matrix's header entry); 7: a CRC-32C per buffer
 # and the source's content fingerprint; 8: configs carry the computed RoPE frequencies
 # (rope_inv_freq, rope_attn_factor, rope_scaling)
-FORMAT_VERSION = 8
+# 9: the config's ffn_act, and bitnet's NEOX RoPE and SiLU (an 8 file may hold a bitnet
+# model with the old settings)
+FORMAT_VERSION = 9
 ALIGN = 64
 _HEAD = struct.Struct("<8sII")          # magic, version, 0: the same in every version
 _PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header crc32, 0

@@ -443,7 +443,7 @@ static int mat_ok(const pylut_qmatrix *qm, int64_t m, int64_t k) {
 int pylut_model_check(const pylut_model *m, const char **why) {
 #define REQUIRE(c, msg) do { if (!(c)) { *why = msg; return PYLUT_EINVAL; } } while (0)
     REQUIRE(m, "no model");
-    REQUIRE(m->arch >= PYLUT_ARCH_LLAMA && m->arch <= PYLUT_ARCH_BITNET, "unknown architecture");
+    REQUIRE(m->ffn_act == PYLUT_FFN_SILU || m->ffn_act == PYLUT_FFN_RELU2, "unknown FFN activation");
     REQUIRE(m->n_layers > 0 && m->dim > 0 && m->n_heads > 0 && m->n_kv_heads > 0 && m->head_dim > 1 &&
                 m->ffn_dim > 0 && m->vocab > 0 && m->max_ctx > 0,
             "non-positive hyperparameter");
@@ -467,8 +467,7 @@ int pylut_model_check(const pylut_model *m, const char **why) {
         REQUIRE(mat_ok(L->w_gate, m->ffn_dim, m->dim) && mat_ok(L->w_up, m->ffn_dim, m->dim),
                 "ffn gate/up shape");
         REQUIRE(mat_ok(L->w_down, m->dim, m->ffn_dim), "ffn down shape");
-        REQUIRE(m->arch != PYLUT_ARCH_BITNET || (L->attn_sub_norm && L->ffn_sub_norm),
-                "bitnet needs attn_sub_norm and ffn_sub_norm");
+        REQUIRE(!L->attn_sub_norm == !L->ffn_sub_norm, "attn_sub_norm and ffn_sub_norm come together");
     }
     *why = "";
     return PYLUT_OK;
@@ -702,7 +701,7 @@ static void step_task(void *arg, int ith, int nth) {
         for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
         barrier_wait(&c->bar, nth);
 
-        /* ---- feed-forward: gate/up share tables; SiLU (llama, qwen2) or ReLU^2 (bitnet) */
+        /* ---- feed-forward: gate/up share tables; SiLU or ReLU^2 (the 2B4T bitnets) */
         {
             const pylut_qmatrix *gu[2] = {L->w_gate, L->w_up};
             float *outs[2] = {s->hb, s->hb2};
@@ -713,13 +712,13 @@ static void step_task(void *arg, int ith, int nth) {
         { /* element ranges, not tokens: a decode step's one token is split over every thread */
             SPLIT((int64_t)n * ffn, ith, nth, e0, e1);
             float *g = s->hb, *u = s->hb2;
-            if (m->arch == PYLUT_ARCH_BITNET)
+            if (m->ffn_act == PYLUT_FFN_RELU2)
                 for (int64_t i = e0; i < e1; i++) g[i] = (g[i] > 0.0f ? g[i] * g[i] : 0.0f) * u[i];
             else
                 for (int64_t i = e0; i < e1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         barrier_wait(&c->bar, nth);
-        if (m->arch == PYLUT_ARCH_BITNET) {
+        if (L->ffn_sub_norm) {
             for (int64_t t = t0; t < t1; t++) rmsnorm(s->hb + t * ffn, s->hb + t * ffn, L->ffn_sub_norm, ffn, m->norm_eps);
             barrier_wait(&c->bar, nth);
         }

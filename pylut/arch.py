@@ -1,0 +1,62 @@
+"""pylut.arch - the one table of how each supported architecture computes, per llama.cpp.
+
+Every architecture pylut runs is the same Llama-family block (RMSNorm, GQA attention with
+RoPE, gated FFN); they differ only in the rows below. The values are read from llama.cpp's
+source (src/llama-model.cpp ``llama_rope_type``, src/models/<arch>.cpp graph builders and
+tensor loaders) and, for the 2B4T names llama.cpp does not know, from bitnet.cpp's fork;
+tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
+
+    rope        "norm": rotate adjacent pairs (2i, 2i+1); "neox": rotate (i, i + head_dim/2).
+                llama.cpp's llama converter permutes Q/K rows into the adjacent order; the
+                qwen2 and bitnet converters keep Hugging Face's half-split order.
+    ffn_act     gate activation of the gated FFN: "silu" (silu(g) * u) or "relu2"
+                (relu(g)^2 * u).
+    sub_norms   attn_sub_norm (RMSNorm of the attention output before wo) and ffn_sub_norm
+                (RMSNorm of the gated product before w_down) are required.
+    qkv_bias    attn_{q,k,v}.bias: "required", "optional", or "none" (llama.cpp's loader has
+                no bias tensors for the arch and refuses a file with them; so does pylut).
+    output      "optional": output.weight, else the LM head is token_embd;
+                "tied": the LM head is always token_embd (llama.cpp's loader has no output
+                tensor for the arch and refuses a file that carries one, so pylut does too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROPE_PAIRINGS = ("norm", "neox")
+FFN_ACTIVATIONS = ("silu", "relu2")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    rope: str
+    ffn_act: str
+    sub_norms: bool
+    qkv_bias: str
+    output: str
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "llama":        ArchSpec(rope="norm", ffn_act="silu",  sub_norms=False, qkv_bias="optional", output="optional"),
+    "qwen2":        ArchSpec(rope="neox", ffn_act="silu",  sub_norms=False, qkv_bias="required", output="optional"),
+    # 1bitLLM bitnet_b1_58 (large, 3B): llama.cpp's `bitnet` graph
+    "bitnet":       ArchSpec(rope="neox", ffn_act="silu",  sub_norms=True,  qkv_bias="none",     output="tied"),
+    # BitNet b1.58 2B4T (bitnet.cpp's build_bitnet_158, Hugging Face hidden_act "relu2"); both
+    # names occur in published files
+    "bitnet-b1.58": ArchSpec(rope="neox", ffn_act="relu2", sub_norms=True,  qkv_bias="optional", output="optional"),
+    "bitnet-25":    ArchSpec(rope="neox", ffn_act="relu2", sub_norms=True,  qkv_bias="optional", output="optional"),
+}
+
+# architectures whose matrices are ternary by construction (their converters write ternary
+# values even into float tensors)
+TERNARY_ARCHS = tuple(a for a, s in ARCHS.items() if s.sub_norms)
+
+
+def spec(arch: str) -> ArchSpec:
+    return ARCHS[arch]
+
+
+def model_config(arch: str) -> dict:
+    """The forward pass's per-architecture settings (keys of ``_core.Model``'s config)."""
+    s = ARCHS[arch]
+    return dict(rope_neox=s.rope == "neox", ffn_act=s.ffn_act)
