@@ -78,6 +78,16 @@ def cpu_flags():
     return [f for f in pylut_cpu_flags().decode().split(",") if f]
 
 
+def sanitize_selftest():
+    """Read one byte past a 16-byte heap buffer: planted in tools/sanitize.sh's build only,
+    where AddressSanitizer must abort the process with a heap-buffer-overflow report."""
+    r = pylut_sanitize_selftest(16)
+    if r < 0:
+        raise RuntimeError("this build has no planted out-of-bounds read (tools/sanitize.sh "
+                           "builds with -DPYLUT_SANITIZE_SELFTEST)")
+    return r
+
+
 # ---------------------------------------------------------------- thread pool
 
 cdef class ThreadPool:
