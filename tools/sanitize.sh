@@ -69,12 +69,15 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$REPORTS/ubsan
 export PYLUT_SANITIZED=1 PYLUT_CACHE_DIR=$WORK/cache PYTHONDONTWRITEBYTECODE=1
 unset PYLUT_ISA
 
-check_reports() {  # check_reports STEP: any report file fails the job, with its text
+REPORT_RE='ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer'
+check_reports() {  # check_reports STEP LOG: a report file, or a report in the output, fails the job
     local f found=0
     for f in "$REPORTS"/*; do
         [ -e "$f" ] || continue
         found=1; echo "----- $f" >&2; cat "$f" >&2
     done
+    # UBSan writes to stderr whatever log_path says when ASan shares the process
+    grep -qE "$REPORT_RE" "$2" && { found=1; grep -E -A12 "$REPORT_RE" "$2" | head -60 >&2; }
     [ $found = 0 ] || die "sanitizer report(s) during: $1"
 }
 SUMMARY=()
@@ -82,8 +85,8 @@ step() {  # step NAME cmd...: run in the tree, time it, then check for reports
     local name=$1 t0 rc=0; shift
     say "=== $name"
     t0=$(date +%s)
-    ( cd "$TREE" && "$@" ) || rc=$?
-    check_reports "$name"
+    ( cd "$TREE" && "$@" ) 2>&1 | tee "$WORK/step.log" || rc=$?
+    check_reports "$name" "$WORK/step.log"
     [ $rc = 0 ] || die "$name exited with $rc"
     SUMMARY+=("$(printf '%-44s %5ds' "$name" $(( $(date +%s) - t0 )))")
 }
@@ -98,12 +101,15 @@ selftest() {
         cat "$log"/* 2>/dev/null >&2 || true
         die "the planted out-of-bounds read went unreported (exit $rc): this job could not see a real one"
     fi
-    say "planted out-of-bounds read reported (exit $rc): $(grep -h -m1 'ERROR: AddressSanitizer' "$log"/asan.*)"
+    # (the report's words are not repeated here: this step's output is searched for reports)
+    say "planted out-of-bounds read reported (exit $rc): $(grep -ho -m1 'heap-buffer-overflow on address [0-9a-fx]*' "$log"/asan.*)"
 }
 step "planted out-of-bounds read" selftest
 
 # ------------------------------------------------------------------ 2-3. tests
-PYTEST=(python3 -m pytest -q -p no:cacheprovider -x)
+# --capture=sys: C code's stderr goes straight out (fd capture would swallow the report of a
+# process the sanitizer kills before pytest can print it)
+PYTEST=(python3 -m pytest -q -p no:cacheprovider -x --capture=sys)
 if [ $# -gt 0 ]; then
     step "pytest $*" "${PYTEST[@]}" "$@"
 else
