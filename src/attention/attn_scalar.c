@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "pylut/attention.h"
 #include "pylut/pylut.h"
 
 #define ATTN_FN pylut_attn_rows_scalar
