@@ -42,7 +42,7 @@ elif IS_AARCH64:
 
 SOURCES = ["pylut/_core.pyx"] + [
     "src/core/dispatch.c", "src/core/pack.c", "src/core/threadpool.c", "src/core/checksum.c",
-    "src/core/checksum_hw.c",
+    "src/core/checksum_hw.c", "src/core/sanitize_selftest.c",
     "src/lut/lut_scalar.c", "src/lut/lut_avx2.c", "src/lut/lut_avx512.c", "src/lut/lut_avx512vbmi.c",
     "src/lut/lut_neon.c",
     "src/prefill/prefill.c", "src/prefill/prefill_avx2.c", "src/prefill/prefill_vnni.c",
@@ -53,7 +53,14 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/baseline/i8_pack.c",
 ]
 
-BASE_FLAGS = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
+# PYLUT_OPT (one of OPT_LEVELS) overrides the optimization level for compiler checks
+# (tools/clang-check.sh builds at -O2 too); wheels and pip installs use the default, -O3.
+OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Og")
+OPT = os.environ.get("PYLUT_OPT", "-O3")
+if OPT not in OPT_LEVELS:
+    raise SystemExit(f"PYLUT_OPT={OPT!r}: expected one of {', '.join(OPT_LEVELS)}")
+
+BASE_FLAGS = [OPT, "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
               "-Wno-unknown-pragmas"]
 
 
@@ -91,7 +98,10 @@ ext = Extension(
     libraries=["m"],
 )
 
-setup(
-    ext_modules=cythonize([ext], language_level=3),
-    cmdclass={"build_ext": PerFileFlagsBuildExt},
-)
+# tools/clang-check.sh loads this file under another name to compile every unit with the
+# flags above (per compiler, level and target) without building
+if __name__ == "__main__":
+    setup(
+        ext_modules=cythonize([ext], language_level=3),
+        cmdclass={"build_ext": PerFileFlagsBuildExt},
+    )

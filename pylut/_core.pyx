@@ -78,6 +78,16 @@ def cpu_flags():
     return [f for f in pylut_cpu_flags().decode().split(",") if f]
 
 
+def sanitize_selftest():
+    """Read one byte past a 16-byte heap buffer: planted in tools/sanitize.sh's build only,
+    where AddressSanitizer must abort the process with a heap-buffer-overflow report."""
+    r = pylut_sanitize_selftest(16)
+    if r < 0:
+        raise RuntimeError("this build has no planted out-of-bounds read (tools/sanitize.sh "
+                           "builds with -DPYLUT_SANITIZE_SELFTEST)")
+    return r
+
+
 # ---------------------------------------------------------------- thread pool
 
 cdef class ThreadPool:
@@ -110,7 +120,9 @@ def read_bytes(buf, ThreadPool pool):
         raise ValueError("buffer too small")
     cdef const uint8_t[::1] bv = buf
     cdef int64_t n = bv.shape[0]
-    cdef uint64_t r
+    # r, and every rc below, starts set: a C call inside `with pool.lock:` looks skippable
+    # to gcc's -Wmaybe-uninitialized (the lock's __exit__ could swallow an exception)
+    cdef uint64_t r = 0
     with pool.lock:
         with nogil:
             r = pylut_read_bytes(pool.pool, &bv[0], n)
@@ -150,7 +162,7 @@ def attention_f16(q, k, v, float scale):
     cdef const uint16_t[:, ::1] vv = v.view(np.uint16)
     cdef float[::1] ov = out
     cdef float[::1] sv = scores
-    cdef int rc
+    cdef int rc = PYLUT_EINVAL
     with nogil:
         rc = pylut_attention_f16(&qv[0], &kv[0, 0], &vv[0, 0], kv.shape[1], kv.shape[0], kv.shape[1],
                                  scale, &ov[0], &sv[0])
@@ -272,7 +284,7 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
             hk, hv = hk_arr, hv_arr
             heads[h].k, heads[h].v, heads[h].cap, heads[h].streaming = &hk[0, 0], &hv[0, 0], hk_arr.shape[0], flags[h]
         job.heads, job.sink, job.window, job.stream_base = heads, sink, window, base
-    cdef int rc
+    cdef int rc = PYLUT_EINVAL
     try:
         with pool.lock:
             with nogil:
@@ -436,7 +448,7 @@ cdef class QMatrix:
     cdef _pack(self, codes):
         """Pack uint8 codes [m, k] (already range-checked) into this matrix's buffers."""
         cdef const uint8_t[:, ::1] cv = codes
-        cdef int rc
+        cdef int rc = PYLUT_EINVAL
         with nogil:
             rc = pylut_pack_codes(&self.qm, &cv[0, 0], cv.shape[1])
         _check(rc, "pack_codes")
@@ -500,7 +512,7 @@ cdef class QMatrix:
             raise IndexError(f"row {i} of a {self.qm.m}-row matrix")
         out = np.empty(self.qm.k, np.float32)
         cdef float[::1] ov = out
-        cdef int rc
+        cdef int rc = PYLUT_EINVAL
         with nogil:
             rc = pylut_qmatrix_row(&self.qm, i, &ov[0])
         _check(rc, "row")
@@ -510,7 +522,7 @@ cdef class QMatrix:
         """The integer codes back as uint8 [m, k] (T3: trit+1 in {0,1,2})."""
         out = np.empty((self.qm.m, self.qm.k), np.uint8)
         cdef uint8_t[:, ::1] ov = out
-        cdef int rc
+        cdef int rc = PYLUT_EINVAL
         with nogil:
             rc = pylut_unpack_codes(&self.qm, &ov[0, 0], ov.shape[1])
         _check(rc, "unpack_codes")
@@ -522,6 +534,7 @@ cdef class QMatrix:
         codes = self.unpack_codes().astype(np.float32)
         g = self.qm.group
         n_groups = self.qm.k_pad // g
+        gps = n_super = 0  # set below for super-block layouts, the only ones that read them
         if self.qm.super:
             gps, n_super = self.qm.super // g, self.qm.k_pad // self.qm.super
             s = np.repeat(_untile_params(self.scale_buf, self.qm.m_pad, n_super), gps, axis=1)
@@ -665,7 +678,7 @@ cdef class Tables:
         if x2.shape != (self.n, self.k):
             raise ValueError(f"x must have shape ({self.n}, {self.k}), got {x.shape}")
         cdef const float[:, ::1] xv = x2
-        cdef int rc
+        cdef int rc = PYLUT_EINVAL
         with pool.lock:
             with nogil:
                 rc = pylut_lut_build(pool.pool, self.luts, self.n, &xv[0, 0], xv.shape[1])
@@ -725,7 +738,7 @@ def gemm_multi(mats, x, ThreadPool pool, Tables tables=None, bint int8=False, bi
         ov = outs[i]
         ys[i] = &ov[0, 0]
         ldys[i] = ov.shape[1]
-    cdef int rc, nm = len(mats)
+    cdef int rc = PYLUT_EINVAL, nm = len(mats)
     with pool.lock:
         with nogil:
             rc = pylut_gemm_multi(pool.pool, nm, qms, tables.luts, n, ys, ldys)
@@ -790,7 +803,7 @@ cdef class I8Matrix:
         cdef const float[:, ::1] sv = xs.reshape(n, -1)
         cdef const float[:, ::1] mv = xsum.reshape(n, -1)
         cdef float[:, ::1] yv = y
-        cdef int rc
+        cdef int rc = PYLUT_EINVAL
         with pool.lock:
             with nogil:
                 rc = pylut_i8_gemm(pool.pool, &self.qm, n, &qv[0, 0], &sv[0, 0], &mv[0, 0], &yv[0, 0])

@@ -180,7 +180,7 @@ cdef class Session:
         if self.streaming is not None and self.streaming.any() and n_keep < self.sink:
             raise ValueError(f"a context shift with streaming heads must keep at least the {self.sink} sink "
                              f"positions (n_keep={n_keep})")
-        cdef int rc
+        cdef int rc = PYLUT_EINVAL
         with nogil:
             rc = pylut_state_shift(&self.model.m, self.s, n_keep, n_discard)
         _check(rc, "shift")
@@ -261,7 +261,7 @@ cdef class Session:
         out = np.empty((n if all_logits else 1, self.model.m.vocab), np.float32)
         cdef const int32_t[::1] tv = t32
         cdef float[:, ::1] ov = out
-        cdef int rc
+        cdef int rc = PYLUT_EINVAL
         with pool.lock:
             with nogil:
                 rc = pylut_forward(pool.pool, &self.model.m, self.s, &tv[0], n, &ov[0, 0], all_logits)

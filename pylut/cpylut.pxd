@@ -101,6 +101,7 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_isa_set(int isa)
     const char *pylut_isa_name(int isa)
     const char *pylut_cpu_flags()
+    int pylut_sanitize_selftest(int n)
     float pylut_fp16_to_fp32(uint16_t h)
     uint16_t pylut_fp32_to_fp16(float f)
 

@@ -21,6 +21,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.mark.memory_peak
 def test_three_times_n_ctx_with_context_shift_on_the_real_model(cache):
     path = default_model_path()
     if path is None:

@@ -390,6 +390,7 @@ print(hwm() - base)
 """
 
 
+@pytest.mark.memory_peak
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's VmHWM")
 def test_first_load_peak_memory_stays_near_a_warm_load(tmp_path):
     """The high-water mark a load adds, in fresh processes, for a ~23 MB model: the first

@@ -258,6 +258,13 @@ const char *pylut_cpu_flags(void);
 float pylut_fp16_to_fp32(uint16_t h);
 uint16_t pylut_fp32_to_fp16(float f);
 
+/* ------------------------------------------------------------------ sanitizer self-test */
+
+/* Reads byte n of an n-byte heap buffer, only in the build of tools/sanitize.sh
+ * (-DPYLUT_SANITIZE_SELFTEST), where AddressSanitizer must abort with a report; returns
+ * PYLUT_EINVAL in every other build. */
+int pylut_sanitize_selftest(int n);
+
 #ifdef __cplusplus
 }
 #endif

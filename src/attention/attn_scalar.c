@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "pylut/attention.h"
 #include "pylut/pylut.h"
 
 #define ATTN_FN pylut_attn_rows_scalar
@@ -41,7 +42,9 @@ static inline void dec_i8(const int8_t *c, float scale, int n, float *out) {
     for (int i = 0; i < n; i++) out[i] = scale * (float)c[i];
 }
 static inline void unpack_q4(const uint8_t *c, int n, int8_t *out) {
-    for (int i = 0; i < n / 2; i++) {
+    /* n <= PYLUT_KV_BLOCK (out is one block); spelled out in the bound for gcc -O3 on
+     * aarch64, whose vectorized loop otherwise warns of a write past out (-Wstringop-overflow) */
+    for (int i = 0; i < n / 2 && i < PYLUT_KV_BLOCK / 2; i++) {
         out[i] = (int8_t)((c[i] & 15) - 8);
         out[i + n / 2] = (int8_t)((c[i] >> 4) - 8);
     }

@@ -129,6 +129,20 @@ void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, in
 #else
 #define TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
+/* sdot, for TARGET_DOTPROD functions only. clang < 16's arm_neon.h declares vdotq_s32 only
+ * when the whole unit is built with +dotprod (__ARM_FEATURE_DOTPROD), which these units must
+ * not be; the instruction itself is accepted inside a dotprod-target function, so there it is
+ * written out. The name holds "dot" like every function allowed to contain sdot. */
+#include <arm_neon.h>
+#if defined(__clang__) && __clang_major__ < 16 && !defined(__ARM_FEATURE_DOTPROD)
+static inline __attribute__((always_inline)) TARGET_DOTPROD int32x4_t pylut_sdot(int32x4_t acc, int8x16_t a,
+                                                                                  int8x16_t b) {
+    __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));
+    return acc;
+}
+#else
+#define pylut_sdot vdotq_s32
+#endif
 void pylut_gemm_b_i8_neon_dot(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                               int64_t ldy, int64_t tile0, int64_t tile1);
 #endif

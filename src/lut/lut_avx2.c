@@ -260,13 +260,20 @@ static ALWAYS_INLINE void gemm_b_tile_isup(const pylut_qmatrix *qm, const pylut_
         const float ts = L->tscale[sb * gps];
         const __m256 vf = _mm256_set1_ps(0.5f * ts), vts = _mm256_set1_ps(ts);
         const int64_t at = (t * supers + sb) * PYLUT_TILE_M;
-        for (int q = 0; q < 8; q++) {
-            const int lane = q & 1 ? 0x31 : 0x20, qq = q / 2;
-            const __m256i s = _mm256_permute2x128_si256(S[2 * qq], S[2 * qq + 1], lane);
-            acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->scale + at + 8 * q), vf), _mm256_cvtepi32_ps(s), acc[q]);
+        /* rows 8q..8q+7 sit in one 128-bit lane of S[2*(q/2)] and S[2*(q/2)+1]: the low lanes
+         * for even q, the high ones for odd q. The lane selector of vperm2i128 is an immediate,
+         * so the two cases are spelled out rather than computed from q. */
+        for (int qq = 0; qq < 4; qq++) {
+            const int q0 = 2 * qq, q1 = 2 * qq + 1;
+            const __m256i s0 = _mm256_permute2x128_si256(S[2 * qq], S[2 * qq + 1], 0x20);
+            const __m256i s1 = _mm256_permute2x128_si256(S[2 * qq], S[2 * qq + 1], 0x31);
+            acc[q0] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->scale + at + 8 * q0), vf), _mm256_cvtepi32_ps(s0), acc[q0]);
+            acc[q1] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->scale + at + 8 * q1), vf), _mm256_cvtepi32_ps(s1), acc[q1]);
             if (qm->has_bias) {
-                const __m256i b = _mm256_permute2x128_si256(B[2 * qq], B[2 * qq + 1], lane);
-                acc[q] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->bias + at + 8 * q), vts), _mm256_cvtepi32_ps(b), acc[q]);
+                const __m256i b0 = _mm256_permute2x128_si256(B[2 * qq], B[2 * qq + 1], 0x20);
+                const __m256i b1 = _mm256_permute2x128_si256(B[2 * qq], B[2 * qq + 1], 0x31);
+                acc[q0] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->bias + at + 8 * q0), vts), _mm256_cvtepi32_ps(b0), acc[q0]);
+                acc[q1] = _mm256_fmadd_ps(_mm256_mul_ps(load_f16x8(qm->bias + at + 8 * q1), vts), _mm256_cvtepi32_ps(b1), acc[q1]);
             }
         }
     }

@@ -269,8 +269,8 @@ static ALWAYS_INLINE int32x4_t i8_dot32(const uint8x16_t q[2], const int8_t *x) 
 
 /* sdot: each int32 lane gains 4 products; same integer dot, fewer instructions */
 static TARGET_DOTPROD ALWAYS_INLINE int32x4_t i8_dot32_sdot(const uint8x16_t q[2], const int8_t *x) {
-    int32x4_t d = vdotq_s32(vdupq_n_s32(0), vreinterpretq_s8_u8(q[0]), vld1q_s8(x));
-    return vdotq_s32(d, vreinterpretq_s8_u8(q[1]), vld1q_s8(x + 16));
+    int32x4_t d = pylut_sdot(vdupq_n_s32(0), vreinterpretq_s8_u8(q[0]), vld1q_s8(x));
+    return pylut_sdot(d, vreinterpretq_s8_u8(q[1]), vld1q_s8(x + 16));
 }
 
 /* One row. Four blocks at a time: their partial sums are reduced with two vpaddq into one

@@ -124,7 +124,7 @@ static void gemm_b_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n, 
                         int hi = r >= 32, rr = r & 31, p;
                         for (p = 0; p + 1 < bits; p += 2) { /* pair blocks */
                             int64_t off = 64 * (p / 2) + 16 * (rr / 8) + 2 * (rr % 8);
-                            A[r] += (T[nibble(blk, off, hi)] + 2 * T[nibble(blk, off + 1, hi)]) << p;
+                            A[r] += (T[nibble(blk, off, hi)] + 2 * T[nibble(blk, off + 1, hi)]) * (1 << p); /* multiply: the sum may be negative (<< would be UB) */
                         }
                         if (p < bits) /* lone top plane */
                             A[r] += T[nibble(blk, 64 * (p / 2) + rr, hi)] * (1 << p);

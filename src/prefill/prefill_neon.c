@@ -113,8 +113,8 @@ static TARGET_DOTPROD inline __attribute__((always_inline)) void tokens_quarter_
                 int32_t x4;
                 memcpy(&x4, act[t].tbl + k0 + 4 * kg, 4);
                 const int8x16_t x = vreinterpretq_s8_s32(vdupq_n_s32(x4));
-                a[t][0] = vdotq_s32(a[t][0], w0, x), a[t][1] = vdotq_s32(a[t][1], w1, x);
-                a[t][2] = vdotq_s32(a[t][2], w2, x), a[t][3] = vdotq_s32(a[t][3], w3, x);
+                a[t][0] = pylut_sdot(a[t][0], w0, x), a[t][1] = pylut_sdot(a[t][1], w1, x);
+                a[t][2] = pylut_sdot(a[t][2], w2, x), a[t][3] = pylut_sdot(a[t][3], w3, x);
             }
         }
         for (int t = 0; t < NT; t++)
