@@ -35,6 +35,7 @@ if IS_X86_64:
                                             "-mavx512vl", "-mavx512vnni", "-mgfni"],
         "src/attention/attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "src/attention/attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
+        "src/baseline/baseline_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
     }
 
 SOURCES = ["pylut/_core.pyx"] + [
@@ -46,7 +47,8 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
     "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
     "src/model/model.c",
-    "src/baseline/i8_pack.c",
+    "src/baseline/dq8_pack.c", "src/baseline/baseline_scalar.c", "src/baseline/baseline_avx2.c",
+    "src/baseline/baseline_neon.c",
 ]
 
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",

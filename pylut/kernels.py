@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import _core
-from ._core import I8Matrix, QMatrix, Tables, ThreadPool
+from ._core import Dq8Matrix, QMatrix, Tables, ThreadPool
 
 log = logging.getLogger("pylut")
 

@@ -17,7 +17,7 @@ typedef struct {
                    int64_t tile0, int64_t tile1);
     void (*gemm_t3)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                     int64_t tile0, int64_t tile1);
-    /* the same for a B-type matrix and int8 activations (kind 2); NULL: the ISA has no fast
+    /* the same for a B-type matrix and int8 activations (PYLUT_LUT_I8); NULL: the ISA has no fast
      * one, pylut_gemm_b_i8_scalar serves */
     void (*gemm_b_i8)(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                       int64_t tile0, int64_t tile1);
@@ -33,9 +33,9 @@ typedef struct {
      * of stride ld elements; scores: scratch [len] */
     void (*attn_f16)(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
                      int hd, float scale, float *out, float *scores);
-    /* rows [r0, r1) of the int8 baseline */
-    void (*i8_gemv)(const pylut_i8matrix *qm, const int8_t *xq, const float *xs, const float *xsum,
-                    float *y, int64_t r0, int64_t r1);
+    /* rows [r0, r1) of the int8 dequant-dot baseline (baseline/) */
+    void (*dq8_gemv)(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs, const float *xsum,
+                     float *y, int64_t r0, int64_t r1);
 } pylut_kernels;
 
 extern const pylut_kernels pylut_kernels_scalar;
@@ -45,12 +45,23 @@ extern const pylut_kernels pylut_kernels_avx512;
 extern const pylut_kernels pylut_kernels_avx512vbmi;
 void pylut_attn_f16_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
                          int hd, float scale, float *out, float *scores);
-void pylut_i8_gemv_avx2(const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
-                        const float *xsum, float *y, int64_t r0, int64_t r1);
+void pylut_dq8_gemv_avx2(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                         const float *xsum, float *y, int64_t r0, int64_t r1);
 #endif
 #if defined(__aarch64__)
 extern const pylut_kernels pylut_kernels_neon;
 extern const pylut_kernels pylut_kernels_neon_dot;
+#endif
+
+/* The comparison kernels (baseline/): the llama.cpp-style int8 dequant-dot GEMV, rows
+ * [r0, r1), and the naive per-head attention (pylut_attn_f16_* below). */
+void pylut_dq8_gemv_scalar(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                           const float *xsum, float *y, int64_t r0, int64_t r1);
+#if defined(__aarch64__)
+void pylut_dq8_gemv_neon(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                         const float *xsum, float *y, int64_t r0, int64_t r1);
+void pylut_dq8_gemv_neon_dot(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                             const float *xsum, float *y, int64_t r0, int64_t r1);
 #endif
 
 /* Table builders (portable C, O(k) work per token), scale groups [g0, g1) of the tables for
@@ -60,7 +71,7 @@ extern const pylut_kernels pylut_kernels_neon_dot;
 void pylut_b_entries_scalar(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
 void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1, pylut_b_entries_fn entries);
 void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
-/* int8 activations (kind 2), scale groups [g0, g1) */
+/* int8 activations (PYLUT_LUT_I8), scale groups [g0, g1) */
 void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
 /* Any kind of table set, scale groups [g0, g1) of the one for x */
 void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
@@ -217,6 +228,21 @@ static inline int16_t *pylut_lut_sumq(const pylut_lut *lut) {
  * split work themselves (the forward pass runs every stage inside one pool dispatch). */
 void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                       int64_t tile0, int64_t tile1);
+
+/* Runs the statement with NAME an enum constant equal to bits (1..8; anything else runs as
+ * 8): each width gets its own inlined copy of a kernel, whose loops over planes then unroll.
+ * The one bit dispatch of the LUT body (lut/lut_body.h) and the prefill driver. */
+#define PYLUT_FOR_BITS(bits, NAME, ...)                \
+    switch (bits) {                                    \
+    case 1: { enum { NAME = 1 }; __VA_ARGS__; } break; \
+    case 2: { enum { NAME = 2 }; __VA_ARGS__; } break; \
+    case 3: { enum { NAME = 3 }; __VA_ARGS__; } break; \
+    case 4: { enum { NAME = 4 }; __VA_ARGS__; } break; \
+    case 5: { enum { NAME = 5 }; __VA_ARGS__; } break; \
+    case 6: { enum { NAME = 6 }; __VA_ARGS__; } break; \
+    case 7: { enum { NAME = 7 }; __VA_ARGS__; } break; \
+    default: { enum { NAME = 8 }; __VA_ARGS__; } break; \
+    }
 
 /* Trit triple (a,b,c) in {-1,0,1}^3 -> v = 9(a+1)+3(b+1)+(c+1) in [0,27). v and 26-v are
  * negatives of each other, so 14 table entries (v <= 13) plus a sign bit cover all 27. */
