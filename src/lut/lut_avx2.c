@@ -14,20 +14,13 @@ static ALWAYS_INLINE __m256i lookup_hi(__m256i tbl, __m256i w, __m256i m0f) {
     return _mm256_shuffle_epi8(tbl, _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f));
 }
 
-/* One group's lookups (lut_body.h): pacc[p][q] = plane 2p + 2 * plane 2p+1 and lacc[q] = the
- * lone plane, rows 16q..16q+15. A 32-byte half of a pair block holds rows 8h.. (low nibbles)
- * and 32+8h.. (high nibbles) of both planes. */
-static ALWAYS_INLINE void plane_sums(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+/* One group's lookups (lut_body.h): pacc[p][q] += plane 2p + 2 * plane 2p+1 and lacc[q] +=
+ * the lone plane, rows 16q..16q+15. A 32-byte half of a pair block holds rows 8h.. (low
+ * nibbles) and 32+8h.. (high nibbles) of both planes. */
+static ALWAYS_INLINE void plane_sums(const uint8_t *blk, const int8_t *T, int kpg, const int bits,
                                      __m256i pacc[4][4], __m256i lacc[4]) {
     const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
-    const __m256i m0f = _mm256_set1_epi8(0x0f);
-    const __m256i mul12 = _mm256_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
-    const uint8_t *blk = *pblk;
-    const int8_t *T = *pT;
-    for (int q = 0; q < 4; q++) {
-        for (int p = 0; p < npair; p++) pacc[p][q] = _mm256_setzero_si256();
-        lacc[q] = _mm256_setzero_si256();
-    }
+    const __m256i m0f = _mm256_set1_epi8(0x0f), mul12 = MUL12;
     for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
         const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)T));
         for (int o = 0; o < kgb; o += 64) _mm_prefetch((const char *)blk + PF_B_DIST + o, PF_B_HINT);
@@ -46,8 +39,6 @@ static ALWAYS_INLINE void plane_sums(const uint8_t **pblk, const int8_t **pT, in
             lacc[3] = _mm256_add_epi16(lacc[3], _mm256_cvtepi8_epi16(_mm256_extracti128_si256(vhi, 1)));
         }
     }
-    *pblk = blk;
-    *pT = T;
 }
 
 /* unpacklo/hi leave the int32 pair sums of a 16-row vector as lo = rows {0-3, 8-11},
@@ -118,8 +109,7 @@ void pylut_b_entries_avx2(const float *x, int64_t k, int64_t j0, int64_t j1, flo
 }
 
 const pylut_kernels pylut_kernels_avx2 = {
-    .gemm_b = lut_gemm_b,
-    .gemm_t3 = lut_gemm_t3,
+    LUT_BODY_KERNELS,
     .gemm_b_i8 = pylut_gemm_b_i8_avx2,
     .b_entries = pylut_b_entries_avx2,
     .i8_from = PYLUT_I8_FROM_AVX2,

@@ -39,19 +39,14 @@ static ALWAYS_INLINE void pair_lookup2(__m512i tbl, __m512i tbl1, const uint8_t 
                            _mm512_maddubs_epi16(mul12, lookup_hi(tbl1, w1, m0f)));
 }
 
-/* One group's lookups (lut_body.h): pacc[p][h] = plane 2p + 2 * plane 2p+1 and lacc[h] = the
- * lone plane, rows 32h..32h+31. Two k-groups per step: their products are added before the
- * accumulator, halving the loop overhead and the accumulators' dependency chains. */
-static ALWAYS_INLINE void plane_sums(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+/* One group's lookups (lut_body.h): pacc[p][h] += plane 2p + 2 * plane 2p+1 and lacc[h] +=
+ * the lone plane, rows 32h..32h+31. Two k-groups per step: their products are added before
+ * the accumulator, halving the loop overhead and the accumulators' dependency chains. */
+static ALWAYS_INLINE void plane_sums(const uint8_t *blk, const int8_t *T, int kpg, const int bits,
                                      __m512i pacc[4][2], __m512i lacc[2]) {
     const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
-    const __m512i m0f = _mm512_set1_epi8(0x0f);
-    const __m512i mul12 = _mm512_set1_epi16(0x0201); /* bytes (1, 2): plane 2p + 2*plane 2p+1 */
-    const uint8_t *blk = *pblk;
-    const int8_t *T = *pT;
+    const __m512i m0f = _mm512_set1_epi8(0x0f), mul12 = MUL12;
     (void)m0f;
-    for (int p = 0; p < npair; p++) pacc[p][0] = pacc[p][1] = _mm512_setzero_si512();
-    lacc[0] = lacc[1] = _mm512_setzero_si512();
     for (int j = 0; j < kpg; j += 2, blk += 2 * kgb, T += 32) { /* kpg is even (group % 8 == 0) */
         const __m512i tbl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)T));
         const __m512i tbl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(T + 16)));
@@ -71,8 +66,6 @@ static ALWAYS_INLINE void plane_sums(const uint8_t **pblk, const int8_t **pT, in
                 lacc[1] = _mm512_add_epi16(lacc[1], _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(v, 1)));
             }
     }
-    *pblk = blk;
-    *pT = T;
 }
 
 /* unpacklo/hi leave the int32 pair sums of a 32-row vector as lo = rows {0-3, 8-11, 16-19,
@@ -117,8 +110,7 @@ static ALWAYS_INLINE void t3_pair_sums(const uint8_t *blk, const int8_t *tbl, __
 #include "lut_body.h"
 
 const pylut_kernels PYLUT_AVX512_TABLE = {
-    .gemm_b = lut_gemm_b,
-    .gemm_t3 = lut_gemm_t3,
+    LUT_BODY_KERNELS,
     .b_entries = pylut_b_entries_avx2, /* 8 entries a k-group: ymm is the natural width */
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */

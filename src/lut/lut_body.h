@@ -24,9 +24,10 @@
  *                          half of a's rows) and r1
  *   group_param(qm, bias, t, g, q)         vector q's scale (bias 0) or bias (bias 1) of
  *                          group g: fp16, or fp16 super-block value * sub-value
- *   plane_sums(&blk, &T, kpg, bits, pacc[4][LUT_NH], lacc[LUT_NH])   one group's lookups,
- *                          planes not yet weighted: pacc[p] = plane 2p + 2 * plane 2p+1,
- *                          lacc = the lone plane (odd bits); int16; advances blk and T
+ *   plane_sums(blk, T, kpg, bits, pacc[4][LUT_NH], lacc[LUT_NH])   one group's lookups
+ *                          (codes blk, tables T), planes not yet weighted, added to the
+ *                          zeroed int16 sums: pacc[p] += plane 2p + 2 * plane 2p+1,
+ *                          lacc += the lone plane (odd bits)
  *   t3_pair_sums(blk, tbl, a[LUT_NH])      one T3 pair block (two triples a row, tables
  *                          tbl[0..31]) added to the int16 row sums a, signs applied
  *
@@ -50,6 +51,9 @@
 
 /* ------------------------------------------------------------------ shared pieces */
 
+/* The entry points, for the unit's pylut_kernels table */
+#define LUT_BODY_KERNELS .gemm_b = lut_gemm_b, .gemm_t3 = lut_gemm_t3
+
 static ALWAYS_INLINE void store_tile(float *y, int64_t row0, int64_t m, const vf32 acc[LUT_NF]) {
     if (row0 + PYLUT_TILE_M <= m) {
         for (int q = 0; q < LUT_NF; q++) f_store(y + row0 + LUT_RF * q, acc[q]);
@@ -60,13 +64,25 @@ static ALWAYS_INLINE void store_tile(float *y, int64_t row0, int64_t m, const vf
     }
 }
 
+/* One group's plane sums (plane_sums on zeroed accumulators); advances blk and T */
+static ALWAYS_INLINE void group_planes(const uint8_t **blk, const int8_t **T, int kpg, const int bits,
+                                       vi16 pacc[4][LUT_NH], vi16 lacc[LUT_NH]) {
+    for (int r = 0; r < LUT_NH; r++) {
+        for (int p = 0; p < bits / 2; p++) pacc[p][r] = i16_zero();
+        lacc[r] = i16_zero();
+    }
+    plane_sums(*blk, *T, kpg, bits, pacc, lacc);
+    *blk += kpg * pylut_b_kgroup_bytes(bits);
+    *T += 16 * kpg;
+}
+
 /* One group's int16 lookup sums A_g = sum_i 2^i T[idx_i] when (2^b-1) * group <= 1032 keeps
  * every partial sum in int16 (kernels.h): the planes are weighted before any widening. */
 static ALWAYS_INLINE void group_sums16(const uint8_t **blk, const int8_t **T, int kpg, const int bits,
                                        vi16 a[LUT_NH]) {
     const int npair = bits / 2, lone = bits & 1;
     vi16 pacc[4][LUT_NH], lacc[LUT_NH];
-    plane_sums(blk, T, kpg, bits, pacc, lacc);
+    group_planes(blk, T, kpg, bits, pacc, lacc);
     for (int h = 0; h < LUT_NH; h++) {
         a[h] = lone ? i16_shl(lacc[h], bits - 1) : i16_zero();
         for (int p = 0; p < npair; p++) a[h] = i16_add(a[h], i16_shl(pacc[p][h], 2 * p));
@@ -114,7 +130,7 @@ static ALWAYS_INLINE void b_tile(const pylut_qmatrix *qm, const pylut_lut *L, fl
             for (int r = 0; r < LUT_NH; r++) widen_add(a16[r], 0, &A[2 * r], &A[2 * r + 1]);
         } else {
             vi16 pacc[4][LUT_NH], lacc[LUT_NH];
-            plane_sums(&blk, &T, kpg, bits, pacc, lacc);
+            group_planes(&blk, &T, kpg, bits, pacc, lacc);
             for (int r = 0; r < LUT_NH; r++) {
                 for (int p = 0; p < npair; p++) widen_add(pacc[p][r], 2 * p, &A[2 * r], &A[2 * r + 1]);
                 if (lone) widen_add(lacc[r], bits - 1, &A[2 * r], &A[2 * r + 1]);

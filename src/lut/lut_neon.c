@@ -107,19 +107,13 @@ static ALWAYS_INLINE int16x8_t fold_pair(int16x8_t acc, int8x16_t v) {
     return vsraq_n_s16(acc, vreinterpretq_s16_s8(v), 8);
 }
 
-/* One group's lookups (lut_body.h), rows 8q..8q+7 in pacc[p][q] / lacc[q]: pair lane L's low
+/* One group's lookups (lut_body.h) added to rows 8q..8q+7 of pacc[p][q] / lacc[q]: pair lane L's low
  * nibbles -> q = L, high nibbles -> q = 4 + L; the lone block's 32 bytes are rows 0..31 /
  * 32..63 in order. 8 planes = 32 accumulators, all 32 vector registers: the compiler spills
  * some for b >= 7 (rare formats: lossless Q6/Q8 homes). */
-static ALWAYS_INLINE void plane_sums(const uint8_t **pblk, const int8_t **pT, int kpg, const int bits,
+static ALWAYS_INLINE void plane_sums(const uint8_t *blk, const int8_t *T, int kpg, const int bits,
                                      int16x8_t pacc[4][8], int16x8_t lacc[8]) {
     const int npair = bits / 2, lone = bits & 1, kgb = 32 * bits;
-    const uint8_t *blk = *pblk;
-    const int8_t *T = *pT;
-    for (int q = 0; q < 8; q++) {
-        for (int p = 0; p < npair; p++) pacc[p][q] = vdupq_n_s16(0);
-        lacc[q] = vdupq_n_s16(0);
-    }
     for (int j = 0; j < kpg; j++, blk += kgb, T += 16) {
         const int8x16_t tbl = vld1q_s8(T);
         __builtin_prefetch(blk + PF_DIST);
@@ -139,8 +133,6 @@ static ALWAYS_INLINE void plane_sums(const uint8_t **pblk, const int8_t **pT, in
                 lacc[5 + 2 * l] = vaddw_high_s8(lacc[5 + 2 * l], vhi);
             }
     }
-    *pblk = blk;
-    *pT = T;
 }
 
 /* The 16 sign bytes of a pair block (lo mask = bytes 0..7, hi mask = bytes 8..15) are
@@ -183,14 +175,12 @@ static ALWAYS_INLINE void t3_pair_sums(const uint8_t *blk, const int8_t *tbl, in
 
 /* The baselines live in baseline/baseline_neon.c; the int8 prefill (prefill_neon.c) needs sdot. */
 const pylut_kernels pylut_kernels_neon = {
-    .gemm_b = lut_gemm_b,
-    .gemm_t3 = lut_gemm_t3,
+    LUT_BODY_KERNELS,
     .dq8_gemv = pylut_dq8_gemv_neon,
 };
 
 const pylut_kernels pylut_kernels_neon_dot = {
-    .gemm_b = lut_gemm_b,
-    .gemm_t3 = lut_gemm_t3,
+    LUT_BODY_KERNELS,
     .dq8_gemv = pylut_dq8_gemv_neon_dot,
     .gemm_b_i8 = pylut_gemm_b_i8_neon_dot,
     .i8_from = PYLUT_I8_FROM_NEON_DOT,

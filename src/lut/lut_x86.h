@@ -77,6 +77,7 @@ typedef __m512i vi16;
 #define i16_pairs(lo, hi) V(set1_epi32)((int)(((uint32_t)(uint16_t)(hi) << 16) | (uint16_t)(lo)))
 #define pair_lo(a, b) V(unpacklo_epi16)((a), (b))
 #define pair_hi(a, b) V(unpackhi_epi16)((a), (b))
+#define MUL12 V(set1_epi16)(0x0201) /* bytes (1, 2): plane 2p + 2 * plane 2p+1 in one maddubs */
 #ifndef LUT_MADD_ACC
 #define madd_acc(acc, a, b) V(add_epi32)((acc), V(madd_epi16)((a), (b)))
 #endif
