@@ -36,6 +36,7 @@ if IS_X86_64:
         "src/attention/attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "src/attention/attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
         "src/core/checksum_hw.c": ["-msse4.2"],
+        "src/baseline/baseline_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
     }
 elif IS_AARCH64:
     ISA_FLAGS = {"src/core/checksum_hw.c": ["-march=armv8-a+crc"]}
@@ -50,7 +51,8 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
     "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
     "src/model/model.c",
-    "src/baseline/i8_pack.c",
+    "src/baseline/dq8_pack.c", "src/baseline/baseline_scalar.c", "src/baseline/baseline_avx2.c",
+    "src/baseline/baseline_neon.c",
 ]
 
 # PYLUT_OPT (one of OPT_LEVELS) overrides the optimization level for compiler checks

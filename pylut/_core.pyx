@@ -750,16 +750,16 @@ def gemm_multi(mats, x, ThreadPool pool, Tables tables=None, bint int8=False, bi
 
 # ---------------------------------------------------------------- int8 baseline
 
-cdef class I8Matrix:
+cdef class Dq8Matrix:
     """The llama.cpp-style dequant-dot baseline: b-bit codes unpacked to bytes and
     multiplied with int8 activations (bits 2 or 4, k a multiple of 256/bits)."""
-    cdef pylut_i8matrix qm
+    cdef pylut_dq8matrix qm
     cdef readonly object codes_buf, scale_buf, bias_buf
 
     def __cinit__(self, codes, scale, bias, int bits):
         codes = _array(codes, np.uint8, 2, "codes")
         m, k = codes.shape
-        _check(pylut_i8matrix_layout(&self.qm, bits, m, k), "I8Matrix (bits 2/4, k % (256/bits) == 0)")
+        _check(pylut_dq8matrix_layout(&self.qm, bits, m, k), "Dq8Matrix (bits 2/4, k % (256/bits) == 0)")
         if codes.size and int(codes.max()) >> bits:
             raise ValueError(f"codes must be < 2^{bits}")
         self.scale_buf = np.ascontiguousarray(_group_params(scale, m, k // 32, "scale").astype(np.float16)).view(np.uint16)
@@ -769,7 +769,7 @@ cdef class I8Matrix:
         self.qm.scale = <uint16_t *>cnp.PyArray_DATA(self.scale_buf)
         self.qm.bias = <uint16_t *>cnp.PyArray_DATA(self.bias_buf)
         cdef const uint8_t[:, ::1] cv = codes
-        _check(pylut_i8_pack(&self.qm, &cv[0, 0], cv.shape[1]), "i8_pack")
+        _check(pylut_dq8_pack(&self.qm, &cv[0, 0], cv.shape[1]), "dq8_pack")
 
     @property
     def nbytes(self):
@@ -786,7 +786,7 @@ cdef class I8Matrix:
         cdef int8_t[::1] qv = xq
         cdef float[::1] sv = xs
         cdef float[::1] mv = xsum
-        _check(pylut_i8_quantize_x(self.qm.k, &xv[0], &qv[0], &sv[0], &mv[0]), "i8_quantize_x")
+        _check(pylut_dq8_quantize_x(self.qm.k, &xv[0], &qv[0], &sv[0], &mv[0]), "dq8_quantize_x")
         return xq, xs, xsum
 
     def gemv(self, xq, xs, xsum, ThreadPool pool):
@@ -806,8 +806,8 @@ cdef class I8Matrix:
         cdef int rc = PYLUT_EINVAL
         with pool.lock:
             with nogil:
-                rc = pylut_i8_gemm(pool.pool, &self.qm, n, &qv[0, 0], &sv[0, 0], &mv[0, 0], &yv[0, 0])
-        _check(rc, "i8_gemm")
+                rc = pylut_dq8_gemm(pool.pool, &self.qm, n, &qv[0, 0], &sv[0, 0], &mv[0, 0], &yv[0, 0])
+        _check(rc, "dq8_gemm")
         return y if xq.ndim == 2 else y[0]
 
 

@@ -54,7 +54,7 @@ cdef extern from "pylut/pylut.h" nogil:
     ctypedef struct pylut_pool:
         pass
 
-    ctypedef struct pylut_i8matrix:
+    ctypedef struct pylut_dq8matrix:
         int32_t bits
         int64_t m, k, row_bytes
         uint8_t *codes
@@ -84,13 +84,13 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_gemm_multi(pylut_pool *pool, int n_mats, const pylut_qmatrix *const *qms,
                          const pylut_lut *lut, int n, float *const *ys, const int64_t *ldys)
 
-    int pylut_i8matrix_layout(pylut_i8matrix *qm, int bits, int64_t m, int64_t k)
-    int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld)
-    int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum)
-    int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq,
-                      const float *xs, const float *xsum, float *y)
-    int pylut_i8_gemm(pylut_pool *pool, const pylut_i8matrix *qm, int n, const int8_t *xq,
-                      const float *xs, const float *xsum, float *y)
+    int pylut_dq8matrix_layout(pylut_dq8matrix *qm, int bits, int64_t m, int64_t k)
+    int pylut_dq8_pack(pylut_dq8matrix *qm, const uint8_t *codes, int64_t ld)
+    int pylut_dq8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum)
+    int pylut_dq8_gemv(pylut_pool *pool, const pylut_dq8matrix *qm, const int8_t *xq,
+                       const float *xs, const float *xsum, float *y)
+    int pylut_dq8_gemm(pylut_pool *pool, const pylut_dq8matrix *qm, int n, const int8_t *xq,
+                       const float *xs, const float *xsum, float *y)
 
     uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n)
     int pylut_attention_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,

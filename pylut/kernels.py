@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import _core
-from ._core import I8Matrix, QMatrix, Tables, ThreadPool  # noqa: F401 (I8Matrix, Tables: re-exported by pylut)
+from ._core import Dq8Matrix, QMatrix, Tables, ThreadPool  # noqa: F401 (Dq8Matrix, Tables: re-exported by pylut)
 
 log = logging.getLogger("pylut")
 

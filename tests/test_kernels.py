@@ -379,7 +379,7 @@ def test_int8_baseline_matches_reference():
         codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
         s = rng.uniform(0.01, 0.1, (m, k // 32)).astype(np.float32)
         b = -s * ((1 << bits) - 1) / 2
-        im = pylut.I8Matrix(codes, s, b, bits)
+        im = pylut.Dq8Matrix(codes, s, b, bits)
         x = rng.standard_normal(k).astype(np.float32)
         xq, xs, xsum = im.quantize_x(x)
         s16, b16 = s.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)

@@ -23,7 +23,7 @@ Method (what every number means):
 - Roofline: _core.read_bytes over a buffer as large as the weight set, same pool and thread
   count, sampled before every pass and after the last one (the VM's bandwidth drifts). The
   denominator is the MAX of those samples (conservative): 'roof' = kernel GB/s / that max.
-- int8 baseline: pylut.I8Matrix with the same codes as the 2-bit (and 4-bit) LUT matrix,
+- int8 baseline: pylut.Dq8Matrix with the same codes as the 2-bit (and 4-bit) LUT matrix,
   group-32 fp16 scale + bias (Q2/Q4-style), cloned to >= --mb MB as well. 'x int8' = int8
   time per GEMV / LUT time per GEMV on the same shape (= tokens/s ratio).
 - Disturbance: each measurement records the CPU share other processes (and VM steal) used
@@ -201,14 +201,14 @@ def lut_set(q, mb):
 
 
 def int8_set(codes, w, bits, mb):
-    """I8Matrix clones with the same codes and group-32 fp16 scale/bias from w (Q2/Q4 style)."""
+    """Dq8Matrix clones with the same codes and group-32 fp16 scale/bias from w (Q2/Q4 style)."""
     m, k = codes.shape
     half = ((1 << bits) - 1) / 2.0
     s = np.abs(w.reshape(m, k // 32, 32)).max(axis=2) / half
     s = np.where(s > 0, s, 1.0).astype(np.float32)
     b = (-half * s).astype(np.float32)
-    first = pylut.I8Matrix(codes, s, b, bits)
-    mats = [first] + [pylut.I8Matrix(codes, s, b, bits) for _ in range(n_copies(first.nbytes, mb) - 1)]
+    first = pylut.Dq8Matrix(codes, s, b, bits)
+    mats = [first] + [pylut.Dq8Matrix(codes, s, b, bits) for _ in range(n_copies(first.nbytes, mb) - 1)]
     return mats, sum(x.nbytes for x in mats)
 
 

@@ -64,7 +64,7 @@ def main(argv=None):
             lut_m = pylut.QMatrix.from_codes(codes, s, None, bits=bits, group=32)
             base_m = None
             if bits in (2, 4):
-                base_m = pylut.I8Matrix(codes, s, -s * ((1 << bits) - 1) / 2, bits)
+                base_m = pylut.Dq8Matrix(codes, s, -s * ((1 << bits) - 1) / 2, bits)
             for nt in threads:
                 pool = pylut.get_pool(nt)
                 for n in ns:

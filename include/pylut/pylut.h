@@ -141,13 +141,13 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
 /* ------------------------------------------------------------------ activation tables */
 
 /* Tables built from one activation vector x[k] for matrices of one type family and group.
- *   B (kind 0): tbl int8 [k_pad/4][16], tscale/sumx fp32 [k_pad/group]
+ *   B (PYLUT_LUT_B): tbl int8 [k_pad/4][16], tscale/sumx fp32 [k_pad/group]
  *      with super (two-level matrices summed in integers, see pylut_lut_layout): one table
  *      scale per super-block (tscale[g] repeats it for each group), and tbl continues with
  *      int16 sumq [k_pad/group] = round(sumx / tscale) (sumx then holds sumq * tscale)
- *   T3 (kind 1): tbl int8 [groups * triples][16] (entries 0..13 used), tscale fp32 [groups],
+ *   T3 (PYLUT_LUT_T3): tbl int8 [groups * triples][16] (entries 0..13 used), tscale fp32 [groups],
  *      sumx unused
- *   int8 activations (kind 2, B-type matrices, the prefill path below): no tables but x itself
+ *   int8 activations (PYLUT_LUT_I8, B-type matrices, the prefill path below): no tables but x itself
  *      quantized per scale group: tbl int8 [k_pad] (round(x / xs), padding 0), tscale fp32
  *      [k_pad/group] the group's xs = max |x| / 127, sumx fp32 [k_pad/group] = xs * sum of
  *      the group's int8 values (the sum the integer dot products really saw).
@@ -155,13 +155,14 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
  *      the rounding residual x - xs * round(x / xs): tbl [2][k_pad], tscale and sumx
  *      [2][k_pad/group]. The GEMM adds both parts' products, so x is read to ~2^-15 of its
  *      group's largest value (int8 alone: 2^-8) for one more integer dot product per weight. */
+enum { PYLUT_LUT_B = 0, PYLUT_LUT_T3 = 1, PYLUT_LUT_I8 = 2 }; /* pylut_lut.kind */
 typedef struct {
-    int32_t kind;        /* 0: B-type tables, 1: T3 tables, 2: int8 activations */
+    int32_t kind;        /* PYLUT_LUT_B, PYLUT_LUT_T3 or PYLUT_LUT_I8 */
     int64_t k, k_pad;
     int32_t group;
     int32_t super;       /* B: weights per table scale when > group, else 0 */
     int64_t tbl_bytes, n_groups; /* tbl_bytes counts every part; n_groups one part's groups */
-    int32_t parts;       /* kind 2: 1, or 2 with the rounding residual; 0 for tables */
+    int32_t parts;       /* PYLUT_LUT_I8: 1, or 2 with the rounding residual; 0 for tables */
     int8_t *tbl;
     float *tscale;
     float *sumx;
@@ -171,7 +172,7 @@ typedef struct {
  * matrix's two-level scales can be summed in integers: then a super-block's int lookup sums,
  * times the int8 sub-scales, are converted to float once per super-block, not per group). */
 int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm);
-/* Size int8 activations (kind 2) for a B-type matrix like qm, in parts 1 or 2 (see above);
+/* Size int8 activations (PYLUT_LUT_I8) for a B-type matrix like qm, in parts 1 or 2 (see above);
  * PYLUT_EINVAL for T3. tscale and sumx then take parts * n_groups floats. */
 int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts);
 /* Floats of tscale (and of sumx) one table set holds: n_groups per part. */
@@ -199,10 +200,10 @@ int pylut_gemm(pylut_pool *pool, const pylut_qmatrix *qm, const pylut_lut *lut, 
 /* Prefill through int8 activations. With many tokens a B-type GEMM can unpack each weight
  * tile to bytes once and reuse it for every token; the dot products then run on int8 multiply-
  * add units (VNNI vpdpbusd) at ~3x the table lookups' rate per weight, whatever the bit width.
- * Pass kind-2 activations (pylut_lut_layout_i8) to pylut_gemm for it. Results differ from
+ * Pass PYLUT_LUT_I8 activations (pylut_lut_layout_i8) to pylut_gemm for it. Results differ from
  * the table path by activation rounding (int8 per scale group against int8 table entries).
  * 1 when the active ISA has a fast kernel for it and n tokens make it pay for qm; every ISA
- * runs kind-2 activations (the portable twin where there is no fast kernel). */
+ * runs PYLUT_LUT_I8 activations (the portable twin where there is no fast kernel). */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n);
 
 /* 1 when the active ISA runs ternary weights faster as two bit planes (a B2 matrix with codes
@@ -225,16 +226,16 @@ typedef struct {
     uint8_t *codes;     /* [m][row_bytes] */
     uint16_t *scale;    /* [m][k/32] */
     uint16_t *bias;     /* [m][k/32] */
-} pylut_i8matrix;
-int pylut_i8matrix_layout(pylut_i8matrix *qm, int bits, int64_t m, int64_t k);
-int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld);
+} pylut_dq8matrix;
+int pylut_dq8matrix_layout(pylut_dq8matrix *qm, int bits, int64_t m, int64_t k);
+int pylut_dq8_pack(pylut_dq8matrix *qm, const uint8_t *codes, int64_t ld);
 /* xq: int8 [k], xs: fp32 [k/32] scales, xsum: fp32 [k/32] sum of dequantized block values */
-int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum);
-int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
-                  const float *xsum, float *y);
-/* n tokens: xq [n][k], xs/xsum [n][k/32], y [n][m] (the int8 prefill path) */
-int pylut_i8_gemm(pylut_pool *pool, const pylut_i8matrix *qm, int n, const int8_t *xq,
-                  const float *xs, const float *xsum, float *y);
+int pylut_dq8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum);
+int pylut_dq8_gemv(pylut_pool *pool, const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                   const float *xsum, float *y);
+/* n tokens: xq [n][k], xs/xsum [n][k/32], y [n][m] */
+int pylut_dq8_gemm(pylut_pool *pool, const pylut_dq8matrix *qm, int n, const int8_t *xq,
+                   const float *xs, const float *xsum, float *y);
 
 /* Read n bytes at p across the pool (the bandwidth roofline benchmarks compare against). */
 uint64_t pylut_read_bytes(pylut_pool *pool, const void *p, int64_t n);

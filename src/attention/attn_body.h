@@ -188,11 +188,9 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
     if (j1 > last) j1 = last;
     /* Decode (1-8 rows: MHA, GQA; whole vectors per head; fp16 rows 2-byte aligned, 4-bit
      * heads whole blocks): convert in registers, once for all rows. Otherwise (prefill tiles)
-     * decode each block once into kbuf, which many rows share. One MHA row fused against
-     * decoded, alternated (Llama-2 layer, 2026-12-03): 512 positions in cache 411 against
-     * 940 us, 8192 from DRAM 8.3 against 7.9 ms at 1 thread and 6.8 against 7.0 at 2 (noise). */
-    /* per row, the blocks' sums kept lane-wise and reduced once at the end (a horizontal
-     * sum per row and block cost ~5 % of a GQA decode); carry holds the incoming sum */
+     * decode each block once into kbuf, which many rows share. Measured: docs/benchmarks.md. */
+    /* per row, the blocks' sums kept lane-wise and reduced once at the end (a horizontal sum
+     * per row and block is a visible share of a GQA decode); carry holds the incoming sum */
     vf vsum[PYLUT_ATTN_ROWS];
     float carry[PYLUT_ATTN_ROWS];
     for (int r = 0; r < rows; r++) vsum[r] = vf_zero(), carry[r] = sum[r];
@@ -208,8 +206,8 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
         }
 
         /* ---- scores (log2 domain: qs carries scale * log2(e)) */
-        /* (software prefetch 32-128 rows ahead measured 1.5-2x slower: the hardware
-         * prefetchers follow a head's contiguous rows on their own) */
+        /* (no software prefetch: the hardware prefetchers follow a head's contiguous rows on
+         * their own, and prefetching ahead was slower) */
         if (fused) {
             const uint8_t *k0 = k + (int64_t)jb * ld;
             for (int r0 = 0; r0 < rows; r0 += 4) {

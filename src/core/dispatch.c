@@ -220,10 +220,10 @@ static int qmatrix_ok(const pylut_qmatrix *qm) {
 static int lut_ok(const pylut_lut *lut, const pylut_qmatrix *qm) {
     pylut_lut ref;
     if (!lut || !lut->tbl || !lut->tscale) return 0;
-    if ((lut->kind == 2 ? pylut_lut_layout_i8(&ref, qm, lut->parts) : pylut_lut_layout(&ref, qm)) != PYLUT_OK) return 0;
+    if ((lut->kind == PYLUT_LUT_I8 ? pylut_lut_layout_i8(&ref, qm, lut->parts) : pylut_lut_layout(&ref, qm)) != PYLUT_OK) return 0;
     return lut->kind == ref.kind && lut->k == ref.k && lut->k_pad == ref.k_pad &&
            lut->group == ref.group && lut->super == ref.super && lut->tbl_bytes == ref.tbl_bytes &&
-           lut->n_groups == ref.n_groups && lut->parts == ref.parts && (lut->kind == 1 || lut->sumx != NULL);
+           lut->n_groups == ref.n_groups && lut->parts == ref.parts && (lut->kind == PYLUT_LUT_T3 || lut->sumx != NULL);
 }
 
 /* ------------------------------------------------------------------ table build */
@@ -250,7 +250,7 @@ static void build_task(void *arg, int ith, int nth) {
 int pylut_lut_build(pylut_pool *pool, pylut_lut *lut, int n, const float *x, int64_t ldx) {
     if (!lut || !x || n < 1 || ldx < lut[0].k) return PYLUT_EINVAL;
     for (int i = 0; i < n; i++)
-        if (!lut[i].tbl || !lut[i].tscale || (lut[i].kind != 1 && !lut[i].sumx) ||
+        if (!lut[i].tbl || !lut[i].tscale || (lut[i].kind != PYLUT_LUT_T3 && !lut[i].sumx) ||
             lut[i].k != lut[0].k || lut[i].k_pad != lut[0].k_pad || lut[i].group != lut[0].group ||
             lut[i].kind != lut[0].kind || lut[i].n_groups != lut[0].n_groups || lut[i].n_groups < 1)
             return PYLUT_EINVAL;
@@ -280,7 +280,7 @@ typedef struct {
 static void run_tiles(const pylut_kernels *k, const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                       float *y, int64_t ldy, int64_t tile0, int64_t tile1) {
     if (tile0 >= tile1) return;
-    if (lut->kind == 2) (k->gemm_b_i8 ? k->gemm_b_i8 : pylut_gemm_b_i8_scalar)(qm, lut, n, y, ldy, tile0, tile1);
+    if (lut->kind == PYLUT_LUT_I8) (k->gemm_b_i8 ? k->gemm_b_i8 : pylut_gemm_b_i8_scalar)(qm, lut, n, y, ldy, tile0, tile1);
     else if (qm->type == PYLUT_TYPE_T3) k->gemm_t3(qm, lut, n, y, ldy, tile0, tile1);
     else k->gemm_b(qm, lut, n, y, ldy, tile0, tile1);
 }
@@ -350,8 +350,8 @@ int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
 int pylut_ternary_as_planes(void) { return active->ternary_planes; }
 
 void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
-    if (lut->kind == 2) pylut_act8_build_range(x, lut, g0, g1);
-    else if (lut->kind == 1) pylut_lut_build_t3_range(x, lut, g0, g1);
+    if (lut->kind == PYLUT_LUT_I8) pylut_act8_build_range(x, lut, g0, g1);
+    else if (lut->kind == PYLUT_LUT_T3) pylut_lut_build_t3_range(x, lut, g0, g1);
     else pylut_lut_build_b_range(x, lut, g0, g1, active->b_entries);
 }
 
@@ -372,40 +372,40 @@ void pylut_attn_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_
 /* ------------------------------------------------------------------ int8 baseline */
 
 typedef struct {
-    const pylut_i8matrix *qm;
+    const pylut_dq8matrix *qm;
     int n;
     const int8_t *xq;
     const float *xs, *xsum;
     float *y;
     const pylut_kernels *k;
-} i8_ctx;
+} dq8_ctx;
 
 /* Rows in blocks of 16, tokens inner: a block's codes (16 rows x k*bits/8 bytes) stay in L1
  * while every token reads them, the way an int8 prefill GEMM reuses unpacked weights. */
-static void i8_task(void *arg, int ith, int nth) {
-    i8_ctx *c = arg;
+static void dq8_task(void *arg, int ith, int nth) {
+    dq8_ctx *c = arg;
     const int64_t m = c->qm->m, k = c->qm->k, r0 = m * ith / nth, r1 = m * (ith + 1) / nth;
     for (int64_t r = r0; r < r1; r += 16) {
         int64_t re = r + 16 < r1 ? r + 16 : r1;
         for (int t = 0; t < c->n; t++)
-            c->k->i8_gemv(c->qm, c->xq + t * k, c->xs + t * (k / 32), c->xsum + t * (k / 32),
-                          c->y + t * m, r, re);
+            c->k->dq8_gemv(c->qm, c->xq + t * k, c->xs + t * (k / 32), c->xsum + t * (k / 32),
+                           c->y + t * m, r, re);
     }
 }
 
-int pylut_i8_gemv(pylut_pool *pool, const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
-                  const float *xsum, float *y) {
-    return pylut_i8_gemm(pool, qm, 1, xq, xs, xsum, y);
+int pylut_dq8_gemv(pylut_pool *pool, const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                   const float *xsum, float *y) {
+    return pylut_dq8_gemm(pool, qm, 1, xq, xs, xsum, y);
 }
 
-int pylut_i8_gemm(pylut_pool *pool, const pylut_i8matrix *qm, int n, const int8_t *xq,
-                  const float *xs, const float *xsum, float *y) {
-    pylut_i8matrix ref;
+int pylut_dq8_gemm(pylut_pool *pool, const pylut_dq8matrix *qm, int n, const int8_t *xq,
+                   const float *xs, const float *xsum, float *y) {
+    pylut_dq8matrix ref;
     if (!qm || !qm->codes || !qm->scale || !qm->bias || !xq || !xs || !xsum || !y || n < 1) return PYLUT_EINVAL;
-    if (pylut_i8matrix_layout(&ref, qm->bits, qm->m, qm->k) != PYLUT_OK || ref.row_bytes != qm->row_bytes)
+    if (pylut_dq8matrix_layout(&ref, qm->bits, qm->m, qm->k) != PYLUT_OK || ref.row_bytes != qm->row_bytes)
         return PYLUT_EINVAL;
-    i8_ctx c = {qm, n, xq, xs, xsum, y, active};
-    pylut_pool_run(pool, i8_task, &c);
+    dq8_ctx c = {qm, n, xq, xs, xsum, y, active};
+    pylut_pool_run(pool, dq8_task, &c);
     return PYLUT_OK;
 }
 

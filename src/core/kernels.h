@@ -17,12 +17,12 @@ typedef struct {
                    int64_t tile0, int64_t tile1);
     void (*gemm_t3)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                     int64_t tile0, int64_t tile1);
-    /* the same for a B-type matrix and int8 activations (kind 2); NULL: the ISA has no fast
+    /* the same for a B-type matrix and int8 activations (PYLUT_LUT_I8); NULL: the ISA has no fast
      * one, pylut_gemm_b_i8_scalar serves */
     void (*gemm_b_i8)(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                       int64_t tile0, int64_t tile1);
     /* the model's prompt chunks take gemm_b_i8 from this many tokens, by [two-level scales]
-     * [bits]; 0: never (pylut_gemm_i8_preferred; the figures beside PYLUT_I8_FROM_*) */
+     * [bits]; 0: never (pylut_gemm_i8_preferred; PYLUT_I8_FROM_*) */
     unsigned char i8_from[2][9];
     /* the B-type table entries of k-groups [j0, j1) into tbl + 16 j (NULL: the portable loop) */
     pylut_b_entries_fn b_entries;
@@ -33,9 +33,9 @@ typedef struct {
      * of stride ld elements; scores: scratch [len] */
     void (*attn_f16)(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
                      int hd, float scale, float *out, float *scores);
-    /* rows [r0, r1) of the int8 baseline */
-    void (*i8_gemv)(const pylut_i8matrix *qm, const int8_t *xq, const float *xs, const float *xsum,
-                    float *y, int64_t r0, int64_t r1);
+    /* rows [r0, r1) of the int8 dequant-dot baseline (baseline/) */
+    void (*dq8_gemv)(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs, const float *xsum,
+                     float *y, int64_t r0, int64_t r1);
 } pylut_kernels;
 
 extern const pylut_kernels pylut_kernels_scalar;
@@ -45,22 +45,33 @@ extern const pylut_kernels pylut_kernels_avx512;
 extern const pylut_kernels pylut_kernels_avx512vbmi;
 void pylut_attn_f16_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
                          int hd, float scale, float *out, float *scores);
-void pylut_i8_gemv_avx2(const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
-                        const float *xsum, float *y, int64_t r0, int64_t r1);
+void pylut_dq8_gemv_avx2(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                         const float *xsum, float *y, int64_t r0, int64_t r1);
 #endif
 #if defined(__aarch64__)
 extern const pylut_kernels pylut_kernels_neon;
 extern const pylut_kernels pylut_kernels_neon_dot;
 #endif
 
+/* The comparison kernels (baseline/): the llama.cpp-style int8 dequant-dot GEMV, rows
+ * [r0, r1), and the naive per-head attention (pylut_attn_f16_* below). */
+void pylut_dq8_gemv_scalar(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                           const float *xsum, float *y, int64_t r0, int64_t r1);
+#if defined(__aarch64__)
+void pylut_dq8_gemv_neon(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                         const float *xsum, float *y, int64_t r0, int64_t r1);
+void pylut_dq8_gemv_neon_dot(const pylut_dq8matrix *qm, const int8_t *xq, const float *xs,
+                             const float *xsum, float *y, int64_t r0, int64_t r1);
+#endif
+
 /* Table builders (portable C, O(k) work per token), scale groups [g0, g1) of the tables for
  * x. The B-type builder takes the entries of each k-group from `entries` (NULL: the portable
- * loop): eight sums of four signed activations, the one part that pays for SIMD (2-6 % of a
- * decode step in C); every copy must write the portable loop's bytes exactly. */
+ * loop): eight sums of four signed activations, the one part that pays for SIMD (a few
+ * percent of a decode step in C); every copy must write the portable loop's bytes exactly. */
 void pylut_b_entries_scalar(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
 void pylut_lut_build_b_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1, pylut_b_entries_fn entries);
 void pylut_lut_build_t3_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
-/* int8 activations (kind 2), scale groups [g0, g1) */
+/* int8 activations (PYLUT_LUT_I8), scale groups [g0, g1) */
 void pylut_act8_build_range(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
 /* Any kind of table set, scale groups [g0, g1) of the one for x */
 void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
@@ -73,16 +84,10 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  *     I = sum of the group's code * xq (int32, exact)
  *     acc = fmaf((float)I, scale * xs_g, acc);   acc = fmaf(bias, sumx_g, acc)
  * with bias = -zero * scale for matrices without a bias array. */
-/* Where the int8 prefill kernel beats the table lookups, tokens per chunk by [two-level][bits]
- * (tools/bench_prefill.py, Zen 4, one thread, 2048x2048, group 32, int8 / tables). The
- * lookups' cost grows with the planes, the int8 kernel's does not, and its tile unpacking is
- * paid once per 64 tokens. 1-bit, ternary and every decode step stay on the tables.
- * AVX-512 VNNI: 6-bit 1.18 at 4 tokens, 1.69 at 8; 4-bit 0.98 at 4, 1.49 at 8, 1.82 at 64;
- *   3-bit 1.14 at 4, 1.41 at 8; 2-bit 0.99 at 8, 1.21 at 16 (groups >= 32 only). Two-level
- *   (K-quant) 3-6-bit as plain; Q2_K's 2-bit 0.83-0.85 at 8, 0.95-1.11 at 16, 1.15-1.21 at 32.
- * AVX2 (vpmaddubsw, forced on the same CPU): 3-7-bit 1.06-1.18 at 8, 1.30-1.70 at 64; two-level
- *   3-6-bit 0.82-0.98 at 8, 1.06-1.37 at 16; 2-bit 0.98 at 64 and 8-bit (vpmaddubsw would
- *   saturate): tables. */
+/* Where the int8 prefill kernel beats the table lookups, tokens per chunk by [two-level][bits].
+ * The lookups' cost grows with the planes, the int8 kernel's does not, and its tile unpacking
+ * is paid once per 64 tokens. 1-bit, ternary and every decode step stay on the tables; 8-bit
+ * codes stay there on AVX2 (vpmaddubsw would saturate). Measured: docs/benchmarks.md. */
 #define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 8, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
 #define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
 /* NEON sdot (Cortex-A76 and later): AVX2's thresholds, not measured (no ARM hardware here,
@@ -231,6 +236,21 @@ static inline int16_t *pylut_lut_sumq(const pylut_lut *lut) {
  * split work themselves (the forward pass runs every stage inside one pool dispatch). */
 void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                       int64_t tile0, int64_t tile1);
+
+/* Runs the statement with NAME an enum constant equal to bits (1..8; anything else runs as
+ * 8): each width gets its own inlined copy of a kernel, whose loops over planes then unroll.
+ * The one bit dispatch of the LUT body (lut/lut_body.h) and the prefill driver. */
+#define PYLUT_FOR_BITS(bits, NAME, ...)                \
+    switch (bits) {                                    \
+    case 1: { enum { NAME = 1 }; __VA_ARGS__; } break; \
+    case 2: { enum { NAME = 2 }; __VA_ARGS__; } break; \
+    case 3: { enum { NAME = 3 }; __VA_ARGS__; } break; \
+    case 4: { enum { NAME = 4 }; __VA_ARGS__; } break; \
+    case 5: { enum { NAME = 5 }; __VA_ARGS__; } break; \
+    case 6: { enum { NAME = 6 }; __VA_ARGS__; } break; \
+    case 7: { enum { NAME = 7 }; __VA_ARGS__; } break; \
+    default: { enum { NAME = 8 }; __VA_ARGS__; } break; \
+    }
 
 /* Trit triple (a,b,c) in {-1,0,1}^3 -> v = 9(a+1)+3(b+1)+(c+1) in [0,27). v and 26-v are
  * negatives of each other, so 14 table entries (v <= 13) plus a sign bit cover all 27. */

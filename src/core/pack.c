@@ -113,11 +113,11 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
     lut->k_pad = qm->k_pad;
     lut->group = qm->group;
     if (qm->type == PYLUT_TYPE_T3) {
-        lut->kind = 1;
+        lut->kind = PYLUT_LUT_T3;
         lut->n_groups = qm->k_pad / qm->group;
         lut->tbl_bytes = lut->n_groups * pylut_t3_triples(qm->group) * 16;
     } else {
-        lut->kind = 0;
+        lut->kind = PYLUT_LUT_B;
         lut->tbl_bytes = qm->k_pad / PYLUT_KGROUP * 16;
         lut->n_groups = qm->k_pad / qm->group;
         if (pylut_b_int_super(qm)) { /* one table scale per super-block, then int16 sumq */
@@ -132,7 +132,7 @@ int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts) {
     if (!lut || !qm || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || parts < 1 || parts > 2)
         return PYLUT_EINVAL;
     memset(lut, 0, sizeof(*lut));
-    lut->kind = 2;
+    lut->kind = PYLUT_LUT_I8;
     lut->k = qm->k;
     lut->k_pad = qm->k_pad;
     lut->group = qm->group;

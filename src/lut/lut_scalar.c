@@ -1,9 +1,9 @@
-/* lut_scalar.c - portable C: table builders, and the scalar twins of every SIMD kernel.
+/* lut_scalar.c - portable C: table builders, and the scalar twins of the table-lookup kernels.
  * This unit is compiled for the baseline ISA only (no -mavx2 etc.): it is what old CPUs run
  * and what the tests compare every SIMD variant against. It reads the packed layouts
- * nibble by nibble, so it is also the executable definition of those layouts. */
+ * nibble by nibble, so it is also the executable definition of those layouts; that is why it
+ * is not an instance of lut_body.h. */
 #include <math.h>
-#include <string.h>
 
 #include "kernels.h"
 
@@ -196,55 +196,9 @@ static void gemm_t3_scalar(const pylut_qmatrix *qm, const pylut_lut *lut, int n,
     }
 }
 
-/* ------------------------------------------------------------------ int8 baseline twin */
-
-/* One 32-byte chunk holds 256/bits weights: byte i, slot s (shift s*bits) is weight 32*s + i. */
-static void i8_gemv_scalar(const pylut_i8matrix *qm, const int8_t *xq, const float *xs,
-                           const float *xsum, float *y, int64_t r0, int64_t r1) {
-    const int bits = qm->bits, per_chunk = 256 / bits, mask = (1 << bits) - 1;
-    const int64_t blocks = qm->k / 32;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = qm->codes + r * qm->row_bytes;
-        float acc = 0.0f;
-        for (int64_t b = 0; b < blocks; b++) {
-            int64_t chunk = b * 32 / per_chunk;
-            int slot = (int)(b % (per_chunk / 32));
-            const uint8_t *c = row + chunk * 32;
-            int32_t dot = 0;
-            for (int i = 0; i < 32; i++) dot += ((c[i] >> (slot * bits)) & mask) * xq[b * 32 + i];
-            float s = pylut_fp16_to_fp32(qm->scale[r * blocks + b]);
-            acc += (s * xs[b]) * (float)dot + pylut_fp16_to_fp32(qm->bias[r * blocks + b]) * xsum[b];
-        }
-        y[r] = acc;
-    }
-}
-
-/* ------------------------------------------------------------------ attention twin */
-
-void pylut_attn_f16_scalar(const float *q, const uint16_t *k, const uint16_t *v, int64_t ld, int len,
-                           int hd, float scale, float *out, float *scores) {
-    float mx = -INFINITY;
-    for (int j = 0; j < len; j++) {
-        const uint16_t *kj = k + (int64_t)j * ld;
-        float d = 0.0f;
-        for (int i = 0; i < hd; i++) d += q[i] * pylut_fp16_to_fp32(kj[i]);
-        scores[j] = d * scale;
-        if (scores[j] > mx) mx = scores[j];
-    }
-    float sum = 0.0f;
-    for (int j = 0; j < len; j++) sum += (scores[j] = expf(scores[j] - mx));
-    const float inv = 1.0f / sum;
-    for (int i = 0; i < hd; i++) out[i] = 0.0f;
-    for (int j = 0; j < len; j++) {
-        const uint16_t *vj = v + (int64_t)j * ld;
-        const float p = scores[j] * inv;
-        for (int i = 0; i < hd; i++) out[i] += p * pylut_fp16_to_fp32(vj[i]);
-    }
-}
-
 const pylut_kernels pylut_kernels_scalar = {
-    .attn_f16 = pylut_attn_f16_scalar,
     .gemm_b = gemm_b_scalar,
     .gemm_t3 = gemm_t3_scalar,
-    .i8_gemv = i8_gemv_scalar,
+    .attn_f16 = pylut_attn_f16_scalar, /* the baselines (baseline/baseline_scalar.c) */
+    .dq8_gemv = pylut_dq8_gemv_scalar,
 };

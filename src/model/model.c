@@ -25,7 +25,7 @@ typedef struct {               /* one activation set per token of a chunk */
 } lut_batch;
 
 typedef struct {
-    lut_batch tables;          /* lookup tables (kind 0 or 1) */
+    lut_batch tables;          /* lookup tables (PYLUT_LUT_B or PYLUT_LUT_T3) */
     lut_batch act;             /* B-type sets: the same tokens as int8 activations, for chunks
                                 * the int8 prefill kernel takes (pylut_gemm_i8_preferred);
                                 * act.lut NULL for T3 sets */

@@ -8,19 +8,13 @@
  *   params(qm, t, g0, g1, s, b)                     groups' floats -> s, b [g][64]
  *   run_chunk(w, s, b, ng, gw, bits, act, nt, k0, g0, yacc)  nt tokens over the chunk: yacc += */
 
-/* kgroups k-groups of a tile's codes from blk into w [kgroups][64]; a case per width so
- * each unpack_kgroup inlines with constant bits */
+/* kgroups k-groups of a tile's codes from blk into w [kgroups][64]; each width gets its own
+ * copy, so unpack_kgroup inlines with constant bits */
 static void unpack_chunk(const uint8_t *blk, int bits, int64_t kgroups, uint32_t *w) {
     const int kgb = pylut_b_kgroup_bytes(bits);
-#define UNPACK_BITS(b) \
-    case b: for (int64_t j = 0; j < kgroups; j++) unpack_kgroup(blk + j * kgb, b, w + j * PYLUT_TILE_M); break;
-    switch (bits) {
-        UNPACK_BITS(1) UNPACK_BITS(2) UNPACK_BITS(3) UNPACK_BITS(4) UNPACK_BITS(5) UNPACK_BITS(6) UNPACK_BITS(7)
-#if PREFILL_MAX_BITS >= 8
-        UNPACK_BITS(8)
-#endif
-    }
-#undef UNPACK_BITS
+    if (bits > PREFILL_MAX_BITS) return;
+    PYLUT_FOR_BITS(bits, BITS,
+                   for (int64_t j = 0; j < kgroups; j++) unpack_kgroup(blk + j * kgb, BITS, w + j * PYLUT_TILE_M))
 }
 
 /* y[tok][tiles' rows] for row tiles [tile0, tile1) of qm, tokens [0, n) of act */

@@ -1,4 +1,4 @@
-/* i8_pack.c - layout, packing and activation quantization of the int8 dequant-dot baseline
+/* dq8_pack.c - layout, packing and activation quantization of the int8 dequant-dot baseline
  * (llama.cpp's way of doing low-bit GEMV: unpack codes to bytes, multiply-add with int8
  * activations). pylut keeps it as the yardstick its table-lookup kernels must beat. */
 #include <math.h>
@@ -6,7 +6,7 @@
 
 #include "kernels.h"
 
-int pylut_i8matrix_layout(pylut_i8matrix *qm, int bits, int64_t m, int64_t k) {
+int pylut_dq8matrix_layout(pylut_dq8matrix *qm, int bits, int64_t m, int64_t k) {
     if (!qm || (bits != 2 && bits != 4) || m <= 0 || k <= 0 || m > ((int64_t)1 << 31) ||
         k > ((int64_t)1 << 31) || k % (256 / bits))
         return PYLUT_EINVAL;
@@ -20,7 +20,7 @@ int pylut_i8matrix_layout(pylut_i8matrix *qm, int bits, int64_t m, int64_t k) {
 
 /* One 32-byte chunk holds 256/bits weights: byte i, slot s (shift s*bits) is weight 32*s+i,
  * so unpacking slot s of a chunk is one shift + one AND over a whole 32-byte vector. */
-int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld) {
+int pylut_dq8_pack(pylut_dq8matrix *qm, const uint8_t *codes, int64_t ld) {
     if (!qm || !qm->codes || !codes || ld < qm->k) return PYLUT_EINVAL;
     const int bits = qm->bits, per_chunk = 256 / bits;
     memset(qm->codes, 0, (size_t)(qm->m * qm->row_bytes));
@@ -37,7 +37,7 @@ int pylut_i8_pack(pylut_i8matrix *qm, const uint8_t *codes, int64_t ld) {
 
 /* Q8_0-style: per 32 activations one scale amax/127; xsum holds the block's sum as the
  * kernel will see it (scale * sum of int8), so the bias term uses the same rounded x. */
-int pylut_i8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum) {
+int pylut_dq8_quantize_x(int64_t k, const float *x, int8_t *xq, float *xs, float *xsum) {
     if (k <= 0 || k % 32 || !x || !xq || !xs || !xsum) return PYLUT_EINVAL;
     for (int64_t b = 0; b < k / 32; b++) {
         float amax = 0.0f;
