@@ -271,8 +271,8 @@ def run_case(target: str, path: str, ctx) -> tuple:
             got = m.eval(PROMPT)
             m.detokenize(m.tokenize(TEXT))
         elif target == "vocab":
-            from pylut.model import _read_tokenizer
-            tok = _read_tokenizer(path)
+            from pylut.formats.model_file import read_tokenizer
+            tok = read_tokenizer(path)
             ids = tok.encode(TEXT, add_bos=True, parse_special=True)
             got = np.asarray(ids + list(tok.decode(ids).encode()), np.int64)
         elif target == "pack":
@@ -387,13 +387,13 @@ def small_vocab(src: Path, dst: str, n_tokens: int = 3000, n_merges: int = 2000)
 def warm_up(seeds, model) -> None:
     """Build what every child would build again (pre-tokenizer regexes, lazy imports) once,
     in the parent, so forked cases start warm. Nothing here starts a thread."""
-    import pylut.model as pm
+    from pylut.formats.model_file import read_tokenizer
     model.detokenize(model.tokenize(TEXT))
     with tempfile.TemporaryDirectory() as d:
         for i, seed in enumerate(seeds["vocab"]):
             path = os.path.join(d, f"v{i}.gguf")
             Path(path).write_bytes(seed)
-            tok = pm._read_tokenizer(path)
+            tok = read_tokenizer(path)
             tok.decode(tok.encode(TEXT, add_bos=True, parse_special=True))
 
 

@@ -165,6 +165,9 @@ class TensorInfo:
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     """Sequential little-endian reader over the mapped file; every read is bounds checked.
 
@@ -212,6 +215,30 @@ class _Cursor:
         data = self.buf[self.pos:self.pos + length]
         self.pos += length
         return data
+
+    def strings(self, count: int, what: str) -> List[str]:
+        """`count` strings in a row (a vocabulary: up to ~250k of them), read as ``string``
+        with strict=False would; the error text is built only when a read fails."""
+        buf, pos, size, unpack_from = self.buf, self.pos, self.size, _U64.unpack_from
+        out: List[str] = [""] * count
+        for i in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"length of element {i} of {what}")
+            (length,) = unpack_from(buf, pos)
+            pos += 8
+            if length > size - pos:
+                self.pos = pos
+                raise self.fail(f"element {i} of {what} claims a length of {length} bytes, which runs "
+                                f"past the end of the file ({size - pos} bytes remain)")
+            data = buf[pos:pos + length]
+            pos += length
+            try:
+                out[i] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                out[i] = data.decode("utf-8", "surrogateescape")  # see string()
+        self.pos = pos
+        return out
 
     def string(self, what: str, strict: bool) -> str:
         data = self.raw_string(what)
@@ -403,8 +430,7 @@ class GGUFFile:
                 raise cur.fail(f"array of metadata key {key!r} claims {count} elements, which "
                                f"runs past the end of the file")
             if elem_type == _VALUE_TYPE_STRING:
-                return [cur.string(f"element {i} of metadata array {key!r}", strict=False)
-                        for i in range(count)]
+                return cur.strings(count, f"metadata array {key!r}")
             return [self._parse_array(cur, key, depth + 1) for _ in range(count)]
         raise cur.fail(f"metadata array {key!r} has unknown element type {elem_type}",
                        "the file is corrupt or uses a newer GGUF revision")
