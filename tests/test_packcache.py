@@ -29,12 +29,6 @@ from test_hf_loader import build_hf
 TOKENS = [3, 7, 11, 20, 5, 9, 2, 30, 41, 8]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def _model(tmp_path, tensor_type="Q4_0", arch="llama", **kw):
     path = tmp_path / f"m-{arch}-{tensor_type}.gguf"
     wide = tensor_type.endswith("_K") or tensor_type.startswith("TQ")  # 256-weight blocks

@@ -60,12 +60,12 @@ def model_kind(path):
 def load_model(path, progress=True, **settings):
     """A Model from any path pylut.load opens (settings: pylut.LoadOptions' fields);
     library errors become CLIError."""
+    if not os.path.exists(path):
+        raise CLIError(f"model not found: {path}")
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
     try:
         import pylut
         return pylut.load(path, **settings)
-    except FileNotFoundError:
-        raise CLIError(f"model not found: {path}") from None
     except (OSError, ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     finally:
