@@ -19,6 +19,7 @@ import pylut
 from pylut import _core
 from pylut.app import cli
 from pylut.formats import gguf_reader, packcache
+from pylut.tokenizer import loaders as tokenizer_loaders
 from pylut.formats import gguf_model as loader_mod
 from pylut.formats.hf_loader import load_hf
 from pylut.formats.gguf_model import load_gguf
@@ -109,10 +110,12 @@ def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, ca
     for layout in ("t3", "b2", "auto"):
         pylut.load(plain, n_ctx=64, ternary=layout)
     assert len(list(cache.glob("*.pylut"))) == 3
-    # a warm load finds its own layout's pack, the GGUF opened once (for its header)
+    # a warm load finds its own layout's pack, the GGUF opened once (its header read once,
+    # for the tokenizer and the ternary check alike)
     opens = []
-    real_open = gguf_reader.GGUFFile._open
-    monkeypatch.setattr(gguf_reader.GGUFFile, "_open", lambda f: opens.append(f.path) or real_open(f))
+    real_init = gguf_reader.GGUFFile.__init__
+    monkeypatch.setattr(gguf_reader.GGUFFile, "__init__", lambda f, p: opens.append(os.fspath(p)) or real_init(f, p))
+    monkeypatch.setattr(tokenizer_loaders, "read_gguf_metadata", lambda p: pytest.fail(f"{p} read again"))
     pylut.load(plain, n_ctx=64)
     again = pylut.load(src, n_ctx=64, ternary=other)
     assert opens == [os.fspath(plain), os.fspath(src)]
