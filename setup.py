@@ -49,7 +49,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/prefill/prefill_vnni_gfni.c", "src/prefill/prefill_neon.c",
     "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
     "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
-    "src/model/model.c",
+    "src/model/kv_state.c", "src/model/forward.c",
     "src/baseline/i8_pack.c",
 ]
 
