@@ -141,7 +141,8 @@ def mutate_gguf(seed: bytes, fields, rng: random.Random):
         ints = [f for f in fields if f[2] in ("u32", "count", "len", "vtype", "scalar", "dim", "ttype", "offset")
                 and f[1] in (1, 2, 4, 8)]
         off, size, k = rng.choice(ints)
-        v = rng.choice(EXTREMES + [rng.randrange(1 << (8 * size))] + ([rng.randrange(64)] if k in ("vtype", "ttype") else []))
+        small = [rng.randrange(64)] if k in ("vtype", "ttype") else []
+        v = rng.choice(EXTREMES + [rng.randrange(1 << (8 * size))] + small)
         put_int(buf, off, size, v)
         return bytes(buf), f"set {k} at {off} ({size} bytes) to {v}"
     if kind == "utf8":
@@ -374,7 +375,8 @@ def small_vocab(src: Path, dst: str, n_tokens: int = 3000, n_merges: int = 2000)
         w.add_token_scores([float(v) for v in meta["tokenizer.ggml.scores"][:n_tokens]])
     if "tokenizer.ggml.merges" in meta:
         w.add_token_merges(meta["tokenizer.ggml.merges"][:n_merges])
-    for key, add in (("tokenizer.ggml.bos_token_id", w.add_bos_token_id), ("tokenizer.ggml.eos_token_id", w.add_eos_token_id),
+    for key, add in (("tokenizer.ggml.bos_token_id", w.add_bos_token_id),
+                     ("tokenizer.ggml.eos_token_id", w.add_eos_token_id),
                      ("tokenizer.ggml.unknown_token_id", w.add_unk_token_id)):
         if key in meta and int(meta[key]) < n_tokens:
             add(int(meta[key]))
@@ -478,7 +480,8 @@ def main(argv=None) -> int:
     total = Counter()
     for c in counts.values():
         total.update(c)
-    print(f"fuzz_formats: {args.cases} cases (seed {args.seed}) in {time.monotonic() - t_start:.0f} s; findings in {out}")
+    took = time.monotonic() - t_start
+    print(f"fuzz_formats: {args.cases} cases (seed {args.seed}) in {took:.0f} s; findings in {out}")
     for t, c in counts.items():
         print(f"  {t:<8} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     n_bad = sum(total[k] for k in BAD)

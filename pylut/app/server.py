@@ -224,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError as e:  # the client hung up or stalled past `timeout`: nothing to answer
             log.info("%s: connection dropped (%s)", self.address_string(), e)
             self.close_connection = True
-        except Exception as e:  # a bug must cost one request, never the server
+        except Exception:  # a bug must cost one request, never the server
             log.exception("internal error on %s", self.path)
             try:
                 # the details are in the server's log; a client learns nothing of the internals
