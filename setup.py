@@ -50,7 +50,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/prefill/prefill_vnni_gfni.c", "src/prefill/prefill_neon.c",
     "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
     "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
-    "src/model/model.c",
+    "src/model/kv_state.c", "src/model/forward.c",
     "src/baseline/dq8_pack.c", "src/baseline/baseline_scalar.c", "src/baseline/baseline_avx2.c",
     "src/baseline/baseline_neon.c",
 ]

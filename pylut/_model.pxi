@@ -135,7 +135,8 @@ cdef class Session:
         self.kv_type = kv_type
         cdef const uint8_t[::1] flags
         if streaming is None:
-            self.s = pylut_state_create(&model.m, n_ctx, max_batch, code)
+            with nogil:  # allocates and clears the whole KV cache
+                self.s = pylut_state_create(&model.m, n_ctx, max_batch, code)
         else:
             arr = np.asarray(streaming)
             if arr.shape != (model.m.n_layers, model.m.n_kv_heads):
@@ -149,7 +150,8 @@ cdef class Session:
             self.streaming = arr.reshape(model.m.n_layers, model.m.n_kv_heads).astype(bool)
             self.streaming.flags.writeable = False
             self.sink, self.window = sink, window
-            self.s = pylut_state_create_heads(&model.m, n_ctx, max_batch, code, &flags[0], sink, window)
+            with nogil:
+                self.s = pylut_state_create_heads(&model.m, n_ctx, max_batch, code, &flags[0], sink, window)
         if self.s == NULL:
             raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
         _check(pylut_state_set_batch_invariant(self.s, 1 if batch_invariant else 0), "batch_invariant")

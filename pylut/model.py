@@ -5,39 +5,36 @@
     for piece in model.generate("Hi", stream=True): print(piece, end="")
     model.create_chat_completion([{"role": "user", "content": "Hello"}])
 """
-import hashlib
-import json
 import logging
 import os
-import struct
 import time
 import uuid
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, rope, streaming
-from .arch import TERNARY_ARCHS
+from . import _core, rope, session_file, streaming
 from .tokenizer.chat_template import ChatTemplate
-from .kernels import cpu_features, get_pool, physical_cores, ternary_layout
+from .kernels import cpu_features, get_pool, physical_cores
+from .options import LoadOptions, _is_int
 from .sampling import Sampler, SamplingParams
 
 log = logging.getLogger("pylut")
 
 
-def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bits: int = 4,
-         max_batch: int = 64, chat_template: Optional[str] = None, cache: bool = True,
-         context_shift: bool = True, requant: Optional[str] = None, kv_type: str = "f16",
-         head_plan=None, batch_invariant: bool = False, ternary: str = "auto",
-         precision: str = "fast") -> "Model":
+def load(path, options: Optional[LoadOptions] = None, **settings) -> "Model":
     """Load a model and return a :class:`Model` ready to generate.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A GGUF file (v2/v3; llama, qwen2 or bitnet architecture) or a Hugging Face folder
+        A GGUF file (v2/v3; llama, qwen2 or bitnet architecture), a Hugging Face folder
         (``config.json`` + ``*.safetensors`` + ``tokenizer.json``; float weights are
-        quantized on load, GPTQ checkpoints keep their codes).
+        quantized on load, GPTQ checkpoints keep their codes) or a ``.pylut`` pack written
+        by ``pylut convert`` (its tokenizer is read from the GGUF it was converted from).
+    options : LoadOptions or None, default None
+        Every setting below in one validated object (:class:`pylut.LoadOptions`); the
+        settings may also be given as keywords, which replace its fields.
     n_ctx : int or None, default None
         Context length in tokens, 1 to the model's own; None takes min(4096, the model's).
     n_threads : int or None, default None
@@ -98,112 +95,42 @@ def load(path, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, bit
     ------
     FileNotFoundError
         ``path`` does not exist.
-    ValueError
-        An option outside the values above, or ``n_ctx`` over the model's context.
+    ValueError, TypeError
+        A setting outside the values above (the message names it), or ``n_ctx`` over the
+        model's context.
     pylut.errors.ModelFileError
         The file is not a model pylut can read (the message says why).
     """
-    from .formats import packcache
-    from .formats.hf_loader import is_hf_folder, load_hf
-    from .formats.gguf_model import load_gguf
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
-    if bits not in (1, 2, 3, 4, 5, 6, 8):
-        raise ValueError(f"bits must be one of 1, 2, 3, 4, 5, 6, 8; got {bits!r}")
-    if ternary not in ("auto", "t3", "b2"):
-        raise ValueError(f"ternary must be 'auto', 't3' or 'b2'; got {ternary!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'fast' or 'high'; got {precision!r}")
-    if precision == "high" and ternary == "t3":
-        raise ValueError("precision='high' needs ternary weights as b2 (t3 has no int8 path); "
-                         "pass ternary='b2' or 'auto'")
-    if precision == "high":
-        ternary = "b2"
+    from .formats.model_file import open_model
+    options = LoadOptions.of(options, **settings)
     t0 = time.perf_counter()
-    options = dict(bits=bits, requant=requant)
-    if is_hf_folder(path):
-        build = lambda sink: load_hf(path, bits=bits, requant=requant, sink=sink)  # noqa: E731
-    else:
-        layout = ternary_layout() if ternary == "auto" else ternary
-        # the layout is in the cache key only where it can change the pack; a pack cached
-        # without it says the file has no ternary matrices (and spares a header parse)
-        if not (cache and os.path.exists(packcache.cache_path(path, **options))) and _may_hold_ternary(path):
-            options["ternary"] = layout
-        build = lambda sink: load_gguf(path, sink=sink, **dict(options, ternary=layout))  # noqa: E731
-    _check_load_args(n_ctx, n_threads, max_batch)
-    loaded = packcache.load_or_build(path, build, use_cache=cache, **options)
-    tokenizer = _read_tokenizer(path)
-    log.info("loaded %s in %.2f s", path, time.perf_counter() - t0)
-    return Model(loaded, tokenizer, n_ctx=n_ctx, n_threads=n_threads, max_batch=max_batch,
-                 chat_template=chat_template, context_shift=context_shift, kv_type=kv_type, head_plan=head_plan,
-                 batch_invariant=batch_invariant, precision=precision)
-
-
-PRECISIONS = ("fast", "high")
-MAX_THREADS = 1024
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_load_args(n_ctx, n_threads, max_batch) -> None:
-    """Sizes given by the caller: integers (never bools) in range, as ValueError."""
-    if n_ctx is not None and (not _is_int(n_ctx) or not 1 <= n_ctx < 2**31):
-        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-    if n_threads is not None and (not _is_int(n_threads) or not 1 <= n_threads <= MAX_THREADS):
-        raise ValueError(f"n_threads must be an integer in 1..{MAX_THREADS}, got {n_threads!r}")
-    if not _is_int(max_batch) or not 1 <= max_batch <= 4096:
-        raise ValueError(f"max_batch must be an integer in 1..4096, got {max_batch!r}")
-
-
-def _read_tokenizer(path: str):
-    """The model's tokenizer; whatever is wrong with its metadata is a ModelFileError."""
-    from .errors import ModelFileError
-    from .tokenizer import Tokenizer
-    try:
-        return Tokenizer.from_file(path)
-    except ModelFileError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError,
-            UnicodeError, RecursionError) as e:
-        raise ModelFileError(f"{path}: the tokenizer metadata cannot be used: {e}") from None
-
-
-def _may_hold_ternary(path) -> bool:
-    """Whether a GGUF file can hold matrices the loader packs as ternary: TQ1_0/TQ2_0
-    tensors, or a BitNet file (its converter writes ternary weights as floats). Reads the
-    header only; a file it cannot read says yes and fails properly in the loader."""
-    from .formats.gguf_reader import GGUFFile
-    try:
-        with GGUFFile(path) as f:
-            return f.architecture in TERNARY_ARCHS or any(t.type_name in ("TQ1_0", "TQ2_0")
-                                                      for t in f.tensors.values())
-    except Exception:
-        return True
+    loaded, tokenizer = open_model(path, options)
+    log.info("loaded %s in %.2f s", os.fspath(path), time.perf_counter() - t0)
+    return Model(loaded, tokenizer, options)
 
 
 class Model:
     N_SINK = 4  # first positions kept by a context shift (StreamingLLM's attention sinks)
 
-    def __init__(self, loaded, tokenizer, n_ctx=None, n_threads=None, max_batch=64, chat_template=None,
-                 context_shift=True, kv_type="f16", head_plan=None, batch_invariant=False, precision="fast"):
-        self.context_shift = bool(context_shift)
+    def __init__(self, loaded, tokenizer, options: Optional[LoadOptions] = None, **settings):
+        """A model over packed weights (a LoadedModel) and their tokenizer; the run settings
+        of `options` (LoadOptions, keywords replacing its fields) apply, the packing ones
+        were the loader's."""
+        options = LoadOptions.of(options, **settings)
+        self.options = options
+        n_ctx, n_threads, max_batch, precision = options.n_ctx, options.n_threads, options.max_batch, options.precision
+        self.context_shift = bool(options.context_shift)
         self.n_shifts = 0
         self._fingerprint_hex = None
         self.loaded = loaded
         self.tokenizer = tokenizer
         cfg = loaded.config
-        _check_load_args(n_ctx, n_threads, max_batch)
         if n_ctx is None:
             n_ctx = min(4096, cfg["max_ctx"])
         if n_ctx > cfg["max_ctx"]:
             raise ValueError(f"n_ctx={n_ctx} is over the model's context length {cfg['max_ctx']}")
         if tokenizer.n_vocab > cfg["vocab"]:  # (checkpoints may pad the vocabulary: fewer is fine)
             raise ValueError(f"tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary is {cfg['vocab']}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'fast' or 'high'; got {precision!r}")
         if precision == "high":
             t3 = next((name for name, t in loaded.tensors.items()
                        if isinstance(t, _core.QMatrix) and t.type == _core.TYPE_T3), None)
@@ -214,10 +141,11 @@ class Model:
         self.n_threads = physical_cores() if n_threads is None else int(n_threads)
         self.pool = get_pool(self.n_threads)
         self.weights = _core.Model(cfg, loaded.tensors)
-        self.name = os.path.basename(loaded.path)
+        self.name = loaded.name or os.path.basename(loaded.path)
         self.max_batch = int(max_batch)
-        self.head_plan = streaming.resolve(head_plan)
-        modes = dict(batch_invariant=bool(batch_invariant), split_int8=precision == "high")
+        self.head_plan = streaming.resolve(options.head_plan)
+        kv_type = options.kv_type
+        modes = dict(batch_invariant=bool(options.batch_invariant), split_int8=precision == "high")
         if self.head_plan is None:
             self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type, **modes)
         else:
@@ -238,7 +166,7 @@ class Model:
         def piece(i):
             return tok.token_to_piece(i, special=True).decode("utf-8", "replace") if i is not None else ""
         self.chat_template = ChatTemplate(tok.chat_template, bos=piece(tok.bos_id), eos=piece(tok.eos_id),
-                                          arch=loaded.arch, override=chat_template)
+                                          arch=loaded.arch, override=options.chat_template)
 
     # ---------------------------------------------------------------- text <-> tokens
 
@@ -282,7 +210,11 @@ class Model:
         self._cached = tokens
         return logits
 
-    def _step(self, token: int) -> np.ndarray:
+    def step(self, token: int) -> np.ndarray:
+        """Logits after appending one token to what is cached (the decode step, without
+        sampling: a caller picks the next token itself, e.g. `pylut bench` greedily)."""
+        if len(self._cached) >= self.n_ctx:
+            raise ValueError(f"the context is full ({self.n_ctx} tokens); reset() or eval() a shorter prompt")
         t0 = time.perf_counter()
         logits = self.session.forward([token], self.pool)
         self.stats["forward_s"] += time.perf_counter() - t0  # C time, for the overhead share
@@ -305,64 +237,18 @@ class Model:
 
     # ---------------------------------------------------------------- sessions on disk
 
-    _STATE_MAGIC = b"PYLUTST\0"
-    _STATE_VERSION = 4  # 3: + the head plan, each kv head's used slots in turn; 4: weight-sampling fingerprint
-    _FINGERPRINT_SAMPLE = 4096  # bytes hashed at each of three places in every buffer
-    _STATE_READS = (2, 3, 4)  # 2: the cache stored per kv head, in the session's kv_type
-
     def _fingerprint(self, shapes_only: bool = False) -> str:
-        """Identifies the weights a cache or head plan belongs to: config, every tensor's
-        shape and type, and samples of every buffer's bytes (start, middle, end), so two
-        checkpoints of one architecture differ without the whole model being read.
-        shapes_only: without the samples (what session files before version 4 recorded)."""
-        desc = {"config": self.loaded.config, "types": self.loaded.tensor_types,
-                "params": int(self.loaded.n_params)}
-        h = hashlib.sha256(json.dumps(desc, sort_keys=True).encode())
+        """Identifies the weights a session file or head plan belongs to (session_file.fingerprint);
+        the sampled form is computed once per model."""
         if shapes_only:
-            return h.hexdigest()
+            return session_file.fingerprint(self.loaded, shapes_only=True)
         if self._fingerprint_hex is None:
-            for name in sorted(self.loaded.tensors):
-                t = self.loaded.tensors[name]
-                bufs = ([getattr(t, f) for f in ("codes_buf", "scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf")]
-                        if isinstance(t, _core.QMatrix) else [t])
-                for b in bufs:
-                    if b is None:
-                        continue
-                    raw = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
-                    n, w = raw.size, self._FINGERPRINT_SAMPLE
-                    h.update(name.encode() + n.to_bytes(8, "little"))
-                    for at in sorted({0, max(0, n // 2 - w // 2), max(0, n - w)}):
-                        h.update(raw[at:at + w].tobytes())
-            self._fingerprint_hex = h.hexdigest()
+            self._fingerprint_hex = session_file.fingerprint(self.loaded)
         return self._fingerprint_hex
 
-    def _heads(self):
-        cfg = self.loaded.config
-        return [(kv, l, h) for kv in (0, 1) for l in range(cfg["n_layers"]) for h in range(cfg["n_kv_heads"])]
-
     def save_state(self, path) -> None:
-        """Write the cached tokens and their keys/values (versioned, checksummed): every kv
-        head's slots in use, keys then values, layer by layer (a full head's slots are its
-        positions; a streaming head's are its sinks and its recent window)."""
-        n = len(self._cached)
-        rows = [self.session.head_kv(kv, l, h)[:self.session.head_used(l, h)] for kv, l, h in self._heads()]
-        plan = self.head_plan
-        header = json.dumps({"fingerprint": self._fingerprint(), "n_tokens": n, "tokens": self._cached,
-                             "kv_type": self.session.kv_type, "row_bytes": int(rows[0].shape[1]),
-                             "head_rows": [int(r.shape[0]) for r in rows], "stream_base": self.session.stream_base,
-                             "head_plan": plan.key() if plan is not None else None,
-                             "head_plan_summary": plan.summary() if plan is not None else None,
-                             "model": self.name}).encode()
-        body = struct.pack("<8sIQ", self._STATE_MAGIC, self._STATE_VERSION, len(header)) + header
-        digest = hashlib.sha256(body)
-        blob = b"".join(np.ascontiguousarray(r).tobytes() for r in rows)
-        digest.update(blob)
-        tmp = os.fspath(path) + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(body)
-            f.write(blob)
-            f.write(digest.digest())
-        os.replace(tmp, path)
+        """Write the cached tokens and their keys/values to `path` (pylut.session_file)."""
+        session_file.save(self, path)
 
     def load_state(self, path) -> None:
         """Restore a session written by save_state; refuses files of another model/version,
@@ -375,89 +261,7 @@ class Model:
         each kv head's row count and the data size match; every cached row is finite (fp16
         values, or q8/q4 scales) and not all zero bytes. Plausible but wrong keys/values
         cannot be told from real ones."""
-        with open(path, "rb") as f:
-            data = f.read()
-        pre = struct.calcsize("<8sIQ")
-        if len(data) < pre + 32:
-            raise ValueError(f"{path}: not a pylut session file (too short)")
-        magic, version, hlen = struct.unpack_from("<8sIQ", data)
-        if magic != self._STATE_MAGIC:
-            raise ValueError(f"{path}: not a pylut session file (bad magic)")
-        if version not in self._STATE_READS:
-            raise ValueError(f"{path}: session format version {version}, this pylut reads "
-                             f"{', '.join(map(str, self._STATE_READS))}")
-        if hashlib.sha256(data[:-32]).digest() != data[-32:]:
-            raise ValueError(f"{path}: checksum mismatch (truncated or corrupted session file)")
-        heads = self._heads()
-        try:
-            h = json.loads(data[pre:pre + hlen])
-            n, tokens = h["n_tokens"], h["tokens"]
-            vocab = self.loaded.config["vocab"]
-            if not _is_int(n) or not isinstance(tokens, list):
-                raise ValueError("n_tokens / tokens")
-            if not all(_is_int(t) and 0 <= t < vocab for t in tokens):
-                raise ValueError(f"token ids must be integers in 0..{vocab - 1}")
-            if version == 2:  # [2, n_layers, n_kv_heads, n, row_bytes], no head plan
-                shape = tuple(h["kv_shape"])
-                if len(shape) != 5 or shape[3] != n:
-                    raise ValueError(f"kv_shape {shape}")
-                row_bytes, head_rows, base, plan_key = shape[4], [n] * len(heads), None, None
-                cfg = self.loaded.config
-                if tuple(shape[:3]) != (2, cfg["n_layers"], cfg["n_kv_heads"]):
-                    raise ValueError(f"kv_shape {shape}")
-            else:
-                row_bytes, head_rows, base = h["row_bytes"], h["head_rows"], h["stream_base"]
-                plan_key = h["head_plan"]
-                if not (_is_int(row_bytes) and isinstance(head_rows, list) and all(map(_is_int, head_rows))
-                        and _is_int(base) and 0 <= base <= n):
-                    raise ValueError(f"row_bytes / head_rows / stream_base (must be in 0..{n})")
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: corrupt session header ({e})") from None
-        if h.get("fingerprint") != self._fingerprint(shapes_only=version < 4):
-            raise ValueError(f"{path}: the session was saved from another model ({h.get('model')!r}); "
-                             f"load it with the same model file")
-        if h.get("kv_type") != self.session.kv_type:
-            raise ValueError(f"{path}: the session's KV cache is {h.get('kv_type')!r}, this model was "
-                             f"loaded with kv_type={self.session.kv_type!r}")
-        mine = self.head_plan.key() if self.head_plan is not None else None
-        if plan_key != mine:
-            said = lambda k, summ: "no head plan (every head full)" if k is None else f"head plan {summ}"  # noqa: E731
-            raise ValueError(f"{path}: the session was saved with {said(plan_key, h.get('head_plan_summary'))}, "
-                             f"this model runs with {said(mine, self.head_plan.summary() if mine else None)}; "
-                             "load the model with the same head plan")
-        if n > self.n_ctx:
-            raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={self.n_ctx}")
-        views = [self.session.head_kv(kv, l, hh) for kv, l, hh in heads]
-        base = self.session.sink if base is None else base
-        mask, sink = self.session.streaming, self.session.sink
-        used = [n if mask is None or not mask[l, hh] or n <= sink else sink + n - base for kv, l, hh in heads]
-        if (len(tokens) != n or head_rows != used or row_bytes != views[0].shape[1]
-                or any(r > v.shape[0] or r < 0 for r, v in zip(head_rows, views))):
-            raise ValueError(f"{path}: session sizes do not fit this model")
-        if sum(head_rows) * row_bytes != len(data) - pre - hlen - 32:
-            raise ValueError(f"{path}: session data has the wrong size")
-        at, blocks = pre + hlen, []
-        for r in head_rows:
-            block = np.frombuffer(data, dtype=np.uint8, count=r * row_bytes, offset=at).reshape(r, row_bytes)
-            self._check_kv_rows(path, block)
-            blocks.append(block)
-            at += r * row_bytes
-        self.session.set_stream(n, base)
-        for r, v, block in zip(head_rows, views, blocks):
-            v[:r] = block
-        self._cached = tokens
-
-    def _check_kv_rows(self, path, rows: np.ndarray) -> None:
-        """Refuse cached rows no forward pass writes: a non-finite fp16 value (the f16 cache)
-        or scale (q8/q4), or a row of zero bytes (a zero key and value)."""
-        hd = self.loaded.config["head_dim"]
-        kv = self.session.kv_type
-        halves = rows if kv == "f16" else rows[:, hd if kv == "q8" else hd // 2:]
-        halves = np.ascontiguousarray(halves).view(np.float16)
-        if halves.size and not np.isfinite(halves).all():
-            raise ValueError(f"{path}: the session's KV cache holds NaN or infinite values")
-        if rows.size and not rows.any(axis=1).all():
-            raise ValueError(f"{path}: the session's KV cache holds zeroed rows")
+        session_file.load(self, path)
 
     # ---------------------------------------------------------------- generation
 
@@ -485,7 +289,7 @@ class Model:
                 self._shift()
             yield tok, None
             if not last:
-                logits = self._step(tok)
+                logits = self.step(tok)
             self.stats["gen_s"] = time.perf_counter() - t0
         yield None, "length"
 

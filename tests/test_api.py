@@ -10,7 +10,7 @@ import pylut
 from pylut import _core
 from pylut.formats import packcache
 
-from model_builder import VOCAB_DIR, build_gguf
+from model_builder import build_gguf
 
 
 @pytest.fixture(scope="module")
@@ -18,22 +18,6 @@ def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("api") / "tiny-llama-q4_0.gguf"
     build_gguf(path, "llama", "Q4_0", vocab=300, n_layers=2, dim=64, context_length=128)
     return path
-
-
-@pytest.fixture(scope="module")
-def chat_model_file(tmp_path_factory):
-    if not (VOCAB_DIR / "ggml-vocab-qwen2.gguf").exists():
-        pytest.skip(f"real vocabularies not found at {VOCAB_DIR} (../shared/testdata/vocab)")
-    path = tmp_path_factory.mktemp("api") / "tiny-qwen2-q8_0.gguf"
-    build_gguf(path, "qwen2", "Q8_0", vocab_from="ggml-vocab-qwen2.gguf", n_layers=1, dim=64,
-               context_length=256)
-    return path
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def test_packed_cache_roundtrip_gives_identical_logits(model_file, cache):

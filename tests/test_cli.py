@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from model_builder import VOCAB_DIR, build_gguf
+from conftest import build_chat_model
 
 from pylut.app import cli
 
@@ -24,12 +24,7 @@ STATS = r"\[prompt \d+ tok, [\d.]+ t/s \| gen \d+ tok, [\d.]+ t/s\]"
 
 @pytest.fixture(scope="module")
 def chat_model_file(tmp_path_factory):
-    if not (VOCAB_DIR / "ggml-vocab-qwen2.gguf").exists():
-        pytest.skip(f"real vocabularies not found at {VOCAB_DIR} (../shared/testdata/vocab)")
-    path = tmp_path_factory.mktemp("cli") / "tiny-qwen2.gguf"
-    build_gguf(path, "qwen2", "Q8_0", vocab_from="ggml-vocab-qwen2.gguf", n_layers=1, dim=64,
-               context_length=4096)
-    return path
+    return build_chat_model(tmp_path_factory, 4096)  # the whole context the chat tests fill
 
 
 @pytest.fixture(autouse=True)

@@ -136,11 +136,6 @@ def build_gptq(folder, arch="LlamaForCausalLM", bits=4, group_size=32, sym=True,
     return ref
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def dequantized(loaded):
     return {k: (t.dequantize() if isinstance(t, _core.QMatrix) else np.asarray(t)) for k, t in loaded.tensors.items()}
 

@@ -66,11 +66,6 @@ def build_hf(folder, arch="LlamaForCausalLM", dim=64, layers=2, heads=4, kv_head
     return folder
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.mark.parametrize("arch,dtype,tied", [("LlamaForCausalLM", "F32", False),
                                              ("Qwen2ForCausalLM", "F16", True),
                                              ("MistralForCausalLM", "F16", False)])

@@ -304,7 +304,8 @@ def _forge_pack(f: Path, edit) -> None:
 def test_bit_flipped_pack_payload_is_refused_and_rebuilt(model_file, cache, caplog):
     f, packcache = _pack(model_file, cache)
     want = pylut.load(model_file, n_ctx=64, cache=False).eval([5, 6, 7])
-    h = packcache._read_header(str(f), f.stat().st_size)[0]
+    with open(f, "rb") as fh:
+        h = packcache._read_header(fh, str(f), f.stat().st_size)[0]
     rng = np.random.default_rng(0)
     spans = [e[k] for e in h["tensors"].values() for k in ("codes", "scale", "data") if e.get(k)]
     good = f.read_bytes()

@@ -16,11 +16,6 @@ from pylut.app.cli import default_model_path
 from model_builder import build_gguf
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.mark.memory_peak
 def test_three_times_n_ctx_with_context_shift_on_the_real_model(cache):
     path = default_model_path()

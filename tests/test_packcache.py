@@ -18,7 +18,8 @@ import pytest
 import pylut
 from pylut import _core
 from pylut.app import cli
-from pylut.formats import packcache
+from pylut.formats import gguf_reader, packcache
+from pylut.tokenizer import loaders as tokenizer_loaders
 from pylut.formats import gguf_model as loader_mod
 from pylut.formats.hf_loader import load_hf
 from pylut.formats.gguf_model import load_gguf
@@ -27,12 +28,6 @@ from model_builder import build_gguf
 from test_hf_loader import build_hf
 
 TOKENS = [3, 7, 11, 20, 5, 9, 2, 30, 41, 8]
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def _model(tmp_path, tensor_type="Q4_0", arch="llama", **kw):
@@ -52,6 +47,11 @@ def _mapped(arr) -> bool:
     while arr is not None and not isinstance(arr, mmap.mmap):
         arr = getattr(arr, "base", None) if not isinstance(arr, memoryview) else arr.obj
     return arr is not None
+
+
+def _header(path):
+    with open(path, "rb") as fh:
+        return packcache._read_header(fh, str(path), os.path.getsize(path))
 
 
 def _the_cache_file(cache):
@@ -86,7 +86,7 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
         assert q.sub_nibbles == (tensor_type == "Q2_K") == (q.sub_scale_buf is not None
                                                              and q.sub_scale_buf.dtype == np.uint8)
     # the tied output is stored once, as an alias
-    h, _, _ = packcache._read_header(str(f), f.stat().st_size)
+    h, _, _ = _header(f)
     assert (h["tensors"]["output"]["kind"] == "alias") == tied
     assert h["tensors"]["blk.0.attn_q"]["sub_nibbles"] == (tensor_type == "Q2_K")
 
@@ -110,15 +110,15 @@ def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, ca
     for layout in ("t3", "b2", "auto"):
         pylut.load(plain, n_ctx=64, ternary=layout)
     assert len(list(cache.glob("*.pylut"))) == 3
-    # a warm load of a file without ternary matrices skips the header scan; a ternary file's
-    # warm load still finds its own layout's pack
-    scans = []
-    real_scan = pylut.model._may_hold_ternary
-    monkeypatch.setattr(pylut.model, "_may_hold_ternary", lambda p: scans.append(p) or real_scan(p))
+    # a warm load finds its own layout's pack, the GGUF opened once (its header read once,
+    # for the tokenizer and the ternary check alike)
+    opens = []
+    real_init = gguf_reader.GGUFFile.__init__
+    monkeypatch.setattr(gguf_reader.GGUFFile, "__init__", lambda f, p: opens.append(os.fspath(p)) or real_init(f, p))
+    monkeypatch.setattr(tokenizer_loaders, "read_gguf_metadata", lambda p: pytest.fail(f"{p} read again"))
     pylut.load(plain, n_ctx=64)
-    assert scans == []
     again = pylut.load(src, n_ctx=64, ternary=other)
-    assert scans == [os.fspath(src)]
+    assert opens == [os.fspath(plain), os.fspath(src)]
     assert again.loaded.tensors["blk.0.attn_q"].type == forced.loaded.tensors["blk.0.attn_q"].type
     assert len(list(cache.glob("*.pylut"))) == 3
     with pytest.raises(ValueError, match="ternary must be"):
@@ -134,7 +134,7 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
     assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 9
     assert hoff % packcache.ALIGN == 0 and hoff + hlen == len(data) and zlib.crc32(data[hoff:]) == crc
     spans = []
-    for e in packcache._read_header(str(f), len(data))[0]["tensors"].values():
+    for e in _header(f)[0]["tensors"].values():
         for key in ("codes", "scale", "bias", "sub_scale", "sub_bias", "data"):
             if e.get(key) is not None:
                 spans.append(e[key])
@@ -187,6 +187,36 @@ def test_convert_streams_the_same_file(tmp_path, cache):
     packcache.save(load_gguf(str(src)), str(saved))
     packcache.convert(str(src), str(streamed), lambda sink: load_gguf(str(src), sink=sink))
     assert saved.read_bytes() == streamed.read_bytes()
+
+
+@pytest.mark.parametrize("tensor_type,arch", [("Q4_K", "llama"), ("TQ2_0", "bitnet")])
+def test_load_opens_a_converted_pack(tmp_path, cache, tensor_type, arch):
+    """pylut.load takes a `pylut convert` pack as it takes the GGUF: the same logits, the
+    tokenizer read from the source GGUF, the weights mapped from the pack, named after it."""
+    src = _model(tmp_path, tensor_type, arch)
+    out = tmp_path / "m.pylut"
+    assert cli.main(["convert", str(src), str(out)]) == 0
+    direct = pylut.load(src, n_ctx=64, cache=False)
+    packed = pylut.load(out, n_ctx=64)
+    assert np.array_equal(_logits(packed), _logits(direct))
+    assert packed.generate(TOKENS, max_tokens=4, temperature=0) == direct.generate(TOKENS, max_tokens=4, temperature=0)
+    assert _mapped(packed.loaded.tensors["token_embd"].codes_buf)
+    assert packed.name == "m.pylut" and packed.loaded.path == os.path.abspath(src)
+    assert not cache.exists() or not list(cache.iterdir())  # a pack is its own cache
+    os.unlink(src)
+    with pytest.raises(pylut.errors.ModelFileError, match="source GGUF .* is gone"):
+        pylut.load(out, n_ctx=64)
+
+
+def test_load_names_a_file_it_cannot_open(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"PYLU" + bytes(60))
+    with pytest.raises(pylut.errors.ModelFileError, match="unknown model file kind"):
+        pylut.load(junk)
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        pylut.load(tmp_path / "nothing.gguf")
+    with pytest.raises(pylut.errors.ModelFileError, match="folder without config.json"):
+        pylut.load(tmp_path)
 
 
 def test_hf_folder_streams_into_the_cache(tmp_path, cache):

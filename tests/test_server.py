@@ -13,22 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from model_builder import VOCAB_DIR, build_gguf
 
 openai = pytest.importorskip("openai", reason="the openai client is in the test extra (pip install openai)")
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-
-
-@pytest.fixture(scope="module")
-def chat_model_file(tmp_path_factory):
-    if not (VOCAB_DIR / "ggml-vocab-qwen2.gguf").exists():
-        pytest.skip(f"real vocabularies not found at {VOCAB_DIR} (../shared/testdata/vocab)")
-    path = tmp_path_factory.mktemp("srv") / "tiny-qwen2-q8_0.gguf"
-    build_gguf(path, "qwen2", "Q8_0", vocab_from="ggml-vocab-qwen2.gguf", n_layers=1, dim=64,
-               context_length=256)
-    return path
 
 
 def _free_port():

@@ -141,8 +141,8 @@ def mutate_gguf(seed: bytes, fields, rng: random.Random):
         ints = [f for f in fields if f[2] in ("u32", "count", "len", "vtype", "scalar", "dim", "ttype", "offset")
                 and f[1] in (1, 2, 4, 8)]
         off, size, k = rng.choice(ints)
-        types = [rng.randrange(64)] if k in ("vtype", "ttype") else []
-        v = rng.choice(EXTREMES + [rng.randrange(1 << (8 * size))] + types)
+        small = [rng.randrange(64)] if k in ("vtype", "ttype") else []
+        v = rng.choice(EXTREMES + [rng.randrange(1 << (8 * size))] + small)
         put_int(buf, off, size, v)
         return bytes(buf), f"set {k} at {off} ({size} bytes) to {v}"
     if kind == "utf8":
@@ -272,8 +272,8 @@ def run_case(target: str, path: str, ctx) -> tuple:
             got = m.eval(PROMPT)
             m.detokenize(m.tokenize(TEXT))
         elif target == "vocab":
-            from pylut.model import _read_tokenizer
-            tok = _read_tokenizer(path)
+            from pylut.formats.model_file import read_tokenizer
+            tok = read_tokenizer(path)
             ids = tok.encode(TEXT, add_bos=True, parse_special=True)
             got = np.asarray(ids + list(tok.decode(ids).encode()), np.int64)
         elif target == "pack":
@@ -389,13 +389,13 @@ def small_vocab(src: Path, dst: str, n_tokens: int = 3000, n_merges: int = 2000)
 def warm_up(seeds, model) -> None:
     """Build what every child would build again (pre-tokenizer regexes, lazy imports) once,
     in the parent, so forked cases start warm. Nothing here starts a thread."""
-    import pylut.model as pm
+    from pylut.formats.model_file import read_tokenizer
     model.detokenize(model.tokenize(TEXT))
     with tempfile.TemporaryDirectory() as d:
         for i, seed in enumerate(seeds["vocab"]):
             path = os.path.join(d, f"v{i}.gguf")
             Path(path).write_bytes(seed)
-            tok = pm._read_tokenizer(path)
+            tok = read_tokenizer(path)
             tok.decode(tok.encode(TEXT, add_bos=True, parse_special=True))
 
 

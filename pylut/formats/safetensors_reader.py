@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import struct
 from collections import OrderedDict
@@ -24,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import ModelFileError
-from .gguf_reader import drop_mapped_pages
+from .mapped_file import MappedFile
 
 logger = logging.getLogger("pylut")
 
@@ -91,19 +90,19 @@ class SafetensorInfo:
         return self.array().astype(np.float32)
 
 
-class SafetensorsFile:
+class SafetensorsFile(MappedFile):
     """One memory-mapped ``.safetensors`` file.
 
     Attributes: ``path``, ``metadata`` (the "__metadata__" dict, possibly empty),
     ``tensors`` (OrderedDict name -> SafetensorInfo, in data order).
     """
 
+    EXPECTED = "a safetensors file"
+
     def __init__(self, path: PathLike) -> None:
-        self.path = os.fspath(path)
         self.metadata: Dict[str, str] = {}
         self.tensors: "OrderedDict[str, SafetensorInfo]" = OrderedDict()
-        self._mmap: Optional[mmap.mmap] = None
-        self._open()
+        super().__init__(path)
         try:
             self._parse()
         except BaseException:
@@ -111,20 +110,7 @@ class SafetensorsFile:
             raise
 
     def _error(self, what: str, hint: str = _HINT_CORRUPT) -> ModelFileError:
-        return ModelFileError(f"{self.path}: {what}; {hint}")
-
-    def _open(self) -> None:
-        try:
-            with open(self.path, "rb") as handle:
-                self._size = os.fstat(handle.fileno()).st_size
-                if self._size == 0:
-                    raise self._error("file is empty", "expected a safetensors file")
-                self._mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except ModelFileError:
-            raise
-        except OSError as exc:
-            raise self._error(f"cannot open file ({exc.strerror or exc})",
-                              "check that the path exists and is a readable file") from exc
+        return super()._error(what, hint)
 
     def _parse(self) -> None:
         if self._size < 8:
@@ -155,7 +141,6 @@ class SafetensorsFile:
             raise self._error("__metadata__ is not a JSON object", "the file is corrupt")
         self.metadata = {str(k): v for k, v in metadata.items()}
 
-        data = np.frombuffer(self._mmap, dtype=np.uint8)
         entries = [self._parse_entry(name, entry, data_size) for name, entry in header.items()]
         entries.sort(key=lambda e: (e[3], e[4]))
         previous_end, previous_name = 0, None
@@ -166,8 +151,7 @@ class SafetensorsFile:
             if begin > previous_end:
                 logger.debug("%s: %d unused bytes before tensor %r", self.path,
                              begin - previous_end, name)
-            view = data[data_start + begin:data_start + end]
-            view.flags.writeable = False
+            view = self.slice(data_start + begin, end - begin, f"tensor {name!r}", _HINT_CORRUPT)
             self.tensors[name] = SafetensorInfo(name, dtype, shape, data_start + begin,
                                                 end - begin, view, self.path)
             previous_end, previous_name = end, name
@@ -202,23 +186,10 @@ class SafetensorsFile:
 
     def close(self) -> None:
         self.tensors = OrderedDict()
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                # caller still holds tensor views; the mapping goes when they do
-                pass
-            self._mmap = None
-
-    def drop_pages(self, offset: int, nbytes: int) -> None:
-        """Drop converted source bytes' pages from the resident set (drop_mapped_pages)."""
-        drop_mapped_pages(self._mmap, offset, nbytes)
+        super().close()
 
     def __enter__(self) -> "SafetensorsFile":
         return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SafetensorsFile({self.path!r}, {len(self.tensors)} tensors)"

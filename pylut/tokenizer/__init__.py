@@ -243,6 +243,13 @@ class Tokenizer:
         from . import loaders  # local import keeps the two modules' roles apart
         return loaders.load(cls, Path(path))
 
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Dict, source: str) -> "Tokenizer":
+        """From the metadata of a GGUF file already open (``GGUFFile.metadata``), so a model
+        load reads the file's header once; `source` names the file in errors."""
+        from . import loaders
+        return loaders.load_gguf(cls, Path(source), metadata)
+
     def _find_byte_tokens(self) -> List[Optional[int]]:
         """Id for each byte value: ``<0xNN>`` tokens (SPM) or GPT-2 byte characters (BPE)."""
         ids: List[Optional[int]] = [None] * 256

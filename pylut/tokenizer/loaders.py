@@ -39,18 +39,34 @@ def load(cls, path: Path):
 # --------------------------------------------------------------------------- GGUF
 
 
-def load_gguf(cls, path: Path):
-    meta = read_gguf_metadata(path)
+def _replace_undecodable(strings: List[str]) -> List[str]:
+    """GGUFFile keeps a string's invalid UTF-8 as surrogates (lossless); the vocabulary reads
+    it as read_gguf_metadata does, one U+FFFD per bad sequence."""
+    out = list(strings)
+    for i, s in enumerate(out):
+        if not s.isascii():
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                out[i] = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return out
+
+
+def load_gguf(cls, path: Path, meta: Optional[Dict[str, Any]] = None):
+    """From a GGUF file's metadata: read from `path`, or given (an open GGUFFile's)."""
+    if meta is None:
+        meta = read_gguf_metadata(path)
     model = meta.get("tokenizer.ggml.model")
     if model is None or "tokenizer.ggml.tokens" not in meta:
         raise ValueError(f"{path}: GGUF file has no tokenizer metadata "
                          f"(tokenizer.ggml.model / tokenizer.ggml.tokens missing)")
-    tokens: List[str] = meta["tokenizer.ggml.tokens"]
+    tokens = meta["tokenizer.ggml.tokens"]
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{path}: tokenizer.ggml.tokens must be a non-empty array of strings")
+    tokens = _replace_undecodable(tokens)
     types = meta.get("tokenizer.ggml.token_type")
     types = [_TOKEN_NORMAL] * len(tokens) if types is None else types.tolist()
 
-    if not isinstance(tokens, list) or not tokens:
-        raise ValueError(f"{path}: tokenizer.ggml.tokens must be a non-empty array of strings")
     if len(types) != len(tokens):
         raise ValueError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, expected "
                          f"{len(tokens)} (one per token)")
@@ -97,7 +113,7 @@ def load_gguf(cls, path: Path):
             logger.warning("%s: BPE vocabulary without tokenizer.ggml.merges; "
                            "only whole-word tokens can be produced", path)
             merges_raw = []
-        merges = [tuple(m.split(" ", 1)) for m in merges_raw]
+        merges = [tuple(m.split(" ", 1)) for m in _replace_undecodable(merges_raw)]
         llama3 = pre in _LLAMA3_PRE
         return cls(tokens, types, model="bpe", merges=merges,
                    pretokenizer=PreTokenizer.by_name(pre), ignore_merges=llama3 or not merges,

@@ -1,0 +1,333 @@
+/* forward.c - the Llama-family forward pass: one pool dispatch per chunk of tokens, every
+ * stage split over the threads and separated by a spinning barrier (a decode step has ~15
+ * stages per layer; one dispatch each would cost more than the small matrices themselves).
+ * The session state it runs over is kv_state.c's. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "barrier.h"
+#include "model_state.h"
+
+#define MAX_THREADS 256
+
+/* ------------------------------------------------------------------ model check */
+
+static int mat_ok(const pylut_qmatrix *qm, int64_t m, int64_t k) {
+    return qm && pylut_qmatrix_valid(qm) && qm->m == m && qm->k == k;
+}
+
+int pylut_model_check(const pylut_model *m, const char **why) {
+#define REQUIRE(c, msg) do { if (!(c)) { *why = msg; return PYLUT_EINVAL; } } while (0)
+    REQUIRE(m, "no model");
+    REQUIRE(m->ffn_act == PYLUT_FFN_SILU || m->ffn_act == PYLUT_FFN_RELU2, "unknown FFN activation");
+    REQUIRE(m->rope_attn_factor >= 0 && isfinite(m->rope_attn_factor), "rope_attn_factor must be finite and >= 0");
+    if (m->rope_inv_freq)
+        for (int i = 0; i < m->head_dim / 2; i++)
+            REQUIRE(isfinite(m->rope_inv_freq[i]) && m->rope_inv_freq[i] > 0, "rope_inv_freq must be finite and positive");
+    REQUIRE(m->n_layers > 0 && m->dim > 0 && m->n_heads > 0 && m->n_kv_heads > 0 && m->head_dim > 1 &&
+                m->ffn_dim > 0 && m->vocab > 0 && m->max_ctx > 0,
+            "non-positive hyperparameter");
+    REQUIRE(m->head_dim % 2 == 0, "head_dim must be even for RoPE");
+    REQUIRE(m->n_heads % m->n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+    REQUIRE(m->norm_eps > 0 && m->rope_theta > 0, "norm_eps and rope_theta must be positive");
+    REQUIRE(m->tok_embd_f32 || mat_ok(m->tok_embd, m->vocab, m->dim), "token embedding shape");
+    REQUIRE(m->output_norm && mat_ok(m->output, m->vocab, m->dim), "output / output_norm");
+    REQUIRE(m->layers, "no layers");
+    const int qd = m->n_heads * m->head_dim, kvd = m->n_kv_heads * m->head_dim;
+    for (int l = 0; l < m->n_layers; l++) {
+        const pylut_layer *L = &m->layers[l];
+        REQUIRE(L->attn_norm && L->ffn_norm, "missing norm weights");
+        REQUIRE(mat_ok(L->wq, qd, m->dim) && mat_ok(L->wk, kvd, m->dim) && mat_ok(L->wv, kvd, m->dim),
+                "attention q/k/v shape");
+        REQUIRE(mat_ok(L->wo, m->dim, qd), "attention output shape");
+        REQUIRE(mat_ok(L->w_gate, m->ffn_dim, m->dim) && mat_ok(L->w_up, m->ffn_dim, m->dim),
+                "ffn gate/up shape");
+        REQUIRE(mat_ok(L->w_down, m->dim, m->ffn_dim), "ffn down shape");
+        REQUIRE(!L->attn_sub_norm == !L->ffn_sub_norm, "attn_sub_norm and ffn_sub_norm come together");
+    }
+    *why = "";
+    return PYLUT_OK;
+#undef REQUIRE
+}
+
+/* ------------------------------------------------------------------ small ops */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
+}
+
+/* x[i] += y[i] for this thread's share of [0, count): element ranges, so one token's add
+ * is split over every thread as well */
+static void residual_add(float *x, const float *y, int64_t count, int ith, int nth) {
+    const int64_t a = count * ith / nth, b = count * (ith + 1) / nth;
+    for (int64_t i = a; i < b; i++) x[i] += y[i];
+}
+
+/* scale multiplies cos and sin, so q.k carries it squared, as YaRN's temperature asks */
+static void rope(float *v, int head_dim, int pos, const float *inv_freq, float scale, int neox) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float a = (float)pos * inv_freq[i], c = cosf(a) * scale, s = sinf(a) * scale;
+        int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+        float x0 = v[i0], x1 = v[i1];
+        v[i0] = x0 * c - x1 * s;
+        v[i1] = x0 * s + x1 * c;
+    }
+}
+
+/* ------------------------------------------------------------------ the step */
+
+typedef struct {
+    const pylut_model *m;
+    pylut_state *s;
+    const int32_t *tokens;
+    int n, pos0, all_logits;
+    float *logits;          /* [n or 1][vocab], NULL: no output projection (a non-final chunk) */
+    pylut_attn_job attn;    /* the chunk's attention plan (cache pointers set per layer) */
+    barrier_t bar;
+} step_ctx;
+
+#define SPLIT(total, ith, nth, a, b) \
+    int64_t a = (int64_t)(total) * (ith) / (nth), b = (int64_t)(total) * ((ith) + 1) / (nth)
+
+/* Build the tables every matrix in mats[] needs for x[n][k] (stride ldx); ends with a barrier. */
+static void stage_tables(step_ctx *c, int ith, int nth, const float *x, int64_t ldx, int n,
+                         const pylut_qmatrix *const *mats, int nm) {
+    int need[MAX_TABLE_SETS] = {0}; /* per set: 1 tables, 2 int8 activations, 3 both */
+    for (int i = 0; i < nm; i++) {
+        const int si = set_for(c->s, mats[i]);
+        need[si] |= reads_act(&c->s->sets[si], mats[i]) ? 2 : 1;
+    }
+    for (int si = 0; si < c->s->n_sets; si++)
+        for (int form = 1; form <= 2; form++) {
+            if (!(need[si] & form)) continue;
+            pylut_lut *luts = form == 2 ? c->s->sets[si].act.lut : c->s->sets[si].tables.lut;
+            const int64_t per = luts[0].n_groups;
+            SPLIT(per * n, ith, nth, w0, w1);
+            for (int64_t w = w0; w < w1;) {
+                int64_t tok = w / per, g0 = w % per, g1 = g0 + (w1 - w) < per ? g0 + (w1 - w) : per;
+                pylut_lut_build_range(x + tok * ldx, &luts[tok], g0, g1);
+                w += g1 - g0;
+            }
+        }
+    barrier_wait(&c->bar, nth);
+}
+
+/* y_i[n][m_i] = W_i x for the matrices; ends with a barrier. Threads claim chunks of tiles
+ * from the stage's ticket counter, so one slowed by another process costs only its chunk. */
+static void stage_gemm(step_ctx *c, int ith, int nth, int *stage, int n,
+                       const pylut_qmatrix *const *mats, float *const *ys, const int64_t *ldys, int nm) {
+    int64_t start[MAX_TABLE_SETS + 1] = {0};
+    for (int i = 0; i < nm; i++) start[i + 1] = start[i] + mats[i]->m_pad / PYLUT_TILE_M;
+    atomic_llong *ticket = &c->s->tickets[(*stage)++];
+    /* at most 4 tiles a grab: a decode step's tile takes ~5 us, and the thread that finishes
+     * first should wait no longer than a barrier spins (a sleep and wake-up costs ~50-100 us) */
+    const int64_t total = start[nm], share = total / (4 * nth), chunk = share < 1 ? 1 : share > 4 ? 4 : share;
+    (void)ith;
+    for (;;) {
+        const int64_t w0 = atomic_fetch_add_explicit(ticket, chunk, memory_order_relaxed);
+        if (w0 >= total) break;
+        const int64_t w1 = w0 + chunk < total ? w0 + chunk : total;
+        for (int i = 0; i < nm; i++) {
+            int64_t a = w0 > start[i] ? w0 : start[i], b = w1 < start[i + 1] ? w1 : start[i + 1];
+            if (a < b)
+                pylut_gemm_tiles(mats[i], mat_input(&c->s->sets[set_for(c->s, mats[i])], mats[i]), n, ys[i], ldys[i],
+                                 a - start[i], b - start[i]);
+        }
+    }
+    barrier_wait(&c->bar, nth);
+}
+
+/* y[n][ldy] = W x for one matrix reading x[n][ldx]: its tables, then its tiles. */
+static void stage_matmul(step_ctx *c, int ith, int nth, int *stage, int n, const pylut_qmatrix *w,
+                         const float *x, int64_t ldx, float *y, int64_t ldy) {
+    const pylut_qmatrix *mats[1] = {w};
+    float *ys[1] = {y};
+    const int64_t lds[1] = {ldy};
+    stage_tables(c, ith, nth, x, ldx, n, mats, 1);
+    stage_gemm(c, ith, nth, stage, n, mats, ys, lds, 1);
+}
+
+/* Layer l's attention for the chunk: items (kv head x query tile x cache slice) claimed from
+ * the layer's ticket; with slices, a merge per kv head after a barrier. Ends with a barrier. */
+static void stage_attention(step_ctx *c, int ith, int nth, int l) {
+    pylut_state *s = c->s;
+    pylut_attn_job job = c->attn; /* planned once per chunk; only the layer's cache differs */
+    job.k = kv_row(s, 0, l, 0, 0);
+    job.v = kv_row(s, 1, l, 0, 0);
+    if (s->heads) job.heads = s->heads + (int64_t)l * s->n_kv_heads;
+    float *scratch = s->attn_scratch + (int64_t)ith * s->attn_scratch_floats;
+    atomic_llong *ticket = &s->tickets[4 * s->n_layers + 1 + l];
+    for (int64_t w; (w = atomic_fetch_add_explicit(ticket, 1, memory_order_relaxed)) < job.n_items;)
+        pylut_attn_item(&job, w, scratch);
+    barrier_wait(&c->bar, nth);
+    if (job.splits > 1) {
+        for (int h = ith; h < s->n_kv_heads; h += nth) pylut_attn_merge(&job, h);
+        barrier_wait(&c->bar, nth);
+    }
+}
+
+static void step_task(void *arg, int ith, int nth) {
+    step_ctx *c = arg;
+    const pylut_model *m = c->m;
+    pylut_state *s = c->s;
+    const int n = c->n, dim = m->dim, qd = s->q_dim, kvd = s->kv_dim, ffn = m->ffn_dim, hd = m->head_dim;
+    SPLIT(n, ith, nth, t0, t1); /* this thread's tokens for per-token stages */
+    int stage = 0;              /* GEMM stages run so far: indexes the ticket counters */
+
+    for (int64_t t = t0; t < t1; t++) { /* embedding rows */
+        if (m->tok_embd_f32) memcpy(s->x + t * dim, m->tok_embd_f32 + (int64_t)c->tokens[t] * dim, (size_t)dim * sizeof(float));
+        else pylut_qmatrix_row(m->tok_embd, c->tokens[t], s->x + t * dim);
+    }
+    for (int l = 0; l < m->n_layers; l++) {
+        const pylut_layer *L = &m->layers[l];
+        for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->attn_norm, dim, m->norm_eps);
+        barrier_wait(&c->bar, nth);
+
+        /* ---- attention: q, k, v from one table set, RoPE, cache append, softmax(qk)v */
+        const pylut_qmatrix *qkv[3] = {L->wq, L->wk, L->wv};
+        float *qkv_out[3] = {s->q, s->k, s->v};
+        const int64_t qkv_ld[3] = {qd, kvd, kvd};
+        stage_tables(c, ith, nth, s->xb, dim, n, qkv, 3);
+        stage_gemm(c, ith, nth, &stage, n, qkv, qkv_out, qkv_ld, 3);
+        {
+            const int per = m->n_heads + m->n_kv_heads;
+            SPLIT(n * per, ith, nth, w0, w1);
+            for (int64_t w = w0; w < w1; w++) {
+                int t = (int)(w / per), h = (int)(w % per), pos = c->pos0 + t;
+                if (h < m->n_heads) {
+                    float *q = s->q + (int64_t)t * qd + h * hd;
+                    if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
+                    rope(q, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                } else {
+                    h -= m->n_heads;
+                    float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
+                    if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
+                    if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
+                    rope(k, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                    pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, slot_of(s, l, h, pos)));
+                    pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, slot_of(s, l, h, pos)));
+                }
+            }
+        }
+        barrier_wait(&c->bar, nth);
+        stage_attention(c, ith, nth, l);
+        if (L->attn_sub_norm) {
+            for (int64_t t = t0; t < t1; t++) rmsnorm(s->att + t * qd, s->att + t * qd, L->attn_sub_norm, qd, m->norm_eps);
+            barrier_wait(&c->bar, nth);
+        }
+        stage_matmul(c, ith, nth, &stage, n, L->wo, s->att, qd, s->tmp, dim);
+        residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
+        barrier_wait(&c->bar, nth);
+        for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
+        barrier_wait(&c->bar, nth);
+
+        /* ---- feed-forward: gate/up share tables; SiLU or ReLU^2 (the 2B4T bitnets) */
+        {
+            const pylut_qmatrix *gu[2] = {L->w_gate, L->w_up};
+            float *outs[2] = {s->hb, s->hb2};
+            const int64_t ld[2] = {ffn, ffn};
+            stage_tables(c, ith, nth, s->xb, dim, n, gu, 2);
+            stage_gemm(c, ith, nth, &stage, n, gu, outs, ld, 2);
+        }
+        { /* element ranges, not tokens: a decode step's one token is split over every thread */
+            SPLIT((int64_t)n * ffn, ith, nth, e0, e1);
+            float *g = s->hb, *u = s->hb2;
+            if (m->ffn_act == PYLUT_FFN_RELU2)
+                for (int64_t i = e0; i < e1; i++) g[i] = (g[i] > 0.0f ? g[i] * g[i] : 0.0f) * u[i];
+            else
+                for (int64_t i = e0; i < e1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        }
+        barrier_wait(&c->bar, nth);
+        if (L->ffn_sub_norm) {
+            for (int64_t t = t0; t < t1; t++) rmsnorm(s->hb + t * ffn, s->hb + t * ffn, L->ffn_sub_norm, ffn, m->norm_eps);
+            barrier_wait(&c->bar, nth);
+        }
+        stage_matmul(c, ith, nth, &stage, n, L->w_down, s->hb, ffn, s->tmp, dim);
+        residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
+        barrier_wait(&c->bar, nth);
+    }
+
+    /* ---- logits for the last token (or all) */
+    if (!c->logits) return;
+    const int first = c->all_logits ? 0 : n - 1, nl = n - first;
+    {
+        SPLIT(nl, ith, nth, a, b);
+        for (int64_t t = first + a; t < first + b; t++)
+            rmsnorm(s->xb + t * dim, s->x + t * dim, m->output_norm, dim, m->norm_eps);
+    }
+    barrier_wait(&c->bar, nth);
+    stage_matmul(c, ith, nth, &stage, nl, m->output, s->xb + (int64_t)first * dim, dim, c->logits, m->vocab);
+}
+
+int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
+                  int n, float *logits, int all_logits) {
+    if (!m || !s || !tokens || !logits || n < 1) return PYLUT_EINVAL;
+    if (s->pos + (int64_t)n > s->n_ctx || pylut_pool_size(pool) > MAX_THREADS) return PYLUT_EINVAL;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->vocab) return PYLUT_EINVAL;
+    const int nth = pylut_pool_size(pool);
+    for (int done = 0; done < n;) {
+        int chunk = n - done < s->max_batch ? n - done : s->max_batch;
+        int last = done + chunk == n;
+        pylut_state_make_room(s, chunk);
+        /* a non-final chunk of a last-logits call needs no output projection at all */
+        float *lg = all_logits ? logits + (int64_t)done * m->vocab : last ? logits : NULL;
+        step_ctx c = {m, s, tokens + done, chunk, s->pos, all_logits, lg};
+        pylut_attn_job *j = &c.attn; /* layer 0's cache for the plan; stage_attention swaps it */
+        j->type = s->kv_type;
+        j->hd = m->head_dim;
+        j->n_heads = m->n_heads;
+        j->n_kv_heads = m->n_kv_heads;
+        j->k = kv_row(s, 0, 0, 0, 0);
+        j->v = kv_row(s, 1, 0, 0, 0);
+        j->ld = s->row_bytes;
+        j->hstride = (int64_t)s->n_ctx * s->row_bytes;
+        j->len = s->pos + chunk;
+        j->q = s->q;
+        j->ldq = s->q_dim;
+        j->out = s->att;
+        j->ldo = s->q_dim;
+        j->n = chunk;
+        j->pos0 = s->pos;
+        j->scale = 1.0f / sqrtf((float)m->head_dim);
+        j->heads = s->heads; /* layer 0's; stage_attention takes each layer's */
+        j->sink = s->sink;
+        j->window = s->window;
+        j->stream_base = s->stream_base;
+        if (pylut_attn_plan(j, nth) != PYLUT_OK) return PYLUT_EINVAL;
+        if (s->attn_partial_floats < j->partial_floats) {
+            float *grown = realloc(s->attn_partial, (size_t)j->partial_floats * sizeof(float));
+            if (!grown) return PYLUT_ENOMEM;
+            s->attn_partial = grown;
+            s->attn_partial_floats = j->partial_floats;
+        }
+        j->partial = s->attn_partial;
+        if (s->scratch_threads < nth || s->attn_scratch_floats < j->scratch_floats) {
+            float *grown = realloc(s->attn_scratch, (size_t)(nth * j->scratch_floats) * sizeof(float));
+            if (!grown) return PYLUT_ENOMEM;
+            s->attn_scratch = grown;
+            s->scratch_threads = nth;
+            s->attn_scratch_floats = j->scratch_floats;
+        }
+        for (int i = 0; i < s->n_sets; i++) {
+            table_set *ts = &s->sets[i];
+            ts->act_bits = 0;
+            for (int b = 1; b <= 8; b++)
+                if (ts->act.lut && ts->by_bits[b] &&
+                    (s->split_int8 || (!s->batch_invariant && pylut_gemm_i8_preferred(ts->by_bits[b], chunk))))
+                    ts->act_bits |= 1u << b;
+        }
+        barrier_init(&c.bar);
+        for (int i = 0; i < 5 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
+        pylut_pool_run(pool, step_task, &c);
+        barrier_destroy(&c.bar);
+        s->pos += chunk;
+        done += chunk;
+    }
+    return PYLUT_OK;
+}

@@ -1,0 +1,338 @@
+/* kv_state.c - a session's state: its allocation (table sets, activation buffers, the KV
+ * cache and streaming heads), its position, truncation, restoring a saved stream, and the
+ * context shift (dropping positions and re-rotating the keys that stay). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_state.h"
+
+/* ------------------------------------------------------------------ table sets */
+
+static int lut_batch_alloc(lut_batch *b, const pylut_lut *key, int n) {
+    const int64_t floats = pylut_lut_scale_floats(key); /* per token */
+    b->lut = calloc((size_t)n, sizeof(pylut_lut));
+    b->tbl = malloc((size_t)(n * key->tbl_bytes));
+    b->tscale = malloc((size_t)(n * floats) * sizeof(float));
+    b->sumx = malloc((size_t)(n * floats) * sizeof(float));
+    if (!b->lut || !b->tbl || !b->tscale || !b->sumx) return PYLUT_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        b->lut[i] = *key;
+        b->lut[i].tbl = b->tbl + i * key->tbl_bytes;
+        b->lut[i].tscale = b->tscale + i * floats;
+        b->lut[i].sumx = b->sumx + i * floats;
+    }
+    return PYLUT_OK;
+}
+
+static void lut_batch_free(lut_batch *b) {
+    free(b->lut);
+    free(b->tbl);
+    free(b->tscale);
+    free(b->sumx);
+}
+
+static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
+    const int have = set_for(s, qm);
+    if (have >= 0) {
+        if (!s->sets[have].by_bits[qm->bits]) s->sets[have].by_bits[qm->bits] = qm;
+        return PYLUT_OK;
+    }
+    if (s->n_sets == MAX_TABLE_SETS) return PYLUT_EINVAL;
+    pylut_lut key, act_key;
+    pylut_lut_layout(&key, qm);
+    table_set *ts = &s->sets[s->n_sets];
+    memset(ts->by_bits, 0, sizeof ts->by_bits);
+    ts->by_bits[qm->bits] = qm;
+    s->keys[s->n_sets++] = key;
+    int rc = lut_batch_alloc(&ts->tables, &key, s->max_batch);
+    if (rc == PYLUT_OK && pylut_lut_layout_i8(&act_key, qm, s->split_int8 ? 2 : 1) == PYLUT_OK) /* T3: tables only */
+        rc = lut_batch_alloc(&ts->act, &act_key, s->max_batch);
+    return rc;
+}
+
+int pylut_state_set_batch_invariant(pylut_state *s, int on) {
+    if (!s || (on != 0 && on != 1)) return PYLUT_EINVAL;
+    s->batch_invariant = on;
+    return PYLUT_OK;
+}
+
+int pylut_state_batch_invariant(const pylut_state *s) { return s ? s->batch_invariant : 0; }
+
+int pylut_state_set_split_int8(pylut_state *s, int on) {
+    if (!s || (on != 0 && on != 1)) return PYLUT_EINVAL;
+    for (int i = 0; i < s->n_sets; i++) { /* the int8 activations change layout: one or two parts */
+        table_set *ts = &s->sets[i];
+        if (!ts->act.lut) continue; /* T3: no int8 path, tables either way */
+        const pylut_qmatrix *qm = NULL;
+        for (int b = 1; b <= 8 && !qm; b++) qm = ts->by_bits[b];
+        pylut_lut key;
+        if (!qm || pylut_lut_layout_i8(&key, qm, on ? 2 : 1) != PYLUT_OK) return PYLUT_EINVAL;
+        lut_batch_free(&ts->act);
+        memset(&ts->act, 0, sizeof ts->act);
+        if (lut_batch_alloc(&ts->act, &key, s->max_batch) != PYLUT_OK) {
+            lut_batch_free(&ts->act);
+            memset(&ts->act, 0, sizeof ts->act);
+            s->split_int8 = 0;
+            return PYLUT_ENOMEM; /* this set now has no int8 path: tables only, still correct */
+        }
+    }
+    s->split_int8 = on;
+    return PYLUT_OK;
+}
+
+int pylut_state_split_int8(const pylut_state *s) { return s ? s->split_int8 : 0; }
+
+/* ------------------------------------------------------------------ life of a state */
+
+void pylut_state_free(pylut_state *s) {
+    if (!s) return;
+    for (int i = 0; i < s->n_sets; i++) {
+        lut_batch_free(&s->sets[i].tables);
+        lut_batch_free(&s->sets[i].act);
+    }
+    free(s->kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
+    free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
+    free(s->inv_freq);
+    free(s->tickets);
+    free(s);
+}
+
+/* Slots of every head in one allocation; a plan's per-head pointers into it. */
+static int kv_alloc(pylut_state *s, const uint8_t *streaming) {
+    const int64_t n_heads = (int64_t)s->n_layers * s->n_kv_heads;
+    s->kv_off = malloc((size_t)(2 * n_heads) * sizeof(int64_t));
+    if (!s->kv_off) return PYLUT_ENOMEM;
+    int64_t off = 0;
+    for (int kv = 0; kv < 2; kv++)
+        for (int64_t i = 0; i < n_heads; i++) {
+            s->kv_off[kv * n_heads + i] = off;
+            off += (streaming && streaming[i] ? s->stream_slots : s->n_ctx) * s->row_bytes;
+        }
+    s->kv_bytes = off;
+    s->kv = calloc((size_t)off, 1);
+    if (!s->kv) return PYLUT_ENOMEM;
+    if (!streaming) return PYLUT_OK;
+    s->heads = calloc((size_t)n_heads, sizeof(pylut_attn_head));
+    if (!s->heads) return PYLUT_ENOMEM;
+    for (int l = 0; l < s->n_layers; l++)
+        for (int h = 0; h < s->n_kv_heads; h++) {
+            pylut_attn_head *hh = &s->heads[(int64_t)l * s->n_kv_heads + h];
+            hh->streaming = streaming[(int64_t)l * s->n_kv_heads + h] != 0;
+            hh->k = kv_row(s, 0, l, h, 0);
+            hh->v = kv_row(s, 1, l, h, 0);
+            hh->cap = hh->streaming ? s->stream_slots : s->n_ctx;
+            s->n_streaming += hh->streaming;
+        }
+    if (!s->n_streaming) { /* a plan of only full heads: the plain path */
+        free(s->heads);
+        s->heads = NULL;
+    }
+    return PYLUT_OK;
+}
+
+pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, int kv_type) {
+    return pylut_state_create_heads(m, n_ctx, max_batch, kv_type, NULL, 0, 0);
+}
+
+pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
+                                      const uint8_t *streaming, int sink, int window) {
+    const char *why;
+    if (pylut_model_check(m, &why) != PYLUT_OK || n_ctx < 1 || n_ctx > m->max_ctx || max_batch < 1 ||
+        max_batch > 4096 || pylut_kv_row_bytes(kv_type, m->head_dim) == 0 ||
+        m->n_heads / m->n_kv_heads > PYLUT_ATTN_ROWS)
+        return NULL;
+    if (streaming && (sink < 0 || window < 1 || sink > n_ctx || window > n_ctx)) return NULL;
+    pylut_state *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->n_ctx = n_ctx;
+    s->max_batch = max_batch;
+    s->n_layers = m->n_layers;
+    s->q_dim = m->n_heads * m->head_dim;
+    s->kv_dim = m->n_kv_heads * m->head_dim;
+    s->n_kv_heads = m->n_kv_heads;
+    s->kv_type = kv_type;
+    s->row_bytes = pylut_kv_row_bytes(kv_type, m->head_dim);
+    s->sink = streaming ? sink : 0;
+    s->window = streaming ? window : 0;
+    s->stream_base = s->sink;
+    /* the sinks, the window's older window-1 positions, and a whole chunk of new ones */
+    const int64_t stream_need = (int64_t)s->sink + s->window + max_batch;
+    s->stream_slots = stream_need < n_ctx ? stream_need : n_ctx;
+    size_t B = (size_t)max_batch;
+    const int kv_rc = kv_alloc(s, streaming);
+    s->x = malloc(B * m->dim * sizeof(float));
+    s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
+    s->q = malloc(B * s->q_dim * sizeof(float));
+    s->k = malloc(B * s->kv_dim * sizeof(float));
+    s->v = malloc(B * s->kv_dim * sizeof(float));
+    s->att = malloc(B * s->q_dim * sizeof(float));
+    s->tmp = malloc(B * m->dim * sizeof(float));
+    s->hb = malloc(B * m->ffn_dim * sizeof(float));
+    s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
+    s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
+    s->tickets = calloc((size_t)(5 * m->n_layers + 1), sizeof(atomic_llong));
+    if (kv_rc != PYLUT_OK || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
+        !s->hb2 || !s->inv_freq || !s->tickets) {
+        pylut_state_free(s);
+        return NULL;
+    }
+    for (int i = 0; i < m->head_dim / 2; i++)
+        s->inv_freq[i] = m->rope_inv_freq ? m->rope_inv_freq[i]
+                                          : (float)pow((double)m->rope_theta, -2.0 * i / m->head_dim);
+    s->rope_scale = m->rope_attn_factor > 0 ? m->rope_attn_factor : 1.0f;
+    int rc = PYLUT_OK;
+    for (int l = 0; l < m->n_layers && rc == PYLUT_OK; l++) {
+        const pylut_layer *L = &m->layers[l];
+        const pylut_qmatrix *mats[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (int i = 0; i < 7 && rc == PYLUT_OK; i++) rc = add_set(s, mats[i]);
+    }
+    if (rc == PYLUT_OK) rc = add_set(s, m->output);
+    if (rc != PYLUT_OK) {
+        pylut_state_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+int pylut_state_pos(const pylut_state *s) { return s ? s->pos : 0; }
+
+int pylut_state_can_truncate(const pylut_state *s, int pos) {
+    if (!s || pos < 0 || pos > s->pos) return 0;
+    if (!s->n_streaming || pos == 0) return 1;
+    /* the next query, at pos, sees (pos - window, pos): those must still be in the stream */
+    const int need = pos - s->window + 1 > s->sink ? pos - s->window + 1 : s->sink;
+    return s->stream_base <= need;
+}
+
+int pylut_state_truncate(pylut_state *s, int pos) {
+    if (!pylut_state_can_truncate(s, pos)) return PYLUT_EINVAL;
+    s->pos = pos;
+    if (pos == 0) s->stream_base = s->sink;
+    return PYLUT_OK;
+}
+
+int pylut_state_set_pos(pylut_state *s, int pos) { return pylut_state_set_stream(s, pos, s ? s->sink : 0); }
+
+int pylut_state_set_stream(pylut_state *s, int pos, int stream_base) {
+    if (!s || pos < 0 || pos > s->n_ctx || stream_base < s->sink) return PYLUT_EINVAL;
+    if (s->n_streaming && pos > s->sink &&
+        (stream_base > pos || s->sink + (int64_t)pos - stream_base > s->stream_slots))
+        return PYLUT_EINVAL;
+    s->pos = pos;
+    s->stream_base = s->n_streaming ? stream_base : s->sink;
+    return PYLUT_OK;
+}
+
+int pylut_state_stream_base(const pylut_state *s) { return s ? s->stream_base : 0; }
+
+int pylut_state_head_streaming(const pylut_state *s, int l, int h) {
+    return s && l >= 0 && l < s->n_layers && h >= 0 && h < s->n_kv_heads && is_streaming(s, l, h);
+}
+
+int64_t pylut_state_head_slots(const pylut_state *s, int l, int h) {
+    if (!s || l < 0 || l >= s->n_layers || h < 0 || h >= s->n_kv_heads) return 0;
+    return is_streaming(s, l, h) ? s->stream_slots : s->n_ctx;
+}
+
+int64_t pylut_state_head_used(const pylut_state *s, int l, int h) {
+    if (!pylut_state_head_slots(s, l, h)) return 0;
+    if (!is_streaming(s, l, h) || s->pos <= s->sink) return s->pos;
+    return s->sink + s->pos - s->stream_base;
+}
+
+uint8_t *pylut_state_head_kv(pylut_state *s, int kv, int l, int h) {
+    if (!pylut_state_head_slots(s, l, h) || kv < 0 || kv > 1) return NULL;
+    return kv_row(s, kv, l, h, 0);
+}
+
+/* Before a chunk of n positions: a streaming head whose slots would overflow keeps only its
+ * sinks and the window-1 positions the chunk's first query still sees, moved down to slot
+ * sink. Keys keep the RoPE of their absolute positions, so nothing is re-encoded; a head
+ * moves window-1 rows once per max_batch positions at most. */
+void pylut_state_make_room(pylut_state *s, int n) {
+    const int64_t end = (int64_t)s->pos + n;
+    if (!s->n_streaming || end <= s->sink || s->sink + end - s->stream_base <= s->stream_slots) return;
+    int keep_from = s->pos - (s->window - 1);
+    keep_from = keep_from > s->stream_base ? keep_from : s->stream_base;
+    const int64_t moved = s->pos - keep_from > 0 ? s->pos - keep_from : 0;
+    for (int kv = 0; kv < 2; kv++)
+        for (int l = 0; l < s->n_layers; l++)
+            for (int h = 0; h < s->n_kv_heads; h++)
+                if (is_streaming(s, l, h) && moved)
+                    memmove(kv_row(s, kv, l, h, s->sink), kv_row(s, kv, l, h, slot_of(s, l, h, keep_from)),
+                            (size_t)(moved * s->row_bytes));
+    s->stream_base = keep_from;
+}
+
+/* Rotate the keys in slots [a, b) of (l, h) by the angles cs holds (cos, then sin). */
+static void rerotate(const pylut_model *m, pylut_state *s, int l, int h, int64_t a, int64_t b, const float *cs,
+                     float *x) {
+    const int hd = m->head_dim, half = hd / 2;
+    for (int64_t p = a; p < b; p++) {
+        /* a quantized key is re-encoded after the turn: one more rounding */
+        pylut_kv_decode(s->kv_type, hd, kv_row(s, 0, l, h, p), x);
+        for (int i = 0; i < half; i++) {
+            int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
+            float x0 = x[i0], x1 = x[i1], c = cs[i], sn = cs[half + i];
+            x[i0] = x0 * c - x1 * sn;
+            x[i1] = x0 * sn + x1 * c;
+        }
+        pylut_kv_encode(s->kv_type, hd, x, kv_row(s, 0, l, h, p));
+    }
+}
+
+/* The shift for a streaming head: it holds [0, sink) and [stream_base, pos). Old positions
+ * >= n_keep + n_discard become p - n_discard; what the head kept of them stays one run. */
+static void shift_stream_head(const pylut_model *m, pylut_state *s, int l, int h, int n_keep, int n_discard,
+                              int new_base, const float *cs, float *x) {
+    const int base = s->stream_base;
+    const int first = base < n_keep ? n_keep + n_discard : (base > n_keep + n_discard ? base : n_keep + n_discard);
+    const int64_t moved = s->pos - first, dst = s->sink + (int64_t)(first - n_discard) - new_base;
+    for (int kv = 0; kv < 2; kv++)
+        memmove(kv_row(s, kv, l, h, dst), kv_row(s, kv, l, h, slot_of(s, l, h, first)), (size_t)(moved * s->row_bytes));
+    rerotate(m, s, l, h, dst, dst + moved, cs, x);
+}
+
+int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard) {
+    if (!m || !s || n_keep < 0 || n_discard < 1 || n_keep + n_discard > s->pos) return PYLUT_EINVAL;
+    if (s->n_streaming && n_keep < s->sink) return PYLUT_EINVAL; /* the shift would move the sinks */
+    const int hd = m->head_dim, half = hd / 2, moved = s->pos - n_keep - n_discard;
+    /* rotation by -n_discard positions, per frequency: RoPE(p - d) = R(-d) RoPE(p) */
+    float *cs = malloc((size_t)hd * sizeof(float)), *x = malloc((size_t)hd * sizeof(float));
+    if (!cs || !x) {
+        free(cs);
+        free(x);
+        return PYLUT_ENOMEM;
+    }
+    for (int i = 0; i < half; i++) {
+        double a = -(double)n_discard * s->inv_freq[i];
+        cs[i] = (float)cos(a);
+        cs[half + i] = (float)sin(a);
+    }
+    /* a streaming head's run starts where its first kept position lands */
+    const int base = s->stream_base;
+    const int new_base = base < n_keep ? base : (base > n_keep + n_discard ? base : n_keep + n_discard) - n_discard;
+    for (int l = 0; l < m->n_layers; l++)
+        for (int h = 0; h < s->n_kv_heads; h++) {
+            if (is_streaming(s, l, h)) {
+                shift_stream_head(m, s, l, h, n_keep, n_discard, new_base, cs, x);
+                continue;
+            }
+            for (int kv = 0; kv < 2; kv++)
+                memmove(kv_row(s, kv, l, h, n_keep), kv_row(s, kv, l, h, n_keep + n_discard),
+                        (size_t)moved * s->row_bytes);
+            rerotate(m, s, l, h, n_keep, n_keep + moved, cs, x); /* values carry no position */
+        }
+    free(cs);
+    free(x);
+    s->stream_base = new_base;
+    s->pos -= n_discard;
+    return PYLUT_OK;
+}
+
+int64_t pylut_state_kv_bytes(const pylut_state *s) { return s ? s->kv_bytes : 0; }
+
+uint8_t *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
+
+int pylut_state_kv_type(const pylut_state *s) { return s ? s->kv_type : -1; }

@@ -1,0 +1,112 @@
+/* model_state.h - a session's state (struct pylut_state: the KV cache, streaming heads,
+ * activation buffers and table sets), private to src/model/: kv_state.c owns its life and
+ * the cache's positions, forward.c runs the step over it. */
+#ifndef PYLUT_MODEL_STATE_H
+#define PYLUT_MODEL_STATE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "kernels.h"
+#include "pylut/attention.h"
+#include "pylut/model.h"
+
+#define MAX_TABLE_SETS 8   /* distinct (k, group, family) table layouts a model may need */
+
+typedef struct {               /* one activation set per token of a chunk */
+    pylut_lut *lut;            /* [max_batch], all of one layout */
+    int8_t *tbl;               /* [max_batch][tbl_bytes] */
+    float *tscale, *sumx;      /* [max_batch][parts][n_groups] (parts: 2 for split int8) */
+} lut_batch;
+
+typedef struct {
+    lut_batch tables;          /* lookup tables (PYLUT_LUT_B or PYLUT_LUT_T3) */
+    lut_batch act;             /* B-type sets: the same tokens as int8 activations, for chunks
+                                * the int8 prefill kernel takes (pylut_gemm_i8_preferred);
+                                * act.lut NULL for T3 sets */
+    const pylut_qmatrix *by_bits[9]; /* one matrix of the set per bit width (or NULL): the
+                                * int8 choice depends only on the width within one layout */
+    unsigned act_bits;         /* this chunk: bit b set when the set's b-bit matrices read act
+                                * (each width decides for itself: a Q2_K matrix beside a Q3_K
+                                * one in the same layout keeps the tables where they win) */
+} table_set;
+
+struct pylut_state {
+    int n_ctx, max_batch, pos, n_sets;
+    int batch_invariant;       /* 1: never the int8 prefill path, so a token's results do not
+                                * depend on how many tokens share its chunk */
+    int split_int8;            /* 1: every matrix with an int8 path reads its input as two int8
+                                * parts (value and rounding residual), decode steps included:
+                                * activations at ~2^-15 instead of ~2^-8 of their group's max */
+    int q_dim, kv_dim, n_layers, n_kv_heads, kv_type;
+    int64_t row_bytes;         /* one cached head vector (pylut_kv_row_bytes) */
+    uint8_t *kv;               /* [2][n_layers][n_kv_heads][slots of the head][row_bytes]: keys then
+                                * values; a head's slots are contiguous for the attention stream.
+                                * Every head has n_ctx slots unless it streams (heads below) */
+    int64_t kv_bytes;          /* bytes of kv */
+    int64_t *kv_off;           /* [2][n_layers][n_kv_heads]: byte offset of each head's slot 0 */
+    /* streaming heads (NULL heads: none, every slot is its position): a streaming head keeps
+     * positions [0, sink) in slots [0, sink) and positions stream_base.. from slot sink on, in
+     * stream_slots slots; older positions are compacted away before a chunk would not fit */
+    pylut_attn_head *heads;    /* [n_layers][n_kv_heads] or NULL */
+    int n_streaming, sink, window, stream_base;
+    int64_t stream_slots;
+    float *x, *xb, *q, *k, *v; /* [max_batch][dim | q_dim | kv_dim] */
+    float *att;                /* [max_batch][q_dim] */
+    float *tmp;                /* [max_batch][dim] */
+    float *hb, *hb2;           /* [max_batch][ffn_dim] */
+    float *attn_scratch;       /* [scratch_threads][attn_scratch_floats], grown to the pool's size */
+    int scratch_threads;
+    int64_t attn_scratch_floats;
+    float *attn_partial;       /* [attn_partial_floats]: decode slices' max/sum/acc, grown to the plan */
+    int64_t attn_partial_floats;
+    float *inv_freq;           /* [head_dim/2] */
+    float rope_scale;          /* cos/sin factor (YaRN's attention factor; else 1) */
+    atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
+                                * (4 per layer + output), then each layer's attention item */
+    table_set sets[MAX_TABLE_SETS];
+    pylut_lut keys[MAX_TABLE_SETS]; /* layout of each set (tbl pointers unused) */
+};
+
+/* ------------------------------------------------------------------ lookups both units use */
+
+static inline int same_layout(const pylut_lut *a, const pylut_lut *b) {
+    return a->kind == b->kind && a->k == b->k && a->k_pad == b->k_pad && a->group == b->group &&
+           a->super == b->super;
+}
+
+/* The table set that matrix qm reads, or -1. */
+static inline int set_for(const pylut_state *s, const pylut_qmatrix *qm) {
+    pylut_lut want;
+    pylut_lut_layout(&want, qm);
+    for (int i = 0; i < s->n_sets; i++)
+        if (same_layout(&s->keys[i], &want)) return i;
+    return -1;
+}
+
+/* Whether matrix qm of set ts reads the int8 activations in this chunk. */
+static inline int reads_act(const table_set *ts, const pylut_qmatrix *qm) { return (ts->act_bits >> qm->bits) & 1u; }
+
+/* The activations matrix qm (of set ts) reads in this chunk. */
+static inline pylut_lut *mat_input(const table_set *ts, const pylut_qmatrix *qm) {
+    return reads_act(ts, qm) ? ts->act.lut : ts->tables.lut;
+}
+
+/* Cache slot p of (kv 0/1, layer l, kv head h); a slot is the position for full heads. */
+static inline uint8_t *kv_row(const pylut_state *s, int kv, int l, int h, int64_t p) {
+    return s->kv + s->kv_off[((int64_t)kv * s->n_layers + l) * s->n_kv_heads + h] + p * s->row_bytes;
+}
+
+static inline int is_streaming(const pylut_state *s, int l, int h) {
+    return s->heads && s->heads[(int64_t)l * s->n_kv_heads + h].streaming;
+}
+
+/* The slot holding position pos of (l, h): its sink slot, or its place in the stream. */
+static inline int64_t slot_of(const pylut_state *s, int l, int h, int64_t pos) {
+    return !is_streaming(s, l, h) || pos < s->sink ? pos : s->sink + pos - s->stream_base;
+}
+
+/* Streaming heads: compact each one so a chunk of n more positions fits (kv_state.c). */
+void pylut_state_make_room(pylut_state *s, int n);
+
+#endif
