@@ -328,8 +328,8 @@ def test_bit_flipped_pack_payload_is_refused_and_rebuilt(model_file, cache, capl
     assert np.array_equal(m.eval([5, 6, 7]), want)
 
 
-@pytest.mark.parametrize("forgery", ["norm_eps", "rope_neox", "layer_alias", "shifted_scale", "n_layers",
-                                     "zero", "span_type", "ffn_dim"])
+@pytest.mark.parametrize("forgery", ["norm_eps", "rope_neox", "ffn_act", "layer_alias", "shifted_scale",
+                                     "n_layers", "zero", "span_type", "ffn_dim"])
 def test_forged_pack_headers_are_refused(model_file, cache, forgery):
     f, packcache = _pack(model_file, cache)
 
@@ -339,6 +339,8 @@ def test_forged_pack_headers_are_refused(model_file, cache, forgery):
             h["config"]["norm_eps"] = 4.6e18
         elif forgery == "rope_neox":
             h["config"]["rope_neox"] = -1
+        elif forgery == "ffn_act":
+            h["config"]["ffn_act"] = "gelu"
         elif forgery == "layer_alias":
             t["blk.1.attn_q"] = {"kind": "alias", "of": "blk.0.attn_q"}
         elif forgery == "shifted_scale":

@@ -163,7 +163,8 @@ def test_writes_go_out_in_whole_2mib_aligned_pieces(tmp_path, monkeypatch):
     for name, a in arrays.items():
         w.put(name, a)
     config = dict(arch="llama", n_layers=1, dim=64, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128,
-                  vocab=300, max_ctx=128, norm_eps=1e-5, rope_theta=10000.0, rope_neox=False)
+                  vocab=300, max_ctx=128, norm_eps=1e-5, rope_theta=10000.0, rope_neox=False,
+                  ffn_act="silu")
     w.finish(loader_mod.LoadedModel(config=config, tensors=arrays, metadata={}, path=str(path), arch="llama",
                                     tensor_types={}, n_params=0, bits_per_weight=32.0, lossy=set(),
                                     tied_output=False))
