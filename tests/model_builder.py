@@ -111,7 +111,7 @@ def _copy_tokenizer(writer: gguf.GGUFWriter, vocab_file: Path) -> int:
         return len(f.metadata["tokenizer.ggml.tokens"])
 
 
-def _made_up_tokenizer(writer: gguf.GGUFWriter, vocab: int, merges: Iterable[str]) -> None:
+def _made_up_tokenizer(writer: gguf.GGUFWriter, vocab: int, merges: Iterable[str] = ()) -> None:
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"tok{i}" for i in range(vocab)])
     merges = list(merges)
