@@ -4,7 +4,6 @@ skips."""
 import os
 
 import pytest
-from model_builder import VOCAB_DIR, build_gguf
 
 from pylut import _core
 
@@ -42,7 +41,9 @@ def cache(tmp_path, monkeypatch):
 
 def build_chat_model(tmp_path_factory, context_length: int):
     """A one-layer Qwen2 GGUF with the real Qwen2 vocabulary (chat template included);
-    skips the test where the shared vocabularies are missing."""
+    skips the test where the shared vocabularies are missing. model_builder (and its gguf
+    import) loads here, not at collection: the aarch64 kernel run under qemu has no gguf."""
+    from model_builder import VOCAB_DIR, build_gguf
     if not (VOCAB_DIR / "ggml-vocab-qwen2.gguf").exists():
         pytest.skip(f"real vocabularies not found at {VOCAB_DIR} (../shared/testdata/vocab)")
     path = tmp_path_factory.mktemp("chat") / "tiny-qwen2-q8_0.gguf"
