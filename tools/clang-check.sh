@@ -91,7 +91,7 @@ for cfg in "gcc -O2" "gcc -O3" "clang -O2"; do
     timed "x86-64 $1 $2 (all units)" compile_all "x86-$1$2" "$1" "$2" linux-x86_64 "$X86_PY"
 done
 
-ARM_ROOT=${ARM_CACHE:-/var/cache/arm-test}/root-${ARM_SUITE:-bookworm}-arm64-cross
+ARM_ROOT=${ARM_CACHE:-/var/cache/arm-test}/root-${ARM_SUITE:-bookworm}-py${ARM_PY_VER:-3.11}-arm64-cross
 ARM_PY=$(ls -d "$ARM_ROOT"/usr/include/python3.* 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$ARM_PY" ] || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
     say "SKIP aarch64: no arm64 root at $ARM_ROOT or no aarch64-linux-gnu-gcc (tools/arm-test.sh makes both)"

@@ -42,11 +42,12 @@ static inline void dec_i8(const int8_t *c, float scale, int n, float *out) {
     for (int i = 0; i < n; i++) out[i] = scale * (float)c[i];
 }
 static inline void unpack_q4(const uint8_t *c, int n, int8_t *out) {
-    /* n <= PYLUT_KV_BLOCK (out is one block); spelled out in the bound for gcc -O3 on
-     * aarch64, whose vectorized loop otherwise warns of a write past out (-Wstringop-overflow) */
-    for (int i = 0; i < n / 2 && i < PYLUT_KV_BLOCK / 2; i++) {
+    /* n <= PYLUT_KV_BLOCK (out is one block); the clamp lets gcc -O3 on aarch64 see that
+     * i + half stays inside out (it warns -Wstringop-overflow otherwise) */
+    const int half = (n < PYLUT_KV_BLOCK ? n : PYLUT_KV_BLOCK) / 2;
+    for (int i = 0; i < half; i++) {
         out[i] = (int8_t)((c[i] & 15) - 8);
-        out[i + n / 2] = (int8_t)((c[i] >> 4) - 8);
+        out[i + half] = (int8_t)((c[i] >> 4) - 8);
     }
 }
 
