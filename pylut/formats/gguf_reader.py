@@ -274,9 +274,6 @@ class GGUFFile(MappedFile):
         self.tensors = OrderedDict()
         super().close()
 
-    def __enter__(self) -> "GGUFFile":
-        return self
-
     def __repr__(self) -> str:
         return (f"GGUFFile({self.path!r}, version={self.version}, arch={self.architecture!r}, "
                 f"{len(self.metadata)} keys, {len(self.tensors)} tensors)")

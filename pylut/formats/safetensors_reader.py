@@ -188,9 +188,6 @@ class SafetensorsFile(MappedFile):
         self.tensors = OrderedDict()
         super().close()
 
-    def __enter__(self) -> "SafetensorsFile":
-        return self
-
     def __repr__(self) -> str:
         return f"SafetensorsFile({self.path!r}, {len(self.tensors)} tensors)"
 
