@@ -1,0 +1,334 @@
+"""make_arch_zoo.py - the architecture zoo: tiny random models made by transformers, converted
+and quantized by llama.cpp's own tools, with both engines' logits, as test fixtures.
+
+    python3 tools/make_arch_zoo.py [OUT]  [--only NAME ...]   (default tests/fixtures/zoo)
+
+Tool-only (CI reads the committed files and needs none of these):
+    pip install torch==2.13.0 'transformers>=5' llama-cpp-python
+    LLAMA_CPP_DIR=<llama-cpp-python sdist>/vendor/llama.cpp   (its convert_hf_to_gguf.py and
+    gguf-py; default: the first of LLAMA_CPP_DIRS below that exists)
+
+Per entry of ZOO (one HF config + the quant types to write + a prompt), in OUT/<name>/:
+
+    hf/                  the transformers folder (config.json, fp16 model.safetensors,
+                         tokenizer.json, ...), kept when the entry says keep_hf
+    <name>-<TYPE>.gguf   convert_hf_to_gguf.py (F32) -> llama_model_quantize -> TYPE
+    oracle.npz           prompt    int32 [n]          the prompt's ids (the HF tokenizer's)
+                         hf_logits float16 [n, vocab] transformers over the fp16 weights in fp32
+                                   (entries that keep their HF folder)
+                         lcpp_logits_<TYPE> float16 [n, vocab]  llama.cpp, prompt in one batch
+                         lcpp_greedy_<TYPE> int32 [32]          llama.cpp's greedy continuation
+                         lcpp_prompt int32 [m]        llama.cpp's tokenization of the prompt text
+                         meta      JSON: the entry, the tensor types llama.cpp's quantizer chose
+                                   per file (K-quants fall back where a row length is not a
+                                   multiple of 256), versions
+    OUT/manifest.json    every entry's files and sizes (the fixture budget is a few MB in all)
+
+Adding an architecture is a ZOO entry: a config dict for `AutoConfig.for_model(model_type,
+**config)`, the quant types, the tokenizer recipe (TOKENIZERS) and optionally `init`
+(parameter-name suffix -> how to redraw it, so a misread weight shows in the logits).
+K-quant types need every matrix row length (hidden, ffn, q dim) a multiple of 256: give those
+types their own wide entry and keep F16/Q8_0 on a narrow one, which holds the sizes down.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMA_CPP_DIRS = ["/work/llamacpp-src/llama_cpp_python-0.3.36/vendor/llama.cpp"]
+N_GREEDY = 32
+SEED = 1234
+
+# ---------------------------------------------------------------- the prompt and tokenizers
+
+PROMPT = "The quick brown fox jumps over the lazy dog; 12 cats sat on 3 mats. It's 2024, isn't it?"
+
+# the training text of the tiny BPE vocabularies (fixed here so they are reproducible)
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. A lazy dog sleeps in the sun while the fox runs.
+It's a small model, isn't it? We'll see what they've done and what you'd like to try.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 12 42 100 365 1024 2024 3.14159 2.71828 1e-5 -7.
+def add(a, b):
+    return a + b
+
+for i in range(10):
+    print(i * i)  # squares
+class Cat: pass
+Cats sat on mats, dogs sat on logs; the cat and the dog are friends. Hello, world!
+Once upon a time there was a tiny language model that learned to count: one, two, three.
+"""
+
+# pre-tokenizer name (as convert_hf_to_gguf.py writes tokenizer.ggml.pre) -> the split regex
+# llama.cpp's llama-vocab.cpp uses for it (the tokenizer.json form)
+PRE_REGEX = {
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "falcon3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+
+# recipe name -> how the tokenizer is built (see build_tokenizer):
+#   kind "bpe": byte-level BPE split by PRE_REGEX[pre]; the converter writes tokenizer.ggml.pre = pre
+#   kind "spm": SentencePiece-style BPE (Metaspace, byte fallback <0xNN>), converted as a llama vocab
+TOKENIZERS = {
+    "qwen2": dict(kind="bpe", pre="qwen2", vocab=320, bos=None, eos="<|im_end|>",
+                  specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+    "llama-bpe": dict(kind="bpe", pre="llama-bpe", vocab=320, bos="<|begin_of_text|>", eos="<|eot_id|>",
+                      specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                                "<|end_header_id|>", "<|eot_id|>"]),
+    "falcon3": dict(kind="bpe", pre="falcon3", vocab=320, bos=None, eos="<|endoftext|>",
+                    specials=[">>TITLE<<", ">>ABSTRACT<<", "<|pad|>", "<|endoftext|>"]),
+    "spm": dict(kind="spm", vocab=320, bos="<s>", eos="</s>", specials=["<unk>", "<s>", "</s>"]),
+}
+
+
+def _train_bpe(recipe: dict):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE(ignore_merges=recipe["pre"] in ("llama-bpe", "falcon3")))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_REGEX[recipe["pre"]]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=recipe["vocab"], special_tokens=recipe["specials"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([CORPUS] * 4, trainer)
+    return tok
+
+
+def _train_spm(recipe: dict):
+    """Mistral-7B / Llama-2 style: ids 0-2 <unk> <s> </s>, 3-258 the byte pieces, then merges."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    learn = Tokenizer(models.BPE())
+    learn.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    n_merged = recipe["vocab"] - 3 - 256
+    alphabet = sorted(set(CORPUS.replace(" ", "▁").replace("\n", "")) | {"▁"})
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_merged, initial_alphabet=alphabet,
+                                  show_progress=False, limit_alphabet=len(alphabet))
+    learn.train_from_iterator([CORPUS] * 4, trainer)
+    learned = json.loads(learn.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    from tokenizers import AddedToken
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in recipe["specials"]])
+    return tok
+
+
+def build_tokenizer(recipe_name: str, folder: Path):
+    """Train the recipe's vocabulary and save it with transformers (tokenizer.json and
+    tokenizer_config.json); returns the PreTrainedTokenizerFast."""
+    from transformers import PreTrainedTokenizerFast
+    recipe = TOKENIZERS[recipe_name]
+    tok = (_train_bpe if recipe["kind"] == "bpe" else _train_spm)(recipe)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=recipe["bos"], eos_token=recipe["eos"],
+                                   unk_token="<unk>" if recipe["kind"] == "spm" else None,
+                                   add_bos_token=recipe["bos"] is not None and recipe["kind"] == "spm")
+    if recipe.get("chat_template"):
+        fast.chat_template = recipe["chat_template"]
+    fast.save_pretrained(folder)
+    return fast
+
+
+# ---------------------------------------------------------------- the zoo
+
+# narrow: F16/Q8_0 and the transformers comparison; wide: every matrix row a multiple of 256,
+# so llama.cpp's Q4_K/Q2_K quantize them without fallbacks. One wide layer: its 256 x 256
+# matrices are what the fixture budget (a few MB for the whole zoo) pays for.
+NARROW = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-5,
+              initializer_range=0.1)
+WIDE = dict(NARROW, hidden_size=256, intermediate_size=256, num_hidden_layers=1, num_key_value_heads=1,
+            head_dim=64)
+FLOAT_TYPES, K_TYPES = ["F16", "Q8_0"], ["Q4_K", "Q2_K"]
+# norms away from 1 and biases away from 0, so a misread one shows
+DEFAULT_INIT = {"norm.weight": ("one_plus", 0.2), ".bias": ("normal", 0.2)}
+
+ZOO: dict[str, dict] = {
+    "qwen3": dict(model_type="qwen3", config=dict(NARROW, tie_word_embeddings=True),
+                  quants=FLOAT_TYPES, tokenizer="qwen2", keep_hf=True),
+    "qwen3-k": dict(model_type="qwen3", config=dict(WIDE, tie_word_embeddings=True),
+                    quants=K_TYPES, tokenizer="qwen2", keep_hf=False),
+}
+
+
+# ---------------------------------------------------------------- one entry
+
+
+def _llama_cpp_dir() -> Path:
+    for d in [os.environ.get("LLAMA_CPP_DIR")] + LLAMA_CPP_DIRS:
+        if d and (Path(d) / "convert_hf_to_gguf.py").exists():
+            return Path(d)
+    sys.exit("llama.cpp's source tree not found: set LLAMA_CPP_DIR to the llama-cpp-python sdist's "
+             "vendor/llama.cpp")
+
+
+def make_hf(name: str, entry: dict, folder: Path, seed: int):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    tok = build_tokenizer(entry["tokenizer"], folder)
+    vocab = len(tok)
+    config = AutoConfig.for_model(entry["model_type"], vocab_size=vocab, bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id, pad_token_id=None, **entry["config"])
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    init = dict(DEFAULT_INIT, **entry.get("init", {}))
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            for suffix, (how, s) in init.items():
+                if pname.endswith(suffix):
+                    p.copy_((1 if how == "one_plus" else 0) + s * torch.randn_like(p))
+                    break
+    model.to(torch.float16).save_pretrained(folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    return tok
+
+
+def hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return ref(torch.tensor([ids])).logits[0].float().numpy()
+
+
+# Run by convert(): llama.cpp's converter as a script, with its tokenizer detection told the
+# pre-tokenizer the zoo built. convert_hf_to_gguf.py names a BPE pre-tokenizer by hashing the
+# token ids of a test string; a tiny trained vocabulary has no registered hash, so this tool
+# code (not the converter) replaces that lookup with the recipe's name.
+_CONVERT = """
+import runpy, sys
+root, pre, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, root)
+sys.path.insert(1, root + "/gguf-py")
+import conversion.base as base
+if pre:
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+sys.argv = [root + "/convert_hf_to_gguf.py"] + argv
+runpy.run_path(root + "/convert_hf_to_gguf.py", run_name="__main__")
+"""
+
+
+def convert(folder: Path, out: Path, pre: str | None) -> None:
+    root = _llama_cpp_dir()
+    cmd = [sys.executable, "-c", _CONVERT, str(root), pre or "", str(folder), "--outtype", "f32",
+           "--outfile", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"convert_hf_to_gguf.py failed on {folder}:\n{r.stderr[-4000:]}")
+
+
+def quantize(src: Path, dst: Path, type_name: str) -> None:
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"F16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16, "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+                    "Q4_K": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "Q2_K": llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K,
+                    "Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}[type_name]
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0:
+        sys.exit(f"llama_model_quantize({src} -> {type_name}) failed")
+
+
+def tensor_types(path: Path) -> dict[str, str]:
+    sys.path.insert(0, str(_llama_cpp_dir() / "gguf-py"))
+    import gguf
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def llamacpp_run(path: Path, ids: list[int], text: str):
+    """(logits [n, vocab] for the prompt in one batch, N_GREEDY greedy ids, llama.cpp's own
+    tokenization of the prompt text)."""
+    import llama_cpp
+    n_ctx = len(ids) + N_GREEDY + 8
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=2,
+                          logits_all=True, verbose=False)
+    llm.eval(ids)
+    logits = np.array(llm.scores[:len(ids)], dtype=np.float32)
+    greedy = []
+    nxt = int(logits[-1].argmax())
+    for _ in range(N_GREEDY):
+        greedy.append(nxt)
+        llm.eval([nxt])
+        nxt = int(np.asarray(llm.scores[llm.n_tokens - 1]).argmax())
+    lcpp_prompt = llm.tokenize(text.encode(), add_bos=False, special=False)
+    llm.close()
+    return logits, np.asarray(greedy, np.int32), np.asarray(lcpp_prompt, np.int32)
+
+
+def make(out: Path, name: str, seed: int) -> dict:
+    import llama_cpp
+    import torch
+    import transformers
+    entry = ZOO[name]
+    folder = out / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hf = folder / "hf" if entry.get("keep_hf") else tmp / "hf"
+        tok = make_hf(name, entry, hf, seed)
+        ids = tok(entry.get("prompt", PROMPT), add_special_tokens=False)["input_ids"]
+        arrays = {"prompt": np.asarray(ids, np.int32)}
+        if entry.get("keep_hf"):
+            arrays["hf_logits"] = hf_logits(hf, ids).astype(np.float16)
+        f32 = tmp / "f32.gguf"
+        recipe = TOKENIZERS[entry["tokenizer"]]
+        convert(hf, f32, recipe.get("pre"))
+        types = {}
+        for qt in entry["quants"]:
+            path = folder / f"{name}-{qt}.gguf"
+            quantize(f32, path, qt)
+            types[qt] = tensor_types(path)
+            logits, greedy, lcpp_prompt = llamacpp_run(path, ids, entry.get("prompt", PROMPT))
+            arrays[f"lcpp_logits_{qt}"] = logits.astype(np.float16)
+            arrays[f"lcpp_greedy_{qt}"] = greedy
+            arrays["lcpp_prompt"] = lcpp_prompt
+    meta = dict(name=name, entry=entry, seed=seed, tensor_types=types, prompt_text=entry.get("prompt", PROMPT),
+                tokenizer=recipe, versions=dict(transformers=transformers.__version__, torch=torch.__version__,
+                                                llama_cpp_python=llama_cpp.__version__))
+    np.savez_compressed(folder / "oracle.npz", meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    fallbacks = {qt: sorted({v for k, v in t.items() if k.endswith(".weight") and v not in (qt, "F32")})
+                 for qt, t in types.items()}
+    same = np.array_equal(arrays["prompt"], arrays.get("lcpp_prompt", arrays["prompt"]))
+    print(f"{name}: {len(ids)} prompt tokens (llama.cpp's tokenization {'agrees' if same else 'DIFFERS'}), "
+          f"vocab {len(tok)}, {sum(files.values()) / 1024:.0f} KiB; "
+          f"other types chosen by the quantizer: {fallbacks}")
+    return dict(files=files, fallbacks=fallbacks, prompt_tokenization_agrees=bool(same))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", nargs="?", default=str(ROOT / "tests" / "fixtures" / "zoo"))
+    ap.add_argument("--only", nargs="*", default=list(ZOO), choices=list(ZOO))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for name in args.only:
+        manifest[name] = make(out, name, SEED + zlib.crc32(name.encode()) % 10000)  # stable as entries are added
+    manifest = {k: manifest[k] for k in sorted(manifest) if k in ZOO}
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    total = sum(sum(e["files"].values()) for e in manifest.values())
+    print(f"zoo: {len(manifest)} entries, {total / 2**20:.2f} MiB")
+
+
+if __name__ == "__main__":
+    main()
