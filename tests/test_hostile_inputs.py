@@ -109,6 +109,20 @@ def test_non_hex_byte_token_is_a_model_file_error(model_file, tmp_path):
     assert m.tokenizer.token_to_piece(100) == b"<0xZZ>"
 
 
+@pytest.mark.parametrize("item_type,count", [(8, 1 << 40), (9, 1 << 40), (8, (1 << 64) - 1)])
+def test_forged_array_count_in_a_vocab_fails_before_allocating(tmp_path, item_type, count):
+    """A string (or nested) array whose count the file cannot hold is refused up front; the
+    fuzzer found `[None] * count` raising MemoryError first."""
+    from pylut.formats.gguf_meta import read_gguf_metadata
+    key = b"tokenizer.ggml.tokens"
+    body = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+            + struct.pack("<IIQ", 9, item_type, count) + bytes(64))
+    path = tmp_path / "forged-count.gguf"
+    path.write_bytes(body)
+    with pytest.raises(ModelFileError, match="truncated"):
+        read_gguf_metadata(path)
+
+
 # ---------------------------------------------------------------- API arguments
 
 def test_api_size_arguments_are_value_errors(model_file, cache):

@@ -86,7 +86,8 @@ class _Cursor:
 def _read_string_array(cur: _Cursor, count: int) -> list:
     # Hot path: vocabularies have up to ~250k entries. Binding locals and decoding in a
     # tight loop keeps this around 0.1 s for 150k strings.
-    buf, pos, size = cur.buf, cur.pos, cur.size
+    cur._need(8 * count)   # every string takes at least its length field: a forged count
+    buf, pos, size = cur.buf, cur.pos, cur.size   # fails here, before the list is allocated
     unpack_from = struct.unpack_from
     out = [None] * count
     for i in range(count):
@@ -127,6 +128,7 @@ def _read_value(cur: _Cursor, vtype: int, depth: int = 0) -> Any:
         if item_type == _TYPE_STRING:
             return _read_string_array(cur, count)
         if item_type == _TYPE_ARRAY:
+            cur._need(12 * count)   # an inner array takes at least its type and count
             return [_read_value(cur, _TYPE_ARRAY, depth + 1) for _ in range(count)]
         raise ModelFileError(f"{cur.path}: unknown GGUF array element type {item_type}")
     raise ModelFileError(f"{cur.path}: unknown GGUF value type {vtype}")
