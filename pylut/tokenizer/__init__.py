@@ -220,6 +220,9 @@ class Tokenizer:
             self._pair_keys = True
         if model == "bpe" and self.pretokenizer is None:
             self.pretokenizer = PreTokenizer.by_name("gpt-2")
+        # Gemma 4 (llama.cpp): a run of newlines that is itself a token is taken whole.
+        self._whole_newlines = model != "bpe" and pretokenizer is not None and \
+            pretokenizer.name == "gemma4"
         # Splitting SPM text at each run of spaces is exact only when no mergeable piece
         # holds a space after another character; otherwise encode each fragment whole.
         self._spm_chunks = model != "bpe" and not any(
@@ -395,7 +398,10 @@ class Tokenizer:
             if self.add_space_prefix and after_special:
                 text = " " + text
             text = text.replace(" ", SPM_SPACE)
-            words = _SPM_CHUNK.findall(text) if self._spm_chunks else [text]
+            if self.pretokenizer is not None:
+                words = self.pretokenizer.split(text)
+            else:
+                words = _SPM_CHUNK.findall(text) if self._spm_chunks else [text]
             encode_word = self._spm_word
         get = cache.get
         extend = out.extend
@@ -410,6 +416,10 @@ class Tokenizer:
     def _spm_word(self, word: str) -> Tuple[int, ...]:
         ids: List[int] = []
         lookup = self._text_to_id.get
+        if self._whole_newlines and word[:1] == "\n" and not word.strip("\n"):
+            whole = lookup(word)
+            if whole is not None:
+                return (whole,)
         for piece in merge_symbols(list(word), self._priority, self._pair_keys):
             token_id = lookup(piece)
             if token_id is not None:

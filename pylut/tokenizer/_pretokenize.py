@@ -154,6 +154,32 @@ LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 # Qwen2: like Llama 3 but every digit is its own piece.
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
 
+# Qwen3.5: like Qwen2 but combining marks (\p{M}) stay inside the letter run they follow.
+QWEN35 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+          r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# GPT-4o / Llama 4 (o200k): a word is an optional non-letter, upper-case letters, then
+# lower-case ones (or an all-capitals run), with an English contraction glued on; numbers
+# in groups of up to three; '/' glued to the punctuation run. The case-insensitive
+# contractions of the original are spelled out ('[sS]'): Python's re.IGNORECASE would also
+# fold U+017F LATIN SMALL LETTER LONG S into 's'.
+_UPPER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
+_LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_CONTRACTION = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTION}?"
+         rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTION}?"
+         r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Mistral's Tekken (Mistral Nemo, Small 3.x, Ministral): GPT-4o's word shape without the
+# contractions, and every digit its own piece.
+TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
+          r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Gemma 4's BPE runs over whole lines (spaces already escaped to U+2581): only runs of
+# newlines are cut apart from the rest.
+NEWLINES = r"[^\n]+|\n+"
+
 _CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
 
 PRETOKENIZER_RULES: Dict[str, List[str]] = {
@@ -162,6 +188,10 @@ PRETOKENIZER_RULES: Dict[str, List[str]] = {
     "gpt-2": [GPT2],
     "llama-bpe": [LLAMA3],
     "qwen2": [QWEN2],
+    "qwen35": [QWEN35],
+    "gpt-4o": [GPT4O],
+    "tekken": [TEKKEN],
+    "gemma4": [NEWLINES],
     # digits split one by one, then the GPT-2 rule
     "starcoder": [r"\p{N}", GPT2],
     "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"],
@@ -170,16 +200,25 @@ PRETOKENIZER_RULES: Dict[str, List[str]] = {
     "deepseek-coder": [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"],
 }
 
-# Names found in ``tokenizer.ggml.pre`` that share one of the rule sets above.
+# Names found in ``tokenizer.ggml.pre`` that share one of the rule sets above (the
+# grouping of llama.cpp's llama-vocab.cpp).
 PRETOKENIZER_ALIASES: Dict[str, str] = {
     "llama3": "llama-bpe", "llama-v3": "llama-bpe", "falcon3": "llama-bpe",
-    "dbrx": "llama-bpe", "smaug-bpe": "llama-bpe",
-    "stablelm2": "qwen2", "deepseek-r1-qwen": "qwen2", "megrez": "qwen2",
+    "falcon-h1": "llama-bpe", "pixtral": "llama-bpe", "midm-2.0": "llama-bpe",
+    "lfm2": "llama-bpe", "dbrx": "llama-bpe", "smaug-bpe": "llama-bpe",
+    "stablelm2": "qwen2", "deepseek-r1-qwen": "qwen2", "megrez": "qwen2", "kormo": "qwen2",
+    "hunyuan": "qwen2", "solar-open": "qwen2",
+    "llama4": "gpt-4o", "kanana2": "gpt-4o", "minimax-m2": "gpt-4o",
     "gpt2": "gpt-2", "mpt": "gpt-2", "olmo": "gpt-2", "jais": "gpt-2", "phi-2": "gpt-2",
-    "roberta-bpe": "gpt-2", "jina-v2-code": "gpt-2",
+    "roberta-bpe": "gpt-2", "jina-v2-code": "gpt-2", "exaone4": "gpt-2", "trillion": "gpt-2",
     "refact": "starcoder", "smollm": "starcoder", "command-r": "starcoder",
     "codeshell": "starcoder", "exaone": "starcoder", "minerva-7b": "starcoder",
+    "mellum2": "starcoder",
 }
+
+
+def known_pretokenizers() -> List[str]:
+    return sorted(set(PRETOKENIZER_RULES) | set(PRETOKENIZER_ALIASES))
 
 
 class PreTokenizer:
@@ -194,7 +233,10 @@ class PreTokenizer:
     def by_name(cls, name: str) -> "PreTokenizer":
         key = PRETOKENIZER_ALIASES.get(name, name)
         if key not in PRETOKENIZER_RULES:
-            logger.warning("unknown pre-tokenizer %r, falling back to the gpt-2 rules", name)
+            # llama.cpp refuses the file; a wrong split only degrades the text, so we go on
+            # with GPT-2's rules and say so.
+            logger.warning("unknown pre-tokenizer %r: falling back to the gpt-2 rules (known: "
+                           "%s)", name, ", ".join(known_pretokenizers()))
             key = "gpt-2"
         return cls(PRETOKENIZER_RULES[key], key)
 

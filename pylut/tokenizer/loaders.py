@@ -15,8 +15,12 @@ logger = logging.getLogger("pylut")
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 3, 4, 5, 6
 
 # llama.cpp turns on "ignore merges" (a word that is itself a token is taken whole) and a
-# default BOS for the Llama 3 family.
-_LLAMA3_PRE = {"llama3", "llama-v3", "llama-bpe", "falcon3"}
+# default BOS for the Llama 3 family and Mistral's Tekken.
+_LLAMA3_PRE = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
+               "lfm2", "tekken"}
+# Llama 3's vocabulary size and its first special token, to recognise a file whose
+# converter wrote no tokenizer.ggml.pre (BitNet b1.58 2B4T's published GGUF is one).
+_LLAMA3_N_VOCAB, _LLAMA3_BOS = 128256, (128000, "<|begin_of_text|>")
 
 
 def load(cls, path: Path):
@@ -93,7 +97,7 @@ def load_gguf(cls, path: Path, meta: Optional[Dict[str, Any]] = None):
                        opt_int("tokenizer.ggml.eom_token_id")],
         source=str(path),
     )
-    pre = meta.get("tokenizer.ggml.pre", "default")
+    pre = meta.get("tokenizer.ggml.pre")
 
     if model == "llama":
         scores = meta.get("tokenizer.ggml.scores")
@@ -114,12 +118,39 @@ def load_gguf(cls, path: Path, meta: Optional[Dict[str, Any]] = None):
                            "only whole-word tokens can be produced", path)
             merges_raw = []
         merges = [tuple(m.split(" ", 1)) for m in _replace_undecodable(merges_raw)]
+        if pre is None:
+            pre = _guess_missing_pre(path, tokens)
         llama3 = pre in _LLAMA3_PRE
         return cls(tokens, types, model="bpe", merges=merges,
                    pretokenizer=PreTokenizer.by_name(pre), ignore_merges=llama3 or not merges,
                    add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", llama3)), **common)
+    if model == "gemma4":
+        # Gemma 4: BPE over characters (not bytes) with spaces escaped to U+2581 and no
+        # prefix space, merged over whole lines, <0xNN> byte fallback. llama.cpp always
+        # adds BOS for it.
+        merges_raw = meta.get("tokenizer.ggml.merges")
+        if merges_raw is None:
+            raise ValueError(f"{path}: gemma4 vocabulary without tokenizer.ggml.merges")
+        merges = [tuple(m.split(" ", 1)) for m in _replace_undecodable(merges_raw)]
+        return cls(tokens, types, model="bpe-chars", merges=merges,
+                   pretokenizer=PreTokenizer.by_name("gemma4"), add_bos=True,
+                   add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", False)),
+                   **common)
     raise ValueError(f"{path}: unsupported tokenizer.ggml.model {model!r} "
-                     f"(supported: 'llama', 'gpt2')")
+                     f"(supported: 'llama', 'gpt2', 'gemma4')")
+
+
+def _guess_missing_pre(path: Path, tokens: List[str]) -> str:
+    """The pre-tokenizer of a byte-level BPE file that names none. llama.cpp uses its
+    'default' rules; a Llama-3 vocabulary gets Llama 3's, which its text was trained with."""
+    bos_id, bos_text = _LLAMA3_BOS
+    if len(tokens) == _LLAMA3_N_VOCAB or (len(tokens) > bos_id and tokens[bos_id] == bos_text):
+        logger.warning("%s: no tokenizer.ggml.pre; a Llama-3 vocabulary (%d tokens): using "
+                       "the llama-bpe pre-tokenizer", path, len(tokens))
+        return "llama-bpe"
+    logger.warning("%s: no tokenizer.ggml.pre: using llama.cpp's 'default' pre-tokenizer "
+                   "(text may be split differently from the model's training)", path)
+    return "default"
 
 
 def _phi3_rstrip_ids(meta: Dict[str, Any], tokens: List[str], types: List[int]) -> List[int]:
