@@ -53,6 +53,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/model/kv_state.c", "src/model/forward.c",
     "src/baseline/dq8_pack.c", "src/baseline/baseline_scalar.c", "src/baseline/baseline_avx2.c",
     "src/baseline/baseline_neon.c",
+    "src/text/bpe_merge.c",
 ]
 
 # PYLUT_OPT (one of OPT_LEVELS) overrides the optimization level for compiler checks

@@ -5,7 +5,8 @@ activation tables, GEMV/GEMM, the int8 baseline and ISA dispatch.
 One extension, written in parts by concern (msgpack's way): this file holds the shared
 checks, ISA dispatch, the thread pool and the CRC-32C checksum; the parts are included below, each readable
 alone: _attention.pxi (attention, KV codec), _matrices.pxi (QMatrix, Tables, GEMM, int8
-baseline), _model.pxi (Model, Session: the forward pass). The C declarations are all in
+baseline), _model.pxi (Model, Session: the forward pass), _bpe.pxi (the
+tokenizer's BPE merge loop). The C declarations are all in
 cpylut.pxd.
 
 Every argument is checked here (dtype, shape, contiguity) and again by the C side (sizes);
@@ -159,3 +160,4 @@ def crc32c_impl():
 include "_attention.pxi"
 include "_matrices.pxi"
 include "_model.pxi"
+include "_bpe.pxi"

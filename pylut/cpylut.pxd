@@ -208,3 +208,10 @@ cdef extern from "pylut/checksum.h" nogil:
     uint32_t pylut_crc32c(uint32_t crc, const void *buf, size_t n)
     uint32_t pylut_crc32c_scalar(uint32_t crc, const void *buf, size_t n)
     const char *pylut_crc32c_impl()
+
+cdef extern from "pylut/bpe.h" nogil:
+    int pylut_bpe_table_build(const int32_t *left, const int32_t *right, const int32_t *rank,
+                              const int32_t *merged, int64_t m,
+                              uint64_t *keys, int32_t *vals, int64_t cap)
+    int64_t pylut_bpe_merge(int32_t *syms, int64_t n,
+                            const uint64_t *keys, const int32_t *vals, int64_t cap)

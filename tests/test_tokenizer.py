@@ -1,12 +1,17 @@
 """Tests for pylut.tokenizer: llama.cpp golden ids, round trips, special tokens, the
 Hugging Face tokenizer.json path, errors, streaming decode and the GGUF metadata reader.
 
-The real vocabularies live in ../shared/testdata/vocab beside the repository; tests that
-need them skip when it is absent. ``regex`` and ``tokenizers`` serve only as oracles."""
+The real vocabularies live in ../shared/testdata/vocab beside the repository; the rest of
+llama.cpp's (Qwen3.5, Gemma 4, Falcon, StarCoder/SmolLM, ...) in the `models/` folder of
+llama.cpp's source, which the llama-cpp-python sdist on PyPI carries:
+tools/get_llamacpp_vocabs.sh unpacks it and prints the folder to put in PYLUT_LLAMACPP_MODELS.
+Tests whose vocabulary is in neither place skip, naming it. ``regex`` and ``tokenizers`` serve
+only as oracles."""
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import struct
 from pathlib import Path
@@ -18,7 +23,13 @@ from pylut.tokenizer import Tokenizer
 from pylut.tokenizer._pretokenize import PRETOKENIZER_RULES, PreTokenizer
 
 VOCAB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "vocab"
+LLAMACPP_MODELS = Path(os.environ.get("PYLUT_LLAMACPP_MODELS", "/nonexistent"))
 VOCABS = ["llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2"]
+# Every vocabulary with golden ids in llama.cpp's models/ folder that pylut's encoders cover
+# (its bert-bge is WordPiece, which pylut does not load). Case counts: llama.cpp's files.
+LLAMACPP_VOCABS = {"llama-spm": 46, "phi-3": 46, "llama-bpe": 46, "qwen2": 46, "gpt-2": 46,
+                   "qwen35": 50, "gemma-4": 45, "falcon": 46, "starcoder": 46, "refact": 46,
+                   "mpt": 46, "command-r": 46, "deepseek-coder": 46, "deepseek-llm": 46}
 BPE_VOCABS = ["llama-bpe", "qwen2", "gpt-2"]
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -42,12 +53,16 @@ CORPUS = [
 
 
 def vocab_path(name: str) -> Path:
+    for folder in (VOCAB_DIR, LLAMACPP_MODELS):
+        if (folder / f"ggml-vocab-{name}.gguf.out").is_file():
+            return folder / f"ggml-vocab-{name}.gguf"
     return VOCAB_DIR / f"ggml-vocab-{name}.gguf"
 
 
 def golden_cases(name: str):
-    texts = (VOCAB_DIR / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8")
-    lines = (VOCAB_DIR / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")
+    path = vocab_path(name)
+    texts = path.with_name(path.name + ".inp").read_text(encoding="utf-8")
+    lines = path.with_name(path.name + ".out").read_text(encoding="utf-8").split("\n")
     cases = texts.split(SEPARATOR)
     assert cases[-1] == ""  # every case, the last one included, ends with a separator
     cases = cases[:-1]
@@ -66,19 +81,25 @@ def load(name: str) -> Tokenizer:
 # --------------------------------------------------------------------------- golden ids
 
 
-@needs_vocab
-@pytest.mark.parametrize("name", VOCABS)
+def needs_llamacpp_vocab(name: str) -> None:
+    if not vocab_path(name).is_file():
+        pytest.skip(f"ggml-vocab-{name}.gguf is in neither {VOCAB_DIR} nor PYLUT_LLAMACPP_MODELS "
+                    f"(tools/get_llamacpp_vocabs.sh fetches llama.cpp's from PyPI)")
+
+
+@pytest.mark.parametrize("name", sorted(LLAMACPP_VOCABS))
 def test_golden_ids_match_llama_cpp(name):
+    needs_llamacpp_vocab(name)
     tok = load(name)
     cases = golden_cases(name)
-    assert len(cases) == 46
+    assert len(cases) == LLAMACPP_VOCABS[name]
     failures = [(text, want, tok.encode(text)) for text, want in cases if tok.encode(text) != want]
     assert not failures, f"{name}: {len(failures)}/{len(cases)} differ, first: {failures[0]}"
 
 
-@needs_vocab
-@pytest.mark.parametrize("name", VOCABS)
+@pytest.mark.parametrize("name", sorted(LLAMACPP_VOCABS))
 def test_golden_ids_decode_back(name):
+    needs_llamacpp_vocab(name)
     tok = load(name)
     for text, ids in golden_cases(name):
         assert tok.decode(ids) == text
@@ -449,3 +470,64 @@ def test_bpe_gguf_without_merges_still_loads(tmp_path, caplog):
     assert tok.n_vocab == 3 and tok.eot_ids == {2}
     assert tok.decode([0, 1, 2]) == "Hello world"
     assert tok.encode("Hello world") == [0, 1]
+
+
+# --------------------------------------------------------------------------- the C merge loop
+
+
+def _random_merge_case(rng, use_pairs):
+    alphabet = "abcde"
+    strings = set(alphabet)
+    for _ in range(rng.randint(3, 40)):
+        a, b = rng.choice(sorted(strings)), rng.choice(sorted(strings))
+        strings.add(a + b)
+    if use_pairs:  # BPE: pairs with (sometimes repeated) ranks, as a merges list gives
+        pairs = {}
+        for s in sorted(strings, key=len):
+            if len(s) > 1:
+                k = rng.randint(1, len(s) - 1)
+                pairs.setdefault((s[:k], s[k:]), rng.randint(0, 30))
+        priority = pairs
+    else:  # SentencePiece: merged string -> rank, ties allowed
+        priority = {s: rng.randint(0, 20) for s in strings if len(s) > 1}
+    word = "".join(rng.choice(alphabet + "xy") for _ in range(rng.randint(0, 300)))
+    return priority, word
+
+
+@pytest.mark.parametrize("use_pairs", [True, False])
+def test_c_merge_equals_python_reference(use_pairs):
+    """src/text/bpe_merge.c against merge_symbols on random vocabularies and words (ties,
+    characters no merge names, empty and one-symbol words)."""
+    from pylut.tokenizer._merge import MergeTable, merge_symbols
+    rng = random.Random(11 + use_pairs)
+    for _ in range(300):
+        priority, word = _random_merge_case(rng, use_pairs)
+        pieces = merge_symbols(list(word), priority, use_pairs)
+        vocab = {p: i for i, p in enumerate(sorted(set(pieces) | set("abc")))}
+        vocab.pop("a", None)  # a piece that is no token goes to the fallback
+        want = []
+        for p in pieces:
+            want += [vocab[p]] if p in vocab else [-ord(c) for c in p]
+        table = MergeTable(priority, use_pairs, vocab.get)
+        got = table.encode(word, lambda piece, ids: ids.extend(-ord(c) for c in piece))
+        assert got == want, (priority, word)
+
+
+@needs_vocab
+@pytest.mark.parametrize("name", VOCABS)
+def test_long_words_take_the_c_path_with_the_same_ids(name, monkeypatch):
+    """Words past C_MERGE_MIN_CHARS merge in C: the same ids as the Python loop, on real
+    vocabularies, for long runs and long mixed words."""
+    import pylut.tokenizer as tokenizer_module
+    tok = load(name)
+    rng = random.Random(5)
+    words = ["a" * 5000, "ab" * 777, "".join(rng.choice("abcdefgh") for _ in range(3000)),
+             "é" * 300 + "日本" * 100 + "x" * 64, "0123456789" * 40, "🦙" * 70]
+    tok._cache.clear()
+    fast = [tok.encode(w) for w in words]
+    monkeypatch.setattr(tokenizer_module, "C_MERGE_MIN_CHARS", 10 ** 9)
+    tok._cache.clear()
+    slow = [tok.encode(w) for w in words]
+    assert fast == slow
+    for w, ids in zip(words, fast):
+        assert tok.decode(ids) == w

