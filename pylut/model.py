@@ -44,7 +44,8 @@ def load(path, options: Optional[LoadOptions] = None, **settings) -> "Model":
         TQ1_0, ...) keep their own codes and ignore it.
     max_batch : int, default 64
         Most tokens one forward step takes; longer prompts run in chunks of this size.
-    chat_template : {None, 'chatml', 'llama-2', 'llama-3', 'zephyr', 'phi-3'}, default None
+    chat_template : {None, 'chatml', 'llama-2', 'llama-3', 'zephyr', 'phi-3', 'phi-4', 'gemma', 'mistral',
+                     'falcon3'}, default None
         A built-in chat template to use instead of the model's. None uses the file's
         (rendered by Jinja2 when installed, else by the closest built-in).
     cache : bool, default True

@@ -121,7 +121,8 @@ def _add_model_args(p, optional_model=False, threads=True):
                    help="requantize every matrix (fewer bytes per token, lossy: see "
                         "tools/requant_quality.py)")
     p.add_argument("--chat-template", default=None, metavar="NAME",
-                   help="override the model's chat template: chatml, llama-2, llama-3, zephyr, phi-3")
+                   help="override the model's chat template: chatml, llama-2, llama-3, zephyr, phi-3, phi-4, "
+                        "gemma, mistral, falcon3")
     p.add_argument("--kv-type", choices=("f16", "q8", "q4"), default="f16",
                    help="KV cache storage: f16 (default), q8 (int8, 0.53x the memory) or q4 (4-bit, "
                         "0.28x; some quality loss, see tools/bench_attention.py)")
