@@ -592,3 +592,14 @@ def test_llama3_sized_vocab_without_pre_gets_llama_bpe(caplog):
     with caplog.at_level(logging.WARNING, logger="pylut"):
         assert Tokenizer.from_gguf_metadata(gpt2, "small.gguf").pretokenizer.name == "default"
     assert "'default'" in caplog.text
+
+
+@needs_vocab
+def test_spm_without_space_prefix_as_gemma_files_say():
+    """Gemma's GGUFs are SentencePiece with add_space_prefix = false and byte fallback."""
+    meta = dict(read_gguf_metadata(vocab_path("llama-spm")))
+    meta["tokenizer.ggml.add_space_prefix"] = False
+    tok = Tokenizer.from_gguf_metadata(meta, "gemma-like.gguf")
+    assert [tok.token_text(i) for i in tok.encode("Hello world")] == ["Hello", "\u2581world"]
+    assert tok.decode(tok.encode(" Hi  there")) == " Hi  there"
+    assert [tok.token_text(i) for i in tok.encode("🦙")] == ["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]

@@ -89,35 +89,24 @@ class MergeTable:
 
     def __init__(self, priority: Dict, use_pairs: bool,
                  token_of: Callable[[str], Optional[int]]) -> None:
+        # string -> symbol id, in order of first appearance (setdefault's len(ids) is taken
+        # before the insertion, so a new string gets the next id)
         ids: Dict[str, int] = {}
-        strings: List[str] = []
-
-        def sym(s: str) -> int:
-            i = ids.get(s)
-            if i is None:
-                i = ids[s] = len(strings)
-                strings.append(s)
-            return i
-
-        left: List[int] = []
-        right: List[int] = []
-        ranks: List[int] = []
-        merged: List[int] = []
         if use_pairs:  # BPE: (a, b) -> rank, a and b any strings
-            for (a, b), rank in priority.items():
-                left.append(sym(a))
-                right.append(sym(b))
-                ranks.append(rank)
-                merged.append(sym(a + b))
+            pairs = list(priority)
+            ranks = list(priority.values())
         else:  # SentencePiece: a symbol is one character or a piece with a priority
+            pairs, ranks = [], []
             for piece, rank in priority.items():
                 for k in range(1, len(piece)):
                     a, b = piece[:k], piece[k:]
                     if (len(a) == 1 or a in priority) and (len(b) == 1 or b in priority):
-                        left.append(sym(a))
-                        right.append(sym(b))
+                        pairs.append((a, b))
                         ranks.append(rank)
-                        merged.append(sym(piece))
+        left = [ids.setdefault(a, len(ids)) for a, _ in pairs]
+        right = [ids.setdefault(b, len(ids)) for _, b in pairs]
+        merged = [ids.setdefault(a + b, len(ids)) for a, b in pairs]
+        strings = list(ids)
         if ranks and (min(ranks) < 0 or max(ranks) > np.iinfo(np.int32).max):
             raise ValueError("merge priorities must be ranks in int32 range")
         self._keys, self._vals = _core.bpe_table(left, right, ranks, merged)
@@ -125,23 +114,23 @@ class MergeTable:
         self._unknown_base = len(strings)  # id of character c when no merge names it: base + ord(c)
         chars = [(ord(t), i) for i, t in enumerate(strings) if len(t) == 1]
         top = max((c for c, _ in chars), default=0)
-        self._char_sym = np.full(top + 1, -1, np.int64)  # code point -> symbol id, -1: none
+        self._char_sym = np.full(top + 1, -1, np.int32)  # code point -> symbol id, -1: none
         for c, i in chars:
             self._char_sym[c] = i
-        self._sym_token = np.array([-1 if token_of(t) is None else token_of(t) for t in strings]
+        self._sym_token = np.array([-1 if (t := token_of(s)) is None else t for s in strings]
                                    + [-1], np.int64)  # symbol id -> token id, -1: none
         self._token_of = token_of
 
     def encode(self, word: str, fallback: Callable[[str, List[int]], None]) -> List[int]:
         """Token ids of ``word`` merged; a piece that is no token goes to ``fallback(piece,
         ids)``, which appends its byte tokens."""
-        cps = np.frombuffer(word.encode("utf-32-le", "surrogatepass"), np.uint32).astype(np.int64)
-        syms = np.full(len(cps), -1, np.int64)
+        cps = np.frombuffer(word.encode("utf-32-le", "surrogatepass"), np.uint32).view(np.int32)
+        syms = np.full(len(cps), -1, np.int32)  # code points < 0x110000: int32 throughout
         inside = cps < len(self._char_sym)
         syms[inside] = self._char_sym[cps[inside]]
         unknown = syms < 0
         syms[unknown] = self._unknown_base + cps[unknown]
-        out = _core.bpe_merge(syms.astype(np.int32), self._keys, self._vals).astype(np.int64)
+        out = _core.bpe_merge(syms, self._keys, self._vals)
         toks = self._sym_token[np.minimum(out, self._unknown_base)]
         if len(toks) and toks.min() >= 0:
             return toks.tolist()

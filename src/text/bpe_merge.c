@@ -99,11 +99,12 @@ int64_t pylut_bpe_merge(int32_t *syms, int64_t n,
         return PYLUT_EINVAL;
     if (n < 2)
         return n;
-    /* next[n], prev[n]: the linked list of live symbols (-1 ends it); heap: every pair
-     * pushed, at most n - 1 at the start and two per merge after */
+    /* next[n], prev[n]: the linked list of live symbols (-1 ends it); heap[2n]: it starts
+     * with at most n - 1 pairs, and each merge pops one entry and pushes at most two, so it
+     * never holds more than n - 1 + (number of merges) < 2n */
     int32_t *next = malloc((size_t)n * sizeof *next);
     int32_t *prev = malloc((size_t)n * sizeof *prev);
-    heap_t h = {malloc((size_t)(3 * n) * sizeof(uint64_t)), 0};
+    heap_t h = {malloc((size_t)(2 * n) * sizeof(uint64_t)), 0};
     if (!next || !prev || !h.v) {
         free(next); free(prev); free(h.v);
         return PYLUT_ENOMEM;
