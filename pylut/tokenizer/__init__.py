@@ -1,4 +1,5 @@
-"""Text <-> token ids for GGUF and Hugging Face vocabularies, in pure Python.
+"""Text <-> token ids for GGUF and Hugging Face vocabularies, in Python (words of
+C_MERGE_MIN_CHARS or more are merged in C, see _merge.py).
 
 Three encoders are supported:
 
@@ -9,7 +10,9 @@ Three encoders are supported:
   text into words, each word's UTF-8 bytes are mapped to printable characters (the GPT-2
   trick) and merged by *merge rank*.
 * ``bpe-chars`` -- Hugging Face BPE over characters with byte fallback (how Llama-2/Mistral
-  ``tokenizer.json`` files describe a SentencePiece model): SPM escaping, merge-rank order.
+  ``tokenizer.json`` files describe a SentencePiece model, and Gemma 4's GGUF,
+  ``tokenizer.ggml.model = "gemma4"``, split at runs of newlines): SPM escaping, merge-rank
+  order.
 
 Ids match llama.cpp on its golden vocabulary tests. Every word's result is cached, so
 ordinary prose costs about one regex match plus one dict lookup per word.
