@@ -79,9 +79,16 @@ _PROPERTIES: Dict[str, str] = {
 }
 
 
+# The case-insensitive contractions of tokenizer.json files (Llama 3, Qwen, GPT-4o) spelled
+# out: under re.IGNORECASE Python would also fold U+017F LATIN SMALL LETTER LONG S into 's'.
+_CONTRACTIONS_I = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_CONTRACTIONS_SPELLED = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+
+
 def translate_pattern(pattern: str) -> str:
     """Rewrite a PCRE-style pattern with ``\\p{X}``, ``\\s``, ``\\S`` and ``$`` into
     an equivalent pattern for Python's ``re``."""
+    pattern = pattern.replace(_CONTRACTIONS_I, _CONTRACTIONS_SPELLED)
     out: List[str] = []
     in_class = False
     i, n = 0, len(pattern)
