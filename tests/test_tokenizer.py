@@ -603,3 +603,12 @@ def test_spm_without_space_prefix_as_gemma_files_say():
     assert [tok.token_text(i) for i in tok.encode("Hello world")] == ["Hello", "\u2581world"]
     assert tok.decode(tok.encode(" Hi  there")) == " Hi  there"
     assert [tok.token_text(i) for i in tok.encode("🦙")] == ["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]
+
+
+def test_c_merge_table_skips_malformed_merge_lines():
+    from pylut.tokenizer._merge import MergeTable, merge_symbols
+    priority = {("a",): 0, ("a", "b"): 1, ("ab", "ab"): 2}
+    word = "ab" * 40 + "a"
+    vocab = {"ab": 0, "abab": 1, "a": 2}
+    want = [vocab[p] for p in merge_symbols(list(word), priority, True)]
+    assert MergeTable(priority, True, vocab.get).encode(word, lambda p, ids: None) == want

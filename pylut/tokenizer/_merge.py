@@ -92,9 +92,11 @@ class MergeTable:
         # string -> symbol id, in order of first appearance (setdefault's len(ids) is taken
         # before the insertion, so a new string gets the next id)
         ids: Dict[str, int] = {}
-        if use_pairs:  # BPE: (a, b) -> rank, a and b any strings
-            pairs = list(priority)
-            ranks = list(priority.values())
+        if use_pairs:  # BPE: (a, b) -> rank, a and b any strings (a malformed merge line
+            # without its space never matches a pair, in the Python loop either)
+            kept = [(pair, rank) for pair, rank in priority.items() if len(pair) == 2]
+            pairs = [pair for pair, _ in kept]
+            ranks = [rank for _, rank in kept]
         else:  # SentencePiece: a symbol is one character or a piece with a priority
             pairs, ranks = [], []
             for piece, rank in priority.items():
