@@ -4,7 +4,8 @@ Hugging Face tokenizer.json path, errors, streaming decode and the GGUF metadata
 The real vocabularies live in ../shared/testdata/vocab beside the repository; the rest of
 llama.cpp's (Qwen3.5, Gemma 4, Falcon, StarCoder/SmolLM, ...) in the `models/` folder of
 llama.cpp's source, which the llama-cpp-python sdist on PyPI carries:
-tools/get_llamacpp_vocabs.sh unpacks it and prints the folder to put in PYLUT_LLAMACPP_MODELS.
+tools/get_llamacpp_vocabs.sh unpacks it into the user's cache folder, where these tests look
+(or into a folder named by PYLUT_LLAMACPP_MODELS).
 Tests whose vocabulary is in neither place skip, naming it. ``regex`` and ``tokenizers`` serve
 only as oracles."""
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pylut.tokenizer import Tokenizer
 from pylut.tokenizer._pretokenize import PRETOKENIZER_RULES, PreTokenizer
 
 VOCAB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "vocab"
-LLAMACPP_MODELS = Path(os.environ.get("PYLUT_LLAMACPP_MODELS", "/nonexistent"))
+# where tools/get_llamacpp_vocabs.sh unpacks them by default (CI runs it before pytest)
+LLAMACPP_MODELS = Path(os.environ.get("PYLUT_LLAMACPP_MODELS") or Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pylut" / "llama-cpp-python-0.3.36" / "models")
 VOCABS = ["llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2"]
 # Every vocabulary with golden ids in llama.cpp's models/ folder that pylut's encoders cover
 # (its bert-bge is WordPiece, which pylut does not load). Case counts: llama.cpp's files.
