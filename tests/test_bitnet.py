@@ -18,7 +18,7 @@ pytest.importorskip("gguf")
 import gguf  # noqa: E402
 from model_builder import VOCAB_DIR, build_gguf  # noqa: E402
 from ref_forward import forward as ref_forward  # noqa: E402
-from test_model_gguf import (GREEDY_LEN, HIGH_LOGIT_RTOL, assert_within_tolerance,  # noqa: E402
+from test_model_gguf import (GREEDY_LEN, HIGH_LOGIT_RTOL, LOGIT_RTOL, assert_within_tolerance,  # noqa: E402
                              check_forward, dequantized, reference_weights, relative_error)
 
 import pylut  # noqa: E402
@@ -419,3 +419,54 @@ def test_hf_bitnet_bad_input(tmp_path):
             f.write(b"\xff")
     with pytest.raises(ModelFileError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' holds the code 3"):
         load_hf(_copy_folder(src, tmp_path / "code3", tensor_edit=code3))
+
+
+def test_2b4t_checkpoint_as_i2s_gguf_matches_transformers(tmp_path):
+    """The bitnet_2b4t checkpoint written as bitnet.cpp writes 2B4T (I2_S matrices with the
+    scale 1 / weight_scale, F16 embedding, F32 norms): pylut packs the same layers from the
+    file as from the folder, and both follow transformers' logits within LOGIT_RTOL."""
+    from model_builder import _made_up_tokenizer
+    folder = FIXTURES / "bitnet_2b4t"
+    hf = load_hf(folder)
+    cfg = hf.config
+    weights = hf_weights(folder, cfg["n_layers"])
+    path = tmp_path / "2b4t-i2s.gguf"
+    w = gguf.GGUFWriter(str(path), "bitnet-b1.58")
+    _made_up_tokenizer(w, cfg["vocab"])
+    w.add_block_count(cfg["n_layers"])
+    w.add_context_length(cfg["max_ctx"])
+    w.add_embedding_length(cfg["dim"])
+    w.add_feed_forward_length(cfg["ffn_dim"])
+    w.add_head_count(cfg["n_heads"])
+    w.add_head_count_kv(cfg["n_kv_heads"])
+    w.add_layer_norm_rms_eps(cfg["norm_eps"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    for name, value in weights.items():
+        if name == "output":
+            continue
+        if name == "token_embd":
+            w.add_tensor(name + ".weight", value.astype(np.float16))
+        elif value.ndim == 1:
+            w.add_tensor(name + ".weight", value.astype(np.float32))
+        else:
+            scale = np.float32(np.abs(value).max())
+            trits = np.rint(value / scale).astype(np.int8)
+            np.testing.assert_array_equal(trits * scale, value, err_msg=name)
+            w.add_tensor(name + ".weight", quants.encode_i2s(trits, scale).view(np.int8), raw_shape=value.shape,
+                         raw_dtype=36)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    lm, hf = load_gguf(path, bits=8), load_hf(folder, bits=8)
+    assert lm.tensor_types["blk.0.ffn_down"] == "I2_S" and lm.config["ffn_act"] == "relu2"
+    from_gguf, from_folder = dequantized(lm), dequantized(hf)
+    for name, value in from_folder.items():   # the same trits and fp16 scales, the same norms
+        if name.startswith("blk."):
+            np.testing.assert_array_equal(from_gguf[name], value, err_msg=name)
+    tokens = np.load(folder / "tokens.npy")
+    want = np.load(folder / "logits_float_act.npy")
+    for loaded in (lm, hf):   # the embedding at 8 bits (each loader's float quantizer)
+        got = _core.Session(loaded.build(), n_ctx=32).forward(tokens, pylut.get_pool(), all_logits=True)
+        assert relative_error(got, want) <= LOGIT_RTOL

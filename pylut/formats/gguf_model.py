@@ -448,14 +448,14 @@ def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.Q
                                      get("sub_bias_buf"), form[5])
 
 
-def _ternary_one_scale(trits: np.ndarray, scale: float, ternary: str, lossy: set[str],
+def ternary_one_scale(trits: np.ndarray, scale: float, ternary: str, lossy: set[str],
                        core_name: str) -> _core.QMatrix:
     """Trits [m, k] times one scale for the whole matrix (BitNet's ternary floats, I2_S):
     the trits exactly; the scale as the kernels' fp16 (lossy where it is not fp16-exact)."""
     scale = np.float32(scale)
     if np.float32(np.float16(scale)) != scale and core_name not in lossy:
         lossy.add(core_name)
-        log.info("%s: the per-tensor scale %r is rounded to fp16 for the kernel", core_name, float(scale))
+        log.debug("%s: the per-tensor scale %r is rounded to fp16 for the kernel", core_name, float(scale))
     m, k = trits.shape  # one scale per row: any group; B2 takes the largest that divides k
     g = DEFAULT_T3_GROUP if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
     k_pad = -(-k // g) * g
@@ -470,11 +470,11 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
     type_name = info.type_name
     if type_name == quants.I2S_TYPE:  # info.data: the code bytes; the file's scale is in multiplier
         trits = quants.decode_i2s(info.data, info.shape).view(np.int8) - np.int8(1)
-        return _ternary_one_scale(trits, multiplier, ternary, lossy, core_name)
+        return ternary_one_scale(trits, multiplier, ternary, lossy, core_name)
     if type_name in quants.FLOAT_TYPES:
         w = quants.decode_float(info.data, type_name, info.shape)
         if ternary_s is not None:
-            return _ternary_one_scale(np.sign(w).astype(np.int8), ternary_s * multiplier, ternary, lossy, core_name)
+            return ternary_one_scale(np.sign(w).astype(np.int8), ternary_s * multiplier, ternary, lossy, core_name)
         if multiplier != 1.0:
             w = w * np.float32(multiplier)
         return quantize(w, bits=bits, group=group)

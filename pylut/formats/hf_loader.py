@@ -26,7 +26,7 @@ from ..arch import spec as arch_spec
 from ..errors import ModelFileError
 from ..kernels import quantize
 from .gguf_model import (DEFAULT_FLOAT_GROUP, REQUANT, TERNARY_LAYOUTS, LoadedModel, MemorySink, by_rows,
-                         check_config, _ternary_one_scale)
+                         check_config, ternary_one_scale)
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
@@ -281,7 +281,7 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                     t = quantize(trits * np.float32(scale), **requant_args)
                     lossy.add(core)
                 else:
-                    t = _ternary_one_scale(trits, scale, ternary, lossy, core)
+                    t = ternary_one_scale(trits, scale, ternary, lossy, core)
                 del trits
                 out.put(core, t)
                 types[core] = "ternary-U8"

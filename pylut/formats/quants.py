@@ -375,8 +375,8 @@ def decode_i2s(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     blocks = packed.reshape(-1, 1, I2S_BLOCK // 4)                      # [n/128, 1, 32]
     codes = (blocks >> _I2S_SHIFTS[None, :, None]) & np.uint8(3)        # [n/128, 4, 32]
     codes = codes.reshape(n_rows, shape[-1])
-    bad = np.flatnonzero(codes.reshape(-1) == 3)
-    if bad.size:
+    if np.any(packed & (packed >> 1) & np.uint8(0x55)):   # a 2-bit field with both bits set
+        bad = np.flatnonzero(codes.reshape(-1) == 3)
         r, c = divmod(int(bad[0]), shape[-1])
         raise ValueError(f"I2_S code 3 (not a ternary value) at weight [{r}, {c}] and {bad.size - 1} "
                          f"more; the file is corrupt or not in bitnet.cpp's x86 I2_S layout")
