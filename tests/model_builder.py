@@ -81,7 +81,16 @@ def _ternary(rng: np.random.Generator, rows: int, cols: int, std: float) -> np.n
     return (scale * rng.integers(-1, 2, size=(rows, cols))).astype(np.float32)
 
 
-def _encode(w: np.ndarray, tensor_type: str) -> tuple[np.ndarray, GGMLQuantizationType | None]:
+I2S_TYPE_ID = 36   # bitnet.cpp's I2_S; the gguf package does not know it
+
+
+def _encode(w: np.ndarray, tensor_type: str) -> tuple[np.ndarray, GGMLQuantizationType | int | None]:
+    if tensor_type == "I2_S":
+        # trits and the one scale of a ternary matrix (see _ternary), in bitnet.cpp's layout:
+        # written as int8 bytes of a raw type id, so gguf keeps the given shape
+        from pylut.formats.quants import encode_i2s
+        scale = float(np.abs(w).max())
+        return encode_i2s(np.sign(w).astype(np.int8), scale).view(np.int8), I2S_TYPE_ID
     if tensor_type in _FLOAT_DTYPES:
         return w.astype(_FLOAT_DTYPES[tensor_type]), None
     qtype = GGMLQuantizationType[tensor_type]
@@ -131,7 +140,7 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
                residual_gain: float | None = None, rope_theta: float = 10000.0,
                rope_freqs: np.ndarray | None = None, metadata: dict | None = None,
                scale_tensors: bool = False, extra_tensors: dict[str, np.ndarray] | None = None,
-               merges: Iterable[str] = ()) -> dict[str, str]:
+               merges: Iterable[str] = (), truncate_i2s: int = 0, truncate_name: str = "") -> dict[str, str]:
     """Write a random model; returns GGUF tensor name -> type name as written.
 
     tensor_type applies to every matrix (embedding and output included); norms and biases
@@ -145,7 +154,10 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
     ``<matrix>.scale`` beside each layer matrix, an fp16-exact factor in [0.5, 2] that the
     runtime multiplies the product by.
     rope_freqs: written as rope_freqs.weight (F32); metadata: extra keys (str, float or int
-    values), e.g. "llama.rope.scaling.type"."""
+    values), e.g. "llama.rope.scaling.type".
+    tensor_type "I2_S" (bitnet.cpp's, for the bitnets): the ternary matrices in I2_S, the
+    embedding F16 (type_overrides may name another).
+    truncate_i2s: the I2_S tensor truncate_name loses its last truncate_i2s bytes."""
     rng = np.random.default_rng(seed)
     # GPT-2's init: the projections back into the residual stream get 1/sqrt(#branches), so
     # the current token's embedding stays the largest part of the residual (see output.weight)
@@ -185,6 +197,8 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
         """Write a random matrix, or (rows_of) the given encoded rows of another one."""
         rows, cols = shape_overrides.get(name, (rows, cols))
         qtype_name = type_overrides.get(name, tensor_type)
+        if qtype_name == "I2_S" and not ternary:   # the embedding: F16, as bitnet.cpp writes it
+            qtype_name = "F16"
         std = 1.0 if name == "token_embd.weight" else cols ** -0.5
         if name.endswith(("attn_output.weight", "ffn_down.weight")):
             std *= residual_gain
@@ -192,7 +206,7 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
             data, qtype, qtype_name = rows_of
         elif qtype_name in K_QUANTS:
             data, qtype = _random_k_quant(rng, qtype_name, rows, cols, std), GGMLQuantizationType[qtype_name]
-        elif qtype_name in _FLOAT_DTYPES or qtype_name in QUANTIZABLE:
+        elif qtype_name in _FLOAT_DTYPES or qtype_name in QUANTIZABLE or qtype_name == "I2_S":
             w = _ternary(rng, rows, cols, std) if ternary else rng.normal(0, std, (rows, cols)).astype(np.float32)
             data, qtype = _encode(w, qtype_name)
         else:   # a type the loader must refuse: random bytes of the right size
@@ -200,7 +214,11 @@ def build_gguf(path, arch: str, tensor_type: str, vocab_from: str | None = None,
             block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
             data = rng.integers(0, 256, size=(rows, cols // block_elems * block_bytes), dtype=np.uint8)
         if name not in omit:
-            writer.add_tensor(name, data, raw_dtype=qtype)
+            if qtype == I2S_TYPE_ID:
+                data = data[: data.size - truncate_i2s] if name == truncate_name else data
+                writer.add_tensor(name, data, raw_shape=(rows, cols), raw_dtype=qtype)
+            else:
+                writer.add_tensor(name, data, raw_dtype=qtype)
             written[name] = qtype_name
             if scale_tensors and name.startswith("blk."):
                 scale_name = name[: -len(".weight")] + ".scale"

@@ -92,11 +92,12 @@ def relative_error(got, want):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def check_forward(lm, weights, seed=1, prompt=None, split_int8=False):
+def check_forward(lm, weights, seed=1, prompt=None, split_int8=False, layout="gguf"):
     """Prompt logits and greedy decoding vs the reference; returns the measured figures:
     (prompt logit error, prompt argmax agreement, decode logit error, greedy prefix).
     prompt: PROMPT_LEN token ids (default: random ones). split_int8: the session of
-    precision='high' (two-part int8 activations in every step)."""
+    precision='high' (two-part int8 activations in every step). layout: ref_forward's (a
+    Hugging Face folder's q/k rows are "hf")."""
     cfg = lm.config
     if prompt is None:
         prompt = np.random.default_rng(seed).integers(0, cfg["vocab"], PROMPT_LEN)
@@ -105,7 +106,7 @@ def check_forward(lm, weights, seed=1, prompt=None, split_int8=False):
     assert session.split_int8 == split_int8
     pool = pylut.get_pool()
     logits = session.forward(prompt, pool, all_logits=True)
-    ref = ref_forward(cfg, weights, prompt)
+    ref = ref_forward(cfg, weights, prompt, layout=layout)
     agree = float((logits.argmax(1) == ref.argmax(1)).mean())
 
     # greedy decoding one token at a time on the KV cache
@@ -116,13 +117,13 @@ def check_forward(lm, weights, seed=1, prompt=None, split_int8=False):
         generated.append(int(step_logits[-1].argmax()))
     # the reference reads the C sequence in one pass: its choice at each step, and the logits
     sequence = np.concatenate([prompt, generated])
-    ref_steps = ref_forward(cfg, weights, sequence[:-1])[PROMPT_LEN - 1:]
+    ref_steps = ref_forward(cfg, weights, sequence[:-1], layout=layout)[PROMPT_LEN - 1:]
     mismatch = np.flatnonzero(ref_steps.argmax(1) != np.asarray(generated))
     prefix = int(mismatch[0]) if mismatch.size else GREEDY_LEN
     if prefix < GREEDY_LEN:   # the reference's own continuation, for the log
         ref_seq = list(sequence[:PROMPT_LEN + prefix])
         while len(ref_seq) < PROMPT_LEN + GREEDY_LEN:
-            ref_seq.append(int(ref_forward(cfg, weights, ref_seq)[-1].argmax()))
+            ref_seq.append(int(ref_forward(cfg, weights, ref_seq, layout=layout)[-1].argmax()))
         log.info("greedy diverges at token %d: C %s vs reference %s", prefix,
                  generated[prefix:], ref_seq[PROMPT_LEN + prefix:])
     return (relative_error(logits, ref), agree,

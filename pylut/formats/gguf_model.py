@@ -10,7 +10,8 @@ Matrices become packed ``QMatrix`` objects:
   fp16: lossless for the legacy types, rounded for most K-quant groups (those tensors are
   listed in ``LoadedModel.lossy``).
 * ternary TQ1_0/TQ2_0: the trits are packed densely as T3 (1.67 bits/weight) with the
-  file's fp16 scale per 256-weight block: exact.
+  file's fp16 scale per 256-weight block: exact. bitnet.cpp's I2_S: the trits exactly, with
+  its one float32 scale per tensor as fp16 (exact where the scale is fp16-representable).
 * F32/F16/BF16: ternary-valued matrices (what llama.cpp's BitNet converter writes) go to T3
   exactly; any other float matrix is quantized round-to-nearest with ``pylut.quantize``.
 
@@ -44,6 +45,7 @@ from ..kernels import quantize
 log = logging.getLogger("pylut")
 
 SUPPORTED_ARCHS = tuple(archs.ARCHS)   # how each one computes: pylut/arch.py
+MATRIX_TYPES = quants.SUPPORTED_TYPES + (quants.I2S_TYPE,)
 DEFAULT_FLOAT_GROUP = 128
 DEFAULT_T3_GROUP = 192  # 64 triples: no padding
 TERNARY_LAYOUTS = ("t3", "b2")  # dense 1.67-bit packing, or two bit planes (codes 0..2, zero 1)
@@ -446,23 +448,33 @@ def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.Q
                                      get("sub_bias_buf"), form[5])
 
 
+def ternary_one_scale(trits: np.ndarray, scale: float, ternary: str, lossy: set[str],
+                       core_name: str) -> _core.QMatrix:
+    """Trits [m, k] times one scale for the whole matrix (BitNet's ternary floats, I2_S):
+    the trits exactly; the scale as the kernels' fp16 (lossy where it is not fp16-exact)."""
+    scale = np.float32(scale)
+    if np.float32(np.float16(scale)) != scale and core_name not in lossy:
+        lossy.add(core_name)
+        log.debug("%s: the per-tensor scale %r is rounded to fp16 for the kernel", core_name, float(scale))
+    m, k = trits.shape  # one scale per row: any group; B2 takes the largest that divides k
+    g = DEFAULT_T3_GROUP if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
+    k_pad = -(-k // g) * g
+    return _ternary(trits, np.full((m, k_pad // g), scale, np.float32), g, ternary)
+
+
 def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
             lossy: set[str], core_name: str, ternary_s: float | None = None, ternary: str = "t3"):
     """One GGUF matrix (or rows of one) -> QMatrix; multiplier folds a separate per-tensor
     scale in. ternary_s: for float types, the magnitude when the matrix is ternary.
     ternary: the layout of ternary matrices (TERNARY_LAYOUTS)."""
     type_name = info.type_name
+    if type_name == quants.I2S_TYPE:  # info.data: the code bytes; the file's scale is in multiplier
+        trits = quants.decode_i2s(info.data, info.shape).view(np.int8) - np.int8(1)
+        return ternary_one_scale(trits, multiplier, ternary, lossy, core_name)
     if type_name in quants.FLOAT_TYPES:
         w = quants.decode_float(info.data, type_name, info.shape)
         if ternary_s is not None:
-            trits, s = np.sign(w).astype(np.int8), ternary_s
-            scale = np.float32(s * multiplier)
-            if np.float32(np.float16(scale)) != scale:
-                lossy.add(core_name)
-            k = w.shape[1]  # one scale per row: any group; B2 takes the largest that divides k
-            g = DEFAULT_T3_GROUP if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
-            k_pad = -(-w.shape[1] // g) * g
-            return _ternary(trits, np.full((w.shape[0], k_pad // g), scale, np.float32), g, ternary)
+            return ternary_one_scale(np.sign(w).astype(np.int8), ternary_s * multiplier, ternary, lossy, core_name)
         if multiplier != 1.0:
             w = w * np.float32(multiplier)
         return quantize(w, bits=bits, group=group)
@@ -500,11 +512,23 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
 def _convert_matrix(f: GGUFFile, info: TensorInfo, bits: int, group: int, multiplier: float,
                     requant: str | None, lossy: set[str], core_name: str, ternary: str = "t3") -> _core.QMatrix:
     """_matrix (or requant's quantize) by row pieces, dropping source pages as it goes."""
+    whole = False
+    if info.type_name == quants.I2S_TYPE:
+        # the codes go by row pieces like a block type's (rows are whole 128-weight blocks
+        # when the row length is a multiple of 128; otherwise the tensor converts whole), and
+        # the one float32 scale after them becomes the multiplier
+        codes, scale = quants.i2s_split(info.data, info.shape)
+        multiplier *= scale
+        info = dataclasses.replace(info, data=codes, nbytes=codes.size)
+        whole = info.shape[-1] % quants.I2S_BLOCK != 0
     if requant is not None:
         lossy.add(core_name)
 
         def convert(part):
-            w = quants.dequantize(part.data, part.type_name, part.shape) * np.float32(multiplier)
+            if part.type_name == quants.I2S_TYPE:
+                w = (quants.decode_i2s(part.data, part.shape).view(np.int8) - np.int8(1)) * np.float32(multiplier)
+            else:
+                w = quants.dequantize(part.data, part.type_name, part.shape) * np.float32(multiplier)
             return quantize(w, **REQUANT[requant])
     else:
         ternary_s = None
@@ -513,7 +537,7 @@ def _convert_matrix(f: GGUFFile, info: TensorInfo, bits: int, group: int, multip
 
         def convert(part):
             return _matrix(part, bits, group, multiplier, lossy, core_name, ternary_s, ternary)
-    q = by_rows(info, convert, f.drop_pages)
+    q = None if whole else by_rows(info, convert, f.drop_pages)
     return convert(info) if q is None else q
 
 
@@ -605,10 +629,10 @@ def load_gguf(source, bits: int = 4, group: int | None = None, requant: str | No
             if tuple(info.shape) != spec.shape:
                 raise _fail(path, f"tensor {spec.gguf_name!r} has shape {tuple(info.shape)}, "
                                   f"expected {spec.shape} from the hyperparameters")
-            if spec.matrix and info.type_name not in quants.SUPPORTED_TYPES:
+            if spec.matrix and info.type_name not in MATRIX_TYPES:
                 raise _fail(path, f"tensor {spec.gguf_name!r} has type {info.type_name}, which "
                                   f"pylut cannot load; supported matrix types: "
-                                  f"{', '.join(quants.SUPPORTED_TYPES)}")
+                                  f"{', '.join(MATRIX_TYPES)}")
             if not spec.matrix and info.type_name not in quants.SUPPORTED_TYPES:
                 raise _fail(path, f"tensor {spec.gguf_name!r} has unsupported type {info.type_name}")
 

@@ -84,6 +84,10 @@ GGML_TYPES: Dict[int, Tuple[str, int, int]] = {
     41: ("Q1_0", 128, 18),
 }
 GGML_TYPE_IDS: Dict[str, int] = {name: type_id for type_id, (name, _, _) in GGML_TYPES.items()}
+# bitnet.cpp's I2_S is not a block type: one float32 scale per tensor follows its codes, so a
+# tensor of n weights spans n/4 + 32 bytes (formats.quants, "I2_S"). Upstream ggml reused the
+# id for a removed type, so only bitnet.cpp's files carry it.
+I2S_TYPE_ID = 36
 
 # metadata value type id -> (struct format, numpy dtype) for fixed-size scalars
 _SCALAR_VALUE_TYPES = {
@@ -119,8 +123,10 @@ def ggml_type_info(type_name: str) -> Tuple[int, int]:
 
 def tensor_nbytes(type_name: str, shape: Tuple[int, ...]) -> int:
     """Bytes taken by a tensor of ``shape`` (numpy order) stored as ``type_name``."""
-    block_elems, block_bytes = ggml_type_info(type_name)
     n_elements = int(np.prod(shape, dtype=object)) if shape else 1
+    if type_name == "I2_S":
+        return n_elements // 4 + 32
+    block_elems, block_bytes = ggml_type_info(type_name)
     return n_elements // block_elems * block_bytes
 
 
@@ -409,21 +415,28 @@ class GGUFFile(MappedFile):
         for name, shape, ggml_type, rel_offset in infos:
             if name in self.tensors:
                 raise self._error(f"duplicate tensor name {name!r}", "the file is corrupt; re-convert it")
-            if ggml_type not in GGML_TYPES:
+            if ggml_type not in GGML_TYPES and ggml_type != I2S_TYPE_ID:
                 raise self._error(f"tensor {name!r} has unknown ggml type id {ggml_type}",
                                   "the type may be a removed legacy format (re-convert the model "
                                   "with a current llama.cpp) or the file is corrupt")
-            type_name, block_elems, block_bytes = GGML_TYPES[ggml_type]
             n_elements = 1
             for dim in shape:
                 n_elements *= dim
-            row = shape[-1] if shape else 1
-            if row % block_elems or n_elements % block_elems:
-                raise self._error(f"tensor {name!r} of type {type_name} has shape {shape}: the "
-                                  f"row length {row} (element count {n_elements}) is not a "
-                                  f"multiple of the block size {block_elems}",
-                                  "the file is corrupt or was written by a broken converter")
-            nbytes = n_elements // block_elems * block_bytes
+            if ggml_type == I2S_TYPE_ID:
+                if n_elements % 128:
+                    raise self._error(f"tensor {name!r} of type I2_S has shape {shape}: its "
+                                      f"{n_elements} weights are not whole blocks of 128",
+                                      "the file is corrupt or was written by a broken converter")
+                type_name, nbytes = "I2_S", tensor_nbytes("I2_S", shape)
+            else:
+                type_name, block_elems, block_bytes = GGML_TYPES[ggml_type]
+                row = shape[-1] if shape else 1
+                if row % block_elems or n_elements % block_elems:
+                    raise self._error(f"tensor {name!r} of type {type_name} has shape {shape}: the "
+                                      f"row length {row} (element count {n_elements}) is not a "
+                                      f"multiple of the block size {block_elems}",
+                                      "the file is corrupt or was written by a broken converter")
+                nbytes = n_elements // block_elems * block_bytes
             if rel_offset % self.alignment:
                 raise self._error(f"tensor {name!r} data offset {rel_offset} is not a multiple "
                                   f"of the alignment {self.alignment}", "the file is corrupt")

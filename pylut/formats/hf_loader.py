@@ -7,6 +7,9 @@ architecture here rotates (i, i + head_dim/2) pairs. Norm weights and biases sta
 
 GPTQ checkpoints (quantization_config.quant_method "gptq") keep their codes and scales
 (pylut.formats.gptq); their embedding, norms and usually lm_head are float and take the float path.
+BitNet checkpoints (quant_method "bitnet": BitNetForCausalLM, i.e. BitNet b1.58 2B4T with
+ReLU^2 and sub-norms, and llama folders such as Falcon3-*-1.58bit) keep their packed trits
+(pylut.formats.hf_bitnet) exactly, packed as T3 or B2 like a GGUF's ternary matrices.
 """
 from __future__ import annotations
 
@@ -17,21 +20,33 @@ import time
 
 import numpy as np
 
-from . import gptq
+from . import gptq, hf_bitnet
 from .. import rope
 from ..arch import spec as arch_spec
 from ..errors import ModelFileError
 from ..kernels import quantize
-from .gguf_model import DEFAULT_FLOAT_GROUP, REQUANT, LoadedModel, MemorySink, by_rows, check_config
+from .gguf_model import (DEFAULT_FLOAT_GROUP, REQUANT, TERNARY_LAYOUTS, LoadedModel, MemorySink, by_rows,
+                         check_config, ternary_one_scale)
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
 
-ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+         "BitNetForCausalLM": "bitnet-b1.58"}
 
 
 def is_hf_folder(path) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+
+
+def may_hold_ternary(path) -> bool:
+    """Whether a folder is a BitNet checkpoint (packed ternary matrices): its config says so."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            qc = json.load(f).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return False  # load_hf reports the problem
+    return isinstance(qc, dict) and qc.get("quant_method") == "bitnet"
 
 
 # ---------------------------------------------------------------- config.json
@@ -59,6 +74,8 @@ _UNSUPPORTED = {
     "norm_eps": (None,),
 }
 _SILU = ("silu", "swish")
+# hidden_act each architecture's MLP computes (pylut/arch.py's ffn_act)
+_ACTS = {"silu": _SILU, "relu2": ("relu2",)}
 
 
 def _read_json(cfg_path: str) -> dict:
@@ -106,7 +123,7 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
     return max_ctx
 
 
-def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
+def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQuant | None]:
     """Hyperparameters from config.json. Every key that sets a quantity pylut computes with is
     read, or refused with its name; a default stands only where the config says nothing."""
     cfg_path = os.path.join(path, "config.json")
@@ -118,14 +135,18 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
                              f"supported: {', '.join(sorted(ARCHS))}")
     arch = ARCHS[hf_arch]
     qc = gptq.quantization_config(path, hf)
-    quant = gptq.parse_config(qc, cfg_path) if qc else None
+    if isinstance(qc, dict) and qc.get("quant_method") == "bitnet":
+        quant = hf_bitnet.parse_config(qc, cfg_path)
+    else:
+        quant = gptq.parse_config(qc, cfg_path) if qc else None
     for key, neutral in _UNSUPPORTED.items():
         if key in hf and hf[key] not in neutral:
             raise ModelFileError(f"{cfg_path}: {key} = {hf[key]!r} is not supported by pylut's "
                                  f"{arch} block (it computes no such quantity)")
-    act = hf.get("hidden_act", "silu")
-    if act not in _SILU:
-        raise ModelFileError(f"{cfg_path}: hidden_act = {act!r} is not supported (the MLP is SiLU-gated)")
+    act, ffn_act = hf.get("hidden_act", "silu"), arch_spec(arch).ffn_act
+    if act not in _ACTS[ffn_act]:
+        raise ModelFileError(f"{cfg_path}: hidden_act = {act!r} is not supported ({hf_arch}'s MLP is "
+                             f"{ffn_act}-gated in pylut)")
     try:
         dim, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
         n_layers = int(hf["num_hidden_layers"])
@@ -135,7 +156,7 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
                    head_dim=head_dim, ffn_dim=int(hf["intermediate_size"]),
                    vocab=int(hf["vocab_size"]), max_ctx=int(hf.get("max_position_embeddings", 4096)),
                    norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_neox=True,
-                   ffn_act=arch_spec(arch).ffn_act)
+                   ffn_act=ffn_act)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
     if "max_position_embeddings" not in hf:
@@ -151,8 +172,8 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
     bias = hf.get("attention_bias", False)
     if not isinstance(bias, bool):
         raise ModelFileError(f"{cfg_path}: attention_bias = {bias!r} should be true or false")
-    if bias and hf_arch == "MistralForCausalLM":
-        raise ModelFileError(f"{cfg_path}: attention_bias = true, but MistralForCausalLM has no attention "
+    if bias and hf_arch in ("MistralForCausalLM", "BitNetForCausalLM"):
+        raise ModelFileError(f"{cfg_path}: attention_bias = true, but {hf_arch} has no attention "
                              f"biases; pylut will not guess whether they apply")
     cfg["attention_bias"] = arch == "qwen2" or bias
     tied = hf.get("tie_word_embeddings", False)
@@ -190,6 +211,9 @@ def _wanted(cfg: dict, tied: bool) -> dict:
             p + "ffn_up": (h + "mlp.up_proj.weight", (ffn, d), True, True),
             p + "ffn_down": (h + "mlp.down_proj.weight", (d, ffn), True, True),
         })
+        if arch_spec(cfg["arch"]).sub_norms:  # BitNet: RMSNorm before o_proj and before down_proj
+            want[p + "attn_sub_norm"] = (h + "self_attn.attn_sub_norm.weight", (qd,), False, True)
+            want[p + "ffn_sub_norm"] = (h + "mlp.ffn_sub_norm.weight", (ffn,), False, True)
         # qwen2 always has q/k/v biases; llama checkpoints with attention_bias do too
         for x, n in (("q", qd), ("k", kvd), ("v", kvd)):
             want[p + f"attn_{x}.bias"] = (h + f"self_attn.{x}_proj.bias", (n,), False, cfg["attention_bias"])
@@ -206,14 +230,20 @@ def _no_bias(st, base: str, path: str) -> None:
 
 
 def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
-            sink=None) -> LoadedModel:
+            sink=None, ternary: str = "t3") -> LoadedModel:
     """Read a Hugging Face llama / mistral / qwen2 folder. Float matrices are quantized to
     `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group; GPTQ
     matrices keep the checkpoint's codes and scales (see pylut.formats.gptq) unless `requant` is given.
-    sink: where each converted tensor goes, as for ``gguf_model.load_gguf``."""
+    sink: where each converted tensor goes, as for ``gguf_model.load_gguf``.
+    ternary: how BitNet checkpoints' packed ternary matrices are packed ('t3' or 'b2', both
+    exact; see load_gguf)."""
+    if ternary not in TERNARY_LAYOUTS:
+        raise ValueError(f"ternary must be one of {', '.join(TERNARY_LAYOUTS)}, got {ternary!r}")
     path = os.fspath(path)
     start = time.perf_counter()
     cfg, tied, quant = _config(path)
+    bitnet = quant if isinstance(quant, hf_bitnet.BitNetQuant) else None
+    quant = None if bitnet else quant
     requant_args = REQUANT[requant] if requant else None
     qargs = requant_args or dict(bits=bits, group=group or DEFAULT_FLOAT_GROUP, mode="zp")
     memory = MemorySink() if sink is None else None
@@ -244,6 +274,22 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                     odd_zero.append(core)
                 n_params += shape[0] * shape[1]
                 del c
+                continue
+            if bitnet is not None and matrix and core.startswith("blk.") and hf_bitnet.is_packed(st, base, bitnet):
+                trits, scale = hf_bitnet.load_matrix(st, base, shape, bitnet, path)
+                if requant_args:
+                    t = quantize(trits * np.float32(scale), **requant_args)
+                    lossy.add(core)
+                else:
+                    t = ternary_one_scale(trits, scale, ternary, lossy, core)
+                del trits
+                out.put(core, t)
+                types[core] = "ternary-U8"
+                packed_bytes += t.nbytes
+                matrix_params += shape[0] * shape[1]
+                n_params += shape[0] * shape[1]
+                del t
+                st.drop_pages(name)
                 continue
             if name not in st:
                 if not required:
@@ -295,5 +341,6 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
     loaded.load_seconds = time.perf_counter() - start
     log.info("%s: %s, %d layers, dim %d, %.1fM params%s, %d lossy matrices, loaded in %.2f s", path,
              cfg["arch"], cfg["n_layers"], cfg["dim"], n_params / 1e6,
-             f", GPTQ {quant.bits}-bit" if quant else "", len(lossy), loaded.load_seconds)
+             f", GPTQ {quant.bits}-bit" if quant else ", packed ternary" if bitnet else "", len(lossy),
+             loaded.load_seconds)
     return loaded

@@ -16,7 +16,7 @@ from ..tokenizer import Tokenizer
 from . import packcache
 from .gguf_model import LoadedModel, load_gguf
 from .gguf_reader import GGUF_MAGIC, GGUFFile
-from .hf_loader import load_hf
+from .hf_loader import load_hf, may_hold_ternary as hf_may_hold_ternary
 
 log = logging.getLogger("pylut")
 
@@ -55,8 +55,10 @@ def open_model(path, options: LoadOptions) -> Tuple[LoadedModel, Tokenizer]:
         return _open_gguf(path, options)
     if kind == "hf":
         pack = dict(bits=options.bits, requant=options.requant)
-        loaded = packcache.load_or_build(path, lambda sink: load_hf(path, sink=sink, **pack),
-                                         use_cache=options.cache, **pack)
+        # BitNet checkpoints' ternary matrices take the ternary layout (part of the cache key)
+        key = dict(pack, ternary=options.ternary_layout()) if hf_may_hold_ternary(path) else pack
+        loaded = packcache.load_or_build(path, lambda sink: load_hf(path, sink=sink, **key),
+                                         use_cache=options.cache, **key)
         return loaded, read_tokenizer(path)
     return _open_pack(path)
 
@@ -76,9 +78,10 @@ def read_tokenizer(path: str, metadata=None) -> Tokenizer:
 
 
 def may_hold_ternary(f: GGUFFile) -> bool:
-    """Whether a GGUF file can hold matrices the loader packs as ternary: TQ1_0/TQ2_0
+    """Whether a GGUF file can hold matrices the loader packs as ternary: TQ1_0/TQ2_0/I2_S
     tensors, or a BitNet file (its converter writes ternary weights as floats)."""
-    return f.architecture in TERNARY_ARCHS or any(t.type_name in ("TQ1_0", "TQ2_0") for t in f.tensors.values())
+    return f.architecture in TERNARY_ARCHS or any(t.type_name in ("TQ1_0", "TQ2_0", "I2_S")
+                                                  for t in f.tensors.values())
 
 
 def _open_gguf(path: str, options: LoadOptions):

@@ -328,6 +328,71 @@ def decode_codes(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> Quant
                       ternary=ternary, type_name=type_name)
 
 
+# ---------------------------------------------------------------------- I2_S (bitnet.cpp)
+# bitnet.cpp's ternary type (GGUF type id 36; upstream ggml reused the id). Not a block type
+# of the ggml table: the whole tensor, flattened row-major, is cut into blocks of 128 weights
+# -> 32 bytes, byte j of a block holding weight j in bits 7-6, j+32 in bits 5-4, j+64 in 3-2
+# and j+96 in 1-0; the 2-bit code c means the trit c - 1 (3 is never written). After the
+# n/4 code bytes come one little-endian float32, the per-tensor scale, and padding: the
+# tensor spans n/4 + 32 bytes. weight = scale * (code - 1). This is the x86 layout, the one
+# published files use; bitnet.cpp's ARM builds (since Nov 2025) pack 64 weights per 16 bytes
+# instead, which nothing marks in the file, so such a file reads as wrong weights.
+I2S_TYPE = "I2_S"
+I2S_BLOCK = 128                 # weights per block
+I2S_TAIL = 32                   # bytes after the codes: the float32 scale, then padding
+_I2S_SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8)   # bits of weight j, j+32, j+64, j+96
+
+
+def i2s_nbytes(n_elements: int) -> int:
+    """Bytes an I2_S tensor of n_elements spans in the file (codes, scale, padding)."""
+    return n_elements // 4 + I2S_TAIL
+
+
+def i2s_split(raw: np.ndarray, shape: Sequence[int]) -> Tuple[np.ndarray, float]:
+    """An I2_S tensor's bytes -> (the n/4 code bytes, a view; the float32 scale)."""
+    n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    if n % I2S_BLOCK:
+        raise ValueError(f"I2_S holds whole blocks of {I2S_BLOCK} weights; shape {tuple(shape)} has {n}")
+    raw = np.asarray(raw).reshape(-1)
+    if raw.dtype != np.uint8 or raw.size != i2s_nbytes(n):
+        raise ValueError(f"I2_S tensor of shape {tuple(shape)} spans {i2s_nbytes(n)} bytes, got {raw.size}")
+    scale = float(np.ascontiguousarray(raw[n // 4: n // 4 + 4]).view("<f4")[0])
+    if not np.isfinite(scale):
+        raise ValueError(f"I2_S scale is {scale}")
+    return raw[: n // 4], scale
+
+
+def decode_i2s(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """I2_S code bytes (i2s_split's first part, or whole 128-weight blocks of it) of a
+    tensor of `shape` -> codes uint8 [M, K] in 0..2 (trit + 1). Code 3 is refused."""
+    shape = tuple(int(s) for s in shape)
+    n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    n = n_rows * shape[-1]
+    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    if n % I2S_BLOCK or packed.size != n // 4:
+        raise ValueError(f"I2_S codes of shape {shape} need {n // 4} bytes in whole blocks of "
+                         f"{I2S_BLOCK} weights, got {packed.size}")
+    blocks = packed.reshape(-1, 1, I2S_BLOCK // 4)                      # [n/128, 1, 32]
+    codes = (blocks >> _I2S_SHIFTS[None, :, None]) & np.uint8(3)        # [n/128, 4, 32]
+    codes = codes.reshape(n_rows, shape[-1])
+    if np.any(packed & (packed >> 1) & np.uint8(0x55)):   # a 2-bit field with both bits set
+        bad = np.flatnonzero(codes.reshape(-1) == 3)
+        r, c = divmod(int(bad[0]), shape[-1])
+        raise ValueError(f"I2_S code 3 (not a ternary value) at weight [{r}, {c}] and {bad.size - 1} "
+                         f"more; the file is corrupt or not in bitnet.cpp's x86 I2_S layout")
+    return codes
+
+
+def encode_i2s(trits: np.ndarray, scale: float) -> np.ndarray:
+    """trits int8 [M, K] in {-1, 0, 1} (M*K a multiple of 128) -> the n/4 + 32 bytes of an
+    I2_S tensor (the inverse of decode_i2s and i2s_split; used to write test files)."""
+    codes = (np.asarray(trits, np.int8).reshape(-1, 4, I2S_BLOCK // 4) + 1).astype(np.uint8)
+    packed = np.bitwise_or.reduce(codes << _I2S_SHIFTS[None, :, None], axis=1).reshape(-1)
+    tail = np.zeros(I2S_TAIL, np.uint8)
+    tail[:4] = np.array([scale], "<f4").view(np.uint8)
+    return np.concatenate([packed, tail])
+
+
 def _affine_to_float32(codes: np.ndarray, scale: np.ndarray, bias: np.ndarray,
                        group: int) -> np.ndarray:
     # Plain float32 is exact here (see module docstring); rows are processed in chunks to
@@ -345,7 +410,11 @@ def _affine_to_float32(codes: np.ndarray, scale: np.ndarray, bias: np.ndarray,
 
 
 def dequantize(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> np.ndarray:
-    """Any supported type -> float32 array of ``shape``."""
+    """Any supported type (and I2_S) -> float32 array of ``shape``."""
+    if type_name == I2S_TYPE:
+        packed, scale = i2s_split(raw, shape)
+        trits = decode_i2s(packed, shape).view(np.int8) - np.int8(1)
+        return (trits * np.float32(scale)).reshape(tuple(int(s) for s in shape))
     if type_name in FLOAT_TYPES:
         return np.array(decode_float(raw, type_name, shape), dtype=np.float32, copy=True)
     q = decode_codes(raw, type_name, shape)
