@@ -165,8 +165,8 @@ def write_model(path, kind, shape, weights, vocab_meta, embd, embd_q6k):
     if kind == "I2_S-f16emb":
         w.add_tensor("token_embd.weight", embd.astype(np.float16))
     else:
-        w.add_tensor("token_embd.weight", embd_q6k, raw_shape=embd.shape,
-                     raw_dtype=gguf.GGMLQuantizationType.Q6_K)
+        # (rows, bytes) uint8: the writer derives the element shape from the byte shape
+        w.add_tensor("token_embd.weight", embd_q6k, raw_dtype=gguf.GGMLQuantizationType.Q6_K)
     ones = np.ones
     w.add_tensor("output_norm.weight", ones(dim, np.float32))
     for i in range(shape["layers"]):
