@@ -6,6 +6,13 @@ dependency) the same file runs through llama.cpp in the same run and the ratios 
 Each engine runs in its own subprocess so peak RSS is its own.
 
     python3 tools/bench_e2e.py MODEL.gguf [--threads 1,2] [--prompt 128] [--gen 64] [--rounds 3] [--json]
+    python3 tools/bench_e2e.py MODEL.gguf --peer bitnet.cpp [--peer-bin BUILD/bin]
+
+--peer bitnet.cpp runs Microsoft's bitnet.cpp (built from source, tools/PEERS.md) instead of
+llama.cpp: its llama-bench from --peer-bin or $PYLUT_BITNET_CPP (the build's bin folder),
+pp = one batch of the prompt's length, tg = that many single-token decodes, best sample of
+--reps. Its decode starts from an empty cache, pylut's after the prompt (a few percent in the
+peer's favour at these lengths). Same JSON keys: ratio_* = pylut / the peer.
 
 The engines alternate for --rounds rounds and each keeps its best figures (this machine's
 speed drifts); peak RSS is the highest of pylut's runs, the first of which builds the packed
@@ -115,10 +122,66 @@ def worker_llama(path, threads, n_prompt, n_gen, reps):
     return out
 
 
+BITNET_ENV = "PYLUT_BITNET_CPP"
+
+
+def find_bitnet_bench(peer_bin):
+    """bitnet.cpp's llama-bench from --peer-bin or $PYLUT_BITNET_CPP (a file or its bin
+    folder); a clear message when it is missing."""
+    where = peer_bin or os.environ.get(BITNET_ENV)
+    if not where:
+        raise SystemExit(f"--peer bitnet.cpp: name its build with --peer-bin BUILD/bin or "
+                         f"{BITNET_ENV}=BUILD/bin (how to build it: tools/PEERS.md)")
+    exe = os.path.join(where, "llama-bench") if os.path.isdir(where) else where
+    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+        raise SystemExit(f"--peer bitnet.cpp: no executable llama-bench at {exe} "
+                         f"(build it as tools/PEERS.md says)")
+    return exe
+
+
+def bitnet_isa(exe):
+    # llama-bench does not print the CPU features it was built for; the build's CMake cache does
+    cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(exe))), "CMakeCache.txt")
+    try:
+        opts = dict(ln.split(":BOOL=", 1) for ln in open(cache).read().splitlines() if ":BOOL=" in ln)
+    except OSError:
+        return "?"
+    if opts.get("GGML_NATIVE") == "ON":
+        return "native"
+    return "+".join(k[5:] for k, v in sorted(opts.items())
+                    if k.startswith("GGML_AVX") and v == "ON") or "?"
+
+
+def worker_bitnet(path, threads, n_prompt, n_gen, reps, exe):
+    """bitnet.cpp's own llama-bench: pp (one batch of n_prompt) and tg (n_gen single-token
+    decodes) per thread count, each test warmed up once then run reps times."""
+    cmd = [exe, "-m", path, "-p", str(n_prompt), "-n", str(n_gen),
+           "-t", ",".join(str(t) for t in threads), "-b", str(n_prompt), "-ub", str(n_prompt),
+           "-r", str(reps), "-ngl", "0", "-o", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode}): "
+                           f"{r.stderr.strip().splitlines()[-3:]}")
+    out = {"engine": "bitnet.cpp", "isa": bitnet_isa(exe)}
+    for test in json.loads(r.stdout):
+        t = int(test["n_threads"])
+        n_tok, kind = (test["n_gen"], "decode") if test["n_gen"] else (test["n_prompt"], "prefill")
+        out[f"{kind}_tps_t{t}"] = max(1e9 * n_tok / ns for ns in test["samples_ns"])
+        out.setdefault("build", f"{test.get('build_commit')} ({test.get('build_number')})")
+    missing = [f"{k}_tps_t{t}" for t in threads for k in ("prefill", "decode")
+               if f"{k}_tps_t{t}" not in out]
+    if missing:
+        raise RuntimeError(f"llama-bench gave no {missing}")
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return out
+
+
 def run_worker(engine, args):
     cmd = [sys.executable, os.path.abspath(__file__), args.model, "--worker", engine,
            "--threads", args.threads, "--prompt", str(args.prompt), "--gen", str(args.gen),
            "--reps", str(args.reps)]
+    if engine == "bitnet.cpp":
+        cmd += ["--peer-bin", args.peer_bin]
     env = dict(os.environ)
     if args.isa and engine == "pylut":
         env["PYLUT_ISA"] = args.isa
@@ -154,11 +217,15 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternate the engines this many times, keep each one's best (default 3)")
-    ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp even when installed")
+    ap.add_argument("--no-peer", action="store_true", help="skip the peer even when installed")
+    ap.add_argument("--peer", choices=["llama.cpp", "bitnet.cpp"], default="llama.cpp",
+                    help="the engine to compare with (default llama.cpp via llama-cpp-python)")
+    ap.add_argument("--peer-bin", help=f"bitnet.cpp's build/bin folder or its llama-bench "
+                                       f"(default ${BITNET_ENV})")
     ap.add_argument("--isa", help="force pylut's kernels to this ISA (avx2, avx512, scalar, ...), "
                                   "e.g. to match a peer built for an older CPU class")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
-    ap.add_argument("--worker", choices=["pylut", "llama.cpp"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["pylut", "llama.cpp", "bitnet.cpp"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     try:
         threads = [int(t) for t in a.threads.split(",")]
@@ -168,6 +235,9 @@ def main(argv=None):
         ap.error("threads, prompt, reps and rounds must be >= 1, gen >= 2")
     if not os.path.exists(a.model):
         ap.error(f"model file not found: {a.model}")
+    if a.worker == "bitnet.cpp":
+        print(json.dumps(worker_bitnet(a.model, threads, a.prompt, a.gen, a.reps, a.peer_bin)))
+        return 0
     if a.worker:
         fn = worker_pylut if a.worker == "pylut" else worker_llama
         print(json.dumps(fn(a.model, threads, a.prompt, a.gen, a.reps)))
@@ -175,7 +245,11 @@ def main(argv=None):
 
     res = {"model": os.path.basename(a.model), "load_avg": os.getloadavg()[0], "rounds": a.rounds}
     use_peer = not a.no_peer
-    if use_peer:
+    peer_name = a.peer
+    if use_peer and peer_name == "bitnet.cpp":
+        a.peer_bin = find_bitnet_bench(a.peer_bin)
+        res["peer"] = peer_name
+    elif use_peer:
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
@@ -194,17 +268,17 @@ def main(argv=None):
             return 2
         ours = o if ours is None else best_of(ours, o)
         if use_peer:
-            p = run_worker("llama.cpp", a)
+            p = run_worker(peer_name, a)
             if p is not None:
                 peer = p if peer is None else best_of(peer, p)
         if a.rounds > 1:
             print(f"round {r + 1}: pylut "
                   + ", ".join(f"{k} {o[k]:.1f}" for k in sorted(o) if k.endswith("tps_t1") or k.endswith("tps_t2"))
-                  + ("" if not use_peer or p is None else "; llama.cpp " + ", ".join(
+                  + ("" if not use_peer or p is None else f"; {peer_name} " + ", ".join(
                       f"{k} {p[k]:.1f}" for k in sorted(p) if k.endswith("tps_t1") or k.endswith("tps_t2"))),
                   flush=True)
     print(f"{a.model}: prompt {a.prompt} tok, decode {a.gen} tok, isa {ours.get('isa')}"
-          + (f" (llama.cpp: {peer.get('isa')})" if peer else "")
+          + (f" ({peer_name}: {peer.get('isa')})" if peer else "")
           + f", load {ours['load_s']:.2f} s, load avg {res['load_avg']:.2f}")
     res["isa"] = ours.get("isa")
     if peer:
@@ -214,18 +288,21 @@ def main(argv=None):
         print(f"{'pylut':>10} {t:>7} {ours[f'prefill_tps_t{t}']:>12.1f} {ours[f'decode_tps_t{t}']:>11.2f} "
               f"{ours[f'python_overhead_frac_t{t}']:>7.1%}")
         if peer:
-            print(f"{'llama.cpp':>10} {t:>7} {peer[f'prefill_tps_t{t}']:>12.1f} {peer[f'decode_tps_t{t}']:>11.2f}")
+            print(f"{peer_name:>10} {t:>7} {peer[f'prefill_tps_t{t}']:>12.1f} {peer[f'decode_tps_t{t}']:>11.2f}")
         for k in ("prefill", "decode"):
             res[f"{k}_tps_t{t}"] = ours[f"{k}_tps_t{t}"]
             if peer:
+                res[f"peer_{k}_tps_t{t}"] = peer[f"{k}_tps_t{t}"]
                 res[f"ratio_{k}_t{t}"] = ours[f"{k}_tps_t{t}"] / peer[f"{k}_tps_t{t}"]
     res["python_overhead_frac"] = max(ours[f"python_overhead_frac_t{t}"] for t in threads)
     res["rss_mb"] = ours["rss_mb"]
-    print(f"peak RSS: pylut {ours['rss_mb']:.0f} MB" + (f", llama.cpp {peer['rss_mb']:.0f} MB" if peer else ""))
+    print(f"peak RSS: pylut {ours['rss_mb']:.0f} MB" + (f", {peer_name} {peer['rss_mb']:.0f} MB" if peer else ""))
     if peer:
         res["peer_rss_mb"] = peer["rss_mb"]
         res["rss_ratio"] = ours["rss_mb"] / peer["rss_mb"]
-        print("ratios (pylut / llama.cpp): "
+        if "build" in peer:
+            res["peer_build"] = peer["build"]
+        print(f"ratios (pylut / {peer_name}): "
               + ", ".join(f"{k[6:]} {v:.2f}x" for k, v in res.items() if k.startswith("ratio_")))
     if a.json:
         print(json.dumps(res))

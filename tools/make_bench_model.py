@@ -8,7 +8,15 @@ model-Q4_0.gguf, model-Q2_K.gguf, model-TQ1_0.gguf and model-TQ2_0.gguf.
 A float model (model-F16.gguf) is written first and quantized with llama.cpp's own quantizer
 (llama-cpp-python, a benchmark-only tool) so the files are exactly what llama.cpp users have;
 without it, the types the `gguf` package can quantize (Q4_0, TQ1_0, TQ2_0) are written with
-that instead and the others are skipped with a message."""
+that instead and the others are skipped with a message.
+
+    python3 tools/make_bench_model.py OUT_DIR --types 2b4t
+
+writes the BitNet b1.58 2B4T shape (30 layers, dim 2560, ffn 6912, 20/5 heads, llama-3
+vocabulary; tools/bench_model_2b4t.py) with random ternary weights: model-2b4t-I2_S.gguf
+(bitnet.cpp's I2_S, arch bitnet-b1.58, Q6_K tied embedding), model-2b4t-I2_S-f16emb.gguf
+(F16 embedding, as published) and the speed twins model-2b4t-TQ1_0.gguf / -TQ2_0.gguf
+(the same weights under the older `bitnet` arch, which llama.cpp runs with SiLU)."""
 import argparse
 import os
 import sys
@@ -19,6 +27,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 FTYPES = {"Q4_0": 2, "Q2_K": 10, "TQ1_0": 36, "TQ2_0": 37}  # llama.cpp LLAMA_FTYPE_MOSTLY_*
+VOCAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                         "testdata", "vocab")
 DEFAULT_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                              "testdata", "vocab", "ggml-vocab-llama-spm.gguf")
 
@@ -95,7 +105,8 @@ def write_float_model(path, vocab_file, dim, layers, heads, kv_heads, ffn, ctx, 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
-    ap.add_argument("--types", default="Q4_0,Q2_K,TQ1_0,TQ2_0")
+    ap.add_argument("--types", default="Q4_0,Q2_K,TQ1_0,TQ2_0",
+                    help="comma-separated; 2b4t writes the BitNet 2B4T-shaped set")
     ap.add_argument("--vocab", default=DEFAULT_VOCAB, help="vocab-only GGUF to copy the tokenizer from")
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=16)
@@ -107,6 +118,16 @@ def main(argv=None):
     ap.add_argument("--keep-f16", action="store_true", help="keep model-F16.gguf")
     a = ap.parse_args(argv)
     types = [t.strip() for t in a.types.split(",") if t.strip()]
+    if "2b4t" in types:
+        from bench_model_2b4t import make_2b4t
+        vocab = a.vocab if a.vocab != DEFAULT_VOCAB else os.path.join(VOCAB_DIR, "ggml-vocab-llama-bpe.gguf")
+        if not os.path.exists(vocab):
+            ap.error(f"llama-3 vocabulary file not found: {vocab} (pass --vocab)")
+        os.makedirs(a.out_dir, exist_ok=True)
+        make_2b4t(a.out_dir, vocab, a.seed)
+        types.remove("2b4t")
+        if not types:
+            return 0
     bad = [t for t in types if t not in FTYPES]
     if bad:
         ap.error(f"unknown type(s) {bad}; choose from {sorted(FTYPES)}")
