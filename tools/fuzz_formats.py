@@ -15,7 +15,8 @@ its outcome is counted:
     loaded-different  it loaded and computed something else (a header value changed; for
                       packs' and sessions' payload bytes this is a silent corruption)
     raw-exception     any other exception (pylut.load must raise only ModelFileError)
-    hang / crash      past the timeout / killed by a signal
+    hang / crash      past the timeout (CPU seconds, so a starved child on a busy machine is
+                      not one; 6x that in wall time catches a blocked one) / killed by a signal
 A case whose outcome is crash, hang, raw-exception or a silent payload corruption is saved
 under --out with a line in findings.txt. Exit status 1 when any such case was found.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import pickle
 import random
@@ -51,6 +53,7 @@ VOCAB_DIR = ROOT.parent / "shared" / "testdata" / "vocab"
 TARGETS = ("gguf", "vocab", "pack", "session")
 BAD = ("crash", "hang", "raw-exception", "silent-payload")
 PROMPT = [5, 6, 7, 8]
+WALL_FACTOR = 6   # wall-clock backstop per case, in units of --timeout (which is CPU time)
 TEXT = "Hello world! Ünïcödé text, numbers 12345 and\ttabs   spaces <s> </s>"
 
 # ---------------------------------------------------------------- GGUF field map
@@ -317,6 +320,10 @@ def fork_case(target, data, ctx, timeout, mem_bytes, workdir):
         try:
             resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            # the timeout is CPU time (SIGXCPU past it): on a shared machine a starved child
+            # must not pass for a hang; the parent's wall clock (x6) catches blocked ones
+            cpu_s = max(1, math.ceil(timeout))
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
             out = run_case(target, path, ctx)
             os.write(w, pickle.dumps(out))
         finally:
@@ -331,14 +338,14 @@ def fork_case(target, data, ctx, timeout, mem_bytes, workdir):
                 chunks.append(part)
         except BlockingIOError:
             pass
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
-        if time.monotonic() - t0 > timeout:
+        if time.monotonic() - t0 > WALL_FACTOR * timeout:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(r)
-            return "hang", f"over {timeout} s", time.monotonic() - t0
+            return "hang", f"over {WALL_FACTOR * timeout} s of wall time", time.monotonic() - t0
         time.sleep(0.002)
     os.set_blocking(r, True)
     while True:
@@ -349,6 +356,9 @@ def fork_case(target, data, ctx, timeout, mem_bytes, workdir):
     os.close(r)
     secs = time.monotonic() - t0
     if os.WIFSIGNALED(status):
+        cpu = usage.ru_utime + usage.ru_stime
+        if os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL) and cpu >= math.ceil(timeout):
+            return "hang", f"over {timeout} s of CPU time", secs   # RLIMIT_CPU: soft, hard
         return "crash", f"signal {os.WTERMSIG(status)}", secs
     try:
         outcome, detail = pickle.loads(b"".join(chunks))
@@ -425,7 +435,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=400)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=10.0, help="seconds per case")
+    ap.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per case (wall clock: 6x)")
     ap.add_argument("--mem-mb", type=int, default=3072, help="address-space limit per case (MiB)")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--out", default=None, help="where findings are saved (default: a temp dir)")
