@@ -27,7 +27,8 @@ from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
 
-ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+         "Qwen3ForCausalLM": "qwen3"}
 
 
 def is_hf_folder(path) -> bool:
@@ -76,7 +77,7 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
     """The context pylut can run exactly. Every layer attends to all earlier positions, so a
     checkpoint with sliding-window layers runs up to its window, where windowing is a no-op."""
     window = hf.get("sliding_window")
-    if hf_arch == "Qwen2ForCausalLM":
+    if hf_arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         types = hf.get("layer_types")
         if types is None:  # older configs: the window applies from layer max_window_layers on
             use = bool(hf.get("use_sliding_window", False))
@@ -140,7 +141,9 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
     if "max_position_embeddings" not in hf:
         log.info("%s: max_position_embeddings is absent; the context is limited to %d", cfg_path, cfg["max_ctx"])
-    cfg["max_ctx"] = _context(hf, hf_arch, n_layers, cfg["max_ctx"], cfg_path)
+    full_ctx = cfg["max_ctx"]
+    cfg["max_ctx"] = _context(hf, hf_arch, n_layers, full_ctx, cfg_path)
+    cfg["sliding_window"] = cfg["max_ctx"] if cfg["max_ctx"] < full_ctx else 0  # the hook, as gguf_model
     if cfg["norm_eps"] <= 0:
         raise ModelFileError(f"{cfg_path}: rms_norm_eps = {hf.get('rms_norm_eps')!r} must be positive")
     cfg["rope_theta"], scaling = rope.hf_scaling(hf, cfg_path)
@@ -190,6 +193,9 @@ def _wanted(cfg: dict, tied: bool) -> dict:
             p + "ffn_up": (h + "mlp.up_proj.weight", (ffn, d), True, True),
             p + "ffn_down": (h + "mlp.down_proj.weight", (d, ffn), True, True),
         })
+        if arch_spec(cfg["arch"]).qk_norm:  # qwen3: one RMSNorm weight per head dimension
+            want[p + "attn_q_norm"] = (h + "self_attn.q_norm.weight", (cfg["head_dim"],), False, True)
+            want[p + "attn_k_norm"] = (h + "self_attn.k_norm.weight", (cfg["head_dim"],), False, True)
         # qwen2 always has q/k/v biases; llama checkpoints with attention_bias do too
         for x, n in (("q", qd), ("k", kvd), ("v", kvd)):
             want[p + f"attn_{x}.bias"] = (h + f"self_attn.{x}_proj.bias", (n,), False, cfg["attention_bias"])
