@@ -105,11 +105,11 @@ def file_weights(path):
     """Core name -> float32 weights as the file holds them, decoded by the gguf package
     (independent of pylut's reader)."""
     gguf = pytest.importorskip("gguf")
-    import gguf.quants
+    quants = pytest.importorskip("gguf.quants")
     out = {}
     for t in gguf.GGUFReader(str(path)).tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        w = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+        w = quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
         out[t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name] = w
     out.setdefault("output", out["token_embd"])
     return out
@@ -189,7 +189,8 @@ def test_gguf_agrees_with_llamacpp(name, qt):
     ref = ref_forward(load_gguf(_gguf(name, qt), bits=8).config, file_weights(_gguf(name, qt)), prompt)
     noise = np.abs(want - ref).max(axis=1)
     gap = want.max(axis=1) - want[np.arange(len(pick)), pick]
-    assert np.all(gap <= 2 * noise), f"{name}-{qt}: pylut's token is clearly not llama.cpp's at {np.where(gap > 2 * noise)[0]}"
+    assert np.all(gap <= 2 * noise), \
+        f"{name}-{qt}: pylut's token is clearly not llama.cpp's at {np.where(gap > 2 * noise)[0]}"
     agree = float(np.mean(gap == 0))
     assert agree >= TOP1_AGREEMENT, f"{name}-{qt}: top-1 agrees with llama.cpp at {agree:.1%}"
 

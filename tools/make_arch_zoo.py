@@ -70,10 +70,12 @@ Once upon a time there was a tiny language model that learned to count: one, two
 
 # pre-tokenizer name (as convert_hf_to_gguf.py writes tokenizer.ggml.pre) -> the split regex
 # llama.cpp's llama-vocab.cpp uses for it (the tokenizer.json form)
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 PRE_REGEX = {
-    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    "falcon3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": _CONTRACTIONS + r"\p{N}" + _REST,
+    "llama-bpe": _CONTRACTIONS + r"\p{N}{1,3}" + _REST,
+    "falcon3": _CONTRACTIONS + r"\p{N}{1,3}" + _REST,   # llama-vocab.cpp: LLAMA3's
 }
 
 # recipe name -> how the tokenizer is built (see build_tokenizer):
