@@ -65,7 +65,7 @@ def spec(arch: str) -> ArchSpec:
 def features(cfg: dict) -> list[str]:
     """What `pylut info` lists about how a loaded model computes (its config's arch and keys)."""
     s = ARCHS[cfg["arch"]]
-    out = [f"RoPE pairs {'(i, i+d/2)' if s.rope == 'neox' else '(2i, 2i+1)'}", f"FFN {s.ffn_act}-gated"]
+    out = [f"RoPE pairs {'(i, i+d/2)' if cfg['rope_neox'] else '(2i, 2i+1)'}", f"FFN {cfg['ffn_act']}-gated"]
     if s.qk_norm:
         out.append("per-head q/k RMSNorm")
     if s.sub_norms:

@@ -219,6 +219,19 @@ def test_rope_frequencies_follow_llamacpp(name, qt):
     assert cfg["rope_attn_factor"] == pytest.approx(attn, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", HF_FOLDERS)
+def test_folder_and_file_rotate_alike(name):
+    """The HF config's RoPE (rope_parameters: llama3, yarn, ...) computed by pylut.rope is what
+    the converter wrote into the GGUF (rope_freqs.weight, rope.scaling.*) as pylut reads it."""
+    from pylut.formats.hf_loader import load_hf
+    hf = load_hf(ZOO / name / "hf", bits=8).config
+    qt = _oracle(name)[1]["entry"]["quants"][0]
+    gg = load_gguf(_gguf(name, qt), bits=8).config
+    np.testing.assert_allclose(hf["rope_inv_freq"], gg["rope_inv_freq"], rtol=1e-6)
+    assert hf["rope_attn_factor"] == pytest.approx(gg["rope_attn_factor"], rel=1e-6)
+    assert (hf["rope_theta"], hf["n_heads"], hf["head_dim"]) == (gg["rope_theta"], gg["n_heads"], gg["head_dim"])
+
+
 def test_llama32_rope_factors_matter():
     """The Llama-3.2-shaped entry (llama3 scaling, so the converter wrote rope_freqs.weight):
     with the factors, the file computes transformers' logits; ignoring them (the unscaled
@@ -241,3 +254,34 @@ def test_llama32_rope_factors_matter():
     plain = _core.Session(_core.Model(ignored, lm.tensors), len(prompt), split_int8=True)
     dev = deviation(plain.forward([int(t) for t in prompt], model.pool, all_logits=True), want).max()
     assert dev > 2 * PACKED_TOLERANCE, f"without the factors pylut is only {dev:.2%} away"
+
+
+@pytest.mark.parametrize("name,qt", HF_FILES, ids=[f"{n}-{q}" for n, q in HF_FILES])
+def test_reference_on_the_file_matches_llamacpp(name, qt):
+    """On the float file llama.cpp's logits are the reference's too (F16 activations only):
+    llama.cpp reads the converter's metadata (RoPE scaling included) as pylut's config does."""
+    arrays, _ = _oracle(name)
+    prompt, want = arrays["prompt"], arrays[f"lcpp_logits_{qt}"].astype(np.float32)
+    cfg = load_gguf(_gguf(name, qt), bits=8).config
+    dev = deviation(ref_forward(cfg, file_weights(_gguf(name, qt)), prompt), want)
+    assert dev.max() <= HF_TOLERANCE, f"{name}-{qt}: {dev.max():.3%} of the range at position {int(dev.argmax())}"
+
+
+# ---------------------------------------------------------------- sliding window (Mistral)
+
+
+def test_gguf_sliding_window_is_carried(tmp_path, cache):
+    """A llama file with {arch}.attention.sliding_window (Mistral-style, every layer) loads:
+    the window is carried in the config (the hook for windowed attention), the context stops
+    where windowing is a no-op, and `pylut info` says so. 0 means no window."""
+    from model_builder import build_gguf
+    path = tmp_path / "windowed.gguf"
+    build_gguf(path, "llama", "Q8_0", context_length=128, metadata={"llama.attention.sliding_window": 48})
+    model = pylut.load(path, cache=False, n_ctx=48)
+    assert model.loaded.config["sliding_window"] == 48 and model.loaded.config["max_ctx"] == 48
+    assert "sliding window 48 (context limited to it)" in model.info()["features"]
+    with pytest.raises(ValueError, match="context length 48"):
+        pylut.load(path, cache=False, n_ctx=49)
+    build_gguf(path, "llama", "Q8_0", context_length=128, metadata={"llama.attention.sliding_window": 0})
+    cfg = load_gguf(path).config
+    assert cfg["sliding_window"] == 0 and cfg["max_ctx"] == 128

@@ -15,7 +15,7 @@ Per entry of ZOO (one HF config + the quant types to write + a prompt), in OUT/<
     <name>-<TYPE>.gguf   convert_hf_to_gguf.py (F32) -> llama_model_quantize -> TYPE
     oracle.npz           prompt    int32 [n]          the prompt's ids (the HF tokenizer's)
                          hf_logits float16 [n, vocab] transformers over the fp16 weights in fp32
-                                   (entries that keep their HF folder)
+                                   (entries that keep their HF folder or ask hf_logits)
                          lcpp_logits_<TYPE> float16 [n, vocab]  llama.cpp, prompt in one batch
                          lcpp_greedy_<TYPE> int32 [32]          llama.cpp's greedy continuation
                          lcpp_prompt int32 [m]        llama.cpp's tokenization of the prompt text
@@ -166,6 +166,11 @@ ZOO: dict[str, dict] = {
                   quants=FLOAT_TYPES, tokenizer="qwen2", keep_hf=True),
     "qwen3-k": dict(model_type="qwen3", config=dict(WIDE, tie_word_embeddings=True),
                     quants=K_TYPES, tokenizer="qwen2", keep_hf=False),
+    # Qwen3's published YaRN setting (rope_scaling yarn, factor 4) on a small original context:
+    # the converter writes rope.scaling.type/factor/original_context_length
+    "qwen3-yarn": dict(model_type="qwen3", config=dict(NARROW, tie_word_embeddings=True, rope_parameters=dict(
+        rope_type="yarn", rope_theta=1e6, factor=4.0, original_max_position_embeddings=64)),
+        quants=["F16"], tokenizer="qwen2", keep_hf=False, hf_logits=True),
     # Llama 3.2: llama3 RoPE scaling (the converter writes rope_freqs.weight), tied embeddings.
     # A small original context puts most pairs into the divided and smoothed bands, so
     # ignoring the factors moves the logits within the prompt.
@@ -301,7 +306,7 @@ def make(out: Path, name: str, seed: int) -> dict:
         tok = make_hf(name, entry, hf, seed)
         ids = tok(entry.get("prompt", PROMPT), add_special_tokens=False)["input_ids"]
         arrays = {"prompt": np.asarray(ids, np.int32)}
-        if entry.get("keep_hf"):
+        if entry.get("keep_hf") or entry.get("hf_logits"):
             arrays["hf_logits"] = hf_logits(hf, ids).astype(np.float16)
         f32 = tmp / "f32.gguf"
         recipe = TOKENIZERS[entry["tokenizer"]]
