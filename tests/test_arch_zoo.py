@@ -232,28 +232,30 @@ def test_folder_and_file_rotate_alike(name):
     assert (hf["rope_theta"], hf["n_heads"], hf["head_dim"]) == (gg["rope_theta"], gg["n_heads"], gg["head_dim"])
 
 
-def test_llama32_rope_factors_matter():
-    """The Llama-3.2-shaped entry (llama3 scaling, so the converter wrote rope_freqs.weight):
-    with the factors, the file computes transformers' logits; ignoring them (the unscaled
-    frequencies) moves the logits far outside the tolerance, for the reference and for pylut."""
-    name = "llama3.2"
+@pytest.mark.parametrize("name,summary", [("llama3.2", "freq factors"), ("qwen3-yarn", "yarn")])
+def test_rope_scaling_matters(name, summary):
+    """Llama-3.2-shaped (llama3 scaling: the converter wrote rope_freqs.weight) and Qwen3 with
+    YaRN (rope.scaling.* metadata): with the scaling, the file computes transformers' logits;
+    ignoring it (the unscaled frequencies) moves the logits far outside the tolerance, for the
+    reference and for pylut."""
     path = _gguf(name, "F16")
     arrays, _ = _oracle(name)
     prompt, want = arrays["prompt"], arrays["hf_logits"].astype(np.float32)
-    assert "rope_freqs.weight" in {t.name for t in pytest.importorskip("gguf").GGUFReader(str(path)).tensors}
     lm = load_gguf(path, bits=8)
     cfg = lm.config
-    assert cfg["rope_scaling"]["type"] == "default" and len(cfg["rope_scaling"]["freq_factors"]) == cfg["head_dim"] // 2
+    if name == "llama3.2":
+        assert "rope_freqs.weight" in {t.name for t in pytest.importorskip("gguf").GGUFReader(str(path)).tensors}
+        assert len(cfg["rope_scaling"]["freq_factors"]) == cfg["head_dim"] // 2
     model = _load(path, n_ctx=len(prompt) + N_GREEDY)
-    assert "freq factors" in model.info()["rope"]["summary"]
+    assert summary in model.info()["rope"]["summary"]
     weights = file_weights(path)
     assert deviation(ref_forward(cfg, weights, prompt), want).max() <= HF_TOLERANCE
-    ignored = dict(cfg, rope_scaling={"type": "default"})
+    ignored = dict(cfg, rope_scaling={"type": "default"}, rope_attn_factor=1.0)
     ignored.pop("rope_inv_freq")
     assert deviation(ref_forward(ignored, weights, prompt), want).max() > 10 * HF_TOLERANCE
     plain = _core.Session(_core.Model(ignored, lm.tensors), len(prompt), split_int8=True)
     dev = deviation(plain.forward([int(t) for t in prompt], model.pool, all_logits=True), want).max()
-    assert dev > 2 * PACKED_TOLERANCE, f"without the factors pylut is only {dev:.2%} away"
+    assert dev > 2 * PACKED_TOLERANCE, f"without the scaling pylut is only {dev:.2%} away"
 
 
 @pytest.mark.parametrize("name,qt", HF_FILES, ids=[f"{n}-{q}" for n, q in HF_FILES])
