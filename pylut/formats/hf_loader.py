@@ -1,7 +1,7 @@
 """pylut.formats.hf_loader - a Hugging Face model folder (config.json + *.safetensors) -> the same
 LoadedModel the GGUF loader makes, float weights quantized on load.
 
-Hugging Face llama/mistral/qwen2 checkpoints keep q/k rows in the half-split ("NEOX") RoPE
+Hugging Face llama/mistral/qwen2/qwen3 checkpoints keep q/k rows in the half-split ("NEOX") RoPE
 order (llama.cpp's converter permutes them to adjacent pairs when writing GGUF), so every
 architecture here rotates (i, i + head_dim/2) pairs. Norm weights and biases stay float32.
 
@@ -213,7 +213,7 @@ def _no_bias(st, base: str, path: str) -> None:
 
 def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
             sink=None) -> LoadedModel:
-    """Read a Hugging Face llama / mistral / qwen2 folder. Float matrices are quantized to
+    """Read a Hugging Face llama / mistral / qwen2 / qwen3 folder. Float matrices are quantized to
     `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group; GPTQ
     matrices keep the checkpoint's codes and scales (see pylut.formats.gptq) unless `requant` is given.
     sink: where each converted tensor goes, as for ``gguf_model.load_gguf``."""
