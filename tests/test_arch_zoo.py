@@ -197,12 +197,16 @@ def test_gguf_agrees_with_llamacpp(name, qt):
 
 @pytest.mark.parametrize("name,qt", FILES, ids=[f"{n}-{q}" for n, q in FILES])
 def test_info_names_the_architecture(name, qt):
+    """`pylut info` names the file's architecture (general.architecture, read by the gguf
+    package) and the RoPE scaling its HF config asked for."""
+    gguf = pytest.importorskip("gguf")
     _, meta = _oracle(name)
-    model = pylut.load(_gguf(name, qt), cache=False, n_ctx=16)
-    info = model.info()
-    arch = load_gguf(_gguf(name, qt)).arch
-    assert info["arch"] == arch
-    assert info["rope"]["summary"].startswith("base ")
+    field = gguf.GGUFReader(str(_gguf(name, qt))).fields["general.architecture"]
+    info = pylut.load(_gguf(name, qt), cache=False, n_ctx=16).info()
+    assert info["arch"] == bytes(field.parts[field.data[0]]).decode()
+    kind = (meta["entry"]["config"].get("rope_parameters") or {}).get("rope_type", "default")
+    assert {"llama3": "freq factors"}.get(kind, kind) in info["rope"]["summary"]
+    assert info["features"]
 
 
 # ---------------------------------------------------------------- RoPE scaling
