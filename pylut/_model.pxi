@@ -93,6 +93,8 @@ cdef class Model:
             L.bq = _fptr(keep, tensors.get(p + "attn_q.bias"), p + "attn_q.bias", qd)
             L.bk = _fptr(keep, tensors.get(p + "attn_k.bias"), p + "attn_k.bias", m.n_kv_heads * m.head_dim)
             L.bv = _fptr(keep, tensors.get(p + "attn_v.bias"), p + "attn_v.bias", m.n_kv_heads * m.head_dim)
+            L.q_norm = _fptr(keep, tensors.get(p + "attn_q_norm"), p + "attn_q_norm", m.head_dim)
+            L.k_norm = _fptr(keep, tensors.get(p + "attn_k_norm"), p + "attn_k_norm", m.head_dim)
             L.attn_sub_norm = _fptr(keep, tensors.get(p + "attn_sub_norm"), p + "attn_sub_norm", qd)
             L.wo = _qptr(need(p + "attn_output"), p + "attn_output")
             L.ffn_norm = _fptr(keep, need(p + "ffn_norm"), p + "ffn_norm", m.dim)

@@ -18,6 +18,8 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
     output      "optional": output.weight, else the LM head is token_embd;
                 "tied": the LM head is always token_embd (llama.cpp's loader has no output
                 tensor for the arch and refuses a file that carries one, so pylut does too).
+    qk_norm     attn_q_norm / attn_k_norm [head_dim] are required: each q and k head is
+                RMS-normalized (norm_eps) after its bias and before RoPE (qwen3).
 """
 from __future__ import annotations
 
@@ -34,11 +36,15 @@ class ArchSpec:
     sub_norms: bool
     qkv_bias: str
     output: str
+    qk_norm: bool = False
 
 
 ARCHS: dict[str, ArchSpec] = {
     "llama":        ArchSpec(rope="norm", ffn_act="silu",  sub_norms=False, qkv_bias="optional", output="optional"),
     "qwen2":        ArchSpec(rope="neox", ffn_act="silu",  sub_norms=False, qkv_bias="required", output="optional"),
+    # llama.cpp's qwen3 loader takes q/k/v biases where a file has them (create_tensor_qkv)
+    "qwen3":        ArchSpec(rope="neox", ffn_act="silu",  sub_norms=False, qkv_bias="optional", output="optional",
+                             qk_norm=True),
     # 1bitLLM bitnet_b1_58 (large, 3B): llama.cpp's `bitnet` graph
     "bitnet":       ArchSpec(rope="neox", ffn_act="silu",  sub_norms=True,  qkv_bias="none",     output="tied"),
     # BitNet b1.58 2B4T (bitnet.cpp's build_bitnet_158, Hugging Face hidden_act "relu2"); both
@@ -54,6 +60,19 @@ TERNARY_ARCHS = tuple(a for a, s in ARCHS.items() if s.sub_norms)
 
 def spec(arch: str) -> ArchSpec:
     return ARCHS[arch]
+
+
+def features(cfg: dict) -> list[str]:
+    """What `pylut info` lists about how a loaded model computes (its config's arch and keys)."""
+    s = ARCHS[cfg["arch"]]
+    out = [f"RoPE pairs {'(i, i+d/2)' if cfg['rope_neox'] else '(2i, 2i+1)'}", f"FFN {cfg['ffn_act']}-gated"]
+    if s.qk_norm:
+        out.append("per-head q/k RMSNorm")
+    if s.sub_norms:
+        out.append("attention/FFN sub-norms")
+    if cfg.get("sliding_window"):
+        out.append(f"sliding window {cfg['sliding_window']} (context limited to it)")
+    return out
 
 
 def model_config(arch: str) -> dict:

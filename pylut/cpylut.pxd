@@ -118,6 +118,8 @@ cdef extern from "pylut/model.h" nogil:
         const float *bq
         const float *bk
         const float *bv
+        const float *q_norm
+        const float *k_norm
         const float *attn_sub_norm
         const pylut_qmatrix *wo
         const float *ffn_norm

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, rope, session_file, streaming
+from . import _core, arch, rope, session_file, streaming
 from .tokenizer.chat_template import ChatTemplate
 from .kernels import cpu_features, get_pool, physical_cores
 from .options import LoadOptions, _is_int
@@ -412,6 +412,7 @@ class Model:
         return {"arch": self.loaded.arch, "path": self.loaded.path, "params": self.loaded.n_params,
                 "bits_per_weight": self.loaded.bits_per_weight, "tensor_types": self.loaded.tensor_types,
                 "n_layers": cfg["n_layers"], "dim": cfg["dim"], "vocab": cfg["vocab"],
+                "features": arch.features(cfg),
                 "n_heads": cfg["n_heads"], "n_kv_heads": cfg["n_kv_heads"], "head_dim": cfg["head_dim"],
                 "ffn_dim": cfg["ffn_dim"], "norm_eps": cfg["norm_eps"],
                 "rope": {"theta": cfg["rope_theta"], "neox": bool(cfg["rope_neox"]),

@@ -9,12 +9,15 @@ all of them, YaRN blends the divided and undivided ones along a ramp over the pa
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Optional
 
 import numpy as np
 
 from .errors import ModelFileError
+
+log = logging.getLogger("pylut")
 
 DEFAULT_THETA = 10000.0
 SCALING_TYPES = ("default", "linear", "llama3", "yarn")
@@ -207,7 +210,12 @@ def hf_scaling(hf: dict, where: str) -> tuple[float, dict]:
 def gguf_scaling(meta: dict, arch: str, where: str, n_ctx_train: int) -> dict:
     """The scaling a GGUF file's `{arch}.rope.scaling.*` keys ask for, as llama.cpp applies it
     (freq_scale = 1/factor; YaRN with ext_factor 1 and mscale 1 + 0.1 ln(factor) times
-    rope.scaling.attn_factor). rope_freqs.weight, if present, is applied on top by the caller."""
+    rope.scaling.attn_factor). rope_freqs.weight, if present, is applied on top by the caller.
+
+    convert_hf_to_gguf.py writes a checkpoint's own YaRN settings as rope.scaling.yarn_*
+    (beta_fast, beta_slow, attn_factor = transformers' attention_factor); llama.cpp's
+    llama/qwen graphs do not read them and keep 32, 1 and 1 + 0.1 ln(factor). pylut computes
+    what the checkpoint states, as transformers does, and logs where that differs."""
     a = arch + ".rope.scaling."
     kind = meta.get(a + "type", "none") or "none"
     factor = meta.get(a + "factor")
@@ -226,6 +234,14 @@ def gguf_scaling(meta: dict, arch: str, where: str, n_ctx_train: int) -> dict:
         return {"type": "linear", "factor": factor}
     orig = meta.get(a + "original_context_length", n_ctx_train)
     attn = _number(where, a + "attn_factor", float(meta.get(a + "attn_factor", 1.0)))
+    stated = {k: meta[a + k] for k in ("yarn_beta_fast", "yarn_beta_slow", "yarn_attn_factor") if a + k in meta}
+    if stated:
+        log.info("%s: YaRN as the checkpoint states it (%s); llama.cpp's %s graph uses beta 32/1 and "
+                 "attention factor 1 + 0.1 ln(factor) instead", where,
+                 ", ".join(f"{k} {float(v):g}" for k, v in stated.items()), arch)
+    mscale = _yarn_mscale(factor)
+    if "yarn_attn_factor" in stated:  # transformers' attention_factor: the cos/sin factor itself
+        mscale = _number(where, a + "yarn_attn_factor", float(stated["yarn_attn_factor"]))
     ext = float(meta.get(a + "yarn_ext_factor", 1.0))
     if ext != 1.0:
         raise ModelFileError(f"{where}: {a}yarn_ext_factor = {ext:g} is not supported (only 1)")
@@ -233,4 +249,4 @@ def gguf_scaling(meta: dict, arch: str, where: str, n_ctx_train: int) -> dict:
             "original_max_position_embeddings": _number(where, a + "original_context_length", float(orig)),
             "beta_fast": _number(where, a + "yarn_beta_fast", float(meta.get(a + "yarn_beta_fast", YARN_BETA_FAST))),
             "beta_slow": _number(where, a + "yarn_beta_slow", float(meta.get(a + "yarn_beta_slow", YARN_BETA_SLOW))),
-            "truncate": True, "attention_factor": attn * _yarn_mscale(factor)}
+            "truncate": True, "attention_factor": attn * mscale}

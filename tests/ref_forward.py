@@ -8,10 +8,12 @@ import numpy as np
 
 # GGUF arch -> (RoPE pairing, FFN activation): llama.cpp's llama_rope_type (NORM: adjacent
 # pairs; NEOX: (i, i + head_dim/2)) and its graph builders' build_ffn; the 2B4T names from
-# bitnet.cpp's build_bitnet_158. Sub-norms are applied wherever the weights have them.
+# bitnet.cpp's build_bitnet_158. Sub-norms, and qwen3's per-head q/k norms (after the bias,
+# before RoPE), are applied wherever the weights have them.
 GGUF_ARCHS = {
     "llama": ("norm", "silu"),
     "qwen2": ("neox", "silu"),
+    "qwen3": ("neox", "silu"),   # + attn_q_norm / attn_k_norm (src/models/qwen3.cpp)
     "bitnet": ("neox", "silu"),
     "bitnet-b1.58": ("neox", "relu2"),
     "bitnet-25": ("neox", "relu2"),
@@ -41,6 +43,51 @@ def rotate(v, pos, theta, neox, inv_freq=None, scale=1.0):
     return out.astype(np.float32)
 
 
+def rope_frequencies(cfg):
+    """(inverse frequency of each rotated pair [head_dim/2], cos/sin factor) from the config's
+    rope_scaling, computed here as llama.cpp does, apart from pylut.rope (whose result the
+    config carries as rope_inv_freq; the zoo tests compare the two):
+      freq_factors (rope_freqs.weight) divide each pair's frequency (ggml_rope_ext's c);
+      llama3: the per-pair factors convert_hf_to_gguf.py writes as rope_freqs.weight;
+      linear: freq_scale = 1/factor; yarn: ggml's rope_yarn, the ramp between corr dims
+      blending scaled and unscaled frequencies; its attention factor is taken as given."""
+    hd, theta = cfg["head_dim"], cfg["rope_theta"]
+    s = cfg.get("rope_scaling") or {"type": "default"}
+    i = np.arange(hd // 2, dtype=np.float64)
+    freq = theta ** (-2.0 * i / hd)
+    if s.get("freq_factors") is not None:
+        freq = freq / np.asarray(s["freq_factors"], np.float64)
+    kind = s["type"]
+    if kind == "default":
+        return freq, 1.0
+    if kind == "linear":
+        return freq / s["factor"], 1.0
+    if kind == "llama3":
+        orig, lo, hi, factor = (s["original_max_position_embeddings"], s["low_freq_factor"],
+                                s["high_freq_factor"], s["factor"])
+        factors = []
+        for f in freq:
+            wavelen = 2 * np.pi / f
+            if wavelen < orig / hi:
+                factors.append(1.0)
+            elif wavelen > orig / lo:
+                factors.append(factor)
+            else:
+                smooth = (orig / wavelen - lo) / (hi - lo)
+                factors.append(1 / ((1 - smooth) / factor + smooth))
+        return freq / np.asarray(factors), 1.0
+    if kind == "yarn":
+        def corr_dim(n_rot):
+            return hd * np.log(s["original_max_position_embeddings"] / (n_rot * 2 * np.pi)) / (2 * np.log(theta))
+        start, end = corr_dim(s["beta_fast"]), corr_dim(s["beta_slow"])
+        if s.get("truncate", True):
+            start, end = np.floor(start), np.ceil(end)
+        start, end = max(0.0, start), min(hd - 1.0, end)
+        ramp = 1 - np.clip((i - start) / max(0.001, end - start), 0, 1)  # 1: keep the frequency
+        return freq / s["factor"] * (1 - ramp) + freq * ramp, float(s["attention_factor"])
+    raise ValueError(f"RoPE scaling {kind!r}: the reference does not compute it")
+
+
 def streaming_mask(n, sink, window):
     """Additive mask of a streaming head: query p sees [0, sink) and (p - window, p]."""
     p, j = np.arange(n)[:, None], np.arange(n)[None, :]
@@ -68,6 +115,9 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
         q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
         k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
         v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
+        if p + "attn_q_norm" in W:
+            q = rmsnorm(q.reshape(n, n_h, hd), W[p + "attn_q_norm"], eps).reshape(n, n_h * hd)
+            k = rmsnorm(k.reshape(n, n_kv, hd), W[p + "attn_k_norm"], eps).reshape(n, n_kv * hd)
         rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0))
         q = np.stack([rotate(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
         k = np.stack([rotate(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])

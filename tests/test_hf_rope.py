@@ -247,3 +247,21 @@ def test_gguf_scaling_metadata(tmp_path, cache):
     build_gguf(path, "llama", "F32", rope_freqs=np.ones(3))
     with pytest.raises(ModelFileError, match="rope_freqs.weight"):
         load_gguf(path)
+
+
+def test_gguf_yarn_as_the_checkpoint_states_it(tmp_path, caplog):
+    """rope.scaling.yarn_attn_factor / yarn_beta_* (what the converter writes from a config's
+    attention_factor / beta_fast / beta_slow) are computed, as transformers computes them."""
+    path = tmp_path / "yarn.gguf"
+    a = "qwen2.rope.scaling."
+    build_gguf(path, "qwen2", "F32", context_length=256,
+               metadata={a + "type": "yarn", a + "factor": 4.0, a + "original_context_length": 64,
+                         a + "yarn_attn_factor": 1.5, a + "yarn_beta_fast": 16.0, a + "yarn_beta_slow": 2.0})
+    with caplog.at_level(logging.INFO, logger="pylut"):
+        cfg = load_gguf(path).config
+    assert "llama.cpp's qwen2 graph uses beta 32/1" in caplog.text
+    assert cfg["rope_attn_factor"] == pytest.approx(1.5)
+    want, _ = rope.inv_freq(cfg["head_dim"], cfg["rope_theta"], {
+        "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64.0, "beta_fast": 16.0,
+        "beta_slow": 2.0, "attention_factor": 1.5})
+    np.testing.assert_allclose(cfg["rope_inv_freq"], want, rtol=1e-6)

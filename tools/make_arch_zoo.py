@@ -4,7 +4,7 @@ and quantized by llama.cpp's own tools, with both engines' logits, as test fixtu
     python3 tools/make_arch_zoo.py [OUT]  [--only NAME ...]   (default tests/fixtures/zoo)
 
 Tool-only (CI reads the committed files and needs none of these):
-    pip install torch==2.13.0 'transformers>=5' llama-cpp-python
+    pip install torch==2.13.0 'transformers>=5' llama-cpp-python sentencepiece protobuf
     LLAMA_CPP_DIR=<llama-cpp-python sdist>/vendor/llama.cpp   (its convert_hf_to_gguf.py and
     gguf-py; default: the first of LLAMA_CPP_DIRS below that exists)
 
@@ -15,7 +15,7 @@ Per entry of ZOO (one HF config + the quant types to write + a prompt), in OUT/<
     <name>-<TYPE>.gguf   convert_hf_to_gguf.py (F32) -> llama_model_quantize -> TYPE
     oracle.npz           prompt    int32 [n]          the prompt's ids (the HF tokenizer's)
                          hf_logits float16 [n, vocab] transformers over the fp16 weights in fp32
-                                   (entries that keep their HF folder)
+                                   (entries that keep their HF folder or ask hf_logits)
                          lcpp_logits_<TYPE> float16 [n, vocab]  llama.cpp, prompt in one batch
                          lcpp_greedy_<TYPE> int32 [32]          llama.cpp's greedy continuation
                          lcpp_prompt int32 [m]        llama.cpp's tokenization of the prompt text
@@ -51,7 +51,7 @@ SEED = 1234
 
 # ---------------------------------------------------------------- the prompt and tokenizers
 
-PROMPT = "The quick brown fox jumps over the lazy dog; 12 cats sat on 3 mats. It's 2024, isn't it?"
+PROMPT = "The quick brown fox jumps over the lazy dog; 12 cats sat on 3 mats, isn't it?"
 
 # the training text of the tiny BPE vocabularies (fixed here so they are reproducible)
 CORPUS = """\
@@ -70,15 +70,17 @@ Once upon a time there was a tiny language model that learned to count: one, two
 
 # pre-tokenizer name (as convert_hf_to_gguf.py writes tokenizer.ggml.pre) -> the split regex
 # llama.cpp's llama-vocab.cpp uses for it (the tokenizer.json form)
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 PRE_REGEX = {
-    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    "falcon3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": _CONTRACTIONS + r"\p{N}" + _REST,
+    "llama-bpe": _CONTRACTIONS + r"\p{N}{1,3}" + _REST,
+    "falcon3": _CONTRACTIONS + r"\p{N}{1,3}" + _REST,   # llama-vocab.cpp: LLAMA3's
 }
 
 # recipe name -> how the tokenizer is built (see build_tokenizer):
 #   kind "bpe": byte-level BPE split by PRE_REGEX[pre]; the converter writes tokenizer.ggml.pre = pre
-#   kind "spm": SentencePiece-style BPE (Metaspace, byte fallback <0xNN>), converted as a llama vocab
+#   kind "spm": a SentencePiece BPE model with byte fallback (tokenizer.model), a llama vocab in GGUF
 TOKENIZERS = {
     "qwen2": dict(kind="bpe", pre="qwen2", vocab=320, bos=None, eos="<|im_end|>",
                   specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
@@ -104,42 +106,39 @@ def _train_bpe(recipe: dict):
     return tok
 
 
-def _train_spm(recipe: dict):
-    """Mistral-7B / Llama-2 style: ids 0-2 <unk> <s> </s>, 3-258 the byte pieces, then merges."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    learn = Tokenizer(models.BPE())
-    learn.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    n_merged = recipe["vocab"] - 3 - 256
-    alphabet = sorted(set(CORPUS.replace(" ", "▁").replace("\n", "")) | {"▁"})
-    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_merged, initial_alphabet=alphabet,
-                                  show_progress=False, limit_alphabet=len(alphabet))
-    learn.train_from_iterator([CORPUS] * 4, trainer)
-    learned = json.loads(learn.to_str())["model"]
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
-    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
-        vocab.setdefault(piece, len(vocab))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in learned["merges"]]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], unk_token="<unk>",
-                               byte_fallback=True, fuse_unk=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    from tokenizers import AddedToken
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in recipe["specials"]])
-    return tok
+def _train_spm(recipe: dict, folder: Path):
+    """Mistral-7B / Llama-2 style: a SentencePiece BPE model (tokenizer.model, byte fallback,
+    <unk> <s> </s> at 0-2) as those checkpoints ship it; transformers converts it to its
+    tokenizer.json and the converter reads tokenizer.model (its scores) for the GGUF."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS.splitlines() * 4), model_writer=buf,
+                                   vocab_size=recipe["vocab"], model_type="bpe", byte_fallback=True,
+                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   split_digits=True, allow_whitespace_only_pieces=True,
+                                   remove_extra_whitespaces=False, normalization_rule_name="identity",
+                                   num_threads=1, minloglevel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(buf.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(
+        tokenizer_class="LlamaTokenizer", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        add_bos_token=True, add_eos_token=False, legacy=False)))
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def build_tokenizer(recipe_name: str, folder: Path):
     """Train the recipe's vocabulary and save it with transformers (tokenizer.json and
-    tokenizer_config.json); returns the PreTrainedTokenizerFast."""
+    tokenizer_config.json; tokenizer.model too for "spm"); returns the transformers tokenizer."""
     from transformers import PreTrainedTokenizerFast
     recipe = TOKENIZERS[recipe_name]
-    tok = (_train_bpe if recipe["kind"] == "bpe" else _train_spm)(recipe)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=recipe["bos"], eos_token=recipe["eos"],
-                                   unk_token="<unk>" if recipe["kind"] == "spm" else None,
-                                   add_bos_token=recipe["bos"] is not None and recipe["kind"] == "spm")
+    if recipe["kind"] == "spm":  # needs sentencepiece and protobuf
+        fast = _train_spm(recipe, folder)
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=_train_bpe(recipe), bos_token=recipe["bos"],
+                                       eos_token=recipe["eos"])
     if recipe.get("chat_template"):
         fast.chat_template = recipe["chat_template"]
     fast.save_pretrained(folder)
@@ -158,6 +157,8 @@ WIDE = dict(NARROW, hidden_size=256, intermediate_size=256, num_hidden_layers=1,
             head_dim=64)
 FLOAT_TYPES, K_TYPES = ["F16", "Q8_0"], ["Q4_K", "Q2_K"]
 # norms away from 1 and biases away from 0, so a misread one shows
+LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                   high_freq_factor=4.0, original_max_position_embeddings=64)
 DEFAULT_INIT = {"norm.weight": ("one_plus", 0.2), ".bias": ("normal", 0.2)}
 
 ZOO: dict[str, dict] = {
@@ -165,6 +166,26 @@ ZOO: dict[str, dict] = {
                   quants=FLOAT_TYPES, tokenizer="qwen2", keep_hf=True),
     "qwen3-k": dict(model_type="qwen3", config=dict(WIDE, tie_word_embeddings=True),
                     quants=K_TYPES, tokenizer="qwen2", keep_hf=False),
+    # Qwen3's published YaRN setting (rope_scaling yarn, factor 4) on a small original context:
+    # the converter writes rope.scaling.type/factor/original_context_length
+    "qwen3-yarn": dict(model_type="qwen3", config=dict(NARROW, tie_word_embeddings=True, rope_parameters=dict(
+        rope_type="yarn", rope_theta=1e6, factor=4.0, original_max_position_embeddings=64)),
+        quants=["F16"], tokenizer="qwen2", keep_hf=False, hf_logits=True),
+    # Llama 3.2: llama3 RoPE scaling (the converter writes rope_freqs.weight), tied embeddings.
+    # A small original context puts most pairs into the divided and smoothed bands, so
+    # ignoring the factors moves the logits within the prompt.
+    "llama3.2": dict(model_type="llama", config=dict(NARROW, tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
+                     quants=FLOAT_TYPES, tokenizer="llama-bpe", keep_hf=True),
+    "llama3.2-k": dict(model_type="llama", config=dict(WIDE, tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
+                       quants=K_TYPES, tokenizer="llama-bpe", keep_hf=False),
+    # Mistral 7B: SentencePiece vocabulary, a sliding window (HF only: llama.cpp's converter
+    # writes none for MistralForCausalLM) longer than the prompt
+    "mistral": dict(model_type="mistral", config=dict(NARROW, sliding_window=128, rope_theta=1e6),
+                    quants=FLOAT_TYPES, tokenizer="spm", keep_hf=True),
+    # Falcon3: llama with head_dim * heads > hidden and its own pre-tokenizer name
+    "falcon3": dict(model_type="llama", config=dict(NARROW, num_attention_heads=2, num_key_value_heads=1, head_dim=48,
+                                                    rope_theta=1000042.0),
+                    quants=FLOAT_TYPES, tokenizer="falcon3", keep_hf=True),
 }
 
 
@@ -285,7 +306,7 @@ def make(out: Path, name: str, seed: int) -> dict:
         tok = make_hf(name, entry, hf, seed)
         ids = tok(entry.get("prompt", PROMPT), add_special_tokens=False)["input_ids"]
         arrays = {"prompt": np.asarray(ids, np.int32)}
-        if entry.get("keep_hf"):
+        if entry.get("keep_hf") or entry.get("hf_logits"):
             arrays["hf_logits"] = hf_logits(hf, ids).astype(np.float16)
         f32 = tmp / "f32.gguf"
         recipe = TOKENIZERS[entry["tokenizer"]]

@@ -20,6 +20,7 @@ typedef struct {
     const pylut_qmatrix *wk;       /* [n_kv_heads*head_dim, dim] */
     const pylut_qmatrix *wv;       /* [n_kv_heads*head_dim, dim] */
     const float *bq, *bk, *bv;     /* qwen2 biases or NULL */
+    const float *q_norm, *k_norm;  /* qwen3: [head_dim] RMSNorm of each q / k head before RoPE, or NULL */
     const float *attn_sub_norm;    /* bitnet family: [n_heads*head_dim] before wo, else NULL */
     const pylut_qmatrix *wo;       /* [dim, n_heads*head_dim] */
     const float *ffn_norm;         /* [dim] */

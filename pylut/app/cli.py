@@ -400,6 +400,7 @@ def cmd_info(args):
     print(f"attention:     {info['n_heads']} heads, {info['n_kv_heads']} kv heads of {info['head_dim']}, "
           f"ffn {info['ffn_dim']}, rms norm eps {info['norm_eps']:g}")
     print(f"rope:          {info['rope']['summary']}")
+    print(f"features:      {', '.join(info['features'])}")
     print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})")
     print(f"chat template: {info['chat_template']}")
     print(f"kernels:       {info['isa']}, {info['threads']} threads, precision {info['precision']}"

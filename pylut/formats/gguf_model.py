@@ -183,15 +183,32 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
                           f"the file holds {len(f.tensors)}")
     if head_dim % 2:
         raise _fail(path, f"head dim {head_dim} ({a}attention.key_length) must be even")
+    max_ctx = _hparam(meta, path, a + "context_length")
+    window = _sliding_window(meta, path, a)
+    if window and window < max_ctx:
+        log.info("%s: %sattention.sliding_window %d: the context is limited to the window, within which "
+                 "every layer sees every position", path, a, window)
+        max_ctx = window
     return dict(arch=arch,
                 n_layers=n_layers,
                 dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                 ffn_dim=_hparam(meta, path, a + "feed_forward_length"),
                 vocab=0,  # from token_embd.weight's shape
-                max_ctx=_hparam(meta, path, a + "context_length"),
+                max_ctx=max_ctx, sliding_window=window,
                 norm_eps=_hparam(meta, path, a + "attention.layer_norm_rms_epsilon", kind=float),
                 rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
                 **archs.model_config(arch))
+
+
+def _sliding_window(meta: dict[str, Any], path: str, a: str) -> int:
+    """{arch}.attention.sliding_window, 0 when absent or 0 (none). A Mistral-style window over
+    every layer: llama.cpp's llama graph ignores it and attends to every position, which equals
+    the windowed model up to the window; past it the trained model and llama.cpp differ, so
+    pylut stops there (the caller limits max_ctx). Windowed attention proper is the hook:
+    config["sliding_window"] carries the value to it."""
+    if a + "attention.sliding_window" not in meta or not meta[a + "attention.sliding_window"]:
+        return 0
+    return _hparam(meta, path, a + "attention.sliding_window")
 
 
 # config key -> (type, low, high): what _core.Model accepts; every loader's config (and a
@@ -286,6 +303,9 @@ def _expected(cfg: dict[str, Any]) -> list[_Spec]:
             for name, size in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
                 specs.append(_Spec(p + name + ".bias", p + name + ".bias", (size,), False,
                                    required=spec.qkv_bias == "required"))
+        if spec.qk_norm:
+            specs += [_Spec(p + "attn_q_norm.weight", p + "attn_q_norm", (cfg["head_dim"],), False),
+                      _Spec(p + "attn_k_norm.weight", p + "attn_k_norm", (cfg["head_dim"],), False)]
         if spec.sub_norms:
             specs += [_Spec(p + "attn_sub_norm.weight", p + "attn_sub_norm", (q_dim,), False),
                       _Spec(p + "ffn_sub_norm.weight", p + "ffn_sub_norm", (ffn,), False)]

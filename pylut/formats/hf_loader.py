@@ -1,7 +1,7 @@
 """pylut.formats.hf_loader - a Hugging Face model folder (config.json + *.safetensors) -> the same
 LoadedModel the GGUF loader makes, float weights quantized on load.
 
-Hugging Face llama/mistral/qwen2 checkpoints keep q/k rows in the half-split ("NEOX") RoPE
+Hugging Face llama/mistral/qwen2/qwen3 checkpoints keep q/k rows in the half-split ("NEOX") RoPE
 order (llama.cpp's converter permutes them to adjacent pairs when writing GGUF), so every
 architecture here rotates (i, i + head_dim/2) pairs. Norm weights and biases stay float32.
 
@@ -32,7 +32,7 @@ from .safetensors_reader import open_safetensors
 log = logging.getLogger("pylut")
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-         "BitNetForCausalLM": "bitnet-b1.58"}
+         "BitNetForCausalLM": "bitnet-b1.58", "Qwen3ForCausalLM": "qwen3"}
 
 
 def is_hf_folder(path) -> bool:
@@ -93,7 +93,7 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
     """The context pylut can run exactly. Every layer attends to all earlier positions, so a
     checkpoint with sliding-window layers runs up to its window, where windowing is a no-op."""
     window = hf.get("sliding_window")
-    if hf_arch == "Qwen2ForCausalLM":
+    if hf_arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         types = hf.get("layer_types")
         if types is None:  # older configs: the window applies from layer max_window_layers on
             use = bool(hf.get("use_sliding_window", False))
@@ -161,7 +161,9 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
         raise ModelFileError(f"{cfg_path}: missing or bad hyperparameter ({e})") from None
     if "max_position_embeddings" not in hf:
         log.info("%s: max_position_embeddings is absent; the context is limited to %d", cfg_path, cfg["max_ctx"])
-    cfg["max_ctx"] = _context(hf, hf_arch, n_layers, cfg["max_ctx"], cfg_path)
+    full_ctx = cfg["max_ctx"]
+    cfg["max_ctx"] = _context(hf, hf_arch, n_layers, full_ctx, cfg_path)
+    cfg["sliding_window"] = cfg["max_ctx"] if cfg["max_ctx"] < full_ctx else 0  # the hook, as gguf_model
     if cfg["norm_eps"] <= 0:
         raise ModelFileError(f"{cfg_path}: rms_norm_eps = {hf.get('rms_norm_eps')!r} must be positive")
     cfg["rope_theta"], scaling = rope.hf_scaling(hf, cfg_path)
@@ -214,6 +216,9 @@ def _wanted(cfg: dict, tied: bool) -> dict:
         if arch_spec(cfg["arch"]).sub_norms:  # BitNet: RMSNorm before o_proj and before down_proj
             want[p + "attn_sub_norm"] = (h + "self_attn.attn_sub_norm.weight", (qd,), False, True)
             want[p + "ffn_sub_norm"] = (h + "mlp.ffn_sub_norm.weight", (ffn,), False, True)
+        if arch_spec(cfg["arch"]).qk_norm:  # qwen3: one RMSNorm weight per head dimension
+            want[p + "attn_q_norm"] = (h + "self_attn.q_norm.weight", (cfg["head_dim"],), False, True)
+            want[p + "attn_k_norm"] = (h + "self_attn.k_norm.weight", (cfg["head_dim"],), False, True)
         # qwen2 always has q/k/v biases; llama checkpoints with attention_bias do too
         for x, n in (("q", qd), ("k", kvd), ("v", kvd)):
             want[p + f"attn_{x}.bias"] = (h + f"self_attn.{x}_proj.bias", (n,), False, cfg["attention_bias"])
@@ -231,7 +236,7 @@ def _no_bias(st, base: str, path: str) -> None:
 
 def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
             sink=None, ternary: str = "t3") -> LoadedModel:
-    """Read a Hugging Face llama / mistral / qwen2 folder. Float matrices are quantized to
+    """Read a Hugging Face llama / mistral / qwen2 / qwen3 / BitNet folder. Float matrices are quantized to
     `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group; GPTQ
     matrices keep the checkpoint's codes and scales (see pylut.formats.gptq) unless `requant` is given.
     sink: where each converted tensor goes, as for ``gguf_model.load_gguf``.

@@ -45,6 +45,7 @@ int pylut_model_check(const pylut_model *m, const char **why) {
                 "ffn gate/up shape");
         REQUIRE(mat_ok(L->w_down, m->dim, m->ffn_dim), "ffn down shape");
         REQUIRE(!L->attn_sub_norm == !L->ffn_sub_norm, "attn_sub_norm and ffn_sub_norm come together");
+        REQUIRE(!L->q_norm == !L->k_norm, "attn_q_norm and attn_k_norm come together");
     }
     *why = "";
     return PYLUT_OK;
@@ -202,12 +203,14 @@ static void step_task(void *arg, int ith, int nth) {
                 if (h < m->n_heads) {
                     float *q = s->q + (int64_t)t * qd + h * hd;
                     if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
+                    if (L->q_norm) rmsnorm(q, q, L->q_norm, hd, m->norm_eps);
                     rope(q, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
                 } else {
                     h -= m->n_heads;
                     float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
+                    if (L->k_norm) rmsnorm(k, k, L->k_norm, hd, m->norm_eps);
                     rope(k, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
                     pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, slot_of(s, l, h, pos)));
                     pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, slot_of(s, l, h, pos)));
