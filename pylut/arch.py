@@ -18,6 +18,16 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
     output      "optional": output.weight, else the LM head is token_embd;
                 "tied": the LM head is always token_embd (llama.cpp's loader has no output
                 tensor for the arch and refuses a file that carries one, so pylut does too).
+    fused       phi3's converter keeps Hugging Face's fused matrices: attn_qkv (q, k, v rows
+                one after another; separate attn_q/k/v are accepted too, as llama.cpp's
+                create_tensor_qkv does) and ffn_up holding the gate's rows then the up rows
+                (ggml_swiglu: silu(first half) * second half), no ffn_gate. The loader splits
+                them by rows into the separate matrices, which the forward pass reads from
+                one table set anyway, so nothing is lost by splitting.
+    window      the metadata key of the sliding-attention window, or None. phi3 files carry
+                {arch}.attention.sliding_window (0: none, the converter's mark for Phi-4);
+                llama.cpp reads it and then turns Phi's windowed attention off, transformers
+                masks keys more than `window - 1` positions back.
 """
 from __future__ import annotations
 
@@ -34,6 +44,8 @@ class ArchSpec:
     sub_norms: bool
     qkv_bias: str
     output: str
+    fused: bool = False
+    window: str | None = None
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -45,7 +57,15 @@ ARCHS: dict[str, ArchSpec] = {
     # names occur in published files
     "bitnet-b1.58": ArchSpec(rope="neox", ffn_act="relu2", sub_norms=True,  qkv_bias="optional", output="optional"),
     "bitnet-25":    ArchSpec(rope="neox", ffn_act="relu2", sub_norms=True,  qkv_bias="optional", output="optional"),
+    # Phi-3-mini, Phi-3.5-mini, Phi-4-mini (src/models/phi3.cpp); LongRoPE factors and partial
+    # rotary are RoPE settings (pylut/rope.py), not rows of this table
+    "phi3":         ArchSpec(rope="neox", ffn_act="silu",  sub_norms=False, qkv_bias="none",     output="optional",
+                             fused=True, window="attention.sliding_window"),
 }
+
+# architectures whose files may rotate only the leading rope.dimension_count dims of a head
+# (partial rotary; llama.cpp's n_rot), checked against transformers and llama.cpp
+PARTIAL_ROTARY_ARCHS = ("phi3",)
 
 # architectures whose matrices are ternary by construction (their converters write ternary
 # values even into float tensors)

@@ -133,6 +133,7 @@ cdef extern from "pylut/model.h" nogil:
         int32_t rope_neox
         const float *rope_inv_freq
         float rope_attn_factor
+        int32_t rope_dims
         const pylut_qmatrix *tok_embd
         const float *tok_embd_f32
         const float *output_norm

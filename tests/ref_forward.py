@@ -1,4 +1,4 @@
-"""A plain numpy forward pass of the Llama family (llama, qwen2, the bitnets) over float
+"""A plain numpy forward pass of the Llama family (llama, qwen2, the bitnets, phi3) over float
 weights: the oracle the C forward pass is compared against (same dequantized weights).
 
 How each architecture computes is written down here from llama.cpp's source, apart from
@@ -15,6 +15,9 @@ GGUF_ARCHS = {
     "bitnet": ("neox", "silu"),
     "bitnet-b1.58": ("neox", "relu2"),
     "bitnet-25": ("neox", "relu2"),
+    # src/models/phi3.cpp: build_qkv splits the fused attn_qkv, build_ffn's LLM_FFN_SWIGLU over
+    # the fused ffn_up is silu(first half) * second half; both split below where W has them
+    "phi3": ("neox", "silu"),
 }
 
 
@@ -23,22 +26,31 @@ def rmsnorm(x, w, eps):
     return (x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w).astype(np.float32)
 
 
-def rotate(v, pos, theta, neox, inv_freq=None, scale=1.0):
-    """v: [n_heads, head_dim] at one position. inv_freq: [head_dim/2] scaled frequencies
-    (config rope_inv_freq), else theta^(-2i/head_dim); scale multiplies cos and sin."""
-    hd = v.shape[-1]
+def rotate(v, pos, theta, neox, inv_freq=None, scale=1.0, n_rot=None):
+    """v: [n_heads, head_dim] at one position; the first n_rot dims (default all) rotate, the
+    rest pass through (ggml_rope_ext's n_dims). inv_freq: [n_rot/2] scaled frequencies
+    (config rope_inv_freq), else theta^(-2i/n_rot); scale multiplies cos and sin."""
+    hd = n_rot or v.shape[-1]
     half = hd // 2
     inv = theta ** (-2.0 * np.arange(half) / hd) if inv_freq is None else np.asarray(inv_freq, np.float64)
     a = pos * inv
     c, s = np.cos(a) * scale, np.sin(a) * scale
     out = v.astype(np.float64).copy()
+    r = v[:, :hd]
     if neox:
-        x0, x1 = v[:, :half], v[:, half:]
-        out[:, :half], out[:, half:] = x0 * c - x1 * s, x0 * s + x1 * c
+        x0, x1 = r[:, :half], r[:, half:]
+        out[:, :half], out[:, half:hd] = x0 * c - x1 * s, x0 * s + x1 * c
     else:
-        x0, x1 = v[:, 0::2], v[:, 1::2]
-        out[:, 0::2], out[:, 1::2] = x0 * c - x1 * s, x0 * s + x1 * c
+        x0, x1 = r[:, 0::2], r[:, 1::2]
+        out[:, 0:hd:2], out[:, 1:hd:2] = x0 * c - x1 * s, x0 * s + x1 * c
     return out.astype(np.float32)
+
+
+def longrope_inv_freq(cfg, factors):
+    """LongRoPE's frequencies (transformers' _compute_longrope_parameters, ggml's freq_factors):
+    each pair's theta^(-2i/n_rot) divided by its factor (the short or long set)."""
+    n_rot = cfg.get("rope_dims", cfg["head_dim"])
+    return cfg["rope_theta"] ** (-2.0 * np.arange(n_rot // 2) / n_rot) / np.asarray(factors, np.float64)
 
 
 def streaming_mask(n, sink, window):
@@ -52,7 +64,9 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
     streaming: optional bool [n_layers, n_kv_heads]; those heads see only the first `sink`
     positions and the `window` most recent ones (DuoAttention's streaming heads).
     layout: "gguf" (q/k rows as llama.cpp's converters write them: GGUF_ARCHS) or "hf"
-    (Hugging Face's half-split order, every arch). rope / ffn_act override the table."""
+    (Hugging Face's half-split order, every arch). rope / ffn_act override the table.
+    Fused phi3 weights (blk.N.attn_qkv: q, k, v rows; blk.N.ffn_up of 2 * ffn_dim rows with no
+    ffn_gate: gate rows then up rows) are split here. cfg may set rope_dims (partial rotary)."""
     table_rope, table_act = GGUF_ARCHS[cfg["arch"]]
     rope = rope or ("neox" if layout == "hf" else table_rope)
     ffn_act = ffn_act or table_act
@@ -65,10 +79,15 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
     for l in range(cfg["n_layers"]):
         p = f"blk.{l}."
         xb = rmsnorm(x, W[p + "attn_norm"], eps)
-        q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
-        k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
-        v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
-        rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0))
+        if p + "attn_qkv" in W:
+            qkv = xb @ W[p + "attn_qkv"].T
+            q, k, v = np.split(qkv, [n_h * hd, (n_h + n_kv) * hd], axis=1)
+        else:
+            q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
+            k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
+            v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
+        rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0),
+               cfg.get("rope_dims"))
         q = np.stack([rotate(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
         k = np.stack([rotate(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
         v = v.reshape(n, n_kv, hd)
@@ -84,7 +103,10 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
             att = rmsnorm(att, W[p + "attn_sub_norm"], eps)
         x = x + att @ W[p + "attn_output"].T
         xb = rmsnorm(x, W[p + "ffn_norm"], eps)
-        g, u = xb @ W[p + "ffn_gate"].T, xb @ W[p + "ffn_up"].T
+        if p + "ffn_gate" in W:
+            g, u = xb @ W[p + "ffn_gate"].T, xb @ W[p + "ffn_up"].T
+        else:
+            g, u = np.split(xb @ W[p + "ffn_up"].T, 2, axis=1)
         if ffn_act == "relu2":
             h_ = np.maximum(g, 0) ** 2 * u
         else:
