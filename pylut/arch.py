@@ -28,6 +28,8 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
                 {arch}.attention.sliding_window (0: none, the converter's mark for Phi-4);
                 llama.cpp reads it and then turns Phi's windowed attention off, transformers
                 masks keys more than `window - 1` positions back.
+    nope_every  N > 0: the layers l with (l + 1) % N == 0 rotate neither q nor k (SmolLM3's NoPE
+                layers; llama.cpp's n_no_rope_layer_step, fixed in its source, not in the file).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class ArchSpec:
     output: str
     fused: bool = False
     window: str | None = None
+    nope_every: int = 0
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -61,6 +64,9 @@ ARCHS: dict[str, ArchSpec] = {
     # rotary are RoPE settings (pylut/rope.py), not rows of this table
     "phi3":         ArchSpec(rope="neox", ffn_act="silu",  sub_norms=False, qkv_bias="none",     output="optional",
                              fused=True, window="attention.sliding_window"),
+    # SmolLM3 (src/models/smollm3.cpp): llama's block, RoPE skipped on every 4th layer
+    "smollm3":      ArchSpec(rope="norm", ffn_act="silu",  sub_norms=False, qkv_bias="optional", output="optional",
+                             nope_every=4),
 }
 
 # architectures whose files may rotate only the leading rope.dimension_count dims of a head
@@ -76,7 +82,10 @@ def spec(arch: str) -> ArchSpec:
     return ARCHS[arch]
 
 
-def model_config(arch: str) -> dict:
+def model_config(arch: str, n_layers: int) -> dict:
     """The forward pass's per-architecture settings (keys of ``_core.Model``'s config)."""
     s = ARCHS[arch]
-    return dict(rope_neox=s.rope == "neox", ffn_act=s.ffn_act)
+    out = dict(rope_neox=s.rope == "neox", ffn_act=s.ffn_act)
+    if s.nope_every:
+        out["rope_skip_layers"] = [l for l in range(n_layers) if (l + 1) % s.nope_every == 0]
+    return out

@@ -125,6 +125,7 @@ cdef extern from "pylut/model.h" nogil:
         const pylut_qmatrix *w_up
         const float *ffn_sub_norm
         const pylut_qmatrix *w_down
+        int32_t skip_rope
 
     ctypedef struct pylut_model:
         int32_t ffn_act

@@ -141,6 +141,8 @@ def describe(cfg: dict) -> str:
     if factors:
         parts.append(f"(long ones when n_ctx rounded up to {LLAMACPP_CTX_PAD} exceeds "
                      f"{s['original_max_position_embeddings']:g}, as llama.cpp)")
+    if cfg.get("rope_skip_layers"):
+        parts.append("; no RoPE on layers " + ", ".join(map(str, cfg["rope_skip_layers"])))
     if cfg.get("rope_attn_factor", 1.0) != 1.0 and "attention_factor" not in s:
         parts.append(f"attn factor {cfg['rope_attn_factor']:.6g}")
     return " ".join(parts)

@@ -18,7 +18,10 @@ GGUF_ARCHS = {
     # src/models/phi3.cpp: build_qkv splits the fused attn_qkv, build_ffn's LLM_FFN_SWIGLU over
     # the fused ffn_up is silu(first half) * second half; both split below where W has them
     "phi3": ("neox", "silu"),
+    "smollm3": ("norm", "silu"),
 }
+# src/models/smollm3.cpp: use_rope = (il + 1) % n_no_rope_layer_step != 0, the step fixed at 4
+NOPE_EVERY = {"smollm3": 4}
 
 
 def rmsnorm(x, w, eps):
@@ -66,7 +69,8 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
     layout: "gguf" (q/k rows as llama.cpp's converters write them: GGUF_ARCHS) or "hf"
     (Hugging Face's half-split order, every arch). rope / ffn_act override the table.
     Fused phi3 weights (blk.N.attn_qkv: q, k, v rows; blk.N.ffn_up of 2 * ffn_dim rows with no
-    ffn_gate: gate rows then up rows) are split here. cfg may set rope_dims (partial rotary)."""
+    ffn_gate: gate rows then up rows) are split here. cfg may set rope_dims (partial rotary) and
+    rope_skip_layers (layers without RoPE; default: NOPE_EVERY's rule for the arch)."""
     table_rope, table_act = GGUF_ARCHS[cfg["arch"]]
     rope = rope or ("neox" if layout == "hf" else table_rope)
     ffn_act = ffn_act or table_act
@@ -76,6 +80,9 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
     n = len(tokens)
     mask = np.triu(np.full((n, n), -np.inf), 1)
     stream_mask = streaming_mask(n, sink, window) if streaming is not None else None
+    every = NOPE_EVERY.get(cfg["arch"], 0)
+    nope = set(cfg["rope_skip_layers"]) if "rope_skip_layers" in cfg else \
+        {l for l in range(cfg["n_layers"]) if every and (l + 1) % every == 0}
     for l in range(cfg["n_layers"]):
         p = f"blk.{l}."
         xb = rmsnorm(x, W[p + "attn_norm"], eps)
@@ -88,8 +95,11 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
             v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
         rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0),
                cfg.get("rope_dims"))
-        q = np.stack([rotate(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
-        k = np.stack([rotate(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
+        if l in nope:
+            q, k = q.reshape(n, n_h, hd).astype(np.float32), k.reshape(n, n_kv, hd).astype(np.float32)
+        else:
+            q = np.stack([rotate(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
+            k = np.stack([rotate(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
         v = v.reshape(n, n_kv, hd)
         rep = n_h // n_kv
         out = np.empty((n, n_h, hd), np.float32)

@@ -27,6 +27,8 @@ typedef struct {
     const pylut_qmatrix *w_up;     /* [ffn_dim, dim] */
     const float *ffn_sub_norm;     /* bitnet family: [ffn_dim] before w_down, else NULL */
     const pylut_qmatrix *w_down;   /* [dim, ffn_dim] */
+    int32_t skip_rope;             /* 1: q and k of this layer are not rotated (SmolLM3's NoPE
+                                    * layers); its cached keys are left alone by a context shift */
 } pylut_layer;
 
 typedef struct {

@@ -194,7 +194,7 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
                 rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
                 **({"rope_dims": rope_dims} if rope_dims != head_dim else {}),
                 **({"sliding_window": window} if window else {}),
-                **archs.model_config(arch))
+                **archs.model_config(arch, n_layers))
 
 
 def _window(meta: dict[str, Any], path: str, arch: str, max_ctx: int) -> int:
@@ -245,6 +245,10 @@ def check_config(cfg: Any, where: str) -> dict[str, Any]:
     if cfg["n_heads"] % cfg["n_kv_heads"] or cfg["head_dim"] % 2:
         raise _fail(where, f"config heads {cfg['n_heads']}/{cfg['n_kv_heads']}, head_dim {cfg['head_dim']}: "
                            f"expected n_kv_heads dividing n_heads and an even head_dim")
+    skip = cfg.get("rope_skip_layers", [])
+    if not isinstance(skip, list) or not all(isinstance(l, int) and not isinstance(l, bool)
+                                             and 0 <= l < cfg["n_layers"] for l in skip):
+        raise _fail(where, f"config rope_skip_layers = {skip!r}: expected layer indices")
     rope_dims = cfg.get("rope_dims", cfg["head_dim"])
     if rope_dims > cfg["head_dim"] or rope_dims % 2:
         raise _fail(where, f"config rope_dims = {rope_dims}: expected an even count up to head_dim {cfg['head_dim']}")

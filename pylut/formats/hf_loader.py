@@ -29,7 +29,9 @@ from .safetensors_reader import open_safetensors
 log = logging.getLogger("pylut")
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-         "Phi3ForCausalLM": "phi3"}
+         "Phi3ForCausalLM": "phi3", "SmolLM3ForCausalLM": "smollm3"}
+# config keys an architecture reads although the llama/qwen2 block refuses them
+_READ_BY = {"smollm3": {"no_rope_layers", "no_rope_layer_interval"}}
 
 
 def is_hf_folder(path) -> bool:
@@ -92,6 +94,8 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
                 and window is not None
     elif hf_arch in ("MistralForCausalLM", "Phi3ForCausalLM"):
         windowed = window is not None
+    elif hf_arch == "SmolLM3ForCausalLM":  # the window, when used, is on the NoPE layers
+        windowed = bool(hf.get("use_sliding_window", False)) and window is not None
     else:  # Llama's attention has no window; a stray key would be a misconfiguration
         if window is not None:
             raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} is set, but LlamaForCausalLM "
@@ -108,6 +112,22 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
     return max_ctx
 
 
+def _nope_layers(hf: dict, n_layers: int, cfg_path: str) -> list[int]:
+    """SmolLM3's layers without RoPE: no_rope_layers (1: rotate, 0: not, per layer), else
+    every no_rope_layer_interval-th layer (default 4), as transformers' SmolLM3Config builds it."""
+    flags = hf.get("no_rope_layers")
+    if flags is None:
+        every = hf.get("no_rope_layer_interval", 4)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ModelFileError(f"{cfg_path}: no_rope_layer_interval = {every!r} should be a positive integer")
+        flags = [int((l + 1) % every != 0) for l in range(n_layers)]
+    if not isinstance(flags, list) or len(flags) != n_layers or any(f not in (0, 1) or isinstance(f, bool)
+                                                                     for f in flags):
+        raise ModelFileError(f"{cfg_path}: no_rope_layers = {flags!r} should hold 0 or 1 for each of the "
+                             f"{n_layers} layers")
+    return [l for l, rotates in enumerate(flags) if not rotates]
+
+
 def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
     """Hyperparameters from config.json. Every key that sets a quantity pylut computes with is
     read, or refused with its name; a default stands only where the config says nothing."""
@@ -122,7 +142,7 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
     qc = gptq.quantization_config(path, hf)
     quant = gptq.parse_config(qc, cfg_path) if qc else None
     for key, neutral in _UNSUPPORTED.items():
-        if key in hf and hf[key] not in neutral:
+        if key in hf and hf[key] not in neutral and key not in _READ_BY.get(arch, ()):
             raise ModelFileError(f"{cfg_path}: {key} = {hf[key]!r} is not supported by pylut's "
                                  f"{arch} block (it computes no such quantity)")
     act = hf.get("hidden_act", "silu")
@@ -159,6 +179,8 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | None]:
             cfg["sliding_window"] = hf["sliding_window"]
     elif scaling["type"] == "longrope":
         raise ModelFileError(f"{cfg_path}: rope_type 'longrope' is read for Phi3ForCausalLM only")
+    if arch == "smollm3":
+        cfg["rope_skip_layers"] = _nope_layers(hf, n_layers, cfg_path)
     rope.apply(cfg, scaling)
     # Llama reads attention_bias (q/k/v/o biases); Qwen2 always has q/k/v ones; Mistral has none
     bias = hf.get("attention_bias", False)

@@ -205,13 +205,13 @@ static void step_task(void *arg, int ith, int nth) {
                 if (h < m->n_heads) {
                     float *q = s->q + (int64_t)t * qd + h * hd;
                     if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
-                    rope(q, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                    if (!L->skip_rope) rope(q, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
                 } else {
                     h -= m->n_heads;
                     float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
-                    rope(k, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                    if (!L->skip_rope) rope(k, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
                     pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, slot_of(s, l, h, pos)));
                     pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, slot_of(s, l, h, pos)));
                 }

@@ -269,6 +269,7 @@ void pylut_state_make_room(pylut_state *s, int n) {
 static void rerotate(const pylut_model *m, pylut_state *s, int l, int h, int64_t a, int64_t b, const float *cs,
                      float *x) {
     const int hd = m->head_dim, half = pylut_rope_dims(m) / 2;
+    if (m->layers[l].skip_rope) return; /* its keys carry no position */
     for (int64_t p = a; p < b; p++) {
         /* a quantized key is re-encoded after the turn: one more rounding */
         pylut_kv_decode(s->kv_type, hd, kv_row(s, 0, l, h, p), x);
