@@ -88,6 +88,10 @@ TOKENIZERS = {
     "falcon3": dict(kind="bpe", pre="falcon3", vocab=320, bos=None, eos="<|endoftext|>",
                     specials=[">>TITLE<<", ">>ABSTRACT<<", "<|pad|>", "<|endoftext|>"]),
     "spm": dict(kind="spm", vocab=320, bos="<s>", eos="</s>", specials=["<unk>", "<s>", "</s>"]),
+    # Phi-4-mini's: a byte-level BPE that tokenizer_config.json calls GPT2Tokenizer, the only
+    # BPE vocabulary the phi3 converter takes (anything else needs a sentencepiece tokenizer.model)
+    "phi4": dict(kind="bpe", pre="llama-bpe", vocab=320, bos="<|begin_of_text|>", eos="<|eot_id|>",
+                 specials=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], tokenizer_class="GPT2Tokenizer"),
 }
 
 
@@ -143,6 +147,11 @@ def build_tokenizer(recipe_name: str, folder: Path):
     if recipe.get("chat_template"):
         fast.chat_template = recipe["chat_template"]
     fast.save_pretrained(folder)
+    if recipe.get("tokenizer_class"):
+        cfg_path = folder / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["tokenizer_class"] = recipe["tokenizer_class"]
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     return fast
 
 
@@ -160,11 +169,42 @@ FLOAT_TYPES, K_TYPES = ["F16", "Q8_0"], ["Q4_K", "Q2_K"]
 # norms away from 1 and biases away from 0, so a misread one shows
 DEFAULT_INIT = {"norm.weight": ("one_plus", 0.2), ".bias": ("normal", 0.2)}
 
+
+
+def _longrope(n_pairs: int, seed: int) -> dict:
+    """LongRoPE parameters with short factors in [1, 4] and long ones in [4, 40] per pair:
+    far enough from 1 (and from each other) that ignoring or swapping them shows."""
+    rng = np.random.default_rng(seed)
+    factors = lambda lo, hi: [round(float(x), 4) for x in np.sort(rng.uniform(lo, hi, n_pairs))]  # noqa: E731
+    return {"rope_type": "longrope", "short_factor": factors(1.0, 4.0), "long_factor": factors(4.0, 40.0)}
+
+
+# Phi-3.5/4-mini: max context 1024 over an original 256 (attention factor sqrt(1 + ln 4 / ln 256)).
+# llama.cpp pads n_ctx to 256 and uses the long factors only past the original context, so its
+# oracle runs the short ones, as transformers does for a prompt under 256 tokens.
+PHI3 = dict(max_position_embeddings=1024, original_max_position_embeddings=256)
+
 ZOO: dict[str, dict] = {
     "qwen3": dict(model_type="qwen3", config=dict(NARROW, tie_word_embeddings=True),
                   quants=FLOAT_TYPES, tokenizer="qwen2", keep_hf=True),
     "qwen3-k": dict(model_type="qwen3", config=dict(WIDE, tie_word_embeddings=True),
                     quants=K_TYPES, tokenizer="qwen2", keep_hf=False),
+    # Phi-3.5-mini: fused qkv_proj / gate_up_proj, LongRoPE, untied head, a window past the context
+    "phi3": dict(model_type="phi3", config=dict(NARROW, **PHI3, rope_parameters=_longrope(8, 1),
+                                                sliding_window=2048, tie_word_embeddings=False),
+                 quants=FLOAT_TYPES, tokenizer="phi4", keep_hf=True),
+    # Phi-4-mini: partial rotary 0.75 (12 of 16 dims: 6 factor pairs), tied head, no window
+    # (the converter writes 0)
+    "phi4mini": dict(model_type="phi3", config=dict(NARROW, **PHI3, sliding_window=None, tie_word_embeddings=True,
+                                                    rope_parameters=dict(_longrope(6, 3), partial_rotary_factor=0.75)),
+                     quants=FLOAT_TYPES, tokenizer="phi4", keep_hf=True),
+    "phi3-k": dict(model_type="phi3", config=dict(WIDE, **PHI3, rope_parameters=_longrope(32, 5),
+                                                  sliding_window=2048, tie_word_embeddings=False),
+                   quants=K_TYPES, tokenizer="phi4", keep_hf=False),
+    # SmolLM3: no RoPE on every 4th layer (layer 3 of 4), tied head
+    "smollm3": dict(model_type="smollm3", config=dict(NARROW, num_hidden_layers=4, rope_theta=5e6,
+                                                      tie_word_embeddings=True),
+                    quants=FLOAT_TYPES, tokenizer="llama-bpe", keep_hf=True),
 }
 
 
