@@ -355,3 +355,27 @@ def test_session_file_remembers_the_factor_set(tmp_path, cache):
     assert again._cached == prompt
     with pytest.raises(ValueError, match="other RoPE frequencies"):
         pylut.load(path, n_ctx=128).load_state(tmp_path / "s.pylut")
+
+
+@pytest.mark.parametrize("tensor_type", ["F16", "Q8_0"])
+def test_long_factors_agree_with_llamacpp(tensor_type, cache):
+    """llama.cpp given n_ctx 300 (padded to 512, past the original 256) runs the long factors;
+    pylut at the same n_ctx follows it as closely as at the short ones, and at n_ctx 256 does not."""
+    o = oracle("phi3")
+    want = o[f"lcpp_logits_{tensor_type}_ctx300"].astype(np.float32)
+    short = o[f"lcpp_logits_{tensor_type}"].astype(np.float32)
+    path = gguf_path("phi3", tensor_type)
+    got = prompt_logits(pylut.load(path, bits=8, precision="high", n_ctx=300), o["prompt"])
+    got_short = prompt_logits(pylut.load(path, bits=8, precision="high", n_ctx=256), o["prompt"])
+    err, err_short = deviation(got, want), deviation(got_short, short)
+    w, attn = file_weights(path)  # decisive positions as in test_file_against_reference_and_llamacpp
+    ref = ref_forward(reference_config(load_gguf(path, bits=8), w["rope_factors_long"], attn), w, o["prompt"].tolist())
+    srt = np.sort(ref, axis=1)
+    decisive = (srt[:, -1] - srt[:, -2]) > np.abs(want - ref).max(axis=1)
+    agree = got.argmax(1) == want.argmax(1)
+    log.info("phi3-%s: long factors %.3f%% of llama.cpp's range (short: %.3f%%), top-1 %.1f%% (%.1f%% of %d "
+             "decisive)", tensor_type, 100 * err, 100 * err_short, 100 * agree.mean(), 100 * agree[decisive].mean(),
+             decisive.sum())
+    assert err <= 1.5 * err_short + 0.005
+    assert float(agree[decisive].mean()) >= MIN_TOP1_LLAMACPP
+    assert deviation(got_short, want) > 10 * err

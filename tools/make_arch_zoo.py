@@ -19,6 +19,8 @@ Per entry of ZOO (one HF config + the quant types to write + a prompt), in OUT/<
                          lcpp_logits_<TYPE> float16 [n, vocab]  llama.cpp, prompt in one batch
                          lcpp_greedy_<TYPE> int32 [32]          llama.cpp's greedy continuation
                          lcpp_prompt int32 [m]        llama.cpp's tokenization of the prompt text
+                         lcpp_logits_<TYPE>_ctx<N>    the prompt's logits with n_ctx N, for each
+                                   N of the entry's extra_n_ctx
                          meta      JSON: the entry, the tensor types llama.cpp's quantizer chose
                                    per file (K-quants fall back where a row length is not a
                                    multiple of 256), versions
@@ -190,9 +192,10 @@ ZOO: dict[str, dict] = {
     "qwen3-k": dict(model_type="qwen3", config=dict(WIDE, tie_word_embeddings=True),
                     quants=K_TYPES, tokenizer="qwen2", keep_hf=False),
     # Phi-3.5-mini: fused qkv_proj / gate_up_proj, LongRoPE, untied head, a window past the context
+    # (extra_n_ctx: llama.cpp's logits at n_ctx 300 too, which it pads to 512: the long factors)
     "phi3": dict(model_type="phi3", config=dict(NARROW, **PHI3, rope_parameters=_longrope(8, 1),
                                                 sliding_window=2048, tie_word_embeddings=False),
-                 quants=FLOAT_TYPES, tokenizer="phi4", keep_hf=True),
+                 quants=FLOAT_TYPES, tokenizer="phi4", keep_hf=True, extra_n_ctx=[300]),
     # Phi-4-mini: partial rotary 0.75 (12 of 16 dims: 6 factor pairs), tied head, no window
     # (the converter writes 0)
     "phi4mini": dict(model_type="phi3", config=dict(NARROW, **PHI3, sliding_window=None, tie_word_embeddings=True,
@@ -291,11 +294,12 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
 
 
-def llamacpp_run(path: Path, ids: list[int], text: str):
+def llamacpp_run(path: Path, ids: list[int], text: str, n_ctx: int | None = None):
     """(logits [n, vocab] for the prompt in one batch, N_GREEDY greedy ids, llama.cpp's own
-    tokenization of the prompt text)."""
+    tokenization of the prompt text); n_ctx: the context llama.cpp is given (default: what
+    the prompt and the greedy tokens need)."""
     import llama_cpp
-    n_ctx = len(ids) + N_GREEDY + 8
+    n_ctx = n_ctx or len(ids) + N_GREEDY + 8
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=2,
                           logits_all=True, verbose=False)
     llm.eval(ids)
@@ -339,6 +343,8 @@ def make(out: Path, name: str, seed: int) -> dict:
             arrays[f"lcpp_logits_{qt}"] = logits.astype(np.float16)
             arrays[f"lcpp_greedy_{qt}"] = greedy
             arrays["lcpp_prompt"] = lcpp_prompt
+            for n_ctx in entry.get("extra_n_ctx", ()):  # settings chosen by the context (LongRoPE)
+                arrays[f"lcpp_logits_{qt}_ctx{n_ctx}"] = llamacpp_run(path, ids, "", n_ctx)[0].astype(np.float16)
     meta = dict(name=name, entry=entry, seed=seed, tensor_types=types, prompt_text=entry.get("prompt", PROMPT),
                 tokenizer=recipe, versions=dict(transformers=transformers.__version__, torch=torch.__version__,
                                                 llama_cpp_python=llama_cpp.__version__))
