@@ -379,3 +379,19 @@ def test_long_factors_agree_with_llamacpp(tensor_type, cache):
     assert err <= 1.5 * err_short + 0.005
     assert float(agree[decisive].mean()) >= MIN_TOP1_LLAMACPP
     assert deviation(got_short, want) > 10 * err
+
+
+@pytest.mark.parametrize("kind", ["longrope", "su"])
+def test_hub_config_layout(tmp_path, cache, kind):
+    """The layout of the published configs (transformers < 5): rope_scaling {type, long_factor,
+    short_factor} with rope_theta and partial_rotary_factor at the top level ("su" is
+    LongRoPE's older name) computes what transformers 5's rope_parameters does."""
+    def hub(c):
+        p = c.pop("rope_parameters")
+        c["rope_theta"] = p["rope_theta"]
+        c["partial_rotary_factor"] = p["partial_rotary_factor"]
+        c["rope_scaling"] = {"type": kind, "long_factor": p["long_factor"], "short_factor": p["short_factor"]}
+    old = pylut.load(edited(tmp_path, "phi4mini", hub), n_ctx=N_CTX)
+    new = pylut.load(ZOO / "phi4mini" / "hf", n_ctx=N_CTX)
+    for key in ("rope_dims", "rope_inv_freq", "rope_attn_factor"):
+        assert old.loaded.config[key] == new.loaded.config[key], key
