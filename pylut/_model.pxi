@@ -30,8 +30,9 @@ cdef class Model:
     """Weights of a Llama-family model wired for the C forward pass. `config` has arch,
     n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx, norm_eps,
     rope_theta, rope_neox, ffn_act ('silu' or 'relu2'; pylut/arch.py says which arch has
-    which), optionally rope_inv_freq ([head_dim/2], the scaled frequencies pylut.rope
-    computes) and rope_attn_factor; `tensors` maps GGUF-style names to QMatrix / float32
+    which), optionally rope_dims (the leading dims RoPE rotates; default head_dim),
+    rope_inv_freq ([rope_dims/2], the scaled frequencies pylut.rope computes),
+    rope_attn_factor and rope_skip_layers (layers whose q/k are not rotated); `tensors` maps GGUF-style names to QMatrix / float32
     arrays."""
     cdef pylut_model m
     cdef pylut_layer *layers
@@ -57,7 +58,10 @@ cdef class Model:
         m.norm_eps = config["norm_eps"]
         m.rope_theta = config["rope_theta"]
         m.rope_neox = 1 if config["rope_neox"] else 0
-        m.rope_inv_freq = _fptr(self.keep, config.get("rope_inv_freq"), "rope_inv_freq", m.head_dim // 2)
+        m.rope_dims = config.get("rope_dims", m.head_dim)
+        if m.rope_dims < 2 or m.rope_dims > m.head_dim or m.rope_dims % 2:
+            raise ValueError(f"rope_dims must be even, in 2..head_dim, got {m.rope_dims}")
+        m.rope_inv_freq = _fptr(self.keep, config.get("rope_inv_freq"), "rope_inv_freq", m.rope_dims // 2)
         m.rope_attn_factor = config.get("rope_attn_factor", 1.0)
         if m.n_layers < 1 or m.n_layers > 100000:
             raise ValueError(f"n_layers out of range: {m.n_layers}")
@@ -83,8 +87,12 @@ cdef class Model:
         m.output_norm = _fptr(keep, need("output_norm"), "output_norm", m.dim)
         m.output = _qptr(need("output"), "output")
         qd = m.n_heads * m.head_dim
+        skip_rope = set(config.get("rope_skip_layers", ()))
+        if not skip_rope <= set(range(m.n_layers)):
+            raise ValueError(f"rope_skip_layers {sorted(skip_rope)} must be layer indices below {m.n_layers}")
         for l in range(m.n_layers):
             L = &self.layers[l]
+            L.skip_rope = 1 if l in skip_rope else 0
             p = f"blk.{l}."
             L.attn_norm = _fptr(keep, need(p + "attn_norm"), p + "attn_norm", m.dim)
             L.wq = _qptr(need(p + "attn_q"), p + "attn_q")

@@ -20,6 +20,18 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
                 tensor for the arch and refuses a file that carries one, so pylut does too).
     qk_norm     attn_q_norm / attn_k_norm [head_dim] are required: each q and k head is
                 RMS-normalized (norm_eps) after its bias and before RoPE (qwen3).
+    fused       phi3's converter keeps Hugging Face's fused matrices: attn_qkv (q, k, v rows
+                one after another; separate attn_q/k/v are accepted too, as llama.cpp's
+                create_tensor_qkv does) and ffn_up holding the gate's rows then the up rows
+                (ggml_swiglu: silu(first half) * second half), no ffn_gate. The loader splits
+                them by rows into the separate matrices, which the forward pass reads from
+                one table set anyway, so nothing is lost by splitting.
+    window      the metadata key of the sliding-attention window, or None. phi3 files carry
+                {arch}.attention.sliding_window (0: none, the converter's mark for Phi-4);
+                llama.cpp reads it and then turns Phi's windowed attention off, transformers
+                masks keys more than `window - 1` positions back.
+    nope_every  N > 0: the layers l with (l + 1) % N == 0 rotate neither q nor k (SmolLM3's NoPE
+                layers; llama.cpp's n_no_rope_layer_step, fixed in its source, not in the file).
 """
 from __future__ import annotations
 
@@ -37,6 +49,9 @@ class ArchSpec:
     qkv_bias: str
     output: str
     qk_norm: bool = False
+    fused: bool = False
+    window: str | None = None
+    nope_every: int = 0
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -51,7 +66,18 @@ ARCHS: dict[str, ArchSpec] = {
     # names occur in published files
     "bitnet-b1.58": ArchSpec(rope="neox", ffn_act="relu2", sub_norms=True,  qkv_bias="optional", output="optional"),
     "bitnet-25":    ArchSpec(rope="neox", ffn_act="relu2", sub_norms=True,  qkv_bias="optional", output="optional"),
+    # Phi-3-mini, Phi-3.5-mini, Phi-4-mini (src/models/phi3.cpp); LongRoPE factors and partial
+    # rotary are RoPE settings (pylut/rope.py), not rows of this table
+    "phi3":         ArchSpec(rope="neox", ffn_act="silu",  sub_norms=False, qkv_bias="none",     output="optional",
+                             fused=True, window="attention.sliding_window"),
+    # SmolLM3 (src/models/smollm3.cpp): llama's block, RoPE skipped on every 4th layer
+    "smollm3":      ArchSpec(rope="norm", ffn_act="silu",  sub_norms=False, qkv_bias="optional", output="optional",
+                             nope_every=4),
 }
+
+# architectures whose files may rotate only the leading rope.dimension_count dims of a head
+# (partial rotary; llama.cpp's n_rot), checked against transformers and llama.cpp
+PARTIAL_ROTARY_ARCHS = ("phi3",)
 
 # architectures whose matrices are ternary by construction (their converters write ternary
 # values even into float tensors)
@@ -70,12 +96,17 @@ def features(cfg: dict) -> list[str]:
         out.append("per-head q/k RMSNorm")
     if s.sub_norms:
         out.append("attention/FFN sub-norms")
+    if s.nope_every:
+        out.append(f"no RoPE on every {s.nope_every}th layer")
     if cfg.get("sliding_window"):
         out.append(f"sliding window {cfg['sliding_window']} (context limited to it)")
     return out
 
 
-def model_config(arch: str) -> dict:
+def model_config(arch: str, n_layers: int) -> dict:
     """The forward pass's per-architecture settings (keys of ``_core.Model``'s config)."""
     s = ARCHS[arch]
-    return dict(rope_neox=s.rope == "neox", ffn_act=s.ffn_act)
+    out = dict(rope_neox=s.rope == "neox", ffn_act=s.ffn_act)
+    if s.nope_every:
+        out["rope_skip_layers"] = [l for l in range(n_layers) if (l + 1) % s.nope_every == 0]
+    return out

@@ -127,6 +127,7 @@ cdef extern from "pylut/model.h" nogil:
         const pylut_qmatrix *w_up
         const float *ffn_sub_norm
         const pylut_qmatrix *w_down
+        int32_t skip_rope
 
     ctypedef struct pylut_model:
         int32_t ffn_act
@@ -135,6 +136,7 @@ cdef extern from "pylut/model.h" nogil:
         int32_t rope_neox
         const float *rope_inv_freq
         float rope_attn_factor
+        int32_t rope_dims
         const pylut_qmatrix *tok_embd
         const float *tok_embd_f32
         const float *output_norm

@@ -141,7 +141,8 @@ class Model:
         self.precision = precision
         self.n_threads = physical_cores() if n_threads is None else int(n_threads)
         self.pool = get_pool(self.n_threads)
-        self.weights = _core.Model(cfg, loaded.tensors)
+        # LongRoPE's factor set depends on the context, so the weights are wired for this one
+        self.weights = _core.Model(rope.for_context(cfg, n_ctx), loaded.tensors)
         self.name = loaded.name or os.path.basename(loaded.path)
         self.max_batch = int(max_batch)
         self.head_plan = streaming.resolve(options.head_plan)
@@ -417,7 +418,12 @@ class Model:
                 "ffn_dim": cfg["ffn_dim"], "norm_eps": cfg["norm_eps"],
                 "rope": {"theta": cfg["rope_theta"], "neox": bool(cfg["rope_neox"]),
                          "scaling": cfg.get("rope_scaling") or {"type": "default"},
-                         "attn_factor": cfg.get("rope_attn_factor", 1.0), "summary": rope.describe(cfg)},
+                         "attn_factor": cfg.get("rope_attn_factor", 1.0), "summary": rope.describe(cfg),
+                         "dims": cfg.get("rope_dims", cfg["head_dim"]),
+                         "longrope_factors": (("long" if rope.uses_long_factors(cfg["rope_scaling"], self.n_ctx)
+                                               else "short") if (cfg.get("rope_scaling") or {}).get("type")
+                                              == "longrope" else None)},
+                "sliding_window": cfg.get("sliding_window"),
                 "context": cfg["max_ctx"], "n_ctx": self.n_ctx, "isa": cpu_features()["isa"],
                 "threads": self.n_threads, "chat_template": self.chat_template.name,
                 "kv_type": self.session.kv_type, "kv_bytes": self.session.kv_bytes,

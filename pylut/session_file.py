@@ -62,6 +62,14 @@ def _heads(config):
 
 # ---------------------------------------------------------------- writing
 
+def _rope_key(model) -> Optional[str]:
+    """The frequencies the cached keys were rotated with, where they depend on the session's
+    context (LongRoPE's factor sets, rope.for_context) rather than on the weights alone."""
+    if model.weights.config.get("rope_inv_freq") == model.loaded.config.get("rope_inv_freq"):
+        return None
+    return hashlib.sha256(json.dumps(model.weights.config["rope_inv_freq"]).encode()).hexdigest()[:16]
+
+
 def save(model, path) -> None:
     """Write `model`'s cached tokens and every kv head's slots in use (written under a
     temporary name, renamed into place when complete)."""
@@ -74,6 +82,7 @@ def save(model, path) -> None:
                          "head_rows": [int(r.shape[0]) for r in rows], "stream_base": session.stream_base,
                          "head_plan": plan.key() if plan is not None else None,
                          "head_plan_summary": plan.summary() if plan is not None else None,
+                         "rope_inv_freq": _rope_key(model),
                          "model": model.name}).encode()
     body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header
     digest = hashlib.sha256(body)
@@ -166,6 +175,9 @@ def load(model, path) -> None:
                          "load the model with the same head plan")
     if n > model.n_ctx:
         raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={model.n_ctx}")
+    if h.get("rope_inv_freq") != _rope_key(model):
+        raise ValueError(f"{path}: the session's keys were rotated with other RoPE frequencies (LongRoPE's "
+                         f"factor set follows n_ctx); load the model with the n_ctx it was saved at")
     heads = _heads(config)
     views = [session.head_kv(kv, l, hh) for kv, l, hh in heads]
     base = session.sink if head.stream_base is None else head.stream_base

@@ -1,4 +1,4 @@
-"""A plain numpy forward pass of the Llama family (llama, qwen2, the bitnets) over float
+"""A plain numpy forward pass of the Llama family (llama, qwen2, the bitnets, phi3) over float
 weights: the oracle the C forward pass is compared against (same dequantized weights).
 
 How each architecture computes is written down here from llama.cpp's source, apart from
@@ -17,7 +17,13 @@ GGUF_ARCHS = {
     "bitnet": ("neox", "silu"),
     "bitnet-b1.58": ("neox", "relu2"),
     "bitnet-25": ("neox", "relu2"),
+    # src/models/phi3.cpp: build_qkv splits the fused attn_qkv, build_ffn's LLM_FFN_SWIGLU over
+    # the fused ffn_up is silu(first half) * second half; both split below where W has them
+    "phi3": ("neox", "silu"),
+    "smollm3": ("norm", "silu"),
 }
+# src/models/smollm3.cpp: use_rope = (il + 1) % n_no_rope_layer_step != 0, the step fixed at 4
+NOPE_EVERY = {"smollm3": 4}
 
 
 def rmsnorm(x, w, eps):
@@ -25,21 +31,23 @@ def rmsnorm(x, w, eps):
     return (x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w).astype(np.float32)
 
 
-def rotate(v, pos, theta, neox, inv_freq=None, scale=1.0):
-    """v: [n_heads, head_dim] at one position. inv_freq: [head_dim/2] scaled frequencies
-    (config rope_inv_freq), else theta^(-2i/head_dim); scale multiplies cos and sin."""
-    hd = v.shape[-1]
+def rotate(v, pos, theta, neox, inv_freq=None, scale=1.0, n_rot=None):
+    """v: [n_heads, head_dim] at one position; the first n_rot dims (default all) rotate, the
+    rest pass through (ggml_rope_ext's n_dims). inv_freq: [n_rot/2] scaled frequencies
+    (config rope_inv_freq), else theta^(-2i/n_rot); scale multiplies cos and sin."""
+    hd = n_rot or v.shape[-1]
     half = hd // 2
     inv = theta ** (-2.0 * np.arange(half) / hd) if inv_freq is None else np.asarray(inv_freq, np.float64)
     a = pos * inv
     c, s = np.cos(a) * scale, np.sin(a) * scale
     out = v.astype(np.float64).copy()
+    r = v[:, :hd]
     if neox:
-        x0, x1 = v[:, :half], v[:, half:]
-        out[:, :half], out[:, half:] = x0 * c - x1 * s, x0 * s + x1 * c
+        x0, x1 = r[:, :half], r[:, half:]
+        out[:, :half], out[:, half:hd] = x0 * c - x1 * s, x0 * s + x1 * c
     else:
-        x0, x1 = v[:, 0::2], v[:, 1::2]
-        out[:, 0::2], out[:, 1::2] = x0 * c - x1 * s, x0 * s + x1 * c
+        x0, x1 = r[:, 0::2], r[:, 1::2]
+        out[:, 0:hd:2], out[:, 1:hd:2] = x0 * c - x1 * s, x0 * s + x1 * c
     return out.astype(np.float32)
 
 
@@ -88,6 +96,13 @@ def rope_frequencies(cfg):
     raise ValueError(f"RoPE scaling {kind!r}: the reference does not compute it")
 
 
+def longrope_inv_freq(cfg, factors):
+    """LongRoPE's frequencies (transformers' _compute_longrope_parameters, ggml's freq_factors):
+    each pair's theta^(-2i/n_rot) divided by its factor (the short or long set)."""
+    n_rot = cfg.get("rope_dims", cfg["head_dim"])
+    return cfg["rope_theta"] ** (-2.0 * np.arange(n_rot // 2) / n_rot) / np.asarray(factors, np.float64)
+
+
 def streaming_mask(n, sink, window):
     """Additive mask of a streaming head: query p sees [0, sink) and (p - window, p]."""
     p, j = np.arange(n)[:, None], np.arange(n)[None, :]
@@ -99,7 +114,10 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
     streaming: optional bool [n_layers, n_kv_heads]; those heads see only the first `sink`
     positions and the `window` most recent ones (DuoAttention's streaming heads).
     layout: "gguf" (q/k rows as llama.cpp's converters write them: GGUF_ARCHS) or "hf"
-    (Hugging Face's half-split order, every arch). rope / ffn_act override the table."""
+    (Hugging Face's half-split order, every arch). rope / ffn_act override the table.
+    Fused phi3 weights (blk.N.attn_qkv: q, k, v rows; blk.N.ffn_up of 2 * ffn_dim rows with no
+    ffn_gate: gate rows then up rows) are split here. cfg may set rope_dims (partial rotary) and
+    rope_skip_layers (layers without RoPE; default: NOPE_EVERY's rule for the arch)."""
     table_rope, table_act = GGUF_ARCHS[cfg["arch"]]
     rope = rope or ("neox" if layout == "hf" else table_rope)
     ffn_act = ffn_act or table_act
@@ -109,18 +127,29 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
     n = len(tokens)
     mask = np.triu(np.full((n, n), -np.inf), 1)
     stream_mask = streaming_mask(n, sink, window) if streaming is not None else None
+    every = NOPE_EVERY.get(cfg["arch"], 0)
+    nope = set(cfg["rope_skip_layers"]) if "rope_skip_layers" in cfg else \
+        {l for l in range(cfg["n_layers"]) if every and (l + 1) % every == 0}
     for l in range(cfg["n_layers"]):
         p = f"blk.{l}."
         xb = rmsnorm(x, W[p + "attn_norm"], eps)
-        q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
-        k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
-        v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
+        if p + "attn_qkv" in W:
+            qkv = xb @ W[p + "attn_qkv"].T
+            q, k, v = np.split(qkv, [n_h * hd, (n_h + n_kv) * hd], axis=1)
+        else:
+            q = xb @ W[p + "attn_q"].T + W.get(p + "attn_q.bias", 0)
+            k = xb @ W[p + "attn_k"].T + W.get(p + "attn_k.bias", 0)
+            v = xb @ W[p + "attn_v"].T + W.get(p + "attn_v.bias", 0)
         if p + "attn_q_norm" in W:
             q = rmsnorm(q.reshape(n, n_h, hd), W[p + "attn_q_norm"], eps).reshape(n, n_h * hd)
             k = rmsnorm(k.reshape(n, n_kv, hd), W[p + "attn_k_norm"], eps).reshape(n, n_kv * hd)
-        rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0))
-        q = np.stack([rotate(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
-        k = np.stack([rotate(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
+        rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0),
+               cfg.get("rope_dims"))
+        if l in nope:
+            q, k = q.reshape(n, n_h, hd).astype(np.float32), k.reshape(n, n_kv, hd).astype(np.float32)
+        else:
+            q = np.stack([rotate(q[t].reshape(n_h, hd), t, *rot) for t in range(n)])
+            k = np.stack([rotate(k[t].reshape(n_kv, hd), t, *rot) for t in range(n)])
         v = v.reshape(n, n_kv, hd)
         rep = n_h // n_kv
         out = np.empty((n, n_h, hd), np.float32)
@@ -134,7 +163,10 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
             att = rmsnorm(att, W[p + "attn_sub_norm"], eps)
         x = x + att @ W[p + "attn_output"].T
         xb = rmsnorm(x, W[p + "ffn_norm"], eps)
-        g, u = xb @ W[p + "ffn_gate"].T, xb @ W[p + "ffn_up"].T
+        if p + "ffn_gate" in W:
+            g, u = xb @ W[p + "ffn_gate"].T, xb @ W[p + "ffn_up"].T
+        else:
+            g, u = np.split(xb @ W[p + "ffn_up"].T, 2, axis=1)
         if ffn_act == "relu2":
             h_ = np.maximum(g, 0) ** 2 * u
         else:

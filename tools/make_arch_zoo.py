@@ -19,6 +19,8 @@ Per entry of ZOO (one HF config + the quant types to write + a prompt), in OUT/<
                          lcpp_logits_<TYPE> float16 [n, vocab]  llama.cpp, prompt in one batch
                          lcpp_greedy_<TYPE> int32 [32]          llama.cpp's greedy continuation
                          lcpp_prompt int32 [m]        llama.cpp's tokenization of the prompt text
+                         lcpp_logits_<TYPE>_ctx<N>    the prompt's logits with n_ctx N, for each
+                                   N of the entry's extra_n_ctx
                          meta      JSON: the entry, the tensor types llama.cpp's quantizer chose
                                    per file (K-quants fall back where a row length is not a
                                    multiple of 256), versions
@@ -90,6 +92,10 @@ TOKENIZERS = {
     "falcon3": dict(kind="bpe", pre="falcon3", vocab=320, bos=None, eos="<|endoftext|>",
                     specials=[">>TITLE<<", ">>ABSTRACT<<", "<|pad|>", "<|endoftext|>"]),
     "spm": dict(kind="spm", vocab=320, bos="<s>", eos="</s>", specials=["<unk>", "<s>", "</s>"]),
+    # Phi-4-mini's: a byte-level BPE that tokenizer_config.json calls GPT2Tokenizer, the only
+    # BPE vocabulary the phi3 converter takes (anything else needs a sentencepiece tokenizer.model)
+    "phi4": dict(kind="bpe", pre="llama-bpe", vocab=320, bos="<|begin_of_text|>", eos="<|eot_id|>",
+                 specials=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], tokenizer_class="GPT2Tokenizer"),
 }
 
 
@@ -142,6 +148,11 @@ def build_tokenizer(recipe_name: str, folder: Path):
     if recipe.get("chat_template"):
         fast.chat_template = recipe["chat_template"]
     fast.save_pretrained(folder)
+    if recipe.get("tokenizer_class"):
+        cfg_path = folder / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["tokenizer_class"] = recipe["tokenizer_class"]
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     return fast
 
 
@@ -160,6 +171,21 @@ FLOAT_TYPES, K_TYPES = ["F16", "Q8_0"], ["Q4_K", "Q2_K"]
 LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
                    high_freq_factor=4.0, original_max_position_embeddings=64)
 DEFAULT_INIT = {"norm.weight": ("one_plus", 0.2), ".bias": ("normal", 0.2)}
+
+
+
+def _longrope(n_pairs: int, seed: int) -> dict:
+    """LongRoPE parameters with short factors in [1, 4] and long ones in [4, 40] per pair:
+    far enough from 1 (and from each other) that ignoring or swapping them shows."""
+    rng = np.random.default_rng(seed)
+    factors = lambda lo, hi: [round(float(x), 4) for x in np.sort(rng.uniform(lo, hi, n_pairs))]  # noqa: E731
+    return {"rope_type": "longrope", "short_factor": factors(1.0, 4.0), "long_factor": factors(4.0, 40.0)}
+
+
+# Phi-3.5/4-mini: max context 1024 over an original 256 (attention factor sqrt(1 + ln 4 / ln 256)).
+# llama.cpp pads n_ctx to 256 and uses the long factors only past the original context, so its
+# oracle runs the short ones, as transformers does for a prompt under 256 tokens.
+PHI3 = dict(max_position_embeddings=1024, original_max_position_embeddings=256)
 
 ZOO: dict[str, dict] = {
     "qwen3": dict(model_type="qwen3", config=dict(NARROW, tie_word_embeddings=True),
@@ -186,6 +212,23 @@ ZOO: dict[str, dict] = {
     "falcon3": dict(model_type="llama", config=dict(NARROW, num_attention_heads=2, num_key_value_heads=1, head_dim=48,
                                                     rope_theta=1000042.0),
                     quants=FLOAT_TYPES, tokenizer="falcon3", keep_hf=True),
+    # Phi-3.5-mini: fused qkv_proj / gate_up_proj, LongRoPE, untied head, a window past the context
+    # (extra_n_ctx: llama.cpp's logits at n_ctx 300 too, which it pads to 512: the long factors)
+    "phi3": dict(model_type="phi3", config=dict(NARROW, **PHI3, rope_parameters=_longrope(8, 1),
+                                                sliding_window=2048, tie_word_embeddings=False),
+                 quants=FLOAT_TYPES, tokenizer="phi4", keep_hf=True, extra_n_ctx=[300]),
+    # Phi-4-mini: partial rotary 0.75 (12 of 16 dims: 6 factor pairs), tied head, no window
+    # (the converter writes 0)
+    "phi4mini": dict(model_type="phi3", config=dict(NARROW, **PHI3, sliding_window=None, tie_word_embeddings=True,
+                                                    rope_parameters=dict(_longrope(6, 3), partial_rotary_factor=0.75)),
+                     quants=FLOAT_TYPES, tokenizer="phi4", keep_hf=True),
+    "phi3-k": dict(model_type="phi3", config=dict(WIDE, **PHI3, rope_parameters=_longrope(32, 5),
+                                                  sliding_window=2048, tie_word_embeddings=False),
+                   quants=K_TYPES, tokenizer="phi4", keep_hf=False),
+    # SmolLM3: no RoPE on every 4th layer (layer 3 of 4), tied head
+    "smollm3": dict(model_type="smollm3", config=dict(NARROW, num_hidden_layers=4, rope_theta=5e6,
+                                                      tie_word_embeddings=True),
+                    quants=FLOAT_TYPES, tokenizer="llama-bpe", keep_hf=True),
 }
 
 
@@ -272,11 +315,12 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
 
 
-def llamacpp_run(path: Path, ids: list[int], text: str):
+def llamacpp_run(path: Path, ids: list[int], text: str, n_ctx: int | None = None):
     """(logits [n, vocab] for the prompt in one batch, N_GREEDY greedy ids, llama.cpp's own
-    tokenization of the prompt text)."""
+    tokenization of the prompt text); n_ctx: the context llama.cpp is given (default: what
+    the prompt and the greedy tokens need)."""
     import llama_cpp
-    n_ctx = len(ids) + N_GREEDY + 8
+    n_ctx = n_ctx or len(ids) + N_GREEDY + 8
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=2,
                           logits_all=True, verbose=False)
     llm.eval(ids)
@@ -320,6 +364,8 @@ def make(out: Path, name: str, seed: int) -> dict:
             arrays[f"lcpp_logits_{qt}"] = logits.astype(np.float16)
             arrays[f"lcpp_greedy_{qt}"] = greedy
             arrays["lcpp_prompt"] = lcpp_prompt
+            for n_ctx in entry.get("extra_n_ctx", ()):  # settings chosen by the context (LongRoPE)
+                arrays[f"lcpp_logits_{qt}_ctx{n_ctx}"] = llamacpp_run(path, ids, "", n_ctx)[0].astype(np.float16)
     meta = dict(name=name, entry=entry, seed=seed, tensor_types=types, prompt_text=entry.get("prompt", PROMPT),
                 tokenizer=recipe, versions=dict(transformers=transformers.__version__, torch=torch.__version__,
                                                 llama_cpp_python=llama_cpp.__version__))

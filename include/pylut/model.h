@@ -28,6 +28,8 @@ typedef struct {
     const pylut_qmatrix *w_up;     /* [ffn_dim, dim] */
     const float *ffn_sub_norm;     /* bitnet family: [ffn_dim] before w_down, else NULL */
     const pylut_qmatrix *w_down;   /* [dim, ffn_dim] */
+    int32_t skip_rope;             /* 1: q and k of this layer are not rotated (SmolLM3's NoPE
+                                    * layers); its cached keys are left alone by a context shift */
 } pylut_layer;
 
 typedef struct {
@@ -35,10 +37,13 @@ typedef struct {
     int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_ctx;
     float norm_eps, rope_theta;
     int32_t rope_neox;             /* 1: rotate (i, i+d/2) pairs (qwen2, bitnet); 0: (2i, 2i+1) */
-    const float *rope_inv_freq;    /* [head_dim/2] each pair's inverse frequency, computed by the
+    const float *rope_inv_freq;    /* [rope_dims/2] each pair's inverse frequency, computed by the
                                     * loader with the checkpoint's RoPE scaling (pylut.rope);
-                                    * NULL: rope_theta^(-2i/head_dim) */
-    float rope_attn_factor;        /* YaRN's factor on cos and sin (on q and k); 0 or 1: none */
+                                    * NULL: rope_theta^(-2i/rope_dims) */
+    float rope_attn_factor;        /* YaRN's / LongRoPE's factor on cos and sin (on q and k); 0 or 1: none */
+    int32_t rope_dims;             /* leading dims of each head that RoPE rotates (partial rotary,
+                                    * Phi-4-mini: 3/4 of head_dim); rope_inv_freq then has
+                                    * rope_dims/2 entries; 0: head_dim */
     const pylut_qmatrix *tok_embd; /* [vocab, dim] packed, or NULL when tok_embd_f32 is set */
     const float *tok_embd_f32;     /* [vocab, dim] */
     const float *output_norm;      /* [dim] */

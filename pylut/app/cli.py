@@ -399,9 +399,14 @@ def cmd_info(args):
     print(f"file size:     {info['file_bytes']:,} bytes ({info['file_bytes'] / 2**20:.1f} MiB)")
     print(f"attention:     {info['n_heads']} heads, {info['n_kv_heads']} kv heads of {info['head_dim']}, "
           f"ffn {info['ffn_dim']}, rms norm eps {info['norm_eps']:g}")
-    print(f"rope:          {info['rope']['summary']}")
+    factors = info["rope"]["longrope_factors"]
+    print(f"rope:          {info['rope']['summary']}"
+          + (f"; {factors} factors in force at n_ctx {info['n_ctx']}" if factors else ""))
     print(f"features:      {', '.join(info['features'])}")
-    print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})")
+    window = info["sliding_window"]
+    print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})"
+          + (f"; sliding window {window}" + (", the context limited to it" if window <= info["context"] else "")
+             if window else ""))
     print(f"chat template: {info['chat_template']}")
     print(f"kernels:       {info['isa']}, {info['threads']} threads, precision {info['precision']}"
           + (", batch-invariant" if info["batch_invariant"] else ""))

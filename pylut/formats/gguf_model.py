@@ -172,19 +172,22 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
     if n_heads % n_kv_heads:
         raise _fail(path, f"head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}")
     rope_dims = _hparam(meta, path, a + "rope.dimension_count", head_dim)
-    if rope_dims != head_dim:
-        raise _fail(path, f"partial rotary embedding (rope.dimension_count {rope_dims} < "
-                          f"head dim {head_dim}) is not supported")
+    if rope_dims != head_dim and (arch not in archs.PARTIAL_ROTARY_ARCHS or rope_dims > head_dim or rope_dims % 2):
+        raise _fail(path, f"partial rotary embedding (rope.dimension_count {rope_dims}, head dim "
+                          f"{head_dim}) is not supported for {arch}")
     n_layers = _hparam(meta, path, a + "block_count")
     # Every layer has its own tensors: a count beyond the file's tensors is corrupt, and is
     # refused before anything per layer is built.
-    if n_layers * 9 > len(f.tensors):
-        raise _fail(path, f"{a}block_count = {n_layers} needs at least {n_layers * 9} tensors, "
+    per_layer = 6 if archs.spec(arch).fused else 9
+    if n_layers * per_layer > len(f.tensors):
+        raise _fail(path, f"{a}block_count = {n_layers} needs at least {n_layers * per_layer} tensors, "
                           f"the file holds {len(f.tensors)}")
     if head_dim % 2:
         raise _fail(path, f"head dim {head_dim} ({a}attention.key_length) must be even")
     max_ctx = _hparam(meta, path, a + "context_length")
-    window = _sliding_window(meta, path, a)
+    # phi3 states its window under its own key (see arch.py); Mistral-style llama files under
+    # attention.sliding_window; either limits the context to the window
+    window = _window(meta, path, arch, max_ctx) if archs.spec(arch).window else _sliding_window(meta, path, a)
     if window and window < max_ctx:
         log.info("%s: %sattention.sliding_window %d: the context is limited to the window, within which "
                  "every layer sees every position", path, a, window)
@@ -194,10 +197,28 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
                 dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                 ffn_dim=_hparam(meta, path, a + "feed_forward_length"),
                 vocab=0,  # from token_embd.weight's shape
-                max_ctx=max_ctx, sliding_window=window,
+                max_ctx=max_ctx,
                 norm_eps=_hparam(meta, path, a + "attention.layer_norm_rms_epsilon", kind=float),
                 rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
-                **archs.model_config(arch))
+                **({"rope_dims": rope_dims} if rope_dims != head_dim else {}),
+                **({"sliding_window": window} if window else {}),
+                **archs.model_config(arch, n_layers))
+
+
+def _window(meta: dict[str, Any], path: str, arch: str, max_ctx: int) -> int:
+    """The sliding-attention window the file states (0: none). pylut has no windowed
+    attention, so a window shorter than the context limits the context to it, where every
+    layer sees every position under either reading of the window (see arch.py)."""
+    key = archs.spec(arch).window
+    if key is None or arch + "." + key not in meta:
+        return 0
+    window = meta[arch + "." + key]
+    if isinstance(window, (bool, float, str)) or not isinstance(window, (int, np.integer)) or window < 0:
+        raise _fail(path, f"{arch}.{key} = {window!r} should be a non-negative integer")
+    if 0 < window < max_ctx:
+        log.info("%s: sliding window %d: the context is limited to the window (pylut has no windowed "
+                 "attention; llama.cpp turns Phi's off, transformers applies it)", path, window)
+    return int(window)
 
 
 def _sliding_window(meta: dict[str, Any], path: str, a: str) -> int:
@@ -219,6 +240,7 @@ CONFIG_RANGES = {
     "vocab": (int, 1, 1 << 24), "max_ctx": (int, 1, (1 << 31) - 1),
     "norm_eps": (float, 1e-12, 0.1), "rope_theta": (float, 1.0, 1e15),
 }
+OPTIONAL_CONFIG_RANGES = {"rope_dims": (int, 2, 512), "sliding_window": (int, 1, (1 << 31) - 1)}
 
 
 def check_config(cfg: Any, where: str) -> dict[str, Any]:
@@ -232,7 +254,8 @@ def check_config(cfg: Any, where: str) -> dict[str, Any]:
     if cfg.get("ffn_act") not in archs.FFN_ACTIVATIONS:
         raise _fail(where, f"config ffn_act = {cfg.get('ffn_act')!r}: expected one of "
                            f"{', '.join(archs.FFN_ACTIVATIONS)}")
-    for key, (kind, lo, hi) in CONFIG_RANGES.items():
+    ranges = dict(CONFIG_RANGES, **{k: r for k, r in OPTIONAL_CONFIG_RANGES.items() if k in cfg})
+    for key, (kind, lo, hi) in ranges.items():
         v = cfg.get(key)
         ok_type = (isinstance(v, (int, np.integer)) if kind is int else isinstance(v, (int, float, np.number)))
         if isinstance(v, (bool, np.bool_)) or not ok_type or not lo <= v <= hi:
@@ -241,31 +264,58 @@ def check_config(cfg: Any, where: str) -> dict[str, Any]:
     if cfg["n_heads"] % cfg["n_kv_heads"] or cfg["head_dim"] % 2:
         raise _fail(where, f"config heads {cfg['n_heads']}/{cfg['n_kv_heads']}, head_dim {cfg['head_dim']}: "
                            f"expected n_kv_heads dividing n_heads and an even head_dim")
+    skip = cfg.get("rope_skip_layers", [])
+    if not isinstance(skip, list) or not all(isinstance(l, int) and not isinstance(l, bool)
+                                             and 0 <= l < cfg["n_layers"] for l in skip):
+        raise _fail(where, f"config rope_skip_layers = {skip!r}: expected layer indices")
+    rope_dims = cfg.get("rope_dims", cfg["head_dim"])
+    if rope_dims > cfg["head_dim"] or rope_dims % 2:
+        raise _fail(where, f"config rope_dims = {rope_dims}: expected an even count up to head_dim {cfg['head_dim']}")
     inv = cfg.get("rope_inv_freq")  # computed by pylut.rope; a packed header could forge it
-    if inv is not None and (not isinstance(inv, list) or len(inv) != cfg["head_dim"] // 2
+    if inv is not None and (not isinstance(inv, list) or len(inv) != rope_dims // 2
                             or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                        and np.isfinite(x) and x > 0 for x in inv)):
-        raise _fail(where, f"config rope_inv_freq: expected {cfg['head_dim'] // 2} positive finite numbers")
+        raise _fail(where, f"config rope_inv_freq: expected {rope_dims // 2} positive finite numbers")
     attn = cfg.get("rope_attn_factor", 1.0)
     if isinstance(attn, bool) or not isinstance(attn, (int, float)) or not 0 < attn <= 100:
         raise _fail(where, f"config rope_attn_factor = {attn!r}: expected a number in (0, 100]")
     return cfg
 
 
-def _rope_freqs(f: GGUFFile, cfg: dict[str, Any]) -> Optional[np.ndarray]:
-    """rope_freqs.weight [head_dim/2]: Llama 3.1's per-pair frequency divisors, or None."""
-    info = f.tensors.get("rope_freqs.weight")
+def _rope_freqs(f: GGUFFile, cfg: dict[str, Any], name: str = "rope_freqs.weight") -> Optional[np.ndarray]:
+    """rope_freqs.weight [rope_dims/2]: Llama 3.1's per-pair frequency divisors (or phi3's
+    rope_factors_short/long.weight, the same kind of divisors), or None."""
+    info = f.tensors.get(name)
     if info is None:
         return None
-    want = (cfg["head_dim"] // 2,)
+    want = (cfg.get("rope_dims", cfg["head_dim"]) // 2,)
     if tuple(info.shape) != want:
-        raise _fail(f.path, f"tensor 'rope_freqs.weight' has shape {tuple(info.shape)}, expected {want}")
+        raise _fail(f.path, f"tensor {name!r} has shape {tuple(info.shape)}, expected {want}")
     if info.type_name not in ("F32", "F16", "BF16"):
-        raise _fail(f.path, f"tensor 'rope_freqs.weight' has type {info.type_name}; expected a float type")
+        raise _fail(f.path, f"tensor {name!r} has type {info.type_name}; expected a float type")
     factors = quants.dequantize(info.data, info.type_name, info.shape).reshape(-1).astype(np.float64)
     if not np.all(np.isfinite(factors)) or np.any(factors <= 0):
-        raise _fail(f.path, "tensor 'rope_freqs.weight' holds non-finite or non-positive factors")
+        raise _fail(f.path, f"tensor {name!r} holds non-finite or non-positive factors")
     return factors
+
+
+LONGROPE_TENSORS = ("rope_factors_short.weight", "rope_factors_long.weight")
+
+
+def _rope_scaling(f: GGUFFile, cfg: dict[str, Any]) -> None:
+    """Every RoPE setting of the file into cfg: rope.scaling.* with rope_freqs.weight, or
+    phi3's LongRoPE factor pair (llama.cpp prefers rope_freqs where both are present; a file
+    with both is refused rather than guessed)."""
+    arch, path = cfg["arch"], f.path
+    short, long = (_rope_freqs(f, cfg, n) for n in LONGROPE_TENSORS)
+    n_ctx_train = _hparam(f.metadata, path, arch + ".context_length")  # (max_ctx may be a window's)
+    if short is None and long is None:
+        rope.apply(cfg, rope.gguf_scaling(f.metadata, arch, path, n_ctx_train), _rope_freqs(f, cfg))
+        return
+    if short is None or long is None or "rope_freqs.weight" in f.tensors:
+        raise _fail(path, "LongRoPE needs both rope_factors_short.weight and rope_factors_long.weight "
+                          "(and no rope_freqs.weight)")
+    rope.apply(cfg, rope.gguf_longrope(f.metadata, arch, path, n_ctx_train, short, long))
 
 
 # ---------------------------------------------------------------- expected tensors
@@ -274,12 +324,31 @@ def _rope_freqs(f: GGUFFile, cfg: dict[str, Any]) -> Optional[np.ndarray]:
 class _Spec:
     gguf_name: str
     core_name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]             # the file tensor's
     matrix: bool
     required: bool = True
+    rows: Optional[tuple[int, int]] = None   # the core matrix is rows [r0, r1) of the tensor
 
 
-def _expected(cfg: dict[str, Any]) -> list[_Spec]:
+def _fused_specs(p: str, cfg: dict[str, Any], fused_qkv: bool) -> list[_Spec]:
+    """phi3's matrices (arch.py `fused`): q/k/v from attn_qkv's rows where the file has it,
+    gate and up from the two halves of ffn_up."""
+    dim, ffn = cfg["dim"], cfg["ffn_dim"]
+    q_dim, kv_dim = cfg["n_heads"] * cfg["head_dim"], cfg["n_kv_heads"] * cfg["head_dim"]
+    if fused_qkv:
+        qkv = (q_dim + 2 * kv_dim, dim)
+        specs = [_Spec(p + "attn_qkv.weight", p + "attn_q", qkv, True, rows=(0, q_dim)),
+                 _Spec(p + "attn_qkv.weight", p + "attn_k", qkv, True, rows=(q_dim, q_dim + kv_dim)),
+                 _Spec(p + "attn_qkv.weight", p + "attn_v", qkv, True, rows=(q_dim + kv_dim, q_dim + 2 * kv_dim))]
+    else:
+        specs = [_Spec(p + "attn_q.weight", p + "attn_q", (q_dim, dim), True),
+                 _Spec(p + "attn_k.weight", p + "attn_k", (kv_dim, dim), True),
+                 _Spec(p + "attn_v.weight", p + "attn_v", (kv_dim, dim), True)]
+    return specs + [_Spec(p + "ffn_up.weight", p + "ffn_gate", (2 * ffn, dim), True, rows=(0, ffn)),
+                    _Spec(p + "ffn_up.weight", p + "ffn_up", (2 * ffn, dim), True, rows=(ffn, 2 * ffn))]
+
+
+def _expected(cfg: dict[str, Any], fused_qkv: bool = False) -> list[_Spec]:
     dim, ffn, vocab = cfg["dim"], cfg["ffn_dim"], cfg["vocab"]
     q_dim = cfg["n_heads"] * cfg["head_dim"]
     kv_dim = cfg["n_kv_heads"] * cfg["head_dim"]
@@ -291,14 +360,17 @@ def _expected(cfg: dict[str, Any]) -> list[_Spec]:
     for layer in range(cfg["n_layers"]):
         p = f"blk.{layer}."
         specs += [_Spec(p + "attn_norm.weight", p + "attn_norm", (dim,), False),
-                  _Spec(p + "attn_q.weight", p + "attn_q", (q_dim, dim), True),
-                  _Spec(p + "attn_k.weight", p + "attn_k", (kv_dim, dim), True),
-                  _Spec(p + "attn_v.weight", p + "attn_v", (kv_dim, dim), True),
                   _Spec(p + "attn_output.weight", p + "attn_output", (dim, q_dim), True),
                   _Spec(p + "ffn_norm.weight", p + "ffn_norm", (dim,), False),
-                  _Spec(p + "ffn_gate.weight", p + "ffn_gate", (ffn, dim), True),
-                  _Spec(p + "ffn_up.weight", p + "ffn_up", (ffn, dim), True),
                   _Spec(p + "ffn_down.weight", p + "ffn_down", (dim, ffn), True)]
+        if spec.fused:
+            specs += _fused_specs(p, cfg, fused_qkv)
+        else:
+            specs += [_Spec(p + "attn_q.weight", p + "attn_q", (q_dim, dim), True),
+                      _Spec(p + "attn_k.weight", p + "attn_k", (kv_dim, dim), True),
+                      _Spec(p + "attn_v.weight", p + "attn_v", (kv_dim, dim), True),
+                      _Spec(p + "ffn_gate.weight", p + "ffn_gate", (ffn, dim), True),
+                      _Spec(p + "ffn_up.weight", p + "ffn_up", (ffn, dim), True)]
         if spec.qkv_bias != "none":
             for name, size in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
                 specs.append(_Spec(p + name + ".bias", p + name + ".bias", (size,), False,
@@ -321,7 +393,7 @@ def _refuse_foreign(f: GGUFFile, cfg: dict[str, Any]) -> None:
     if spec.output == "tied":
         names.append("output.weight")
     if spec.qkv_bias == "none":
-        names += [f"blk.{l}.attn_{x}.bias" for l in range(cfg["n_layers"]) for x in "qkv"]
+        names += [f"blk.{l}.attn_{x}.bias" for l in range(cfg["n_layers"]) for x in ("q", "k", "v", "qkv")]
     for name in names:
         if name in f.tensors:
             raise _fail(f.path, f"tensor {name!r} has no place in the {cfg['arch']} architecture "
@@ -633,9 +705,9 @@ def load_gguf(source, bits: int = 4, group: int | None = None, requant: str | No
             raise _fail(path, f"tensor 'token_embd.weight' has shape {embd.shape}, expected "
                               f"(vocab, {cfg['dim']})")
         cfg["vocab"] = int(embd.shape[0])
-        rope.apply(cfg, rope.gguf_scaling(f.metadata, arch, path, cfg["max_ctx"]), _rope_freqs(f, cfg))
+        _rope_scaling(f, cfg)
         check_config(cfg, path)
-        specs = _expected(cfg)
+        specs = _expected(cfg, fused_qkv="blk.0.attn_qkv.weight" in f.tensors)
         _refuse_foreign(f, cfg)
 
         # Check everything before the (slower) conversion, so a bad file fails fast.
@@ -661,12 +733,14 @@ def load_gguf(source, bits: int = 4, group: int | None = None, requant: str | No
         tensor_types: dict[str, str] = {}
         lossy: set[str] = set()
         n_params = packed_bytes = matrix_params = 0
-        used = {"rope_freqs.weight"} if "rope_freqs.weight" in f.tensors else set()
+        used = {n for n in ("rope_freqs.weight",) + LONGROPE_TENSORS if n in f.tensors}
         for spec in specs:
             info = f.tensors.get(spec.gguf_name)
             if info is None:
                 continue
             used.add(spec.gguf_name)
+            if spec.rows is not None:  # a fused tensor's part: its rows are a view of the file
+                info = _rows_info(info, *spec.rows)
             try:
                 if spec.matrix:
                     multiplier = _scalar_multiplier(f, spec.gguf_name)

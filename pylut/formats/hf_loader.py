@@ -1,9 +1,10 @@
 """pylut.formats.hf_loader - a Hugging Face model folder (config.json + *.safetensors) -> the same
 LoadedModel the GGUF loader makes, float weights quantized on load.
 
-Hugging Face llama/mistral/qwen2/qwen3 checkpoints keep q/k rows in the half-split ("NEOX") RoPE
-order (llama.cpp's converter permutes them to adjacent pairs when writing GGUF), so every
+Hugging Face llama/mistral/qwen2/qwen3/phi3 checkpoints keep q/k rows in the half-split ("NEOX")
+RoPE order (llama.cpp's converter permutes them to adjacent pairs when writing GGUF), so every
 architecture here rotates (i, i + head_dim/2) pairs. Norm weights and biases stay float32.
+Phi-3's fused qkv_proj and gate_up_proj are split by rows into the separate matrices.
 
 GPTQ checkpoints (quantization_config.quant_method "gptq") keep their codes and scales
 (pylut.formats.gptq); their embedding, norms and usually lm_head are float and take the float path.
@@ -25,14 +26,17 @@ from .. import rope
 from ..arch import spec as arch_spec
 from ..errors import ModelFileError
 from ..kernels import quantize
-from .gguf_model import (DEFAULT_FLOAT_GROUP, REQUANT, TERNARY_LAYOUTS, LoadedModel, MemorySink, by_rows,
-                         check_config, ternary_one_scale)
+from .gguf_model import (DEFAULT_FLOAT_GROUP, REQUANT, TERNARY_LAYOUTS, LoadedModel, MemorySink, _rows_info,
+                         by_rows, check_config, ternary_one_scale)
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-         "BitNetForCausalLM": "bitnet-b1.58", "Qwen3ForCausalLM": "qwen3"}
+         "BitNetForCausalLM": "bitnet-b1.58", "Qwen3ForCausalLM": "qwen3",
+         "Phi3ForCausalLM": "phi3", "SmolLM3ForCausalLM": "smollm3"}
+# config keys an architecture reads although the llama/qwen2 block refuses them
+_READ_BY = {"smollm3": {"no_rope_layers", "no_rope_layer_interval"}}
 
 
 def is_hf_folder(path) -> bool:
@@ -105,8 +109,10 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
                                      f"sliding_attention for each of the {n_layers} layers")
             windowed = "sliding_attention" in types and bool(hf.get("use_sliding_window", False)) \
                 and window is not None
-    elif hf_arch == "MistralForCausalLM":
+    elif hf_arch in ("MistralForCausalLM", "Phi3ForCausalLM"):
         windowed = window is not None
+    elif hf_arch == "SmolLM3ForCausalLM":  # the window, when used, is on the NoPE layers
+        windowed = bool(hf.get("use_sliding_window", False)) and window is not None
     else:  # Llama's attention has no window; a stray key would be a misconfiguration
         if window is not None:
             raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} is set, but LlamaForCausalLM "
@@ -121,6 +127,22 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
                  "layer sees every position (pylut has no windowed attention)", cfg_path, window)
         return window
     return max_ctx
+
+
+def _nope_layers(hf: dict, n_layers: int, cfg_path: str) -> list[int]:
+    """SmolLM3's layers without RoPE: no_rope_layers (1: rotate, 0: not, per layer), else
+    every no_rope_layer_interval-th layer (default 4), as transformers' SmolLM3Config builds it."""
+    flags = hf.get("no_rope_layers")
+    if flags is None:
+        every = hf.get("no_rope_layer_interval", 4)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ModelFileError(f"{cfg_path}: no_rope_layer_interval = {every!r} should be a positive integer")
+        flags = [int((l + 1) % every != 0) for l in range(n_layers)]
+    if not isinstance(flags, list) or len(flags) != n_layers or any(f not in (0, 1) or isinstance(f, bool)
+                                                                     for f in flags):
+        raise ModelFileError(f"{cfg_path}: no_rope_layers = {flags!r} should hold 0 or 1 for each of the "
+                             f"{n_layers} layers")
+    return [l for l, rotates in enumerate(flags) if not rotates]
 
 
 def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQuant | None]:
@@ -140,7 +162,7 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
     else:
         quant = gptq.parse_config(qc, cfg_path) if qc else None
     for key, neutral in _UNSUPPORTED.items():
-        if key in hf and hf[key] not in neutral:
+        if key in hf and hf[key] not in neutral and key not in _READ_BY.get(arch, ()):
             raise ModelFileError(f"{cfg_path}: {key} = {hf[key]!r} is not supported by pylut's "
                                  f"{arch} block (it computes no such quantity)")
     act, ffn_act = hf.get("hidden_act", "silu"), arch_spec(arch).ffn_act
@@ -166,15 +188,28 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
     cfg["sliding_window"] = cfg["max_ctx"] if cfg["max_ctx"] < full_ctx else 0  # the hook, as gguf_model
     if cfg["norm_eps"] <= 0:
         raise ModelFileError(f"{cfg_path}: rms_norm_eps = {hf.get('rms_norm_eps')!r} must be positive")
-    cfg["rope_theta"], scaling = rope.hf_scaling(hf, cfg_path)
+    phi3 = hf_arch == "Phi3ForCausalLM"
+    cfg["rope_theta"], scaling = rope.hf_scaling(hf, cfg_path, partial_rotary=phi3)
     if head_dim % 2:
         raise ModelFileError(f"{cfg_path}: head_dim {head_dim} is odd; RoPE rotates pairs")
+    if phi3:
+        if quant is not None:
+            raise ModelFileError(f"{cfg_path}: GPTQ checkpoints of Phi3ForCausalLM (fused matrices) are not supported")
+        rope_dims = rope.hf_rope_dims(hf, head_dim, cfg_path)
+        if rope_dims != head_dim:
+            cfg["rope_dims"] = rope_dims
+        if hf.get("sliding_window") is not None:
+            cfg["sliding_window"] = hf["sliding_window"]
+    elif scaling["type"] == "longrope":
+        raise ModelFileError(f"{cfg_path}: rope_type 'longrope' is read for Phi3ForCausalLM only")
+    if arch == "smollm3":
+        cfg["rope_skip_layers"] = _nope_layers(hf, n_layers, cfg_path)
     rope.apply(cfg, scaling)
     # Llama reads attention_bias (q/k/v/o biases); Qwen2 always has q/k/v ones; Mistral has none
     bias = hf.get("attention_bias", False)
     if not isinstance(bias, bool):
         raise ModelFileError(f"{cfg_path}: attention_bias = {bias!r} should be true or false")
-    if bias and hf_arch in ("MistralForCausalLM", "BitNetForCausalLM"):
+    if bias and hf_arch in ("MistralForCausalLM", "BitNetForCausalLM", "Phi3ForCausalLM"):
         raise ModelFileError(f"{cfg_path}: attention_bias = true, but {hf_arch} has no attention "
                              f"biases; pylut will not guess whether they apply")
     cfg["attention_bias"] = arch == "qwen2" or bias
@@ -193,7 +228,8 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
 
 
 def _wanted(cfg: dict, tied: bool) -> dict:
-    """core name -> (HF name, shape, matrix?, required?)."""
+    """core name -> (HF name, shape, matrix?, required?, rows): rows (r0, r1) when the core
+    matrix is those rows of the HF tensor (Phi-3's fused ones), else None."""
     L, d, kvd, ffn = cfg["n_layers"], cfg["dim"], cfg["n_kv_heads"] * cfg["head_dim"], cfg["ffn_dim"]
     qd = cfg["n_heads"] * cfg["head_dim"]
     want = {"token_embd": ("model.embed_tokens.weight", (cfg["vocab"], d), True, True),
@@ -202,6 +238,20 @@ def _wanted(cfg: dict, tied: bool) -> dict:
         want["output"] = ("lm_head.weight", (cfg["vocab"], d), True, True)
     for i in range(L):
         p, h = f"blk.{i}.", f"model.layers.{i}."
+        if cfg["arch"] == "phi3":  # qkv_proj: q, k, v rows; gate_up_proj: chunk(2) -> gate, up
+            qkv, gate_up = h + "self_attn.qkv_proj.weight", h + "mlp.gate_up_proj.weight"
+            want.update({
+                p + "attn_norm": (h + "input_layernorm.weight", (d,), False, True),
+                p + "attn_q": (qkv, (qd + 2 * kvd, d), True, True, (0, qd)),
+                p + "attn_k": (qkv, (qd + 2 * kvd, d), True, True, (qd, qd + kvd)),
+                p + "attn_v": (qkv, (qd + 2 * kvd, d), True, True, (qd + kvd, qd + 2 * kvd)),
+                p + "attn_output": (h + "self_attn.o_proj.weight", (d, qd), True, True),
+                p + "ffn_norm": (h + "post_attention_layernorm.weight", (d,), False, True),
+                p + "ffn_gate": (gate_up, (2 * ffn, d), True, True, (0, ffn)),
+                p + "ffn_up": (gate_up, (2 * ffn, d), True, True, (ffn, 2 * ffn)),
+                p + "ffn_down": (h + "mlp.down_proj.weight", (d, ffn), True, True),
+            })
+            continue
         want.update({
             p + "attn_norm": (h + "input_layernorm.weight", (d,), False, True),
             p + "attn_q": (h + "self_attn.q_proj.weight", (qd, d), True, True),
@@ -256,9 +306,9 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
     types, lossy, n_params, packed_bytes, matrix_params = {}, set(), 0, 0, 0
     act_order, odd_zero = [], []
     with open_safetensors(path) as st:
-        for core, (name, shape, matrix, required) in _wanted(cfg, tied).items():
+        for core, (name, shape, matrix, required, *rows) in _wanted(cfg, tied).items():
             base = name[: -len(".weight")]
-            if matrix and core.split(".")[-1] in ("attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+            if matrix and (rows or core.split(".")[-1] in ("attn_output", "ffn_gate", "ffn_up", "ffn_down")):
                 _no_bias(st, base, path)
             # a GPTQ layer: its qweight is there, or a block's projection has neither it nor a
             # float weight (the error names the qweight); lm_head or a layer may be left float
@@ -304,6 +354,9 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
             if tuple(info.shape) != shape:
                 raise ModelFileError(f"{path}: tensor {name!r} has shape {tuple(info.shape)}, "
                                      f"expected {shape} from config.json")
+            if rows:  # a fused tensor's part: a view of its rows
+                info = _rows_info(info, *rows[0])
+                shape = info.shape
             n_params += int(np.prod(shape))
             if matrix:
                 def convert(part, name=name):
@@ -323,7 +376,7 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                     raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
             out.put(core, t)
             del t  # a streaming sink has written it: its buffers go now
-            st.drop_pages(name)
+            st.drop_pages(name, info.offset, info.nbytes)
             types[core] = str(info.dtype)
     if tied:
         out.alias("output", "token_embd")

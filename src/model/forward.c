@@ -22,8 +22,10 @@ int pylut_model_check(const pylut_model *m, const char **why) {
     REQUIRE(m, "no model");
     REQUIRE(m->ffn_act == PYLUT_FFN_SILU || m->ffn_act == PYLUT_FFN_RELU2, "unknown FFN activation");
     REQUIRE(m->rope_attn_factor >= 0 && isfinite(m->rope_attn_factor), "rope_attn_factor must be finite and >= 0");
+    REQUIRE(m->rope_dims >= 0 && m->rope_dims <= m->head_dim && m->rope_dims % 2 == 0,
+            "rope_dims must be even and at most head_dim");
     if (m->rope_inv_freq)
-        for (int i = 0; i < m->head_dim / 2; i++)
+        for (int i = 0; i < pylut_rope_dims(m) / 2; i++)
             REQUIRE(isfinite(m->rope_inv_freq[i]) && m->rope_inv_freq[i] > 0, "rope_inv_freq must be finite and positive");
     REQUIRE(m->n_layers > 0 && m->dim > 0 && m->n_heads > 0 && m->n_kv_heads > 0 && m->head_dim > 1 &&
                 m->ffn_dim > 0 && m->vocab > 0 && m->max_ctx > 0,
@@ -68,9 +70,10 @@ static void residual_add(float *x, const float *y, int64_t count, int ith, int n
     for (int64_t i = a; i < b; i++) x[i] += y[i];
 }
 
-/* scale multiplies cos and sin, so q.k carries it squared, as YaRN's temperature asks */
-static void rope(float *v, int head_dim, int pos, const float *inv_freq, float scale, int neox) {
-    const int half = head_dim / 2;
+/* Rotates the first n_rot dims of v (the rest pass through: partial rotary). scale
+ * multiplies cos and sin, so q.k carries it squared, as YaRN's temperature asks */
+static void rope(float *v, int n_rot, int pos, const float *inv_freq, float scale, int neox) {
+    const int half = n_rot / 2;
     for (int i = 0; i < half; i++) {
         float a = (float)pos * inv_freq[i], c = cosf(a) * scale, s = sinf(a) * scale;
         int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
@@ -204,14 +207,14 @@ static void step_task(void *arg, int ith, int nth) {
                     float *q = s->q + (int64_t)t * qd + h * hd;
                     if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
                     if (L->q_norm) rmsnorm(q, q, L->q_norm, hd, m->norm_eps);
-                    rope(q, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                    if (!L->skip_rope) rope(q, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
                 } else {
                     h -= m->n_heads;
                     float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
                     if (L->k_norm) rmsnorm(k, k, L->k_norm, hd, m->norm_eps);
-                    rope(k, hd, pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                    if (!L->skip_rope) rope(k, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
                     pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, slot_of(s, l, h, pos)));
                     pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, slot_of(s, l, h, pos)));
                 }

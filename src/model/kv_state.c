@@ -177,9 +177,9 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
         pylut_state_free(s);
         return NULL;
     }
-    for (int i = 0; i < m->head_dim / 2; i++)
+    for (int i = 0; i < pylut_rope_dims(m) / 2; i++)
         s->inv_freq[i] = m->rope_inv_freq ? m->rope_inv_freq[i]
-                                          : (float)pow((double)m->rope_theta, -2.0 * i / m->head_dim);
+                                          : (float)pow((double)m->rope_theta, -2.0 * i / pylut_rope_dims(m));
     s->rope_scale = m->rope_attn_factor > 0 ? m->rope_attn_factor : 1.0f;
     int rc = PYLUT_OK;
     for (int l = 0; l < m->n_layers && rc == PYLUT_OK; l++) {
@@ -268,7 +268,8 @@ void pylut_state_make_room(pylut_state *s, int n) {
 /* Rotate the keys in slots [a, b) of (l, h) by the angles cs holds (cos, then sin). */
 static void rerotate(const pylut_model *m, pylut_state *s, int l, int h, int64_t a, int64_t b, const float *cs,
                      float *x) {
-    const int hd = m->head_dim, half = hd / 2;
+    const int hd = m->head_dim, half = pylut_rope_dims(m) / 2;
+    if (m->layers[l].skip_rope) return; /* its keys carry no position */
     for (int64_t p = a; p < b; p++) {
         /* a quantized key is re-encoded after the turn: one more rounding */
         pylut_kv_decode(s->kv_type, hd, kv_row(s, 0, l, h, p), x);
@@ -297,7 +298,7 @@ static void shift_stream_head(const pylut_model *m, pylut_state *s, int l, int h
 int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard) {
     if (!m || !s || n_keep < 0 || n_discard < 1 || n_keep + n_discard > s->pos) return PYLUT_EINVAL;
     if (s->n_streaming && n_keep < s->sink) return PYLUT_EINVAL; /* the shift would move the sinks */
-    const int hd = m->head_dim, half = hd / 2, moved = s->pos - n_keep - n_discard;
+    const int hd = m->head_dim, half = pylut_rope_dims(m) / 2, moved = s->pos - n_keep - n_discard;
     /* rotation by -n_discard positions, per frequency: RoPE(p - d) = R(-d) RoPE(p) */
     float *cs = malloc((size_t)hd * sizeof(float)), *x = malloc((size_t)hd * sizeof(float));
     if (!cs || !x) {

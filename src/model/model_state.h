@@ -60,7 +60,7 @@ struct pylut_state {
     int64_t attn_scratch_floats;
     float *attn_partial;       /* [attn_partial_floats]: decode slices' max/sum/acc, grown to the plan */
     int64_t attn_partial_floats;
-    float *inv_freq;           /* [head_dim/2] */
+    float *inv_freq;           /* [rope_dims/2] */
     float rope_scale;          /* cos/sin factor (YaRN's attention factor; else 1) */
     atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
                                 * (4 per layer + output), then each layer's attention item */
@@ -69,6 +69,11 @@ struct pylut_state {
 };
 
 /* ------------------------------------------------------------------ lookups both units use */
+
+/* dims of each head that RoPE rotates (partial rotary rotates the leading ones) */
+static inline int pylut_rope_dims(const pylut_model *m) {
+    return m->rope_dims > 0 ? m->rope_dims : m->head_dim;
+}
 
 static inline int same_layout(const pylut_lut *a, const pylut_lut *b) {
     return a->kind == b->kind && a->k == b->k && a->k_pad == b->k_pad && a->group == b->group &&
