@@ -15,7 +15,10 @@
 #                                                3.12  Ubuntu 24.04's Python: no Debian suite
 #        carries an arm64 python3.12 (bookworm has 3.11, trixie 3.13, forky and sid 3.13 and up),
 #        so it is cross-compiled from a CPython source tarball into /opt/cpython3.12 of a
-#        bookworm root (any minor works this way: --python + ARM_CPYTHON_SRC)
+#        bookworm root (any minor works this way: --python + ARM_CPYTHON_SRC). Where no
+#        python.org is reachable, Ubuntu's archive has Ubuntu 24.04's own one, upstream's tree:
+#        http://archive.ubuntu.com/ubuntu/pool/main/p/python3.12/python3.12_3.12.3.orig.tar.xz
+#        A host python of the very same X.Y.Z saves building one first (see 2b)
 # Each also needs an x86-64 CPython of the same minor on the host (crossenv, pip --target,
 # host-side compileall: .pyc magic is per minor): /usr/bin/python3.X, python3.X on PATH, or
 # ~/.pyenv/versions/3.X.*; the first of those that has venv is used.
@@ -113,16 +116,18 @@ TEST_DEPS=${ARM_TEST_DEPS:-numpy pytest}
 OUT=${ARM_OUT:-$CACHE/wheelhouse}
 # a root per suite and Python: switching versions rebuilds nothing
 ROOT=$CACHE/root-$SUITE${PYWANT:+-py$PYWANT}${CPYTHON_SRC:+-src}-arm64-$MODE
-WORK=$CACHE/work
+WORK=$CACHE/work-${ROOT##*/root-}
 QEMU=/usr/bin/qemu-aarch64-static
 
 [ "$(id -u)" = 0 ] || { echo "arm-test: must run as root" >&2; exit 2; }
 [ "$(uname -m)" = x86_64 ] || echo "arm-test: warning: host is $(uname -m), tested on x86_64 only" >&2
 case $MODE in cross|native) ;; *) echo "arm-test: ARM_MODE must be cross or native" >&2; exit 2;; esac
 mkdir -p "$CACHE" "$OUT"
-# one run at a time per cache: runs share WORK and the root's /opt/armtest (and rm -rf them)
-exec 9>"$CACHE/.lock"
-flock -n 9 || { echo "arm-test: another run holds $CACHE/.lock; waiting" >&2; flock 9; }
+# one run at a time per root: runs of one root share WORK, its crossenv and the root's
+# /opt/armtest (and rm -rf them); runs for other Pythons or suites go on side by side
+LOCK=$CACHE/.lock-${ROOT##*/root-}
+exec 9>"$LOCK"
+flock -n 9 || { echo "arm-test: another run holds $LOCK; waiting" >&2; flock 9; }
 unset PYTHONDONTWRITEBYTECODE PYTHONPATH PYTHONHOME  # keep host env out of the guest
 
 SUMMARY=()
@@ -226,7 +231,7 @@ echo "host: $HOSTPY"
 build_cpython() {
     local key; key="$(sha256sum "$CPYTHON_SRC" 2>/dev/null | cut -c1-16 || echo "$CPYTHON_SRC") v2"
     stamp_ok "$ROOT$PYPREFIX/.armtest" "$key" && { echo "(cached)"; return; }
-    local src=$CACHE/cpython-src-$PYVER
+    local src=$CACHE/cpython-src-${ROOT##*/root-}
     rm -rf "$src" "$ROOT$PYPREFIX"
     if [ -d "$CPYTHON_SRC" ]; then cp -a "$CPYTHON_SRC" "$src"
     else mkdir -p "$src" && tar -C "$src" --strip-components=1 -xf "$CPYTHON_SRC"; fi
