@@ -58,8 +58,8 @@
 #   ARM_TEST_DEPS="numpy pytest"
 #   ARM_EXTRA_DEBS=pkg1,pkg2   extra arm64 Debian packages for the root (e.g. libgomp1)
 #   ARM_OUT=DIR                where the repaired wheel is copied (default ARM_CACHE/wheelhouse)
-#   ARM_BUILD_ONLY=1           stop after building + checking the wheel (no pytest under qemu);
-#                              tools/build-wheels.sh uses this
+#   ARM_BUILD_ONLY=1           stop after building + checking the wheel (no pytest under qemu,
+#                              the root's /opt/armtest untouched); tools/build-wheels.sh uses this
 #
 # Exit status: 0 all passed, 1 a check or test failed, 2 usage or setup error, 4 no guest or
 # host python of the asked version can be had here (tools/build-wheels.sh lists it as not built).
@@ -288,13 +288,6 @@ guest_pip_target() {  # guest_pip_target DIR args...  -> host pip installs arm64
     "$HOSTVENV/bin/pip" install -q --upgrade --target "$dir" --only-binary=:all: "${PLATS[@]}" \
         --python-version "$PYVER" --implementation cp --abi "$PYTAG" "$@"
 }
-test_deps() {
-    local d=$ROOT/opt/armtest/deps
-    stamp_ok "$d/.armtest" "$TEST_DEPS" && { echo "(cached)"; return; }
-    rm -rf "$d"; guest_pip_target "$d" $TEST_DEPS
-    echo "$TEST_DEPS" > "$d/.armtest"
-}
-timed "guest test deps (pip --target)" test_deps
 
 # ---------------------------------------------------------------- 4. build
 rm -rf "$WORK" && mkdir -p "$WORK/dist" "$WORK/wheelhouse"
@@ -361,18 +354,14 @@ repair() {
 timed "auditwheel repair (host)" repair
 WHEEL=$(ls "$WORK"/wheelhouse/*.whl)
 
-install_wheel() {
-    rm -rf "$ROOT/opt/armtest/pkg"
-    guest_pip_target "$ROOT/opt/armtest/pkg" --no-deps "$WHEEL"
-}
-timed "install wheel (pip --target)" install_wheel
-
 # ------------------------------------------------- 5. is the NEON code in the wheel?
 # setup.py picks per-file ISA flags from sysconfig.get_platform(); under crossenv that is
 # linux-aarch64, so no x86 flag may reach aarch64-linux-gnu-gcc, and lut_neon.c (guarded by
 # __aarch64__) must compile to real code. Symbols are hidden but stay in .symtab (no strip).
+# Read from an unpacked copy: a build-only run leaves the root's /opt/armtest to a test run.
 check_wheel() {
-    local so; so=$(ls "$ROOT"/opt/armtest/pkg/pylut/_core*.so)
+    rm -rf "$WORK/unpacked"; "$HOSTVENV/bin/python" -m zipfile -e "$WHEEL" "$WORK/unpacked"
+    local so; so=$(ls "$WORK"/unpacked/pylut/_core*.so)
     file -b "$so" 2>/dev/null | grep -q aarch64 || { aarch64-linux-gnu-readelf -h "$so" | grep -q AArch64; } \
         || { echo "arm-test: $so is not an aarch64 object" >&2; return 1; }
     local syms; syms=$(aarch64-linux-gnu-nm "$so")
@@ -397,6 +386,21 @@ summary() {
 if [ "${ARM_BUILD_ONLY:-0}" = 1 ]; then
     summary; echo "arm-test: ARM_BUILD_ONLY=1: wheel in $OUT, tests not run"; exit 0
 fi
+
+# ------------------------------------------ test deps + the wheel into ROOT/opt/armtest
+test_deps() {
+    local d=$ROOT/opt/armtest/deps
+    stamp_ok "$d/.armtest" "$TEST_DEPS" && { echo "(cached)"; return; }
+    rm -rf "$d"; guest_pip_target "$d" $TEST_DEPS
+    echo "$TEST_DEPS" > "$d/.armtest"
+}
+timed "guest test deps (pip --target)" test_deps
+
+install_wheel() {
+    rm -rf "$ROOT/opt/armtest/pkg"
+    guest_pip_target "$ROOT/opt/armtest/pkg" --no-deps "$WHEEL"
+}
+timed "install wheel (pip --target)" install_wheel
 
 # ---------------------------------------------------------------- 6. test
 # The guest python runs as `qemu-aarch64-static python3.x`, so a test that starts
