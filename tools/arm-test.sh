@@ -297,7 +297,8 @@ tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='*.
 
 build_cross() {
     local XENV=$CACHE/crossenv-${ROOT##*/root-}
-    local key; key="$BUILD_DEPS $(cat "$ROOT/.armtest-root") $(cat "$ROOT$PYPREFIX/.armtest" 2>/dev/null || true)"
+    # (the root's path is part of the key: crossenv records it, and links against it)
+    local key; key="$BUILD_DEPS $(realpath "$ROOT") $(cat "$ROOT/.armtest-root") $(cat "$ROOT$PYPREFIX/.armtest" 2>/dev/null || true)"
     if ! stamp_ok "$XENV/.armtest" "$key"; then
         rm -rf "$XENV"
         "$HOSTVENV/bin/python" -m crossenv "$PYBIN" "$XENV" >/dev/null
