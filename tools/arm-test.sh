@@ -15,7 +15,10 @@
 #                                                3.12  Ubuntu 24.04's Python: no Debian suite
 #        carries an arm64 python3.12 (bookworm has 3.11, trixie 3.13, forky and sid 3.13 and up),
 #        so it is cross-compiled from a CPython source tarball into /opt/cpython3.12 of a
-#        bookworm root (any minor works this way: --python + ARM_CPYTHON_SRC)
+#        bookworm root (any minor works this way: --python + ARM_CPYTHON_SRC). Where no
+#        python.org is reachable, Ubuntu's archive has Ubuntu 24.04's own one, upstream's tree:
+#        http://archive.ubuntu.com/ubuntu/pool/main/p/python3.12/python3.12_3.12.3.orig.tar.xz
+#        A host python of the very same X.Y.Z saves building one first (see 2b)
 # Each also needs an x86-64 CPython of the same minor on the host (crossenv, pip --target,
 # host-side compileall: .pyc magic is per minor): /usr/bin/python3.X, python3.X on PATH, or
 # ~/.pyenv/versions/3.X.*; the first of those that has venv is used.
@@ -55,8 +58,8 @@
 #   ARM_TEST_DEPS="numpy pytest"
 #   ARM_EXTRA_DEBS=pkg1,pkg2   extra arm64 Debian packages for the root (e.g. libgomp1)
 #   ARM_OUT=DIR                where the repaired wheel is copied (default ARM_CACHE/wheelhouse)
-#   ARM_BUILD_ONLY=1           stop after building + checking the wheel (no pytest under qemu);
-#                              tools/build-wheels.sh uses this
+#   ARM_BUILD_ONLY=1           stop after building + checking the wheel (no pytest under qemu,
+#                              the root's /opt/armtest untouched); tools/build-wheels.sh uses this
 #
 # Exit status: 0 all passed, 1 a check or test failed, 2 usage or setup error, 4 no guest or
 # host python of the asked version can be had here (tools/build-wheels.sh lists it as not built).
@@ -113,16 +116,18 @@ TEST_DEPS=${ARM_TEST_DEPS:-numpy pytest}
 OUT=${ARM_OUT:-$CACHE/wheelhouse}
 # a root per suite and Python: switching versions rebuilds nothing
 ROOT=$CACHE/root-$SUITE${PYWANT:+-py$PYWANT}${CPYTHON_SRC:+-src}-arm64-$MODE
-WORK=$CACHE/work
+WORK=$CACHE/work-${ROOT##*/root-}
 QEMU=/usr/bin/qemu-aarch64-static
 
 [ "$(id -u)" = 0 ] || { echo "arm-test: must run as root" >&2; exit 2; }
 [ "$(uname -m)" = x86_64 ] || echo "arm-test: warning: host is $(uname -m), tested on x86_64 only" >&2
 case $MODE in cross|native) ;; *) echo "arm-test: ARM_MODE must be cross or native" >&2; exit 2;; esac
 mkdir -p "$CACHE" "$OUT"
-# one run at a time per cache: runs share WORK and the root's /opt/armtest (and rm -rf them)
-exec 9>"$CACHE/.lock"
-flock -n 9 || { echo "arm-test: another run holds $CACHE/.lock; waiting" >&2; flock 9; }
+# one run at a time per root: runs of one root share WORK, its crossenv and the root's
+# /opt/armtest (and rm -rf them); runs for other Pythons or suites go on side by side
+LOCK=$CACHE/.lock-${ROOT##*/root-}
+exec 9>"$LOCK"
+flock -n 9 || { echo "arm-test: another run holds $LOCK; waiting" >&2; flock 9; }
 unset PYTHONDONTWRITEBYTECODE PYTHONPATH PYTHONHOME  # keep host env out of the guest
 
 SUMMARY=()
@@ -226,7 +231,7 @@ echo "host: $HOSTPY"
 build_cpython() {
     local key; key="$(sha256sum "$CPYTHON_SRC" 2>/dev/null | cut -c1-16 || echo "$CPYTHON_SRC") v2"
     stamp_ok "$ROOT$PYPREFIX/.armtest" "$key" && { echo "(cached)"; return; }
-    local src=$CACHE/cpython-src-$PYVER
+    local src=$CACHE/cpython-src-${ROOT##*/root-}
     rm -rf "$src" "$ROOT$PYPREFIX"
     if [ -d "$CPYTHON_SRC" ]; then cp -a "$CPYTHON_SRC" "$src"
     else mkdir -p "$src" && tar -C "$src" --strip-components=1 -xf "$CPYTHON_SRC"; fi
@@ -283,13 +288,6 @@ guest_pip_target() {  # guest_pip_target DIR args...  -> host pip installs arm64
     "$HOSTVENV/bin/pip" install -q --upgrade --target "$dir" --only-binary=:all: "${PLATS[@]}" \
         --python-version "$PYVER" --implementation cp --abi "$PYTAG" "$@"
 }
-test_deps() {
-    local d=$ROOT/opt/armtest/deps
-    stamp_ok "$d/.armtest" "$TEST_DEPS" && { echo "(cached)"; return; }
-    rm -rf "$d"; guest_pip_target "$d" $TEST_DEPS
-    echo "$TEST_DEPS" > "$d/.armtest"
-}
-timed "guest test deps (pip --target)" test_deps
 
 # ---------------------------------------------------------------- 4. build
 rm -rf "$WORK" && mkdir -p "$WORK/dist" "$WORK/wheelhouse"
@@ -299,7 +297,8 @@ tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='*.
 
 build_cross() {
     local XENV=$CACHE/crossenv-${ROOT##*/root-}
-    local key; key="$BUILD_DEPS $(cat "$ROOT/.armtest-root") $(cat "$ROOT$PYPREFIX/.armtest" 2>/dev/null || true)"
+    # (the root's path is part of the key: crossenv records it, and links against it)
+    local key; key="$BUILD_DEPS $(realpath "$ROOT") $(cat "$ROOT/.armtest-root") $(cat "$ROOT$PYPREFIX/.armtest" 2>/dev/null || true)"
     if ! stamp_ok "$XENV/.armtest" "$key"; then
         rm -rf "$XENV"
         "$HOSTVENV/bin/python" -m crossenv "$PYBIN" "$XENV" >/dev/null
@@ -356,18 +355,14 @@ repair() {
 timed "auditwheel repair (host)" repair
 WHEEL=$(ls "$WORK"/wheelhouse/*.whl)
 
-install_wheel() {
-    rm -rf "$ROOT/opt/armtest/pkg"
-    guest_pip_target "$ROOT/opt/armtest/pkg" --no-deps "$WHEEL"
-}
-timed "install wheel (pip --target)" install_wheel
-
 # ------------------------------------------------- 5. is the NEON code in the wheel?
 # setup.py picks per-file ISA flags from sysconfig.get_platform(); under crossenv that is
 # linux-aarch64, so no x86 flag may reach aarch64-linux-gnu-gcc, and lut_neon.c (guarded by
 # __aarch64__) must compile to real code. Symbols are hidden but stay in .symtab (no strip).
+# Read from an unpacked copy: a build-only run leaves the root's /opt/armtest to a test run.
 check_wheel() {
-    local so; so=$(ls "$ROOT"/opt/armtest/pkg/pylut/_core*.so)
+    rm -rf "$WORK/unpacked"; "$HOSTVENV/bin/python" -m zipfile -e "$WHEEL" "$WORK/unpacked"
+    local so; so=$(ls "$WORK"/unpacked/pylut/_core*.so)
     file -b "$so" 2>/dev/null | grep -q aarch64 || { aarch64-linux-gnu-readelf -h "$so" | grep -q AArch64; } \
         || { echo "arm-test: $so is not an aarch64 object" >&2; return 1; }
     local syms; syms=$(aarch64-linux-gnu-nm "$so")
@@ -392,6 +387,21 @@ summary() {
 if [ "${ARM_BUILD_ONLY:-0}" = 1 ]; then
     summary; echo "arm-test: ARM_BUILD_ONLY=1: wheel in $OUT, tests not run"; exit 0
 fi
+
+# ------------------------------------------ test deps + the wheel into ROOT/opt/armtest
+test_deps() {
+    local d=$ROOT/opt/armtest/deps
+    stamp_ok "$d/.armtest" "$TEST_DEPS" && { echo "(cached)"; return; }
+    rm -rf "$d"; guest_pip_target "$d" $TEST_DEPS
+    echo "$TEST_DEPS" > "$d/.armtest"
+}
+timed "guest test deps (pip --target)" test_deps
+
+install_wheel() {
+    rm -rf "$ROOT/opt/armtest/pkg"
+    guest_pip_target "$ROOT/opt/armtest/pkg" --no-deps "$WHEEL"
+}
+timed "install wheel (pip --target)" install_wheel
 
 # ---------------------------------------------------------------- 6. test
 # The guest python runs as `qemu-aarch64-static python3.x`, so a test that starts

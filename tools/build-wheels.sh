@@ -29,7 +29,8 @@
 #   WHEEL_ARM_PYTHONS="3.11 3.12 3.13"   CPython versions for aarch64 (each needs a host
 #                            python of the same minor for crossenv: /usr/bin, PATH or ~/.pyenv)
 #   WHEEL_CPYTHON_SRC="3.12=/path/Python-3.12.8.tar.xz"   source tarballs for versions no
-#                            Debian suite carries (arm-test.sh's ARM_CPYTHON_SRC)
+#                            Debian suite carries (arm-test.sh's ARM_CPYTHON_SRC; its header
+#                            says where Ubuntu 24.04's 3.12.3 source can be had without python.org)
 #   WHEEL_CACHE=DIR          venvs + work (default ${XDG_CACHE_HOME:-~/.cache}/pylut-wheels)
 #   WHEEL_BUDGET=2000000     bytes per wheel
 #
