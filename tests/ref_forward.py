@@ -59,8 +59,10 @@ def rope_frequencies(cfg):
       llama3: the per-pair factors convert_hf_to_gguf.py writes as rope_freqs.weight;
       linear: freq_scale = 1/factor; yarn: ggml's rope_yarn, the ramp between corr dims
       blending scaled and unscaled frequencies; its attention factor is taken as given."""
-    hd, theta = cfg["head_dim"], cfg["rope_theta"]
+    hd, theta = cfg.get("rope_dims", cfg["head_dim"]), cfg["rope_theta"]   # rotated dims (n_rot)
     s = cfg.get("rope_scaling") or {"type": "default"}
+    if s["type"] == "longrope":   # a loaded config holds the short set; for_context swaps it
+        return longrope_inv_freq(cfg, s["short_factor"]), float(s["attention_factor"])
     i = np.arange(hd // 2, dtype=np.float64)
     freq = theta ** (-2.0 * i / hd)
     if s.get("freq_factors") is not None:

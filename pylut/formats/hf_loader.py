@@ -185,7 +185,8 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
         log.info("%s: max_position_embeddings is absent; the context is limited to %d", cfg_path, cfg["max_ctx"])
     full_ctx = cfg["max_ctx"]
     cfg["max_ctx"] = _context(hf, hf_arch, n_layers, full_ctx, cfg_path)
-    cfg["sliding_window"] = cfg["max_ctx"] if cfg["max_ctx"] < full_ctx else 0  # the hook, as gguf_model
+    if cfg["max_ctx"] < full_ctx:
+        cfg["sliding_window"] = cfg["max_ctx"]   # the hook, as gguf_model (absent: no window)
     if cfg["norm_eps"] <= 0:
         raise ModelFileError(f"{cfg_path}: rms_norm_eps = {hf.get('rms_norm_eps')!r} must be positive")
     phi3 = hf_arch == "Phi3ForCausalLM"
@@ -198,7 +199,7 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
         rope_dims = rope.hf_rope_dims(hf, head_dim, cfg_path)
         if rope_dims != head_dim:
             cfg["rope_dims"] = rope_dims
-        if hf.get("sliding_window") is not None:
+        if hf.get("sliding_window"):   # 0 / null: none
             cfg["sliding_window"] = hf["sliding_window"]
     elif scaling["type"] == "longrope":
         raise ModelFileError(f"{cfg_path}: rope_type 'longrope' is read for Phi3ForCausalLM only")
