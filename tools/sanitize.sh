@@ -16,8 +16,9 @@
 #      ASan must report it, else the job proves nothing and fails;
 #   2. every kernel family (LUT GEMV/GEMM, prefill, int8 baseline, attention, KV cache
 #      codecs) over every ISA this CPU runs (the kernel tests loop over isa_supported()),
-#      the readers and loaders (GGUF, safetensors, HF folders, GPTQ, the pack cache), the
-#      model forward with the best ISA;
+#      the readers and loaders (GGUF, safetensors, HF folders, GPTQ, I2_S, the pack cache),
+#      the model forward with the best ISA (every architecture of the zoo and BitNet), the
+#      tokenizer's C merge;
 #   3. the model forward again under each lower ISA (PYLUT_ISA=...);
 #   4. a short fixed-seed pass of the format fuzzer, when tools/fuzz_formats.py exists.
 # Peak-memory tests skip themselves (PYLUT_SANITIZED=1): ASan's shadow memory and quarantine
@@ -124,7 +125,8 @@ else
         tests/test_sanitize.py tests/test_kernels.py tests/test_attention.py tests/test_prefill.py \
         tests/test_streaming_attention.py tests/test_quants.py tests/test_gguf_reader.py \
         tests/test_safetensors_reader.py tests/test_hf_loader.py tests/test_gptq.py \
-        tests/test_packcache.py tests/test_model_gguf.py
+        tests/test_packcache.py tests/test_model_gguf.py tests/test_arch_zoo.py tests/test_bitnet.py \
+        tests/test_tokenizer.py
     BEST=$(cd "$TREE" && python3 -c 'from pylut import _core; print(_core.isa_detect())')
     ISAS=${SANITIZE_ISAS:-$(cd "$TREE" && python3 -c 'from pylut import _core; print(*_core.isa_supported())')}
     LOWER_ISA_TESTS=(tests/test_model_gguf.py)
