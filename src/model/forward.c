@@ -156,6 +156,22 @@ static void stage_matmul(step_ctx *c, int ith, int nth, int *stage, int n, const
     stage_gemm(c, ith, nth, stage, n, mats, ys, lds, 1);
 }
 
+/* A block's output: sub-norm in place where the layer has one (bitnets), project by w
+ * back to dim and add to the residual stream. rows [t0, t1) are this thread's tokens of the
+ * n-token chunk x [n, ldx]. Ends with a barrier. */
+static void stage_project_residual(step_ctx *c, int ith, int nth, int *stage, int n, int64_t t0, int64_t t1,
+                                   const float *sub_norm, float *x, int64_t ldx, const pylut_qmatrix *w) {
+    pylut_state *s = c->s;
+    const int dim = c->m->dim;
+    if (sub_norm) {
+        for (int64_t t = t0; t < t1; t++) rmsnorm(x + t * ldx, x + t * ldx, sub_norm, (int)ldx, c->m->norm_eps);
+        barrier_wait(&c->bar, nth);
+    }
+    stage_matmul(c, ith, nth, stage, n, w, x, ldx, s->tmp, dim);
+    residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
+    barrier_wait(&c->bar, nth);
+}
+
 /* Layer l's attention for the chunk: items (kv head x query tile x cache slice) claimed from
  * the layer's ticket; with slices, a merge per kv head after a barrier. Ends with a barrier. */
 static void stage_attention(step_ctx *c, int ith, int nth, int l) {
@@ -222,13 +238,7 @@ static void step_task(void *arg, int ith, int nth) {
         }
         barrier_wait(&c->bar, nth);
         stage_attention(c, ith, nth, l);
-        if (L->attn_sub_norm) {
-            for (int64_t t = t0; t < t1; t++) rmsnorm(s->att + t * qd, s->att + t * qd, L->attn_sub_norm, qd, m->norm_eps);
-            barrier_wait(&c->bar, nth);
-        }
-        stage_matmul(c, ith, nth, &stage, n, L->wo, s->att, qd, s->tmp, dim);
-        residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
-        barrier_wait(&c->bar, nth);
+        stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->attn_sub_norm, s->att, qd, L->wo);
         for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
         barrier_wait(&c->bar, nth);
 
@@ -249,13 +259,7 @@ static void step_task(void *arg, int ith, int nth) {
                 for (int64_t i = e0; i < e1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         barrier_wait(&c->bar, nth);
-        if (L->ffn_sub_norm) {
-            for (int64_t t = t0; t < t1; t++) rmsnorm(s->hb + t * ffn, s->hb + t * ffn, L->ffn_sub_norm, ffn, m->norm_eps);
-            barrier_wait(&c->bar, nth);
-        }
-        stage_matmul(c, ith, nth, &stage, n, L->w_down, s->hb, ffn, s->tmp, dim);
-        residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
-        barrier_wait(&c->bar, nth);
+        stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->ffn_sub_norm, s->hb, ffn, L->w_down);
     }
 
     /* ---- logits for the last token (or all) */
