@@ -175,14 +175,16 @@ def _llama2(messages, add_generation_prompt):
     return out
 
 
-def _zephyr(messages, add_generation_prompt):
-    out = "".join(f"<|{m['role']}|>\n{m['content']}</s>\n" for m in messages)
-    return out + ("<|assistant|>\n" if add_generation_prompt else "")
+def _role_tags(end: str):
+    """Zephyr, Phi-3 and Falcon3: "<|role|>\ncontent" + end + "\n" per message; they differ
+    only in the end-of-turn text."""
+    def render(messages, add_generation_prompt):
+        out = "".join(f"<|{m['role']}|>\n{m['content']}{end}\n" for m in messages)
+        return out + ("<|assistant|>\n" if add_generation_prompt else "")
+    return render
 
 
-def _phi3(messages, add_generation_prompt):
-    out = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages)
-    return out + ("<|assistant|>\n" if add_generation_prompt else "")
+_zephyr, _phi3, _falcon3 = _role_tags("</s>"), _role_tags("<|end|>"), _role_tags("")
 
 
 def _phi4(messages, add_generation_prompt):
@@ -217,11 +219,6 @@ def _mistral(messages, add_generation_prompt):
         else:
             out += f"{m['content']}</s>"
     return out
-
-
-def _falcon3(messages, add_generation_prompt):
-    out = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
-    return out + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
 _RENDER = {"chatml": _chatml, "llama-3": _llama3, "llama-2": _llama2, "zephyr": _zephyr, "phi-3": _phi3,
