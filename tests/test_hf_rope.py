@@ -4,7 +4,6 @@ own logits; GGUF rope_freqs.weight and rope.scaling.* compute the same frequenci
 keys pylut does not compute are refused by name. No torch needed: the oracle is committed."""
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from pylut import rope
 from pylut.errors import ModelFileError
 from pylut.formats.gguf_model import load_gguf
 
+from hf_folders import edited_copy
 from model_builder import build_gguf
 from ref_forward import forward
 
@@ -47,12 +47,7 @@ def deviation(model, tokens, logits):
 
 def edited(tmp_path, name, edit):
     """A copy of fixture `name` whose config.json went through edit(dict) (in place)."""
-    folder = tmp_path / name
-    shutil.copytree(FIXTURES / name, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    edit(cfg)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
+    return edited_copy(FIXTURES / name, tmp_path / name, edit)
 
 
 # ---------------------------------------------------------------- against transformers

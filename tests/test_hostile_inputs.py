@@ -113,7 +113,7 @@ def test_non_hex_byte_token_is_a_model_file_error(model_file, tmp_path):
 def test_forged_array_count_in_a_vocab_fails_before_allocating(tmp_path, item_type, count):
     """A string (or nested) array whose count the file cannot hold is refused up front; the
     fuzzer found `[None] * count` raising MemoryError first."""
-    from pylut.formats.gguf_meta import read_gguf_metadata
+    from pylut.formats.gguf_reader import read_gguf_metadata
     key = b"tokenizer.ggml.tokens"
     body = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
             + struct.pack("<IIQ", 9, item_type, count) + bytes(64))

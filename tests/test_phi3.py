@@ -11,7 +11,6 @@ tensors as llama.cpp's graph does (src/models/phi3.cpp), decoded by the gguf pac
 """
 import json
 import logging
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import pylut  # noqa: E402
 from pylut import _core, rope  # noqa: E402
 from pylut.errors import ModelFileError  # noqa: E402
 from pylut.formats.gguf_model import load_gguf  # noqa: E402
+from hf_folders import edited_copy  # noqa: E402
 from ref_forward import forward as ref_forward, longrope_inv_freq  # noqa: E402
 
 log = logging.getLogger("pylut")
@@ -285,12 +285,7 @@ def test_info_names_longrope_partial_rotary_and_window(cache):
 
 
 def edited(tmp_path, name, edit):
-    folder = tmp_path / name
-    shutil.copytree(ZOO / name / "hf", folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    edit(cfg)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
+    return edited_copy(ZOO / name / "hf", tmp_path / name, edit)
 
 
 def test_window_shorter_than_the_context_limits_it(tmp_path, cache):

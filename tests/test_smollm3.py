@@ -1,8 +1,6 @@
 """SmolLM3 (`smollm3`): llama's block with RoPE skipped on every 4th layer, against
 transformers and llama.cpp on the zoo's tiny model (tests/fixtures/zoo/smollm3, four layers:
 layer 3 has no RoPE). The reference applies llama.cpp's rule (src/models/smollm3.cpp) itself."""
-import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import pylut  # noqa: E402
 from pylut import _core  # noqa: E402
 from pylut.errors import ModelFileError  # noqa: E402
 from pylut.formats.gguf_model import load_gguf  # noqa: E402
+from hf_folders import edited_copy  # noqa: E402
 from ref_forward import forward as ref_forward  # noqa: E402
 from test_phi3 import (PYLUT_8BIT_VS_LLAMACPP, SAME_WEIGHTS_TOLERANCE, TRANSFORMERS_TOLERANCE, ZOO,  # noqa: E402
                        dequantized, deviation, file_weights, oracle, prompt_logits)
@@ -97,12 +96,7 @@ def test_info_names_the_nope_layers(cache):
 
 
 def edited(tmp_path, edit):
-    folder = tmp_path / NAME
-    shutil.copytree(ZOO / NAME / "hf", folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    edit(cfg)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
+    return edited_copy(ZOO / NAME / "hf", tmp_path / NAME, edit)
 
 
 def test_hf_no_rope_layers(tmp_path, cache):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pylut.formats.gguf_meta import read_gguf_metadata
+from pylut.formats.gguf_reader import read_gguf_metadata
 from pylut.tokenizer import Tokenizer
 from pylut.tokenizer._pretokenize import PRETOKENIZER_RULES, PreTokenizer
 

@@ -461,3 +461,14 @@ class GGUFFile(MappedFile):
 def open_gguf(path: PathLike) -> GGUFFile:
     """Convenience alias for ``GGUFFile(path)``."""
     return GGUFFile(path)
+
+
+def read_gguf_metadata(path: PathLike) -> Dict[str, Any]:
+    """A GGUF file's key/value metadata as a dict (string arrays as ``list[str]``, numeric
+    arrays as numpy arrays), plus ``"GGUF.version"`` and ``"GGUF.tensor_count"``; the whole
+    header is checked as GGUFFile checks it, and the mapping is released before returning."""
+    with GGUFFile(path) as f:
+        meta = dict(f.metadata)
+        meta["GGUF.version"] = f.version
+        meta["GGUF.tensor_count"] = len(f.tensors)
+    return meta

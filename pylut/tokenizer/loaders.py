@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._pretokenize import GPT2, PreTokenizer
-from ..formats.gguf_meta import GGUF_MAGIC, read_gguf_metadata
+from ..formats.gguf_reader import GGUF_MAGIC, read_gguf_metadata
 
 logger = logging.getLogger("pylut")
 
@@ -45,7 +45,7 @@ def load(cls, path: Path):
 
 def _replace_undecodable(strings: List[str]) -> List[str]:
     """GGUFFile keeps a string's invalid UTF-8 as surrogates (lossless); the vocabulary reads
-    it as read_gguf_metadata does, one U+FFFD per bad sequence."""
+    it as llama.cpp shows it, one U+FFFD per bad sequence."""
     out = list(strings)
     for i, s in enumerate(out):
         if not s.isascii():
