@@ -120,12 +120,14 @@ def check_forward(lm, weights, seed=1, prompt=None, split_int8=False, layout="gg
     ref_steps = ref_forward(cfg, weights, sequence[:-1], layout=layout)[PROMPT_LEN - 1:]
     mismatch = np.flatnonzero(ref_steps.argmax(1) != np.asarray(generated))
     prefix = int(mismatch[0]) if mismatch.size else GREEDY_LEN
-    if prefix < GREEDY_LEN:   # the reference's own continuation, for the log
+    if prefix < GREEDY_LEN and log.isEnabledFor(logging.DEBUG):
+        # the reference's own continuation: a whole reference pass per token, so only when
+        # someone reads it (pytest --log-level=DEBUG)
         ref_seq = list(sequence[:PROMPT_LEN + prefix])
         while len(ref_seq) < PROMPT_LEN + GREEDY_LEN:
             ref_seq.append(int(ref_forward(cfg, weights, ref_seq, layout=layout)[-1].argmax()))
-        log.info("greedy diverges at token %d: C %s vs reference %s", prefix,
-                 generated[prefix:], ref_seq[PROMPT_LEN + prefix:])
+        log.debug("greedy diverges at token %d: C %s vs reference %s", prefix,
+                  generated[prefix:], ref_seq[PROMPT_LEN + prefix:])
     return (relative_error(logits, ref), agree,
             relative_error(np.stack(step_logits[:prefix + 1]), ref_steps[:prefix + 1]), prefix)
 
