@@ -11,9 +11,10 @@ from .kernels import (Dq8Matrix, QMatrix, Tables, ThreadPool, cpu_features, gemm
 from .model import Model, load  # noqa: E402
 from .options import LoadOptions  # noqa: E402
 from .sampling import SamplingParams  # noqa: E402
+from .session import Session  # noqa: E402
 from .streaming import HeadPlan, calibrate_heads  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
-__all__ = ["__version__", "load", "LoadOptions", "Model", "Tokenizer", "SamplingParams", "cpu_features", "set_isa",
+__all__ = ["__version__", "load", "LoadOptions", "Model", "Session", "Tokenizer", "SamplingParams", "cpu_features", "set_isa",
            "quantize", "gemm", "gemm_multi", "QMatrix", "Tables", "ThreadPool", "Dq8Matrix", "get_pool", "HeadPlan",
            "calibrate_heads"]

@@ -3,7 +3,7 @@
 
 # ---------------------------------------------------------------- the forward pass
 
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, uintptr_t
 from libc.string cimport memcpy
 
 FFN_ACTS = {"silu": PYLUT_FFN_SILU, "relu2": PYLUT_FFN_RELU2}
@@ -175,6 +175,22 @@ cdef class Session:
         return pylut_state_pos(self.s)
 
     @property
+    def max_batch(self):
+        """Most tokens one forward step of this session takes."""
+        return pylut_state_max_batch(self.s)
+
+    def copy_from(self, Session other):
+        """Take other's cached positions (rows, pos, stream base): same model, kv type and heads."""
+        if other.model is not self.model or other is self:
+            raise ValueError("copy_from needs another session of the same Model")
+        cdef int rc = PYLUT_EINVAL
+        with nogil:
+            rc = pylut_state_copy(self.s, other.s)
+        if rc != PYLUT_OK:
+            raise ValueError(f"cannot copy a session of {other.pos} positions ({other.kv_type}) into one of "
+                             f"n_ctx={self.n_ctx} ({self.kv_type}): cache types, head plans or sizes differ")
+
+    @property
     def batch_invariant(self):
         """True: prefill stays on the table lookups, so results do not depend on chunking."""
         return pylut_state_batch_invariant(self.s) == 1
@@ -279,3 +295,49 @@ cdef class Session:
                 rc = pylut_forward(pool.pool, &self.model.m, self.s, &tv[0], n, &ov[0, 0], all_logits)
         _check(rc, "forward")
         return out if all_logits else out[0]
+
+
+def forward_multi(Session work, list seqs, list tokens, ThreadPool pool):
+    """One batched step: seqs[i] (Sessions of work's Model) runs tokens[i] (a non-empty int
+    sequence); the matmuls run once over every token, attention per sequence. work holds the
+    step's activations (a session not in seqs, max_batch >= the total). Returns the logits
+    of each sequence's last token, [len(seqs), vocab]."""
+    cdef int n_seq = len(seqs)
+    if n_seq < 1 or len(tokens) != n_seq:
+        raise ValueError("forward_multi needs one token list per session, at least one")
+    cdef Model model = work.model
+    parts = [np.ascontiguousarray(np.asarray(t, dtype=np.int64).reshape(-1)) for t in tokens]
+    counts = np.array([p.shape[0] for p in parts], dtype=np.intc)
+    cdef int total = int(counts.sum())
+    if counts.min() < 1:
+        raise ValueError("every session of a step needs at least one token")
+    if total > work.max_batch or n_seq > work.max_batch:
+        raise ValueError(f"{total} tokens over the step workspace's max_batch={work.max_batch}")
+    flat = np.concatenate(parts)
+    if flat.min() < 0 or flat.max() >= model.m.vocab:
+        raise ValueError(f"token ids must be in 0..{model.m.vocab - 1}")
+    ptrs = np.empty(n_seq, dtype=np.uintp)
+    cdef Session q
+    for i in range(n_seq):
+        q = seqs[i]
+        if q.model is not model or q is work:
+            raise ValueError("forward_multi's sessions must be of the work session's Model, work not among them")
+        if counts[i] > q.max_batch or q.pos + counts[i] > q.n_ctx:
+            raise ValueError(f"session {i}: {counts[i]} tokens at {q.pos} do not fit (max_batch={q.max_batch}, "
+                             f"n_ctx={q.n_ctx})")
+        ptrs[i] = <uintptr_t>q.s
+    if len({id(x) for x in seqs}) != n_seq:
+        raise ValueError("a session appears twice in one step")
+    t32 = flat.astype(np.int32)
+    out = np.empty((n_seq, model.m.vocab), np.float32)
+    cdef const int32_t[::1] tv = t32
+    cdef const int[::1] cv = counts
+    cdef const uintptr_t[::1] pv = ptrs
+    cdef float[:, ::1] ov = out
+    cdef int rc = PYLUT_EINVAL
+    with pool.lock:
+        with nogil:
+            rc = pylut_forward_multi(pool.pool, &model.m, work.s, <pylut_state **>&pv[0], n_seq, &tv[0], &cv[0],
+                                     &ov[0, 0])
+    _check(rc, "forward_multi")
+    return out

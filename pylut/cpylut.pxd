@@ -157,6 +157,10 @@ cdef extern from "pylut/model.h" nogil:
     int pylut_state_split_int8(const pylut_state *s)
     int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                       int n, float *logits, int all_logits)
+    int pylut_forward_multi(pylut_pool *pool, const pylut_model *m, pylut_state *work, pylut_state **seqs,
+                            int n_seq, const int32_t *tokens, const int *n_tokens, float *logits) nogil
+    int pylut_state_copy(pylut_state *dst, const pylut_state *src) nogil
+    int pylut_state_max_batch(const pylut_state *s)
     int64_t pylut_state_kv_bytes(const pylut_state *s)
     uint8_t *pylut_state_kv(pylut_state *s)
     int pylut_state_kv_type(const pylut_state *s)

@@ -7,17 +7,19 @@
 """
 import logging
 import os
+import threading
 import time
-import uuid
+import weakref
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core, arch, rope, session_file, streaming
+from .scheduler import Scheduler
+from .session import Session
 from .tokenizer.chat_template import ChatTemplate
 from .kernels import cpu_features, get_pool, physical_cores
-from .options import LoadOptions, _is_int
-from .sampling import Sampler, SamplingParams
+from .options import LoadOptions
 
 log = logging.getLogger("pylut")
 
@@ -111,8 +113,6 @@ def load(path, options: Optional[LoadOptions] = None, **settings) -> "Model":
 
 
 class Model:
-    N_SINK = 4  # first positions kept by a context shift (StreamingLLM's attention sinks)
-
     def __init__(self, loaded, tokenizer, options: Optional[LoadOptions] = None, **settings):
         """A model over packed weights (a LoadedModel) and their tokenizer; the run settings
         of `options` (LoadOptions, keywords replacing its fields) apply, the packing ones
@@ -121,7 +121,6 @@ class Model:
         self.options = options
         n_ctx, n_threads, max_batch, precision = options.n_ctx, options.n_threads, options.max_batch, options.precision
         self.context_shift = bool(options.context_shift)
-        self.n_shifts = 0
         self._fingerprint_hex = None
         self.loaded = loaded
         self.tokenizer = tokenizer
@@ -147,22 +146,22 @@ class Model:
         self.max_batch = int(max_batch)
         self.head_plan = streaming.resolve(options.head_plan)
         kv_type = options.kv_type
-        modes = dict(batch_invariant=bool(options.batch_invariant), split_int8=precision == "high")
-        if self.head_plan is None:
-            self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type, **modes)
-        else:
+        self.kv_type = kv_type
+        self.batch_invariant = bool(options.batch_invariant)
+        self.n_ctx = int(n_ctx)
+        if self.head_plan is not None:
             self.head_plan.check_model(self)
             p = self.head_plan
             if p.sink + 1 >= n_ctx or p.window > n_ctx:
                 raise ValueError(f"head plan (sink={p.sink}, window={p.window}) does not fit n_ctx={n_ctx}")
-            self.session = _core.Session(self.weights, int(n_ctx), max_batch, kv_type,
-                                         streaming=p.streaming_mask(), sink=p.sink, window=p.window, **modes)
+        self._sessions = weakref.WeakSet()  # every open Session of this model (kv_stats)
+        self.scheduler = Scheduler(self)
+        self._claim_lock = threading.Lock()
+        self._default_claimed = False
+        self._default = Session(self)       # what model.generate() etc. run on when it is free
+        if self.head_plan is not None:
             log.info("head plan: %d of %d kv heads keep the whole cache; KV cache %.1f MiB",
-                     p.n_retrieval, p.n_heads, self.session.kv_bytes / 2**20)
-        self.n_ctx = int(n_ctx)
-        self._cached: List[int] = []      # tokens whose keys/values are in the session
-        self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_s": 0.0, "gen_tokens": 0, "gen_s": 0.0,
-                      "forward_s": 0.0}
+                     p.n_retrieval, p.n_heads, self.state.kv_bytes / 2**20)
         tok = tokenizer
 
         def piece(i):
@@ -181,61 +180,96 @@ class Model:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
-    # ---------------------------------------------------------------- evaluation
+    def _new_state(self, n_ctx: int, kv_type: str) -> "_core.Session":
+        """A C session (KV cache and scratch) over these weights, in this model's modes."""
+        modes = dict(batch_invariant=self.batch_invariant, split_int8=self.precision == "high")
+        p = self.head_plan
+        if p is None:
+            return _core.Session(self.weights, int(n_ctx), self.max_batch, kv_type, **modes)
+        return _core.Session(self.weights, int(n_ctx), self.max_batch, kv_type, streaming=p.streaming_mask(),
+                             sink=p.sink, window=p.window, **modes)
+
+    # ---------------------------------------------------------------- sessions
+
+    def session(self, **overrides) -> Session:
+        """A new conversation over these weights: its own KV cache, cached tokens and stats.
+        overrides: n_ctx (at most the model's), kv_type, context_shift. Sessions may run in
+        different threads; the scheduler steps them together."""
+        return Session(self, **overrides)
+
+    def kv_stats(self) -> dict:
+        """KV cache use over every open session: for /health and /metrics."""
+        live = [s for s in list(self._sessions) if not s.closed]
+        return {"sessions": len(live), "kv_bytes_used": sum(s.kv_bytes_used for s in live),
+                "kv_bytes_total": sum(s.state.kv_bytes for s in live if s.state is not None),
+                "tokens_cached": sum(s.n_cached for s in live)}
+
+    @property
+    def state(self) -> "_core.Session":
+        """The default session's C state (forward, kv_array, head_kv: tools and tests)."""
+        return self._default.state
+
+    @property
+    def stats(self) -> dict:
+        """The default session's stats of its last call."""
+        return self._default.stats
+
+    @property
+    def n_shifts(self) -> int:
+        return self._default.n_shifts
+
+    @property
+    def _cached(self) -> List[int]:
+        return self._default._cached
+
+    def _claim(self) -> Session:
+        """The default session if free, else a temporary one (closed by _release): calls from
+        several threads never share a cache; each runs as it would alone."""
+        with self._claim_lock:
+            if not self._default_claimed:
+                self._default_claimed = True
+                return self._default
+        return Session(self)
+
+    def _release(self, s: Session) -> None:
+        if s is self._default:
+            with self._claim_lock:
+                self._default_claimed = False
+        else:
+            s.close()
+
+    def _on_claimed(self, call):
+        """call(session) on a claimed session; an iterator result keeps it until exhausted or closed."""
+        s = self._claim()
+        try:
+            out = call(s)
+        except BaseException:
+            self._release(s)
+            raise
+        if isinstance(out, (dict, str)):
+            self._release(s)
+            return out
+        return _Claimed(out, lambda: self._release(s))
+
+    # ---------------------------------------------------------------- evaluation (the default session)
 
     def reset(self):
-        self.session.truncate(0)
-        self._cached = []
+        with self._default._lock:
+            self._default.reset()
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits after `tokens`, reusing the longest prefix already in the cache."""
-        tokens = list(tokens)
-        if not tokens:
-            raise ValueError("empty prompt")
-        if len(tokens) > self.n_ctx:
-            raise ValueError(f"prompt has {len(tokens)} tokens, over n_ctx={self.n_ctx}")
-        common = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # at least one token must run to give logits
-        if not self.session.can_truncate(common):
-            common = 0  # streaming heads already dropped what going on from there would see
-        self.session.truncate(common)
-        self._cached = self._cached[:common]
-        t0 = time.perf_counter()
-        logits = self.session.forward(tokens[common:], self.pool)
-        self.stats["prompt_s"] = time.perf_counter() - t0
-        self.stats["prompt_tokens"] = len(tokens)
-        self.stats["prompt_processed"] = len(tokens) - common
-        self._cached = tokens
-        return logits
+        """Logits after `tokens`, reusing the longest prefix already in the default session."""
+        with self._default._lock:
+            return self._default.eval(tokens)
 
     def step(self, token: int) -> np.ndarray:
-        """Logits after appending one token to what is cached (the decode step, without
-        sampling: a caller picks the next token itself, e.g. `pylut bench` greedily)."""
-        if len(self._cached) >= self.n_ctx:
-            raise ValueError(f"the context is full ({self.n_ctx} tokens); reset() or eval() a shorter prompt")
-        t0 = time.perf_counter()
-        logits = self.session.forward([token], self.pool)
-        self.stats["forward_s"] += time.perf_counter() - t0  # C time, for the overhead share
-        self._cached.append(token)
-        return logits
+        """Logits after appending one token to what the default session caches (the decode
+        step, without sampling: a caller picks the next token itself, e.g. `pylut bench`)."""
+        with self._default._lock:
+            return self._default.step(token)
 
     def _n_keep(self) -> int:
-        """Positions a context shift keeps: the attention sinks (a head plan's, if more)."""
-        sink = self.head_plan.sink if self.head_plan is not None else 0
-        return min(max(self.N_SINK, sink), self.n_ctx - 2)
-
-    def _shift(self):
-        """Make room: keep the sinks, drop the older half of the rest (llama.cpp's default)."""
-        keep = self._n_keep()
-        drop = max(1, (len(self._cached) - keep) // 2)
-        self.session.shift(keep, drop)
-        self._cached = self._cached[:keep] + self._cached[keep + drop:]
-        self.n_shifts += 1
-        log.info("context full (%d): dropped %d positions after the first %d", self.n_ctx, drop, keep)
+        return self._default._n_keep()
 
     # ---------------------------------------------------------------- sessions on disk
 
@@ -249,12 +283,13 @@ class Model:
         return self._fingerprint_hex
 
     def save_state(self, path) -> None:
-        """Write the cached tokens and their keys/values to `path` (pylut.session_file)."""
-        session_file.save(self, path)
+        """Write the default session's cached tokens and their keys/values to `path` (pylut.session_file)."""
+        with self._default._lock:
+            self._default.save_state(path)
 
     def load_state(self, path) -> None:
-        """Restore a session written by save_state; refuses files of another model/version,
-        cache type or head plan.
+        """Restore into the default session a session written by save_state; refuses files of
+        another model/version, cache type or head plan.
 
         A session file is trusted data: its SHA-256 detects corruption, not forgery (anyone can
         recompute it), so load only files you wrote. What is verified: the checksum, the
@@ -263,148 +298,31 @@ class Model:
         each kv head's row count and the data size match; every cached row is finite (fp16
         values, or q8/q4 scales) and not all zero bytes. Plausible but wrong keys/values
         cannot be told from real ones."""
-        session_file.load(self, path)
+        with self._default._lock:
+            self._default.load_state(path)
 
-    # ---------------------------------------------------------------- generation
-
-    def _generate_tokens(self, prompt_tokens, max_tokens, stop_ids, params):
-        sampler = Sampler(params)
-        logits = self.eval(prompt_tokens)
-        history = list(prompt_tokens)
-        t0 = time.perf_counter()
-        self.stats["gen_tokens"] = 0
-        self.stats["forward_s"] = 0.0
-        for i in range(max_tokens):
-            tok = sampler(logits, history)
-            if tok in stop_ids:
-                self.stats["gen_s"] = time.perf_counter() - t0
-                yield tok, "stop"
-                return
-            history.append(tok)
-            self.stats["gen_tokens"] += 1
-            last = i == max_tokens - 1
-            if not last and len(self._cached) >= self.n_ctx:
-                if not self.context_shift or self.n_ctx <= self._n_keep() + 1:
-                    self.stats["gen_s"] = time.perf_counter() - t0
-                    yield tok, "length"
-                    return
-                self._shift()
-            yield tok, None
-            if not last:
-                logits = self.step(tok)
-            self.stats["gen_s"] = time.perf_counter() - t0
-        yield None, "length"
-
-    def _stream_text(self, prompt, max_tokens, stop, params, special=False, ignore_eos=False):
-        """Yields (text_piece, finish_reason); stop strings are cut, never emitted."""
-        if isinstance(prompt, str):
-            ptoks = self.tokenize(prompt, special=special)
-        else:
-            ptoks = list(prompt)
-            vocab = self.loaded.config["vocab"]
-            if not all(_is_int(t) and 0 <= t < vocab for t in ptoks):
-                raise ValueError(f"prompt token ids must be integers in 0..{vocab - 1}")
-            ptoks = [int(t) for t in ptoks]
-        if not ptoks:
-            raise ValueError("empty prompt")
-        if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError("stop must be a non-empty string or a list of them")
-        stop_ids = set() if ignore_eos else set(self.tokenizer.eot_ids)
-        if self.tokenizer.eos_id is not None and not ignore_eos:
-            stop_ids.add(self.tokenizer.eos_id)
-        dec = self.tokenizer.stream_decoder()
-        held = ""  # text that might be the start of a stop string
-        keep = max((len(s) for s in stops), default=0)
-        for tok, reason in self._generate_tokens(ptoks, int(max_tokens), stop_ids, params):
-            if tok is not None and reason != "stop":
-                held += dec.push(tok)
-            if reason is not None:
-                held += dec.flush()
-            for s in stops:
-                at = held.find(s)
-                if at >= 0:
-                    yield held[:at], "stop"
-                    return
-            if reason is not None:
-                yield held, reason
-                return
-            if keep:
-                safe = len(held) - (keep - 1)
-                if safe > 0:
-                    yield held[:safe], None
-                    held = held[safe:]
-            elif held:
-                yield held, None
-                held = ""
+    # ---------------------------------------------------------------- generation (thread-safe)
 
     def generate(self, prompt: Union[str, Sequence[int]], max_tokens: int = 128, stream: bool = False,
                  stop=None, ignore_eos: bool = False, **sampling):
         """Continue `prompt`. Returns the text, or an iterator of text pieces with stream=True.
-        Sampling options: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed."""
-        params = SamplingParams.from_kwargs(**sampling)
-        it = self._stream_text(prompt, max_tokens, stop, params, ignore_eos=ignore_eos)
-        if stream:
-            return (piece for piece, _ in it if piece)
-        return "".join(piece for piece, _ in it)
-
-    # ---------------------------------------------------------------- OpenAI-shaped API
-
-    def _usage(self):
-        return {"prompt_tokens": self.stats["prompt_tokens"], "completion_tokens": self.stats["gen_tokens"],
-                "total_tokens": self.stats["prompt_tokens"] + self.stats["gen_tokens"]}
+        Sampling options: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed.
+        Safe from several threads: a call made while another holds the default session runs
+        on a temporary session of its own, so calls never share a cache and run concurrently
+        (their steps batched by the scheduler)."""
+        return self._on_claimed(lambda s: s.generate(prompt, max_tokens, stream, stop, ignore_eos, **sampling))
 
     def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: int = 16, stream: bool = False,
-                          stop=None, ignore_eos: bool = False, **sampling):
-        params = SamplingParams.from_kwargs(**sampling)
-        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        it = self._stream_text(prompt, max_tokens, stop, params, ignore_eos=ignore_eos)
-
-        def chunk(text, reason):
-            return {"id": cid, "object": "text_completion", "created": created, "model": self.name,
-                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]}
-        if stream:
-            return (chunk(t, r) for t, r in it if t or r)
-        text, reason = "", None
-        for t, r in it:
-            text += t
-            reason = r or reason
-        out = chunk(text, reason)
-        out["usage"] = self._usage()
-        return out
+                          stop=None, ignore_eos: bool = False, n: int = 1, **sampling):
+        """OpenAI-shaped completion (Session.create_completion; n > 1 samples n continuations
+        of one prompt evaluation). Thread-safe as generate."""
+        return self._on_claimed(lambda s: s.create_completion(prompt, max_tokens, stream, stop, ignore_eos, n,
+                                                              **sampling))
 
     def create_chat_completion(self, messages: List[Dict[str, str]], max_tokens: Optional[int] = None,
                                stream: bool = False, stop=None, **sampling):
-        if not isinstance(messages, list) or not messages:
-            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
-        params = SamplingParams.from_kwargs(**sampling)
-        prompt = self.chat_template.render(messages, add_generation_prompt=True)
-        add_bos = self.tokenizer.add_bos and not prompt.startswith(self.chat_template.bos or "\0")
-        ptoks = self.tokenize(prompt, add_bos=add_bos, special=True)
-        if max_tokens is None:
-            max_tokens = max(1, self.n_ctx - len(ptoks))
-        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        it = self._stream_text(ptoks, max_tokens, stop, params)
-        if stream:
-            def chunks():
-                yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.name,
-                       "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
-                for t, r in it:
-                    if t or r:
-                        yield {"id": cid, "object": "chat.completion.chunk", "created": created,
-                               "model": self.name,
-                               "choices": [{"index": 0, "delta": {"content": t} if t else {}, "finish_reason": r}]}
-            return chunks()
-        text, reason = "", None
-        for t, r in it:
-            text += t
-            reason = r or reason
-        return {"id": cid, "object": "chat.completion", "created": created, "model": self.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": reason}],
-                "usage": self._usage()}
+        """OpenAI-shaped chat completion (Session.create_chat_completion). Thread-safe as generate."""
+        return self._on_claimed(lambda s: s.create_chat_completion(messages, max_tokens, stream, stop, **sampling))
 
     # ---------------------------------------------------------------- info
 
@@ -426,8 +344,8 @@ class Model:
                 "sliding_window": cfg.get("sliding_window"),
                 "context": cfg["max_ctx"], "n_ctx": self.n_ctx, "isa": cpu_features()["isa"],
                 "threads": self.n_threads, "chat_template": self.chat_template.name,
-                "kv_type": self.session.kv_type, "kv_bytes": self.session.kv_bytes,
-                "batch_invariant": self.session.batch_invariant, "precision": self.precision,
+                "kv_type": self.kv_type, "kv_bytes": self.state.kv_bytes,
+                "batch_invariant": self.batch_invariant, "precision": self.precision,
                 "head_plan": self._plan_info()}
 
     def _plan_info(self) -> Optional[dict]:
@@ -435,7 +353,36 @@ class Model:
         if self.head_plan is None:
             return None
         cfg = self.loaded.config
-        full = 2 * cfg["n_layers"] * cfg["n_kv_heads"] * self.n_ctx * _core.kv_row_bytes(self.session.kv_type,
+        full = 2 * cfg["n_layers"] * cfg["n_kv_heads"] * self.n_ctx * _core.kv_row_bytes(self.kv_type,
                                                                                           cfg["head_dim"])
-        return dict(self.head_plan.summary(), kv_bytes=self.session.kv_bytes, kv_bytes_full=full,
-                    kv_bytes_saved=full - self.session.kv_bytes)
+        return dict(self.head_plan.summary(), kv_bytes=self.state.kv_bytes, kv_bytes_full=full,
+                    kv_bytes_saved=full - self.state.kv_bytes)
+
+
+class _Claimed:
+    """An iterator over a claimed session's output: the session goes back when the iterator
+    is exhausted, closed or collected (a stream the caller drops does not keep it)."""
+
+    def __init__(self, it, release):
+        self._it, self._release = it, release
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        release, self._release = self._release, None
+        if release is not None:
+            try:
+                self._it.close()
+            finally:
+                release()
+
+    def __del__(self):
+        self.close()

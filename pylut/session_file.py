@@ -70,11 +70,11 @@ def _rope_key(model) -> Optional[str]:
     return hashlib.sha256(json.dumps(model.weights.config["rope_inv_freq"]).encode()).hexdigest()[:16]
 
 
-def save(model, path) -> None:
-    """Write `model`'s cached tokens and every kv head's slots in use (written under a
-    temporary name, renamed into place when complete)."""
-    session = model.session
-    cached = model._cached
+def save(sess, path) -> None:
+    """Write a pylut.Session's cached tokens and every kv head's slots in use (written under
+    a temporary name, renamed into place when complete)."""
+    model, session = sess.model, sess.state
+    cached = sess._cached
     rows = [session.head_kv(kv, l, h)[:session.head_used(l, h)] for kv, l, h in _heads(model.loaded.config)]
     plan = model.head_plan
     header = json.dumps({"fingerprint": model._fingerprint(), "n_tokens": len(cached), "tokens": cached,
@@ -150,16 +150,16 @@ def _read_header(path, data: bytes, config) -> _Header:
     return _Header(version, _PREFIX.size + hlen, h, tokens, row_bytes, head_rows, base, plan_key)
 
 
-def load(model, path) -> None:
-    """Restore a session written by `save` into `model`; refuses files of another model or
+def load(sess, path) -> None:
+    """Restore a session written by `save` into a pylut.Session; refuses files of another model or
     version, cache type or head plan, sizes that do not fit, and rows no forward pass writes
     (see Model.load_state for what a session file is trusted with)."""
     with open(path, "rb") as f:
         data = f.read()
+    model, session = sess.model, sess.state
     config = model.loaded.config
     head = _read_header(path, data, config)
     h, n, row_bytes, head_rows = head.json, len(head.tokens), head.row_bytes, head.head_rows
-    session = model.session
     if h.get("fingerprint") != model._fingerprint(shapes_only=head.version < 4):
         raise ValueError(f"{path}: the session was saved from another model ({h.get('model')!r}); "
                          f"load it with the same model file")
@@ -173,8 +173,8 @@ def load(model, path) -> None:
         raise ValueError(f"{path}: the session was saved with {said(head.plan_key, h.get('head_plan_summary'))}, "
                          f"this model runs with {said(mine, plan.summary() if mine else None)}; "
                          "load the model with the same head plan")
-    if n > model.n_ctx:
-        raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={model.n_ctx}")
+    if n > sess.n_ctx:
+        raise ValueError(f"{path}: the session holds {n} tokens, over this model's n_ctx={sess.n_ctx}")
     if h.get("rope_inv_freq") != _rope_key(model):
         raise ValueError(f"{path}: the session's keys were rotated with other RoPE frequencies (LongRoPE's "
                          f"factor set follows n_ctx); load the model with the n_ctx it was saved at")
@@ -198,7 +198,7 @@ def load(model, path) -> None:
     session.set_stream(n, base)
     for r, v, block in zip(head_rows, views, blocks):
         v[:r] = block
-    model._cached = head.tokens
+    sess._cached = head.tokens
 
 
 def _check_kv_rows(path, rows: np.ndarray, head_dim: int, kv_type: str) -> None:

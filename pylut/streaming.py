@@ -250,7 +250,7 @@ def calibrate_heads(model, text: Union[None, str, Sequence[int]] = None, retriev
     n_layers, n_kv = cfg["n_layers"], cfg["n_kv_heads"]
     n = len(tokens)
     last = max(1, min(n_last, n - prefix))  # scored positions: the ones a streaming head changes
-    kv_type, pool = model.session.kv_type, model.pool
+    kv_type, pool = model.kv_type, model.pool
 
     def run(session, start):
         if start < n - last:

@@ -76,7 +76,7 @@ def test_high_precision_is_chunk_independent_and_checked(model_file, cache):
     """precision='high' runs every chunk and decode step on two-part int8 activations, so
     prefix reuse equals a fresh run bit for bit; bad values are refused by name."""
     m = pylut.load(model_file, n_ctx=64, precision="high")
-    assert m.info()["precision"] == "high" and m.session.split_int8
+    assert m.info()["precision"] == "high" and m.state.split_int8
     first = list(range(3, 23))
     m.eval(first)
     logits = m.eval(first + [30, 31, 32])
@@ -156,14 +156,14 @@ def test_bad_arguments(model_file, cache):
     with pytest.raises(ValueError, match="top_p"):
         m.generate([1, 2], max_tokens=2, top_p=0)
     with pytest.raises(ValueError, match="token ids"):
-        m.session.forward([10**6], pylut.get_pool(1))
+        m.state.forward([10**6], pylut.get_pool(1))
 
 
 def test_generation_stops_at_context_end(model_file, cache):
     m = pylut.load(model_file, n_ctx=16)
     r = m.create_completion([5, 6, 7], max_tokens=100, temperature=0)
     assert r["choices"][0]["finish_reason"] in ("length", "stop")
-    assert m.session.pos <= 16
+    assert m.state.pos <= 16
 
 
 # ---------------------------------------------------------------- context shift, sessions
@@ -174,22 +174,22 @@ def test_context_shift_rerotates_keys(model_file, cache):
     m = pylut.load(model_file, n_ctx=32, batch_invariant=True)  # 20 and 14-token prompts compared
     toks = list(range(3, 23))
     m.eval(toks)
-    m.session.shift(4, 6)
+    m.state.shift(4, 6)
     hd = m.loaded.config["head_dim"]
-    keys = lambda model: _core.kv_decode(model.session.kv_array()[0, 0, :, :14], "f16", hd)  # noqa: E731
+    keys = lambda model: _core.kv_decode(model.state.kv_array()[0, 0, :, :14], "f16", hd)  # noqa: E731
     shifted = keys(m)
     fresh = pylut.load(model_file, n_ctx=32, batch_invariant=True)
     fresh.eval(toks[:4] + toks[10:])
     # fp16 cache: the re-rotation rounds once more than a fresh write (2 ulp of fp16)
     assert np.allclose(shifted, keys(fresh), rtol=2e-3, atol=2e-3)
-    assert np.array_equal(m.session.kv_array()[1, 0, :, :14], fresh.session.kv_array()[1, 0, :, :14])
+    assert np.array_equal(m.state.kv_array()[1, 0, :, :14], fresh.state.kv_array()[1, 0, :, :14])
 
 
 def test_generation_runs_past_n_ctx_with_shift(model_file, cache):
     m = pylut.load(model_file, n_ctx=16)
     r = m.create_completion([5, 6, 7], max_tokens=48, temperature=0)
     assert r["usage"]["completion_tokens"] == 48 and r["choices"][0]["finish_reason"] == "length"
-    assert m.n_shifts >= 2 and m.session.pos <= 16
+    assert m.n_shifts >= 2 and m.state.pos <= 16
     off = pylut.load(model_file, n_ctx=16, context_shift=False)
     r = off.create_completion([5, 6, 7], max_tokens=48, temperature=0)
     assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] < 48
@@ -203,7 +203,7 @@ def test_save_and_load_state_continue_identically(model_file, cache, tmp_path):
     expected = m.generate(prompt, max_tokens=10, temperature=0)
     other = pylut.load(model_file, n_ctx=64)
     other.load_state(tmp_path / "s.bin")
-    assert other.session.pos == len(prompt)
+    assert other.state.pos == len(prompt)
     assert other.generate(prompt, max_tokens=10, temperature=0) == expected
     assert other.stats["prompt_processed"] == 1  # only the last prompt token re-ran
 

@@ -62,8 +62,8 @@ def _load(path, n_ctx):
 
 
 def _all_logits(model, prompt):
-    out = model.session.forward([int(t) for t in prompt], model.pool, all_logits=True)
-    model.session.truncate(0)
+    out = model.state.forward([int(t) for t in prompt], model.pool, all_logits=True)
+    model.state.truncate(0)
     return out
 
 

@@ -380,7 +380,7 @@ def test_hf_bitnet_folder_matches_the_reference(name, cache):
 
     model = pylut.load(folder, precision="high")
     tokens = np.load(folder / "tokens.npy")
-    got = model.session.forward(tokens, pylut.get_pool(), all_logits=True)
+    got = model.state.forward(tokens, pylut.get_pool(), all_logits=True)
     ref = ref_forward(model.loaded.config, dequantized(model.loaded), tokens, layout="hf")
     assert relative_error(got, ref) <= HIGH_LOGIT_RTOL
 

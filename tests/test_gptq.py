@@ -210,7 +210,7 @@ def test_gptq_repacked_losslessly(tmp_path, cache, arch, bits, sym, fmt, write_g
             assert np.all(np.abs(got - r.w) <= fp16_bias_bound(r)), name
     weights = dequantized(lm)
     prompt = m.tokenize("GPTQ, repacked: 0123", add_bos=False)
-    out = m.session.forward(prompt, m.pool, all_logits=True)
+    out = m.state.forward(prompt, m.pool, all_logits=True)
     want = forward(lm.config, weights, prompt, layout="hf")
     assert relative_error(out, want) <= LOGIT_RTOL
     assert (out.argmax(1) == want.argmax(1)).mean() >= 0.9
@@ -259,7 +259,7 @@ def test_act_order_is_requantized_with_a_warning(tmp_path, cache, caplog, bits, 
     loaded = dequantized(lm)
     checkpoint = dict(loaded, **{n: r.w for n, r in ref.items()})
     prompt = m.tokenize("GPTQ, act order", add_bos=False)
-    out = m.session.forward(prompt, m.pool, all_logits=True)
+    out = m.state.forward(prompt, m.pool, all_logits=True)
     assert relative_error(out, forward(lm.config, loaded, prompt, layout="hf")) <= LOGIT_RTOL  # the kernel itself
     want = forward(lm.config, checkpoint, prompt, layout="hf")
     assert relative_error(out, want) <= ACT_ORDER_RTOL[bits]
@@ -284,8 +284,8 @@ def test_second_load_maps_the_packed_cache(tmp_path, cache, monkeypatch):
         else:
             assert np.array_equal(t, u), name
     prompt = first.tokenize("cached", add_bos=False)
-    assert np.array_equal(first.session.forward(prompt, first.pool, all_logits=True),
-                          second.session.forward(prompt, second.pool, all_logits=True))
+    assert np.array_equal(first.state.forward(prompt, first.pool, all_logits=True),
+                          second.state.forward(prompt, second.pool, all_logits=True))
 
 
 def test_legacy_quantize_config_json(tmp_path, cache):

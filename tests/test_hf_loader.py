@@ -78,12 +78,12 @@ def test_hf_folder_matches_reference(tmp_path, cache, arch, dtype, tied):
     toks = m.tokenize("Hello, world! 123", add_bos=False)
     assert m.detokenize(toks) == "Hello, world! 123"
     ref = forward(cfg, weights, toks, layout="hf")
-    out = m.session.forward(toks, m.pool, all_logits=True)
+    out = m.state.forward(toks, m.pool, all_logits=True)
     # int8 activation tables: ~1 % per matmul, compounded over 2 layers (see test_model_gguf)
     assert np.abs(out - ref).max() <= 0.03 * np.abs(ref).max()
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.9
     again = pylut.load(folder, n_ctx=64)  # from the packed cache
-    assert np.array_equal(again.session.forward(toks, again.pool, all_logits=True), out)
+    assert np.array_equal(again.state.forward(toks, again.pool, all_logits=True), out)
 
 
 def test_hf_folder_errors(tmp_path, cache):

@@ -40,8 +40,8 @@ def reference(name):
 
 def deviation(model, tokens, logits):
     """max |pylut - transformers| over the prompt, as a fraction of transformers' logit range."""
-    out = model.session.forward([int(t) for t in tokens], model.pool, all_logits=True)
-    model.session.truncate(0)
+    out = model.state.forward([int(t) for t in tokens], model.pool, all_logits=True)
+    model.state.truncate(0)
     return float(np.abs(out[:, :logits.shape[1]] - logits).max() / np.ptp(logits))
 
 
@@ -199,7 +199,7 @@ def test_gguf_rope_freqs_are_applied(tmp_path, cache):
     assert "freq factors" in model.info()["rope"]["summary"]
     weights, tokens = gguf_logits(model.loaded)
     ref = forward(cfg, weights, tokens)
-    out = model.session.forward(tokens, model.pool, all_logits=True)
+    out = model.state.forward(tokens, model.pool, all_logits=True)
     err = np.abs(out - ref).max() / np.ptp(ref)
     assert err <= SAME_WEIGHTS_TOLERANCE, f"{err:.2%} of the range from the reference with the factors"
     unscaled = {k: v for k, v in cfg.items() if k not in ("rope_inv_freq", "rope_attn_factor")}
@@ -220,7 +220,7 @@ def test_gguf_scaling_metadata(tmp_path, cache):
     np.testing.assert_allclose(cfg["rope_inv_freq"], yarn_inv, rtol=2e-6)
     assert cfg["rope_attn_factor"] == pytest.approx(meta["attention_scaling"], rel=1e-6)
     weights, tokens = gguf_logits(model.loaded)
-    out = model.session.forward(tokens, model.pool, all_logits=True)
+    out = model.state.forward(tokens, model.pool, all_logits=True)
     ref = forward(cfg, weights, tokens)
     assert np.abs(out - ref).max() / np.ptp(ref) <= SAME_WEIGHTS_TOLERANCE
     # YaRN's attention factor is applied (to q and k): without it the logits move

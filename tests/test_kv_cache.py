@@ -33,7 +33,7 @@ def test_three_times_n_ctx_with_context_shift_on_the_real_model(cache):
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     print(f"3 x n_ctx = {3 * n_ctx} tokens, {m.n_shifts} shifts, peak RSS grew {grown_mb:.1f} MB")
     assert r["usage"]["completion_tokens"] == 3 * n_ctx and r["choices"][0]["finish_reason"] == "length"
-    assert m.n_shifts >= 4 and m.session.pos <= n_ctx
+    assert m.n_shifts >= 4 and m.state.pos <= n_ctx
     assert grown_mb < 64, "memory must stay bounded while the context shifts"
     # after the shifts: still finite and varied text, not NaN-driven garbage or a loop
     assert np.all(np.isfinite(m.eval(m._cached)))
@@ -79,7 +79,7 @@ def test_quantized_cache_tracks_the_f16_cache(tmp_path, cache, kv_type, max_rel,
     f16 = pylut.load(model, n_ctx=128, n_threads=2)
     ref = f16.eval(prompt)
     m = pylut.load(model, n_ctx=128, n_threads=2, kv_type=kv_type)
-    assert m.session.kv_array().nbytes <= max_bytes * f16.session.kv_array().nbytes
+    assert m.state.kv_array().nbytes <= max_bytes * f16.state.kv_array().nbytes
     got = m.eval(prompt)
     rel = np.abs(got - ref).max() / (ref.max() - ref.min())
     print(f"{kv_type}: max logit error {rel * 100:.2f} % of the range")
@@ -118,12 +118,12 @@ def test_decode_with_the_cache_sliced_across_threads_matches_the_reference(tmp_p
     m = pylut.load(model, n_ctx=1024, n_threads=2, batch_invariant=True)
     tokens = [int(t) for t in np.random.default_rng(3).integers(0, 300, 703)]
     m.eval(tokens[:700])
-    steps = np.stack([m.session.forward([t], m.pool) for t in tokens[700:]])
+    steps = np.stack([m.state.forward([t], m.pool) for t in tokens[700:]])
     weights = {k: t.dequantize() if isinstance(t, _core.QMatrix) else t for k, t in m.loaded.tensors.items()}
     ref = ref_forward(m.loaded.config, weights, tokens)[700:]
     assert np.abs(steps - ref).max() <= 0.03 * np.abs(ref).max()
     assert np.array_equal(steps.argmax(1), ref.argmax(1))
     # the same positions through prefill (query tiles, no slices): equal up to float order
     fresh = pylut.load(model, n_ctx=1024, n_threads=2, batch_invariant=True)
-    tiled = fresh.session.forward(tokens, fresh.pool, all_logits=True)[700:]
+    tiled = fresh.state.forward(tokens, fresh.pool, all_logits=True)[700:]
     assert np.abs(steps - tiled).max() <= 1e-4 * np.abs(tiled).max()

@@ -88,7 +88,7 @@ def test_pylut_matches_llamacpp(tmp_path, fixture):
     want, prompt, meta = _fixture(fixture)
     path = _rebuild(tmp_path, meta)
     model = pylut.load(path, precision="high", cache=False, n_ctx=64, **LOAD.get(fixture.stem, {}))
-    got = model.session.forward(prompt, model.pool, all_logits=True)
+    got = model.state.forward(prompt, model.pool, all_logits=True)
     dev = deviation(got, want)
     assert dev.max() <= TOLERANCE, f"max deviation {dev.max():.4%} at position {int(dev.argmax())}"
     assert np.array_equal(got.argmax(1), want.argmax(1))

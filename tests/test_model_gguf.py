@@ -381,7 +381,7 @@ def test_smollm2_against_the_float_reference(results, tmp_path, monkeypatch):
     # 25.325 against "L" 25.243) that int8-rounded activations flip, llama.cpp's included
     monkeypatch.setenv("PYLUT_CACHE_DIR", str(tmp_path / "cache"))
     m = pylut.load(path, n_ctx=256, precision="high")
-    assert m.info()["precision"] == "high" and m.session.split_int8
+    assert m.info()["precision"] == "high" and m.state.split_int8
     r = m.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
                                  temperature=0, max_tokens=32)
     assert r["choices"][0]["message"]["content"].strip() == "The capital of France is Paris."

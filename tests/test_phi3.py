@@ -94,8 +94,8 @@ def deviation(got, want):
 
 
 def prompt_logits(model, tokens):
-    out = model.session.forward([int(t) for t in tokens], model.pool, all_logits=True)
-    model.session.truncate(0)
+    out = model.state.forward([int(t) for t in tokens], model.pool, all_logits=True)
+    model.state.truncate(0)
     return out
 
 
@@ -140,7 +140,7 @@ def test_file_against_reference_and_llamacpp(name, tensor_type, cache):
     model = pylut.load(path, bits=8, precision="high", n_ctx=N_CTX)
     lm = model.loaded
     prompt = [int(t) for t in o["prompt"]]
-    got = model.session.forward(prompt, model.pool, all_logits=True)
+    got = model.state.forward(prompt, model.pool, all_logits=True)
 
     w, attn = file_weights(path)
     ref = ref_forward(reference_config(lm, w["rope_factors_short"], attn), w, prompt)
@@ -161,8 +161,8 @@ def test_file_against_reference_and_llamacpp(name, tensor_type, cache):
     nxt = int(got[-1].argmax())
     for _ in range(N_GREEDY):
         generated.append(nxt)
-        nxt = int(model.session.forward([nxt], model.pool).argmax()) if len(generated) < N_GREEDY else nxt
-    model.session.truncate(0)
+        nxt = int(model.state.forward([nxt], model.pool).argmax()) if len(generated) < N_GREEDY else nxt
+    model.state.truncate(0)
     seq = prompt + generated
     ref_steps = ref_forward(reference_config(lm, w["rope_factors_short"], attn), packed, seq[:-1])
     ref_greedy = ref_steps[len(prompt) - 1:].argmax(1).tolist()
@@ -254,18 +254,18 @@ def test_context_shift_with_partial_rotary(n_ctx, cache):
     load = dict(precision="high", n_ctx=n_ctx, batch_invariant=True)
     m = pylut.load(gguf_path("phi4mini", "Q8_0"), **load)
     m.eval(toks)
-    m.session.shift(4, 6)
+    m.state.shift(4, 6)
     hd = m.loaded.config["head_dim"]
-    keys = lambda model: _core.kv_decode(model.session.kv_array()[0, 0, :, :14], "f16", hd)  # noqa: E731
+    keys = lambda model: _core.kv_decode(model.state.kv_array()[0, 0, :, :14], "f16", hd)  # noqa: E731
     fresh = pylut.load(gguf_path("phi4mini", "Q8_0"), **load)
     fresh.eval(toks[:4] + toks[10:])
     assert np.allclose(keys(m), keys(fresh), rtol=2e-3, atol=2e-3)
     # the unrotated dims were not touched: bit-identical to before the shift
     before = pylut.load(gguf_path("phi4mini", "Q8_0"), **load)
     before.eval(toks)
-    moved = before.session.kv_array()[0, 0, :, 10:20, :]
+    moved = before.state.kv_array()[0, 0, :, 10:20, :]
     raw = lambda kv: _core.kv_decode(kv, "f16", hd)[..., 12:]  # noqa: E731
-    np.testing.assert_array_equal(raw(m.session.kv_array()[0, 0, :, 4:14, :]), raw(moved))
+    np.testing.assert_array_equal(raw(m.state.kv_array()[0, 0, :, 4:14, :]), raw(moved))
 
 
 # ---------------------------------------------------------------- config, info, refusals

@@ -63,10 +63,10 @@ def test_greedy_and_llamacpp(tensor_type, cache):
     o = oracle(NAME)
     model = pylut.load(gguf_path(tensor_type), bits=8, precision="high", n_ctx=128)
     prompt = o["prompt"].tolist()
-    got = model.session.forward(prompt, model.pool, all_logits=True)
+    got = model.state.forward(prompt, model.pool, all_logits=True)
     generated = [int(got[-1].argmax())]
     while len(generated) < 32:
-        generated.append(int(model.session.forward([generated[-1]], model.pool).argmax()))
+        generated.append(int(model.state.forward([generated[-1]], model.pool).argmax()))
     packed = dequantized(model.loaded)
     ref = ref_forward(reference_config(model.loaded), packed, prompt + generated[:-1])
     assert ref[len(prompt) - 1:].argmax(1).tolist() == generated
@@ -81,13 +81,13 @@ def test_context_shift_leaves_nope_keys_alone(cache):
     toks = oracle(NAME)["prompt"].tolist()[:20]
     m = pylut.load(gguf_path("Q8_0"), n_ctx=64, batch_invariant=True)
     m.eval(toks)
-    before = m.session.kv_array()[0, 3, :, 10:20].copy()
-    m.session.shift(4, 6)
-    np.testing.assert_array_equal(m.session.kv_array()[0, 3, :, 4:14], before)
+    before = m.state.kv_array()[0, 3, :, 10:20].copy()
+    m.state.shift(4, 6)
+    np.testing.assert_array_equal(m.state.kv_array()[0, 3, :, 4:14], before)
     hd = m.loaded.config["head_dim"]
     fresh = pylut.load(gguf_path("Q8_0"), n_ctx=64, batch_invariant=True)
     fresh.eval(toks[:4] + toks[10:])
-    keys = lambda model: _core.kv_decode(model.session.kv_array()[0, 0, :, :14], "f16", hd)  # noqa: E731
+    keys = lambda model: _core.kv_decode(model.state.kv_array()[0, 0, :, :14], "f16", hd)  # noqa: E731
     assert np.allclose(keys(m), keys(fresh), rtol=2e-3, atol=2e-3)
 
 

@@ -57,8 +57,8 @@ def test_forward_matches_the_reference_with_the_streaming_mask(tiny, threads, ma
     m = pylut.load(tiny, n_ctx=256, n_threads=threads, max_batch=max_batch, head_plan=plan_for(base, MIXED))
     tokens = [int(t) for t in np.random.default_rng(threads).integers(0, 300, 150)]
     ref = ref_forward(m.loaded.config, weights(m), tokens, streaming=MIXED, sink=SINK, window=WINDOW)
-    pre = m.session.forward(tokens[:140], m.pool, all_logits=True)
-    steps = np.stack([m.session.forward([t], m.pool) for t in tokens[140:]])
+    pre = m.state.forward(tokens[:140], m.pool, all_logits=True)
+    steps = np.stack([m.state.forward([t], m.pool) for t in tokens[140:]])
     got = np.concatenate([pre, steps])
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() <= 0.03 * scale
@@ -75,7 +75,7 @@ def test_results_do_not_depend_on_how_the_tokens_are_chunked(tiny):
     for max_batch, step in ((64, 120), (5, 120), (64, 1), (64, 37)):
         m = pylut.load(tiny, n_ctx=256, n_threads=2, max_batch=max_batch, head_plan=plan_for(base, MIXED),
                        batch_invariant=True)
-        outs.append(np.concatenate([m.session.forward(tokens[i:i + step], m.pool, all_logits=True)
+        outs.append(np.concatenate([m.state.forward(tokens[i:i + step], m.pool, all_logits=True)
                                     for i in range(0, len(tokens), step)]))
     for o in outs[1:]:
         assert np.abs(o - outs[0]).max() <= 1e-4 * np.abs(outs[0]).max()
@@ -95,9 +95,9 @@ def test_no_plan_and_an_all_retrieval_plan_are_the_plain_path(tiny):
     base = pylut.load(tiny, n_ctx=256)
     allfull = pylut.load(tiny, n_ctx=256, head_plan=plan_for(base, [[False, False], [False, False]]))
     tokens = list(range(10, 150))
-    assert base.session.streaming is None
+    assert base.state.streaming is None
     assert np.array_equal(base.eval(tokens), allfull.eval(tokens))
-    assert allfull.session.kv_bytes == base.session.kv_bytes == base.session.kv_array().nbytes
+    assert allfull.state.kv_bytes == base.state.kv_bytes == base.state.kv_array().nbytes
 
 
 def test_kv_memory_is_what_is_allocated(tiny):
@@ -105,13 +105,13 @@ def test_kv_memory_is_what_is_allocated(tiny):
     m = pylut.load(tiny, n_ctx=512, max_batch=32, head_plan=plan_for(base, MIXED))
     rb = _core.kv_row_bytes("f16", 16)
     # two full heads of n_ctx slots, two streaming heads of sink + window + max_batch, keys and values
-    assert m.session.kv_bytes == 2 * (2 * 512 + 2 * (SINK + WINDOW + 32)) * rb
-    assert m.session.kv_array().nbytes == m.session.kv_bytes
-    assert m.session.head_kv(0, 0, 0).shape == (SINK + WINDOW + 32, rb)
-    assert m.session.head_kv(1, 0, 1).shape == (512, rb)
+    assert m.state.kv_bytes == 2 * (2 * 512 + 2 * (SINK + WINDOW + 32)) * rb
+    assert m.state.kv_array().nbytes == m.state.kv_bytes
+    assert m.state.head_kv(0, 0, 0).shape == (SINK + WINDOW + 32, rb)
+    assert m.state.head_kv(1, 0, 1).shape == (512, rb)
     info = m.info()["head_plan"]
-    assert info["kv_bytes_full"] == base.session.kv_bytes
-    assert info["kv_bytes_saved"] == base.session.kv_bytes - m.session.kv_bytes
+    assert info["kv_bytes_full"] == base.state.kv_bytes
+    assert info["kv_bytes_saved"] == base.state.kv_bytes - m.state.kv_bytes
 
 
 # ---------------------------------------------------------------- the needle
@@ -139,13 +139,13 @@ def test_needle_full_calibrated_and_wrong_plan(needle, capsys):
     code = 2
     logits = lost.eval(haystack(2000, 2000 - 30, code))
     assert int(np.argmax(logits)) == ANSWER + code
-    saved = full.session.kv_bytes - calibrated.session.kv_bytes
+    saved = full.state.kv_bytes - calibrated.state.kv_bytes
     with capsys.disabled():
         print(f"\nneedle at depths {DEPTHS} of 2000 tokens: full {sum(o for *_, o in got_full)}/{len(DEPTHS)}, "
               f"calibrated plan {sum(o for *_, o in got_plan)}/{len(DEPTHS)}, wrong plan "
-              f"{sum(o for *_, o in got_wrong)}/{len(DEPTHS)}; KV cache {full.session.kv_bytes} -> "
-              f"{calibrated.session.kv_bytes} bytes ({saved} saved, {saved / full.session.kv_bytes:.0%})")
-    assert calibrated.session.kv_bytes < 0.35 * full.session.kv_bytes
+              f"{sum(o for *_, o in got_wrong)}/{len(DEPTHS)}; KV cache {full.state.kv_bytes} -> "
+              f"{calibrated.state.kv_bytes} bytes ({saved} saved, {saved / full.state.kv_bytes:.0%})")
+    assert calibrated.state.kv_bytes < 0.35 * full.state.kv_bytes
 
 
 # ---------------------------------------------------------------- shifts, reuse, files
@@ -164,23 +164,23 @@ def test_a_shift_keeps_each_streaming_row_where_a_full_head_has_it(tiny):
     base = pylut.load(tiny, n_ctx=128, max_batch=8)
     m = pylut.load(tiny, n_ctx=128, max_batch=8, head_plan=plan_for(base, [[True, True], [True, False]]))
     tokens = [int(t) for t in np.random.default_rng(2).integers(0, 300, 120)]
-    for s in (base.session, m.session):
+    for s in (base.state, m.state):
         s.forward(tokens[:100], base.pool)
         s.shift(4, 30)   # the stream's oldest rows sit in the dropped range
         s.forward(tokens[100:110], base.pool)
         s.shift(20, 5)   # the stream starts after n_keep + n_discard
         s.forward(tokens[110:], base.pool)
-    pos, sb = m.session.pos, m.session.stream_base
-    assert pos == base.session.pos == 85 and sb > SINK
+    pos, sb = m.state.pos, m.state.stream_base
+    assert pos == base.state.pos == 85 and sb > SINK
     for kv in (0, 1):
         for h in (0, 1):
-            rows, full = m.session.head_kv(kv, 0, h), base.session.head_kv(kv, 0, h)
-            used = m.session.head_used(0, h)
+            rows, full = m.state.head_kv(kv, 0, h), base.state.head_kv(kv, 0, h)
+            used = m.state.head_used(0, h)
             assert used == SINK + pos - sb
             assert np.array_equal(rows[:SINK], full[:SINK])
             assert np.array_equal(rows[SINK:used], full[sb:pos])
     with pytest.raises(ValueError, match="sink"):
-        m.session.shift(2, 10)
+        m.state.shift(2, 10)
 
 
 def test_prefix_reuse_stays_exact(tiny):
@@ -197,7 +197,7 @@ def test_prefix_reuse_stays_exact(tiny):
     assert np.allclose(got, fresh.eval(other), atol=1e-4 * np.abs(got).max())
     assert np.allclose(longer, fresh.eval(a + [7, 8, 9]), atol=1e-4 * np.abs(longer).max())
     with pytest.raises(ValueError, match="dropped"):
-        m.session.truncate(10)
+        m.state.truncate(10)
 
 
 def test_session_files_record_the_plan(tiny, tmp_path):
@@ -209,7 +209,7 @@ def test_session_files_record_the_plan(tiny, tmp_path):
     m.save_state(tmp_path / "s.bin")
     again = pylut.load(tiny, n_ctx=256, max_batch=16, head_plan=plan)
     again.load_state(tmp_path / "s.bin")
-    assert again.session.stream_base == m.session.stream_base
+    assert again.state.stream_base == m.state.stream_base
     assert np.array_equal(again.eval(prompt + [9, 10]), m.eval(prompt + [9, 10]))
     assert again.stats["prompt_processed"] == 2
     with pytest.raises(ValueError, match="head plan"):
@@ -227,7 +227,7 @@ def test_version_2_session_files_still_load(tiny, tmp_path):
     m = pylut.load(tiny, n_ctx=64)
     prompt = [5, 6, 7, 8, 9]
     m.eval(prompt)
-    kv = m.session.kv_array()[:, :, :, :5, :]
+    kv = m.state.kv_array()[:, :, :, :5, :]
     header = json.dumps({"fingerprint": m._fingerprint(shapes_only=True), "n_tokens": 5, "tokens": prompt,
                          "kv_type": "f16", "kv_shape": list(kv.shape), "model": m.name}).encode()
     body = struct.pack("<8sIQ", b"PYLUTST\0", 2, len(header)) + header + np.ascontiguousarray(kv).tobytes()

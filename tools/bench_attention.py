@@ -200,7 +200,7 @@ def quality():
     for kv_type in KV_TYPES:
         m = pylut.load(path, n_ctx=512, n_threads=physical_cores(), kv_type=kv_type)
         ids = m.tokenize(TEXT)[:384]
-        logits = m.session.forward(ids, m.pool, all_logits=True)[:-1].astype(np.float64)
+        logits = m.state.forward(ids, m.pool, all_logits=True)[:-1].astype(np.float64)
         z = logits - logits.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         ppl = float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))

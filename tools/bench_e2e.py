@@ -70,7 +70,7 @@ def worker_pylut(path, threads, n_prompt, n_gen, reps):
     for t in threads:
         m.pool = pylut.get_pool(t)
         m.reset()
-        m.session.forward(ids[:8], m.pool)  # warm-up: page in the weights
+        m.state.forward(ids[:8], m.pool)  # warm-up: page in the weights
         out[f"prefill_tps_t{t}"] = n_prompt / best_time(reps, m.reset, lambda: m.eval(ids))
         # decode through the public generate path (sampling, stop checks, detokenizing)
         gen_best, overhead = float("inf"), 1.0

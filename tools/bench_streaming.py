@@ -71,7 +71,7 @@ def needle_model(args):
         for name, p in (("full", None), ("plan", plan), ("wrong_plan", wrong)):
             m = load(p)
             ok = [o for *_, o in answers(m, n_tokens, depths)]
-            res[f"kv_bytes_{name}"] = m.session.kv_bytes
+            res[f"kv_bytes_{name}"] = m.state.kv_bytes
             res[f"needle_{name}"] = f"{sum(ok)}/{len(ok)}"
         res["kv_ratio_plan"] = round(res["kv_bytes_plan"] / res["kv_bytes_full"], 4)
     return res
@@ -91,7 +91,7 @@ def perplexity(m, ids, chunk=256):
     nll, count = 0.0, 0
     for i in range(0, len(ids) - 1, chunk):
         part = ids[i:min(i + chunk, len(ids) - 1)]
-        logits = m.session.forward(part, m.pool, all_logits=True).astype(np.float64)
+        logits = m.state.forward(part, m.pool, all_logits=True).astype(np.float64)
         logits -= logits.max(1, keepdims=True)
         lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
         target = ids[i + 1:i + 1 + len(part)]
@@ -107,13 +107,13 @@ def decode_tps(models, ids, rounds=5, steps=16):
     start = len(ids) - rounds * steps
     for m in models:
         m.reset()
-        m.session.forward(ids[:start], m.pool)
+        m.state.forward(ids[:start], m.pool)
     times = [[] for _ in models]
     for r in range(rounds):
         for i, m in enumerate(models):
             t0 = time.perf_counter()
             for t in ids[start + r * steps:start + (r + 1) * steps]:
-                m.session.forward([t], m.pool)
+                m.state.forward([t], m.pool)
             times[i].append(time.perf_counter() - t0)
     for m in models:
         m.reset()
@@ -158,7 +158,7 @@ def smollm(args):
         names.append("text_plan")
     models = [load(p) for p in plans]
     for name, m in zip(names, models):
-        res[f"kv_bytes_{name}"] = m.session.kv_bytes
+        res[f"kv_bytes_{name}"] = m.state.kv_bytes
         res[f"ppl_{name}"] = round(perplexity(m, ids), 3)
         res[f"needle_{name}"] = pass_key(m, args.needle_tokens, seeds)
     for name, tps in zip(names, decode_tps(models, ids)):

@@ -43,7 +43,7 @@ def evaluate(path, requant, ids, n_threads):
     t0 = time.perf_counter()
     m = pylut.load(path, n_ctx=max(512, len(ids) + 64), n_threads=n_threads, requant=requant)
     load_s = time.perf_counter() - t0
-    logits = m.session.forward(ids, m.pool, all_logits=True)  # [n, vocab]
+    logits = m.state.forward(ids, m.pool, all_logits=True)  # [n, vocab]
     nbytes = sum(t.nbytes for name, t in m.loaded.tensors.items()
                  if hasattr(t, "codes_buf") and name != "token_embd")
     if m.loaded.tied_output:

@@ -89,6 +89,20 @@ int pylut_state_can_truncate(const pylut_state *s, int pos);
  * logits: [vocab] for the last token, or [n][vocab] when all_logits. Threads: the pool. */
 int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
                   int n, float *logits, int all_logits);
+/* One step over several sequences (continuous batching): sequence i runs its n_tokens[i]
+ * tokens (tokens[] holds them one sequence after another) at its own positions. The
+ * matmuls run once over all of the step's tokens, reading each weight once for the batch;
+ * attention runs per sequence over its own cache. work holds the step's activations and
+ * decides the kernel modes (batch_invariant, split_int8): a state of the same model, not
+ * one of seqs, with max_batch >= the step's total tokens; each n_tokens[i] <= its
+ * sequence's max_batch. logits: [n_seq][vocab], each sequence's last token. With
+ * batch_invariant a sequence's logits are bit-identical to a pylut_forward of it alone. */
+int pylut_forward_multi(pylut_pool *pool, const pylut_model *m, pylut_state *work, pylut_state *const *seqs,
+                        int n_seq, const int32_t *tokens, const int *n_tokens, float *logits);
+/* Make dst hold src's positions: its cached rows, pos and stream base (same model, kv type
+ * and head layout; src's positions must fit dst). */
+int pylut_state_copy(pylut_state *dst, const pylut_state *src);
+int pylut_state_max_batch(const pylut_state *s);
 /* Context shift: drop positions [n_keep, n_keep + n_discard), move the later ones down and
  * re-rotate their keys' RoPE by -n_discard so they read as if written at their new place.
  * With streaming heads n_keep must be >= sink (the sinks stay where they are). */

@@ -1,7 +1,9 @@
-/* forward.c - the Llama-family forward pass: one pool dispatch per chunk of tokens, every
+/* forward.c - the Llama-family forward pass: one pool dispatch per step of tokens, every
  * stage split over the threads and separated by a spinning barrier (a decode step has ~15
  * stages per layer; one dispatch each would cost more than the small matrices themselves).
- * The session state it runs over is kv_state.c's. */
+ * A step may hold several sequences (continuous batching): the matmuls run once over all of
+ * its tokens, attention per sequence over that sequence's cache. The session states it
+ * runs over are kv_state.c's: one, the workspace, holds the step's activations. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,11 +89,12 @@ static void rope(float *v, int n_rot, int pos, const float *inv_freq, float scal
 
 typedef struct {
     const pylut_model *m;
-    pylut_state *s;
-    const int32_t *tokens;
-    int n, pos0, all_logits;
-    float *logits;          /* [n or 1][vocab], NULL: no output projection (a non-final chunk) */
-    pylut_attn_job attn;    /* the chunk's attention plan (cache pointers set per layer) */
+    pylut_state *s;         /* the workspace: activations, tables, tickets, attention scratch */
+    pylut_state *const *seqs; /* [n_seq]: each sequence's cache and position (s itself alone) */
+    int n_seq, any_splits;
+    const int32_t *tokens;  /* [n], sequence after sequence (s->tok_seq, s->seq_first) */
+    int n, all_logits;
+    float *logits;          /* [n or n_seq][vocab], NULL: no output projection (a non-final chunk) */
     barrier_t bar;
 } step_ctx;
 
@@ -172,21 +175,40 @@ static void stage_project_residual(step_ctx *c, int ith, int nth, int *stage, in
     barrier_wait(&c->bar, nth);
 }
 
-/* Layer l's attention for the chunk: items (kv head x query tile x cache slice) claimed from
- * the layer's ticket; with slices, a merge per kv head after a barrier. Ends with a barrier. */
+/* Sequence si's attention plan with layer l's cache. */
+static pylut_attn_job layer_job(const step_ctx *c, int si, int l) {
+    const pylut_state *q = c->seqs[si];
+    pylut_attn_job job = c->s->jobs[si];
+    job.k = kv_row(q, 0, l, 0, 0);
+    job.v = kv_row(q, 1, l, 0, 0);
+    if (q->heads) job.heads = q->heads + (int64_t)l * q->n_kv_heads;
+    return job;
+}
+
+/* Layer l's attention for the step: items (sequence x kv head x query tile x cache slice)
+ * claimed from the layer's ticket; with slices, a merge per kv head after a barrier. Ends
+ * with a barrier. */
 static void stage_attention(step_ctx *c, int ith, int nth, int l) {
     pylut_state *s = c->s;
-    pylut_attn_job job = c->attn; /* planned once per chunk; only the layer's cache differs */
-    job.k = kv_row(s, 0, l, 0, 0);
-    job.v = kv_row(s, 1, l, 0, 0);
-    if (s->heads) job.heads = s->heads + (int64_t)l * s->n_kv_heads;
     float *scratch = s->attn_scratch + (int64_t)ith * s->attn_scratch_floats;
     atomic_llong *ticket = &s->tickets[4 * s->n_layers + 1 + l];
-    for (int64_t w; (w = atomic_fetch_add_explicit(ticket, 1, memory_order_relaxed)) < job.n_items;)
-        pylut_attn_item(&job, w, scratch);
+    const int64_t total = s->item_first[c->n_seq];
+    int si = 0, planned = -1;
+    pylut_attn_job job;
+    /* a thread's claims only grow, so its sequence index only moves forward */
+    for (int64_t w; (w = atomic_fetch_add_explicit(ticket, 1, memory_order_relaxed)) < total;) {
+        while (w >= s->item_first[si + 1]) si++;
+        if (planned != si) job = layer_job(c, planned = si, l);
+        pylut_attn_item(&job, w - s->item_first[si], scratch);
+    }
     barrier_wait(&c->bar, nth);
-    if (job.splits > 1) {
-        for (int h = ith; h < s->n_kv_heads; h += nth) pylut_attn_merge(&job, h);
+    if (c->any_splits) {
+        for (int64_t i = ith; i < (int64_t)c->n_seq * s->n_kv_heads; i += nth) {
+            const int q = (int)(i / s->n_kv_heads);
+            if (s->jobs[q].splits < 2) continue;
+            job = layer_job(c, q, l);
+            pylut_attn_merge(&job, (int)(i % s->n_kv_heads));
+        }
         barrier_wait(&c->bar, nth);
     }
 }
@@ -218,7 +240,9 @@ static void step_task(void *arg, int ith, int nth) {
             const int per = m->n_heads + m->n_kv_heads;
             SPLIT(n * per, ith, nth, w0, w1);
             for (int64_t w = w0; w < w1; w++) {
-                int t = (int)(w / per), h = (int)(w % per), pos = c->pos0 + t;
+                const int t = (int)(w / per), si = s->tok_seq[t];
+                pylut_state *seq = c->seqs[si];
+                int h = (int)(w % per), pos = seq->pos + t - s->seq_first[si];
                 if (h < m->n_heads) {
                     float *q = s->q + (int64_t)t * qd + h * hd;
                     if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
@@ -231,8 +255,8 @@ static void step_task(void *arg, int ith, int nth) {
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
                     if (L->k_norm) rmsnorm(k, k, L->k_norm, hd, m->norm_eps);
                     if (!L->skip_rope) rope(k, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
-                    pylut_kv_encode(s->kv_type, hd, k, kv_row(s, 0, l, h, slot_of(s, l, h, pos)));
-                    pylut_kv_encode(s->kv_type, hd, v, kv_row(s, 1, l, h, slot_of(s, l, h, pos)));
+                    pylut_kv_encode(seq->kv_type, hd, k, kv_row(seq, 0, l, h, slot_of(seq, l, h, pos)));
+                    pylut_kv_encode(seq->kv_type, hd, v, kv_row(seq, 1, l, h, slot_of(seq, l, h, pos)));
                 }
             }
         }
@@ -262,16 +286,102 @@ static void step_task(void *arg, int ith, int nth) {
         stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->ffn_sub_norm, s->hb, ffn, L->w_down);
     }
 
-    /* ---- logits for the last token (or all) */
+    /* ---- logits for each sequence's last token (or every token): normed into rows of xb */
     if (!c->logits) return;
-    const int first = c->all_logits ? 0 : n - 1, nl = n - first;
+    const int nl = c->all_logits ? n : c->n_seq;
     {
         SPLIT(nl, ith, nth, a, b);
-        for (int64_t t = first + a; t < first + b; t++)
-            rmsnorm(s->xb + t * dim, s->x + t * dim, m->output_norm, dim, m->norm_eps);
+        for (int64_t r = a; r < b; r++) {
+            const int64_t t = c->all_logits ? r : s->seq_first[r + 1] - 1;
+            rmsnorm(s->xb + r * dim, s->x + t * dim, m->output_norm, dim, m->norm_eps);
+        }
     }
     barrier_wait(&c->bar, nth);
-    stage_matmul(c, ith, nth, &stage, nl, m->output, s->xb + (int64_t)first * dim, dim, c->logits, m->vocab);
+    stage_matmul(c, ith, nth, &stage, nl, m->output, s->xb, dim, c->logits, m->vocab);
+}
+
+/* ------------------------------------------------------------------ running a step */
+
+/* Grow a float buffer to n floats (contents not kept). */
+static int grow(float **buf, int64_t *have, int64_t n) {
+    if (*have >= n) return PYLUT_OK;
+    float *p = realloc(*buf, (size_t)n * sizeof(float));
+    if (!p) return PYLUT_ENOMEM;
+    *buf = p;
+    *have = n;
+    return PYLUT_OK;
+}
+
+/* One step: seqs[i] runs n_tokens[i] tokens (checked by the callers); w's buffers hold the
+ * step's activations (w may be seqs[0] when it runs alone). */
+static int run_step(pylut_pool *pool, const pylut_model *m, pylut_state *w, pylut_state *const *seqs, int n_seq,
+                    const int32_t *tokens, const int *n_tokens, float *logits, int all_logits) {
+    const int nth = pylut_pool_size(pool);
+    int n = 0;
+    step_ctx c = {m, w, seqs, n_seq, 0, tokens, 0, all_logits, logits};
+    w->item_first[0] = 0;
+    int64_t scratch = 0;
+    for (int si = 0; si < n_seq; si++) {
+        pylut_state *q = seqs[si];
+        const int cnt = n_tokens[si];
+        pylut_state_make_room(q, cnt);
+        w->seq_first[si] = n;
+        for (int t = 0; t < cnt; t++) w->tok_seq[n + t] = si;
+        pylut_attn_job *j = &w->jobs[si]; /* layer 0's cache for the plan; layer_job swaps it */
+        memset(j, 0, sizeof *j);
+        j->type = q->kv_type;
+        j->hd = m->head_dim;
+        j->n_heads = m->n_heads;
+        j->n_kv_heads = m->n_kv_heads;
+        j->k = kv_row(q, 0, 0, 0, 0);
+        j->v = kv_row(q, 1, 0, 0, 0);
+        j->ld = q->row_bytes;
+        j->hstride = (int64_t)q->n_ctx * q->row_bytes;
+        j->len = q->pos + cnt;
+        j->q = w->q + (int64_t)n * w->q_dim;
+        j->ldq = w->q_dim;
+        j->out = w->att + (int64_t)n * w->q_dim;
+        j->ldo = w->q_dim;
+        j->n = cnt;
+        j->pos0 = q->pos;
+        j->scale = 1.0f / sqrtf((float)m->head_dim);
+        j->heads = q->heads; /* layer 0's; layer_job takes each layer's */
+        j->sink = q->sink;
+        j->window = q->window;
+        j->stream_base = q->stream_base;
+        if (pylut_attn_plan(j, nth) != PYLUT_OK) return PYLUT_EINVAL;
+        if (j->splits > 1) {
+            if (grow(&q->attn_partial, &q->attn_partial_floats, j->partial_floats) != PYLUT_OK) return PYLUT_ENOMEM;
+            j->partial = q->attn_partial;
+            c.any_splits = 1;
+        }
+        scratch = scratch > j->scratch_floats ? scratch : j->scratch_floats;
+        w->item_first[si + 1] = w->item_first[si] + j->n_items;
+        n += cnt;
+    }
+    w->seq_first[n_seq] = n;
+    c.n = n;
+    if (w->scratch_threads < nth || w->attn_scratch_floats < scratch) {
+        float *grown = realloc(w->attn_scratch, (size_t)(nth * scratch) * sizeof(float));
+        if (!grown) return PYLUT_ENOMEM;
+        w->attn_scratch = grown;
+        w->scratch_threads = nth;
+        w->attn_scratch_floats = scratch;
+    }
+    for (int i = 0; i < w->n_sets; i++) {
+        table_set *ts = &w->sets[i];
+        ts->act_bits = 0;
+        for (int b = 1; b <= 8; b++)
+            if (ts->act.lut && ts->by_bits[b] &&
+                (w->split_int8 || (!w->batch_invariant && pylut_gemm_i8_preferred(ts->by_bits[b], n))))
+                ts->act_bits |= 1u << b;
+    }
+    barrier_init(&c.bar);
+    for (int i = 0; i < 5 * m->n_layers + 1; i++) atomic_init(&w->tickets[i], 0);
+    pylut_pool_run(pool, step_task, &c);
+    barrier_destroy(&c.bar);
+    for (int si = 0; si < n_seq; si++) seqs[si]->pos += n_tokens[si];
+    return PYLUT_OK;
 }
 
 int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const int32_t *tokens,
@@ -280,64 +390,35 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
     if (s->pos + (int64_t)n > s->n_ctx || pylut_pool_size(pool) > MAX_THREADS) return PYLUT_EINVAL;
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->vocab) return PYLUT_EINVAL;
-    const int nth = pylut_pool_size(pool);
     for (int done = 0; done < n;) {
         int chunk = n - done < s->max_batch ? n - done : s->max_batch;
         int last = done + chunk == n;
-        pylut_state_make_room(s, chunk);
         /* a non-final chunk of a last-logits call needs no output projection at all */
         float *lg = all_logits ? logits + (int64_t)done * m->vocab : last ? logits : NULL;
-        step_ctx c = {m, s, tokens + done, chunk, s->pos, all_logits, lg};
-        pylut_attn_job *j = &c.attn; /* layer 0's cache for the plan; stage_attention swaps it */
-        j->type = s->kv_type;
-        j->hd = m->head_dim;
-        j->n_heads = m->n_heads;
-        j->n_kv_heads = m->n_kv_heads;
-        j->k = kv_row(s, 0, 0, 0, 0);
-        j->v = kv_row(s, 1, 0, 0, 0);
-        j->ld = s->row_bytes;
-        j->hstride = (int64_t)s->n_ctx * s->row_bytes;
-        j->len = s->pos + chunk;
-        j->q = s->q;
-        j->ldq = s->q_dim;
-        j->out = s->att;
-        j->ldo = s->q_dim;
-        j->n = chunk;
-        j->pos0 = s->pos;
-        j->scale = 1.0f / sqrtf((float)m->head_dim);
-        j->heads = s->heads; /* layer 0's; stage_attention takes each layer's */
-        j->sink = s->sink;
-        j->window = s->window;
-        j->stream_base = s->stream_base;
-        if (pylut_attn_plan(j, nth) != PYLUT_OK) return PYLUT_EINVAL;
-        if (s->attn_partial_floats < j->partial_floats) {
-            float *grown = realloc(s->attn_partial, (size_t)j->partial_floats * sizeof(float));
-            if (!grown) return PYLUT_ENOMEM;
-            s->attn_partial = grown;
-            s->attn_partial_floats = j->partial_floats;
-        }
-        j->partial = s->attn_partial;
-        if (s->scratch_threads < nth || s->attn_scratch_floats < j->scratch_floats) {
-            float *grown = realloc(s->attn_scratch, (size_t)(nth * j->scratch_floats) * sizeof(float));
-            if (!grown) return PYLUT_ENOMEM;
-            s->attn_scratch = grown;
-            s->scratch_threads = nth;
-            s->attn_scratch_floats = j->scratch_floats;
-        }
-        for (int i = 0; i < s->n_sets; i++) {
-            table_set *ts = &s->sets[i];
-            ts->act_bits = 0;
-            for (int b = 1; b <= 8; b++)
-                if (ts->act.lut && ts->by_bits[b] &&
-                    (s->split_int8 || (!s->batch_invariant && pylut_gemm_i8_preferred(ts->by_bits[b], chunk))))
-                    ts->act_bits |= 1u << b;
-        }
-        barrier_init(&c.bar);
-        for (int i = 0; i < 5 * m->n_layers + 1; i++) atomic_init(&s->tickets[i], 0);
-        pylut_pool_run(pool, step_task, &c);
-        barrier_destroy(&c.bar);
-        s->pos += chunk;
+        const int rc = run_step(pool, m, s, &s, 1, tokens + done, &chunk, lg, all_logits);
+        if (rc != PYLUT_OK) return rc;
         done += chunk;
     }
     return PYLUT_OK;
+}
+
+int pylut_forward_multi(pylut_pool *pool, const pylut_model *m, pylut_state *work, pylut_state *const *seqs,
+                        int n_seq, const int32_t *tokens, const int *n_tokens, float *logits) {
+    if (!m || !work || !seqs || !tokens || !n_tokens || !logits || n_seq < 1 || n_seq > work->max_batch ||
+        pylut_pool_size(pool) > MAX_THREADS)
+        return PYLUT_EINVAL;
+    int64_t total = 0;
+    for (int i = 0; i < n_seq; i++) {
+        const pylut_state *q = seqs[i];
+        if (!q || q == work || n_tokens[i] < 1 || n_tokens[i] > q->max_batch || q->pos + (int64_t)n_tokens[i] > q->n_ctx ||
+            q->n_layers != work->n_layers || q->q_dim != work->q_dim || q->kv_dim != work->kv_dim)
+            return PYLUT_EINVAL;
+        for (int j = 0; j < i; j++)
+            if (seqs[j] == q) return PYLUT_EINVAL; /* one sequence twice would write its cache twice */
+        total += n_tokens[i];
+    }
+    if (total > work->max_batch) return PYLUT_EINVAL;
+    for (int64_t i = 0; i < total; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->vocab) return PYLUT_EINVAL;
+    return run_step(pool, m, work, seqs, n_seq, tokens, n_tokens, logits, 0);
 }

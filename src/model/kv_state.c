@@ -95,6 +95,7 @@ void pylut_state_free(pylut_state *s) {
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
     free(s->inv_freq);
     free(s->tickets);
+    free(s->tok_seq); free(s->seq_first); free(s->item_first); free(s->jobs);
     free(s);
 }
 
@@ -172,8 +173,12 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
     s->tickets = calloc((size_t)(5 * m->n_layers + 1), sizeof(atomic_llong));
+    s->tok_seq = malloc(B * sizeof(int));
+    s->seq_first = malloc((B + 1) * sizeof(int));
+    s->item_first = malloc((B + 1) * sizeof(int64_t));
+    s->jobs = calloc(B, sizeof(pylut_attn_job));
     if (kv_rc != PYLUT_OK || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
-        !s->hb2 || !s->inv_freq || !s->tickets) {
+        !s->hb2 || !s->inv_freq || !s->tickets || !s->tok_seq || !s->seq_first || !s->item_first || !s->jobs) {
         pylut_state_free(s);
         return NULL;
     }
@@ -196,6 +201,29 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
 }
 
 int pylut_state_pos(const pylut_state *s) { return s ? s->pos : 0; }
+
+int pylut_state_max_batch(const pylut_state *s) { return s ? s->max_batch : 0; }
+
+int pylut_state_copy(pylut_state *dst, const pylut_state *src) {
+    if (!dst || !src || dst == src || dst->n_layers != src->n_layers || dst->n_kv_heads != src->n_kv_heads ||
+        dst->kv_type != src->kv_type || dst->row_bytes != src->row_bytes || dst->sink != src->sink ||
+        dst->window != src->window || !dst->heads != !src->heads || src->pos > dst->n_ctx)
+        return PYLUT_EINVAL;
+    for (int l = 0; l < src->n_layers; l++)
+        for (int h = 0; h < src->n_kv_heads; h++) {
+            if (is_streaming(src, l, h) != is_streaming(dst, l, h) ||
+                pylut_state_head_used(src, l, h) > pylut_state_head_slots(dst, l, h))
+                return PYLUT_EINVAL;
+        }
+    for (int kv = 0; kv < 2; kv++)
+        for (int l = 0; l < src->n_layers; l++)
+            for (int h = 0; h < src->n_kv_heads; h++)
+                memcpy(kv_row(dst, kv, l, h, 0), kv_row(src, kv, l, h, 0),
+                       (size_t)(pylut_state_head_used(src, l, h) * src->row_bytes));
+    dst->pos = src->pos;
+    dst->stream_base = src->stream_base;
+    return PYLUT_OK;
+}
 
 int pylut_state_can_truncate(const pylut_state *s, int pos) {
     if (!s || pos < 0 || pos > s->pos) return 0;

@@ -64,6 +64,12 @@ struct pylut_state {
     float rope_scale;          /* cos/sin factor (YaRN's attention factor; else 1) */
     atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
                                 * (4 per layer + output), then each layer's attention item */
+    /* a step over several sequences (forward.c), sized by max_batch: a step has at most
+     * max_batch tokens and so at most max_batch sequences */
+    int *tok_seq;              /* [max_batch]: the sequence of each token of the step */
+    int *seq_first;            /* [max_batch + 1]: each sequence's first token, then the total */
+    int64_t *item_first;       /* [max_batch + 1]: each sequence's first attention item */
+    pylut_attn_job *jobs;      /* [max_batch]: each sequence's attention plan */
     table_set sets[MAX_TABLE_SETS];
     pylut_lut keys[MAX_TABLE_SETS]; /* layout of each set (tbl pointers unused) */
 };
