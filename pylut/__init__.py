@@ -15,6 +15,6 @@ from .session import Session  # noqa: E402
 from .streaming import HeadPlan, calibrate_heads  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
-__all__ = ["__version__", "load", "LoadOptions", "Model", "Session", "Tokenizer", "SamplingParams", "cpu_features", "set_isa",
-           "quantize", "gemm", "gemm_multi", "QMatrix", "Tables", "ThreadPool", "Dq8Matrix", "get_pool", "HeadPlan",
-           "calibrate_heads"]
+__all__ = ["__version__", "load", "LoadOptions", "Model", "Session", "Tokenizer", "SamplingParams", "cpu_features",
+           "set_isa", "quantize", "gemm", "gemm_multi", "QMatrix", "Tables", "ThreadPool", "Dq8Matrix", "get_pool",
+           "HeadPlan", "calibrate_heads"]

@@ -179,15 +179,17 @@ cdef class Session:
         """Most tokens one forward step of this session takes."""
         return pylut_state_max_batch(self.s)
 
-    def copy_from(self, Session other):
-        """Take other's cached positions (rows, pos, stream base): same model, kv type and heads."""
+    def copy_from(self, Session other, n_pos=None):
+        """Take other's first n_pos cached positions (default all: rows, pos, stream base);
+        same model, kv type and heads. With streaming heads only all of them."""
         if other.model is not self.model or other is self:
             raise ValueError("copy_from needs another session of the same Model")
+        cdef int n = other.pos if n_pos is None else n_pos
         cdef int rc = PYLUT_EINVAL
         with nogil:
-            rc = pylut_state_copy(self.s, other.s)
+            rc = pylut_state_copy(self.s, other.s, n)
         if rc != PYLUT_OK:
-            raise ValueError(f"cannot copy a session of {other.pos} positions ({other.kv_type}) into one of "
+            raise ValueError(f"cannot copy {n} of a session's {other.pos} positions ({other.kv_type}) into one of "
                              f"n_ctx={self.n_ctx} ({self.kv_type}): cache types, head plans or sizes differ")
 
     @property

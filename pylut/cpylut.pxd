@@ -159,7 +159,7 @@ cdef extern from "pylut/model.h" nogil:
                       int n, float *logits, int all_logits)
     int pylut_forward_multi(pylut_pool *pool, const pylut_model *m, pylut_state *work, pylut_state **seqs,
                             int n_seq, const int32_t *tokens, const int *n_tokens, float *logits) nogil
-    int pylut_state_copy(pylut_state *dst, const pylut_state *src) nogil
+    int pylut_state_copy(pylut_state *dst, const pylut_state *src, int n_pos) nogil
     int pylut_state_max_batch(const pylut_state *s)
     int64_t pylut_state_kv_bytes(const pylut_state *s)
     uint8_t *pylut_state_kv(pylut_state *s)

@@ -33,6 +33,9 @@ class _Request:
 
 
 class Scheduler:
+    """step_tokens: most tokens of one step (default the model's max_batch); window_s: how
+    long a step waits for the previous step's sessions to ask again. Both may be set."""
+
     def __init__(self, model, step_tokens: Optional[int] = None, window_s: float = 0.002):
         self.model = model
         self.step_tokens = int(step_tokens or model.max_batch)
@@ -109,7 +112,7 @@ class Scheduler:
             if len(step) == 1:
                 logits = [step[0][0].state.forward(chunks[0], pool)]
             else:
-                if self._workspace is None:
+                if self._workspace is None or self._workspace.max_batch < self.step_tokens:
                     m = self.model
                     self._workspace = _core.Session(m.weights, 1, self.step_tokens, "f16",
                                                     batch_invariant=m.batch_invariant,

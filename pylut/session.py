@@ -21,6 +21,17 @@ from .sampling import Sampler, SamplingParams
 
 log = logging.getLogger("pylut")
 
+MIN_PREFIX_COPY = 8  # fewer positions to gain than this: not worth looking at another session
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
 
 class Session:
     N_SINK = 4  # first positions kept by a context shift (StreamingLLM's attention sinks)
@@ -44,7 +55,8 @@ class Session:
         self._cached: List[int] = []  # tokens whose keys/values are in the state
         self._logits = None           # logits after _cached (None: unknown)
         self._lock = threading.RLock()  # one call at a time on this session (re-entered by its own thread)
-        self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_reused": 0, "prompt_s": 0.0,
+        self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_reused": 0, "prompt_copied": 0,
+                      "prompt_s": 0.0,
                       "gen_tokens": 0, "gen_s": 0.0, "forward_s": 0.0}
         model._sessions.add(self)
 
@@ -92,7 +104,8 @@ class Session:
 
     def usage(self) -> dict:
         """The last call's token counts, OpenAI-shaped; prompt_tokens_details.cached_tokens
-        are prompt tokens whose cache was reused rather than evaluated."""
+        are prompt tokens whose cache was reused (kept, or copied from another session)
+        rather than evaluated."""
         st = self.stats
         return {"prompt_tokens": st["prompt_tokens"], "completion_tokens": st["gen_tokens"],
                 "total_tokens": st["prompt_tokens"] + st["gen_tokens"],
@@ -101,8 +114,9 @@ class Session:
     # ---------------------------------------------------------------- evaluation
 
     def reset(self):
-        self._live().truncate(0)
-        self._cached, self._logits = [], None
+        with self._lock:
+            self._live().truncate(0)
+            self._cached, self._logits = [], None
 
     def _forward(self, tokens) -> np.ndarray:
         t0 = time.perf_counter()
@@ -111,9 +125,13 @@ class Session:
         return logits
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits after `tokens`, reusing the longest prefix already in the cache."""
+        """Logits after `tokens`, reusing the longest prefix already in the cache, or a longer
+        one another idle session of the model holds (copied: a shared system prompt runs once)."""
+        with self._lock:
+            return self._eval([int(t) for t in tokens])
+
+    def _eval(self, tokens: List[int]) -> np.ndarray:
         state = self._live()
-        tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("empty prompt")
         if len(tokens) > self.n_ctx:
@@ -124,27 +142,58 @@ class Session:
         t0 = time.perf_counter()
         self.stats["prompt_tokens"] = len(tokens)
         if tokens == self._cached and self._logits is not None:  # nothing new: the logits are known
-            self.stats.update(prompt_processed=0, prompt_reused=len(tokens), prompt_s=0.0)
+            self.stats.update(prompt_processed=0, prompt_reused=len(tokens), prompt_copied=0, prompt_s=0.0)
             return self._logits
-        common = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # at least one token must run to give logits
+        common = min(_common_prefix(self._cached, tokens), len(tokens) - 1)  # one token must run for logits
         if not state.can_truncate(common):
             common = 0  # streaming heads already dropped what going on from there would see
         state.truncate(common)
         self._cached, self._logits = self._cached[:common], None
+        own = common
+        common = self._take_prefix(tokens, common)
         logits = self._forward(tokens[common:])
         self.stats.update(prompt_s=time.perf_counter() - t0, prompt_processed=len(tokens) - common,
-                          prompt_reused=common)
+                          prompt_reused=common, prompt_copied=common - own)
         self._cached, self._logits = tokens, logits
         return logits
+
+    def _take_prefix(self, tokens: List[int], common: int) -> int:
+        """Copy the longest cached prefix of tokens that an idle session of the model holds,
+        when longer than the common positions already here; returns the positions cached."""
+        best, donor = common, None
+        for d in list(self.model._sessions):
+            if d is self or d.state is None or d.state.kv_type != self.state.kv_type:
+                continue
+            c = min(_common_prefix(d._cached, tokens), len(tokens) - 1)
+            if c > best:
+                best, donor = c, d
+        if donor is None or best - common < MIN_PREFIX_COPY:
+            return common
+        if not donor._lock.acquire(blocking=False):  # busy: its cache is changing
+            return common
+        try:
+            src = donor.state
+            if src is None or _common_prefix(donor._cached, tokens) < best or src.pos != len(donor._cached):
+                return common
+            if src.streaming is not None and src.streaming.any():
+                if src.pos > self.n_ctx or not src.can_truncate(best):
+                    return common
+                self.state.copy_from(src)
+                self.state.truncate(best)
+            else:
+                self.state.copy_from(src, best)
+            self._cached = tokens[:best]
+        finally:
+            donor._lock.release()
+        return best
 
     def step(self, token: int) -> np.ndarray:
         """Logits after appending one token to what is cached (the decode step, without
         sampling)."""
+        with self._lock:
+            return self._step(int(token))
+
+    def _step(self, token: int) -> np.ndarray:
         self._live()
         if len(self._cached) >= self.n_ctx:
             raise ValueError(f"the context is full ({self.n_ctx} tokens); reset() or eval() a shorter prompt")
@@ -192,7 +241,7 @@ class Session:
 
     def _generate_tokens(self, prompt_tokens, max_tokens, stop_ids, params):
         sampler = Sampler(params)
-        logits = self.eval(prompt_tokens)
+        logits = self._eval(list(prompt_tokens))
         history = list(prompt_tokens)
         t0 = time.perf_counter()
         self.stats["gen_tokens"] = 0
@@ -214,7 +263,7 @@ class Session:
                 self._shift()
             yield tok, None
             if not last:
-                logits = self.step(tok)
+                logits = self._step(tok)
             self.stats["gen_s"] = time.perf_counter() - t0
         yield None, "length"
 

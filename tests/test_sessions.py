@@ -261,3 +261,27 @@ def test_streaming_heads_sessions_batch_exactly(tiny):
     for t in threads:
         t.join()
     assert got == want
+
+
+def test_a_shared_prefix_is_copied_from_an_idle_session_and_only_the_suffix_runs(tiny):
+    m = pylut.load(tiny, n_ctx=256, batch_invariant=True)
+    fresh = pylut.load(tiny, n_ctx=256, batch_invariant=True)
+    system = [int(t) for t in np.random.default_rng(4).integers(0, 300, 100)]
+    sessions = []
+    for i in range(8):
+        s = m.session()
+        prompt = system + [10 + i, 20 + i, 30]
+        text = s.generate(prompt, max_tokens=6, temperature=0, ignore_eos=True)
+        assert text == fresh.generate(prompt, max_tokens=6, temperature=0, ignore_eos=True)
+        if i == 0:
+            assert s.stats["prompt_processed"] == len(prompt)
+        else:  # the system prompt's rows came from an earlier session
+            assert s.stats["prompt_processed"] == 3 and s.stats["prompt_copied"] == 100
+            assert s.usage()["prompt_tokens_details"]["cached_tokens"] == 100
+        sessions.append(s)
+    # a session that diverged after copying never changed the one it copied from
+    first, rows = sessions[0], sessions[0].state.head_kv(0, 1, 0)[:106].copy()
+    sessions[1].generate(system[:50] + [1, 2, 3], max_tokens=4, temperature=0)
+    np.testing.assert_array_equal(first.state.head_kv(0, 1, 0)[:106], rows)
+    for s in sessions:
+        s.close()

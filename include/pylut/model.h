@@ -99,9 +99,10 @@ int pylut_forward(pylut_pool *pool, const pylut_model *m, pylut_state *s, const 
  * batch_invariant a sequence's logits are bit-identical to a pylut_forward of it alone. */
 int pylut_forward_multi(pylut_pool *pool, const pylut_model *m, pylut_state *work, pylut_state *const *seqs,
                         int n_seq, const int32_t *tokens, const int *n_tokens, float *logits);
-/* Make dst hold src's positions: its cached rows, pos and stream base (same model, kv type
- * and head layout; src's positions must fit dst). */
-int pylut_state_copy(pylut_state *dst, const pylut_state *src);
+/* Make dst hold src's first n_pos positions: their cached rows, pos and stream base (same
+ * model, kv type and head layout; they must fit dst). With streaming heads n_pos must be
+ * all of src's (truncate dst afterwards where pylut_state_can_truncate allows). */
+int pylut_state_copy(pylut_state *dst, const pylut_state *src, int n_pos);
 int pylut_state_max_batch(const pylut_state *s);
 /* Context shift: drop positions [n_keep, n_keep + n_discard), move the later ones down and
  * re-rotate their keys' RoPE by -n_discard so they read as if written at their new place.

@@ -204,10 +204,11 @@ int pylut_state_pos(const pylut_state *s) { return s ? s->pos : 0; }
 
 int pylut_state_max_batch(const pylut_state *s) { return s ? s->max_batch : 0; }
 
-int pylut_state_copy(pylut_state *dst, const pylut_state *src) {
+int pylut_state_copy(pylut_state *dst, const pylut_state *src, int n_pos) {
     if (!dst || !src || dst == src || dst->n_layers != src->n_layers || dst->n_kv_heads != src->n_kv_heads ||
         dst->kv_type != src->kv_type || dst->row_bytes != src->row_bytes || dst->sink != src->sink ||
-        dst->window != src->window || !dst->heads != !src->heads || src->pos > dst->n_ctx)
+        dst->window != src->window || !dst->heads != !src->heads || n_pos < 0 || n_pos > src->pos ||
+        n_pos > dst->n_ctx || (src->n_streaming && n_pos != src->pos))
         return PYLUT_EINVAL;
     for (int l = 0; l < src->n_layers; l++)
         for (int h = 0; h < src->n_kv_heads; h++) {
@@ -215,12 +216,14 @@ int pylut_state_copy(pylut_state *dst, const pylut_state *src) {
                 pylut_state_head_used(src, l, h) > pylut_state_head_slots(dst, l, h))
                 return PYLUT_EINVAL;
         }
+    /* a full head's slot is its position: the first n_pos rows; a streaming head's used run */
     for (int kv = 0; kv < 2; kv++)
         for (int l = 0; l < src->n_layers; l++)
-            for (int h = 0; h < src->n_kv_heads; h++)
-                memcpy(kv_row(dst, kv, l, h, 0), kv_row(src, kv, l, h, 0),
-                       (size_t)(pylut_state_head_used(src, l, h) * src->row_bytes));
-    dst->pos = src->pos;
+            for (int h = 0; h < src->n_kv_heads; h++) {
+                const int64_t rows = is_streaming(src, l, h) ? pylut_state_head_used(src, l, h) : n_pos;
+                memcpy(kv_row(dst, kv, l, h, 0), kv_row(src, kv, l, h, 0), (size_t)(rows * src->row_bytes));
+            }
+    dst->pos = n_pos;
     dst->stream_base = src->stream_base;
     return PYLUT_OK;
 }
