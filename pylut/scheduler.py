@@ -47,6 +47,13 @@ class Scheduler:
         self._workspace = None  # the step's activation buffers (a C session without a real cache)
         self.stats = {"steps": 0, "tokens": 0, "max_seqs": 0}
 
+    def info(self) -> dict:
+        """Counters for /metrics: steps run, tokens stepped, most sequences in one step,
+        requests waiting now, and the settings."""
+        with self._cv:
+            pending = len(self._pending)
+        return dict(self.stats, pending=pending, step_tokens=self.step_tokens, window_s=self.window_s)
+
     # ---------------------------------------------------------------- the callers' side
 
     def forward(self, state, tokens) -> np.ndarray:

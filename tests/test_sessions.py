@@ -152,7 +152,9 @@ def test_four_threads_of_eight_generate_calls_give_what_each_gives_alone(tiny):
         t.join()
     assert not errors, errors
     assert got == want
-    assert m.scheduler.stats["max_seqs"] >= 2, "the threads' steps were never batched"
+    info = m.scheduler.info()
+    assert info["max_seqs"] >= 2, "the threads' steps were never batched"
+    assert info["pending"] == 0 and info["steps"] < info["tokens"]
     assert m.kv_stats()["sessions"] == 1  # the temporary sessions are gone
 
 
@@ -285,3 +287,21 @@ def test_a_shared_prefix_is_copied_from_an_idle_session_and_only_the_suffix_runs
     np.testing.assert_array_equal(first.state.head_kv(0, 1, 0)[:106], rows)
     for s in sessions:
         s.close()
+
+
+def test_a_step_takes_decodes_first_then_prompt_chunks_within_the_budget():
+    from types import SimpleNamespace
+
+    from pylut.scheduler import Scheduler, _Request
+    sched = Scheduler(SimpleNamespace(max_batch=64), step_tokens=16)
+    state = SimpleNamespace(max_batch=12, pos=0, n_ctx=512)
+    long_a, long_b = _Request(state, np.arange(40)), _Request(state, np.arange(30))
+    decodes = [_Request(state, np.array([i])) for i in range(3)]
+    sched._pending = [long_a, decodes[0], long_b, decodes[1], decodes[2]]
+    step = sched._pick()
+    # every decode, then the oldest prompt's chunk (its session's max_batch), then what is left
+    assert [(r, n) for r, n in step] == [(decodes[0], 1), (decodes[1], 1), (decodes[2], 1), (long_a, 12),
+                                         (long_b, 1)]
+    long_a.done_tokens = 36
+    sched._pending = [long_a, long_b]
+    assert [(r, n) for r, n in sched._pick()] == [(long_a, 4), (long_b, 12)]
