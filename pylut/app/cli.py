@@ -180,6 +180,16 @@ def _int_list(s):
     return vals
 
 
+def _pos_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {s!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
 def _port(s):
     v = _int_or_fail(s)
     if not 0 <= v <= 65535:
@@ -246,8 +256,10 @@ def build_parser():
                         "auto (default): the faster on this CPU (b2 with AVX2 kernels, else t3)")
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server",
-                       description="Serve /v1/chat/completions, /v1/completions, /v1/models and "
-                                   "/health. Requests run one at a time on the model (queued).")
+                       description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health "
+                                   "and /metrics. Up to --parallel requests run at once, each on its own "
+                                   "session, stepped together through one forward pass; the rest wait "
+                                   "in a FIFO queue of --queue, and past it get 503 with Retry-After.")
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
                    "0.0.0.0 exposes the model to your network)")
@@ -258,6 +270,18 @@ def build_parser():
                    help="largest max_tokens a request may ask for (default 4096)")
     p.add_argument("--max-body", type=_pos_int, default=1 << 20, metavar="BYTES",
                    help="largest request body (default 1 MiB; larger gets 413)")
+    p.add_argument("--parallel", "-np", type=_pos_int, default=None, metavar="N",
+                   help="requests that run at once, each in a slot with its own KV cache (default: from "
+                        "the cores and the memory available; printed at start)")
+    p.add_argument("--queue", type=_int_or_fail, default=None, metavar="N",
+                   help="requests that may wait for a slot; past it 503 with Retry-After "
+                        "(default max(16, 4 x --parallel))")
+    p.add_argument("--request-timeout", type=_pos_float, default=600.0, metavar="S",
+                   help="a request's wall time, queue included; generation stops there with "
+                        "finish_reason 'length' (default 600)")
+    p.add_argument("--write-timeout", type=_pos_float, default=30.0, metavar="S",
+                   help="a streaming client that takes no bytes this long is dropped and its session "
+                        "freed (default 30)")
 
     p = sub.add_parser("calibrate-heads", help="pick the kv heads that keep the whole cache (streaming heads)",
                        description="Score every kv head by ablation (that head alone keeps only SINK + "
@@ -519,6 +543,7 @@ def cmd_convert(args):
 
 def cmd_serve(args):
     from .server import serve
+    from .slots import default_parallel
     model = _load_from_args(args)
     import logging
     if not args.verbose:  # the server's access log is the CLI's business: show it
@@ -526,12 +551,24 @@ def cmd_serve(args):
         h.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger("pylut.server").addHandler(h)
         logging.getLogger("pylut.server").setLevel(logging.INFO)
+    if args.parallel is None:
+        parallel, why = default_parallel(model)
+        why = f"default: {why}"
+    else:
+        parallel, why = args.parallel, "--parallel"
+    if args.queue is not None and args.queue < 0:
+        raise CLIError(f"--queue must be 0 or more, got {args.queue}")
 
-    def ready(host, port):
+    def ready(httpd):
+        host, port = httpd.server_address[:2]
+        print(f"pylut: {parallel} parallel slots ({why}), queue of {httpd.slots.queue_limit}",
+              file=sys.stderr, flush=True)
         print(f"pylut: serving {model.name} at http://{host}:{port}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         serve(model, host=args.host, port=args.port, api_key=args.api_key,
-              max_tokens_limit=args.max_tokens_limit, max_body=args.max_body, on_ready=ready)
+              max_tokens_limit=args.max_tokens_limit, max_body=args.max_body, on_ready=ready,
+              parallel=parallel, queue_limit=args.queue, request_timeout=args.request_timeout,
+              write_timeout=args.write_timeout)
     except OSError as e:
         raise CLIError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     except KeyboardInterrupt:

@@ -2,20 +2,25 @@
 needs nothing beyond numpy:
 
     POST /v1/chat/completions   POST /v1/completions   (stream: true -> server-sent events)
-    GET  /v1/models             GET  /health
+    GET  /v1/models   GET /health   GET /metrics (Prometheus text)   POST /tokenize
 
-One Model holds one KV cache, so requests take turns on it: a lock serializes them (a
-streaming response holds it until its last event) while the threads of ThreadingHTTPServer
-keep accepting and parsing the queued ones. Errors use OpenAI's shape,
+Up to N requests run at once, each in a slot with its own session of the model, whose
+scheduler steps them together; the rest wait in a bounded FIFO queue, and past it get a
+503 with Retry-After (pylut.app.slots). The threads of ThreadingHTTPServer only parse
+requests and write answers: a streaming client that stops reading is dropped after the
+write timeout, its session closed, without slowing anyone else. Errors use OpenAI's shape,
 {"error": {"message", "type", "param", "code"}}, so clients surface them as usual.
 The server logs through logging.getLogger("pylut.server"); it never prints by itself.
 """
 import json
 import logging
 import math
-import threading
+import queue
+import socket
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .slots import Job, Metrics, RequestError, Slots, default_parallel
 
 log = logging.getLogger("pylut.server")
 
@@ -23,16 +28,12 @@ MAX_BODY = 1 << 20
 # a body over the limit is read and dropped up to this size so the client sees the 413
 # instead of a reset connection; beyond it the connection is simply closed
 DRAIN_LIMIT = 16 << 20
-QUEUE_TIMEOUT_S = 600.0
-
-
-class RequestError(Exception):
-    def __init__(self, status, message, param=None, code=None, etype="invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.etype = status, message, param, code, etype
-
-    def body(self):
-        return {"error": {"message": self.message, "type": self.etype, "param": self.param, "code": self.code}}
+REQUEST_TIMEOUT_S = 600.0  # a request's wall time, queue included
+WRITE_TIMEOUT_S = 30.0     # a streaming client that takes no bytes this long is dropped
+# bytes the kernel may hold for a streaming client (its default grows to megabytes, which a
+# client that stopped reading would fill before the write timeout even starts counting)
+STREAM_SNDBUF = 64 << 10
+POLL_S = 0.25              # how often a waiting request thread checks that its client is still there
 
 
 # ---------------------------------------------------------------- request validation
@@ -144,25 +145,46 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
+class _ClientGone(Exception):
+    """The client hung up (or stalled past the write timeout): nothing more to answer."""
+
+
 # ---------------------------------------------------------------- the server
 
 class PylutServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive at shutdown
     request_queue_size = 64  # listen backlog: a burst of clients queues instead of being refused
 
-    def __init__(self, addr, model, api_key=None, max_tokens_limit=4096, max_body=MAX_BODY):
+    def __init__(self, addr, model, api_key=None, max_tokens_limit=4096, max_body=MAX_BODY, parallel=None,
+                 queue_limit=None, request_timeout=REQUEST_TIMEOUT_S, write_timeout=WRITE_TIMEOUT_S):
         self.model = model
-        self.model_lock = threading.Lock()
         self.api_key = api_key
         self.max_tokens_limit = max_tokens_limit
         self.max_body = max_body
+        self.request_timeout = float(request_timeout)
+        self.write_timeout = float(write_timeout)
         self.created = int(time.time())
-        super().__init__(addr, Handler)
+        if parallel is None:
+            parallel, _ = default_parallel(model)
+        if queue_limit is None:
+            queue_limit = max(16, 4 * parallel)
+        self.metrics = Metrics()
+        self.slots = Slots(model, parallel, queue_limit, self.metrics)
+        try:
+            super().__init__(addr, Handler)
+        except BaseException:
+            self.slots.close()
+            raise
+
+    def server_close(self):
+        super().server_close()
+        self.slots.close()
 
 
 # path -> (method, handler method name)
-ROUTES = {"/health": ("GET", "_health"), "/v1/models": ("GET", "_models"),
-          "/v1/chat/completions": ("POST", "_chat"), "/v1/completions": ("POST", "_completions")}
+ROUTES = {"/health": ("GET", "_health"), "/metrics": ("GET", "_metrics"), "/v1/models": ("GET", "_models"),
+          "/v1/chat/completions": ("POST", "_chat"), "/v1/completions": ("POST", "_completions"),
+          "/tokenize": ("POST", "_tokenize")}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -175,19 +197,23 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ responses
 
-    def _send_json(self, status, obj, close=False):
-        data = json.dumps(obj).encode()
+    def _send_bytes(self, status, data, content_type, close=False, headers=None):
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_json(self, status, obj, close=False, headers=None):
+        self._send_bytes(status, json.dumps(obj).encode(), "application/json", close, headers)
+
     def _send_error(self, err: RequestError, close=False):
-        self._send_json(err.status, err.body(), close=close)
+        self._send_json(err.status, err.body(), close=close, headers=err.headers)
 
     # ------------------------------------------------------------ routing
 
@@ -221,8 +247,8 @@ class Handler(BaseHTTPRequestHandler):
             getattr(self, route[1])()
         except RequestError as e:
             self._send_error(e, close=e.status in (404, 411, 413))
-        except OSError as e:  # the client hung up or stalled past `timeout`: nothing to answer
-            log.info("%s: connection dropped (%s)", self.address_string(), e)
+        except (OSError, _ClientGone) as e:  # the client hung up or stalled: nothing to answer
+            log.info("%s: connection dropped (%s)", self.address_string(), e or type(e).__name__)
             self.close_connection = True
         except Exception:  # a bug must cost one request, never the server
             log.exception("internal error on %s", self.path)
@@ -273,54 +299,154 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ endpoints
 
     def _health(self):
-        self._send_json(200, {"status": "ok", "model": self.server.model.name})
+        self._send_json(200, dict({"status": "ok", "model": self.server.model.name}, **self.server.slots.snapshot()))
+
+    def _metrics(self):
+        text = prometheus_text(self.server)
+        self._send_bytes(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     def _models(self):
         m = self.server.model
         self._send_json(200, {"object": "list", "data": [
             {"id": m.name, "object": "model", "created": self.server.created, "owned_by": "pylut"}]})
 
+    def _tokenize(self):
+        # llama-server's endpoint: {"content": str, "add_special": bool} -> {"tokens": [...]}
+        body = self._read_json()
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(content, str):
+            raise _bad("'content' must be a string", "content")
+        add_special = body.get("add_special", False)
+        if not isinstance(add_special, bool):
+            raise _bad("'add_special' must be a boolean", "add_special")
+        self._send_json(200, {"tokens": self.server.model.tokenize(content, add_bos=add_special)})
+
     def _chat(self):
         body = self._read_json()
         max_tokens, stop, stream, sampling = parse_common(body, self.server.max_tokens_limit,
                                                           self.server.max_tokens_limit)
         messages = parse_messages(body)
-        self._run(lambda m: m.create_chat_completion(messages, max_tokens=max_tokens, stream=stream,
-                                                     stop=stop, **sampling), stream, body)
+        call = dict(messages=messages, max_tokens=max_tokens, stop=stop, **sampling)
+        self._run(Job("chat", call, self._deadline(), self._chat_prefix(messages)), stream, body)
 
     def _completions(self):
         body = self._read_json()
         max_tokens, stop, stream, sampling = parse_common(body, self.server.max_tokens_limit, 16)
         prompt = parse_prompt(body)
-        self._run(lambda m: m.create_completion(prompt, max_tokens=max_tokens, stream=stream, stop=stop,
-                                                **sampling), stream, body)
+        ignore_eos = body.get("ignore_eos", False)  # llama-server's: generate max_tokens whatever comes
+        if not isinstance(ignore_eos, bool):
+            raise _bad("'ignore_eos' must be a boolean", "ignore_eos")
+        call = dict(prompt=prompt, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, **sampling)
+        prefix = prompt if isinstance(prompt, list) else self._tokens_or_none(prompt)
+        self._run(Job("completion", call, self._deadline(), prefix), stream, body)
 
-    def _run(self, call, stream, body):
-        lock = self.server.model_lock
-        if not lock.acquire(timeout=QUEUE_TIMEOUT_S):
-            raise RequestError(503, "the server is busy; try again later", code="busy", etype="server_error")
+    def _deadline(self):
+        return time.monotonic() + self.server.request_timeout
+
+    def _tokens_or_none(self, text, **kw):
+        """The prompt's tokens, only to pick the slot whose cache holds most of them."""
         try:
-            model = self.server.model
-            try:
-                result = call(model)
-                if not stream:
-                    self._send_json(200, result)
-                    return
-                # run until the first event that holds text or the end, so a prompt that
-                # cannot run (too long for the context...) is still answered with a 400
-                head = []
-                for chunk in result:
-                    head.append(chunk)
-                    ch = chunk["choices"][0]
-                    if ch.get("finish_reason") or ch.get("text") or ch.get("delta", {}).get("content"):
-                        break
-            except (ValueError, TypeError) as e:
-                raise _bad(str(e)) from None
-            self._stream(result, head, body, model)
-        finally:
-            lock.release()
+            return self.server.model.tokenize(text, **kw)
+        except (ValueError, TypeError):
+            return None
 
-    def _stream(self, chunks, head, body, model):
+    def _chat_prefix(self, messages):
+        model = self.server.model
+        try:
+            prompt = model.chat_template.render(messages, add_generation_prompt=True)
+        except (ValueError, TypeError):
+            return None
+        add_bos = model.tokenizer.add_bos and not prompt.startswith(model.chat_template.bos or "\0")
+        return self._tokens_or_none(prompt, add_bos=add_bos, special=True)
+
+    # ------------------------------------------------------------ running a request
+
+    def _run(self, job, stream, body):
+        self.server.slots.submit(job)  # a full queue raises the 503
+        self._peer_checked = time.monotonic()
+        try:
+            # wait for the first event that holds text or the end, so a prompt that cannot
+            # run (too long for the context...) is still answered with a 400
+            head = []
+            while True:
+                kind, value = self._next_event(job)
+                if kind == "error":
+                    raise value
+                if kind == "end":
+                    break
+                head.append(value)
+                if _has_text_or_end(value):
+                    break
+            if stream:
+                self._stream(job, head, (kind, value), body)
+            else:
+                self._send_json(200, self._assemble(job, head, (kind, value)))
+        finally:
+            job.cancel.set()  # whatever happened here, the worker stops at its next event
+
+    def _next_event(self, job):
+        """The worker's next event; every POLL_S, checks that the client is still there."""
+        while True:
+            now = time.monotonic()
+            if now >= self._peer_checked + POLL_S:
+                self._peer_checked = now
+                if self._peer_gone():
+                    raise _ClientGone("the client closed the connection")
+                if now > job.deadline + 30:  # the worker ends by its deadline: a stuck one
+                    raise RequestError(504, "the request timed out", code="timeout", etype="server_error")
+            try:
+                return job.events.get(timeout=POLL_S)
+            except queue.Empty:
+                pass
+
+    def _peer_gone(self):
+        """True when the client has closed its end (readable, with nothing to read)."""
+        sock = self.connection
+        before = sock.gettimeout()
+        sock.settimeout(0)  # a peek that never waits
+        try:
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(before)
+
+    def _assemble(self, job, chunks, last_event):
+        """The non-streamed answer from the worker's chunks and usage."""
+        kind, value = last_event  # (a chunk in last_event is already the last of chunks)
+        while kind == "chunk":
+            kind, value = self._next_event(job)
+            if kind == "chunk":
+                chunks.append(value)
+        if kind == "error":
+            raise value
+        first = chunks[0]
+        text = "".join((c["choices"][0].get("delta") or {}).get("content", "") if job.kind == "chat"
+                       else c["choices"][0]["text"] for c in chunks)
+        reason = next((c["choices"][0]["finish_reason"] for c in reversed(chunks)
+                       if c["choices"][0].get("finish_reason")), None)
+        if job.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+            obj = "chat.completion"
+        else:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+            obj = "text_completion"
+        return {"id": first["id"], "object": obj, "created": first["created"], "model": first["model"],
+                "choices": [choice], "usage": value}
+
+    def _write_event(self, obj):
+        self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    def _stream(self, job, head, last_event, body):
+        # from here on every write is bounded: a client that takes no bytes for the write
+        # timeout raises socket.timeout, and job.cancel (set by _run) frees its slot
+        self.connection.settimeout(self.server.write_timeout)
+        try:  # a bounded send buffer: a client that stops reading blocks our writes soon
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        except OSError:
+            pass
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -331,45 +457,86 @@ class Handler(BaseHTTPRequestHandler):
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         last = None
-        try:
-            for chunk in _chain(head, chunks):
-                last = chunk
-                if include_usage:
-                    chunk["usage"] = None
-                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                self.wfile.flush()
-            if include_usage and last is not None:
-                s = model.stats
-                usage = {"prompt_tokens": s["prompt_tokens"], "completion_tokens": s["gen_tokens"],
-                         "total_tokens": s["prompt_tokens"] + s["gen_tokens"]}
-                self.wfile.write(b"data: " + json.dumps(dict(last, choices=[], usage=usage)).encode() + b"\n\n")
-        except (ValueError, TypeError) as e:  # after the headers: report in the stream
-            err = RequestError(400, str(e)).body()
-            self.wfile.write(b"data: " + json.dumps(err).encode() + b"\n\n")
-        finally:
-            chunks.close()
+        for chunk in head:
+            last = chunk
+            self._write_event(dict(chunk, usage=None) if include_usage else chunk)
+        kind, value = last_event
+        while kind == "chunk":
+            kind, value = self._next_event(job)
+            if kind == "chunk":
+                last = value
+                self._write_event(dict(value, usage=None) if include_usage else value)
+        if kind == "error":  # after the headers: report in the stream
+            self._write_event(value.body())
+        elif include_usage and last is not None:
+            self._write_event(dict(last, choices=[], usage=value))
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
 
-def _chain(head, rest):
-    yield from head
-    yield from rest
+def _has_text_or_end(chunk):
+    ch = chunk["choices"][0]
+    return bool(ch.get("finish_reason") or ch.get("text") or (ch.get("delta") or {}).get("content"))
 
 
-def make_server(model, host="127.0.0.1", port=8080, api_key=None, max_tokens_limit=4096, max_body=MAX_BODY):
+# ---------------------------------------------------------------- /metrics
+
+def prometheus_text(server) -> str:
+    """The counters in Prometheus' text exposition format (llama-server's /metrics, renamed)."""
+    m, snap = server.metrics, server.slots.snapshot()
+    with m.lock:
+        requests = dict(m.requests)
+        prompt, reused, gen = m.prompt_tokens, m.prompt_tokens_reused, m.gen_tokens
+    lines = []
+
+    def metric(name, kind, help_text, samples):
+        lines.append(f"# HELP pylut_{name} {help_text}")
+        lines.append(f"# TYPE pylut_{name} {kind}")
+        for labels, v in samples:
+            lines.append(f"pylut_{name}{labels} {v:g}" if isinstance(v, float) else f"pylut_{name}{labels} {v}")
+    metric("requests_total", "counter", "Requests that reached a slot or were turned away, by outcome.",
+           [(f'{{outcome="{k}"}}', requests.get(k, 0)) for k in ("ok", "error", "dropped", "timeout", "rejected")])
+    metric("prompt_tokens_total", "counter", "Prompt tokens of finished requests.", [("", prompt)])
+    metric("prompt_tokens_reused_total", "counter", "Prompt tokens whose cache was reused, not evaluated.",
+           [("", reused)])
+    metric("tokens_generated_total", "counter", "Tokens generated.", [("", gen)])
+    metric("tokens_per_second", "gauge", "Tokens generated per second over the last 10 s.",
+           [("", float(m.tokens_per_second()))])
+    metric("slots_total", "gauge", "Requests that may run at once (--parallel).", [("", snap["slots_total"])])
+    metric("requests_processing", "gauge", "Requests running in a slot.", [("", snap["slots_busy"])])
+    metric("requests_deferred", "gauge", "Requests waiting in the queue for a slot.", [("", snap["queue"])])
+    metric("queue_limit", "gauge", "Requests that may wait; past it, 503.", [("", snap["queue_limit"])])
+    kv_stats = getattr(server.model, "kv_stats", None)
+    if callable(kv_stats):
+        kv = kv_stats()
+        for key, help_text in (("sessions", "Open sessions (conversations holding a KV cache)."),
+                               ("kv_bytes_used", "KV cache bytes holding tokens."),
+                               ("kv_bytes_total", "KV cache bytes allocated."),
+                               ("blocks_used", "KV cache blocks in use."),
+                               ("blocks_total", "KV cache blocks in the pool.")):
+            if key in kv:
+                name = key if key.startswith("kv_") or key == "sessions" else "kv_" + key
+                metric(name, "gauge", help_text, [("", int(kv[key]))])
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- entry points
+
+def make_server(model, host="127.0.0.1", port=8080, api_key=None, max_tokens_limit=4096, max_body=MAX_BODY,
+                **limits):
+    """limits: parallel, queue_limit, request_timeout, write_timeout (PylutServer)."""
     return PylutServer((host, port), model, api_key=api_key, max_tokens_limit=max_tokens_limit,
-                       max_body=max_body)
+                       max_body=max_body, **limits)
 
 
 def serve(model, host="127.0.0.1", port=8080, api_key=None, max_tokens_limit=4096, max_body=MAX_BODY,
-          on_ready=None):
-    """Serve until KeyboardInterrupt. on_ready(host, port) is called once listening (port 0
-    picks a free port, so this is how the caller learns it)."""
-    httpd = make_server(model, host, port, api_key, max_tokens_limit, max_body)
+          on_ready=None, **limits):
+    """Serve until KeyboardInterrupt. on_ready(server) is called once listening
+    (server.server_address holds the port: port 0 picks a free one)."""
+    httpd = make_server(model, host, port, api_key, max_tokens_limit, max_body, **limits)
     try:
         if on_ready is not None:
-            on_ready(*httpd.server_address[:2])
+            on_ready(httpd)
         httpd.serve_forever(poll_interval=0.2)
     finally:
         httpd.server_close()
