@@ -292,6 +292,7 @@ def main(argv=None):
                prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                peer=os.path.abspath(args.peer) if args.peer else None,
                loadavg_start=round(load_start[0], 2), loadavg_end=round(load_end[0], 2))
+    shutil.rmtree(log_dir, ignore_errors=True)  # kept when a server failed: its log is named above
     if args.json:
         print(json.dumps(out))
     return 0
