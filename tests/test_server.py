@@ -90,6 +90,21 @@ def test_concurrent_clients_get_the_answers_they_get_alone(server):
     assert together == alone
 
 
+def test_a_repeated_system_prompt_is_not_evaluated_again(server):
+    system = {"role": "system", "content": "You answer in one short sentence, politely and carefully. " * 4}
+
+    def ask(question):
+        status, raw = server.request("POST", "/v1/chat/completions", {
+            "messages": [system, {"role": "user", "content": question}], "max_tokens": 4, "temperature": 0})
+        assert status == 200, raw
+        return json.loads(raw)["usage"]
+    first = ask("What is the capital of France?")
+    second = ask("And the capital of Spain?")
+    # the second request goes to the idle slot whose cache holds the system prompt
+    assert second["prompt_tokens_details"]["cached_tokens"] >= first["prompt_tokens"] // 2
+    assert second["prompt_tokens_details"]["cached_tokens"] < second["prompt_tokens"]
+
+
 @pytest.mark.parametrize("body, param", [
     ('{"messages": [{"role": "user", "content": "hi"}', None),         # malformed JSON
     ('[1, 2]', None),                                                  # not an object

@@ -506,17 +506,16 @@ def prometheus_text(server) -> str:
     metric("requests_processing", "gauge", "Requests running in a slot.", [("", snap["slots_busy"])])
     metric("requests_deferred", "gauge", "Requests waiting in the queue for a slot.", [("", snap["queue"])])
     metric("queue_limit", "gauge", "Requests that may wait; past it, 503.", [("", snap["queue_limit"])])
-    kv_stats = getattr(server.model, "kv_stats", None)
-    if callable(kv_stats):
-        kv = kv_stats()
-        for key, help_text in (("sessions", "Open sessions (conversations holding a KV cache)."),
-                               ("kv_bytes_used", "KV cache bytes holding tokens."),
-                               ("kv_bytes_total", "KV cache bytes allocated."),
-                               ("blocks_used", "KV cache blocks in use."),
-                               ("blocks_total", "KV cache blocks in the pool.")):
-            if key in kv:
-                name = key if key.startswith("kv_") or key == "sessions" else "kv_" + key
-                metric(name, "gauge", help_text, [("", int(kv[key]))])
+    kv = server.model.kv_stats()
+    for key, help_text in (("sessions", "Open sessions (conversations holding a KV cache)."),
+                           ("tokens_cached", "Tokens whose keys and values are cached, over every session."),
+                           ("kv_bytes_used", "KV cache bytes holding tokens."),
+                           ("kv_bytes_total", "KV cache bytes allocated."),
+                           ("blocks_used", "KV cache blocks in use."),
+                           ("blocks_total", "KV cache blocks in the pool.")):
+        if key in kv:
+            name = key if key.startswith("kv_") or key == "sessions" else "kv_" + key
+            metric(name, "gauge", help_text, [("", int(kv[key]))])
     return "\n".join(lines) + "\n"
 
 

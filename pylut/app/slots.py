@@ -48,7 +48,7 @@ def kv_bytes_per_slot(model) -> int:
     """KV bytes of one conversation that fills the model's context (the worst case a slot
     can grow to)."""
     cfg = model.loaded.config
-    row = _core.kv_row_bytes(model.options.kv_type, cfg["head_dim"])
+    row = _core.kv_row_bytes(model.kv_type, cfg["head_dim"])
     return 2 * cfg["n_layers"] * cfg["n_kv_heads"] * model.n_ctx * row
 
 
@@ -96,42 +96,6 @@ class Job:
         self.cancel = threading.Event()  # set by the request thread: the client is gone
         self.queued_at = time.monotonic()
         self.outcome = None              # set by the worker: 'ok', 'error', 'dropped', 'timeout'
-
-
-class _SharedModel:
-    """Stands in for a session where the model has no session(): every slot runs on the
-    model's one cache, taking turns on a lock held for a whole generation."""
-
-    def __init__(self, model, lock):
-        self.model, self.lock, self._cached = model, lock, []
-        self._usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-
-    @property
-    def stats(self):
-        return self.model.stats
-
-    def _locked(self, method, *args, **kw):
-        with self.lock:
-            yield from method(*args, **kw)
-            self._usage = self.model._usage()
-            self._cached = list(self.model._cached)
-
-    def create_completion(self, *args, **kw):
-        return self._locked(self.model.create_completion, *args, **kw)
-
-    def create_chat_completion(self, *args, **kw):
-        return self._locked(self.model.create_chat_completion, *args, **kw)
-
-    def usage(self):
-        return self._usage
-
-    def close(self):
-        pass
-
-
-def open_session(model, lock):
-    make = getattr(model, "session", None)
-    return make() if callable(make) else _SharedModel(model, lock)
 
 
 def _common_prefix(a, b):
@@ -191,7 +155,6 @@ class Slots:
             raise ValueError(f"need at least one slot and a queue limit >= 0, got {n_slots}, {queue_limit}")
         self.model, self.n_slots, self.queue_limit = model, n_slots, queue_limit
         self.metrics = metrics or Metrics()
-        self.model_lock = threading.Lock()  # for _SharedModel only
         self.cond = threading.Condition()
         self.waiting = collections.deque()  # FIFO of Jobs no worker has taken yet
         self.idle = [None] * n_slots        # sessions not running a request (None: open one when needed)
@@ -268,7 +231,7 @@ class Slots:
             t0 = time.monotonic()
             try:
                 if session is None:
-                    session = open_session(self.model, self.model_lock)
+                    session = self.model.session()
                 self._run(job, session)
             except Exception:  # a bug must cost one request, never a slot
                 log.exception("slot worker failed")
