@@ -172,8 +172,9 @@ class Slots:
         with self.cond:
             if self.closed:
                 raise RequestError(503, "the server is shutting down", code="unavailable", etype="server_error")
-            idle_workers = self.n_slots - self.busy - len(self.waiting)
-            if idle_workers <= 0 and len(self.waiting) >= self.queue_limit:
+            # jobs that will wait for a slot, this one included (free workers take the first ones)
+            must_wait = len(self.waiting) + 1 - (self.n_slots - self.busy)
+            if must_wait > self.queue_limit:
                 wait = self.mean_request_s * (len(self.waiting) + 1) / self.n_slots
                 self.metrics.count("rejected")
                 raise RequestError(503, f"the server is busy ({self.n_slots} requests running, "
