@@ -98,7 +98,8 @@ def test_health_and_metrics(server):
     assert server.request("POST", "/v1/completions", SHORT)[0] == 200
     m = metrics(server)
     for name in ("pylut_tokens_generated_total", "pylut_tokens_per_second", "pylut_requests_processing",
-                 "pylut_requests_deferred", "pylut_slots_total", "pylut_prompt_tokens_total"):
+                 "pylut_requests_deferred", "pylut_slots_total", "pylut_prompt_tokens_total",
+                 "pylut_steps_total", "pylut_sessions", "pylut_kv_bytes_used"):
         assert name in m, name
     assert m['pylut_requests_total{outcome="ok"}'] >= 1 and m["pylut_tokens_generated_total"] >= 1
     assert m["pylut_slots_total"] == 2 and m["pylut_requests_deferred"] == 0

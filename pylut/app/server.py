@@ -506,6 +506,12 @@ def prometheus_text(server) -> str:
     metric("requests_processing", "gauge", "Requests running in a slot.", [("", snap["slots_busy"])])
     metric("requests_deferred", "gauge", "Requests waiting in the queue for a slot.", [("", snap["queue"])])
     metric("queue_limit", "gauge", "Requests that may wait; past it, 503.", [("", snap["queue_limit"])])
+    sched = server.model.scheduler.info()
+    metric("steps_total", "counter", "Batched forward steps run by the model's scheduler.", [("", sched["steps"])])
+    metric("step_tokens_total", "counter", "Tokens those steps ran (prompt chunks and decodes).",
+           [("", sched["tokens"])])
+    metric("step_sequences_max", "gauge", "Most sequences stepped together in one step so far.",
+           [("", sched["max_seqs"])])
     kv = server.model.kv_stats()
     for key, help_text in (("sessions", "Open sessions (conversations holding a KV cache)."),
                            ("tokens_cached", "Tokens whose keys and values are cached, over every session."),
