@@ -36,6 +36,8 @@ def main(argv=None):
     ap.add_argument("--n", default="1,8,16,32,64", help="comma-separated token counts")
     ap.add_argument("--shapes", default="4096x4096,11008x4096", help="MxK list")
     ap.add_argument("--bits", default="2,3,4,6", help="bit widths 1..8 (the baseline runs 2 and 4)")
+    ap.add_argument("--group", type=int, default=32, help="weights per scale group (default 32)")
+    ap.add_argument("--ternary", action="store_true", help="codes 0..2 (ternary weights as 2 planes, zero 1)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     a = ap.parse_args(argv)
@@ -59,12 +61,13 @@ def main(argv=None):
           f"{'baseline':>9}  faster model")
     for (m, k) in shapes:
         for bits in bits_list:
-            codes = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
-            s = rng.uniform(0.01, 0.02, (m, k // 32)).astype(np.float32)
-            lut_m = pylut.QMatrix.from_codes(codes, s, None, bits=bits, group=32)
+            codes = rng.integers(0, 3 if a.ternary else 1 << bits, (m, k)).astype(np.uint8)
+            s = rng.uniform(0.01, 0.02, (m, k // a.group)).astype(np.float32)
+            lut_m = pylut.QMatrix.from_codes(codes, s, None, bits=bits, group=a.group,
+                                             zero=1.0 if a.ternary else None)
             base_m = None
             if bits in (2, 4):
-                base_m = pylut.Dq8Matrix(codes, s, -s * ((1 << bits) - 1) / 2, bits)
+                base_m = pylut.Dq8Matrix(codes, np.repeat(s, a.group // 32, 1), -np.repeat(s, a.group // 32, 1) * ((1 << bits) - 1) / 2, bits)
             for nt in threads:
                 pool = pylut.get_pool(nt)
                 for n in ns:

@@ -127,10 +127,15 @@ static const pylut_kernels *kernels_for(int isa) {
 #if defined(__x86_64__) || defined(_M_X64)
     static pylut_kernels avx512_vnni; /* the BW tier plus int8 prefill, filled on first use */
     static const unsigned char vnni_from[2][9] = PYLUT_I8_FROM_VNNI;
+    static pylut_kernels avx2; /* lut/'s AVX2 table plus prefill/'s many-token lookups */
 #endif
     switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-    case PYLUT_ISA_AVX2: return &pylut_kernels_avx2;
+    case PYLUT_ISA_AVX2:
+        avx2 = pylut_kernels_avx2;
+        avx2.gemm_b_many = pylut_gemm_b2_many_avx2;
+        avx2.b_many_from = PYLUT_B_MANY_FROM_AVX2;
+        return &avx2;
     case PYLUT_ISA_AVX512:
         if (!cpu.avx512vnni) return &pylut_kernels_avx512; /* Skylake-SP/X */
         /* Cascade Lake, Cooper Lake: VNNI without VBMI or GFNI */
@@ -282,6 +287,8 @@ static void run_tiles(const pylut_kernels *k, const pylut_qmatrix *qm, const pyl
     if (tile0 >= tile1) return;
     if (lut->kind == PYLUT_LUT_I8) (k->gemm_b_i8 ? k->gemm_b_i8 : pylut_gemm_b_i8_scalar)(qm, lut, n, y, ldy, tile0, tile1);
     else if (qm->type == PYLUT_TYPE_T3) k->gemm_t3(qm, lut, n, y, ldy, tile0, tile1);
+    else if (k->gemm_b_many && n >= k->b_many_from && !lut->super && pylut_gemm_b_many_fits(qm))
+        k->gemm_b_many(qm, lut, n, y, ldy, tile0, tile1);
     else k->gemm_b(qm, lut, n, y, ldy, tile0, tile1);
 }
 

@@ -24,6 +24,12 @@ typedef struct {
     /* the model's prompt chunks take gemm_b_i8 from this many tokens, by [two-level scales]
      * [bits]; 0: never (pylut_gemm_i8_preferred; PYLUT_I8_FROM_*) */
     unsigned char i8_from[2][9];
+    /* the table lookups of a 2-bit B matrix (pylut_gemm_b_many_fits) for many tokens at once,
+     * bit-identical to gemm_b; NULL: gemm_b serves every token count */
+    void (*gemm_b_many)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                        int64_t tile0, int64_t tile1);
+    /* gemm_b_many takes calls of this many tokens and more */
+    int b_many_from;
     /* the B-type table entries of k-groups [j0, j1) into tbl + 16 j (NULL: the portable loop) */
     pylut_b_entries_fn b_entries;
     /* 1: ternary weights run faster as two bit planes (B2, 2.06 bits/weight with TQ's
@@ -115,7 +121,16 @@ static inline void pylut_act8_residual_views(const pylut_lut *act, int n, pylut_
         lo[i].sumx = act[i].sumx + act[i].n_groups;
     }
 }
+/* Matrices gemm_b_many takes: 2 planes, per-group fp16 scales (no super-blocks) */
+static inline int pylut_gemm_b_many_fits(const pylut_qmatrix *qm) {
+    return qm->type == PYLUT_TYPE_B2 && !qm->super;
+}
+/* From how many tokens the AVX2 many-token lookups beat lut_gemm_b's token-at-a-time walk
+ * (tools/bench_prefill.py --lut-many; docs/benchmarks.md) */
+#define PYLUT_B_MANY_FROM_AVX2 2
 #if defined(__x86_64__) || defined(_M_X64)
+void pylut_gemm_b2_many_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                             int64_t tile0, int64_t tile1);
 void pylut_b_entries_avx2(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
 void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                           int64_t ldy, int64_t tile0, int64_t tile1);
