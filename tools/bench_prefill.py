@@ -7,6 +7,13 @@ and which one pylut's model picks - the measurement behind that rule
 (pylut_gemm_i8_preferred in src/core/dispatch.c).
 
     python3 tools/bench_prefill.py [--threads 1,2] [--n 1,8,16,32,64] [--bits 2,3,4,6] [--json]
+
+--group G sets the scale group (default 32); --ternary draws codes 0..2 with zero 1 (ternary
+weights as two planes: TQ2_0, I2_S); --one-by-one adds the table GEMM run one token at a time
+(the decode walk), the comparison behind PYLUT_B_MANY_FROM_* (src/core/kernels.h):
+
+    python3 tools/bench_prefill.py --threads 1 --n 1,2,4,8,128 --shapes 6912x2560,2560x6912 \
+        --bits 2 --group 256 --ternary --one-by-one
 """
 import argparse
 import json
@@ -38,6 +45,8 @@ def main(argv=None):
     ap.add_argument("--bits", default="2,3,4,6", help="bit widths 1..8 (the baseline runs 2 and 4)")
     ap.add_argument("--group", type=int, default=32, help="weights per scale group (default 32)")
     ap.add_argument("--ternary", action="store_true", help="codes 0..2 (ternary weights as 2 planes, zero 1)")
+    ap.add_argument("--one-by-one", action="store_true",
+                    help="also time the tables one token per call (the decode walk)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     a = ap.parse_args(argv)
@@ -66,8 +75,9 @@ def main(argv=None):
             lut_m = pylut.QMatrix.from_codes(codes, s, None, bits=bits, group=a.group,
                                              zero=1.0 if a.ternary else None)
             base_m = None
-            if bits in (2, 4):
-                base_m = pylut.Dq8Matrix(codes, np.repeat(s, a.group // 32, 1), -np.repeat(s, a.group // 32, 1) * ((1 << bits) - 1) / 2, bits)
+            if bits in (2, 4) and a.group % 32 == 0:  # the baseline's blocks are 32 weights
+                s32 = np.repeat(s, a.group // 32, 1)
+                base_m = pylut.Dq8Matrix(codes, s32, -s32 * ((1 << bits) - 1) / 2, bits)
             for nt in threads:
                 pool = pylut.get_pool(nt)
                 for n in ns:
@@ -86,10 +96,14 @@ def main(argv=None):
                     reps = a.reps if n < 64 else max(1, a.reps - 1)
                     t_lut, t_i8 = best_time(run_lut, reps), best_time(run_int8, reps)
                     t_base = best_time(run_base, reps) if base_m is not None else float("nan")
+                    one = ""
+                    if a.one_by_one:
+                        t_one = best_time(lambda: [_core.gemm_multi([lut_m], x[i:i + 1], pool) for i in range(n)], reps)
+                        one = f"  1-by-1 {n / t_one:.1f} (batched {t_one / t_lut:.2f}x)"
                     faster = "int8" if t_i8 < t_lut else "lut"
                     model = "int8" if _core.i8_preferred(lut_m, n) else "lut"
                     print(f"{m:>6}x{k:<5} {bits:>4} {nt:>3} {n:>4} {n / t_lut:>9.1f} {n / t_i8:>9.1f} "
-                          f"{t_lut / t_i8:>8.2f} {n / t_base:>9.1f}  {faster:>6} {model:>5}")
+                          f"{t_lut / t_i8:>8.2f} {n / t_base:>9.1f}  {faster:>6} {model:>5}{one}")
                     rows.append(dict(m=m, k=k, bits=bits, threads=nt, n=n, lut_tps=n / t_lut, int8_tps=n / t_i8,
                                      baseline_tps=n / t_base if base_m is not None else None,
                                      int8_vs_lut=t_lut / t_i8, faster=faster, model_pick=model))

@@ -126,7 +126,7 @@ static inline int pylut_gemm_b_many_fits(const pylut_qmatrix *qm) {
     return qm->type == PYLUT_TYPE_B2 && !qm->super;
 }
 /* From how many tokens the AVX2 many-token lookups beat lut_gemm_b's token-at-a-time walk
- * (tools/bench_prefill.py --lut-many; docs/benchmarks.md) */
+ * (tools/bench_prefill.py --one-by-one; docs/kernels.md "Many tokens on the tables") */
 #define PYLUT_B_MANY_FROM_AVX2 2
 #if defined(__x86_64__) || defined(_M_X64)
 void pylut_gemm_b2_many_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
