@@ -35,7 +35,8 @@ import sys
 from collections import defaultdict
 
 ISA_UNITS = {"lut_avx2", "lut_avx512", "lut_avx512vbmi", "attn_avx2", "attn_avx512", "prefill_avx2",
-             "prefill_lut_avx2", "prefill_vnni", "prefill_vnni_gfni", "baseline_avx2"}  # reached only via the dispatch table
+             "prefill_lut_avx2", "prefill_vnni", "prefill_vnni_gfni",
+             "baseline_avx2"}  # reached only via the dispatch table
 # units built for a post-baseline extension without wide registers (SSE4.2 crc32), reached
 # only through a function pointer chosen at run time (src/core/checksum.c)
 NARROW_ISA_UNITS = {"checksum_hw"}
