@@ -67,6 +67,16 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
 
 /* x[i] += y[i] for this thread's share of [0, count): element ranges, so one token's add
  * is split over every thread as well */
+/* max(x, 0) for every x but NaN (-0 gives +0), as a sign mask: GCC does not if-convert a
+ * float compare (it may trap), so `x > 0 ? x : 0` keeps the ReLU^2 loop scalar; this vectorizes */
+static inline float relu(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    b &= ~(uint32_t)((int32_t)b >> 31);
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
 static void residual_add(float *x, const float *y, int64_t count, int ith, int nth) {
     const int64_t a = count * ith / nth, b = count * (ith + 1) / nth;
     for (int64_t i = a; i < b; i++) x[i] += y[i];
@@ -278,7 +288,10 @@ static void step_task(void *arg, int ith, int nth) {
             SPLIT((int64_t)n * ffn, ith, nth, e0, e1);
             float *g = s->hb, *u = s->hb2;
             if (m->ffn_act == PYLUT_FFN_RELU2)
-                for (int64_t i = e0; i < e1; i++) g[i] = (g[i] > 0.0f ? g[i] * g[i] : 0.0f) * u[i];
+                for (int64_t i = e0; i < e1; i++) {
+                    const float r = relu(g[i]);
+                    g[i] = r * r * u[i];
+                }
             else
                 for (int64_t i = e0; i < e1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
