@@ -1,0 +1,309 @@
+"""Gemma 2 and Gemma 3 against transformers and llama.cpp, and the sliding window everywhere.
+
+The zoo fixtures (tests/fixtures/zoo/gemma*, written by tools/make_arch_zoo.py: transformers'
+tiny random Gemma2ForCausalLM / Gemma3ForCausalLM, converted and quantized by llama.cpp's own
+tools) hold transformers' logits over a 50-token prompt and llama.cpp's logits and greedy ids
+on each quantized file. Their window (8) is far shorter than the prompt, Gemma 2's soft-caps
+are small enough to bite, and Gemma 3's global layer has linear RoPE scaling while its local
+layers rotate with their own base. The chain of evidence:
+
+* the numpy reference (tests/ref_forward.py) over the F16 file's weights reproduces
+  transformers' logits: the reference computes what Gemma computes;
+* pylut at precision="high" reproduces the reference over the weights pylut packed (exact for
+  Q8_0 / K-quants, pylut's own 8-bit requantization for F16 and the HF folder's floats), and
+  its 32 greedy tokens are the reference's;
+* pylut's top-1 agrees with llama.cpp's over the prompt on each quantized file;
+* taking any Gemma feature away moves the logits off transformers': the tests can fail.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pylut
+from pylut import _core
+from pylut.formats.gguf_model import load_gguf
+from pylut.formats.hf_loader import load_hf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ref_forward import forward as ref_forward  # noqa: E402
+
+ZOO = Path(__file__).resolve().parent / "fixtures" / "zoo"
+TOLERANCE = 0.005     # of the logit range at each position: pylut against the reference
+FLOAT_CASES = ["gemma2", "gemma3"]
+K_CASES = {"gemma2-k": ["Q4_K", "Q2_K"], "gemma3-k": ["Q4_K", "Q2_K"]}
+N_GREEDY = 32
+
+
+def _oracle(name):
+    with np.load(ZOO / name / "oracle.npz") as z:
+        return {k: (z[k] if k == "meta" else z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k])
+                for k in z.files}
+
+
+def deviation(got, want):
+    """Largest per-position logit difference over the wanted logits' range there."""
+    return float((np.abs(got - want).max(axis=1) / (want.max(axis=1) - want.min(axis=1))).max())
+
+
+def _packed_weights(lm):
+    """Core name -> float32 weights exactly as pylut packed them."""
+    return {name: (t.dequantize() if isinstance(t, _core.QMatrix) else np.asarray(t, np.float32))
+            for name, t in lm.tensors.items()}
+
+
+def _file_weights(path):
+    """Core name -> float32 weights as the file holds them, by the gguf package (independent
+    of pylut's reader); llama.cpp's sandwich-norm names mapped to pylut's."""
+    gguf = pytest.importorskip("gguf")
+    import gguf.quants
+    rename = {"post_attention_norm": "attn_post_norm", "post_ffw_norm": "ffn_post_norm"}
+    out = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        w = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+        parts = t.name[: -len(".weight")].split(".")
+        parts[-1] = rename.get(parts[-1], parts[-1])
+        out[".".join(parts)] = w
+    out.setdefault("output", out["token_embd"])
+    return out
+
+
+def _source(name, kind):
+    return ZOO / name / ("hf" if kind == "hf" else f"{name}-{kind}.gguf")
+
+
+def _load(name, kind):
+    path = _source(name, kind)
+    return load_hf(path, bits=8) if kind == "hf" else load_gguf(path, bits=8)
+
+
+def _session(lm, n_ctx=128, **kw):
+    return _core.Session(lm.build(), n_ctx=n_ctx, split_int8=True, **kw)
+
+
+def _greedy(step, first_logits, n):
+    ids, logits = [], first_logits
+    for _ in range(n):
+        ids.append(int(np.argmax(logits)))
+        logits = step(ids[-1])
+    return ids
+
+
+# ---------------------------------------------------------------- against transformers
+
+
+@pytest.mark.parametrize("name", FLOAT_CASES)
+def test_reference_reproduces_transformers(name):
+    """The reference over the F16 file's weights is transformers' function (its own fp32 run
+    over the fp16 checkpoint): norms with the converter's +1, GeGLU, sandwich norms, scales,
+    soft-caps, windows and both RoPEs all as Gemma computes them."""
+    o = _oracle(name)
+    lm = load_gguf(_source(name, "F16"))
+    got = ref_forward(lm.config, _file_weights(_source(name, "F16")), o["prompt"])
+    assert deviation(got, o["hf_logits"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", FLOAT_CASES)
+@pytest.mark.parametrize("kind", ["F16", "Q8_0", "hf"])
+def test_pylut_matches_reference(name, kind):
+    """pylut (precision='high') over the weights it packed, the whole prompt in one call and
+    again split over small chunks, and the same model from the HF folder and the GGUF."""
+    o = _oracle(name)
+    lm = _load(name, kind)
+    want = ref_forward(lm.config, _packed_weights(lm), o["prompt"])
+    got = _session(lm).forward(o["prompt"], pylut.get_pool(), all_logits=True)
+    assert deviation(got, want) <= TOLERANCE
+    chunked = _session(lm, max_batch=5).forward(o["prompt"], pylut.get_pool(), all_logits=True)
+    assert deviation(chunked, want) <= TOLERANCE
+    # transformers itself, through pylut's 8-bit rounding of the float weights where it has one
+    assert deviation(got, o["hf_logits"]) <= (0.08 if kind == "Q8_0" else 0.04)
+
+
+@pytest.mark.parametrize("name", FLOAT_CASES)
+def test_hf_folder_and_gguf_agree_on_the_config(name):
+    """What the HF loader derives from config.json is what the GGUF loader reads from the
+    converted file's metadata."""
+    a, b = load_hf(_source(name, "hf")).config, load_gguf(_source(name, "F16")).config
+    for key in ("embd_scale", "attn_scale", "attn_softcap", "final_softcap", "sliding_window", "swa_layers",
+                "ffn_act", "rope_neox", "rope_theta"):
+        assert a.get(key) == pytest.approx(b.get(key)), key
+    for key in ("rope_inv_freq", "rope_inv_freq_swa"):
+        if b.get(key) is None:
+            assert a.get(key) is None
+        else:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", FLOAT_CASES)
+def test_greedy_tokens_equal_the_reference(name):
+    o = _oracle(name)
+    lm = _load(name, "Q8_0")
+    W = _packed_weights(lm)
+    session = _session(lm)
+    pool = pylut.get_pool()
+    got = _greedy(lambda t: session.forward([t], pool), session.forward(o["prompt"], pool), N_GREEDY)
+    tokens = list(o["prompt"])
+    want = _greedy(lambda t: (tokens.append(t), ref_forward(lm.config, W, tokens)[-1])[1],
+                   ref_forward(lm.config, W, tokens)[-1], N_GREEDY)
+    assert got == want
+
+
+# ---------------------------------------------------------------- against llama.cpp
+
+
+@pytest.mark.parametrize("name,kind", [(n, k) for n in FLOAT_CASES for k in ("F16", "Q8_0")] +
+                         [(n, k) for n, ks in K_CASES.items() for k in ks])
+def test_top1_agrees_with_llamacpp(name, kind):
+    o = _oracle(name)
+    lm = _load(name, kind)
+    got = _session(lm).forward(o["prompt"], pylut.get_pool(), all_logits=True)
+    lcpp = o[f"lcpp_logits_{kind}"]
+    assert np.mean(got.argmax(1) == lcpp.argmax(1)) >= 0.95
+    if kind not in ("F16",):  # the weights both engines use: pylut against its reference too
+        want = ref_forward(lm.config, _packed_weights(lm), o["prompt"])
+        assert deviation(got, want) <= TOLERANCE
+
+
+# ---------------------------------------------------------------- every feature matters
+
+
+def _without(cfg, feature):
+    c = dict(cfg)
+    if feature == "window":
+        c["swa_layers"] = [False] * c["n_layers"]
+    elif feature == "local_rope":
+        c.pop("rope_inv_freq_swa")
+    elif feature == "rope_scaling":
+        c["rope_inv_freq"] = list(c["rope_theta"] ** (-np.arange(0, c["head_dim"], 2) / c["head_dim"]))
+    else:
+        c[feature] = 0.0
+    return c
+
+
+@pytest.mark.parametrize("name,feature", [("gemma2", f) for f in ("window", "attn_softcap", "final_softcap",
+                                                                  "embd_scale", "attn_scale")] +
+                         [("gemma3", f) for f in ("window", "local_rope", "rope_scaling", "embd_scale")])
+def test_each_feature_moves_the_logits(name, feature):
+    """pylut without one Gemma feature no longer matches transformers: each is needed."""
+    o = _oracle(name)
+    lm = load_gguf(_source(name, "F16"), bits=8)
+    lm.config = _without(lm.config, feature)
+    got = _session(lm).forward(o["prompt"], pylut.get_pool(), all_logits=True)
+    assert deviation(got, o["hf_logits"]) > 0.06
+
+
+# ---------------------------------------------------------------- the window in every path
+
+
+def test_window_through_decode_chunks_and_kv_types():
+    """A prompt of 50 past a window of 8: prefilled in uneven chunks, then decoded token by
+    token, the windowed layers see only their window (f16 and int8 caches)."""
+    o = _oracle("gemma3")
+    lm = _load("gemma3", "Q8_0")
+    tokens = list(o["prompt"]) + [5, 17, 60, 3, 99, 41]
+    want = ref_forward(lm.config, _packed_weights(lm), tokens)
+    pool = pylut.get_pool()
+    for kv_type, tol in (("f16", TOLERANCE), ("q8", 0.03)):
+        s = _session(lm, max_batch=7, kv_type=kv_type)
+        parts = [s.forward(tokens[:3], pool, all_logits=True), s.forward(tokens[3:20], pool, all_logits=True),
+                 s.forward(tokens[20:50], pool, all_logits=True)]
+        parts += [s.forward([t], pool)[None] for t in tokens[50:]]
+        assert deviation(np.concatenate(parts), want) <= tol, kv_type
+
+
+def test_window_with_streaming_heads():
+    """Streaming heads (sinks + their own window) on windowed layers see the intersection."""
+    o = _oracle("gemma2")
+    lm = _load("gemma2", "Q8_0")
+    cfg = lm.config
+    streaming = np.zeros((cfg["n_layers"], cfg["n_kv_heads"]), bool)
+    streaming[:, 0] = True  # one kv head of every layer, windowed and global ones
+    want = ref_forward(cfg, _packed_weights(lm), o["prompt"], streaming=streaming, sink=2, window=12)
+    s = _session(lm, max_batch=8, streaming=streaming, sink=2, window=12)
+    got = s.forward(o["prompt"], pylut.get_pool(), all_logits=True)
+    assert deviation(got, want) <= TOLERANCE
+
+
+def test_context_shift_rerotates_each_layer_with_its_own_frequencies():
+    """After a shift, every kept key reads as if written at its new position: Gemma 3's local
+    layers turn with their own base, the global layer with its scaled frequencies."""
+    lm = _load("gemma3", "Q8_0")
+    cfg = lm.config
+    s = _session(lm)
+    s.forward(list(_oracle("gemma3")["prompt"][:30]), pylut.get_pool())
+    before = _core.kv_decode(s.kv_array()[0].copy(), "f16", cfg["head_dim"])  # [layers, kv, ctx, hd]
+    s.shift(4, 10)
+    after = _core.kv_decode(s.kv_array()[0].copy(), "f16", cfg["head_dim"])
+    half = cfg["head_dim"] // 2
+    for layer, windowed in enumerate(cfg["swa_layers"]):
+        inv = np.asarray(cfg["rope_inv_freq_swa" if windowed else "rope_inv_freq"], np.float64)
+        k = before[layer, :, 14:30].astype(np.float64)
+        c, sn = np.cos(-10 * inv), np.sin(-10 * inv)
+        turned = np.concatenate([k[..., :half] * c - k[..., half:] * sn, k[..., :half] * sn + k[..., half:] * c], -1)
+        np.testing.assert_allclose(after[layer, :, 4:20], turned, atol=2e-3 * np.abs(k).max())
+
+
+# ---------------------------------------------------------------- the kernel's window and cap
+
+
+def _attention_reference(q, kf, vf, n_heads, pos0, swa, softcap):
+    n_kv, _, hd = kf.shape
+    g = n_heads // n_kv
+    out = np.zeros(q.shape, np.float64)
+    for t in range(q.shape[0]):
+        end = pos0 + t + 1
+        start = max(0, end - swa) if swa else 0
+        for h in range(n_heads):
+            s = kf[h // g, start:end].astype(np.float64) @ q[t, h * hd:(h + 1) * hd].astype(np.float64) / np.sqrt(hd)
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
+            p = np.exp(s - s.max())
+            out[t, h * hd:(h + 1) * hd] = (p / p.sum()) @ vf[h // g, start:end].astype(np.float64)
+    return out
+
+
+@pytest.mark.usefixtures("restore_isa")
+@pytest.mark.parametrize("isa", _core.isa_supported())
+@pytest.mark.parametrize("kv_type", ["f16", "q8", "q4"])
+@pytest.mark.parametrize("n,length,swa,softcap", [(40, 40, 7, 0.0), (40, 40, 16, 3.0), (1, 1500, 300, 0.0),
+                                                  (1, 1500, 1, 0.0), (3, 900, 500, 2.0), (64, 200, 33, 0.0)])
+def test_kernel_window_and_softcap_every_isa(isa, kv_type, n, length, swa, softcap):
+    """The window and the cap live in attn_body.h, so every ISA has them: prefill tiles,
+    decode over cache slices (merged), windows shorter than a block and longer than a slice."""
+    rng = np.random.default_rng(length + swa + n)
+    n_heads, n_kv, hd = 8, 2, 64
+    q = rng.standard_normal((n, n_heads * hd)).astype(np.float32)
+    k = _core.kv_encode(rng.standard_normal((n_kv, length, hd)).astype(np.float32), kv_type)
+    v = _core.kv_encode(rng.standard_normal((n_kv, length, hd)).astype(np.float32), kv_type)
+    kf, vf = _core.kv_decode(k, kv_type, hd), _core.kv_decode(v, kv_type, hd)
+    _core.isa_set(isa)
+    out = _core.attention(q, k, v, n_heads, n_kv, kv_type, pool=_core.ThreadPool(2), swa=swa, softcap=softcap)
+    ref = _attention_reference(q, kf, vf, n_heads, length - n, swa, softcap)
+    tol = 2e-5 * np.abs(vf).max() * max(1.0, np.log2(length))
+    assert np.abs(out - ref).max() <= tol
+    plain = _attention_reference(q, kf, vf, n_heads, length - n, 0, 0.0)
+    assert swa >= length or np.abs(plain - ref).max() > 100 * tol  # the window changed the answer
+
+
+# ---------------------------------------------------------------- pylut info
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("gemma2", ["architecture:  gemma2", "sliding window 8 on 1 of 2 layers", "soft-caps: attention 1.5, final 2"]),
+    ("gemma3", ["architecture:  gemma3", "sliding window 8 on 5 of 6 layers (own RoPE frequencies)",
+                "linear (factor 8)"]),
+])
+def test_info_names_the_features(name, expect, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pylut", "info", str(_source(name, "Q8_0"))], capture_output=True,
+                         text=True, env=dict(__import__("os").environ, PYLUT_CACHE_DIR=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    for line in expect:
+        assert line in out.stdout, out.stdout
+    info = json.loads(subprocess.run([sys.executable, "-m", "pylut", "info", "--json", str(_source(name, "Q8_0"))],
+                                     capture_output=True, text=True,
+                                     env=dict(__import__("os").environ, PYLUT_CACHE_DIR=str(tmp_path))).stdout)
+    assert info["features"]["sliding_window"]["size"] == 8
