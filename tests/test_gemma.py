@@ -59,12 +59,12 @@ def _file_weights(path):
     """Core name -> float32 weights as the file holds them, by the gguf package (independent
     of pylut's reader); llama.cpp's sandwich-norm names mapped to pylut's."""
     gguf = pytest.importorskip("gguf")
-    import gguf.quants
+    quants = pytest.importorskip("gguf.quants")
     rename = {"post_attention_norm": "attn_post_norm", "post_ffw_norm": "ffn_post_norm"}
     out = {}
     for t in gguf.GGUFReader(str(path)).tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        w = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+        w = quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
         parts = t.name[: -len(".weight")].split(".")
         parts[-1] = rename.get(parts[-1], parts[-1])
         out[".".join(parts)] = w
@@ -185,7 +185,7 @@ def _without(cfg, feature):
 
 
 @pytest.mark.parametrize("name,feature", [("gemma2", f) for f in ("window", "attn_softcap", "final_softcap",
-                                                                  "embd_scale", "attn_scale")] +
+                                                                  "embd_scale")] +
                          [("gemma3", f) for f in ("window", "local_rope", "rope_scaling", "embd_scale")])
 def test_each_feature_moves_the_logits(name, feature):
     """pylut without one Gemma feature no longer matches transformers: each is needed."""
@@ -194,6 +194,62 @@ def test_each_feature_moves_the_logits(name, feature):
     lm.config = _without(lm.config, feature)
     got = _session(lm).forward(o["prompt"], pylut.get_pool(), all_logits=True)
     assert deviation(got, o["hf_logits"]) > 0.06
+
+
+def test_query_pre_attn_scalar_and_the_27b_scale(tmp_path):
+    """HF: scores scale by query_pre_attn_scalar^-0.5 (the fixtures use head_dim, where
+    transformers and llama.cpp agree); GGUF: llama.cpp's 1/sqrt(dim / n_heads) for the 27B
+    layer counts, 1/sqrt(head_dim) otherwise."""
+    import shutil
+    folder = tmp_path / "hf"
+    shutil.copytree(_source("gemma2", "hf"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["query_pre_attn_scalar"] = 64
+    (folder / "config.json").write_text(json.dumps(cfg))
+    lm = load_hf(folder, bits=8)
+    assert lm.config["attn_scale"] == pytest.approx(0.125)
+    o = _oracle("gemma2")
+    got = _session(lm).forward(o["prompt"], pylut.get_pool(), all_logits=True)
+    assert deviation(got, ref_forward(lm.config, _packed_weights(lm), o["prompt"])) <= TOLERANCE
+    assert deviation(got, o["hf_logits"]) > 0.06
+    from pylut.formats.gguf_model import _gemma_config
+    for arch, layers, want in (("gemma2", 46, 1 / np.sqrt(4608 / 32)), ("gemma2", 42, 1 / np.sqrt(256)),
+                               ("gemma3", 62, 1 / np.sqrt(5376 / 32)), ("gemma3", 34, 1 / np.sqrt(256))):
+        c = dict(arch=arch, n_layers=layers, dim=4608 if arch == "gemma2" else 5376, n_heads=32, head_dim=256)
+        _gemma_config({}, "x.gguf", c)
+        assert c["attn_scale"] == pytest.approx(want)
+
+
+def test_sliding_window_pattern_from_the_metadata():
+    """llama.cpp's rules: gemma2 alternates and defaults to a 4096 window; gemma3 windows only
+    with the key, every 6th layer global unless sliding_window_pattern says otherwise (a count
+    or a per-layer array)."""
+    from pylut.formats.gguf_model import _gemma_config
+    from pylut.errors import ModelFileError
+
+    def read(arch, meta, n=7):
+        c = dict(arch=arch, n_layers=n, dim=64, n_heads=4, head_dim=16, rope_theta=1e6,
+                 rope_scaling={"type": "default"})
+        _gemma_config({f"{arch}.{k}": v for k, v in meta.items()}, "x.gguf", c)
+        return c
+    g2 = read("gemma2", {})
+    assert g2["sliding_window"] == 4096 and g2["swa_layers"] == [True, False] * 3 + [True]
+    assert "rope_inv_freq_swa" not in g2 and g2["attn_softcap"] == 50.0 and g2["final_softcap"] == 30.0
+    assert "swa_layers" not in read("gemma3", {}) and read("gemma3", {})["final_softcap"] == 0.0
+    g3 = read("gemma3", {"attention.sliding_window": 512})
+    assert g3["swa_layers"] == [True] * 5 + [False, True]
+    np.testing.assert_allclose(g3["rope_inv_freq_swa"], 10000.0 ** (-np.arange(0, 16, 2) / 16), rtol=1e-6)
+    g3 = read("gemma3", {"attention.sliding_window": 512, "attention.sliding_window_pattern": 3,
+                         "rope.freq_base_swa": 500.0})
+    assert g3["swa_layers"] == [True, True, False] * 2 + [True]
+    np.testing.assert_allclose(g3["rope_inv_freq_swa"], 500.0 ** (-np.arange(0, 16, 2) / 16), rtol=1e-6)
+    pattern = [True, False, False, True, True, False, True]
+    assert read("gemma3", {"attention.sliding_window": 9, "attention.sliding_window_pattern": pattern})["swa_layers"] \
+        == pattern
+    with pytest.raises(ModelFileError, match="sliding_window_pattern has 2 entries"):
+        read("gemma3", {"attention.sliding_window": 9, "attention.sliding_window_pattern": [True, False]})
+    with pytest.raises(ModelFileError, match="sliding_window"):
+        read("gemma2", {"attention.sliding_window": -3})
 
 
 # ---------------------------------------------------------------- the window in every path
