@@ -223,6 +223,26 @@ def test_query_pre_attn_scalar_and_the_27b_scale(tmp_path):
         assert c["attn_scale"] == pytest.approx(want)
 
 
+def test_older_gemma3_config_layout_reads_the_same(tmp_path):
+    """transformers 4's Gemma 3 layout (rope_theta, rope_local_base_freq, rope_scaling,
+    sliding_window_pattern, no layer_types) gives the config the per-layer-type layout gives."""
+    import shutil
+    folder = tmp_path / "hf"
+    shutil.copytree(_source("gemma3", "hf"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    rp = cfg.pop("rope_parameters")
+    cfg.pop("layer_types")
+    cfg.update(rope_theta=rp["full_attention"]["rope_theta"], rope_local_base_freq=rp["sliding_attention"]["rope_theta"],
+               rope_scaling={"rope_type": "linear", "factor": rp["full_attention"]["factor"]},
+               sliding_window_pattern=6)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    old, new = load_hf(folder).config, load_hf(_source("gemma3", "hf")).config
+    for key in ("rope_theta", "sliding_window", "swa_layers", "attn_scale", "embd_scale", "final_softcap"):
+        assert old[key] == new[key], key
+    np.testing.assert_allclose(old["rope_inv_freq"], new["rope_inv_freq"], rtol=1e-7)
+    np.testing.assert_allclose(old["rope_inv_freq_swa"], new["rope_inv_freq_swa"], rtol=1e-7)
+
+
 def test_sliding_window_pattern_from_the_metadata():
     """llama.cpp's rules: gemma2 alternates and defaults to a 4096 window; gemma3 windows only
     with the key, every 6th layer global unless sliding_window_pattern says otherwise (a count
