@@ -179,9 +179,11 @@ static ALWAYS_INLINE void values_decoded(const float *p, float *ar, const float 
 
 /* ------------------------------------------------------------------ the kernel */
 
-void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld, int rows,
-             const float *qs, const int32_t *lim, const int32_t *lo, float softcap, int j0, int j1, float *mx,
-             float *sum, float *acc, float *kbuf, float *sbuf) {
+/* The body, inlined twice by ATTN_FN: with limits (lo / softcap in use) and without, where
+ * both are constants, so the plain path compiles to exactly the kernel without them. */
+static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld,
+                                    int rows, const float *qs, const int32_t *lim, const int32_t *lo, float softcap,
+                                    int j0, int j1, float *mx, float *sum, float *acc, float *kbuf, float *sbuf) {
     enum { B = PYLUT_ATTN_BLOCK };
     int vis[PYLUT_ATTN_ROWS];
     int skip[PYLUT_ATTN_ROWS]; /* sliding window: the block's first positions a row must not see */
@@ -209,8 +211,10 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
         int most = 0; /* the longest row's view of this block */
         for (int r = 0; r < rows; r++) {
             vis[r] = lim[r] - jb < nk ? lim[r] - jb : nk;
-            skip[r] = lo && lo[r] > jb ? lo[r] - jb : 0;
-            if (skip[r] >= vis[r]) vis[r] = 0; /* the window starts past this row's view of the block */
+            if (lo) { /* a sliding window: the row's first positions in this block may be too old */
+                skip[r] = lo[r] > jb ? lo[r] - jb : 0;
+                if (skip[r] >= vis[r]) vis[r] = 0; /* the window starts past this row's view */
+            }
             most = vis[r] > most ? vis[r] : most;
         }
 
@@ -247,7 +251,8 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
             if (!see) continue; /* p stays 0: the fused value pass may still read this row */
             if (softcap > 0.0f) /* Gemma 2: c * tanh(s / c), before any mask */
                 for (int j = 0; j < see; j++) s[j] = softcap * tanhf(s[j] / softcap);
-            for (int j = 0; j < skip[r]; j++) s[j] = -INFINITY; /* before the window */
+            if (lo)
+                for (int j = 0; j < skip[r]; j++) s[j] = -INFINITY; /* before the window */
             vf m = vf_set1(mx[r]);
             for (int j = 0; j < B; j += VL) m = vf_max(m, vf_load(s + j));
             const float mnew = vf_hmax(m), corr = mnew > mx[r] ? exp2f(mx[r] - mnew) : 1.0f; /* the max rarely moves */
@@ -296,4 +301,13 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
         }
     }
     for (int r = 0; r < rows; r++) sum[r] = carry[r] + vf_hsum(vsum[r]);
+}
+
+void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld, int rows,
+             const float *qs, const int32_t *lim, const int32_t *lo, float softcap, int j0, int j1, float *mx,
+             float *sum, float *acc, float *kbuf, float *sbuf) {
+    if (lo || softcap > 0.0f)
+        attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
+    else
+        attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, NULL, 0.0f, j0, j1, mx, sum, acc, kbuf, sbuf);
 }
