@@ -232,7 +232,8 @@ def test_older_gemma3_config_layout_reads_the_same(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     rp = cfg.pop("rope_parameters")
     cfg.pop("layer_types")
-    cfg.update(rope_theta=rp["full_attention"]["rope_theta"], rope_local_base_freq=rp["sliding_attention"]["rope_theta"],
+    cfg.update(rope_theta=rp["full_attention"]["rope_theta"],
+               rope_local_base_freq=rp["sliding_attention"]["rope_theta"],
                rope_scaling={"rope_type": "linear", "factor": rp["full_attention"]["factor"]},
                sliding_window_pattern=6)
     (folder / "config.json").write_text(json.dumps(cfg))
