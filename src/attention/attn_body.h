@@ -179,8 +179,10 @@ static ALWAYS_INLINE void values_decoded(const float *p, float *ar, const float 
 
 /* ------------------------------------------------------------------ the kernel */
 
-/* The body, inlined twice by ATTN_FN: with limits (lo / softcap in use) and without, where
- * both are constants, so the plain path compiles to exactly the kernel without them. */
+/* The body, compiled twice: attn_rows_plain with no window and no cap (both constants, so it
+ * is exactly the kernel without them: a Llama layer pays nothing for Gemma's) and
+ * attn_rows_limited with them. Each is its own function, so neither copy's inlining or
+ * unswitching budget is spent on the other. */
 static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld,
                                     int rows, const float *qs, const int32_t *lim, const int32_t *lo, float softcap,
                                     int j0, int j1, float *mx, float *sum, float *acc, float *kbuf, float *sbuf) {
@@ -303,11 +305,20 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
     for (int r = 0; r < rows; r++) sum[r] = carry[r] + vf_hsum(vsum[r]);
 }
 
-void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld, int rows,
-             const float *qs, const int32_t *lim, const int32_t *lo, float softcap, int j0, int j1, float *mx,
-             float *sum, float *acc, float *kbuf, float *sbuf) {
+static __attribute__((noinline)) void attn_rows_plain(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v,
+                                                      int64_t ld, int rows, const float *qs, const int32_t *lim, int j0,
+                                                      int j1, float *mx, float *sum, float *acc, float *kbuf,
+                                                      float *sbuf) {
+    attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, NULL, 0.0f, j0, j1, mx, sum, acc, kbuf, sbuf);
+}
+
+static __attribute__((noinline)) PYLUT_ATTN_ROWS_DECL(attn_rows_limited) {
+    attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
+}
+
+PYLUT_ATTN_ROWS_DECL(ATTN_FN) {
     if (lo || softcap > 0.0f)
-        attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
+        attn_rows_limited(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
     else
-        attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, NULL, 0.0f, j0, j1, mx, sum, acc, kbuf, sbuf);
+        attn_rows_plain(type, hd, hd_pad, k, v, ld, rows, qs, lim, j0, j1, mx, sum, acc, kbuf, sbuf);
 }
