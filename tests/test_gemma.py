@@ -30,6 +30,7 @@ from pylut.formats.hf_loader import load_hf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ref_forward import forward as ref_forward  # noqa: E402
+from test_arch_zoo import greedy  # noqa: E402
 
 ZOO = Path(__file__).resolve().parent / "fixtures" / "zoo"
 TOLERANCE = 0.005     # of the logit range at each position: pylut against the reference
@@ -85,14 +86,6 @@ def _session(lm, n_ctx=256, **kw):
     return _core.Session(lm.build(), n_ctx=n_ctx, split_int8=True, **kw)
 
 
-def _greedy(step, first_logits, n):
-    ids, logits = [], first_logits
-    for _ in range(n):
-        ids.append(int(np.argmax(logits)))
-        logits = step(ids[-1])
-    return ids
-
-
 # ---------------------------------------------------------------- against transformers
 
 
@@ -145,9 +138,9 @@ def test_greedy_tokens_equal_the_reference(name):
     W = _packed_weights(lm)
     session = _session(lm)
     pool = pylut.get_pool()
-    got = _greedy(lambda t: session.forward([t], pool), session.forward(o["prompt"], pool), N_GREEDY)
+    got = greedy(lambda t: session.forward([t], pool), session.forward(o["prompt"], pool), N_GREEDY)
     tokens = list(o["prompt"])
-    want = _greedy(lambda t: (tokens.append(t), ref_forward(lm.config, W, tokens)[-1])[1],
+    want = greedy(lambda t: (tokens.append(t), ref_forward(lm.config, W, tokens)[-1])[1],
                    ref_forward(lm.config, W, tokens)[-1], N_GREEDY)
     assert got == want
 
@@ -389,4 +382,5 @@ def test_info_names_the_features(name, expect, tmp_path):
     info = json.loads(subprocess.run([sys.executable, "-m", "pylut", "info", "--json", str(_source(name, "Q8_0"))],
                                      capture_output=True, text=True,
                                      env=dict(__import__("os").environ, PYLUT_CACHE_DIR=str(tmp_path))).stdout)
-    assert info["features"]["sliding_window"]["size"] == 8
+    assert info["sliding_window"] == 8
+    assert info["sliding_window_layers"] == {"gemma2": [0], "gemma3": [0, 1, 2, 3, 4]}[name]
