@@ -27,9 +27,10 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
                 them by rows into the separate matrices, which the forward pass reads from
                 one table set anyway, so nothing is lost by splitting.
     window      the metadata key of the sliding-attention window, or None. phi3 files carry
-                {arch}.attention.sliding_window (0: none, the converter's mark for Phi-4);
-                llama.cpp reads it and then turns Phi's windowed attention off, transformers
-                masks keys more than `window - 1` positions back.
+                {arch}.attention.sliding_window (0: none, the converter's mark for Phi-4).
+                pylut windows every layer as transformers does (keys more than `window - 1`
+                positions back are masked); llama.cpp reads it and then turns Phi's windowed
+                attention off (so does its llama graph with Mistral's window).
     nope_every  N > 0: the layers l with (l + 1) % N == 0 rotate neither q nor k (SmolLM3's NoPE
                 layers; llama.cpp's n_no_rope_layer_step, fixed in its source, not in the file).
     gemma       Gemma's block (src/models/gemma2.cpp, gemma3.cpp): embeddings times sqrt(dim);

@@ -30,7 +30,7 @@ from pylut.formats.hf_loader import load_hf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ref_forward import forward as ref_forward  # noqa: E402
-from test_arch_zoo import greedy  # noqa: E402
+from test_arch_zoo import file_weights, greedy  # noqa: E402
 
 ZOO = Path(__file__).resolve().parent / "fixtures" / "zoo"
 TOLERANCE = 0.005     # of the logit range at each position: pylut against the reference
@@ -56,23 +56,6 @@ def _packed_weights(lm):
             for name, t in lm.tensors.items()}
 
 
-def _file_weights(path):
-    """Core name -> float32 weights as the file holds them, by the gguf package (independent
-    of pylut's reader); llama.cpp's sandwich-norm names mapped to pylut's."""
-    gguf = pytest.importorskip("gguf")
-    quants = pytest.importorskip("gguf.quants")
-    rename = {"post_attention_norm": "attn_post_norm", "post_ffw_norm": "ffn_post_norm"}
-    out = {}
-    for t in gguf.GGUFReader(str(path)).tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        w = quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
-        parts = t.name[: -len(".weight")].split(".")
-        parts[-1] = rename.get(parts[-1], parts[-1])
-        out[".".join(parts)] = w
-    out.setdefault("output", out["token_embd"])
-    return out
-
-
 def _source(name, kind):
     return ZOO / name / ("hf" if kind == "hf" else f"{name}-{kind}.gguf")
 
@@ -96,7 +79,7 @@ def test_reference_reproduces_transformers(name):
     soft-caps, windows and both RoPEs all as Gemma computes them."""
     o = _oracle(name)
     lm = load_gguf(_source(name, "F16"))
-    got = ref_forward(lm.config, _file_weights(_source(name, "F16")), o["prompt"])
+    got = ref_forward(lm.config, file_weights(_source(name, "F16")), o["prompt"])
     assert deviation(got, o["hf_logits"]) <= TOLERANCE
 
 

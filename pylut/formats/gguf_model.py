@@ -186,14 +186,10 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
         raise _fail(path, f"head dim {head_dim} ({a}attention.key_length) must be even")
     max_ctx = _hparam(meta, path, a + "context_length")
     # phi3 states its window under its own key (see arch.py); Mistral-style llama files under
-    # attention.sliding_window; either limits the context to the window
-    # (Gemma's windowed layers are _gemma_config's)
-    window = (_window(meta, path, arch, max_ctx) if archs.spec(arch).window
+    # attention.sliding_window: either windows every layer (Gemma's windowed layers are
+    # _gemma_config's)
+    window = (_window(meta, path, arch) if archs.spec(arch).window
               else 0 if archs.spec(arch).gemma else _sliding_window(meta, path, a))
-    if window and window < max_ctx:
-        log.info("%s: %sattention.sliding_window %d: the context is limited to the window, within which "
-                 "every layer sees every position", path, a, window)
-        max_ctx = window
     return dict(arch=arch,
                 n_layers=n_layers,
                 dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
@@ -203,32 +199,27 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
                 norm_eps=_hparam(meta, path, a + "attention.layer_norm_rms_epsilon", kind=float),
                 rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
                 **({"rope_dims": rope_dims} if rope_dims != head_dim else {}),
-                **({"sliding_window": window} if window else {}),
+                **({"sliding_window": window, "swa_layers": [True] * n_layers} if window else {}),
                 **archs.model_config(arch, n_layers))
 
 
-def _window(meta: dict[str, Any], path: str, arch: str, max_ctx: int) -> int:
-    """The sliding-attention window the file states (0: none). pylut has no windowed
-    attention, so a window shorter than the context limits the context to it, where every
-    layer sees every position under either reading of the window (see arch.py)."""
+def _window(meta: dict[str, Any], path: str, arch: str) -> int:
+    """The sliding-attention window the file states (0: none), applied to every layer as
+    transformers does (llama.cpp reads phi3's and turns it off: see arch.py)."""
     key = archs.spec(arch).window
     if key is None or arch + "." + key not in meta:
         return 0
     window = meta[arch + "." + key]
     if isinstance(window, (bool, float, str)) or not isinstance(window, (int, np.integer)) or window < 0:
         raise _fail(path, f"{arch}.{key} = {window!r} should be a non-negative integer")
-    if 0 < window < max_ctx:
-        log.info("%s: sliding window %d: the context is limited to the window (pylut has no windowed "
-                 "attention; llama.cpp turns Phi's off, transformers applies it)", path, window)
     return int(window)
 
 
 def _sliding_window(meta: dict[str, Any], path: str, a: str) -> int:
-    """{arch}.attention.sliding_window, 0 when absent or 0 (none). A Mistral-style window over
-    every layer: llama.cpp's llama graph ignores it and attends to every position, which equals
-    the windowed model up to the window; past it the trained model and llama.cpp differ, so
-    pylut stops there (the caller limits max_ctx). Windowed attention proper is the hook:
-    config["sliding_window"] carries the value to it."""
+    """{arch}.attention.sliding_window, 0 when absent or 0 (none): a Mistral-style window over
+    every layer, applied as transformers applies it. llama.cpp's llama graph ignores the key
+    and attends to every position: the same up to the window, different past it.
+    (llama.cpp's converter writes no window for Mistral, so its files have none.)"""
     if a + "attention.sliding_window" not in meta or not meta[a + "attention.sliding_window"]:
         return 0
     return _hparam(meta, path, a + "attention.sliding_window")
@@ -385,7 +376,7 @@ def _rope_scaling(f: GGUFFile, cfg: dict[str, Any]) -> None:
     with both is refused rather than guessed)."""
     arch, path = cfg["arch"], f.path
     short, long = (_rope_freqs(f, cfg, n) for n in LONGROPE_TENSORS)
-    n_ctx_train = _hparam(f.metadata, path, arch + ".context_length")  # (max_ctx may be a window's)
+    n_ctx_train = _hparam(f.metadata, path, arch + ".context_length")
     if short is None and long is None:
         rope.apply(cfg, rope.gguf_scaling(f.metadata, arch, path, n_ctx_train), _rope_freqs(f, cfg))
         return

@@ -96,8 +96,10 @@ def _read_json(cfg_path: str) -> dict:
 
 
 def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str) -> int:
-    """The context pylut can run exactly. Every layer attends to all earlier positions, so a
-    checkpoint with sliding-window layers runs up to its window, where windowing is a no-op."""
+    """The context pylut can run exactly where it does not window the layers (Qwen2, Qwen3,
+    SmolLM3: their windowed layers are picked by several keys): a checkpoint with
+    sliding-window layers runs up to its window, where windowing is a no-op. (Mistral and
+    Phi-3 windows are applied: WINDOWED; Gemma's: _gemma.)"""
     window = hf.get("sliding_window")
     if hf_arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         types = hf.get("layer_types")
@@ -111,8 +113,6 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
                                      f"sliding_attention for each of the {n_layers} layers")
             windowed = "sliding_attention" in types and bool(hf.get("use_sliding_window", False)) \
                 and window is not None
-    elif hf_arch in ("MistralForCausalLM", "Phi3ForCausalLM"):
-        windowed = window is not None
     elif hf_arch == "SmolLM3ForCausalLM":  # the window, when used, is on the NoPE layers
         windowed = bool(hf.get("use_sliding_window", False)) and window is not None
     else:  # Llama's attention has no window; a stray key would be a misconfiguration
@@ -126,9 +126,24 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
         raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} should be a positive integer")
     if window < max_ctx:
         log.info("%s: sliding_window %d: the context is limited to the window, within which every "
-                 "layer sees every position (pylut has no windowed attention)", cfg_path, window)
+                 "layer sees every position (pylut does not window these layers)", cfg_path, window)
         return window
     return max_ctx
+
+
+# architectures whose sliding_window (null: none) windows every layer, in transformers'
+# masks (a query at p sees (p - window, p]) and in pylut's; llama.cpp's llama and phi3 graphs
+# attend to every position instead (docs/attention.md)
+WINDOWED = ("MistralForCausalLM", "Phi3ForCausalLM")
+
+
+def _every_layer_window(hf: dict, cfg: dict, cfg_path: str) -> None:
+    window = hf.get("sliding_window")
+    if window is None or window == 0:   # Phi-4-mini's converter-side "none" is 0 / null
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} should be a positive integer")
+    cfg["sliding_window"], cfg["swa_layers"] = window, [True] * cfg["n_layers"]
 
 
 def _nope_layers(hf: dict, n_layers: int, cfg_path: str) -> list[int]:
@@ -250,7 +265,9 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
     if "max_position_embeddings" not in hf:
         log.info("%s: max_position_embeddings is absent; the context is limited to %d", cfg_path, cfg["max_ctx"])
     full_ctx = cfg["max_ctx"]
-    if not gemma:  # (Gemma's windowed layers: _gemma)
+    if hf_arch in WINDOWED:
+        _every_layer_window(hf, cfg, cfg_path)
+    elif not gemma:  # (Gemma's windowed layers: _gemma)
         cfg["max_ctx"] = _context(hf, hf_arch, n_layers, full_ctx, cfg_path)
     if cfg["max_ctx"] < full_ctx:
         cfg["sliding_window"] = cfg["max_ctx"]   # the hook, as gguf_model (absent: no window)
@@ -267,8 +284,6 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
         rope_dims = rope.hf_rope_dims(hf, head_dim, cfg_path)
         if rope_dims != head_dim:
             cfg["rope_dims"] = rope_dims
-        if hf.get("sliding_window"):   # 0 / null: none
-            cfg["sliding_window"] = hf["sliding_window"]
     elif scaling["type"] == "longrope":
         raise ModelFileError(f"{cfg_path}: rope_type 'longrope' is read for Phi3ForCausalLM only")
     if arch == "smollm3":

@@ -259,8 +259,10 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     } else {
         int a, b;
         slice_range(j, split, &a, &b);
-        pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, j->swa ? lo : NULL, j->softcap * LOG2E,
-                                 a, b, mx, sum, acc, kbuf, sbuf);
+        /* the window bites only once a row is past it: until then the plain kernel */
+        const int windowed = j->swa && j->pos0 + t1 > j->swa;
+        pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, windowed ? lo : NULL,
+                                 j->softcap * LOG2E, a, b, mx, sum, acc, kbuf, sbuf);
     }
     if (j->splits == 1 || (head && head->streaming)) {
         for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice (a streaming
