@@ -212,6 +212,29 @@ def test_info_names_the_architecture(name, qt):
     kind = params.get("full_attention", params).get("rope_type", "default")   # (Gemma 3: per layer type)
     assert {"llama3": "freq factors"}.get(kind, kind) in info["rope"]["summary"]
     assert info["features"]
+    features = ", ".join(info["features"])
+    window = gguf.GGUFReader(str(_gguf(name, qt))).fields.get(f"{info['arch']}.attention.sliding_window")
+    if window is not None and int(window.parts[window.data[0]][0]):   # (the converter drops Mistral's)
+        assert f"sliding window {int(window.parts[window.data[0]][0])} on " in features
+    cap = meta["entry"]["config"].get("attn_logit_softcapping")
+    if cap:
+        assert f"soft-caps: attention {cap:g}" in features
+
+
+def test_unsupported_architecture_is_refused_by_name(tmp_path):
+    """`pylut info` on a file of an architecture pylut does not run names it and lists the
+    supported ones."""
+    import subprocess
+    import sys
+    from model_builder import build_gguf
+    from pylut.formats.gguf_model import SUPPORTED_ARCHS
+    path = tmp_path / "other.gguf"
+    build_gguf(path, "starcoder2", "Q8_0")
+    out = subprocess.run([sys.executable, "-m", "pylut", "info", str(path)], capture_output=True, text=True,
+                         env=dict(__import__("os").environ, PYLUT_CACHE_DIR=str(tmp_path)))
+    assert out.returncode != 0
+    assert "unsupported architecture 'starcoder2'" in out.stderr
+    assert "supported: " + ", ".join(SUPPORTED_ARCHS) in out.stderr
 
 
 # ---------------------------------------------------------------- RoPE scaling
