@@ -3,8 +3,6 @@ tests/test_gemma.py's): at prompts longer than the window, pylut's logits are th
 forward pass's with the window applied (transformers' masks: a query at p sees (p - window,
 p]), through prefill chunks and single-token decode, and clearly not those of attending to
 every position (what llama.cpp's llama and phi3 graphs compute: they ignore the window)."""
-import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,19 +15,11 @@ from pylut.formats.gguf_model import load_gguf
 from pylut.formats.hf_loader import load_hf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_folders import edited_copy  # noqa: E402
 from ref_forward import forward as ref_forward  # noqa: E402
 from test_gemma import TOLERANCE, _packed_weights, deviation  # noqa: E402
 
 ZOO = Path(__file__).resolve().parent / "fixtures" / "zoo"
-
-
-def _edited_folder(tmp_path, name, **keys):
-    folder = tmp_path / name
-    shutil.copytree(ZOO / name / "hf", folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(keys)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
 
 
 def _mistral_gguf(tmp_path):
@@ -42,7 +32,8 @@ def _mistral_gguf(tmp_path):
 CASES = {
     "mistral-hf": lambda tmp: load_hf(ZOO / "mistral" / "hf", bits=8),                       # window 128
     "mistral-gguf": _mistral_gguf,                                                             # window 40
-    "phi3-hf": lambda tmp: load_hf(_edited_folder(tmp, "phi3", sliding_window=24), bits=8),  # window 24
+    "phi3-hf": lambda tmp: load_hf(edited_copy(ZOO / "phi3" / "hf", tmp / "phi3",
+                                               lambda c: c.update(sliding_window=24)), bits=8),  # window 24
 }
 
 
