@@ -77,7 +77,8 @@ def kv_decode(rows, kv_type, int hd):
 
 
 def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, scale=None,
-              ThreadPool pool=None, streaming=None, int sink=0, int window=0, stream_base=None):
+              ThreadPool pool=None, streaming=None, int sink=0, int window=0, stream_base=None,
+              int swa=0, float softcap=0.0):
     """Causal attention of n query tokens over an encoded cache (the tiled kernel).
 
     q: float32 [n, n_heads * hd]; k, v: uint8 [n_kv_heads, len, kv_row_bytes] (kv_encode's
@@ -85,7 +86,9 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
     streaming: n_kv_heads flags; a streaming head sees only positions [0, sink) and the
     `window` most recent ones, and is handed to the kernel compacted as a model session keeps
     it: its sink rows, then rows stream_base (default sink) .. len-1 (the rows between are
-    not passed at all). Returns float32 [n, n_heads * hd]."""
+    not passed at all). swa > 0: a sliding-window layer, query at p sees only (p - swa, p];
+    softcap > 0: each score s becomes softcap * tanh(s / softcap) (Gemma 2).
+    Returns float32 [n, n_heads * hd]."""
     q = _array(q, np.float32, 2, "q")
     k = _array(k, np.uint8, 3, "k")
     v = _array(v, np.uint8, 3, "v")
@@ -114,6 +117,7 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
     job.q, job.ldq, job.out, job.ldo = &qv[0, 0], q.shape[1], &ov[0, 0], q.shape[1]
     job.n, job.pos0 = q.shape[0], p0
     job.scale = (1.0 / np.sqrt(hd)) if scale is None else float(scale)
+    job.swa, job.softcap = swa, softcap
     cdef pylut_attn_head *heads = NULL
     cdef const uint8_t[:, ::1] hk
     cdef const uint8_t[:, ::1] hv

@@ -6,7 +6,7 @@
 from libc.stdint cimport int32_t, uintptr_t
 from libc.string cimport memcpy
 
-FFN_ACTS = {"silu": PYLUT_FFN_SILU, "relu2": PYLUT_FFN_RELU2}
+FFN_ACTS = {"silu": PYLUT_FFN_SILU, "relu2": PYLUT_FFN_RELU2, "gelu_tanh": PYLUT_FFN_GELU_TANH}
 
 
 cdef const float *_fptr(dict keep, object a, name, int64_t n) except? NULL:
@@ -32,8 +32,11 @@ cdef class Model:
     rope_theta, rope_neox, ffn_act ('silu' or 'relu2'; pylut/arch.py says which arch has
     which), optionally rope_dims (the leading dims RoPE rotates; default head_dim),
     rope_inv_freq ([rope_dims/2], the scaled frequencies pylut.rope computes),
-    rope_attn_factor and rope_skip_layers (layers whose q/k are not rotated); `tensors` maps GGUF-style names to QMatrix / float32
-    arrays."""
+    rope_attn_factor and rope_skip_layers (layers whose q/k are not rotated); Gemma's
+    embd_scale, attn_scale, attn_softcap, final_softcap, swa_layers ([n_layers] bools) with
+    sliding_window, rope_inv_freq_swa (absent or 0 / None: the plain computation); `tensors`
+    maps GGUF-style names to QMatrix / float32 arrays (Gemma adds attn_post_norm,
+    ffn_post_norm)."""
     cdef pylut_model m
     cdef pylut_layer *layers
     cdef dict keep
@@ -63,8 +66,19 @@ cdef class Model:
             raise ValueError(f"rope_dims must be even, in 2..head_dim, got {m.rope_dims}")
         m.rope_inv_freq = _fptr(self.keep, config.get("rope_inv_freq"), "rope_inv_freq", m.rope_dims // 2)
         m.rope_attn_factor = config.get("rope_attn_factor", 1.0)
+        m.embd_scale = config.get("embd_scale") or 0.0
+        m.attn_scale = config.get("attn_scale") or 0.0
+        m.attn_softcap = config.get("attn_softcap") or 0.0
+        m.final_softcap = config.get("final_softcap") or 0.0
+        m.rope_inv_freq_swa = _fptr(self.keep, config.get("rope_inv_freq_swa"), "rope_inv_freq_swa", m.rope_dims // 2)
+        window = config.get("sliding_window") or 0
+        swa_layers = config.get("swa_layers")
         if m.n_layers < 1 or m.n_layers > 100000:
             raise ValueError(f"n_layers out of range: {m.n_layers}")
+        if swa_layers is not None and len(swa_layers) != m.n_layers:
+            raise ValueError(f"swa_layers must have {m.n_layers} entries, got {len(swa_layers)}")
+        if window < 0 or window > (1 << 30):
+            raise ValueError(f"sliding_window out of range: {window}")
         self.layers = <pylut_layer *>malloc(m.n_layers * sizeof(pylut_layer))
         if self.layers == NULL:
             raise MemoryError()
@@ -110,6 +124,9 @@ cdef class Model:
             L.w_up = _qptr(need(p + "ffn_up"), p + "ffn_up")
             L.ffn_sub_norm = _fptr(keep, tensors.get(p + "ffn_sub_norm"), p + "ffn_sub_norm", m.ffn_dim)
             L.w_down = _qptr(need(p + "ffn_down"), p + "ffn_down")
+            L.attn_post_norm = _fptr(keep, tensors.get(p + "attn_post_norm"), p + "attn_post_norm", m.dim)
+            L.ffn_post_norm = _fptr(keep, tensors.get(p + "ffn_post_norm"), p + "ffn_post_norm", m.dim)
+            L.swa = window if swa_layers is not None and swa_layers[l] else 0
         cdef const char *why = NULL
         if pylut_model_check(m, &why) != PYLUT_OK:
             raise ValueError(f"model does not fit together: {why.decode()}")

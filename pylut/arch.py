@@ -9,8 +9,8 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
     rope        "norm": rotate adjacent pairs (2i, 2i+1); "neox": rotate (i, i + head_dim/2).
                 llama.cpp's llama converter permutes Q/K rows into the adjacent order; the
                 qwen2 and bitnet converters keep Hugging Face's half-split order.
-    ffn_act     gate activation of the gated FFN: "silu" (silu(g) * u) or "relu2"
-                (relu(g)^2 * u).
+    ffn_act     gate activation of the gated FFN: "silu" (silu(g) * u), "relu2"
+                (relu(g)^2 * u) or "gelu_tanh" (GELU's tanh form, gelu(g) * u: Gemma's GeGLU).
     sub_norms   attn_sub_norm (RMSNorm of the attention output before wo) and ffn_sub_norm
                 (RMSNorm of the gated product before w_down) are required.
     qkv_bias    attn_{q,k,v}.bias: "required", "optional", or "none" (llama.cpp's loader has
@@ -19,7 +19,7 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
                 "tied": the LM head is always token_embd (llama.cpp's loader has no output
                 tensor for the arch and refuses a file that carries one, so pylut does too).
     qk_norm     attn_q_norm / attn_k_norm [head_dim] are required: each q and k head is
-                RMS-normalized (norm_eps) after its bias and before RoPE (qwen3).
+                RMS-normalized (norm_eps) after its bias and before RoPE (qwen3, gemma3).
     fused       phi3's converter keeps Hugging Face's fused matrices: attn_qkv (q, k, v rows
                 one after another; separate attn_q/k/v are accepted too, as llama.cpp's
                 create_tensor_qkv does) and ffn_up holding the gate's rows then the up rows
@@ -27,18 +27,26 @@ tests/test_llamacpp_oracle.py checks them against llama.cpp's own logits.
                 them by rows into the separate matrices, which the forward pass reads from
                 one table set anyway, so nothing is lost by splitting.
     window      the metadata key of the sliding-attention window, or None. phi3 files carry
-                {arch}.attention.sliding_window (0: none, the converter's mark for Phi-4);
-                llama.cpp reads it and then turns Phi's windowed attention off, transformers
-                masks keys more than `window - 1` positions back.
+                {arch}.attention.sliding_window (0: none, the converter's mark for Phi-4).
+                pylut windows every layer as transformers does (keys more than `window - 1`
+                positions back are masked); llama.cpp reads it and then turns Phi's windowed
+                attention off (so does its llama graph with Mistral's window).
     nope_every  N > 0: the layers l with (l + 1) % N == 0 rotate neither q nor k (SmolLM3's NoPE
                 layers; llama.cpp's n_no_rope_layer_step, fixed in its source, not in the file).
+    gemma       Gemma's block (src/models/gemma2.cpp, gemma3.cpp): embeddings times sqrt(dim);
+                sandwich norms (attn_post_norm, ffn_post_norm: RMSNorm of each sub-block's
+                output before its residual add) required; the converter has already added
+                Gemma's +1 to every norm weight, so GGUF weights are used as they are.
+    swa_pattern sliding-window layers by default (the file's attention.sliding_window_pattern
+                overrides it): layer l is windowed when l % n < n - 1 (llama.cpp's
+                set_swa_pattern); 0: the architecture has no sliding window.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 ROPE_PAIRINGS = ("norm", "neox")
-FFN_ACTIVATIONS = ("silu", "relu2")
+FFN_ACTIVATIONS = ("silu", "relu2", "gelu_tanh")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class ArchSpec:
     fused: bool = False
     window: str | None = None
     nope_every: int = 0
+    gemma: bool = False
+    swa_pattern: int = 0
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -73,6 +83,12 @@ ARCHS: dict[str, ArchSpec] = {
     # SmolLM3 (src/models/smollm3.cpp): llama's block, RoPE skipped on every 4th layer
     "smollm3":      ArchSpec(rope="norm", ffn_act="silu",  sub_norms=False, qkv_bias="optional", output="optional",
                              nope_every=4),
+    # Gemma 2: attention and final-logit soft-caps, every other layer windowed
+    "gemma2":       ArchSpec(rope="neox", ffn_act="gelu_tanh", sub_norms=False, qkv_bias="none", output="tied",
+                             gemma=True, swa_pattern=2),
+    # Gemma 3 (text): q/k norms, five windowed layers in six with their own RoPE base
+    "gemma3":       ArchSpec(rope="neox", ffn_act="gelu_tanh", sub_norms=False, qkv_bias="none", output="optional",
+                             gemma=True, qk_norm=True, swa_pattern=6),
 }
 
 # architectures whose files may rotate only the leading rope.dimension_count dims of a head
@@ -96,10 +112,24 @@ def features(cfg: dict) -> list[str]:
         out.append("per-head q/k RMSNorm")
     if s.sub_norms:
         out.append("attention/FFN sub-norms")
+    if s.gemma:
+        out.append("sandwich norms")
     if s.nope_every:
         out.append(f"no RoPE on every {s.nope_every}th layer")
-    if cfg.get("sliding_window"):
-        out.append(f"sliding window {cfg['sliding_window']} (context limited to it)")
+    window, layers = cfg.get("sliding_window"), cfg.get("swa_layers")
+    if window and layers is not None:
+        out.append(f"sliding window {window} on {sum(layers)} of {len(layers)} layers"
+                   + (" (own RoPE frequencies)" if cfg.get("rope_inv_freq_swa") is not None else ""))
+    elif window:
+        out.append(f"sliding window {window} (context limited to it)")
+    caps = [f"{name} {cfg[key]:g}" for key, name in (("attn_softcap", "attention"), ("final_softcap", "final"))
+            if cfg.get(key)]
+    if caps:
+        out.append("soft-caps: " + ", ".join(caps))
+    if cfg.get("embd_scale"):
+        out.append(f"embeddings x {cfg['embd_scale']:.4g}")
+    if cfg.get("attn_scale"):
+        out.append(f"attention scale {cfg['attn_scale']:.4g}")
     return out
 
 
@@ -110,3 +140,9 @@ def model_config(arch: str, n_layers: int) -> dict:
     if s.nope_every:
         out["rope_skip_layers"] = [l for l in range(n_layers) if (l + 1) % s.nope_every == 0]
     return out
+
+
+def swa_layers(n_layers: int, pattern: int) -> list[bool]:
+    """Which layers are windowed for a pattern n: l % n < n - 1 (n = 0: every layer; n = 1:
+    none), as llama.cpp's llama_hparams::set_swa_pattern."""
+    return [pattern == 0 or layer % pattern < pattern - 1 for layer in range(n_layers)]

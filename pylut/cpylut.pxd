@@ -109,6 +109,7 @@ cdef extern from "pylut/model.h" nogil:
     enum:
         PYLUT_FFN_SILU
         PYLUT_FFN_RELU2
+        PYLUT_FFN_GELU_TANH
 
     ctypedef struct pylut_layer:
         const float *attn_norm
@@ -128,6 +129,9 @@ cdef extern from "pylut/model.h" nogil:
         const float *ffn_sub_norm
         const pylut_qmatrix *w_down
         int32_t skip_rope
+        const float *attn_post_norm
+        const float *ffn_post_norm
+        int32_t swa
 
     ctypedef struct pylut_model:
         int32_t ffn_act
@@ -142,6 +146,8 @@ cdef extern from "pylut/model.h" nogil:
         const float *output_norm
         const pylut_qmatrix *output
         const pylut_layer *layers
+        float embd_scale, attn_scale, attn_softcap, final_softcap
+        const float *rope_inv_freq_swa
 
     ctypedef struct pylut_state:
         pass
@@ -206,6 +212,8 @@ cdef extern from "pylut/attention.h" nogil:
         float scale
         const pylut_attn_head *heads
         int sink, window, stream_base
+        int swa
+        float softcap
         int splits
         int64_t n_items
 

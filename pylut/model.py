@@ -342,6 +342,8 @@ class Model:
                                                else "short") if (cfg.get("rope_scaling") or {}).get("type")
                                               == "longrope" else None)},
                 "sliding_window": cfg.get("sliding_window"),
+                "sliding_window_layers": (None if cfg.get("swa_layers") is None
+                                          else [i for i, w in enumerate(cfg["swa_layers"]) if w]),
                 "context": cfg["max_ctx"], "n_ctx": self.n_ctx, "isa": cpu_features()["isa"],
                 "threads": self.n_threads, "chat_template": self.chat_template.name,
                 "kv_type": self.kv_type, "kv_bytes": self.state.kv_bytes,

@@ -1,5 +1,5 @@
-"""A plain numpy forward pass of the Llama family (llama, qwen2, the bitnets, phi3) over float
-weights: the oracle the C forward pass is compared against (same dequantized weights).
+"""A plain numpy forward pass of the Llama family (llama, qwen2, the bitnets, phi3, gemma) over
+float weights: the oracle the C forward pass is compared against (same dequantized weights).
 
 How each architecture computes is written down here from llama.cpp's source, apart from
 pylut/arch.py, so that a wrong assumption there cannot hide in both; llama.cpp's own logits
@@ -21,6 +21,8 @@ GGUF_ARCHS = {
     # the fused ffn_up is silu(first half) * second half; both split below where W has them
     "phi3": ("neox", "silu"),
     "smollm3": ("norm", "silu"),
+    "gemma2": ("neox", "gelu_tanh"),
+    "gemma3": ("neox", "gelu_tanh"),
 }
 # src/models/smollm3.cpp: use_rope = (il + 1) % n_no_rope_layer_step != 0, the step fixed at 4
 NOPE_EVERY = {"smollm3": 4}
@@ -111,8 +113,26 @@ def streaming_mask(n, sink, window):
     return np.where((j <= p) & ((j < sink) | (j > p - window)), 0.0, -np.inf)
 
 
+def window_mask(n, swa):
+    """Additive mask of a sliding-window layer: query p sees (p - swa, p] (llama.cpp's
+    is_masked_swa: masked when p - j >= swa)."""
+    p, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    return np.where((j <= p) & (p - j < swa), 0.0, -np.inf)
+
+
+def gelu_tanh(x):
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
 def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rope=None, ffn_act=None):
     """W: name -> float32 array (matrices [out, in]). Returns logits [n, vocab].
+    Gemma (gemma2 / gemma3, from llama.cpp's src/models/gemma2.cpp, gemma3.cpp): cfg's
+    embd_scale multiplies the embeddings, attn_scale replaces 1/sqrt(head_dim), attn_softcap
+    and final_softcap cap scores and logits (c * tanh(x / c)), layers flagged in swa_layers
+    see only the last sliding_window positions and rotate with rope_inv_freq_swa; the
+    weights' attn_q_norm / attn_k_norm (per head, before RoPE) and attn_post_norm /
+    ffn_post_norm (each sub-block's output, before the residual add) apply where present.
     streaming: optional bool [n_layers, n_kv_heads]; those heads see only the first `sink`
     positions and the `window` most recent ones (DuoAttention's streaming heads).
     layout: "gguf" (q/k rows as llama.cpp's converters write them: GGUF_ARCHS) or "hf"
@@ -125,9 +145,11 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
     ffn_act = ffn_act or table_act
     neox = {"neox": True, "norm": False}[rope]
     n_h, n_kv, hd, eps = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"], cfg["norm_eps"]
-    x = W["token_embd"][np.asarray(tokens)].astype(np.float32)
+    x = W["token_embd"][np.asarray(tokens)].astype(np.float32) * np.float32(cfg.get("embd_scale") or 1.0)
     n = len(tokens)
     mask = np.triu(np.full((n, n), -np.inf), 1)
+    scale = cfg.get("attn_scale") or 1 / np.sqrt(hd)
+    softcap, swa_layers = cfg.get("attn_softcap") or 0.0, cfg.get("swa_layers") or [False] * cfg["n_layers"]
     stream_mask = streaming_mask(n, sink, window) if streaming is not None else None
     every = NOPE_EVERY.get(cfg["arch"], 0)
     nope = set(cfg["rope_skip_layers"]) if "rope_skip_layers" in cfg else \
@@ -145,7 +167,9 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
         if p + "attn_q_norm" in W:
             q = rmsnorm(q.reshape(n, n_h, hd), W[p + "attn_q_norm"], eps).reshape(n, n_h * hd)
             k = rmsnorm(k.reshape(n, n_kv, hd), W[p + "attn_k_norm"], eps).reshape(n, n_kv * hd)
-        rot = (cfg["rope_theta"], neox, cfg.get("rope_inv_freq"), cfg.get("rope_attn_factor", 1.0),
+        swa = cfg.get("sliding_window", 0) if swa_layers[l] else 0
+        inv = cfg.get("rope_inv_freq_swa") if swa and cfg.get("rope_inv_freq_swa") else cfg.get("rope_inv_freq")
+        rot = (cfg["rope_theta"], neox, inv, cfg.get("rope_attn_factor", 1.0),
                cfg.get("rope_dims"))
         if l in nope:
             q, k = q.reshape(n, n_h, hd).astype(np.float32), k.reshape(n, n_kv, hd).astype(np.float32)
@@ -157,13 +181,21 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
         out = np.empty((n, n_h, hd), np.float32)
         for h in range(n_h):
             streams = streaming is not None and streaming[l][h // rep]
-            s = q[:, h] @ k[:, h // rep].T / np.sqrt(hd) + (stream_mask if streams else mask)
+            s = (q[:, h] @ k[:, h // rep].T).astype(np.float64) * scale
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
+            s = s + (stream_mask if streams else mask)
+            if swa:
+                s = s + window_mask(n, swa)
             s = np.exp(s - s.max(-1, keepdims=True))
             out[:, h] = (s / s.sum(-1, keepdims=True)) @ v[:, h // rep]
         att = out.reshape(n, n_h * hd)
         if p + "attn_sub_norm" in W:
             att = rmsnorm(att, W[p + "attn_sub_norm"], eps)
-        x = x + att @ W[p + "attn_output"].T
+        o = att @ W[p + "attn_output"].T
+        if p + "attn_post_norm" in W:
+            o = rmsnorm(o, W[p + "attn_post_norm"], eps)
+        x = x + o
         xb = rmsnorm(x, W[p + "ffn_norm"], eps)
         if p + "ffn_gate" in W:
             g, u = xb @ W[p + "ffn_gate"].T, xb @ W[p + "ffn_up"].T
@@ -171,9 +203,16 @@ def forward(cfg, W, tokens, streaming=None, sink=0, window=0, layout="gguf", rop
             g, u = np.split(xb @ W[p + "ffn_up"].T, 2, axis=1)
         if ffn_act == "relu2":
             h_ = np.maximum(g, 0) ** 2 * u
+        elif ffn_act == "gelu_tanh":
+            h_ = (gelu_tanh(g) * u).astype(np.float32)
         else:
             h_ = g / (1 + np.exp(-g)) * u
         if p + "ffn_sub_norm" in W:
             h_ = rmsnorm(h_, W[p + "ffn_sub_norm"], eps)
-        x = x + h_ @ W[p + "ffn_down"].T
-    return rmsnorm(x, W["output_norm"], eps) @ W["output"].T
+        o = h_ @ W[p + "ffn_down"].T
+        if p + "ffn_post_norm" in W:
+            o = rmsnorm(o, W[p + "ffn_post_norm"], eps)
+        x = x + o
+    logits = rmsnorm(x, W["output_norm"], eps) @ W["output"].T
+    cap = cfg.get("final_softcap") or 0.0
+    return (cap * np.tanh(logits.astype(np.float64) / cap)).astype(np.float32) if cap else logits

@@ -288,16 +288,14 @@ def edited(tmp_path, name, edit):
     return edited_copy(ZOO / name / "hf", tmp_path / name, edit)
 
 
-def test_window_shorter_than_the_context_limits_it(tmp_path, cache):
-    """pylut has no windowed attention: a window below the context caps the context at it,
-    where both engines' readings of the window agree (every key is within it)."""
+def test_window_shorter_than_the_context_is_applied(tmp_path, cache):
+    """A window below the context windows every layer, as transformers does, and the whole
+    context runs (tests/test_sliding_window.py checks the logits past the window)."""
     def edit(c):
         c["sliding_window"] = 48
-    model = pylut.load(edited(tmp_path, "phi3", edit))
-    assert model.loaded.config["max_ctx"] == 48 and model.n_ctx == 48
-    assert model.info()["sliding_window"] == 48
-    with pytest.raises(ValueError, match="context length 48"):
-        pylut.load(edited(tmp_path / "b", "phi3", edit), n_ctx=64)
+    model = pylut.load(edited(tmp_path, "phi3", edit), n_ctx=64)
+    assert model.loaded.config["max_ctx"] == 1024 and model.n_ctx == 64
+    assert model.info()["sliding_window"] == 48 and model.info()["sliding_window_layers"] == [0, 1]
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -324,17 +322,17 @@ def test_hf_folder_without_rope_scaling_is_another_model(tmp_path, cache):
 
 
 def test_gguf_window_metadata():
-    """phi3.attention.sliding_window: 0 is the converter's "none"; a window below the context
-    caps it; a malformed value is refused."""
+    """phi3.attention.sliding_window: 0 is the converter's "none"; a malformed value is
+    refused."""
     from pylut.formats.gguf_model import _window
     meta = {"phi3.attention.sliding_window": 0}
-    assert _window(meta, "f", "phi3", 4096) == 0
-    assert _window({}, "f", "phi3", 4096) == 0
-    assert _window({"phi3.attention.sliding_window": 2047}, "f", "phi3", 4096) == 2047
-    assert _window({"phi3.attention.sliding_window": 262144}, "f", "phi3", 131072) == 262144
+    assert _window(meta, "f", "phi3") == 0
+    assert _window({}, "f", "phi3") == 0
+    assert _window({"phi3.attention.sliding_window": 2047}, "f", "phi3") == 2047
+    assert _window({"phi3.attention.sliding_window": 262144}, "f", "phi3") == 262144
     with pytest.raises(ModelFileError, match="sliding_window"):
-        _window({"phi3.attention.sliding_window": -1}, "f", "phi3", 4096)
-    assert _window({"llama.attention.sliding_window": 16}, "f", "llama", 4096) == 0  # no window in the table
+        _window({"phi3.attention.sliding_window": -1}, "f", "phi3")
+    assert _window({"llama.attention.sliding_window": 16}, "f", "llama") == 0  # no window in the table
 
 
 def test_session_file_remembers_the_factor_set(tmp_path, cache):

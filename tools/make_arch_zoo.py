@@ -231,6 +231,33 @@ ZOO: dict[str, dict] = {
                     quants=FLOAT_TYPES, tokenizer="llama-bpe", keep_hf=True),
 }
 
+# Gemma: a window (8) far shorter than the prompt; query_pre_attn_scalar = head_dim, where
+# transformers' scale and llama.cpp's (1/sqrt(head_dim) but for the 27B sizes) agree; Gemma's
+# norms scale by (1 + weight), so their random weights sit around 0. Gemma 2: soft-caps small
+# enough to bite, layers alternating windowed / global. Gemma 3: six layers, so the default
+# pattern (every 6th global; the converter writes no pattern key) has a global layer, with
+# linear RoPE scaling there and the local base elsewhere; a longer prompt, over which the
+# top-1 agreement with llama.cpp is measured on more positions.
+GEMMA = dict(NARROW, sliding_window=8, query_pre_attn_scalar=16)
+GEMMA_WIDE = dict(WIDE, sliding_window=8, query_pre_attn_scalar=64)
+GEMMA_INIT = {"norm.weight": ("normal", 0.2)}
+GEMMA2_CAPS = dict(attn_logit_softcapping=1.5, final_logit_softcapping=2.0)
+GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+               "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+GEMMA3_PROMPT = "Once upon a time there was a tiny language model that learned to count: one, two, three. " + PROMPT
+ZOO.update({
+    "gemma2": dict(model_type="gemma2", config=dict(GEMMA, **GEMMA2_CAPS), quants=FLOAT_TYPES, tokenizer="spm",
+                   keep_hf=True, init=GEMMA_INIT),
+    "gemma2-k": dict(model_type="gemma2", config=dict(GEMMA_WIDE, **GEMMA2_CAPS), quants=K_TYPES, tokenizer="spm",
+                     keep_hf=False, init=GEMMA_INIT),
+    "gemma3": dict(model_type="gemma3_text", config=dict(GEMMA, hidden_size=32, num_attention_heads=2,
+                                                         num_key_value_heads=1, num_hidden_layers=6,
+                                                         rope_parameters=GEMMA3_ROPE),
+                   quants=FLOAT_TYPES, tokenizer="spm", keep_hf=True, init=GEMMA_INIT, prompt=GEMMA3_PROMPT),
+    "gemma3-k": dict(model_type="gemma3_text", config=dict(GEMMA_WIDE, rope_parameters=GEMMA3_ROPE),
+                     quants=K_TYPES, tokenizer="spm", keep_hf=False, init=GEMMA_INIT),
+})
+
 
 # ---------------------------------------------------------------- one entry
 
@@ -275,13 +302,22 @@ def hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
 # Run by convert(): llama.cpp's converter as a script, with its tokenizer detection told the
 # pre-tokenizer the zoo built. convert_hf_to_gguf.py names a BPE pre-tokenizer by hashing the
 # token ids of a test string; a tiny trained vocabulary has no registered hash, so this tool
-# code (not the converter) replaces that lookup with the recipe's name.
+# code (not the converter) replaces that lookup with the recipe's name. Gemma's converters
+# read a SentencePiece tokenizer.model (the zoo's SPM vocabulary is a tokenizer.json): they
+# read it as llama's converter does, through _set_vocab_llama_hf; tensors and hyperparameters
+# are converted by the converter's own code.
 _CONVERT = """
 import runpy, sys
 root, pre, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 sys.path.insert(0, root)
 sys.path.insert(1, root + "/gguf-py")
 import conversion.base as base
+import conversion.gemma as gemma
+def _hf_spm_vocab(self):
+    self._set_vocab_llama_hf()
+    self.gguf_writer.add_add_space_prefix(False)
+for cls in (gemma.Gemma2Model, gemma.Gemma3Model):
+    cls.set_vocab = _hf_spm_vocab
 if pre:
     base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
 sys.argv = [root + "/convert_hf_to_gguf.py"] + argv

@@ -16,7 +16,14 @@ writes the BitNet b1.58 2B4T shape (30 layers, dim 2560, ffn 6912, 20/5 heads, l
 vocabulary; tools/bench_model_2b4t.py) with random ternary weights: model-2b4t-I2_S.gguf
 (bitnet.cpp's I2_S, arch bitnet-b1.58, Q6_K tied embedding), model-2b4t-I2_S-f16emb.gguf
 (F16 embedding, as published) and the speed twins model-2b4t-TQ1_0.gguf / -TQ2_0.gguf
-(the same weights under the older `bitnet` arch, which llama.cpp runs with SiLU)."""
+(the same weights under the older `bitnet` arch, which llama.cpp runs with SiLU).
+
+    python3 tools/make_bench_model.py OUT_DIR --types qwen3-1b   (or gemma3-1b)
+
+writes a Qwen3-1.7B- or Gemma-3-1B-shaped model with random weights and the family's vocabulary
+(tools/bench_model_shapes.py) as model-Q4_0.gguf and model-Q4_K_M.gguf, quantized by
+llama.cpp; --vocab-dir adds folders to look for the vocabulary file in (Gemma's is in the
+llama-cpp-python sdist's vendor/llama.cpp/models)."""
 import argparse
 import os
 import sys
@@ -25,10 +32,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench_model_shapes import SHAPES, make_shaped  # noqa: E402
 
 FTYPES = {"Q4_0": 2, "Q2_K": 10, "TQ1_0": 36, "TQ2_0": 37}  # llama.cpp LLAMA_FTYPE_MOSTLY_*
 VOCAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                          "testdata", "vocab")
+# llama-cpp-python's sdist vocabularies, where the tokenizer tests fetch them
+LLAMA_CPP_VOCAB = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pylut",
+                               "llama-cpp-python-0.3.36", "models")
 DEFAULT_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                              "testdata", "vocab", "ggml-vocab-llama-spm.gguf")
 
@@ -116,8 +127,15 @@ def main(argv=None):
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep-f16", action="store_true", help="keep model-F16.gguf")
+    ap.add_argument("--vocab-dir", action="append", default=[],
+                    help="qwen3-1b / gemma3-1b: another folder holding ggml-vocab-*.gguf files")
     a = ap.parse_args(argv)
     types = [t.strip() for t in a.types.split(",") if t.strip()]
+    shaped = [t for t in types if t in SHAPES]
+    if shaped:
+        if len(shaped) > 1 or len(types) > 1:
+            ap.error(f"{shaped[0]} is a set of its own (Q4_0 and Q4_K_M): one per OUT_DIR")
+        return make_shaped(shaped[0], a.out_dir, [VOCAB_DIR, LLAMA_CPP_VOCAB] + a.vocab_dir, a.seed, a.keep_f16)
     if "2b4t" in types:
         from bench_model_2b4t import make_2b4t
         vocab = a.vocab if a.vocab != DEFAULT_VOCAB else os.path.join(VOCAB_DIR, "ggml-vocab-llama-bpe.gguf")

@@ -73,6 +73,11 @@ typedef struct {
      * path, unchanged); otherwise heads[n_kv_heads] give each head's rows and kind */
     const pylut_attn_head *heads;
     int sink, window, stream_base; /* streaming heads only: see pylut_attn_head */
+    /* the layer's own limits, every head: a sliding-window layer's query at p sees only
+     * (p - swa, p] (0: the whole causal past); softcap > 0 turns each score s = scale*q.k
+     * into softcap * tanh(s / softcap) (Gemma 2's attention logit soft-capping) */
+    int swa;
+    float softcap;
     /* filled by pylut_attn_plan */
     int hd_pad, group, rows, tokens_per_item, q_tiles, splits;
     int64_t n_items;

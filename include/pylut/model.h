@@ -1,6 +1,7 @@
-/* model.h - the Llama-family forward pass (llama, qwen2, bitnet) over packed matrices.
+/* model.h - the Llama-family forward pass (llama, qwen2, bitnet, gemma) over packed matrices.
  * Architectures differ only in the settings below (RoPE pairing, FFN activation, optional
- * sub-norms); which architecture has which is pylut/arch.py's table.
+ * sub-norms, Gemma's sandwich norms, soft-caps and sliding windows); which architecture has
+ * which is pylut/arch.py's table.
  * The loader (Python) fills a pylut_model with pointers into its own buffers; a pylut_state
  * holds one sequence's KV cache and scratch. Model code knows nothing about ISAs. */
 #ifndef PYLUT_MODEL_H
@@ -12,7 +13,7 @@
 extern "C" {
 #endif
 
-enum pylut_ffn_act { PYLUT_FFN_SILU = 0, PYLUT_FFN_RELU2 = 1 };   /* act(gate) * up */
+enum pylut_ffn_act { PYLUT_FFN_SILU = 0, PYLUT_FFN_RELU2 = 1, PYLUT_FFN_GELU_TANH = 2 }; /* act(gate) * up */
 
 typedef struct {
     const float *attn_norm;        /* [dim] */
@@ -30,6 +31,10 @@ typedef struct {
     const pylut_qmatrix *w_down;   /* [dim, ffn_dim] */
     int32_t skip_rope;             /* 1: q and k of this layer are not rotated (SmolLM3's NoPE
                                     * layers); its cached keys are left alone by a context shift */
+    /* Gemma */
+    const float *attn_post_norm;   /* [dim] RMSNorm of the attention output before the residual, or NULL */
+    const float *ffn_post_norm;    /* [dim] RMSNorm of the FFN output before the residual, or NULL */
+    int32_t swa;                   /* sliding window: a query at p attends to (p - swa, p]; 0: all */
 } pylut_layer;
 
 typedef struct {
@@ -49,6 +54,13 @@ typedef struct {
     const float *output_norm;      /* [dim] */
     const pylut_qmatrix *output;   /* [vocab, dim] */
     const pylut_layer *layers;     /* [n_layers] */
+    /* Gemma; zero keeps the plain Llama computation */
+    float embd_scale;              /* token embedding rows times this (Gemma: sqrt(dim)); 0: 1 */
+    float attn_scale;              /* scores scale * q.k; 0: 1/sqrt(head_dim) */
+    float attn_softcap;            /* Gemma 2: scores c * tanh(s / c); 0: none */
+    float final_softcap;           /* Gemma 2: logits c * tanh(l / c); 0: none */
+    const float *rope_inv_freq_swa;/* [rope_dims/2] inverse frequencies of the sliding-window layers
+                                    * (Gemma 3's local RoPE base); NULL: the same as the others */
 } pylut_model;
 
 typedef struct pylut_state pylut_state;

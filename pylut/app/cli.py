@@ -427,7 +427,7 @@ def cmd_info(args):
     print(f"rope:          {info['rope']['summary']}"
           + (f"; {factors} factors in force at n_ctx {info['n_ctx']}" if factors else ""))
     print(f"features:      {', '.join(info['features'])}")
-    window = info["sliding_window"]
+    window = info["sliding_window"] if info["sliding_window_layers"] is None else None  # (else a feature)
     print(f"context:       {info['context']} (loaded with n_ctx {info['n_ctx']})"
           + (f"; sliding window {window}" + (", the context limited to it" if window <= info["context"] else "")
              if window else ""))

@@ -186,12 +186,10 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
         raise _fail(path, f"head dim {head_dim} ({a}attention.key_length) must be even")
     max_ctx = _hparam(meta, path, a + "context_length")
     # phi3 states its window under its own key (see arch.py); Mistral-style llama files under
-    # attention.sliding_window; either limits the context to the window
-    window = _window(meta, path, arch, max_ctx) if archs.spec(arch).window else _sliding_window(meta, path, a)
-    if window and window < max_ctx:
-        log.info("%s: %sattention.sliding_window %d: the context is limited to the window, within which "
-                 "every layer sees every position", path, a, window)
-        max_ctx = window
+    # attention.sliding_window: either windows every layer (Gemma's windowed layers are
+    # _gemma_config's)
+    window = (_window(meta, path, arch) if archs.spec(arch).window
+              else 0 if archs.spec(arch).gemma else _sliding_window(meta, path, a))
     return dict(arch=arch,
                 n_layers=n_layers,
                 dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
@@ -201,32 +199,27 @@ def _read_config(f: GGUFFile, arch: str) -> dict[str, Any]:
                 norm_eps=_hparam(meta, path, a + "attention.layer_norm_rms_epsilon", kind=float),
                 rope_theta=_hparam(meta, path, a + "rope.freq_base", 10000.0, kind=float),
                 **({"rope_dims": rope_dims} if rope_dims != head_dim else {}),
-                **({"sliding_window": window} if window else {}),
+                **({"sliding_window": window, "swa_layers": [True] * n_layers} if window else {}),
                 **archs.model_config(arch, n_layers))
 
 
-def _window(meta: dict[str, Any], path: str, arch: str, max_ctx: int) -> int:
-    """The sliding-attention window the file states (0: none). pylut has no windowed
-    attention, so a window shorter than the context limits the context to it, where every
-    layer sees every position under either reading of the window (see arch.py)."""
+def _window(meta: dict[str, Any], path: str, arch: str) -> int:
+    """The sliding-attention window the file states (0: none), applied to every layer as
+    transformers does (llama.cpp reads phi3's and turns it off: see arch.py)."""
     key = archs.spec(arch).window
     if key is None or arch + "." + key not in meta:
         return 0
     window = meta[arch + "." + key]
     if isinstance(window, (bool, float, str)) or not isinstance(window, (int, np.integer)) or window < 0:
         raise _fail(path, f"{arch}.{key} = {window!r} should be a non-negative integer")
-    if 0 < window < max_ctx:
-        log.info("%s: sliding window %d: the context is limited to the window (pylut has no windowed "
-                 "attention; llama.cpp turns Phi's off, transformers applies it)", path, window)
     return int(window)
 
 
 def _sliding_window(meta: dict[str, Any], path: str, a: str) -> int:
-    """{arch}.attention.sliding_window, 0 when absent or 0 (none). A Mistral-style window over
-    every layer: llama.cpp's llama graph ignores it and attends to every position, which equals
-    the windowed model up to the window; past it the trained model and llama.cpp differ, so
-    pylut stops there (the caller limits max_ctx). Windowed attention proper is the hook:
-    config["sliding_window"] carries the value to it."""
+    """{arch}.attention.sliding_window, 0 when absent or 0 (none): a Mistral-style window over
+    every layer, applied as transformers applies it. llama.cpp's llama graph ignores the key
+    and attends to every position: the same up to the window, different past it.
+    (llama.cpp's converter writes no window for Mistral, so its files have none.)"""
     if a + "attention.sliding_window" not in meta or not meta[a + "attention.sliding_window"]:
         return 0
     return _hparam(meta, path, a + "attention.sliding_window")
@@ -279,7 +272,82 @@ def check_config(cfg: Any, where: str) -> dict[str, Any]:
     attn = cfg.get("rope_attn_factor", 1.0)
     if isinstance(attn, bool) or not isinstance(attn, (int, float)) or not 0 < attn <= 100:
         raise _fail(where, f"config rope_attn_factor = {attn!r}: expected a number in (0, 100]")
+    _check_gemma_config(cfg, where)
     return cfg
+
+
+def _check_gemma_config(cfg: dict[str, Any], where: str) -> None:
+    """The optional Gemma keys (absent: the plain computation)."""
+    for key in ("embd_scale", "attn_scale", "attn_softcap", "final_softcap"):
+        v = cfg.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1e6:
+            raise _fail(where, f"config {key} = {v!r}: expected a number in [0, 1e6]")
+    window, layers = cfg.get("sliding_window", 0), cfg.get("swa_layers")
+    if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window < 1 << 30:
+        raise _fail(where, f"config sliding_window = {window!r}: expected an integer >= 0")
+    if layers is not None and (not isinstance(layers, list) or len(layers) != cfg["n_layers"]
+                               or not all(isinstance(x, bool) for x in layers)):
+        raise _fail(where, f"config swa_layers: expected {cfg['n_layers']} true/false entries")
+    inv = cfg.get("rope_inv_freq_swa")
+    if inv is not None and (not isinstance(inv, list) or len(inv) != cfg["head_dim"] // 2
+                            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                       and np.isfinite(x) and x > 0 for x in inv)):
+        raise _fail(where, f"config rope_inv_freq_swa: expected {cfg['head_dim'] // 2} positive finite numbers")
+
+
+def _gemma_config(meta: dict[str, Any], path: str, cfg: dict[str, Any]) -> None:
+    """Gemma's settings as llama.cpp's gemma2 / gemma3 loaders read them (src/models/gemma2.cpp,
+    gemma3.cpp): embeddings times sqrt(dim); scores times 1/sqrt(head_dim), or 1/sqrt(dim /
+    n_heads) for the 27B sizes (46 and 62 layers); the soft-caps (Gemma 2: 50 and 30 unless
+    the file says otherwise; Gemma 3: a final cap only if the file has one); the sliding
+    window (Gemma 2: 4096 unless set; Gemma 3: windowed only when the key is set and > 0), its
+    layer pattern (attention.sliding_window_pattern, a per-layer array or every n-th layer
+    global) and the windowed layers' RoPE base (rope.freq_base_swa: Gemma 2 defaults to the
+    global base and scaling, Gemma 3 to 10000 unscaled)."""
+    a = cfg["arch"] + "."
+    spec = archs.spec(cfg["arch"])
+    gemma2 = cfg["arch"] == "gemma2"
+    cfg["embd_scale"] = float(np.sqrt(cfg["dim"]))
+    big = cfg["n_layers"] == (46 if gemma2 else 62)
+    cfg["attn_scale"] = float(1.0 / np.sqrt(cfg["dim"] // cfg["n_heads"] if big else cfg["head_dim"]))
+
+    def cap(key, default):
+        v = meta.get(a + key, default)
+        if v is None:
+            return 0.0
+        if isinstance(v, (bool, str)) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v) or v < 0:
+            raise _fail(path, f"{a}{key} = {v!r} should be a number >= 0")
+        return float(v)
+    cfg["attn_softcap"] = cap("attn_logit_softcapping", 50.0) if gemma2 else 0.0
+    cfg["final_softcap"] = cap("final_logit_softcapping", 30.0 if gemma2 else None)
+    window = meta.get(a + "attention.sliding_window", 4096 if gemma2 else 0)
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 0:
+        raise _fail(path, f"{a}attention.sliding_window = {window!r} should be an integer >= 0")
+    if not window:
+        return
+    pattern = meta.get(a + "attention.sliding_window_pattern", spec.swa_pattern)
+    if isinstance(pattern, (list, np.ndarray)):
+        layers = [bool(x) for x in np.asarray(pattern).reshape(-1)]
+        if len(layers) != cfg["n_layers"]:
+            raise _fail(path, f"{a}attention.sliding_window_pattern has {len(layers)} entries for "
+                              f"{cfg['n_layers']} layers")
+    elif isinstance(pattern, bool) or not isinstance(pattern, (int, np.integer)) or pattern < 0:
+        raise _fail(path, f"{a}attention.sliding_window_pattern = {pattern!r} should be an integer >= 0 "
+                          f"or a per-layer array")
+    else:
+        layers = archs.swa_layers(cfg["n_layers"], int(pattern))
+    cfg["sliding_window"] = int(window)
+    cfg["swa_layers"] = layers
+    base_swa = meta.get(a + "rope.freq_base_swa")
+    if base_swa is not None:
+        base_swa = _hparam(meta, path, a + "rope.freq_base_swa", kind=float)
+    if gemma2:  # the global layers' base and scaling unless the file names another base
+        if base_swa is not None:
+            inv, _ = rope.inv_freq(cfg["head_dim"], base_swa, cfg.get("rope_scaling"))
+            cfg["rope_inv_freq_swa"] = [float(x) for x in inv]
+    else:
+        inv, _ = rope.inv_freq(cfg["head_dim"], 10000.0 if base_swa is None else base_swa)
+        cfg["rope_inv_freq_swa"] = [float(x) for x in inv]
 
 
 def _rope_freqs(f: GGUFFile, cfg: dict[str, Any], name: str = "rope_freqs.weight") -> Optional[np.ndarray]:
@@ -308,7 +376,7 @@ def _rope_scaling(f: GGUFFile, cfg: dict[str, Any]) -> None:
     with both is refused rather than guessed)."""
     arch, path = cfg["arch"], f.path
     short, long = (_rope_freqs(f, cfg, n) for n in LONGROPE_TENSORS)
-    n_ctx_train = _hparam(f.metadata, path, arch + ".context_length")  # (max_ctx may be a window's)
+    n_ctx_train = _hparam(f.metadata, path, arch + ".context_length")
     if short is None and long is None:
         rope.apply(cfg, rope.gguf_scaling(f.metadata, arch, path, n_ctx_train), _rope_freqs(f, cfg))
         return
@@ -381,6 +449,9 @@ def _expected(cfg: dict[str, Any], fused_qkv: bool = False) -> list[_Spec]:
         if spec.sub_norms:
             specs += [_Spec(p + "attn_sub_norm.weight", p + "attn_sub_norm", (q_dim,), False),
                       _Spec(p + "ffn_sub_norm.weight", p + "ffn_sub_norm", (ffn,), False)]
+        if spec.gemma:
+            specs += [_Spec(p + "post_attention_norm.weight", p + "attn_post_norm", (dim,), False),
+                      _Spec(p + "post_ffw_norm.weight", p + "ffn_post_norm", (dim,), False)]
     return specs
 
 
@@ -706,6 +777,8 @@ def load_gguf(source, bits: int = 4, group: int | None = None, requant: str | No
                               f"(vocab, {cfg['dim']})")
         cfg["vocab"] = int(embd.shape[0])
         _rope_scaling(f, cfg)
+        if archs.spec(arch).gemma:
+            _gemma_config(f.metadata, path, cfg)
         check_config(cfg, path)
         specs = _expected(cfg, fused_qkv="blk.0.attn_qkv.weight" in f.tensors)
         _refuse_foreign(f, cfg)

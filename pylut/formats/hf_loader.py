@@ -23,6 +23,7 @@ import numpy as np
 
 from . import gptq, hf_bitnet
 from .. import rope
+from .. import arch as archs
 from ..arch import spec as arch_spec
 from ..errors import ModelFileError
 from ..kernels import quantize
@@ -34,7 +35,8 @@ log = logging.getLogger("pylut")
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
          "BitNetForCausalLM": "bitnet-b1.58", "Qwen3ForCausalLM": "qwen3",
-         "Phi3ForCausalLM": "phi3", "SmolLM3ForCausalLM": "smollm3"}
+         "Phi3ForCausalLM": "phi3", "SmolLM3ForCausalLM": "smollm3",
+         "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"}
 # config keys an architecture reads although the llama/qwen2 block refuses them
 _READ_BY = {"smollm3": {"no_rope_layers", "no_rope_layer_interval"}}
 
@@ -94,8 +96,10 @@ def _read_json(cfg_path: str) -> dict:
 
 
 def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str) -> int:
-    """The context pylut can run exactly. Every layer attends to all earlier positions, so a
-    checkpoint with sliding-window layers runs up to its window, where windowing is a no-op."""
+    """The context pylut can run exactly where it does not window the layers (Qwen2, Qwen3,
+    SmolLM3: their windowed layers are picked by several keys): a checkpoint with
+    sliding-window layers runs up to its window, where windowing is a no-op. (Mistral and
+    Phi-3 windows are applied: WINDOWED; Gemma's: _gemma.)"""
     window = hf.get("sliding_window")
     if hf_arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         types = hf.get("layer_types")
@@ -109,8 +113,6 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
                                      f"sliding_attention for each of the {n_layers} layers")
             windowed = "sliding_attention" in types and bool(hf.get("use_sliding_window", False)) \
                 and window is not None
-    elif hf_arch in ("MistralForCausalLM", "Phi3ForCausalLM"):
-        windowed = window is not None
     elif hf_arch == "SmolLM3ForCausalLM":  # the window, when used, is on the NoPE layers
         windowed = bool(hf.get("use_sliding_window", False)) and window is not None
     else:  # Llama's attention has no window; a stray key would be a misconfiguration
@@ -124,9 +126,24 @@ def _context(hf: dict, hf_arch: str, n_layers: int, max_ctx: int, cfg_path: str)
         raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} should be a positive integer")
     if window < max_ctx:
         log.info("%s: sliding_window %d: the context is limited to the window, within which every "
-                 "layer sees every position (pylut has no windowed attention)", cfg_path, window)
+                 "layer sees every position (pylut does not window these layers)", cfg_path, window)
         return window
     return max_ctx
+
+
+# architectures whose sliding_window (null: none) windows every layer, in transformers'
+# masks (a query at p sees (p - window, p]) and in pylut's; llama.cpp's llama and phi3 graphs
+# attend to every position instead (docs/attention.md)
+WINDOWED = ("MistralForCausalLM", "Phi3ForCausalLM")
+
+
+def _every_layer_window(hf: dict, cfg: dict, cfg_path: str) -> None:
+    window = hf.get("sliding_window")
+    if window is None or window == 0:   # Phi-4-mini's converter-side "none" is 0 / null
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} should be a positive integer")
+    cfg["sliding_window"], cfg["swa_layers"] = window, [True] * cfg["n_layers"]
 
 
 def _nope_layers(hf: dict, n_layers: int, cfg_path: str) -> list[int]:
@@ -145,6 +162,67 @@ def _nope_layers(hf: dict, n_layers: int, cfg_path: str) -> list[int]:
     return [l for l, rotates in enumerate(flags) if not rotates]
 
 
+# ---------------------------------------------------------------- Gemma
+
+# Gemma's config keys: read by _gemma (or inert), never refused as unsupported
+_GEMMA_KEYS = {"hidden_activation", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+               "sliding_window", "layer_types", "sliding_window_pattern", "_sliding_window_pattern",
+               "rope_local_base_freq", "use_bidirectional_attention", "cache_implementation"}
+_GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
+
+
+def _gemma(hf: dict, cfg: dict, cfg_path: str) -> None:
+    """transformers' Gemma2 / Gemma3 text model: embeddings times sqrt(hidden) (the
+    normalizer), scores times query_pre_attn_scalar^-0.5, the soft-caps, GeGLU with the tanh
+    GELU, and the sliding-window layers from layer_types (else the default pattern) with
+    Gemma 3's local RoPE (rope_parameters.sliding_attention or rope_local_base_freq)."""
+    arch = cfg["arch"]
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in _GELU_TANH:
+        raise ModelFileError(f"{cfg_path}: hidden_activation = {act!r} is not supported (Gemma's GeGLU "
+                             f"uses the tanh GELU, gelu_pytorch_tanh)")
+    if hf.get("use_bidirectional_attention"):
+        raise ModelFileError(f"{cfg_path}: use_bidirectional_attention is set; pylut's attention is causal")
+    cfg["embd_scale"] = float(np.sqrt(cfg["dim"]))
+    qpas = hf.get("query_pre_attn_scalar", cfg["head_dim"])
+    cfg["attn_scale"] = float(rope._number(cfg_path, "query_pre_attn_scalar", qpas)) ** -0.5
+    for key, ours in (("attn_logit_softcapping", "attn_softcap"), ("final_logit_softcapping", "final_softcap")):
+        v = hf.get(key)
+        cfg[ours] = 0.0 if v is None else rope._number(cfg_path, key, v)
+    if arch == "gemma3" and cfg["attn_softcap"]:
+        raise ModelFileError(f"{cfg_path}: attn_logit_softcapping is set, but Gemma 3 computes no attention "
+                             f"soft-cap (llama.cpp's converter refuses it too)")
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    local = params.get("sliding_attention") if isinstance(params, dict) else None
+    theta, scaling = rope.hf_scaling(dict(hf, rope_parameters=params.get("full_attention", params)
+                                          if isinstance(params, dict) else params, rope_scaling=None), cfg_path)
+    cfg["rope_theta"] = theta
+    rope.apply(cfg, scaling)
+    window, n = hf.get("sliding_window"), cfg["n_layers"]
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ModelFileError(f"{cfg_path}: sliding_window = {window!r} should be a positive integer")
+    types = hf.get("layer_types")
+    if types is None:
+        pattern = hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", archs.spec(arch).swa_pattern))
+        layers = archs.swa_layers(n, int(pattern))
+    elif not isinstance(types, list) or len(types) != n or \
+            any(t not in ("full_attention", "sliding_attention") for t in types):
+        raise ModelFileError(f"{cfg_path}: layer_types {types!r} should list full_attention / "
+                             f"sliding_attention for each of the {n} layers")
+    else:
+        layers = [t == "sliding_attention" for t in types]
+    cfg["sliding_window"], cfg["swa_layers"] = window, layers
+    if arch == "gemma3":  # local layers: their own base, no scaling
+        if local is not None:
+            local_theta, local_scaling = rope.hf_scaling({"rope_parameters": local}, cfg_path)
+        else:
+            local_theta, local_scaling = float(hf.get("rope_local_base_freq", 10000.0)), {"type": "default"}
+        inv, _ = rope.inv_freq(cfg["head_dim"], local_theta, local_scaling)
+        cfg["rope_inv_freq_swa"] = [float(x) for x in inv]
+
+
 def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQuant | None]:
     """Hyperparameters from config.json. Every key that sets a quantity pylut computes with is
     read, or refused with its name; a default stands only where the config says nothing."""
@@ -161,12 +239,15 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
         quant = hf_bitnet.parse_config(qc, cfg_path)
     else:
         quant = gptq.parse_config(qc, cfg_path) if qc else None
+    gemma = arch_spec(arch).gemma
     for key, neutral in _UNSUPPORTED.items():
+        if gemma and key in _GEMMA_KEYS:
+            continue
         if key in hf and hf[key] not in neutral and key not in _READ_BY.get(arch, ()):
             raise ModelFileError(f"{cfg_path}: {key} = {hf[key]!r} is not supported by pylut's "
                                  f"{arch} block (it computes no such quantity)")
     act, ffn_act = hf.get("hidden_act", "silu"), arch_spec(arch).ffn_act
-    if act not in _ACTS[ffn_act]:
+    if not gemma and act not in _ACTS[ffn_act]:  # (Gemma's: _gemma)
         raise ModelFileError(f"{cfg_path}: hidden_act = {act!r} is not supported ({hf_arch}'s MLP is "
                              f"{ffn_act}-gated in pylut)")
     try:
@@ -184,13 +265,17 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
     if "max_position_embeddings" not in hf:
         log.info("%s: max_position_embeddings is absent; the context is limited to %d", cfg_path, cfg["max_ctx"])
     full_ctx = cfg["max_ctx"]
-    cfg["max_ctx"] = _context(hf, hf_arch, n_layers, full_ctx, cfg_path)
+    if hf_arch in WINDOWED:
+        _every_layer_window(hf, cfg, cfg_path)
+    elif not gemma:  # (Gemma's windowed layers: _gemma)
+        cfg["max_ctx"] = _context(hf, hf_arch, n_layers, full_ctx, cfg_path)
     if cfg["max_ctx"] < full_ctx:
         cfg["sliding_window"] = cfg["max_ctx"]   # the hook, as gguf_model (absent: no window)
     if cfg["norm_eps"] <= 0:
         raise ModelFileError(f"{cfg_path}: rms_norm_eps = {hf.get('rms_norm_eps')!r} must be positive")
     phi3 = hf_arch == "Phi3ForCausalLM"
-    cfg["rope_theta"], scaling = rope.hf_scaling(hf, cfg_path, partial_rotary=phi3)
+    cfg["rope_theta"], scaling = (rope.hf_scaling(hf, cfg_path, partial_rotary=phi3) if not gemma
+                                  else (10000.0, {"type": "default"}))  # (Gemma's: _gemma)
     if head_dim % 2:
         raise ModelFileError(f"{cfg_path}: head_dim {head_dim} is odd; RoPE rotates pairs")
     if phi3:
@@ -199,22 +284,22 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
         rope_dims = rope.hf_rope_dims(hf, head_dim, cfg_path)
         if rope_dims != head_dim:
             cfg["rope_dims"] = rope_dims
-        if hf.get("sliding_window"):   # 0 / null: none
-            cfg["sliding_window"] = hf["sliding_window"]
     elif scaling["type"] == "longrope":
         raise ModelFileError(f"{cfg_path}: rope_type 'longrope' is read for Phi3ForCausalLM only")
     if arch == "smollm3":
         cfg["rope_skip_layers"] = _nope_layers(hf, n_layers, cfg_path)
     rope.apply(cfg, scaling)
+    if gemma:
+        _gemma(hf, cfg, cfg_path)
     # Llama reads attention_bias (q/k/v/o biases); Qwen2 always has q/k/v ones; Mistral has none
     bias = hf.get("attention_bias", False)
     if not isinstance(bias, bool):
         raise ModelFileError(f"{cfg_path}: attention_bias = {bias!r} should be true or false")
-    if bias and hf_arch in ("MistralForCausalLM", "BitNetForCausalLM", "Phi3ForCausalLM"):
+    if bias and (hf_arch in ("MistralForCausalLM", "BitNetForCausalLM", "Phi3ForCausalLM") or gemma):
         raise ModelFileError(f"{cfg_path}: attention_bias = true, but {hf_arch} has no attention "
                              f"biases; pylut will not guess whether they apply")
     cfg["attention_bias"] = arch == "qwen2" or bias
-    tied = hf.get("tie_word_embeddings", False)
+    tied = hf.get("tie_word_embeddings", gemma)
     if not isinstance(tied, bool):
         raise ModelFileError(f"{cfg_path}: tie_word_embeddings = {tied!r} should be true or false")
     read = {"hidden_size", "num_attention_heads", "num_hidden_layers", "head_dim", "num_key_value_heads",
@@ -222,7 +307,7 @@ def _config(path: str) -> tuple[dict, bool, gptq.GPTQConfig | hf_bitnet.BitNetQu
             "rope_scaling", "rope_parameters", "partial_rotary_factor", "original_max_position_embeddings",
             "hidden_act", "attention_bias", "tie_word_embeddings", "sliding_window", "use_sliding_window",
             "max_window_layers", "layer_types"}
-    unknown = sorted(set(hf) - read - _INERT_KEYS - set(_UNSUPPORTED))
+    unknown = sorted(set(hf) - read - _INERT_KEYS - set(_UNSUPPORTED) - (_GEMMA_KEYS if gemma else set()))
     if unknown:
         log.warning("%s: config keys pylut does not know, ignored: %s", cfg_path, ", ".join(unknown))
     return check_config(cfg, cfg_path), tied, quant
@@ -267,7 +352,11 @@ def _wanted(cfg: dict, tied: bool) -> dict:
         if arch_spec(cfg["arch"]).sub_norms:  # BitNet: RMSNorm before o_proj and before down_proj
             want[p + "attn_sub_norm"] = (h + "self_attn.attn_sub_norm.weight", (qd,), False, True)
             want[p + "ffn_sub_norm"] = (h + "mlp.ffn_sub_norm.weight", (ffn,), False, True)
-        if arch_spec(cfg["arch"]).qk_norm:  # qwen3: one RMSNorm weight per head dimension
+        if arch_spec(cfg["arch"]).gemma:  # sandwich norms: Gemma's post_attention_layernorm is one
+            want[p + "ffn_norm"] = (h + "pre_feedforward_layernorm.weight", (d,), False, True)
+            want[p + "attn_post_norm"] = (h + "post_attention_layernorm.weight", (d,), False, True)
+            want[p + "ffn_post_norm"] = (h + "post_feedforward_layernorm.weight", (d,), False, True)
+        if arch_spec(cfg["arch"]).qk_norm:  # qwen3, gemma3: one RMSNorm weight per head dimension
             want[p + "attn_q_norm"] = (h + "self_attn.q_norm.weight", (cfg["head_dim"],), False, True)
             want[p + "attn_k_norm"] = (h + "self_attn.k_norm.weight", (cfg["head_dim"],), False, True)
         # qwen2 always has q/k/v biases; llama checkpoints with attention_bias do too
@@ -375,6 +464,8 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                 t = np.array(info.to_float32(), np.float32)
                 if not np.all(np.isfinite(t)):
                     raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
+                if arch_spec(cfg["arch"]).gemma and core.endswith("norm"):
+                    t += np.float32(1.0)  # Gemma's RMSNorm scales by (1 + weight), as llama.cpp's converter stores it
             out.put(core, t)
             del t  # a streaming sink has written it: its buffers go now
             st.drop_pages(name, info.offset, info.nbytes)

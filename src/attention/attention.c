@@ -153,7 +153,8 @@ int pylut_attn_plan(pylut_attn_job *j, int nth) {
     if (rb == 0 || j->n_heads < 1 || j->n_kv_heads < 1 || j->n_heads % j->n_kv_heads) return PYLUT_EINVAL;
     if (j->n < 1 || j->pos0 < 0 || j->len < 1 || (int64_t)j->pos0 + j->n > j->len) return PYLUT_EINVAL;
     if (j->ld < rb || j->hstride < 0 || (!j->heads && j->n_kv_heads > 1 && j->hstride < rb) || j->ldq < (int64_t)j->n_heads * j->hd ||
-        j->ldo < (int64_t)j->n_heads * j->hd || !isfinite(j->scale))
+        j->ldo < (int64_t)j->n_heads * j->hd || !isfinite(j->scale) || j->swa < 0 || !(j->softcap >= 0.0f) ||
+        !isfinite(j->softcap))
         return PYLUT_EINVAL;
     if (j->heads && !heads_ok(j)) return PYLUT_EINVAL;
     j->hd_pad = (j->hd + HD_ALIGN - 1) / HD_ALIGN * HD_ALIGN;
@@ -167,7 +168,8 @@ int pylut_attn_plan(pylut_attn_job *j, int nth) {
     j->splits = 1;
     if (j->q_tiles == 1 && j->n_kv_heads < 2 * nth) {
         int s = (2 * nth + j->n_kv_heads - 1) / j->n_kv_heads;
-        const int most = (j->pos0 + j->n) / MIN_SLICE;
+        const int span = j->swa && j->swa < j->pos0 + j->n ? j->swa : j->pos0 + j->n; /* positions read */
+        const int most = span / MIN_SLICE;
         if (s > most) s = most;
         if (s > PYLUT_ATTN_MAX_SPLITS) s = PYLUT_ATTN_MAX_SPLITS;
         if (s > 1) j->splits = s;
@@ -181,11 +183,13 @@ int pylut_attn_plan(pylut_attn_job *j, int nth) {
 
 /* ------------------------------------------------------------------ items */
 
-/* Cache positions [a, b) of slice s: slices are whole blocks so no block is read twice. */
+/* Cache positions [a, b) of slice s: slices are whole blocks so no block is read twice. A
+ * sliding-window layer's slices cover only the blocks its queries can see. */
 static void slice_range(const pylut_attn_job *j, int s, int *a, int *b) {
-    const int64_t end = j->pos0 + j->n, blocks = (end + PYLUT_ATTN_BLOCK - 1) / PYLUT_ATTN_BLOCK;
-    *a = (int)(blocks * s / j->splits * PYLUT_ATTN_BLOCK);
-    const int64_t e = blocks * (s + 1) / j->splits * PYLUT_ATTN_BLOCK;
+    const int64_t end = j->pos0 + j->n, from = j->swa && j->pos0 >= j->swa ? j->pos0 - j->swa + 1 : 0;
+    const int64_t first = from / PYLUT_ATTN_BLOCK, blocks = (end + PYLUT_ATTN_BLOCK - 1) / PYLUT_ATTN_BLOCK - first;
+    *a = (int)((first + blocks * s / j->splits) * PYLUT_ATTN_BLOCK);
+    const int64_t e = (first + blocks * (s + 1) / j->splits) * PYLUT_ATTN_BLOCK;
     *b = (int)(e < end ? e : end);
 }
 
@@ -194,24 +198,27 @@ static void slice_range(const pylut_attn_job *j, int s, int *a, int *b) {
  * sink slots, then the window's slots - accumulate into the same running max/sum/acc. */
 static void stream_rows(const pylut_attn_job *j, const uint8_t *k, const uint8_t *v, int t0, int t1, const float *qs,
                         int32_t *lim, float *mx, float *sum, float *acc, float *kbuf, float *sbuf) {
+    const float softcap = j->softcap * LOG2E;
     const int G = j->group, hp = j->hd_pad;
     const pylut_attn_rows_fn rows_fn = pylut_attn_rows_active();
     for (int t = t0; t < t1; t++) {
         const int r0 = (t - t0) * G, p = j->pos0 + t;
         const int sink_end = p + 1 < j->sink ? p + 1 : j->sink;
-        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, lim + r0, 0, sink_end, mx + r0, sum + r0,
-                acc + (int64_t)r0 * hp, kbuf, sbuf);
+        const int layer_from = j->swa && p >= j->swa ? p - j->swa + 1 : 0; /* a sliding-window layer */
+        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, lim + r0, NULL, softcap, layer_from,
+                sink_end, mx + r0, sum + r0, acc + (int64_t)r0 * hp, kbuf, sbuf);
         /* the window (p - window, p], past the sinks, and never before the oldest slot kept
          * (a context shift may have dropped positions the window would reach) */
         int w0 = p - j->window + 1;
         w0 = w0 > j->sink ? w0 : j->sink;
         w0 = w0 > j->stream_base ? w0 : j->stream_base;
+        w0 = w0 > layer_from ? w0 : layer_from;
         if (w0 > p) continue;
         int32_t wlim[PYLUT_ATTN_ROWS];
         const int a = j->sink + (w0 - j->stream_base), b = j->sink + (p - j->stream_base) + 1;
         for (int r = 0; r < G; r++) wlim[r] = b;
-        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, wlim, a, b, mx + r0, sum + r0,
-                acc + (int64_t)r0 * hp, kbuf, sbuf);
+        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, wlim, NULL, softcap, a, b, mx + r0,
+                sum + r0, acc + (int64_t)r0 * hp, kbuf, sbuf);
     }
 }
 
@@ -226,7 +233,7 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] */
     float *qs = scratch, *acc = qs + PYLUT_ATTN_ROWS * hp, *kbuf = acc + PYLUT_ATTN_ROWS * hp;
     float *sbuf = kbuf + 2 * PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
-    int32_t lim[PYLUT_ATTN_ROWS];
+    int32_t lim[PYLUT_ATTN_ROWS], lo[PYLUT_ATTN_ROWS];
     const float qscale = j->scale * LOG2E;
     memset(kbuf, 0, (size_t)2 * PYLUT_ATTN_BLOCK * hp * sizeof(float));
     memset(acc, 0, (size_t)rows * hp * sizeof(float));
@@ -242,6 +249,7 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         for (int i = hd; i < hp; i++) qs[(int64_t)r * hp + i] = 0.0f;
         if (j->type == PYLUT_KV_Q4) hadamard_blocks(qs + (int64_t)r * hp, hd);
         lim[r] = j->pos0 + t0 + r / G + 1;
+        lo[r] = j->swa && lim[r] > j->swa ? lim[r] - j->swa : 0;
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
     }
@@ -251,7 +259,10 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     } else {
         int a, b;
         slice_range(j, split, &a, &b);
-        pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, a, b, mx, sum, acc, kbuf, sbuf);
+        /* the window bites only once a row is past it: until then the plain kernel */
+        const int windowed = j->swa && j->pos0 + t1 > j->swa;
+        pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, windowed ? lo : NULL,
+                                 j->softcap * LOG2E, a, b, mx, sum, acc, kbuf, sbuf);
     }
     if (j->splits == 1 || (head && head->streaming)) {
         for (int r = 0; r < rows; r++) { /* every row sees position 0 of the only slice (a streaming

@@ -22,7 +22,8 @@
  * Work per block of PYLUT_ATTN_BLOCK cache positions: decode the keys into kbuf once, score
  * every query row against them (8 keys per reduction tree), update each row's running max,
  * sum and accumulator, then decode the values into the same buffer and accumulate. A row
- * never sees past its causal limit; rows that see nothing of a block skip it. */
+ * never sees past its causal limit, nor (sliding-window layers) before its lower limit; rows
+ * that see nothing of a block skip it. */
 #include <math.h>
 #include <string.h>
 
@@ -178,14 +179,24 @@ static ALWAYS_INLINE void values_decoded(const float *p, float *ar, const float 
 
 /* ------------------------------------------------------------------ the kernel */
 
-void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld, int rows,
-             const float *qs, const int32_t *lim, int j0, int j1, float *mx, float *sum, float *acc,
-             float *kbuf, float *sbuf) {
+/* The body, compiled twice: attn_rows_plain with no window and no cap (both constants, so it
+ * is exactly the kernel without them: a Llama layer pays nothing for Gemma's) and
+ * attn_rows_limited with them. Each is its own function, so neither copy's inlining or
+ * unswitching budget is spent on the other. */
+static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld,
+                                    int rows, const float *qs, const int32_t *lim, const int32_t *lo, float softcap,
+                                    int j0, int j1, float *mx, float *sum, float *acc, float *kbuf, float *sbuf) {
     enum { B = PYLUT_ATTN_BLOCK };
     int vis[PYLUT_ATTN_ROWS];
+    int skip[PYLUT_ATTN_ROWS]; /* sliding window: the block's first positions a row must not see */
     int last = 0; /* no row sees position >= last */
     for (int r = 0; r < rows; r++) last = lim[r] > last ? lim[r] : last;
     if (j1 > last) j1 = last;
+    if (lo) { /* no row sees position < first: the blocks before it are never read */
+        int first = lo[0];
+        for (int r = 1; r < rows; r++) first = lo[r] < first ? lo[r] : first;
+        if (j0 < first) j0 = first;
+    }
     /* Decode (1-8 rows: MHA, GQA; whole vectors per head; fp16 rows 2-byte aligned, 4-bit
      * heads whole blocks): convert in registers, once for all rows. Otherwise (prefill tiles)
      * decode each block once into kbuf, which many rows share. Measured: docs/benchmarks.md. */
@@ -202,6 +213,10 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
         int most = 0; /* the longest row's view of this block */
         for (int r = 0; r < rows; r++) {
             vis[r] = lim[r] - jb < nk ? lim[r] - jb : nk;
+            if (lo) { /* a sliding window: the row's first positions in this block may be too old */
+                skip[r] = lo[r] > jb ? lo[r] - jb : 0;
+                if (skip[r] >= vis[r]) vis[r] = 0; /* the window starts past this row's view */
+            }
             most = vis[r] > most ? vis[r] : most;
         }
 
@@ -236,6 +251,10 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
             const int see = vis[r] > 0 ? vis[r] : 0;
             for (int j = see; j < B; j++) s[j] = see ? -INFINITY : 0.0f;
             if (!see) continue; /* p stays 0: the fused value pass may still read this row */
+            if (softcap > 0.0f) /* Gemma 2: c * tanh(s / c), before any mask */
+                for (int j = 0; j < see; j++) s[j] = softcap * tanhf(s[j] / softcap);
+            if (lo)
+                for (int j = 0; j < skip[r]; j++) s[j] = -INFINITY; /* before the window */
             vf m = vf_set1(mx[r]);
             for (int j = 0; j < B; j += VL) m = vf_max(m, vf_load(s + j));
             const float mnew = vf_hmax(m), corr = mnew > mx[r] ? exp2f(mx[r] - mnew) : 1.0f; /* the max rarely moves */
@@ -284,4 +303,22 @@ void ATTN_FN(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, i
         }
     }
     for (int r = 0; r < rows; r++) sum[r] = carry[r] + vf_hsum(vsum[r]);
+}
+
+static __attribute__((noinline)) void attn_rows_plain(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v,
+                                                      int64_t ld, int rows, const float *qs, const int32_t *lim, int j0,
+                                                      int j1, float *mx, float *sum, float *acc, float *kbuf,
+                                                      float *sbuf) {
+    attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, NULL, 0.0f, j0, j1, mx, sum, acc, kbuf, sbuf);
+}
+
+static __attribute__((noinline)) PYLUT_ATTN_ROWS_DECL(attn_rows_limited) {
+    attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
+}
+
+PYLUT_ATTN_ROWS_DECL(ATTN_FN) {
+    if (lo || softcap > 0.0f)
+        attn_rows_limited(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
+    else
+        attn_rows_plain(type, hd, hd_pad, k, v, ld, rows, qs, lim, j0, j1, mx, sum, acc, kbuf, sbuf);
 }

@@ -22,13 +22,22 @@ static int mat_ok(const pylut_qmatrix *qm, int64_t m, int64_t k) {
 int pylut_model_check(const pylut_model *m, const char **why) {
 #define REQUIRE(c, msg) do { if (!(c)) { *why = msg; return PYLUT_EINVAL; } } while (0)
     REQUIRE(m, "no model");
-    REQUIRE(m->ffn_act == PYLUT_FFN_SILU || m->ffn_act == PYLUT_FFN_RELU2, "unknown FFN activation");
+    REQUIRE(m->ffn_act == PYLUT_FFN_SILU || m->ffn_act == PYLUT_FFN_RELU2 || m->ffn_act == PYLUT_FFN_GELU_TANH,
+            "unknown FFN activation");
+    REQUIRE(m->embd_scale >= 0 && isfinite(m->embd_scale) && m->attn_scale >= 0 && isfinite(m->attn_scale) &&
+                m->attn_softcap >= 0 && isfinite(m->attn_softcap) && m->final_softcap >= 0 &&
+                isfinite(m->final_softcap),
+            "embd_scale, attn_scale and the soft-caps must be finite and >= 0");
     REQUIRE(m->rope_attn_factor >= 0 && isfinite(m->rope_attn_factor), "rope_attn_factor must be finite and >= 0");
     REQUIRE(m->rope_dims >= 0 && m->rope_dims <= m->head_dim && m->rope_dims % 2 == 0,
             "rope_dims must be even and at most head_dim");
     if (m->rope_inv_freq)
         for (int i = 0; i < pylut_rope_dims(m) / 2; i++)
             REQUIRE(isfinite(m->rope_inv_freq[i]) && m->rope_inv_freq[i] > 0, "rope_inv_freq must be finite and positive");
+    if (m->rope_inv_freq_swa)
+        for (int i = 0; i < pylut_rope_dims(m) / 2; i++)
+            REQUIRE(isfinite(m->rope_inv_freq_swa[i]) && m->rope_inv_freq_swa[i] > 0,
+                    "rope_inv_freq_swa must be finite and positive");
     REQUIRE(m->n_layers > 0 && m->dim > 0 && m->n_heads > 0 && m->n_kv_heads > 0 && m->head_dim > 1 &&
                 m->ffn_dim > 0 && m->vocab > 0 && m->max_ctx > 0,
             "non-positive hyperparameter");
@@ -50,6 +59,7 @@ int pylut_model_check(const pylut_model *m, const char **why) {
         REQUIRE(mat_ok(L->w_down, m->dim, m->ffn_dim), "ffn down shape");
         REQUIRE(!L->attn_sub_norm == !L->ffn_sub_norm, "attn_sub_norm and ffn_sub_norm come together");
         REQUIRE(!L->q_norm == !L->k_norm, "attn_q_norm and attn_k_norm come together");
+        REQUIRE(L->swa >= 0, "a layer's sliding window must be >= 0");
     }
     *why = "";
     return PYLUT_OK;
@@ -170,10 +180,12 @@ static void stage_matmul(step_ctx *c, int ith, int nth, int *stage, int n, const
 }
 
 /* A block's output: sub-norm in place where the layer has one (bitnets), project by w
- * back to dim and add to the residual stream. rows [t0, t1) are this thread's tokens of the
- * n-token chunk x [n, ldx]. Ends with a barrier. */
+ * back to dim, post-norm it where the layer has one (Gemma's sandwich norms) and add to the
+ * residual stream. rows [t0, t1) are this thread's tokens of the n-token chunk x [n, ldx].
+ * Ends with a barrier. */
 static void stage_project_residual(step_ctx *c, int ith, int nth, int *stage, int n, int64_t t0, int64_t t1,
-                                   const float *sub_norm, float *x, int64_t ldx, const pylut_qmatrix *w) {
+                                   const float *sub_norm, float *x, int64_t ldx, const pylut_qmatrix *w,
+                                   const float *post_norm) {
     pylut_state *s = c->s;
     const int dim = c->m->dim;
     if (sub_norm) {
@@ -181,6 +193,10 @@ static void stage_project_residual(step_ctx *c, int ith, int nth, int *stage, in
         barrier_wait(&c->bar, nth);
     }
     stage_matmul(c, ith, nth, stage, n, w, x, ldx, s->tmp, dim);
+    if (post_norm) {
+        for (int64_t t = t0; t < t1; t++) rmsnorm(s->tmp + t * dim, s->tmp + t * dim, post_norm, dim, c->m->norm_eps);
+        barrier_wait(&c->bar, nth);
+    }
     residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
     barrier_wait(&c->bar, nth);
 }
@@ -192,6 +208,7 @@ static pylut_attn_job layer_job(const step_ctx *c, int si, int l) {
     job.k = kv_row(q, 0, l, 0, 0);
     job.v = kv_row(q, 1, l, 0, 0);
     if (q->heads) job.heads = q->heads + (int64_t)l * q->n_kv_heads;
+    job.swa = c->m->layers[l].swa;
     return job;
 }
 
@@ -234,6 +251,8 @@ static void step_task(void *arg, int ith, int nth) {
     for (int64_t t = t0; t < t1; t++) { /* embedding rows */
         if (m->tok_embd_f32) memcpy(s->x + t * dim, m->tok_embd_f32 + (int64_t)c->tokens[t] * dim, (size_t)dim * sizeof(float));
         else pylut_qmatrix_row(m->tok_embd, c->tokens[t], s->x + t * dim);
+        if (m->embd_scale > 0.0f && m->embd_scale != 1.0f)
+            for (int i = 0; i < dim; i++) s->x[t * dim + i] *= m->embd_scale;
     }
     for (int l = 0; l < m->n_layers; l++) {
         const pylut_layer *L = &m->layers[l];
@@ -248,6 +267,7 @@ static void step_task(void *arg, int ith, int nth) {
         stage_gemm(c, ith, nth, &stage, n, qkv, qkv_out, qkv_ld, 3);
         {
             const int per = m->n_heads + m->n_kv_heads;
+            const float *inv_freq = L->swa && s->inv_freq_swa ? s->inv_freq_swa : s->inv_freq;
             SPLIT(n * per, ith, nth, w0, w1);
             for (int64_t w = w0; w < w1; w++) {
                 const int t = (int)(w / per), si = s->tok_seq[t];
@@ -257,14 +277,14 @@ static void step_task(void *arg, int ith, int nth) {
                     float *q = s->q + (int64_t)t * qd + h * hd;
                     if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
                     if (L->q_norm) rmsnorm(q, q, L->q_norm, hd, m->norm_eps);
-                    if (!L->skip_rope) rope(q, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                    if (!L->skip_rope) rope(q, pylut_rope_dims(m), pos, inv_freq, s->rope_scale, m->rope_neox);
                 } else {
                     h -= m->n_heads;
                     float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
                     if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
                     if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
                     if (L->k_norm) rmsnorm(k, k, L->k_norm, hd, m->norm_eps);
-                    if (!L->skip_rope) rope(k, pylut_rope_dims(m), pos, s->inv_freq, s->rope_scale, m->rope_neox);
+                    if (!L->skip_rope) rope(k, pylut_rope_dims(m), pos, inv_freq, s->rope_scale, m->rope_neox);
                     pylut_kv_encode(seq->kv_type, hd, k, kv_row(seq, 0, l, h, slot_of(seq, l, h, pos)));
                     pylut_kv_encode(seq->kv_type, hd, v, kv_row(seq, 1, l, h, slot_of(seq, l, h, pos)));
                 }
@@ -272,11 +292,11 @@ static void step_task(void *arg, int ith, int nth) {
         }
         barrier_wait(&c->bar, nth);
         stage_attention(c, ith, nth, l);
-        stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->attn_sub_norm, s->att, qd, L->wo);
+        stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->attn_sub_norm, s->att, qd, L->wo, L->attn_post_norm);
         for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
         barrier_wait(&c->bar, nth);
 
-        /* ---- feed-forward: gate/up share tables; SiLU or ReLU^2 (the 2B4T bitnets) */
+        /* ---- feed-forward: gate/up share tables; SiLU, ReLU^2 (the 2B4T bitnets) or GELU (Gemma) */
         {
             const pylut_qmatrix *gu[2] = {L->w_gate, L->w_up};
             float *outs[2] = {s->hb, s->hb2};
@@ -292,11 +312,14 @@ static void step_task(void *arg, int ith, int nth) {
                     const float r = relu(g[i]);
                     g[i] = r * r * u[i];
                 }
+            else if (m->ffn_act == PYLUT_FFN_GELU_TANH) /* GELU's tanh form, as ggml_gelu and gelu_pytorch_tanh */
+                for (int64_t i = e0; i < e1; i++)
+                    g[i] = 0.5f * g[i] * (1.0f + tanhf(0.7978845608f * g[i] * (1.0f + 0.044715f * g[i] * g[i]))) * u[i];
             else
                 for (int64_t i = e0; i < e1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         barrier_wait(&c->bar, nth);
-        stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->ffn_sub_norm, s->hb, ffn, L->w_down);
+        stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->ffn_sub_norm, s->hb, ffn, L->w_down, L->ffn_post_norm);
     }
 
     /* ---- logits for each sequence's last token (or every token): normed into rows of xb */
@@ -311,6 +334,11 @@ static void step_task(void *arg, int ith, int nth) {
     }
     barrier_wait(&c->bar, nth);
     stage_matmul(c, ith, nth, &stage, nl, m->output, s->xb, dim, c->logits, m->vocab);
+    if (m->final_softcap > 0.0f) { /* Gemma 2: c * tanh(logit / c) */
+        const float cap = m->final_softcap;
+        SPLIT((int64_t)nl * m->vocab, ith, nth, e0, e1);
+        for (int64_t i = e0; i < e1; i++) c->logits[i] = cap * tanhf(c->logits[i] / cap);
+    }
 }
 
 /* ------------------------------------------------------------------ running a step */
@@ -357,7 +385,8 @@ static int run_step(pylut_pool *pool, const pylut_model *m, pylut_state *w, pylu
         j->ldo = w->q_dim;
         j->n = cnt;
         j->pos0 = q->pos;
-        j->scale = 1.0f / sqrtf((float)m->head_dim);
+        j->scale = m->attn_scale > 0.0f ? m->attn_scale : 1.0f / sqrtf((float)m->head_dim);
+        j->softcap = m->attn_softcap; /* (and each layer's window: layer_job) */
         j->heads = q->heads; /* layer 0's; layer_job takes each layer's */
         j->sink = q->sink;
         j->window = q->window;

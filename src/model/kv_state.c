@@ -94,6 +94,7 @@ void pylut_state_free(pylut_state *s) {
     free(s->kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
     free(s->inv_freq);
+    free(s->inv_freq_swa);
     free(s->tickets);
     free(s->tok_seq); free(s->seq_first); free(s->item_first); free(s->jobs);
     free(s);
@@ -172,19 +173,22 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
     s->hb = malloc(B * m->ffn_dim * sizeof(float));
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
+    if (m->rope_inv_freq_swa) s->inv_freq_swa = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
     s->tickets = calloc((size_t)(5 * m->n_layers + 1), sizeof(atomic_llong));
     s->tok_seq = malloc(B * sizeof(int));
     s->seq_first = malloc((B + 1) * sizeof(int));
     s->item_first = malloc((B + 1) * sizeof(int64_t));
     s->jobs = calloc(B, sizeof(pylut_attn_job));
     if (kv_rc != PYLUT_OK || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
-        !s->hb2 || !s->inv_freq || !s->tickets || !s->tok_seq || !s->seq_first || !s->item_first || !s->jobs) {
+        !s->hb2 || !s->inv_freq || !s->tickets || !s->tok_seq || !s->seq_first || !s->item_first || !s->jobs ||
+        (m->rope_inv_freq_swa && !s->inv_freq_swa)) {
         pylut_state_free(s);
         return NULL;
     }
     for (int i = 0; i < pylut_rope_dims(m) / 2; i++)
         s->inv_freq[i] = m->rope_inv_freq ? m->rope_inv_freq[i]
                                           : (float)pow((double)m->rope_theta, -2.0 * i / pylut_rope_dims(m));
+    if (s->inv_freq_swa) memcpy(s->inv_freq_swa, m->rope_inv_freq_swa, (size_t)(pylut_rope_dims(m) / 2) * sizeof(float));
     s->rope_scale = m->rope_attn_factor > 0 ? m->rope_attn_factor : 1.0f;
     int rc = PYLUT_OK;
     for (int l = 0; l < m->n_layers && rc == PYLUT_OK; l++) {
@@ -331,30 +335,33 @@ int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_di
     if (s->n_streaming && n_keep < s->sink) return PYLUT_EINVAL; /* the shift would move the sinks */
     const int hd = m->head_dim, half = pylut_rope_dims(m) / 2, moved = s->pos - n_keep - n_discard;
     /* rotation by -n_discard positions, per frequency: RoPE(p - d) = R(-d) RoPE(p) */
-    float *cs = malloc((size_t)hd * sizeof(float)), *x = malloc((size_t)hd * sizeof(float));
+    /* cs: [2][hd]: the global layers' cos|sin, then the sliding-window layers' */
+    float *cs = malloc((size_t)2 * hd * sizeof(float)), *x = malloc((size_t)hd * sizeof(float));
     if (!cs || !x) {
         free(cs);
         free(x);
         return PYLUT_ENOMEM;
     }
-    for (int i = 0; i < half; i++) {
-        double a = -(double)n_discard * s->inv_freq[i];
-        cs[i] = (float)cos(a);
-        cs[half + i] = (float)sin(a);
-    }
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < half; i++) {
+            double a = -(double)n_discard * (w && s->inv_freq_swa ? s->inv_freq_swa : s->inv_freq)[i];
+            cs[w * hd + i] = (float)cos(a);
+            cs[w * hd + half + i] = (float)sin(a);
+        }
     /* a streaming head's run starts where its first kept position lands */
     const int base = s->stream_base;
     const int new_base = base < n_keep ? base : (base > n_keep + n_discard ? base : n_keep + n_discard) - n_discard;
     for (int l = 0; l < m->n_layers; l++)
         for (int h = 0; h < s->n_kv_heads; h++) {
+            const float *cs_l = cs + (m->layers[l].swa ? hd : 0);
             if (is_streaming(s, l, h)) {
-                shift_stream_head(m, s, l, h, n_keep, n_discard, new_base, cs, x);
+                shift_stream_head(m, s, l, h, n_keep, n_discard, new_base, cs_l, x);
                 continue;
             }
             for (int kv = 0; kv < 2; kv++)
                 memmove(kv_row(s, kv, l, h, n_keep), kv_row(s, kv, l, h, n_keep + n_discard),
                         (size_t)moved * s->row_bytes);
-            rerotate(m, s, l, h, n_keep, n_keep + moved, cs, x); /* values carry no position */
+            rerotate(m, s, l, h, n_keep, n_keep + moved, cs_l, x); /* values carry no position */
         }
     free(cs);
     free(x);

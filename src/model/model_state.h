@@ -61,6 +61,7 @@ struct pylut_state {
     float *attn_partial;       /* [attn_partial_floats]: decode slices' max/sum/acc, grown to the plan */
     int64_t attn_partial_floats;
     float *inv_freq;           /* [rope_dims/2] */
+    float *inv_freq_swa;       /* [rope_dims/2] of the sliding-window layers, or NULL: inv_freq */
     float rope_scale;          /* cos/sin factor (YaRN's attention factor; else 1) */
     atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
                                 * (4 per layer + output), then each layer's attention item */
