@@ -18,7 +18,7 @@ from . import _core, arch, rope, session_file, streaming
 from .scheduler import Scheduler
 from .session import Session
 from .tokenizer.chat_template import ChatTemplate
-from .kernels import cpu_features, get_pool, physical_cores
+from .kernels import cpu_features, get_pool, packed_types, physical_cores
 from .options import LoadOptions
 
 log = logging.getLogger("pylut")
@@ -346,7 +346,8 @@ class Model:
                 "threads": self.n_threads, "chat_template": self.chat_template.name,
                 "kv_type": self.kv_type, "kv_bytes": self.state.kv_bytes,
                 "batch_invariant": self.batch_invariant, "precision": self.precision,
-                "head_plan": self._plan_info()}
+                "head_plan": self._plan_info(), "packed_types": packed_types(self.loaded.tensors),
+                "lossy": sorted(self.loaded.lossy)}
 
     def _plan_info(self) -> Optional[dict]:
         """The head plan and what it saves: allocated KV bytes against an all-full cache."""
