@@ -20,7 +20,7 @@ IS_AARCH64 = PLATFORM.endswith(("aarch64", "arm64"))
 
 # Flags per kernel unit, keyed by path from the project root; a unit for another architecture
 # compiles to nothing (#if guards). One folder per kernel family: core/ (layouts, packing,
-# dispatch, pool), lut/, prefill/, attention/, model/, baseline/ (comparison kernels).
+# dispatch, pool), lut/, prefill/, attention/, f16/, model/, baseline/ (comparison kernels).
 ISA_FLAGS = {}
 if IS_X86_64:
     ISA_FLAGS = {
@@ -36,6 +36,8 @@ if IS_X86_64:
                                             "-mavx512vl", "-mavx512vnni", "-mgfni"],
         "src/attention/attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "src/attention/attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
+        "src/f16/f16_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "src/f16/f16_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f"],
         "src/core/checksum_hw.c": ["-msse4.2"],
         "src/baseline/baseline_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
     }
@@ -52,6 +54,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/prefill/prefill_vnni_gfni.c", "src/prefill/prefill_neon.c",
     "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
     "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
+    "src/f16/f16_scalar.c", "src/f16/f16_avx2.c", "src/f16/f16_avx512.c", "src/f16/f16_neon.c",
     "src/model/kv_state.c", "src/model/forward.c",
     "src/baseline/dq8_pack.c", "src/baseline/baseline_scalar.c", "src/baseline/baseline_avx2.c",
     "src/baseline/baseline_neon.c",

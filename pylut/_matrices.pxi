@@ -6,7 +6,8 @@
 
 cdef class QMatrix:
     """A weight matrix W[m, k] packed in the bit-plane layout of include/pylut/pylut.h.
-    Build with QMatrix.from_codes (B-types) or QMatrix.from_trits (dense ternary T3)."""
+    Build with QMatrix.from_codes (B-types), QMatrix.from_trits (dense ternary T3) or
+    QMatrix.from_f16 (fp16 weights kept as they are, no codes: TYPE_F16)."""
     cdef pylut_qmatrix qm
     cdef readonly object codes_buf, scale_buf, bias_buf, sub_scale_buf, sub_bias_buf
 
@@ -29,6 +30,13 @@ cdef class QMatrix:
         magnitude (its sign is the bias array's), and sub_bias is None (see pylut.h)."""
         cdef QMatrix self = QMatrix.__new__(QMatrix)
         _check(pylut_qmatrix_layout(&self.qm, type, m, k, group, has_bias), "QMatrix.from_packed")
+        if type == PYLUT_TYPE_F16:
+            if any(a is not None for a in (scale, bias, zero, sub_scale, sub_bias)) or super_ or sub_nibbles:
+                raise ValueError("an F16 matrix has only its fp16 weights (no scales, biases or sub-values)")
+            codes = _sized(codes, np.uint8, self.qm.codes_bytes, "codes", "bytes")
+            self.codes_buf = codes
+            self.qm.codes = <uint8_t *>cnp.PyArray_DATA(codes)
+            return self
         if sub_nibbles and not (super_ and has_bias):
             raise ValueError("sub_nibbles needs two-level scales (super_) and a bias array")
         if sub_nibbles:
@@ -131,6 +139,38 @@ cdef class QMatrix:
         return self
 
     @staticmethod
+    def from_f16(w):
+        """w: float [m, k]. Kept as fp16 (TYPE_F16): float16 input exactly, wider floats
+        rounded to nearest; the GEMM multiplies them with fp32 activations and sums in fp32.
+        NaN, inf and values past fp16's range (65504) are refused."""
+        w = np.asarray(w)
+        if w.ndim != 2:
+            raise ValueError(f"w must be 2-D [m, k], got shape {w.shape}")
+        if w.dtype.kind != "f":
+            raise TypeError(f"w must be floating point, got {w.dtype}")
+        if w.dtype != np.float16:
+            w = w.astype(np.float32)
+            if not np.all(np.isfinite(w)):
+                raise ValueError("w contains NaN or inf")
+            big = float(np.abs(w).max()) if w.size else 0.0
+            if big > 65504.0:
+                raise ValueError(f"w has |values| up to {big:g}, past fp16's range (65504)")
+            w = w.astype(np.float16)
+        elif not np.all(np.isfinite(w)):
+            raise ValueError("w contains NaN or inf")
+        bits = np.ascontiguousarray(w).view(np.uint16)
+        m, k = bits.shape
+        info = QMatrix.layout(PYLUT_TYPE_F16, m, k, 0)
+        cdef QMatrix self = QMatrix.from_packed(PYLUT_TYPE_F16, m, k, 0, False,
+                                                np.empty(info["codes_bytes"], np.uint8))
+        cdef const uint16_t[:, ::1] wv = bits
+        cdef int rc = PYLUT_EINVAL
+        with nogil:
+            rc = pylut_pack_f16(&self.qm, &wv[0, 0], wv.shape[1])
+        _check(rc, "pack_f16")
+        return self
+
+    @staticmethod
     def from_trits(trits, scale, int group=256):
         """trits: int8 [m, k] in {-1, 0, 1}; scale: float [m, ceil(k/group)] (or [m]: one per
         row), stored as fp16. W = scale * trits per group, packed densely (3 weights per 5
@@ -193,7 +233,9 @@ cdef class QMatrix:
     @property
     def zero(self):
         """The code meaning 0 when there is no bias array (None for T3 or with a bias)."""
-        return None if self.qm.has_bias or self.qm.type == PYLUT_TYPE_T3 else float(self.qm.zero)
+        if self.qm.has_bias or self.qm.type in (PYLUT_TYPE_T3, PYLUT_TYPE_F16):
+            return None
+        return float(self.qm.zero)
 
     @property
     def k_pad(self):
@@ -238,6 +280,9 @@ cdef class QMatrix:
     def dequantize(self):
         """float32 W[m, k] exactly as the kernel's packed data defines it (test reference)."""
         m, k = self.qm.m, self.qm.k
+        if self.qm.type == PYLUT_TYPE_F16:
+            w = self.codes_buf.view(np.uint16).reshape(self.qm.m_pad, self.qm.k_pad)[:m, :k]
+            return w.view(np.float16).astype(np.float32)
         codes = self.unpack_codes().astype(np.float32)
         g = self.qm.group
         n_groups = self.qm.k_pad // g
@@ -350,8 +395,8 @@ cdef class Tables:
             raise ValueError("n must be >= 1")
         if split and not int8:
             raise ValueError("split=True needs int8=True (it splits the int8 activations)")
-        if int8 and like.qm.type == PYLUT_TYPE_T3:
-            raise ValueError("int8 activations serve B-type matrices only, not T3")
+        if int8 and like.qm.type in (PYLUT_TYPE_T3, PYLUT_TYPE_F16):
+            raise ValueError("int8 activations serve B-type matrices only, not T3 or F16")
         self.luts = <pylut_lut *>malloc(n * sizeof(pylut_lut))
         if self.luts == NULL:
             raise MemoryError()

@@ -8,6 +8,8 @@ cdef extern from "pylut/pylut.h" nogil:
         PYLUT_TYPE_B3
         PYLUT_TYPE_B4
         PYLUT_TYPE_T3
+        PYLUT_TYPE_F16
+        PYLUT_F16_KALIGN
         PYLUT_ISA_SCALAR
         PYLUT_ISA_AVX2
         PYLUT_ISA_AVX512
@@ -65,6 +67,7 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super_)
     int pylut_qmatrix_set_sub_nibbles(pylut_qmatrix *qm, int on)
     int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld)
+    int pylut_pack_f16(pylut_qmatrix *qm, const uint16_t *w, int64_t ld)
     int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld)
     int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out)
     int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, int64_t g)

@@ -11,6 +11,7 @@ from ._core import Dq8Matrix, QMatrix, Tables, ThreadPool  # noqa: F401 (Dq8Matr
 log = logging.getLogger("pylut")
 
 TYPE_T3 = _core.TYPE_T3
+TYPE_F16 = _core.TYPE_F16
 MODES = ("sym", "zp", "ternary", "t3")
 
 
@@ -171,6 +172,27 @@ def quantize(w, bits=4, group=None, mode="sym"):
         bias = lo
     codes = np.ascontiguousarray(q.reshape(m, -1)[:, :k].astype(np.uint8))
     return QMatrix.from_codes(codes, s, bias, bits=bits, group=group)
+
+
+def packed_form(q) -> str:
+    """How a QMatrix is packed, as `pylut info` names it: 'F16' (fp16 kept), 'T3' (dense
+    ternary), 'B<bits>' (bit planes), with ' 2-level' for K-quant super-block scales."""
+    if q.type == TYPE_F16:
+        return "F16"
+    if q.type == TYPE_T3:
+        return "T3"
+    return f"B{q.bits}" + (" 2-level" if q.super_block else "")
+
+
+def packed_types(tensors) -> dict:
+    """{packed form: matrices} over a model's tensors (a tied output counted once), most first."""
+    counts, seen = {}, set()
+    for t in tensors.values():
+        if isinstance(t, QMatrix) and id(t) not in seen:
+            seen.add(id(t))
+            form = packed_form(t)
+            counts[form] = counts.get(form, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 # ---------------------------------------------------------------- GEMV / GEMM

@@ -18,7 +18,7 @@ from . import _core, arch, rope, session_file, streaming
 from .scheduler import Scheduler
 from .session import Session
 from .tokenizer.chat_template import ChatTemplate
-from .kernels import cpu_features, get_pool, physical_cores
+from .kernels import cpu_features, get_pool, packed_types, physical_cores
 from .options import LoadOptions
 
 log = logging.getLogger("pylut")
@@ -41,9 +41,11 @@ def load(path, options: Optional[LoadOptions] = None, **settings) -> "Model":
         Context length in tokens, 1 to the model's own; None takes min(4096, the model's).
     n_threads : int or None, default None
         Threads of the kernel pool; None takes the number of physical cores.
-    bits : {1, 2, 3, 4, 5, 6, 8}, default 4
-        Width that F16/BF16/F32 matrices are quantized to. Integer-grid blocks (Q4_0, Q2_K,
-        TQ1_0, ...) keep their own codes and ignore it.
+    bits : {1, 2, 3, 4, 5, 6, 8, 'f16'} or None, default None
+        Width that F16/BF16/F32 matrices are quantized to, or 'f16' to keep them as fp16
+        (exact for F16; BF16/F32 rounded, listed in ``loaded.lossy``) multiplied with fp32
+        activations, at 4x the bytes of 4 bits. None: 4, or 'f16' with precision='high'.
+        Integer-grid blocks (Q4_0, Q2_K, TQ1_0, ...) keep their own codes and ignore it.
     max_batch : int, default 64
         Most tokens one forward step takes; longer prompts run in chunks of this size.
     chat_template : {None, 'chatml', 'llama-2', 'llama-3', 'zephyr', 'phi-3', 'phi-4', 'gemma', 'mistral',
@@ -88,7 +90,8 @@ def load(path, options: Optional[LoadOptions] = None, **settings) -> "Model":
         activation as two int8 parts, its value and the rounding residual (~2^-15), through
         the int8 GEMM in every step (ternary weights as b2, so 't3' is refused): logits
         then follow a float forward pass over the same weights and greedy text matches it,
-        at about half the decode speed.
+        at about half the decode speed. Float matrices are then kept as fp16 unless ``bits``
+        is given, so a float model's logits follow the float model itself.
 
     Returns
     -------
@@ -348,7 +351,8 @@ class Model:
                 "threads": self.n_threads, "chat_template": self.chat_template.name,
                 "kv_type": self.kv_type, "kv_bytes": self.state.kv_bytes,
                 "batch_invariant": self.batch_invariant, "precision": self.precision,
-                "head_plan": self._plan_info()}
+                "head_plan": self._plan_info(), "packed_types": packed_types(self.loaded.tensors),
+                "lossy": sorted(self.loaded.lossy)}
 
     def _plan_info(self) -> Optional[dict]:
         """The head plan and what it saves: allocated KV bytes against an all-full cache."""

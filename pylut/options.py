@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
 
-BITS = (1, 2, 3, 4, 5, 6, 8)
+F16 = "f16"                        # bits=F16: float matrices kept as fp16 (TYPE_F16), not quantized
+BITS = (1, 2, 3, 4, 5, 6, 8, F16)
 REQUANTS = ("q4", "q3", "q2", "ternary")   # formats.gguf_model.REQUANT's keys
 TERNARY = ("auto", "t3", "b2")
 KV_TYPES = ("f16", "q8", "q4")
@@ -51,7 +52,8 @@ class LoadOptions:
     batch_invariant: bool = False
     precision: str = "fast"
     # ---- how the weights are packed
-    bits: int = 4                        # width float weights are quantized to
+    bits: Any = None                     # width float weights are quantized to, or "f16" to keep them;
+                                         # None: float_bits() decides
     requant: Optional[str] = None
     ternary: str = "auto"
     cache: bool = True                   # keep the packed model in pylut's cache dir
@@ -75,7 +77,7 @@ class LoadOptions:
             from .streaming import HeadPlan
             if not isinstance(self.head_plan, HeadPlan):
                 raise TypeError(f"head_plan must be a path or a HeadPlan, got {type(self.head_plan).__name__}")
-        if not _is_int(self.bits) or self.bits not in BITS:
+        if self.bits is not None and (not (_is_int(self.bits) or self.bits == F16) or self.bits not in BITS):
             raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}; got {self.bits!r}")
         if self.requant is not None:
             _one_of("requant", self.requant, REQUANTS)
@@ -97,6 +99,14 @@ class LoadOptions:
         if not isinstance(options, cls):
             raise TypeError(f"options must be a LoadOptions, got {type(options).__name__}")
         return replace(options, **settings) if settings else options
+
+    def float_bits(self):
+        """What F16/BF16/F32 matrices become: `bits` when given; else 4, or "f16" (kept as
+        fp16, 4x the bytes of 4 bits) with precision='high', whose promise is to follow the
+        float model, which a 4-bit copy of its weights does not (~1-3 % of the logit range)."""
+        if self.bits is not None:
+            return self.bits
+        return F16 if self.precision == "high" else 4
 
     def ternary_layout(self) -> str:
         """The concrete ternary packing: precision='high' needs b2; 'auto' takes the faster

@@ -421,16 +421,12 @@ def test_hf_bitnet_bad_input(tmp_path):
         load_hf(_copy_folder(src, tmp_path / "code3", tensor_edit=code3))
 
 
-def test_2b4t_checkpoint_as_i2s_gguf_matches_transformers(tmp_path):
-    """The bitnet_2b4t checkpoint written as bitnet.cpp writes 2B4T (I2_S matrices with the
-    scale 1 / weight_scale, F16 embedding, F32 norms): pylut packs the same layers from the
-    file as from the folder, and both follow transformers' logits within LOGIT_RTOL."""
+def write_2b4t_i2s_gguf(folder: Path, path: Path) -> None:
+    """A BitNet checkpoint written as bitnet.cpp writes 2B4T: I2_S matrices with the scale
+    1 / weight_scale, the tied embedding F16, F32 norms."""
     from model_builder import _made_up_tokenizer
-    folder = FIXTURES / "bitnet_2b4t"
-    hf = load_hf(folder)
-    cfg = hf.config
+    cfg = load_hf(folder).config
     weights = hf_weights(folder, cfg["n_layers"])
-    path = tmp_path / "2b4t-i2s.gguf"
     w = gguf.GGUFWriter(str(path), "bitnet-b1.58")
     _made_up_tokenizer(w, cfg["vocab"])
     w.add_block_count(cfg["n_layers"])
@@ -459,6 +455,14 @@ def test_2b4t_checkpoint_as_i2s_gguf_matches_transformers(tmp_path):
     w.write_tensors_to_file()
     w.close()
 
+
+def test_2b4t_checkpoint_as_i2s_gguf_matches_transformers(tmp_path):
+    """The bitnet_2b4t checkpoint as bitnet.cpp's 2B4T file (write_2b4t_i2s_gguf): pylut packs
+    the same layers from the file as from the folder, and both follow transformers' logits
+    within LOGIT_RTOL."""
+    folder = FIXTURES / "bitnet_2b4t"
+    path = tmp_path / "2b4t-i2s.gguf"
+    write_2b4t_i2s_gguf(folder, path)
     lm, hf = load_gguf(path, bits=8), load_hf(folder, bits=8)
     assert lm.tensor_types["blk.0.ffn_down"] == "I2_S" and lm.config["ffn_act"] == "relu2"
     from_gguf, from_folder = dequantized(lm), dequantized(hf)

@@ -4,7 +4,7 @@
 # what it needs (apt: gcc-aarch64-linux-gnu, qemu-user-static, mmdebstrap; pip: crossenv, auditwheel).
 #
 #   bash tools/arm-test.sh [--python 3.X] [pytest args...]   from the project root
-#   (no args = CPython 3.11 and -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py,
+#   (no args = CPython 3.11 and -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py tests/test_f16.py,
 #    what CI runs; e.g. bash tools/arm-test.sh --python 3.13 -q -x -k neon tests/)
 #
 # One run tests one Python (each has a root, a crossenv and a wheel of its own; all three
@@ -69,7 +69,7 @@ case ${1:-} in
 --python=*) PYWANT=${1#--python=}; shift ;;
 *) PYWANT=${ARM_PY:-} ;;
 esac
-[ $# -gt 0 ] || set -- -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py
+[ $# -gt 0 ] || set -- -q tests/test_kernels.py tests/test_attention.py tests/test_prefill.py tests/test_f16.py
 
 REPO=${ARM_REPO:-$(git rev-parse --show-toplevel 2>/dev/null || pwd)}
 MODE=${ARM_MODE:-cross}

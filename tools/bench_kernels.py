@@ -63,6 +63,7 @@ TYPES = {
     "tern": (dict(bits=2, group=128, mode="ternary"), None),
     "3bit": (dict(bits=3, group=128, mode="sym"), None),
     "4bit": (dict(bits=4, group=128, mode="sym"), 4),
+    "f16": (None, None),  # QMatrix.from_f16: fp16 weights, fp32 sums (src/f16/); --types only
 }
 TARGETS = {  # key -> minimum
     "roofline_2bit_t1": 0.85, "roofline_2bit_t2": 0.90,
@@ -354,7 +355,7 @@ def main(argv=None):
         _core.isa_set(args.isa)
     threads = args.threads or [1, 2]
     shapes = args.shapes or parse_shapes(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
-    types = args.types or (["2bit", "t3"] if args.quick else list(TYPES))
+    types = args.types or (["2bit", "t3"] if args.quick else [t for t in TYPES if t != "f16"])
     mb = args.mb or (64 if args.quick else 256)
     passes = args.passes or (3 if args.quick else 7)
 
@@ -381,7 +382,7 @@ def main(argv=None):
         x = rng.standard_normal(k, dtype=np.float32)
         for tname in types:
             qkw, i8bits = TYPES[tname]
-            q = pylut.quantize(w, **qkw)
+            q = pylut.QMatrix.from_f16(w) if qkw is None else pylut.quantize(w, **qkw)
             mats, nbytes = lut_set(q, mb)
             lut_res = {}
             for nt in threads:

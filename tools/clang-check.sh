@@ -60,7 +60,7 @@ timed "clang -O3 build (setup.py)" clang_build
 kernel_tests() {
     python3 -c 'import pylut._core as c, sys; assert c.__file__.startswith(sys.argv[1]), c.__file__' "$TREE"
     PYLUT_CACHE_DIR=$WORK/cache python3 -m pytest -q -p no:cacheprovider \
-        tests/test_kernels.py tests/test_attention.py tests/test_prefill.py
+        tests/test_kernels.py tests/test_attention.py tests/test_prefill.py tests/test_f16.py
 }
 timed "kernel tests on the clang build" kernel_tests
 

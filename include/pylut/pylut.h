@@ -37,6 +37,7 @@ enum pylut_type {
     PYLUT_TYPE_B7 = 7,
     PYLUT_TYPE_B8 = 8,
     PYLUT_TYPE_T3 = 16,
+    PYLUT_TYPE_F16 = 32, /* fp16 weights as stored, fp32 activations and sums (src/f16/) */
 };
 
 enum pylut_isa {
@@ -61,6 +62,8 @@ enum pylut_status {
 #define PYLUT_T3_MAX_GROUP 768 /* T3 scale group: <= 128 pairs of triples (int16 bound) */
 #define PYLUT_MIN_GROUP 8
 #define PYLUT_MAX_GROUP 256    /* int16 accumulator bound, see lut_kernel notes */
+#define PYLUT_F16_KALIGN 32    /* F16 rows are padded with zeros to a multiple of this (the
+                                * widest vector, 16 lanes, twice: no kernel has a k tail) */
 
 /* ------------------------------------------------------------------ packed matrix */
 
@@ -82,6 +85,10 @@ enum pylut_status {
  *   so one pairwise widening add sums them with the rows staying in order.)
  *   A scale group of G weights holds pylut_t3_triples(G) triples (padded with zero weights);
  *   codes: [m_pad/64][k_pad/G * triples/2][80];  scale: fp16 [m_pad/64][k_pad/G][64]       */
+/* F16: no planes, no scales: codes holds fp16 bits row-major, [m_pad][k_pad] (rows past m
+ *   and columns past k are 0); group = PYLUT_F16_KALIGN, bits 0, scale and bias NULL. Its
+ *   input is the activations themselves (PYLUT_LUT_F32 below), so the product is exact up to
+ *   fp32 summation: the lossless home of F16 weights (BF16/F32 round to fp16 on load). */
 static inline int pylut_t3_triples(int group) { return 2 * ((group + 5) / 6); }
 typedef struct {
     int32_t type;        /* enum pylut_type */
@@ -131,6 +138,9 @@ int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out);
  * T3: codes in {0,1,2} meaning trits {-1,0,+1}. Scales/biases are written by the caller
  * into the layout given by pylut_scale_index() (the same for both families). */
 int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld);
+/* F16: copy fp16 bits W[m][k] (row stride ld) into qm->codes, zero-padded (the B/T3 code
+ * functions refuse F16 matrices, this one every other type). */
+int pylut_pack_f16(pylut_qmatrix *qm, const uint16_t *w, int64_t ld);
 /* Inverse of pack (for tests and converters): codes out [m][k]. */
 int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld);
 /* Index into qm->scale/bias for (row, group) of a B-type matrix. */
@@ -155,9 +165,12 @@ static inline int64_t pylut_scale_index(const pylut_qmatrix *qm, int64_t row, in
  *      the rounding residual x - xs * round(x / xs): tbl [2][k_pad], tscale and sumx
  *      [2][k_pad/group]. The GEMM adds both parts' products, so x is read to ~2^-15 of its
  *      group's largest value (int8 alone: 2^-8) for one more integer dot product per weight. */
-enum { PYLUT_LUT_B = 0, PYLUT_LUT_T3 = 1, PYLUT_LUT_I8 = 2 }; /* pylut_lut.kind */
+/*   fp32 activations (PYLUT_LUT_F32, F16 matrices): tbl holds x as float [k_pad] (padding 0),
+ *      tbl_bytes = 4 k_pad, group PYLUT_F16_KALIGN (the unit the builders split), tscale and
+ *      sumx unused. */
+enum { PYLUT_LUT_B = 0, PYLUT_LUT_T3 = 1, PYLUT_LUT_I8 = 2, PYLUT_LUT_F32 = 3 }; /* pylut_lut.kind */
 typedef struct {
-    int32_t kind;        /* PYLUT_LUT_B, PYLUT_LUT_T3 or PYLUT_LUT_I8 */
+    int32_t kind;        /* PYLUT_LUT_B, PYLUT_LUT_T3, PYLUT_LUT_I8 or PYLUT_LUT_F32 */
     int64_t k, k_pad;
     int32_t group;
     int32_t super;       /* B: weights per table scale when > group, else 0 */

@@ -115,8 +115,9 @@ def _add_model_args(p, optional_model=False, threads=True):
     if threads:
         p.add_argument("-t", "--threads", type=_pos_int, default=None, metavar="N",
                        help="threads (default: physical cores)")
-    p.add_argument("--bits", type=int, default=4, choices=(1, 2, 3, 4, 5, 6, 8),
-                   help="bits F16/F32 weights are quantized to (default 4)")
+    p.add_argument("--bits", type=_bits, default=None, metavar="{1,2,3,4,5,6,8,f16}",
+                   help="bits F16/BF16/F32 weights are quantized to, or f16 to keep them as fp16 "
+                        "(default 4; f16 with --precision high)")
     p.add_argument("--requant", choices=("q4", "q3", "q2", "ternary"), default=None,
                    help="requantize every matrix (fewer bytes per token, lossy: see "
                         "tools/requant_quality.py)")
@@ -158,6 +159,18 @@ def _add_sampling_args(p, max_tokens_default):
 
 def _sampling_from(args):
     return {k: getattr(args, k) for k in SAMPLING_KNOBS if getattr(args, k) is not None}
+
+
+def _bits(s):
+    if s == "f16":
+        return s
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not 1, 2, 3, 4, 5, 6, 8 or f16: {s!r}") from None
+    if v not in (1, 2, 3, 4, 5, 6, 8):
+        raise argparse.ArgumentTypeError(f"bits must be 1, 2, 3, 4, 5, 6, 8 or f16, got {v}")
+    return v
 
 
 def _pos_int(s):
@@ -247,8 +260,9 @@ def build_parser():
                                    "reads its tokenizer from the source GGUF, so keep that file.")
     p.add_argument("input", help="source .gguf file")
     p.add_argument("output", help="output file (conventionally .pylut)")
-    p.add_argument("--bits", type=int, default=4, choices=(1, 2, 3, 4, 5, 6, 8),
-                   help="bits F16/F32 weights are quantized to (default 4)")
+    p.add_argument("--bits", type=_bits, default=None, metavar="{1,2,3,4,5,6,8,f16}",
+                   help="bits F16/BF16/F32 weights are quantized to, or f16 to keep them as fp16 "
+                        "(default 4; f16 with --precision high)")
     p.add_argument("--requant", choices=("q4", "q3", "q2", "ternary"), default=None,
                    help="requantize every matrix (lossy)")
     p.add_argument("--ternary", choices=("auto", "t3", "b2"), default="auto",
@@ -420,6 +434,9 @@ def cmd_info(args):
     print(f"parameters:    {info['params']:,} ({info['params'] / 1e6:.1f} M)")
     print(f"tensor types:  {types}")
     print(f"bits/weight:   {info['bits_per_weight']:.3f} (as packed by pylut)")
+    packed = ", ".join(f"{t} x{n}" for t, n in info["packed_types"].items())
+    print(f"packed as:     {packed}" + (f"; {len(info['lossy'])} with scales or values rounded to fp16"
+                                        if info["lossy"] else ""))
     print(f"file size:     {info['file_bytes']:,} bytes ({info['file_bytes'] / 2**20:.1f} MiB)")
     print(f"attention:     {info['n_heads']} heads, {info['n_kv_heads']} kv heads of {info['head_dim']}, "
           f"ffn {info['ffn_dim']}, rms norm eps {info['norm_eps']:g}")
@@ -530,7 +547,7 @@ def cmd_convert(args):
         # streamed: one tensor in memory at a time, as for the cache
         opts = LoadOptions(bits=args.bits, requant=args.requant, ternary=args.ternary)
         convert(args.input, args.output,
-                lambda sink: load_gguf(args.input, bits=opts.bits, requant=opts.requant, sink=sink,
+                lambda sink: load_gguf(args.input, bits=opts.float_bits(), requant=opts.requant, sink=sink,
                                        ternary=opts.ternary_layout()))
     except (OSError, ValueError) as e:
         raise CLIError(str(e)) from None

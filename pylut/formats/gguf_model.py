@@ -13,7 +13,8 @@ Matrices become packed ``QMatrix`` objects:
   file's fp16 scale per 256-weight block: exact. bitnet.cpp's I2_S: the trits exactly, with
   its one float32 scale per tensor as fp16 (exact where the scale is fp16-representable).
 * F32/F16/BF16: ternary-valued matrices (what llama.cpp's BitNet converter writes) go to T3
-  exactly; any other float matrix is quantized round-to-nearest with ``pylut.quantize``.
+  exactly; any other float matrix is quantized round-to-nearest with ``pylut.quantize``, or
+  with ``bits="f16"`` kept as an F16 matrix (``keep_f16``: F16 exactly, BF16/F32 rounded).
 
 Norm weights and biases stay float32 vectors.  Everything is copied out of the file, so the
 mapping is closed before ``load_gguf`` returns.
@@ -39,6 +40,7 @@ from .. import _core, rope
 from .. import arch as archs
 from . import quants
 from ..errors import ModelFileError
+from ..options import F16
 from .gguf_reader import GGUFFile, TensorInfo
 from ..kernels import quantize
 
@@ -625,6 +627,23 @@ def ternary_one_scale(trits: np.ndarray, scale: float, ternary: str, lossy: set[
     return _ternary(trits, np.full((m, k_pad // g), scale, np.float32), g, ternary)
 
 
+def keep_f16(w: np.ndarray, lossy: set[str], core_name: str) -> _core.QMatrix:
+    """Float weights [m, k] as an F16 matrix (bits="f16"): F16 sources exactly; BF16/F32 ones
+    rounded to fp16, the matrix listed in `lossy` where any value changed. Values past fp16's
+    range are refused (ValueError), never saturated."""
+    q = _core.QMatrix.from_f16(w)
+    if w.dtype != np.float16 and core_name not in lossy and not np.array_equal(
+            w.astype(np.float16).astype(w.dtype), w):
+        lossy.add(core_name)
+        log.debug("%s: float weights rounded to fp16", core_name)
+    return q
+
+
+def _check_bits(bits) -> None:
+    if not (isinstance(bits, (int, np.integer)) and not isinstance(bits, bool) and 1 <= bits <= 8) and bits != F16:
+        raise ValueError(f"bits must be in 1..8 or {F16!r}, got {bits!r}")
+
+
 def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
             lossy: set[str], core_name: str, ternary_s: float | None = None, ternary: str = "t3"):
     """One GGUF matrix (or rows of one) -> QMatrix; multiplier folds a separate per-tensor
@@ -640,6 +659,8 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
             return ternary_one_scale(np.sign(w).astype(np.int8), ternary_s * multiplier, ternary, lossy, core_name)
         if multiplier != 1.0:
             w = w * np.float32(multiplier)
+        if bits == F16:
+            return keep_f16(w, lossy, core_name)
         return quantize(w, bits=bits, group=group)
 
     q = quants.decode_codes(info.data, type_name, info.shape)
@@ -741,7 +762,8 @@ def load_gguf(source, bits: int = 4, group: int | None = None, requant: str | No
 
     source: the file's path, or a GGUFFile already open (left open: its owner closes it).
 
-    bits, group: how float (F32/F16/BF16) matrices are quantized; block-quantized tensors
+    bits, group: how float (F32/F16/BF16) matrices are quantized (bits "f16": kept as fp16,
+    see keep_f16; group then unused); block-quantized tensors
     keep their own grid unless ``requant`` (one of REQUANT) asks to requantize every matrix.
     sink: where each converted tensor goes (see MemorySink); when given, the returned
     LoadedModel's ``tensors`` is empty and the sink holds (or has written) them.
@@ -755,8 +777,7 @@ def load_gguf(source, bits: int = 4, group: int | None = None, requant: str | No
         raise ValueError(f"requant must be one of {', '.join(REQUANT)}, got {requant!r}")
     if group is None:
         group = DEFAULT_FLOAT_GROUP
-    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits!r}")
+    _check_bits(bits)
     if not isinstance(group, (int, np.integer)) or group % 8 or not _core.MIN_GROUP <= group <= _core.MAX_GROUP:
         raise ValueError(f"group must be a multiple of 8 in [{_core.MIN_GROUP}, {_core.MAX_GROUP}], "
                          f"got {group!r}")

@@ -27,8 +27,9 @@ from .. import arch as archs
 from ..arch import spec as arch_spec
 from ..errors import ModelFileError
 from ..kernels import quantize
-from .gguf_model import (DEFAULT_FLOAT_GROUP, REQUANT, TERNARY_LAYOUTS, LoadedModel, MemorySink, _rows_info,
-                         by_rows, check_config, ternary_one_scale)
+from ..options import F16
+from .gguf_model import (DEFAULT_FLOAT_GROUP, REQUANT, TERNARY_LAYOUTS, LoadedModel, MemorySink, _check_bits,
+                         _rows_info, by_rows, check_config, keep_f16, ternary_one_scale)
 from .safetensors_reader import open_safetensors
 
 log = logging.getLogger("pylut")
@@ -377,7 +378,8 @@ def _no_bias(st, base: str, path: str) -> None:
 def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None = None,
             sink=None, ternary: str = "t3") -> LoadedModel:
     """Read a Hugging Face llama / mistral / qwen2 / qwen3 / BitNet folder. Float matrices are quantized to
-    `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group; GPTQ
+    `bits` (or per `requant`), round-to-nearest with one fp16 scale and bias per group, or kept as
+    fp16 with bits "f16" (exact for F16 checkpoints, BF16/F32 ones rounded and listed lossy); GPTQ
     matrices keep the checkpoint's codes and scales (see pylut.formats.gptq) unless `requant` is given.
     sink: where each converted tensor goes, as for ``gguf_model.load_gguf``.
     ternary: how BitNet checkpoints' packed ternary matrices are packed ('t3' or 'b2', both
@@ -389,8 +391,10 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
     cfg, tied, quant = _config(path)
     bitnet = quant if isinstance(quant, hf_bitnet.BitNetQuant) else None
     quant = None if bitnet else quant
+    _check_bits(bits)
     requant_args = REQUANT[requant] if requant else None
-    qargs = requant_args or dict(bits=bits, group=group or DEFAULT_FLOAT_GROUP, mode="zp")
+    keep = bits == F16 and not requant_args
+    qargs = requant_args or (None if keep else dict(bits=bits, group=group or DEFAULT_FLOAT_GROUP, mode="zp"))
     memory = MemorySink() if sink is None else None
     out = memory or sink
     types, lossy, n_params, packed_bytes, matrix_params = {}, set(), 0, 0, 0
@@ -453,13 +457,16 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                     w = part.to_float32()
                     if not np.all(np.isfinite(w)):
                         raise ModelFileError(f"{path}: tensor {name!r} contains NaN or inf")
+                    if keep:
+                        return keep_f16(w, lossy, core)  # F16 -> float32 -> fp16 is exact
                     return quantize(w, **qargs)
                 # by row pieces: a float32 copy of a whole embedding would be 4 bytes a weight
                 t = by_rows(info, convert, lambda offset, n, name=name: st.drop_pages(name, offset, n))
                 t = convert(info) if t is None else t
                 packed_bytes += t.nbytes
                 matrix_params += shape[0] * shape[1]
-                lossy.add(core)
+                if not keep:
+                    lossy.add(core)
             else:  # a copy, even of F32: the mapping closes before the model is used
                 t = np.array(info.to_float32(), np.float32)
                 if not np.all(np.isfinite(t)):

@@ -54,7 +54,7 @@ def open_model(path, options: LoadOptions) -> Tuple[LoadedModel, Tokenizer]:
     if kind == "gguf":
         return _open_gguf(path, options)
     if kind == "hf":
-        pack = dict(bits=options.bits, requant=options.requant)
+        pack = dict(bits=options.float_bits(), requant=options.requant)
         # BitNet checkpoints' ternary matrices take the ternary layout (part of the cache key)
         key = dict(pack, ternary=options.ternary_layout()) if hf_may_hold_ternary(path) else pack
         loaded = packcache.load_or_build(path, lambda sink: load_hf(path, sink=sink, **key),
@@ -87,7 +87,7 @@ def may_hold_ternary(f: GGUFFile) -> bool:
 def _open_gguf(path: str, options: LoadOptions):
     with GGUFFile(path) as f:
         tokenizer = read_tokenizer(path, f.metadata)
-        pack = dict(bits=options.bits, requant=options.requant)
+        pack = dict(bits=options.float_bits(), requant=options.requant)
         layout = options.ternary_layout()
         # the layout is in the cache key only where it can change the pack
         key = dict(pack, ternary=layout) if may_hold_ternary(f) else pack

@@ -172,6 +172,24 @@ static pylut_attn_rows_fn attn_for(int isa) {
 
 pylut_attn_rows_fn pylut_attn_rows_active(void) { return attn_for(active_isa); }
 
+/* F16 GEMM: one body per vector width (f16_body.h), like attention; float work only. */
+static pylut_gemm_f16_fn f16_for(int isa) {
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case PYLUT_ISA_AVX2: return pylut_gemm_f16_avx2;
+    case PYLUT_ISA_AVX512:
+    case PYLUT_ISA_AVX512VBMI: return pylut_gemm_f16_avx512;
+#endif
+#if defined(__aarch64__)
+    case PYLUT_ISA_NEON:
+    case PYLUT_ISA_NEON_DOT: return pylut_gemm_f16_neon;
+#endif
+    default: return pylut_gemm_f16_scalar;
+    }
+}
+
+static pylut_gemm_f16_fn active_f16 = pylut_gemm_f16_scalar;
+
 int pylut_isa_detect(void) {
     if (!detected) { detect(); detected = 1; }
     static const int order[] = {PYLUT_ISA_AVX512VBMI, PYLUT_ISA_AVX512, PYLUT_ISA_AVX2, PYLUT_ISA_NEON_DOT, PYLUT_ISA_NEON};
@@ -184,6 +202,7 @@ int pylut_isa_set(int isa) {
     if (!detected) { detect(); detected = 1; }
     if (!pylut_isa_supported(isa)) return PYLUT_EISA;
     active = kernels_for(isa);
+    active_f16 = f16_for(isa);
     active_isa = isa;
     return PYLUT_OK;
 }
@@ -209,6 +228,9 @@ static int qmatrix_ok(const pylut_qmatrix *qm) {
     pylut_qmatrix ref;
     if (!qm || !qm->codes) return 0;
     if (pylut_qmatrix_layout(&ref, qm->type, qm->m, qm->k, qm->group, qm->has_bias) != PYLUT_OK) return 0;
+    if (qm->type == PYLUT_TYPE_F16) /* no scales, no super-blocks: the shape is everything */
+        return ref.m_pad == qm->m_pad && ref.k_pad == qm->k_pad && ref.codes_bytes == qm->codes_bytes &&
+               qm->bits == 0 && !qm->super && !qm->sub_count && !qm->sub_nibbles;
     if (qm->super && pylut_qmatrix_set_super(&ref, qm->super) != PYLUT_OK) return 0;
     if (ref.sub_count != qm->sub_count) return 0;
     if (qm->sub_nibbles != 0 && (qm->sub_nibbles != 1 || !qm->super || !qm->has_bias || qm->sub_bias))
@@ -228,7 +250,8 @@ static int lut_ok(const pylut_lut *lut, const pylut_qmatrix *qm) {
     if ((lut->kind == PYLUT_LUT_I8 ? pylut_lut_layout_i8(&ref, qm, lut->parts) : pylut_lut_layout(&ref, qm)) != PYLUT_OK) return 0;
     return lut->kind == ref.kind && lut->k == ref.k && lut->k_pad == ref.k_pad &&
            lut->group == ref.group && lut->super == ref.super && lut->tbl_bytes == ref.tbl_bytes &&
-           lut->n_groups == ref.n_groups && lut->parts == ref.parts && (lut->kind == PYLUT_LUT_T3 || lut->sumx != NULL);
+           lut->n_groups == ref.n_groups && lut->parts == ref.parts &&
+           (lut->kind == PYLUT_LUT_T3 || lut->kind == PYLUT_LUT_F32 || lut->sumx != NULL);
 }
 
 /* ------------------------------------------------------------------ table build */
@@ -255,7 +278,7 @@ static void build_task(void *arg, int ith, int nth) {
 int pylut_lut_build(pylut_pool *pool, pylut_lut *lut, int n, const float *x, int64_t ldx) {
     if (!lut || !x || n < 1 || ldx < lut[0].k) return PYLUT_EINVAL;
     for (int i = 0; i < n; i++)
-        if (!lut[i].tbl || !lut[i].tscale || (lut[i].kind != PYLUT_LUT_T3 && !lut[i].sumx) ||
+        if (!lut[i].tbl || !lut[i].tscale || (lut[i].kind <= PYLUT_LUT_I8 && lut[i].kind != PYLUT_LUT_T3 && !lut[i].sumx) ||
             lut[i].k != lut[0].k || lut[i].k_pad != lut[0].k_pad || lut[i].group != lut[0].group ||
             lut[i].kind != lut[0].kind || lut[i].n_groups != lut[0].n_groups || lut[i].n_groups < 1)
             return PYLUT_EINVAL;
@@ -285,7 +308,8 @@ typedef struct {
 static void run_tiles(const pylut_kernels *k, const pylut_qmatrix *qm, const pylut_lut *lut, int n,
                       float *y, int64_t ldy, int64_t tile0, int64_t tile1) {
     if (tile0 >= tile1) return;
-    if (lut->kind == PYLUT_LUT_I8) (k->gemm_b_i8 ? k->gemm_b_i8 : pylut_gemm_b_i8_scalar)(qm, lut, n, y, ldy, tile0, tile1);
+    if (qm->type == PYLUT_TYPE_F16) active_f16(qm, lut, n, y, ldy, tile0, tile1);
+    else if (lut->kind == PYLUT_LUT_I8) (k->gemm_b_i8 ? k->gemm_b_i8 : pylut_gemm_b_i8_scalar)(qm, lut, n, y, ldy, tile0, tile1);
     else if (qm->type == PYLUT_TYPE_T3) k->gemm_t3(qm, lut, n, y, ldy, tile0, tile1);
     else if (k->gemm_b_many && n >= k->b_many_from && !lut->super && pylut_gemm_b_many_fits(qm))
         k->gemm_b_many(qm, lut, n, y, ldy, tile0, tile1);
@@ -358,6 +382,7 @@ int pylut_ternary_as_planes(void) { return active->ternary_planes; }
 
 void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
     if (lut->kind == PYLUT_LUT_I8) pylut_act8_build_range(x, lut, g0, g1);
+    else if (lut->kind == PYLUT_LUT_F32) pylut_f32_build_range(x, lut, g0, g1);
     else if (lut->kind == PYLUT_LUT_T3) pylut_lut_build_t3_range(x, lut, g0, g1);
     else pylut_lut_build_b_range(x, lut, g0, g1, active->b_entries);
 }

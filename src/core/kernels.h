@@ -70,6 +70,26 @@ void pylut_dq8_gemv_neon_dot(const pylut_dq8matrix *qm, const int8_t *xq, const 
                              const float *xsum, float *y, int64_t r0, int64_t r1);
 #endif
 
+/* ------------------------------------------------------------------ F16 GEMM (src/f16/)
+ * y[t][row] for the rows < m of tiles [tile0, tile1) of an F16 matrix, tokens [0, n) of fp32
+ * activations (PYLUT_LUT_F32); one per vector width, chosen by dispatch.c like attention's. */
+typedef void (*pylut_gemm_f16_fn)(const pylut_qmatrix *qm, const pylut_lut *x, int n, float *y, int64_t ldy,
+                                  int64_t tile0, int64_t tile1);
+void pylut_gemm_f16_scalar(const pylut_qmatrix *qm, const pylut_lut *x, int n, float *y, int64_t ldy,
+                           int64_t tile0, int64_t tile1);
+#if defined(__x86_64__) || defined(_M_X64)
+void pylut_gemm_f16_avx2(const pylut_qmatrix *qm, const pylut_lut *x, int n, float *y, int64_t ldy,
+                         int64_t tile0, int64_t tile1);
+void pylut_gemm_f16_avx512(const pylut_qmatrix *qm, const pylut_lut *x, int n, float *y, int64_t ldy,
+                           int64_t tile0, int64_t tile1);
+#endif
+#if defined(__aarch64__)
+void pylut_gemm_f16_neon(const pylut_qmatrix *qm, const pylut_lut *x, int n, float *y, int64_t ldy,
+                         int64_t tile0, int64_t tile1);
+#endif
+/* fp32 activations: units [g0, g1) of lut->group floats of x into lut->tbl, zeros past k */
+void pylut_f32_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
+
 /* Table builders (portable C, O(k) work per token), scale groups [g0, g1) of the tables for
  * x. The B-type builder takes the entries of each k-group from `entries` (NULL: the portable
  * loop): eight sums of four signed activations, the one part that pays for SIMD (a few

@@ -81,6 +81,11 @@ int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int 
         qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / group) * (pylut_t3_triples(group) / 2) *
                           PYLUT_T3_PAIR_BYTES;
         qm->scale_count = qm->m_pad * (qm->k_pad / group);
+    } else if (type == PYLUT_TYPE_F16) {
+        if (has_bias || (group != 0 && group != PYLUT_F16_KALIGN)) return PYLUT_EINVAL;
+        qm->group = PYLUT_F16_KALIGN;
+        qm->k_pad = round_up(k, PYLUT_F16_KALIGN);
+        qm->codes_bytes = qm->m_pad * qm->k_pad * 2;
     } else {
         return PYLUT_EINVAL;
     }
@@ -112,7 +117,11 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
     lut->k = qm->k;
     lut->k_pad = qm->k_pad;
     lut->group = qm->group;
-    if (qm->type == PYLUT_TYPE_T3) {
+    if (qm->type == PYLUT_TYPE_F16) {
+        lut->kind = PYLUT_LUT_F32;
+        lut->tbl_bytes = qm->k_pad * (int64_t)sizeof(float);
+        lut->n_groups = qm->k_pad / qm->group;
+    } else if (qm->type == PYLUT_TYPE_T3) {
         lut->kind = PYLUT_LUT_T3;
         lut->n_groups = qm->k_pad / qm->group;
         lut->tbl_bytes = lut->n_groups * pylut_t3_triples(qm->group) * 16;
@@ -156,8 +165,16 @@ static int t3_trit(const pylut_qmatrix *qm, const uint8_t *tile, int r, int64_t 
     return (v / pow3[o % 3]) % 3 - 1;
 }
 
+int pylut_pack_f16(pylut_qmatrix *qm, const uint16_t *w, int64_t ld) {
+    if (!qm || qm->type != PYLUT_TYPE_F16 || !qm->codes || !w || ld < qm->k) return PYLUT_EINVAL;
+    uint16_t *dst = (uint16_t *)qm->codes;
+    memset(dst, 0, (size_t)qm->codes_bytes);
+    for (int64_t r = 0; r < qm->m; r++) memcpy(dst + r * qm->k_pad, w + r * ld, (size_t)qm->k * 2);
+    return PYLUT_OK;
+}
+
 int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
-    if (!qm || !qm->codes || !codes || ld < qm->k) return PYLUT_EINVAL;
+    if (!qm || !qm->codes || !codes || ld < qm->k || qm->type == PYLUT_TYPE_F16) return PYLUT_EINVAL;
     memset(qm->codes, 0, (size_t)qm->codes_bytes);
     int64_t tiles = qm->m_pad / PYLUT_TILE_M;
     if (qm->type == PYLUT_TYPE_T3) {
@@ -228,7 +245,7 @@ int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld) {
 }
 
 int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
-    if (!qm || !qm->codes || !codes || ld < qm->k) return PYLUT_EINVAL;
+    if (!qm || !qm->codes || !codes || ld < qm->k || qm->type == PYLUT_TYPE_F16) return PYLUT_EINVAL;
     int64_t tiles = qm->m_pad / PYLUT_TILE_M;
     for (int64_t row = 0; row < qm->m; row++) {
         int64_t t = row / PYLUT_TILE_M;
@@ -259,6 +276,11 @@ int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
 
 int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
     if (!qm || !qm->codes || !out || row < 0 || row >= qm->m) return PYLUT_EINVAL;
+    if (qm->type == PYLUT_TYPE_F16) {
+        const uint16_t *w = (const uint16_t *)qm->codes + row * qm->k_pad;
+        for (int64_t col = 0; col < qm->k; col++) out[col] = pylut_fp16_to_fp32(w[col]);
+        return PYLUT_OK;
+    }
     int64_t t = row / PYLUT_TILE_M;
     int r = (int)(row % PYLUT_TILE_M);
     if (qm->type == PYLUT_TYPE_T3) {
