@@ -27,8 +27,12 @@ static ALWAYS_INLINE void plane_sums(const uint8_t *blk, const int8_t *T, int kp
         for (int p = 0; p < npair; p++)
             for (int half = 0; half < 2; half++) {
                 const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * p + 32 * half));
-                pacc[p][half] = _mm256_add_epi16(pacc[p][half], _mm256_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f)));
-                pacc[p][2 + half] = _mm256_add_epi16(pacc[p][2 + half], _mm256_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f)));
+                /* both lookups before either add: the order in which GCC 12 places the
+                 * reloads of spilled accumulators after the lookups (lut_gemm_b) */
+                const __m256i lo = _mm256_maddubs_epi16(mul12, lookup_lo(tbl, w, m0f));
+                const __m256i hi = _mm256_maddubs_epi16(mul12, lookup_hi(tbl, w, m0f));
+                pacc[p][half] = _mm256_add_epi16(pacc[p][half], lo);
+                pacc[p][2 + half] = _mm256_add_epi16(pacc[p][2 + half], hi);
             }
         if (lone) {
             __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 64 * npair));
@@ -79,6 +83,7 @@ static ALWAYS_INLINE void t3_pair_sums(const uint8_t *blk, const int8_t *tbl, __
     }
 }
 
+#define LUT_WALK_PER_WIDTH 1 /* one B-type walk per bit width (lut_body.h, lut_gemm_b) */
 #include "lut_body.h"
 
 /* ------------------------------------------------------------------ table entries */

@@ -30,6 +30,8 @@
  *                          lacc += the lone plane (odd bits)
  *   t3_pair_sums(blk, tbl, a[LUT_NH])      one T3 pair block (two triples a row, tables
  *                          tbl[0..31]) added to the int16 row sums a, signs applied
+ *   LUT_WALK_PER_WIDTH     optional, 1: the B-type walk is instantiated once per bit width
+ *                          (lut_gemm_b below says when that pays)
  *
  * LUT_NH = LUT_NF / 2 int16 vectors cover the tile, vector h rows LUT_RH*h.. ; widening
  * vector h gives int32 vectors 2h and 2h+1. The int16 bounds: kernels.h (int-super) and below.
@@ -228,7 +230,32 @@ static ALWAYS_INLINE void b_tile_isup(const pylut_qmatrix *qm, const pylut_lut *
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
 }
 
-/* y[tok][m] for row tiles [tile0, tile1), tokens [0, n) */
+/* y[tok][m] for row tiles [tile0, tile1), tokens [0, n).
+ * Where the width switch sits changes only GCC 12's register allocation, and the ISAs want
+ * opposite places. AVX2 (16 ymm): with the switch and the int-super test inside the tile
+ * loops, the 3- and 4-bit lookup loops reload spilled accumulators right behind the
+ * vpmaddubsw that feeds them; with one walk per width (LUT_WALK_PER_WIDTH) every width gets
+ * the pre-body kernel's loops, reloads after the lookups. AVX-512 (32 zmm) is the other way
+ * round: one walk per width spills in more of its loops, 2-bit ones among them. */
+#if LUT_WALK_PER_WIDTH
+static ALWAYS_INLINE void b_walk(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                                 int64_t tile0, int64_t tile1, const int bits) {
+    if (pylut_b_int_super(qm)) {
+        for (int64_t t = tile0; t < tile1; t++)
+            for (int tok = 0; tok < n; tok++)
+                if (qm->sub_nibbles) b_tile_isup(qm, lut + tok, y + tok * ldy, t, bits, 1);
+                else b_tile_isup(qm, lut + tok, y + tok * ldy, t, bits, 0);
+        return;
+    }
+    for (int64_t t = tile0; t < tile1; t++)
+        for (int tok = 0; tok < n; tok++) b_tile(qm, lut + tok, y + tok * ldy, t, bits);
+}
+
+static void lut_gemm_b(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
+                       int64_t tile0, int64_t tile1) {
+    PYLUT_FOR_BITS(qm->bits, BITS, b_walk(qm, lut, n, y, ldy, tile0, tile1, BITS))
+}
+#else
 static void lut_gemm_b(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                        int64_t tile0, int64_t tile1) {
     const int isup = pylut_b_int_super(qm);
@@ -241,6 +268,7 @@ static void lut_gemm_b(const pylut_qmatrix *qm, const pylut_lut *lut, int n, flo
             else PYLUT_FOR_BITS(qm->bits, BITS, b_tile(qm, L, yt, t, BITS))
         }
 }
+#endif
 
 /* ------------------------------------------------------------------ T3 */
 
