@@ -24,7 +24,8 @@ log = logging.getLogger("pylut")
 MIN_PREFIX_COPY = 8  # fewer positions to gain than this: not worth looking at another session
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -144,7 +145,7 @@ class Session:
         if tokens == self._cached and self._logits is not None:  # nothing new: the logits are known
             self.stats.update(prompt_processed=0, prompt_reused=len(tokens), prompt_copied=0, prompt_s=0.0)
             return self._logits
-        common = min(_common_prefix(self._cached, tokens), len(tokens) - 1)  # one token must run for logits
+        common = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # one token must run for logits
         if not state.can_truncate(common):
             common = 0  # streaming heads already dropped what going on from there would see
         state.truncate(common)
@@ -164,7 +165,7 @@ class Session:
         for d in list(self.model._sessions):
             if d is self or d.state is None or d.state.kv_type != self.state.kv_type:
                 continue
-            c = min(_common_prefix(d._cached, tokens), len(tokens) - 1)
+            c = min(common_prefix(d._cached, tokens), len(tokens) - 1)
             if c > best:
                 best, donor = c, d
         if donor is None or best - common < MIN_PREFIX_COPY:
@@ -173,7 +174,7 @@ class Session:
             return common
         try:
             src = donor.state
-            if src is None or _common_prefix(donor._cached, tokens) < best or src.pos != len(donor._cached):
+            if src is None or common_prefix(donor._cached, tokens) < best or src.pos != len(donor._cached):
                 return common
             if src.streaming is not None and src.streaming.any():
                 if src.pos > self.n_ctx or not src.can_truncate(best):

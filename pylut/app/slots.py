@@ -21,6 +21,7 @@ import time
 
 from .. import _core
 from ..kernels import physical_cores
+from ..session import common_prefix
 
 log = logging.getLogger("pylut.server")
 
@@ -96,15 +97,6 @@ class Job:
         self.cancel = threading.Event()  # set by the request thread: the client is gone
         self.queued_at = time.monotonic()
         self.outcome = None              # set by the worker: 'ok', 'error', 'dropped', 'timeout'
-
-
-def _common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # ---------------------------------------------------------------- counters
@@ -211,7 +203,7 @@ class Slots:
             job = self.waiting.popleft()
             best, best_n = 0, -1
             for i, s in enumerate(self.idle):
-                n = _common_prefix(s._cached, job.prefix) if s is not None else 0
+                n = common_prefix(s._cached, job.prefix) if s is not None else 0
                 if n > best_n:
                     best, best_n = i, n
             session = self.idle.pop(best)
