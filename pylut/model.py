@@ -271,9 +271,6 @@ class Model:
         with self._default._lock:
             return self._default.step(token)
 
-    def _n_keep(self) -> int:
-        return self._default._n_keep()
-
     # ---------------------------------------------------------------- sessions on disk
 
     def _fingerprint(self, shapes_only: bool = False) -> str:
