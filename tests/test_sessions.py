@@ -25,6 +25,15 @@ def tiny(tmp_path_factory):
     return path
 
 
+def run_in_threads(worker, n):
+    """worker(0) .. worker(n - 1), each in its own thread, all started before any is joined."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 STREAMING = [[True, False], [False, True]]  # one streaming kv head per layer
 
 
@@ -145,11 +154,7 @@ def test_four_threads_of_eight_generate_calls_give_what_each_gives_alone(tiny):
                 got[i] = _alone(m, PROMPTS[i], i)
         except BaseException as e:  # reported below
             errors.append(e)
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     assert not errors, errors
     assert got == want
     info = m.scheduler.info()
@@ -173,11 +178,7 @@ def test_sessions_in_threads_batch_and_keep_their_own_conversations(tiny):
         s = sessions[i]
         first = s.generate(PROMPTS[i], max_tokens=8, temperature=0)
         got[i] = (first, s.generate(PROMPTS[i] + [9, 9], max_tokens=8, temperature=0))
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     assert got == want
     for i, s in enumerate(sessions):  # the second call reused the first prompt's cache
         assert s.stats["prompt_reused"] == len(PROMPTS[i]) and s.stats["prompt_processed"] == 2
@@ -257,11 +258,7 @@ def test_streaming_heads_sessions_batch_exactly(tiny):
 
     def worker(i):
         got[i] = m.generate(long[:60 + 10 * i], max_tokens=20, temperature=0, ignore_eos=True)
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 3)
     assert got == want
 
 
