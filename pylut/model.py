@@ -320,9 +320,11 @@ class Model:
                                                               **sampling))
 
     def create_chat_completion(self, messages: List[Dict[str, str]], max_tokens: Optional[int] = None,
-                               stream: bool = False, stop=None, **sampling):
-        """OpenAI-shaped chat completion (Session.create_chat_completion). Thread-safe as generate."""
-        return self._on_claimed(lambda s: s.create_chat_completion(messages, max_tokens, stream, stop, **sampling))
+                               stream: bool = False, stop=None, n: int = 1, **sampling):
+        """OpenAI-shaped chat completion (Session.create_chat_completion; n > 1 samples n
+        answers of one prompt evaluation). Thread-safe as generate."""
+        return self._on_claimed(lambda s: s.create_chat_completion(messages, max_tokens, stream, stop, n,
+                                                                   **sampling))
 
     # ---------------------------------------------------------------- info
 

@@ -45,10 +45,16 @@ class Scheduler:
         self._running = False   # a thread is stepping
         self._previous = set()  # ids of the states in the last step
         self._workspace = None  # the step's activation buffers (a C session without a real cache)
-        self.stats = {"steps": 0, "tokens": 0, "max_seqs": 0}
+        self.stats = {"steps": 0, "tokens": 0, "max_seqs": 0, "busy_s": 0.0, "idle_s": 0.0}
+        # since when a request has waited while no step ran (None: none has): the time to
+        # the next step's start is the scheduler's own overhead (gather window, hand-over
+        # of the runner role, Python), which idle_s sums
+        self._waiting_since: Optional[float] = None
+        self._stepping = False
 
     def info(self) -> dict:
         """Counters for /metrics: steps run, tokens stepped, most sequences in one step,
+        seconds spent in steps (busy_s) and between steps while requests waited (idle_s),
         requests waiting now, and the settings."""
         with self._cv:
             pending = len(self._pending)
@@ -67,6 +73,8 @@ class Scheduler:
         req = _Request(state, toks)
         with self._cv:
             self._pending.append(req)
+            if self._waiting_since is None and not self._stepping:
+                self._waiting_since = time.perf_counter()
             self._cv.notify_all()
             while not req.done and self._running:
                 self._cv.wait()
@@ -91,10 +99,17 @@ class Scheduler:
                             break
                         self._cv.wait(left)
                     step = self._pick()
+                    self._stepping = True
+                    t0 = time.perf_counter()
+                    if self._waiting_since is not None:
+                        self.stats["idle_s"] += t0 - self._waiting_since
+                        self._waiting_since = None
                 self._run(step)
                 with self._cv:
                     self._previous = {id(r.state) for r, _ in step}
                     self._pending = [r for r in self._pending if not r.done]
+                    self._stepping = False
+                    self._waiting_since = time.perf_counter() if self._pending else None
                     self._cv.notify_all()
         finally:
             with self._cv:
@@ -113,6 +128,7 @@ class Scheduler:
         return step
 
     def _run(self, step):
+        t0 = time.perf_counter()
         try:
             chunks = [r.tokens[r.done_tokens:r.done_tokens + n] for r, n in step]
             pool = self.model.pool
@@ -133,6 +149,7 @@ class Scheduler:
             self.stats["steps"] += 1
             self.stats["tokens"] += sum(n for _, n in step)
             self.stats["max_seqs"] = max(self.stats["max_seqs"], len(step))
+            self.stats["busy_s"] += time.perf_counter() - t0
         except BaseException as e:  # the requests see it; the next step goes on without them
             for r, _ in step:
                 r.error, r.done = e, True

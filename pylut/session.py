@@ -55,6 +55,7 @@ class Session:
         self.n_shifts = 0
         self._cached: List[int] = []  # tokens whose keys/values are in the state
         self._logits = None           # logits after _cached (None: unknown)
+        self._fan_usage = None        # the last call's usage when it sampled n > 1 choices
         self._lock = threading.RLock()  # one call at a time on this session (re-entered by its own thread)
         self.stats = {"prompt_tokens": 0, "prompt_processed": 0, "prompt_reused": 0, "prompt_copied": 0,
                       "prompt_s": 0.0,
@@ -107,6 +108,8 @@ class Session:
         """The last call's token counts, OpenAI-shaped; prompt_tokens_details.cached_tokens
         are prompt tokens whose cache was reused (kept, or copied from another session)
         rather than evaluated."""
+        if self._fan_usage is not None:
+            return self._fan_usage
         st = self.stats
         return {"prompt_tokens": st["prompt_tokens"], "completion_tokens": st["gen_tokens"],
                 "total_tokens": st["prompt_tokens"] + st["gen_tokens"],
@@ -242,6 +245,7 @@ class Session:
 
     def _generate_tokens(self, prompt_tokens, max_tokens, stop_ids, params):
         sampler = Sampler(params)
+        self._fan_usage = None
         logits = self._eval(list(prompt_tokens))
         history = list(prompt_tokens)
         t0 = time.perf_counter()
@@ -363,7 +367,7 @@ class Session:
             texts[i] += t
             reasons[i] = r or reasons[i]
         out = chunk([choice(i, texts[i], reasons[i]) for i in range(n)])
-        out["usage"] = self._fan_usage if n > 1 else self.usage()
+        out["usage"] = self.usage()
         return out
 
     def _fan_out(self, ptoks, n, max_tokens, stop, params, ignore_eos):
@@ -424,10 +428,13 @@ class Session:
                            "prompt_tokens_details": {"cached_tokens": evaluated["prompt_reused"]}}
 
     def create_chat_completion(self, messages: List[Dict[str, str]], max_tokens: Optional[int] = None,
-                               stream: bool = False, stop=None, **sampling):
+                               stream: bool = False, stop=None, n: int = 1, **sampling):
+        """n > 1: n answers of one prompt evaluation, as create_completion."""
         if not isinstance(messages, list) or not messages:
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         params = SamplingParams.from_kwargs(**sampling)
+        if not _is_int(n) or not 1 <= n <= 64:
+            raise ValueError(f"n must be an integer in 1..64, got {n!r}")
         model = self.model
         self._live()
         prompt = model.chat_template.render(messages, add_generation_prompt=True)
@@ -436,21 +443,27 @@ class Session:
         if max_tokens is None:
             max_tokens = max(1, self.n_ctx - len(ptoks))
         cid, created, name = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), model.name
-        it = self._stream_text(ptoks, max_tokens, stop, params)
+        if n == 1:
+            events = ((0, t, r) for t, r in self._stream_text(ptoks, max_tokens, stop, params))
+        else:
+            self._stream_text(ptoks, max_tokens, stop, params)  # validates before threads start
+            events = self._fan_out(ptoks, int(n), max_tokens, stop, params, False)
         if stream:
             def chunks():
-                yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                       "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
-                for t, r in it:
+                def chunk(i, delta, reason):
+                    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                            "choices": [{"index": i, "delta": delta, "finish_reason": reason}]}
+                for i in range(n):
+                    yield chunk(i, {"role": "assistant"}, None)
+                for i, t, r in events:
                     if t or r:
-                        yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                               "choices": [{"index": 0, "delta": {"content": t} if t else {}, "finish_reason": r}]}
+                        yield chunk(i, {"content": t} if t else {}, r)
             return chunks()
-        text, reason = "", None
-        for t, r in it:
-            text += t
-            reason = r or reason
+        texts, reasons = [""] * n, [None] * n
+        for i, t, r in events:
+            texts[i] += t
+            reasons[i] = r or reasons[i]
         return {"id": cid, "object": "chat.completion", "created": created, "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": reason}],
+                "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                             "finish_reason": reasons[i]} for i in range(n)],
                 "usage": self.usage()}

@@ -161,7 +161,7 @@ def test_refused_inputs():
 
 # first token count at which each ISA's model takes the int8 kernel, by (bits, two-level);
 # absent: never (kernels.h PYLUT_I8_FROM_*, measured by tools/bench_prefill.py)
-VNNI_FROM = {(2, False): 16, (3, False): 8, (4, False): 8, (6, False): 4, (8, False): 4,
+VNNI_FROM = {(2, False): 16, (3, False): 8, (4, False): 12, (6, False): 4, (8, False): 4,
              (2, True): 32, (3, True): 8, (6, True): 4}
 AVX2_FROM = {(3, False): 8, (4, False): 8, (6, False): 8, (3, True): 16, (6, True): 16}
 

@@ -1,5 +1,6 @@
 """`pylut serve` driven by the official openai client over loopback: chat and completions,
-streamed and not, /v1/models, 8 concurrent clients answered exactly as when alone, bad
+streamed and not, n choices of one prompt evaluation, /v1/models, 8 concurrent clients
+answered exactly as when alone, bad
 requests answered 4xx (OpenAI-shaped) without hurting the server, and the API key.
 The server runs as a subprocess on a free 127.0.0.1 port, on a tiny model with a real vocab."""
 import http.client
@@ -16,6 +17,15 @@ from server_process import HOST, Server  # noqa: E402
 @pytest.fixture(scope="module")
 def server(chat_model_file, tmp_path_factory):
     s = Server(chat_model_file, tmp_path_factory.mktemp("run"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def bi_server(chat_model_file, tmp_path_factory):
+    """A server whose logits do not depend on what shares a step: a choice of n samples
+    exactly what a single request with its seed does."""
+    s = Server(chat_model_file, tmp_path_factory.mktemp("run-bi"), "--batch-invariant")
     yield s
     s.stop()
 
@@ -105,6 +115,59 @@ def test_a_repeated_system_prompt_is_not_evaluated_again(server):
     assert second["prompt_tokens_details"]["cached_tokens"] < second["prompt_tokens"]
 
 
+def _step_tokens(server):
+    status, raw = server.request("GET", "/metrics")
+    assert status == 200
+    line = next(x for x in raw.decode().splitlines() if x.startswith("pylut_step_tokens_total "))
+    return int(float(line.split()[1]))
+
+
+HOT = {"temperature": 2.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}  # the tiny model is sharply peaked
+
+
+def test_n_choices_share_one_prompt_evaluation(bi_server):
+    server = bi_server
+    prompt = "Choices share this prompt: the river, the garden and the winter morning"
+    before = _step_tokens(server)
+    c = server.client()
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=24, n=3, seed=5,
+                             extra_body={"ignore_eos": True, **HOT})
+    steps = _step_tokens(server) - before
+    texts = [ch.text for ch in sorted(r.choices, key=lambda ch: ch.index)]
+    assert [ch.index for ch in r.choices] == [0, 1, 2] and len(set(texts)) == 3
+    assert r.usage.completion_tokens == 72
+    evaluated = r.usage.prompt_tokens - r.usage.prompt_tokens_details.cached_tokens
+    # the prompt ran once; each choice then steps its tokens but the last
+    assert steps == evaluated + 3 * 23
+    for i, text in enumerate(texts):  # choice i is the single completion with seed 5 + i
+        one = c.completions.create(model="tiny", prompt=prompt, max_tokens=24, seed=5 + i,
+                                   extra_body={"ignore_eos": True, **HOT})
+        assert one.choices[0].text == text
+    streamed = ["", "", ""]
+    for ch in c.completions.create(model="tiny", prompt=prompt, max_tokens=24, n=3, seed=5, stream=True,
+                                   extra_body={"ignore_eos": True, **HOT}):
+        streamed[ch.choices[0].index] += ch.choices[0].text
+    assert streamed == texts
+
+
+def test_chat_n_choices_plain_and_streamed(bi_server):
+    server = bi_server
+    c = server.client()
+    kw = dict(model="tiny", messages=HI, max_tokens=8, n=2, seed=3, temperature=HOT["temperature"],
+              extra_body={k: v for k, v in HOT.items() if k != "temperature"})
+    r = c.chat.completions.create(**kw)
+    assert [ch.index for ch in r.choices] == [0, 1]
+    assert all(ch.message.role == "assistant" and ch.finish_reason in ("stop", "length") for ch in r.choices)
+    roles, texts = [], ["", ""]
+    for ch in c.chat.completions.create(stream=True, **kw):
+        d = ch.choices[0]
+        if d.delta.role:
+            roles.append(d.index)
+        texts[d.index] += d.delta.content or ""
+    assert sorted(roles) == [0, 1]
+    assert texts == [ch.message.content for ch in r.choices]
+
+
 @pytest.mark.parametrize("body, param", [
     ('{"messages": [{"role": "user", "content": "hi"}', None),         # malformed JSON
     ('[1, 2]', None),                                                  # not an object
@@ -116,6 +179,10 @@ def test_a_repeated_system_prompt_is_not_evaluated_again(server):
     ({"messages": HI, "top_p": 0}, "top_p"),
     ({"messages": HI, "stream": "yes"}, "stream"),
     ({"messages": HI, "stop": [1]}, "stop"),
+    ({"messages": HI, "n": 0}, "n"),
+    ({"messages": HI, "n": 17}, "n"),
+    ({"messages": HI, "n": "2"}, "n"),
+    ({"messages": HI, "n": True}, "n"),
 ])
 def test_bad_chat_requests_are_400(server, body, param):
     status, raw = server.request("POST", "/v1/chat/completions", body)

@@ -34,6 +34,7 @@ WRITE_TIMEOUT_S = 30.0     # a streaming client that takes no bytes this long is
 # client that stopped reading would fill before the write timeout even starts counting)
 STREAM_SNDBUF = 64 << 10
 POLL_S = 0.25              # how often a waiting request thread checks that its client is still there
+MAX_N = 16                 # choices a request may ask for (each one a sequence of its own in the steps)
 
 
 # ---------------------------------------------------------------- request validation
@@ -67,7 +68,7 @@ _SAMPLING = {
 
 
 def parse_common(body, max_tokens_limit, default_max_tokens):
-    """(max_tokens, stop, stream, sampling kwargs) from an OpenAI request body."""
+    """(max_tokens, stop, stream, n, sampling kwargs) from an OpenAI request body."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     sampling = {}
@@ -97,9 +98,11 @@ def parse_common(body, max_tokens_limit, default_max_tokens):
     if not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean", "stream")
     n = body.get("n", 1)
-    if n != 1 or isinstance(n, bool):
-        raise _bad("only n=1 is supported", "n")
-    return max_tokens, stop, stream, sampling
+    if n is None:
+        n = 1
+    if not _is_int(n) or not 1 <= n <= MAX_N:
+        raise _bad(f"'n' must be an integer in 1..{MAX_N}, got {json.dumps(n)[:50]}", "n")
+    return max_tokens, stop, stream, n, sampling
 
 
 def parse_messages(body):
@@ -323,20 +326,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _chat(self):
         body = self._read_json()
-        max_tokens, stop, stream, sampling = parse_common(body, self.server.max_tokens_limit,
-                                                          self.server.max_tokens_limit)
+        max_tokens, stop, stream, n, sampling = parse_common(body, self.server.max_tokens_limit,
+                                                             self.server.max_tokens_limit)
         messages = parse_messages(body)
-        call = dict(messages=messages, max_tokens=max_tokens, stop=stop, **sampling)
+        call = dict(messages=messages, max_tokens=max_tokens, stop=stop, n=n, **sampling)
         self._run(Job("chat", call, self._deadline(), self._chat_prefix(messages)), stream, body)
 
     def _completions(self):
         body = self._read_json()
-        max_tokens, stop, stream, sampling = parse_common(body, self.server.max_tokens_limit, 16)
+        max_tokens, stop, stream, n, sampling = parse_common(body, self.server.max_tokens_limit, 16)
         prompt = parse_prompt(body)
         ignore_eos = body.get("ignore_eos", False)  # llama-server's: generate max_tokens whatever comes
         if not isinstance(ignore_eos, bool):
             raise _bad("'ignore_eos' must be a boolean", "ignore_eos")
-        call = dict(prompt=prompt, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, **sampling)
+        call = dict(prompt=prompt, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, n=n, **sampling)
         prefix = prompt if isinstance(prompt, list) else self._tokens_or_none(prompt)
         self._run(Job("completion", call, self._deadline(), prefix), stream, body)
 
@@ -423,18 +426,23 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "error":
             raise value
         first = chunks[0]
-        text = "".join((c["choices"][0].get("delta") or {}).get("content", "") if job.kind == "chat"
-                       else c["choices"][0]["text"] for c in chunks)
-        reason = next((c["choices"][0]["finish_reason"] for c in reversed(chunks)
-                       if c["choices"][0].get("finish_reason")), None)
+        n = job.call.get("n", 1)
+        texts, reasons = [""] * n, [None] * n
+        for c in chunks:  # each chunk carries one choice's piece (n > 1: interleaved)
+            ch = c["choices"][0]
+            i = ch["index"]
+            texts[i] += (ch.get("delta") or {}).get("content", "") if job.kind == "chat" else ch["text"]
+            reasons[i] = ch.get("finish_reason") or reasons[i]
         if job.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                        "finish_reason": reasons[i]} for i in range(n)]
             obj = "chat.completion"
         else:
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+            choices = [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]}
+                       for i in range(n)]
             obj = "text_completion"
         return {"id": first["id"], "object": obj, "created": first["created"], "model": first["model"],
-                "choices": [choice], "usage": value}
+                "choices": choices, "usage": value}
 
     def _write_event(self, obj):
         self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
@@ -512,6 +520,11 @@ def prometheus_text(server) -> str:
            [("", sched["tokens"])])
     metric("step_sequences_max", "gauge", "Most sequences stepped together in one step so far.",
            [("", sched["max_seqs"])])
+    metric("step_busy_seconds_total", "counter", "Seconds spent running those steps.",
+           [("", float(sched["busy_s"]))])
+    metric("step_idle_seconds_total", "counter",
+           "Seconds between steps while a request waited for one (the scheduler's own overhead).",
+           [("", float(sched["idle_s"]))])
     kv = server.model.kv_stats()
     for key, help_text in (("sessions", "Open sessions (conversations holding a KV cache)."),
                            ("tokens_cached", "Tokens whose keys and values are cached, over every session."),

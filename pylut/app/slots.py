@@ -254,10 +254,14 @@ class Slots:
             job.outcome = "error"
             _offer(job, ("error", RequestError(400, str(e))))
             return
-        counted, last = 0, None
+        counted = 0
+        unfinished = {}  # choice index -> its last chunk, until its finish_reason comes (n > 1: several)
         try:
             for chunk in chunks:
-                last = chunk
+                index = chunk["choices"][0].get("index", 0)
+                unfinished[index] = chunk
+                if _finished(chunk):
+                    del unfinished[index]
                 if not _is_role_chunk(chunk):  # stats are this request's only once it generates
                     n = session.stats["gen_tokens"]
                     self.metrics.generated(n - counted)
@@ -265,9 +269,10 @@ class Slots:
                 if job.cancel.is_set() or not _offer(job, ("chunk", chunk)):
                     job.outcome = "dropped"
                     return
-                if time.monotonic() > job.deadline and not _finished(chunk):
+                if time.monotonic() > job.deadline and unfinished:
                     job.outcome = "timeout"
-                    _offer(job, ("chunk", _cut(last)))
+                    for last in unfinished.values():
+                        _offer(job, ("chunk", _cut(last)))
                     break
         except (ValueError, TypeError) as e:  # a prompt the model cannot run (over n_ctx, ...)
             job.outcome = "error"

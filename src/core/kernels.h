@@ -114,7 +114,10 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * The lookups' cost grows with the planes, the int8 kernel's does not, and its tile unpacking
  * is paid once per 64 tokens. 1-bit, ternary and every decode step stay on the tables; 8-bit
  * codes stay there on AVX2 (vpmaddubsw would saturate). Measured: docs/benchmarks.md. */
-#define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 8, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
+/* Plain 4-bit on VNNI from 12, not the 8 a 2048x2048 matrix in L2 gave: in the model, with
+ * the weights streaming from memory, batched decode steps of 8-10 sequences ran 5-14 % faster
+ * on the tables (1B Q4_0, Zen 5, 1 thread; docs/benchmarks.md). */
+#define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 12, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
 #define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
 /* NEON sdot (Cortex-A76 and later): AVX2's thresholds, not measured (no ARM hardware here,
  * and qemu's timings say nothing). sdot does 4 products per lane like vpdpbusd, so the int8

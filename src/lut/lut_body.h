@@ -92,11 +92,19 @@ static ALWAYS_INLINE void group_sums16(const uint8_t **blk, const int8_t **T, in
 }
 
 /* One group's float epilogue: acc += s * (f*A + (h - zero) * sx) without a bias array (its
- * implied bias is -scale*zero), else acc += (s*f)*A, then acc += (b + s*h) * sx. */
+ * implied bias is -scale*zero), else acc += (s*f)*A, then acc += (b + s*h) * sx. plain (a
+ * constant): one fp16 scale a group and no bias array (Q4_0, Q8_0...), the common case,
+ * without group_param's run-time tests: GCC 12 kept them, and the lookups' sums A went
+ * through the stack, in the loop every token of a decode or batched step runs. */
 static ALWAYS_INLINE void group_apply(const pylut_qmatrix *qm, int64_t t, int64_t g, float f, float h,
-                                      float sx, const vi32 A[LUT_NF], vf32 acc[LUT_NF]) {
+                                      float sx, const vi32 A[LUT_NF], vf32 acc[LUT_NF], const int plain) {
     const vf32 vf = f_set1(f);
     const vf32 zc = f_set1(qm->has_bias ? 0.0f : (h - qm->zero) * sx);
+    if (plain) { /* group_param's !super load, the !has_bias arithmetic below */
+        const uint16_t *sc = qm->scale + (t * (qm->k_pad / qm->group) + g) * PYLUT_TILE_M;
+        for (int q = 0; q < LUT_NF; q++) acc[q] = f_fma(f_load_h(sc + LUT_RF * q), f_fma(vf, f_from_i32(A[q]), zc), acc[q]);
+        return;
+    }
     for (int q = 0; q < LUT_NF; q++) {
         const vf32 s = group_param(qm, 0, t, g, q);
         if (!qm->has_bias) {
@@ -111,9 +119,9 @@ static ALWAYS_INLINE void group_apply(const pylut_qmatrix *qm, int64_t t, int64_
 
 /* ------------------------------------------------------------------ B-type, per-group scales */
 
-/* One row tile (64 rows), one token. bits is a compile-time constant (PYLUT_FOR_BITS). */
+/* One row tile (64 rows), one token. bits and plain (group_apply) are compile-time constants. */
 static ALWAYS_INLINE void b_tile(const pylut_qmatrix *qm, const pylut_lut *L, float *y, int64_t t,
-                                 const int bits) {
+                                 const int bits, const int plain) {
     const int npair = bits / 2, lone = bits & 1, kgb = pylut_b_kgroup_bytes(bits);
     const int64_t groups = qm->k_pad / qm->group;
     const int kpg = qm->group / PYLUT_KGROUP;
@@ -138,7 +146,7 @@ static ALWAYS_INLINE void b_tile(const pylut_qmatrix *qm, const pylut_lut *L, fl
                 if (lone) widen_add(lacc[r], bits - 1, &A[2 * r], &A[2 * r + 1]);
             }
         }
-        group_apply(qm, t, g, 0.5f * L->tscale[g], h, L->sumx[g], A, acc);
+        group_apply(qm, t, g, 0.5f * L->tscale[g], h, L->sumx[g], A, acc, plain);
     }
     store_tile(y, t * PYLUT_TILE_M, qm->m, acc);
 }
@@ -247,8 +255,11 @@ static ALWAYS_INLINE void b_walk(const pylut_qmatrix *qm, const pylut_lut *lut, 
                 else b_tile_isup(qm, lut + tok, y + tok * ldy, t, bits, 0);
         return;
     }
+    const int plain = !qm->super && !qm->has_bias;
     for (int64_t t = tile0; t < tile1; t++)
-        for (int tok = 0; tok < n; tok++) b_tile(qm, lut + tok, y + tok * ldy, t, bits);
+        for (int tok = 0; tok < n; tok++)
+            if (plain) b_tile(qm, lut + tok, y + tok * ldy, t, bits, 1);
+            else b_tile(qm, lut + tok, y + tok * ldy, t, bits, 0);
 }
 
 static void lut_gemm_b(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
@@ -258,14 +269,15 @@ static void lut_gemm_b(const pylut_qmatrix *qm, const pylut_lut *lut, int n, flo
 #else
 static void lut_gemm_b(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                        int64_t tile0, int64_t tile1) {
-    const int isup = pylut_b_int_super(qm);
+    const int isup = pylut_b_int_super(qm), plain = !qm->super && !qm->has_bias;
     for (int64_t t = tile0; t < tile1; t++)
         for (int tok = 0; tok < n; tok++) {
             const pylut_lut *L = lut + tok;
             float *yt = y + tok * ldy;
             if (isup && qm->sub_nibbles) PYLUT_FOR_BITS(qm->bits, BITS, b_tile_isup(qm, L, yt, t, BITS, 1))
             else if (isup) PYLUT_FOR_BITS(qm->bits, BITS, b_tile_isup(qm, L, yt, t, BITS, 0))
-            else PYLUT_FOR_BITS(qm->bits, BITS, b_tile(qm, L, yt, t, BITS))
+            else if (plain) PYLUT_FOR_BITS(qm->bits, BITS, b_tile(qm, L, yt, t, BITS, 1))
+            else PYLUT_FOR_BITS(qm->bits, BITS, b_tile(qm, L, yt, t, BITS, 0))
         }
 }
 #endif
