@@ -1,4 +1,5 @@
-"""The architecture zoo: tiny random models made by transformers, converted and quantized by
+"""The architecture zoo: tiny models made by transformers (random init, then a short training
+run on the tool's corpus, for a trained model's logit margins), converted and quantized by
 llama.cpp's own tools (tests/fixtures/zoo, written by tools/make_arch_zoo.py), each checked
 three ways with no torch, transformers or llama.cpp at test time:
 
@@ -6,8 +7,8 @@ three ways with no torch, transformers or llama.cpp at test time:
   file's own weights, with pylut's config (RoPE frequencies included), within 0.5 % of the
   logit range; pylut itself on the F16 file and the HF folder at precision="high" (which keeps
   float matrices as fp16: F16 matrices, fp32 activations) within the same 0.5 %; packed at 8
-  bits instead they are 1-4 % away, as far as llama.cpp's own Q8_0 file on these small random
-  models (PACKED_TOLERANCE);
+  bits instead they are 2-9 % away at the worst position, as far as llama.cpp's own Q8_0 files
+  are (3-7 %) on these small trained models (PACKED_TOLERANCE);
 * every file against the reference over the same dequantized weights, at precision="high":
   logits within 0.5 % and 32 greedy tokens identical;
 * every file against llama.cpp's logits on the same file: top-1 agreement over the prompt.
@@ -28,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ref_forward import forward as ref_forward  # noqa: E402
 
 ZOO = Path(__file__).resolve().parent / "fixtures" / "zoo"
-BUDGET = 9 * 2**20            # every committed zoo file together (Gemma's four entries: 2.6 MiB)
+BUDGET = 10 * 2**20           # every committed zoo file together (9.1 MiB: ~100-155-token prompts)
 HF_TOLERANCE = 0.005          # of transformers' logit range at each position
-PACKED_TOLERANCE = 0.05       # the same for pylut over float weights packed at 8 bits (bits=8)
+PACKED_TOLERANCE = 0.1        # the same for pylut over float weights packed at 8 bits (bits=8)
 SAME_WEIGHTS_TOLERANCE = 0.005
-TOP1_AGREEMENT = 0.9           # every position; near-ties included (see test_gguf_agrees_with_llamacpp)
+TOP1_AGREEMENT = 0.95          # every position; near-ties included (see test_gguf_agrees_with_llamacpp)
 N_GREEDY = 32
 
 
@@ -196,8 +197,8 @@ def test_gguf_follows_the_reference(name, qt):
 @pytest.mark.parametrize("name,qt", QUANTIZED, ids=[f"{n}-{q}" for n, q in QUANTIZED])
 def test_gguf_agrees_with_llamacpp(name, qt):
     """Top-1 over the prompt against llama.cpp on the same quantized file. llama.cpp rounds
-    activations to 8 bits (Q8_0 / Q8_K) for quantized matrices, 2-3 % of the logit range on
-    these random models, and so flips near-ties: at every position where the two differ,
+    activations to 8 bits (Q8_0 / Q8_K) for quantized matrices, about 1 % of the logit range
+    on these models, and so flips near-ties: at every position where the two differ,
     pylut's token must be one llama.cpp nearly chose (its logit within twice llama.cpp's
     deviation from the float reference over the file's weights); over all, TOP1_AGREEMENT."""
     arrays, _ = _oracle(name)

@@ -1,8 +1,8 @@
 """Gemma 2 and Gemma 3 against transformers and llama.cpp, and the sliding window everywhere.
 
 The zoo fixtures (tests/fixtures/zoo/gemma*, written by tools/make_arch_zoo.py: transformers'
-tiny random Gemma2ForCausalLM / Gemma3ForCausalLM, converted and quantized by llama.cpp's own
-tools) hold transformers' logits over a prompt (50 tokens; Gemma 3's 102) and llama.cpp's
+tiny Gemma2ForCausalLM / Gemma3ForCausalLM, briefly trained, converted and quantized by llama.cpp's
+own tools) hold transformers' logits over a prompt (155 tokens) and llama.cpp's
 logits and greedy ids on each quantized file. Their window (8) is far shorter than the prompt, Gemma 2's soft-caps
 are small enough to bite, and Gemma 3's global layer has linear RoPE scaling while its local
 layers rotate with their own base. The chain of evidence:
@@ -96,7 +96,8 @@ def test_pylut_matches_reference(name, kind):
     chunked = _session(lm, max_batch=5).forward(o["prompt"], pylut.get_pool(), all_logits=True)
     assert deviation(chunked, want) <= TOLERANCE
     # transformers itself, through pylut's 8-bit rounding of the float weights where it has one
-    assert deviation(got, o["hf_logits"]) <= (0.08 if kind == "Q8_0" else 0.06)
+    # (trained weights: llama.cpp's own Q8_0 file is 5-7 % away at its worst position)
+    assert deviation(got, o["hf_logits"]) <= 0.1
 
 
 @pytest.mark.parametrize("name", FLOAT_CASES)
@@ -167,12 +168,13 @@ def _without(cfg, feature):
                                                                   "embd_scale")] +
                          [("gemma3", f) for f in ("window", "local_rope", "rope_scaling", "embd_scale")])
 def test_each_feature_moves_the_logits(name, feature):
-    """pylut without one Gemma feature no longer matches transformers: each is needed."""
+    """pylut without one Gemma feature no longer matches transformers: each is needed
+    (Gemma 3's RoPE scaling, on one global layer of six, moves the logits least: ~4 %)."""
     o = _oracle(name)
     lm = load_gguf(_source(name, "F16"), bits=8)
     lm.config = _without(lm.config, feature)
     got = _session(lm).forward(o["prompt"], pylut.get_pool(), all_logits=True)
-    assert deviation(got, o["hf_logits"]) > 0.1
+    assert deviation(got, o["hf_logits"]) > 4 * TOLERANCE
 
 
 def test_query_pre_attn_scalar_and_the_27b_scale(tmp_path):
@@ -190,7 +192,7 @@ def test_query_pre_attn_scalar_and_the_27b_scale(tmp_path):
     o = _oracle("gemma2")
     got = _session(lm).forward(o["prompt"], pylut.get_pool(), all_logits=True)
     assert deviation(got, ref_forward(lm.config, _packed_weights(lm), o["prompt"])) <= TOLERANCE
-    assert deviation(got, o["hf_logits"]) > 0.1
+    assert deviation(got, o["hf_logits"]) > 4 * TOLERANCE
     from pylut.formats.gguf_model import _gemma_config
     for arch, layers, want in (("gemma2", 46, 1 / np.sqrt(4608 / 32)), ("gemma2", 42, 1 / np.sqrt(256)),
                                ("gemma3", 62, 1 / np.sqrt(5376 / 32)), ("gemma3", 34, 1 / np.sqrt(256))):

@@ -1,8 +1,8 @@
 """phi3 (Phi-3-mini, Phi-3.5-mini, Phi-4-mini) against transformers and llama.cpp.
 
-The fixtures (tests/fixtures/zoo/<name>/, written by tools/make_arch_zoo.py) are tiny random
-models made by transformers and converted by llama.cpp's own convert_hf_to_gguf.py and
-quantizer: `phi3` is Phi-3.5-mini-shaped (LongRoPE, untied head, a sliding window past the
+The fixtures (tests/fixtures/zoo/<name>/, written by tools/make_arch_zoo.py) are tiny models
+made by transformers (random init, briefly trained) and converted by llama.cpp's own
+convert_hf_to_gguf.py and quantizer: `phi3` is Phi-3.5-mini-shaped (LongRoPE, untied head, a sliding window past the
 context), `phi4mini` Phi-4-mini-shaped (partial rotary 0.75, LongRoPE, tied head, no window),
 `phi3-k` the K-quant files. Both engines' logits are in each oracle.npz.
 
@@ -43,7 +43,7 @@ PYLUT_8BIT_VS_LLAMACPP = 2.0
 SAME_WEIGHTS_TOLERANCE = 0.005   # pylut against the reference over the weights pylut packed
 MIN_TOP1_LLAMACPP = 0.95        # over the positions llama.cpp's own rounding cannot flip (below)
 N_GREEDY = 32
-N_CTX = 128                      # llama.cpp pads it to 256, not past the original 256: short factors
+N_CTX = 160                      # llama.cpp pads it to 256, not past the original 256: short factors
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_loader_reads_the_factors(cache):
             np.testing.assert_allclose(cfg["rope_inv_freq"], longrope_inv_freq(cfg, params["short_factor"]),
                                        rtol=1e-6)
             assert cfg["rope_attn_factor"] == pytest.approx(want_attn, rel=1e-6)
-            assert model.weights.config["rope_inv_freq"] == cfg["rope_inv_freq"]  # n_ctx 128: short
+            assert model.weights.config["rope_inv_freq"] == cfg["rope_inv_freq"]  # n_ctx 160: short
 
 
 @pytest.mark.parametrize("n_ctx,long", [(256, False), (257, True), (1024, True)])

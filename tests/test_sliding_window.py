@@ -30,7 +30,7 @@ def _mistral_gguf(tmp_path):
 
 
 CASES = {
-    "mistral-hf": lambda tmp: load_hf(ZOO / "mistral" / "hf", bits=8),                       # window 128
+    "mistral-hf": lambda tmp: load_hf(ZOO / "mistral" / "hf", bits=8),                       # window 160
     "mistral-gguf": _mistral_gguf,                                                             # window 40
     "phi3-hf": lambda tmp: load_hf(edited_copy(ZOO / "phi3" / "hf", tmp / "phi3",
                                                lambda c: c.update(sliding_window=24)), bits=8),  # window 24

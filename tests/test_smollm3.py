@@ -48,7 +48,7 @@ def test_reference_matches_transformers_and_needs_the_nope_layer():
 def test_logits_match_transformers(source, cache):
     o = oracle(NAME)
     model = pylut.load(ZOO / NAME / "hf" if source == "hf" else gguf_path(source), bits=8, precision="high",
-                       n_ctx=128)
+                       n_ctx=160)
     assert model.loaded.arch == "smollm3" and model.loaded.config["rope_skip_layers"] == [3]
     got = prompt_logits(model, o["prompt"])
     same = deviation(got, ref_forward(model.loaded.config, dequantized(model.loaded), o["prompt"].tolist(),
@@ -61,7 +61,7 @@ def test_logits_match_transformers(source, cache):
 @pytest.mark.parametrize("tensor_type", ["F16", "Q8_0"])
 def test_greedy_and_llamacpp(tensor_type, cache):
     o = oracle(NAME)
-    model = pylut.load(gguf_path(tensor_type), bits=8, precision="high", n_ctx=128)
+    model = pylut.load(gguf_path(tensor_type), bits=8, precision="high", n_ctx=160)
     prompt = o["prompt"].tolist()
     got = model.state.forward(prompt, model.pool, all_logits=True)
     generated = [int(got[-1].argmax())]

@@ -1,5 +1,6 @@
-"""make_arch_zoo.py - the architecture zoo: tiny random models made by transformers, converted
-and quantized by llama.cpp's own tools, with both engines' logits, as test fixtures.
+"""make_arch_zoo.py - the architecture zoo: tiny models made by transformers (random init, then
+TRAIN_STEPS Adam steps on the corpus, see train), converted and quantized by llama.cpp's own
+tools, with both engines' logits, as test fixtures.
 
     python3 tools/make_arch_zoo.py [OUT]  [--only NAME ...]   (default tests/fixtures/zoo)
 
@@ -53,7 +54,10 @@ SEED = 1234
 
 # ---------------------------------------------------------------- the prompt and tokenizers
 
-PROMPT = "The quick brown fox jumps over the lazy dog; 12 cats sat on 3 mats, isn't it?"
+# ~100 tokens, the same for every entry: top-1 agreement with llama.cpp is a proportion, and
+# 95 % of ~50 positions would leave room for two near-ties only
+PROMPT = ("Once upon a time there was a tiny language model that learned to count: one, two, three. "
+          "The quick brown fox jumps over the lazy dog; 12 cats sat on 3 mats, isn't it?")
 
 # the training text of the tiny BPE vocabularies (fixed here so they are reproducible)
 CORPUS = """\
@@ -205,8 +209,8 @@ ZOO: dict[str, dict] = {
     "llama3.2-k": dict(model_type="llama", config=dict(WIDE, tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
                        quants=K_TYPES, tokenizer="llama-bpe", keep_hf=False),
     # Mistral 7B: SentencePiece vocabulary, a sliding window (HF only: llama.cpp's converter
-    # writes none for MistralForCausalLM) longer than the prompt
-    "mistral": dict(model_type="mistral", config=dict(NARROW, sliding_window=128, rope_theta=1e6),
+    # writes none for MistralForCausalLM) longer than the prompt (155 tokens of this vocabulary)
+    "mistral": dict(model_type="mistral", config=dict(NARROW, sliding_window=160, rope_theta=1e6),
                     quants=FLOAT_TYPES, tokenizer="spm", keep_hf=True),
     # Falcon3: llama with head_dim * heads > hidden and its own pre-tokenizer name
     "falcon3": dict(model_type="llama", config=dict(NARROW, num_attention_heads=2, num_key_value_heads=1, head_dim=48,
@@ -236,15 +240,13 @@ ZOO: dict[str, dict] = {
 # norms scale by (1 + weight), so their random weights sit around 0. Gemma 2: soft-caps small
 # enough to bite, layers alternating windowed / global. Gemma 3: six layers, so the default
 # pattern (every 6th global; the converter writes no pattern key) has a global layer, with
-# linear RoPE scaling there and the local base elsewhere; a longer prompt, over which the
-# top-1 agreement with llama.cpp is measured on more positions.
+# linear RoPE scaling there and the local base elsewhere.
 GEMMA = dict(NARROW, sliding_window=8, query_pre_attn_scalar=16)
 GEMMA_WIDE = dict(WIDE, sliding_window=8, query_pre_attn_scalar=64)
 GEMMA_INIT = {"norm.weight": ("normal", 0.2)}
 GEMMA2_CAPS = dict(attn_logit_softcapping=1.5, final_logit_softcapping=2.0)
 GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
-GEMMA3_PROMPT = "Once upon a time there was a tiny language model that learned to count: one, two, three. " + PROMPT
 ZOO.update({
     "gemma2": dict(model_type="gemma2", config=dict(GEMMA, **GEMMA2_CAPS), quants=FLOAT_TYPES, tokenizer="spm",
                    keep_hf=True, init=GEMMA_INIT),
@@ -253,7 +255,7 @@ ZOO.update({
     "gemma3": dict(model_type="gemma3_text", config=dict(GEMMA, hidden_size=32, num_attention_heads=2,
                                                          num_key_value_heads=1, num_hidden_layers=6,
                                                          rope_parameters=GEMMA3_ROPE),
-                   quants=FLOAT_TYPES, tokenizer="spm", keep_hf=True, init=GEMMA_INIT, prompt=GEMMA3_PROMPT),
+                   quants=FLOAT_TYPES, tokenizer="spm", keep_hf=True, init=GEMMA_INIT),
     "gemma3-k": dict(model_type="gemma3_text", config=dict(GEMMA_WIDE, rope_parameters=GEMMA3_ROPE),
                      quants=K_TYPES, tokenizer="spm", keep_hf=False, init=GEMMA_INIT),
 })
@@ -286,9 +288,40 @@ def make_hf(name: str, entry: dict, folder: Path, seed: int):
                 if pname.endswith(suffix):
                     p.copy_((1 if how == "one_plus" else 0) + s * torch.randn_like(p))
                     break
+    if TRAIN_STEPS:
+        train(model, tok, seed)
     model.to(torch.float16).save_pretrained(folder)
     (folder / "generation_config.json").unlink(missing_ok=True)
     return tok
+
+
+# A few Adam steps on CORPUS (which the prompt's words come from), for every entry alike.
+# Why: an untrained random model's logits are near-Gaussian over the vocabulary, so the
+# top-2 gap at a position is a few % of the logit range, while llama.cpp's 8-bit activation
+# rounding (Q8_0 / Q8_K inputs to every quantized matrix) moves its logits 1-2 % of the range:
+# an exact engine then disagreed with llama.cpp's top-1 at 4-5 % of the positions, on noise
+# alone (measured over seeds). Real checkpoints have the wide margins of a trained model;
+# a short training run gives the tiny ones the same, without touching what is compared.
+# The prompt's own sentences are held out (TRAIN_TEXT), so its margins come from what the
+# model learned of the corpus, not from a memorized text.
+TRAIN_STEPS, TRAIN_LR, TRAIN_LEN, TRAIN_BATCH = 100, 3e-3, 48, 8
+TRAIN_TEXT = "\n".join(line for line in CORPUS.splitlines() if not (line and line[:16] in PROMPT))
+
+
+def train(model, tok, seed: int) -> None:
+    import torch
+    ids = torch.tensor(tok(TRAIN_TEXT, add_special_tokens=False)["input_ids"])
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=TRAIN_LR)
+    model.train()
+    for _ in range(TRAIN_STEPS):
+        starts = torch.randint(0, len(ids) - TRAIN_LEN, (TRAIN_BATCH,), generator=gen)
+        batch = torch.stack([ids[s:s + TRAIN_LEN] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
 
 
 def hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
