@@ -121,7 +121,9 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * side is at least AVX2's; 8-bit codes do not fit its signed bytes. */
 #define PYLUT_I8_FROM_NEON_DOT PYLUT_I8_FROM_AVX2
 #define PYLUT_I8_CHUNK 256 /* k per unpacked chunk: 16 KB of dword codes per 64-row tile */
-#define PYLUT_I8_TOKENS 64 /* tokens per pass over an unpacked chunk (each pass re-unpacks) */
+/* tokens per pass over an unpacked chunk (each pass re-unpacks): a 128-token prompt chunk
+ * unpacks once (32 KB of float sums a pass, in L2) */
+#define PYLUT_I8_TOKENS 128
 static inline int pylut_i8_chunk(int group) { return group * (PYLUT_I8_CHUNK / group > 0 ? PYLUT_I8_CHUNK / group : 1); }
 /* Float scale and bias of groups [g0, g1) of tile t into s, b: [g1-g0][64] (portable) */
 void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b);

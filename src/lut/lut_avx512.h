@@ -115,6 +115,11 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
     .i8_from = PYLUT_I8_FROM_VNNI,
+    /* Ternary as two planes: their decode matches T3's here (Zen 5: equal or faster, Zen 4
+     * in L2: 152 G against 149 G weights/s), and B2 prompts go through vpdpbusd from 16
+     * tokens, 1.3-1.6x T3's token-at-a-time lookups on BitNet 2B4T (T3 has no int8 path,
+     * and its table builds cost as much again): docs/benchmarks.md */
+    .ternary_planes = 1,
 #endif /* (the BW tier's CPUs with VNNI get pylut_gemm_b_i8_vnni from dispatch.c) */
     /* the baselines (baseline/baseline_avx2.c): bandwidth-bound, 256-bit loads keep up */
     .attn_f16 = pylut_attn_f16_avx2,
