@@ -32,6 +32,8 @@ typedef struct {
     int b_many_from;
     /* the B-type table entries of k-groups [j0, j1) into tbl + 16 j (NULL: the portable loop) */
     pylut_b_entries_fn b_entries;
+    /* int8 activations, scale groups [g0, g1) (NULL: pylut_act8_build_range): its bytes */
+    void (*act8_build)(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
     /* 1: ternary weights run faster as two bit planes (B2, 2.06 bits/weight with TQ's
      * scales) than densely packed (T3, 1.74): the loader's default (pylut_ternary_as_planes) */
     unsigned char ternary_planes;
@@ -154,6 +156,7 @@ static inline int pylut_gemm_b_many_fits(const pylut_qmatrix *qm) {
 void pylut_gemm_b2_many_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                              int64_t tile0, int64_t tile1);
 void pylut_b_entries_avx2(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
+void pylut_act8_build_range_avx512(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
 void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,

@@ -112,6 +112,7 @@ static ALWAYS_INLINE void t3_pair_sums(const uint8_t *blk, const int8_t *tbl, __
 const pylut_kernels PYLUT_AVX512_TABLE = {
     LUT_BODY_KERNELS,
     .b_entries = pylut_b_entries_avx2, /* 8 entries a k-group: ymm is the natural width */
+    .act8_build = pylut_act8_build_range_avx512,
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
     .i8_from = PYLUT_I8_FROM_VNNI,
