@@ -95,6 +95,26 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
     assert h["tensors"]["blk.0.attn_q"]["sub_nibbles"] == (tensor_type == "Q2_K")
 
 
+def test_i2s_post_scales_survive_the_cache(tmp_path, cache, monkeypatch):
+    """I2_S scales that fp16 cannot hold become float32 post-scales (QMatrix.post): the
+    cache stores them, and the mapped model computes what the in-memory load does."""
+    import model_builder
+
+    def ternary(rng, rows, cols, std):  # model_builder._ternary with a scale fp16 would round
+        scale = np.float32(std * 1.2247 * (1 + 2 ** -12))
+        return (scale * rng.integers(-1, 2, size=(rows, cols))).astype(np.float32)
+    monkeypatch.setattr(model_builder, "_ternary", ternary)
+    src = _model(tmp_path, "I2_S", "bitnet-b1.58", tied=True)
+    reference = pylut.load(src, n_ctx=64, cache=False)
+    posts = {n: t.post for n, t in reference.loaded.tensors.items() if isinstance(t, _core.QMatrix)}
+    assert sum(p != 1.0 for p in posts.values()) >= 7 and not reference.loaded.lossy
+    want = _logits(reference)
+    pylut.load(src, n_ctx=64)
+    warm = pylut.load(src, n_ctx=64)
+    assert {n: warm.loaded.tensors[n].post for n in posts} == posts
+    assert np.array_equal(_logits(warm), want)
+
+
 def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, cache, monkeypatch):
     """ternary='auto' takes this ISA's layout (pylut.kernels.ternary_layout); a file that can
     hold ternary weights gets one cache file per layout, with the same logits; any other

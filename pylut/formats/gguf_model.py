@@ -331,14 +331,16 @@ def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.Q
 
 def ternary_one_scale(trits: np.ndarray, scale: float, ternary: str) -> _core.QMatrix:
     """Trits [m, k] times one scale for the whole matrix (BitNet's ternary floats, I2_S),
-    both exactly: the group scales are 1 and the float32 scale is the matrix's post-scale
-    (QMatrix.set_post), which multiplies each product after the kernel."""
+    both exactly: an fp16-exact scale as the group scales, any other as group scales of 1
+    and the matrix's float32 post-scale (QMatrix.set_post), a multiply after the kernel
+    (about 1 % of a prompt: only where fp16 would round)."""
     scale = np.float32(scale)
     m, k = trits.shape  # one scale per row: any group; B2 takes the largest that divides k
     g = DEFAULT_T3_GROUP if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
     k_pad = -(-k // g) * g
-    q = _ternary(trits, np.ones((m, k_pad // g), np.float32), g, ternary)
-    if scale != 1:
+    exact = np.float32(np.float16(scale)) == scale
+    q = _ternary(trits, np.full((m, k_pad // g), scale if exact else 1, np.float32), g, ternary)
+    if not exact:
         q.set_post(scale)
     return q
 
