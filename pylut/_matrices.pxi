@@ -4,6 +4,9 @@
 
 # ---------------------------------------------------------------- packed matrices
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 cdef class QMatrix:
     """A weight matrix W[m, k] packed in the bit-plane layout of include/pylut/pylut.h.
     Build with QMatrix.from_codes (B-types), QMatrix.from_trits (dense ternary T3) or
@@ -23,13 +26,16 @@ cdef class QMatrix:
     @staticmethod
     def from_packed(int type, int64_t m, int64_t k, int group, bint has_bias, codes,
                     scale=None, bias=None, zero=None, int super_=0, sub_scale=None, sub_bias=None,
-                    bint sub_nibbles=False):
+                    bint sub_nibbles=False, post=None):
         """Wrap already-packed buffers (e.g. from a packed-model file); sizes are checked.
         super_ > 0: two-level scales (scale/bias per super-block, int8 sub_scale/sub_bias);
         sub_nibbles: sub_scale is uint8, low nibble the sub-scale, high nibble the sub-bias's
-        magnitude (its sign is the bias array's), and sub_bias is None (see pylut.h)."""
+        magnitude (its sign is the bias array's), and sub_bias is None (see pylut.h).
+        post: the float32 post-scale (set_post), None for 1."""
         cdef QMatrix self = QMatrix.__new__(QMatrix)
         _check(pylut_qmatrix_layout(&self.qm, type, m, k, group, has_bias), "QMatrix.from_packed")
+        if post is not None:
+            self.set_post(post)
         if type == PYLUT_TYPE_F16:
             if any(a is not None for a in (scale, bias, zero, sub_scale, sub_bias)) or super_ or sub_nibbles:
                 raise ValueError("an F16 matrix has only its fp16 weights (no scales, biases or sub-values)")
@@ -192,6 +198,20 @@ cdef class QMatrix:
         self._pack(np.ascontiguousarray((trits + 1).astype(np.uint8)))
         return self
 
+    def set_post(self, post):
+        """Multiply every product of this matrix (and its dequantized rows) by post as a
+        float32, after the kernels: a per-matrix scale kept exactly where the fp16 group
+        scales would round it (bitnet.cpp's I2_S per-tensor scale)."""
+        p = float(post)
+        if not (np.isfinite(p) and 0.0 < abs(p) <= FLOAT32_MAX) or np.float32(p) == 0:
+            raise ValueError(f"post-scale must be a finite nonzero float32, got {post!r}")
+        _check(pylut_qmatrix_set_post(&self.qm, <float>p), "QMatrix.set_post")
+
+    @property
+    def post(self):
+        """The float32 post-scale every product is multiplied by (1.0: none)."""
+        return float(self.qm.post)
+
     cdef _pack(self, codes):
         """Pack uint8 codes [m, k] (already range-checked) into this matrix's buffers."""
         cdef const uint8_t[:, ::1] cv = codes
@@ -279,6 +299,10 @@ cdef class QMatrix:
 
     def dequantize(self):
         """float32 W[m, k] exactly as the kernel's packed data defines it (test reference)."""
+        w = self._dequantize()
+        return w * np.float32(self.qm.post) if self.qm.post != 1.0 else w
+
+    def _dequantize(self):
         m, k = self.qm.m, self.qm.k
         if self.qm.type == PYLUT_TYPE_F16:
             w = self.codes_buf.view(np.uint16).reshape(self.qm.m_pad, self.qm.k_pad)[:m, :k]

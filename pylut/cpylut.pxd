@@ -41,6 +41,7 @@ cdef extern from "pylut/pylut.h" nogil:
         uint16_t *bias
         int8_t *sub_scale
         int8_t *sub_bias
+        float post
 
     ctypedef struct pylut_lut:
         int32_t kind
@@ -66,6 +67,7 @@ cdef extern from "pylut/pylut.h" nogil:
     int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias)
     int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super_)
     int pylut_qmatrix_set_sub_nibbles(pylut_qmatrix *qm, int on)
+    int pylut_qmatrix_set_post(pylut_qmatrix *qm, float post)
     int pylut_pack_codes(pylut_qmatrix *qm, const uint8_t *codes, int64_t ld)
     int pylut_pack_f16(pylut_qmatrix *qm, const uint16_t *w, int64_t ld)
     int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld)

@@ -134,6 +134,43 @@ def test_i2s_tensor_in_a_gguf_packs_exactly(tmp_path):
             assert not lossy and (q.type == _core.TYPE_T3) == (layout == "t3")
 
 
+def test_i2s_scale_beyond_fp16_is_exact(tmp_path):
+    """An I2_S scale that fp16 cannot hold (1/3) is kept as the matrix's float32 post-scale:
+    the weights and a dequantized row are trits * that float32 exactly, and every product is
+    the same packed matrix's without it, times it in float32, whichever kernel ran."""
+    rng = np.random.default_rng(3)
+    trits = rng.integers(-1, 2, size=(96, 256)).astype(np.int8)
+    scale = np.float32(1 / 3)
+    assert np.float32(np.float16(scale)) != scale
+    path = tmp_path / "third.gguf"
+    w = gguf.GGUFWriter(str(path), "bitnet-b1.58")
+    w.add_tensor("m.weight", quants.encode_i2s(trits, float(scale)).view(np.int8), raw_shape=trits.shape,
+                 raw_dtype=36)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    x = rng.standard_normal((5, 256)).astype(np.float32)
+    pool = pylut.get_pool(1)
+    with GGUFFile(path) as f:
+        for layout in ("t3", "b2"):
+            lossy = set()
+            q = _convert_matrix(f, f.tensors["m.weight"], 4, 128, 1.0, None, lossy, "m", layout)
+            assert not lossy and q.post == scale
+            np.testing.assert_array_equal(q.dequantize(), trits * scale)
+            np.testing.assert_array_equal(q.row(7), trits[7] * scale)
+            unit = _core.QMatrix.from_packed(q.type, 96, 256, q.group, False, q.codes_buf, q.scale_buf, None, q.zero)
+            assert unit.post == 1.0
+            for int8 in (False, True) if layout == "b2" else (False,):
+                y = _core.gemm_multi([q], x, pool, int8=int8)[0]
+                np.testing.assert_array_equal(y, _core.gemm_multi([unit], x, pool, int8=int8)[0] * scale)
+                ref = x.astype(np.float64) @ (trits * np.float64(scale)).T
+                assert np.abs(y - ref).max() < 0.02 * np.abs(ref).max(), (layout, int8)
+    for bad in (0.0, float("nan"), float("inf"), 1e39):
+        with pytest.raises(ValueError, match="post-scale"):
+            unit.set_post(bad)
+
+
 def test_i2s_unpacks_a_2b4t_matrix_fast():
     """2B4T's FFN matrix (6912 x 2560 = 17.7 M weights) decodes in well under a second."""
     import time

@@ -64,7 +64,8 @@ def _the_cache_file(cache):
 
 @pytest.mark.parametrize("arch,tensor_type,tied", [
     ("llama", "Q4_0", False), ("llama", "Q2_K", True), ("llama", "Q6_K", False),
-    ("bitnet", "TQ2_0", True), ("llama", "F16", True)])   # a bitnet head is always tied
+    ("bitnet", "TQ2_0", True), ("llama", "F16", True),
+    ("bitnet-b1.58", "I2_S", True)])   # a bitnet head is always tied
 def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_type, tied):
     src = _model(tmp_path, tensor_type, arch, tied=tied)
     reference = pylut.load(src, n_ctx=64, cache=False)
@@ -82,6 +83,9 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
         for key in ("n_params", "bits_per_weight", "tensor_types", "lossy", "tied_output", "config"):
             assert getattr(m.loaded, key) == getattr(reference.loaded, key), key
         assert m.loaded.path == os.path.abspath(src)
+        for name, t in reference.loaded.tensors.items():  # I2_S: float32 post-scales kept
+            if isinstance(t, _core.QMatrix):
+                assert m.loaded.tensors[name].post == t.post, name
         q = m.loaded.tensors["blk.0.attn_q"]  # Q2_K: nibble sub-values, mapped as uint8
         assert q.sub_nibbles == (tensor_type == "Q2_K") == (q.sub_scale_buf is not None
                                                              and q.sub_scale_buf.dtype == np.uint8)
@@ -89,6 +93,26 @@ def test_streamed_cache_equals_the_in_memory_load(tmp_path, cache, arch, tensor_
     h, _, _ = _header(f)
     assert (h["tensors"]["output"]["kind"] == "alias") == tied
     assert h["tensors"]["blk.0.attn_q"]["sub_nibbles"] == (tensor_type == "Q2_K")
+
+
+def test_i2s_post_scales_survive_the_cache(tmp_path, cache, monkeypatch):
+    """I2_S scales that fp16 cannot hold become float32 post-scales (QMatrix.post): the
+    cache stores them, and the mapped model computes what the in-memory load does."""
+    import model_builder
+
+    def ternary(rng, rows, cols, std):  # model_builder._ternary with a scale fp16 would round
+        scale = np.float32(std * 1.2247 * (1 + 2 ** -12))
+        return (scale * rng.integers(-1, 2, size=(rows, cols))).astype(np.float32)
+    monkeypatch.setattr(model_builder, "_ternary", ternary)
+    src = _model(tmp_path, "I2_S", "bitnet-b1.58", tied=True)
+    reference = pylut.load(src, n_ctx=64, cache=False)
+    posts = {n: t.post for n, t in reference.loaded.tensors.items() if isinstance(t, _core.QMatrix)}
+    assert sum(p != 1.0 for p in posts.values()) >= 7 and not reference.loaded.lossy
+    want = _logits(reference)
+    pylut.load(src, n_ctx=64)
+    warm = pylut.load(src, n_ctx=64)
+    assert {n: warm.loaded.tensors[n].post for n in posts} == posts
+    assert np.array_equal(_logits(warm), want)
 
 
 def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, cache, monkeypatch):
@@ -131,7 +155,7 @@ def test_layout_header_last_and_aligned(tmp_path, cache):
     f = _the_cache_file(cache)
     data = f.read_bytes()
     magic, version, _, hoff, hlen, crc, _ = packcache._PREFIX.unpack_from(data)
-    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 9
+    assert magic == packcache.MAGIC and version == packcache.FORMAT_VERSION == 10
     assert hoff % packcache.ALIGN == 0 and hoff + hlen == len(data) and zlib.crc32(data[hoff:]) == crc
     spans = []
     for e in _header(f)[0]["tensors"].values():
@@ -250,8 +274,8 @@ def _damaged_files(good: bytes):
         "header byte flipped": (bytes(flip_header), "checksum mismatch"),
         "interrupted write": (bytes(incomplete), "incomplete packed-model file"),
         "bad magic": (b"NOTPYLUT" + good[8:], "bad magic"),
-        "old version": (good[:8] + struct.pack("<I", 8) + good[12:],  # 8: bitnet with the old RoPE
-                        "packed format version 8, this pylut reads 9"),
+        "old version": (good[:8] + struct.pack("<I", 9) + good[12:],  # 9: I2_S scales as fp16
+                        "packed format version 9, this pylut reads 10"),
     }
 
 

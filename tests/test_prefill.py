@@ -48,8 +48,8 @@ def check(q, x):
 CASES = [("sym", 1), ("zp", 2), ("sym", 3), ("zp", 3), ("sym", 4), ("zp", 4), ("sym", 5),
          ("zp", 6), ("sym", 7), ("sym", 8), ("ternary", 2)]
 # (m, k, group, n): ragged rows and k, groups 8..256, token counts around the kernel's
-# 4-token blocks and 64-token passes, k over several 256-wide chunks
-SHAPES = [(37, 100, 32, 1), (64, 256, 32, 5), (130, 1000, 8, 7), (70, 800, 96, 66),
+# 4-token blocks and 128-token passes (PYLUT_I8_TOKENS), k over several 256-wide chunks
+SHAPES = [(37, 100, 32, 1), (64, 256, 32, 5), (130, 1000, 8, 7), (70, 800, 96, 130),
           (65, 512, 256, 4), (100, 768, 16, 19)]
 
 
@@ -118,6 +118,26 @@ def test_largest_codes_and_activations_do_not_overflow(bits, group):
     exact = x.astype(np.float64) @ q.dequantize().astype(np.float64).T
     for isa in ISAS:
         np.testing.assert_allclose(run(q, x, isa), exact, rtol=1e-6, err_msg=isa)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_int8_activations_ties_zeros_and_ragged_groups_equal_on_every_isa(split):
+    """The activation quantizer of every ISA (AVX-512: its own, 16 values a step) writes the
+    twin's bytes: values at exact halves after scaling (amax 127, so the step is 1) round to
+    even, an all-zero group gets step 0, and k = 1000 leaves a ragged last group."""
+    rng = np.random.default_rng(9)
+    m, k, g = 64, 1000, 32
+    q = pylut.QMatrix.from_codes(rng.integers(0, 16, (m, k)).astype(np.uint8),
+                                 rng.uniform(0.5, 1.0, (m, -(-k // g))).astype(np.float32), None, bits=4, group=g)
+    x = rng.standard_normal((6, k)).astype(np.float32)
+    x[0] = rng.integers(-127, 127, k) + 0.5   # every value a tie
+    x[0, ::g] = 127.0                          # each group's max: step exactly 1
+    x[1, :3 * g] = 0.0                         # whole zero groups
+    x[2] *= 1e-30                              # tiny steps
+    x[3] *= 1e30                               # huge ones
+    ref = run(q, x, "scalar", split=split)
+    for isa in ISAS:
+        assert np.array_equal(run(q, x, isa, split=split), ref), isa
 
 
 def test_q4_0_grid_and_threads():

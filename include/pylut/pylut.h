@@ -112,6 +112,9 @@ typedef struct {
     uint16_t *bias;      /* B: fp16 bits or NULL; T3: NULL */
     int8_t *sub_scale;   /* super: [m_pad/64][k_pad/group][64] */
     int8_t *sub_bias;    /* super with bias: same shape; NULL with sub_nibbles */
+    float post;          /* every product (and dequantized row) times this float32: one scale
+                          * per matrix that fp16 cannot hold exactly, like bitnet.cpp's I2_S
+                          * per-tensor scale. The layout sets 1 (no multiply); finite, nonzero */
 } pylut_qmatrix;
 /* Nibble sub-values (sub_nibbles, llama.cpp's Q2_K keeps both as 4 bits): sub_scale holds one
  * byte per (row, group) in the same [m_pad/64][k_pad/group][64] order, low nibble =
@@ -129,6 +132,8 @@ int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int 
 int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super);
 /* Nibble sub-values (after pylut_qmatrix_set_super; needs a bias array). Sizes unchanged. */
 int pylut_qmatrix_set_sub_nibbles(pylut_qmatrix *qm, int on);
+/* Sets qm->post; PYLUT_EINVAL unless it is finite and nonzero. */
+int pylut_qmatrix_set_post(pylut_qmatrix *qm, float post);
 /* 1 if every field of *qm agrees with pylut_qmatrix_layout and the buffers are set. */
 int pylut_qmatrix_valid(const pylut_qmatrix *qm);
 /* Dequantize row `row` into out[k] (scalar; embedding lookups read one row per token). */

@@ -10,8 +10,8 @@ Matrices become packed ``QMatrix`` objects:
   fp16: lossless for the legacy types, rounded for most K-quant groups (those tensors are
   listed in ``LoadedModel.lossy``).
 * ternary TQ1_0/TQ2_0: the trits are packed densely as T3 (1.67 bits/weight) with the
-  file's fp16 scale per 256-weight block: exact. bitnet.cpp's I2_S: the trits exactly, with
-  its one float32 scale per tensor as fp16 (exact where the scale is fp16-representable).
+  file's fp16 scale per 256-weight block: exact. bitnet.cpp's I2_S: the trits exactly, and
+  its one float32 scale per tensor exactly too, as the matrix's float32 post-scale.
 * F32/F16/BF16: ternary-valued matrices (what llama.cpp's BitNet converter writes) go to T3
   exactly; any other float matrix is quantized round-to-nearest with ``pylut.quantize``, or
   with ``bits="f16"`` kept as an F16 matrix (``keep_f16``: F16 exactly, BF16/F32 rounded).
@@ -290,7 +290,7 @@ def _rows_info(info, r0: int, r1: int):
 
 
 def _form(q: _core.QMatrix) -> tuple:
-    return ((q.type, q.group, q.has_bias, q.zero, q.super_block, q.sub_nibbles)
+    return ((q.type, q.group, q.has_bias, q.zero, q.super_block, q.sub_nibbles, q.post)
             + tuple(getattr(q, b) is None for b in _BUFFERS))
 
 
@@ -326,21 +326,23 @@ def by_rows(info, convert: Callable, release: Callable | None = None) -> _core.Q
     get = bufs.get
     return _core.QMatrix.from_packed(form[0], m, k, form[1], form[2], get("codes_buf"), get("scale_buf"),
                                      get("bias_buf"), form[3], form[4], get("sub_scale_buf"),
-                                     get("sub_bias_buf"), form[5])
+                                     get("sub_bias_buf"), form[5], form[6])
 
 
-def ternary_one_scale(trits: np.ndarray, scale: float, ternary: str, lossy: set[str],
-                       core_name: str) -> _core.QMatrix:
-    """Trits [m, k] times one scale for the whole matrix (BitNet's ternary floats, I2_S):
-    the trits exactly; the scale as the kernels' fp16 (lossy where it is not fp16-exact)."""
+def ternary_one_scale(trits: np.ndarray, scale: float, ternary: str) -> _core.QMatrix:
+    """Trits [m, k] times one scale for the whole matrix (BitNet's ternary floats, I2_S),
+    both exactly: an fp16-exact scale as the group scales, any other as group scales of 1
+    and the matrix's float32 post-scale (QMatrix.set_post), a multiply after the kernel
+    (about 1 % of a prompt: only where fp16 would round)."""
     scale = np.float32(scale)
-    if np.float32(np.float16(scale)) != scale and core_name not in lossy:
-        lossy.add(core_name)
-        log.debug("%s: the per-tensor scale %r is rounded to fp16 for the kernel", core_name, float(scale))
     m, k = trits.shape  # one scale per row: any group; B2 takes the largest that divides k
     g = DEFAULT_T3_GROUP if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
     k_pad = -(-k // g) * g
-    return _ternary(trits, np.full((m, k_pad // g), scale, np.float32), g, ternary)
+    exact = np.float32(np.float16(scale)) == scale
+    q = _ternary(trits, np.full((m, k_pad // g), scale if exact else 1, np.float32), g, ternary)
+    if not exact:
+        q.set_post(scale)
+    return q
 
 
 def keep_f16(w: np.ndarray, lossy: set[str], core_name: str) -> _core.QMatrix:
@@ -368,11 +370,11 @@ def _matrix(info: TensorInfo, bits: int, group: int, multiplier: float,
     type_name = info.type_name
     if type_name == quants.I2S_TYPE:  # info.data: the code bytes; the file's scale is in multiplier
         trits = quants.decode_i2s(info.data, info.shape).view(np.int8) - np.int8(1)
-        return ternary_one_scale(trits, multiplier, ternary, lossy, core_name)
+        return ternary_one_scale(trits, multiplier, ternary)
     if type_name in quants.FLOAT_TYPES:
         w = quants.decode_float(info.data, type_name, info.shape)
         if ternary_s is not None:
-            return ternary_one_scale(np.sign(w).astype(np.int8), ternary_s * multiplier, ternary, lossy, core_name)
+            return ternary_one_scale(np.sign(w).astype(np.int8), ternary_s * multiplier, ternary)
         if multiplier != 1.0:
             w = w * np.float32(multiplier)
         if bits == F16:

@@ -430,7 +430,7 @@ def load_hf(path, bits: int = 4, group: int | None = None, requant: str | None =
                     t = quantize(trits * np.float32(scale), **requant_args)
                     lossy.add(core)
                 else:
-                    t = ternary_one_scale(trits, scale, ternary, lossy, core)
+                    t = ternary_one_scale(trits, scale, ternary)
                 del trits
                 out.put(core, t)
                 types[core] = "ternary-U8"

@@ -26,6 +26,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import mmap
 import os
 import struct
@@ -49,7 +50,9 @@ MAGIC = b"PYLUTPK\0"
 # (rope_inv_freq, rope_attn_factor, rope_scaling)
 # 9: the config's ffn_act, and bitnet's NEOX RoPE and SiLU (an 8 file may hold a bitnet
 # model with the old settings)
-FORMAT_VERSION = 9
+# 10: a matrix's float32 post-scale ("post", absent for 1): I2_S's per-tensor scale, which a
+# 9 file holds rounded to fp16
+FORMAT_VERSION = 10
 ALIGN = 64
 _HEAD = struct.Struct("<8sII")          # magic, version, 0: the same in every version
 _PREFIX = struct.Struct("<8sIIQQII")    # + header offset, header bytes, header crc32, 0
@@ -281,6 +284,8 @@ class PackWriter:
             e = {"kind": "q", "type": t.type, "m": t.shape[0], "k": t.shape[1], "group": t.group,
                  "has_bias": t.has_bias, "zero": t.zero, "super": t.super_block,
                  "sub_nibbles": t.sub_nibbles, "codes": self._add(t.codes_buf)}
+            if t.post != 1.0:
+                e["post"] = t.post
             for field in ("scale_buf", "bias_buf", "sub_scale_buf", "sub_bias_buf"):
                 buf = getattr(t, field)
                 e[field[:-4]] = None if buf is None else self._add(buf)
@@ -440,6 +445,10 @@ def _check_header(pack_path: str, h, data_end: int) -> None:
             z = e.get("zero")
             if z is not None and (not isinstance(z, (int, float)) or isinstance(z, bool) or not abs(z) <= 256):
                 raise PackFileError(f"{pack_path}: tensor {name!r} zero = {z!r} is invalid")
+            p = e.get("post", 1.0)
+            if (not isinstance(p, (int, float)) or isinstance(p, bool) or not math.isfinite(p)
+                    or not 0 < abs(p) <= np.finfo(np.float32).max or np.float32(p) == 0):
+                raise PackFileError(f"{pack_path}: tensor {name!r} post = {p!r} is invalid")
             bufs = [e.get(b) for b in _Q_BUFFERS]
             if bufs[0] is None:
                 raise PackFileError(f"{pack_path}: tensor {name!r} has no codes")
@@ -542,7 +551,7 @@ def load(pack_path: str, verify: bool = True, check_model: bool = True):
                     e["type"], e["m"], e["k"], e["group"], e["has_bias"], view(e["codes"], np.uint8),
                     view(e["scale"], np.uint16), view(e["bias"], np.uint16), e.get("zero"),
                     e["super"], view(e["sub_scale"], np.uint8 if nib else np.int8),
-                    view(e["sub_bias"], np.int8), nib)
+                    view(e["sub_bias"], np.int8), nib, e.get("post"))
             elif e["kind"] == "f":
                 tensors[name] = view(e["data"], np.float32).reshape(e["shape"])
         for name, e in h["tensors"].items():

@@ -226,7 +226,7 @@ const char *pylut_isa_name(int isa) {
 /* A matrix is trusted only if its fields equal what the layout function computes. */
 static int qmatrix_ok(const pylut_qmatrix *qm) {
     pylut_qmatrix ref;
-    if (!qm || !qm->codes) return 0;
+    if (!qm || !qm->codes || qm->post == 0.0f || qm->post - qm->post != 0.0f) return 0; /* NaN, inf fail */
     if (pylut_qmatrix_layout(&ref, qm->type, qm->m, qm->k, qm->group, qm->has_bias) != PYLUT_OK) return 0;
     if (qm->type == PYLUT_TYPE_F16) /* no scales, no super-blocks: the shape is everything */
         return ref.m_pad == qm->m_pad && ref.k_pad == qm->k_pad && ref.codes_bytes == qm->codes_bytes &&
@@ -314,6 +314,11 @@ static void run_tiles(const pylut_kernels *k, const pylut_qmatrix *qm, const pyl
     else if (k->gemm_b_many && n >= k->b_many_from && !lut->super && pylut_gemm_b_many_fits(qm))
         k->gemm_b_many(qm, lut, n, y, ldy, tile0, tile1);
     else k->gemm_b(qm, lut, n, y, ldy, tile0, tile1);
+    if (qm->post != 1.0f) { /* the matrix's float32 post-scale, after every kernel alike */
+        const int64_t r0 = tile0 * PYLUT_TILE_M, r1 = tile1 * PYLUT_TILE_M < qm->m ? tile1 * PYLUT_TILE_M : qm->m;
+        for (int t = 0; t < n; t++)
+            for (int64_t r = r0; r < r1; r++) y[t * ldy + r] *= qm->post;
+    }
 }
 
 static void gemm_range(gemm_ctx *c, int64_t w0, int64_t w1) {
@@ -381,7 +386,7 @@ int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
 int pylut_ternary_as_planes(void) { return active->ternary_planes; }
 
 void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
-    if (lut->kind == PYLUT_LUT_I8) pylut_act8_build_range(x, lut, g0, g1);
+    if (lut->kind == PYLUT_LUT_I8) (active->act8_build ? active->act8_build : pylut_act8_build_range)(x, lut, g0, g1);
     else if (lut->kind == PYLUT_LUT_F32) pylut_f32_build_range(x, lut, g0, g1);
     else if (lut->kind == PYLUT_LUT_T3) pylut_lut_build_t3_range(x, lut, g0, g1);
     else pylut_lut_build_b_range(x, lut, g0, g1, active->b_entries);

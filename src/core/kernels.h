@@ -32,6 +32,8 @@ typedef struct {
     int b_many_from;
     /* the B-type table entries of k-groups [j0, j1) into tbl + 16 j (NULL: the portable loop) */
     pylut_b_entries_fn b_entries;
+    /* int8 activations, scale groups [g0, g1) (NULL: pylut_act8_build_range): its bytes */
+    void (*act8_build)(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
     /* 1: ternary weights run faster as two bit planes (B2, 2.06 bits/weight with TQ's
      * scales) than densely packed (T3, 1.74): the loader's default (pylut_ternary_as_planes) */
     unsigned char ternary_planes;
@@ -124,7 +126,9 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * side is at least AVX2's; 8-bit codes do not fit its signed bytes. */
 #define PYLUT_I8_FROM_NEON_DOT PYLUT_I8_FROM_AVX2
 #define PYLUT_I8_CHUNK 256 /* k per unpacked chunk: 16 KB of dword codes per 64-row tile */
-#define PYLUT_I8_TOKENS 64 /* tokens per pass over an unpacked chunk (each pass re-unpacks) */
+/* tokens per pass over an unpacked chunk (each pass re-unpacks): a 128-token prompt chunk
+ * unpacks once (32 KB of float sums a pass, in L2) */
+#define PYLUT_I8_TOKENS 128
 static inline int pylut_i8_chunk(int group) { return group * (PYLUT_I8_CHUNK / group > 0 ? PYLUT_I8_CHUNK / group : 1); }
 /* Float scale and bias of groups [g0, g1) of tile t into s, b: [g1-g0][64] (portable) */
 void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b);
@@ -155,6 +159,7 @@ static inline int pylut_gemm_b_many_fits(const pylut_qmatrix *qm) {
 void pylut_gemm_b2_many_avx2(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
                              int64_t tile0, int64_t tile1);
 void pylut_b_entries_avx2(const float *x, int64_t k, int64_t j0, int64_t j1, float inv, int8_t *tbl);
+void pylut_act8_build_range_avx512(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
 void pylut_gemm_b_i8_avx2(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,

@@ -60,6 +60,7 @@ static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; 
 int pylut_qmatrix_layout(pylut_qmatrix *qm, int type, int64_t m, int64_t k, int group, int has_bias) {
     if (!qm || m <= 0 || k <= 0 || m > PYLUT_MAX_DIM || k > PYLUT_MAX_DIM) return PYLUT_EINVAL;
     memset(qm, 0, sizeof(*qm));
+    qm->post = 1.0f;
     qm->type = type;
     qm->m = m;
     qm->k = k;
@@ -101,6 +102,13 @@ int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super) {
     qm->codes_bytes = (qm->m_pad / PYLUT_TILE_M) * (qm->k_pad / PYLUT_KGROUP) * pylut_b_kgroup_bytes(qm->bits);
     qm->scale_count = qm->m_pad * (qm->k_pad / super);
     qm->sub_count = qm->m_pad * (qm->k_pad / qm->group);
+    return PYLUT_OK;
+}
+
+int pylut_qmatrix_set_post(pylut_qmatrix *qm, float post) {
+    /* (x - x is 0 only for finite x) */
+    if (!qm || post == 0.0f || post - post != 0.0f) return PYLUT_EINVAL;
+    qm->post = post;
     return PYLUT_OK;
 }
 
@@ -274,8 +282,18 @@ int pylut_unpack_codes(const pylut_qmatrix *qm, uint8_t *codes, int64_t ld) {
 
 /* ------------------------------------------------------------------ one row */
 
+static int qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out);
+
 int pylut_qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
     if (!qm || !qm->codes || !out || row < 0 || row >= qm->m) return PYLUT_EINVAL;
+    const int rc = qmatrix_row(qm, row, out);
+    if (rc == PYLUT_OK && qm->post != 1.0f)
+        for (int64_t col = 0; col < qm->k; col++) out[col] *= qm->post;
+    return rc;
+}
+
+/* Row `row` of the packed data, before the post-scale; arguments checked by the caller */
+static int qmatrix_row(const pylut_qmatrix *qm, int64_t row, float *out) {
     if (qm->type == PYLUT_TYPE_F16) {
         const uint16_t *w = (const uint16_t *)qm->codes + row * qm->k_pad;
         for (int64_t col = 0; col < qm->k; col++) out[col] = pylut_fp16_to_fp32(w[col]);

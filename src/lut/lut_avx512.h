@@ -112,12 +112,15 @@ static ALWAYS_INLINE void t3_pair_sums(const uint8_t *blk, const int8_t *tbl, __
 const pylut_kernels PYLUT_AVX512_TABLE = {
     LUT_BODY_KERNELS,
     .b_entries = pylut_b_entries_avx2, /* 8 entries a k-group: ymm is the natural width */
+    .act8_build = pylut_act8_build_range_avx512,
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
     .i8_from = PYLUT_I8_FROM_VNNI,
-    /* ternary as two bit planes: 1B TQ2_0 on Zen 5, B2 against T3, one decode step 8.9
-     * against 9.8 ms (1 thread, CPU time), 21.7 against 26.1 (2 threads), 4-sequence steps
-     * 21 % and a 128-token prompt 22 % faster; and B2 can take the int8 kernel (T3 cannot) */
+    /* Ternary as two bit planes: B2 can take the int8 kernel (T3 cannot), so prompts of 16+
+     * tokens go through vpdpbusd, 1.3-1.6x T3's token-at-a-time lookups on BitNet 2B4T; and
+     * B2's decode is no slower here (Zen 5, 1B TQ2_0, 1 thread: 8.9 against 9.8 ms a step,
+     * 4-sequence steps 21 % faster; Zen 4 in L2: 152 G against 149 G weights/s).
+     * docs/benchmarks.md */
     .ternary_planes = 1,
 #endif /* (the BW tier's CPUs with VNNI get pylut_gemm_b_i8_vnni from dispatch.c) */
     /* the baselines (baseline/baseline_avx2.c): bandwidth-bound, 256-bit loads keep up */
