@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core, arch, rope, session_file, streaming
+from .prefix_cache import PrefixCache
 from .scheduler import Scheduler
 from .session import Session
 from .tokenizer.chat_template import ChatTemplate
@@ -168,6 +169,7 @@ class Model:
         self._sessions = weakref.WeakSet()  # every open Session of this model (kv_stats)
         self._kv_pools = {}                 # kv_type -> _core.KVPool its sessions share (None: nothing paged)
         self._kv_pools_lock = threading.Lock()
+        self.prefix_cache = PrefixCache()   # closed sessions' blocks, for prompts that start the same way
         self.scheduler = Scheduler(self)
         self._claim_lock = threading.Lock()
         self._default_claimed = False
@@ -242,6 +244,7 @@ class Model:
                 "blocks_used": sum(p.blocks_used for p in pools),
                 "blocks_total": sum(p.max_blocks for p in pools),
                 "block_bytes": max((p.block_bytes for p in pools), default=0),
+                "prefix_cache_entries": len(self.prefix_cache),
                 "tokens_cached": sum(s.n_cached for s in live)}
 
     @property

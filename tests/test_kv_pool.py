@@ -75,8 +75,46 @@ def test_eight_sessions_share_a_system_prompt_by_reference(tiny):
     for s in sessions:
         s.close()
     gc.collect()
+    # the prefix cache keeps a few closed sessions' blocks (the shared system prompt's once)
+    assert 0 < len(m.prefix_cache) <= m.prefix_cache.capacity
+    assert pool.blocks_used <= before + (SYSTEM + 41 + 4) // pool.block_len + 1 + 4 * 4
+    m.prefix_cache.clear()
+    gc.collect()
     assert pool.blocks_used == before  # every block went back
     assert m.kv_stats()["blocks_used"] == before
+
+
+def test_a_closed_sessions_prefix_serves_a_later_prompt(tiny):
+    m = pylut.load(tiny, n_ctx=512, batch_invariant=True)
+    system = _tokens(11, 200)
+    a = m.session()
+    first = _greedy(a, system + [1, 2, 3])
+    a.close()
+    assert len(m.prefix_cache) == 1
+    b = m.session()
+    again = _greedy(b, system + [1, 2, 3])
+    assert b.stats["prompt_processed"] == 1  # all but the last prompt token came from the cache
+    np.testing.assert_array_equal(again[1:], first[1:])
+    b.close()  # b's entry replaces a's (it holds a's tokens and more)
+    assert len(m.prefix_cache) == 1
+    c = m.session()
+    c.eval(system[:100] + [4])  # a shorter shared prefix, inside a block: taken up to its token
+    assert c.stats["prompt_processed"] == 1 and m.prefix_cache.info()["hits"] == 2
+    d = m.session()
+    d.eval(_tokens(12, 40))  # nothing in common
+    assert d.stats["prompt_processed"] == 40
+    for s in (c, d):
+        s.close()
+    m.prefix_cache.clear()
+    pool = m.kv_pool()
+    pool.max_blocks = pool.blocks_used + 40
+    e = m.session()
+    e.eval(system + [9])
+    e.close()  # kept: its blocks count against the pool
+    f = m.session()
+    f.eval(_tokens(13, 500))  # 32 blocks: only with the kept ones given up
+    assert len(m.prefix_cache) == 0
+    f.close()
 
 
 def test_a_diverging_session_never_changes_the_one_it_shares_with(tiny):
