@@ -239,6 +239,11 @@ cdef extern from "pylut/attention.h" nogil:
         float softcap
         int splits
         int64_t n_items
+        const uint8_t *const *blocks
+        int block_len
+        int64_t block_bytes
+        const int64_t *k_off
+        const int64_t *v_off
 
     int pylut_attention(pylut_pool *pool, pylut_attn_job *job)
 
