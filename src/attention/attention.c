@@ -195,6 +195,8 @@ int pylut_attn_plan(pylut_attn_job *j, int nth) {
     j->n_items = (int64_t)j->n_kv_heads * j->q_tiles * j->splits;
     const int64_t R = PYLUT_ATTN_ROWS, B = PYLUT_ATTN_BLOCK, hp = j->hd_pad;
     j->scratch_floats = 2 * R * hp + 2 * B * hp + R * B + 2 * R;
+    if (j->blocks && j->block_len % PYLUT_ATTN_BLOCK == 0) /* the kernel's page tables, keys and values */
+        j->scratch_floats += 2 * (((int64_t)j->len + B - 1) / B) * (int64_t)(sizeof(void *) / sizeof(float));
     j->partial_floats = j->splits > 1 ? (int64_t)j->n_kv_heads * j->splits * j->rows * (hp + 2) : 0;
     return PYLUT_OK;
 }
@@ -223,7 +225,7 @@ static void stream_rows(const pylut_attn_job *j, const uint8_t *k, const uint8_t
         const int r0 = (t - t0) * G, p = j->pos0 + t;
         const int sink_end = p + 1 < j->sink ? p + 1 : j->sink;
         const int layer_from = j->swa && p >= j->swa ? p - j->swa + 1 : 0; /* a sliding-window layer */
-        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, lim + r0, NULL, softcap, layer_from,
+        rows_fn(j->type, j->hd, hp, k, v, NULL, NULL, j->ld, G, qs + (int64_t)r0 * hp, lim + r0, NULL, softcap, layer_from,
                 sink_end, mx + r0, sum + r0, acc + (int64_t)r0 * hp, kbuf, sbuf);
         /* the window (p - window, p], past the sinks, and never before the oldest slot kept
          * (a context shift may have dropped positions the window would reach) */
@@ -235,19 +237,33 @@ static void stream_rows(const pylut_attn_job *j, const uint8_t *k, const uint8_t
         int32_t wlim[PYLUT_ATTN_ROWS];
         const int a = j->sink + (w0 - j->stream_base), b = j->sink + (p - j->stream_base) + 1;
         for (int r = 0; r < G; r++) wlim[r] = b;
-        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, wlim, NULL, softcap, a, b, mx + r0,
+        rows_fn(j->type, j->hd, hp, k, v, NULL, NULL, j->ld, G, qs + (int64_t)r0 * hp, wlim, NULL, softcap, a, b, mx + r0,
                 sum + r0, acc + (int64_t)r0 * hp, kbuf, sbuf);
     }
 }
 
-/* Cache positions [a, b) of full kv head kvh through the block table: one kernel call per
- * block, on the block's contiguous run. The kernel counts positions from the pointer it is
- * given, so each call gets the rows' limits shifted to the block's first position b0 (a
- * limit at or below b0 shows the row nothing of that block); mx/sum/acc carry over. */
+/* Cache positions [a, b) of full kv head kvh through the block table. Blocks of whole kernel
+ * steps (the model's, PYLUT_KV_PAGE = PYLUT_ATTN_BLOCK): a table of each step's rows, kp/vp
+ * [ceil(len / PYLUT_ATTN_BLOCK)] in the item's scratch, and one kernel call for the slice, as
+ * contiguous rows get (a call per block was much slower for decode at long contexts).
+ * Other block lengths: a call per block, the rows' limits shifted to the block's first
+ * position b0 (a limit at or below b0 shows the row nothing of it); mx/sum/acc carry over. */
 static void paged_rows(const pylut_attn_job *j, int kvh, int rows, const float *qs, const int32_t *lim,
-                       const int32_t *lo, int a, int b, float *mx, float *sum, float *acc, float *kbuf, float *sbuf) {
+                       const int32_t *lo, int a, int b, float *mx, float *sum, float *acc, float *kbuf, float *sbuf,
+                       const uint8_t **kp) {
     const pylut_attn_rows_fn rows_fn = pylut_attn_rows_active();
-    const int bl = j->block_len;
+    const int bl = j->block_len, B = PYLUT_ATTN_BLOCK;
+    if (bl % B == 0) {
+        const uint8_t **vp = kp + (j->len + B - 1) / B;
+        for (int i = a / B; (int64_t)i * B < b; i++) { /* a: a multiple of B (slice_range) */
+            const uint8_t *base = j->blocks[(int64_t)i * B / bl] + ((int64_t)i * B % bl) * j->ld;
+            kp[i] = base + j->k_off[kvh];
+            vp[i] = base + j->v_off[kvh];
+        }
+        rows_fn(j->type, j->hd, j->hd_pad, NULL, NULL, kp, vp, j->ld, rows, qs, lim, lo, j->softcap * LOG2E, a, b,
+                mx, sum, acc, kbuf, sbuf);
+        return;
+    }
     int32_t lim_b[PYLUT_ATTN_ROWS], lo_b[PYLUT_ATTN_ROWS];
     for (int blk = a / bl; (int64_t)blk * bl < b; blk++) {
         const int b0 = blk * bl, j0 = a > b0 ? a - b0 : 0, j1 = b - b0 < bl ? b - b0 : bl;
@@ -256,8 +272,8 @@ static void paged_rows(const pylut_attn_job *j, int kvh, int rows, const float *
             if (lo) lo_b[r] = lo[r] - b0;
         }
         const uint8_t *base = j->blocks[blk];
-        rows_fn(j->type, j->hd, j->hd_pad, base + j->k_off[kvh], base + j->v_off[kvh], j->ld, rows, qs, lim_b,
-                lo ? lo_b : NULL, j->softcap * LOG2E, j0, j1, mx, sum, acc, kbuf, sbuf);
+        rows_fn(j->type, j->hd, j->hd_pad, base + j->k_off[kvh], base + j->v_off[kvh], NULL, NULL, j->ld, rows, qs,
+                lim_b, lo ? lo_b : NULL, j->softcap * LOG2E, j0, j1, mx, sum, acc, kbuf, sbuf);
     }
 }
 
@@ -269,7 +285,8 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     const int rows = (t1 - t0) * G;
     const pylut_attn_head *head = j->heads ? &j->heads[kvh] : NULL;
     if (head && head->streaming && split != 0) return; /* a streaming head is small: slice 0 does it all */
-    /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] */
+    /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] | paged:
+     * kp, vp [ceil(len / B)] pointers (8-byte aligned: every part before is an even count) */
     float *qs = scratch, *acc = qs + PYLUT_ATTN_ROWS * hp, *kbuf = acc + PYLUT_ATTN_ROWS * hp;
     float *sbuf = kbuf + 2 * PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
     int32_t lim[PYLUT_ATTN_ROWS], lo[PYLUT_ATTN_ROWS];
@@ -302,9 +319,10 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         /* the window bites only once a row is past it: until then the plain kernel */
         const int windowed = j->swa && j->pos0 + t1 > j->swa;
         if (j->blocks)
-            paged_rows(j, kvh, rows, qs, lim, windowed ? lo : NULL, a, b, mx, sum, acc, kbuf, sbuf);
+            paged_rows(j, kvh, rows, qs, lim, windowed ? lo : NULL, a, b, mx, sum, acc, kbuf, sbuf,
+                       (const uint8_t **)(void *)(sum + PYLUT_ATTN_ROWS));
         else
-            pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, windowed ? lo : NULL,
+            pylut_attn_rows_active()(j->type, hd, hp, k, v, NULL, NULL, j->ld, rows, qs, lim, windowed ? lo : NULL,
                                  j->softcap * LOG2E, a, b, mx, sum, acc, kbuf, sbuf);
     }
     if (j->splits == 1 || (head && head->streaming)) {

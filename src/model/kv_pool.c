@@ -8,10 +8,12 @@
 
 #include "model_state.h"
 
-/* A block's reference count sits in a header before its rows, so a block table is a plain
- * array of row pointers the attention driver reads without a lookup. 64 bytes keep the rows
- * cache-line aligned (malloc gives 16) - the header is the only metadata a block has. */
-#define BLOCK_HDR 64
+/* A block's reference count sits in a trailer after its rows, so a block table is a plain
+ * array of row pointers the attention driver reads without a lookup. Rows start on a 4 KiB
+ * page: a head's run of 16 rows (4 KiB at head size 128, f16) is then one page for the
+ * hardware prefetcher, not parts of two. The trailer is the only metadata a block has. */
+#define BLOCK_ALIGN 4096
+#define BLOCK_TRAILER 64
 
 struct pylut_kv_pool {
     pthread_mutex_t mu;        /* guards every count below and every block's refs */
@@ -21,7 +23,10 @@ struct pylut_kv_pool {
     int64_t handles;           /* the creator's handle + one per state drawing on the pool */
 };
 
-static int64_t *refs_of(uint8_t *block) { return (int64_t *)(void *)(block - BLOCK_HDR); }
+/* The reference count of a block of p: its trailer */
+static int64_t *refs_of(const pylut_kv_pool *p, uint8_t *block) {
+    return (int64_t *)(void *)(block + p->block_bytes);
+}
 
 /* ------------------------------------------------------------------ the pool */
 
@@ -36,7 +41,7 @@ int64_t pylut_kv_block_bytes(const pylut_model *m, int kv_type, const uint8_t *s
 
 pylut_kv_pool *pylut_kv_pool_create(int64_t block_bytes, int64_t max_blocks) {
     /* a block must be allocatable with its header; the cap bounds used, an int64 count */
-    if (block_bytes < 1 || block_bytes > ((int64_t)1 << 40) || max_blocks < 1) return NULL;
+    if (block_bytes < 1 || block_bytes > ((int64_t)1 << 40) || block_bytes % 8 || max_blocks < 1) return NULL;
     pylut_kv_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
@@ -92,10 +97,10 @@ int64_t pylut_kv_pool_block_bytes(const pylut_kv_pool *p) { return p ? p->block_
 /* A new block with one reference, its rows a copy of src's (or zeros); caller holds mu. */
 static int block_new_locked(pylut_kv_pool *p, const uint8_t *src, uint8_t **out) {
     if (p->used >= p->max_blocks) return PYLUT_EFULL;
-    uint8_t *raw = malloc((size_t)(BLOCK_HDR + p->block_bytes));
-    if (!raw) return PYLUT_ENOMEM;
-    uint8_t *b = raw + BLOCK_HDR;
-    *refs_of(b) = 1;
+    void *raw = NULL;
+    if (posix_memalign(&raw, BLOCK_ALIGN, (size_t)(p->block_bytes + BLOCK_TRAILER)) != 0) return PYLUT_ENOMEM;
+    uint8_t *b = raw;
+    *refs_of(p, b) = 1;
     if (src) memcpy(b, src, (size_t)p->block_bytes);
     else memset(b, 0, (size_t)p->block_bytes); /* rows not yet written read as zeros (tools) */
     if (++p->used > p->peak) p->peak = p->used;
@@ -104,8 +109,8 @@ static int block_new_locked(pylut_kv_pool *p, const uint8_t *src, uint8_t **out)
 }
 
 static void block_unref_locked(pylut_kv_pool *p, uint8_t *b) {
-    if (--*refs_of(b) > 0) return;
-    free(b - BLOCK_HDR);
+    if (--*refs_of(p, b) > 0) return;
+    free(b);
     p->used--;
 }
 
@@ -119,7 +124,7 @@ int kvp_reserve(pylut_state *s, int64_t p0, int64_t p1) {
     pthread_mutex_lock(&p->mu);
     for (int64_t i = p0 / PYLUT_KV_PAGE; i * PYLUT_KV_PAGE < p1 && rc == PYLUT_OK; i++) {
         uint8_t *b = s->blocks[i];
-        if (b && *refs_of(b) == 1) continue; /* already this state's alone */
+        if (b && *refs_of(p, b) == 1) continue; /* already this state's alone */
         /* shared: copy it under the lock, so no other holder can be its last one and start
          * writing it while the copy reads */
         uint8_t *nb;
@@ -151,7 +156,7 @@ void kvp_share(pylut_state *dst, const pylut_state *src, int64_t n_pos) {
     pthread_mutex_lock(&dst->pool->mu);
     for (int64_t i = 0; i < n; i++) {
         dst->blocks[i] = src->blocks[i];
-        ++*refs_of(dst->blocks[i]);
+        ++*refs_of(dst->pool, dst->blocks[i]);
     }
     pthread_mutex_unlock(&dst->pool->mu);
 }
