@@ -231,3 +231,19 @@ def test_paged_attention_agrees_on_every_isa(tiny):
             s.close()
         for o in outs[1:]:
             np.testing.assert_allclose(o, outs[0], rtol=0, atol=1e-2 * np.abs(outs[0]).max())
+
+
+def test_a_copy_into_a_full_pool_fails_and_leaves_an_empty_session(tiny):
+    m = pylut.load(tiny, n_ctx=256)
+    src = _core.Session(m.weights, 256, 16, "f16")  # a private pool: copying means rows
+    src.forward(_tokens(14, 100), m.pool)
+    pool = _core.KVPool(m.weights, "f16", max_blocks=3)
+    dst = _core.Session(m.weights, 256, 16, "f16", pool=pool)
+    dst.forward([5, 6], m.pool)
+    with pytest.raises(MemoryError, match="exhausted"):
+        dst.copy_from(src)  # 7 blocks into a pool of 3
+    assert dst.pos == 0 and pool.blocks_used == 0
+    dst.forward([1, 2, 3], m.pool)  # still usable
+    assert dst.pos == 3 and pool.blocks_used == 1
+    with pytest.raises(ValueError, match="kv type"):
+        _core.Session(m.weights, 256, 16, "q8", pool=pool)

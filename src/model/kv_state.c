@@ -91,7 +91,7 @@ void pylut_state_free(pylut_state *s) {
         lut_batch_free(&s->sets[i].tables);
         lut_batch_free(&s->sets[i].act);
     }
-    if (s->blocks) kvp_release_from(s, 0);
+    if (s->blocks && s->pool) kvp_release_from(s, 0); /* (no pool: it failed at creation, no block either) */
     free(s->blocks);
     pylut_kv_pool_free(s->pool); /* this state's handle */
     free(s->stream_kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
@@ -249,12 +249,17 @@ int pylut_state_copy(pylut_state *dst, const pylut_state *src, int n_pos) {
                 pylut_state_head_used(src, l, h) > pylut_state_head_slots(dst, l, h))
                 return PYLUT_EINVAL;
         }
+    kvp_release_from(dst, 0); /* dst is empty until the copy is whole (a full pool can stop it) */
+    dst->pos = 0;
+    dst->stream_base = dst->sink;
     if (dst->pool == src->pool) { /* full heads: the same blocks, by reference */
         kvp_share(dst, src, n_pos);
     } else { /* pools apart (a private one): the rows themselves */
-        kvp_release_from(dst, 0);
         const int rc = kvp_reserve(dst, 0, n_pos);
-        if (rc != PYLUT_OK) return rc;
+        if (rc != PYLUT_OK) {
+            kvp_release_from(dst, 0); /* what it did get */
+            return rc;
+        }
         for (int kv = 0; kv < 2; kv++)
             for (int l = 0; l < src->n_layers; l++)
                 for (int h = 0; h < src->n_kv_heads; h++)
