@@ -56,7 +56,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
     "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
     "src/f16/f16_scalar.c", "src/f16/f16_avx2.c", "src/f16/f16_avx512.c", "src/f16/f16_neon.c",
-    "src/model/kv_state.c", "src/model/forward.c",
+    "src/model/kv_state.c", "src/model/kv_pool.c", "src/model/forward.c",
     "src/baseline/dq8_pack.c", "src/baseline/baseline_scalar.c", "src/baseline/baseline_avx2.c",
     "src/baseline/baseline_neon.c",
     "src/text/bpe_merge.c",

@@ -78,7 +78,7 @@ def kv_decode(rows, kv_type, int hd):
 
 def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, scale=None,
               ThreadPool pool=None, streaming=None, int sink=0, int window=0, stream_base=None,
-              int swa=0, float softcap=0.0):
+              int swa=0, float softcap=0.0, int block_len=0, seed=0):
     """Causal attention of n query tokens over an encoded cache (the tiled kernel).
 
     q: float32 [n, n_heads * hd]; k, v: uint8 [n_kv_heads, len, kv_row_bytes] (kv_encode's
@@ -88,6 +88,9 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
     it: its sink rows, then rows stream_base (default sink) .. len-1 (the rows between are
     not passed at all). swa > 0: a sliding-window layer, query at p sees only (p - swa, p];
     softcap > 0: each score s becomes softcap * tanh(s / softcap) (Gemma 2).
+    block_len > 0: the full heads' rows are handed over paged, as a session's block table
+    holds them: blocks of block_len positions ([2][n_kv_heads][block_len][rb]) in an order
+    shuffled by seed, with spare blocks of noise between them.
     Returns float32 [n, n_heads * hd]."""
     q = _array(q, np.float32, 2, "q")
     k = _array(k, np.uint8, 3, "k")
@@ -143,6 +146,29 @@ def attention(q, k, v, int n_heads, int n_kv_heads, kv_type="f16", pos0=None, sc
             hk, hv = hk_arr, hv_arr
             heads[h].k, heads[h].v, heads[h].cap, heads[h].streaming = &hk[0, 0], &hv[0, 0], hk_arr.shape[0], flags[h]
         job.heads, job.sink, job.window, job.stream_base = heads, sink, window, base
+    cdef const uint8_t[:, ::1] pages_view
+    cdef const int64_t[::1] offs
+    cdef const uintptr_t[::1] table_view
+    if block_len < 0:
+        raise ValueError(f"block_len must be >= 0, got {block_len}")
+    if block_len:
+        n_blk = -(-k.shape[1] // block_len)
+        rng = np.random.default_rng(seed)
+        where = rng.permutation(2 * n_blk)[:n_blk]  # block i sits at slot where[i] of twice as many
+        pages = rng.integers(0, 256, (2 * n_blk, 2, n_kv_heads, block_len, rb), dtype=np.uint8)
+        for i in range(n_blk):
+            a, b = i * block_len, min((i + 1) * block_len, k.shape[1])
+            pages[where[i], 0, :, :b - a] = k[:, a:b]
+            pages[where[i], 1, :, :b - a] = v[:, a:b]
+        pages_view = pages.reshape(2 * n_blk, -1)
+        table = np.array([<uintptr_t>&pages_view[where[i], 0] for i in range(n_blk)], dtype=np.uintp)
+        off = np.concatenate([np.arange(n_kv_heads), n_kv_heads + np.arange(n_kv_heads)]).astype(np.int64) \
+            * block_len * rb
+        keep += [pages, table, off]
+        offs, table_view = off, table
+        job.k = job.v = NULL
+        job.blocks, job.block_len = <const uint8_t *const *>&table_view[0], block_len
+        job.block_bytes, job.k_off, job.v_off = pages_view.shape[1], &offs[0], &offs[n_kv_heads]
     cdef int rc = PYLUT_EINVAL
     try:
         with pool.lock:

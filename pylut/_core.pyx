@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t, uint32_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -41,6 +41,9 @@ cdef _check(int rc, what):
         raise ValueError(f"{what}: invalid sizes or arguments (rejected by the C kernel core)")
     if rc == PYLUT_ENOMEM:
         raise MemoryError(what)
+    if rc == PYLUT_EFULL:
+        raise MemoryError(f"{what}: the KV block pool is exhausted (every block is in use; close sessions "
+                          f"or raise the pool's max_blocks)")
     if rc != PYLUT_OK:
         raise RuntimeError(f"{what}: error {rc}")
 

@@ -135,6 +135,69 @@ cdef class Model:
         free(self.layers)
 
 
+cdef class KVPool:
+    """A pool of paged KV blocks that the Sessions of one Model with one kv type and head plan
+    draw on: blocks of PYLUT_KV_PAGE positions, allocated as positions are written, shared by
+    reference between sessions holding the same prefix, given back when no session holds
+    them. max_blocks caps the blocks in use (past it a forward raises MemoryError)."""
+    cdef pylut_kv_pool *p
+    cdef readonly Model model
+    cdef readonly str kv_type
+    cdef readonly int64_t block_bytes
+
+    def __cinit__(self, Model model, kv_type="f16", streaming=None, int64_t max_blocks=1 << 20):
+        cdef int code = _kv_code(kv_type)
+        cdef const uint8_t[::1] flags
+        cdef const uint8_t *fp = NULL
+        if streaming is not None:
+            arr = np.ascontiguousarray(np.asarray(streaming).astype(bool).astype(np.uint8).reshape(-1))
+            if arr.shape[0] != model.m.n_layers * model.m.n_kv_heads:
+                raise ValueError(f"streaming must have {model.m.n_layers} x {model.m.n_kv_heads} flags")
+            flags = arr
+            fp = &flags[0]
+        self.block_bytes = pylut_kv_block_bytes(&model.m, code, fp)
+        if self.block_bytes <= 0:
+            raise ValueError("no full kv head to page (or a bad kv type)")
+        if max_blocks < 1:
+            raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
+        self.p = pylut_kv_pool_create(self.block_bytes, max_blocks)
+        if self.p == NULL:
+            raise MemoryError("could not create a KV block pool")
+        self.model = model
+        self.kv_type = kv_type
+
+    def __dealloc__(self):
+        pylut_kv_pool_free(self.p)  # its blocks go with the last session drawing on it
+
+    @property
+    def block_len(self):
+        """Positions per block."""
+        return PYLUT_KV_PAGE
+
+    @property
+    def blocks_used(self):
+        """Blocks in use now, a block shared by several sessions counted once."""
+        return int(pylut_kv_pool_blocks_used(self.p))
+
+    @property
+    def blocks_peak(self):
+        return int(pylut_kv_pool_blocks_peak(self.p))
+
+    @property
+    def bytes_used(self):
+        return int(pylut_kv_pool_blocks_used(self.p)) * self.block_bytes
+
+    @property
+    def max_blocks(self):
+        return int(pylut_kv_pool_max_blocks(self.p))
+
+    @max_blocks.setter
+    def max_blocks(self, int64_t n):
+        if n < 1:
+            raise ValueError(f"max_blocks must be >= 1, got {n}")
+        _check(pylut_kv_pool_set_max_blocks(self.p, n), "max_blocks")
+
+
 cdef class Session:
     """One sequence's KV cache and scratch for a Model: forward(tokens) -> logits.
     streaming: optional bool [n_layers, n_kv_heads]; a True head keeps only the first `sink`
@@ -145,9 +208,11 @@ cdef class Session:
     cdef readonly str kv_type
     cdef readonly object streaming
     cdef readonly int sink, window
+    cdef readonly KVPool pool  # where its full heads' blocks come from (None: a private pool)
 
     def __cinit__(self, Model model, int n_ctx, int max_batch=64, kv_type="f16", streaming=None,
-                  int sink=0, int window=0, bint batch_invariant=False, bint split_int8=False):
+                  int sink=0, int window=0, bint batch_invariant=False, bint split_int8=False,
+                  KVPool pool=None):
         if n_ctx < 1 or n_ctx > model.m.max_ctx:
             raise ValueError(f"n_ctx must be in 1..{model.m.max_ctx} (the model's context), got {n_ctx}")
         if max_batch < 1 or max_batch > 4096:
@@ -157,13 +222,18 @@ cdef class Session:
             raise ValueError(f"head size {model.m.head_dim} is not supported by the KV cache (even, <= 512)")
         if model.m.n_heads // model.m.n_kv_heads > 64:
             raise ValueError(f"{model.m.n_heads // model.m.n_kv_heads} query heads per kv head: at most 64 supported")
+        if pool is not None and (pool.model is not model or pool.kv_type != kv_type):
+            raise ValueError("a session's KV pool must be of its Model and kv type")
         self.model = model
         self.n_ctx = n_ctx
         self.kv_type = kv_type
+        self.pool = pool
         cdef const uint8_t[::1] flags
+        cdef pylut_kv_pool *pp = pool.p if pool is not None else NULL
+        cdef const uint8_t *fp = NULL  # the streaming flags, if any
         if streaming is None:
-            with nogil:  # allocates and clears the whole KV cache
-                self.s = pylut_state_create(&model.m, n_ctx, max_batch, code)
+            with nogil:  # the block table only: blocks come as positions are written
+                self.s = pylut_state_create_paged(&model.m, n_ctx, max_batch, code, NULL, 0, 0, pp)
         else:
             arr = np.asarray(streaming)
             if arr.shape != (model.m.n_layers, model.m.n_kv_heads):
@@ -177,9 +247,12 @@ cdef class Session:
             self.streaming = arr.reshape(model.m.n_layers, model.m.n_kv_heads).astype(bool)
             self.streaming.flags.writeable = False
             self.sink, self.window = sink, window
+            fp = &flags[0]
             with nogil:
-                self.s = pylut_state_create_heads(&model.m, n_ctx, max_batch, code, &flags[0], sink, window)
+                self.s = pylut_state_create_paged(&model.m, n_ctx, max_batch, code, fp, sink, window, pp)
         if self.s == NULL:
+            if pool is not None and pool.block_bytes != pylut_kv_block_bytes(&model.m, code, fp):
+                raise ValueError("the KV pool's blocks are of another head plan")
             raise MemoryError(f"could not allocate a session with n_ctx={n_ctx}")
         _check(pylut_state_set_batch_invariant(self.s, 1 if batch_invariant else 0), "batch_invariant")
         _check(pylut_state_set_split_int8(self.s, 1 if split_int8 else 0), "split_int8")
@@ -205,6 +278,7 @@ cdef class Session:
         cdef int rc = PYLUT_EINVAL
         with nogil:
             rc = pylut_state_copy(self.s, other.s, n)
+        _check(rc if rc != PYLUT_EINVAL else PYLUT_OK, "copy_from")  # an exhausted pool
         if rc != PYLUT_OK:
             raise ValueError(f"cannot copy {n} of a session's {other.pos} positions ({other.kv_type}) into one of "
                              f"n_ctx={self.n_ctx} ({self.kv_type}): cache types, head plans or sizes differ")
@@ -233,38 +307,86 @@ cdef class Session:
         _check(rc, "shift")
 
     def kv_array(self):
-        """The KV cache as a writable uint8 view [2, n_layers, n_kv_heads, n_ctx, row_bytes]
-        (keys, values; rows encoded as kv_type, see kv_decode). With streaming heads the heads
-        differ in slots: the whole allocation as a flat uint8 view (head_kv for one head)."""
-        cdef int64_t n = pylut_state_kv_bytes(self.s)
-        cdef uint8_t[::1] view = <uint8_t[:n]>pylut_state_kv(self.s)
-        if self.streaming is not None and self.streaming.any():
-            return np.asarray(view)
+        """A copy of the KV cache (read-only), [2, n_layers, n_kv_heads, n_ctx, row_bytes] (keys,
+        values; rows encoded as kv_type, see kv_decode; rows no block holds yet are zeros). With
+        streaming heads the heads differ in slots: every head's slots one after another, flat
+        (head_kv for one head)."""
         m = &self.model.m
-        return np.asarray(view).reshape(2, m.n_layers, m.n_kv_heads, self.n_ctx,
-                                        pylut_kv_row_bytes(_kv_code(self.kv_type), m.head_dim))
+        heads = [self.head_kv(kv, l, h) for kv in range(2) for l in range(m.n_layers) for h in range(m.n_kv_heads)]
+        if self.streaming is not None and self.streaming.any():
+            out = np.concatenate([x.reshape(-1) for x in heads])
+        else:
+            out = np.stack(heads).reshape(2, m.n_layers, m.n_kv_heads, self.n_ctx, heads[0].shape[1])
+        out.flags.writeable = False
+        return out
 
     @property
     def kv_bytes(self):
-        """Bytes the KV cache holds allocated (keys and values, every head)."""
+        """Bytes the KV cache takes at n_ctx positions (keys and values, every head): its
+        capacity. What it holds now: blocks_held (full heads) and stream_bytes."""
         return int(pylut_state_kv_bytes(self.s))
+
+    @property
+    def blocks_held(self):
+        """Pool blocks this session references (those shared with others included)."""
+        return int(pylut_state_blocks_held(self.s))
+
+    @property
+    def stream_bytes(self):
+        """Bytes of the streaming heads' own slots (never shared)."""
+        return int(pylut_state_stream_bytes(self.s))
 
     def _head_check(self, int layer, int head):
         if not 0 <= layer < self.model.m.n_layers or not 0 <= head < self.model.m.n_kv_heads:
             raise IndexError(f"no kv head ({layer}, {head}) in a model of {self.model.m.n_layers} layers x "
                              f"{self.model.m.n_kv_heads} kv heads")
 
-    def head_kv(self, int kv, int layer, int head):
-        """One head's keys (kv=0) or values (kv=1): a writable uint8 view [slots, row_bytes].
-        A full head's slot is the position; a streaming head's slots [0, sink) hold positions
-        0..sink-1 and slot sink + i holds position stream_base + i."""
+    def head_kv(self, int kv, int layer, int head, n=None):
+        """A copy of one head's keys (kv=0) or values (kv=1): uint8 [n, row_bytes], its first n
+        slots (default all it has). A full head's slot is the position; a streaming head's
+        slots [0, sink) hold positions 0..sink-1 and slot sink + i holds position stream_base + i."""
         self._head_check(layer, head)
         if kv not in (0, 1):
             raise ValueError("kv must be 0 (keys) or 1 (values)")
         cdef int64_t rb = pylut_kv_row_bytes(_kv_code(self.kv_type), self.model.m.head_dim)
         cdef int64_t slots = pylut_state_head_slots(self.s, layer, head)
-        cdef uint8_t[::1] view = <uint8_t[:slots * rb]>pylut_state_head_kv(self.s, kv, layer, head)
-        return np.asarray(view).reshape(slots, rb)
+        cdef int64_t rows = slots if n is None else n
+        if not 0 <= rows <= slots:
+            raise ValueError(f"n must be in 0..{slots}, got {n}")
+        out = np.empty((rows, rb), np.uint8)
+        cdef uint8_t[:, ::1] view = out
+        if rows:
+            _check(pylut_state_read_rows(self.s, kv, layer, head, 0, rows, &view[0, 0], rows * rb), "head_kv")
+        return out
+
+    def set_head_kv(self, int kv, int layer, int head, rows, int64_t start=0):
+        """Write rows (uint8 [n, row_bytes], encoded as kv_type) into one head's slots from
+        start: loading a saved session. Blocks another session shares are copied first."""
+        self._head_check(layer, head)
+        if kv not in (0, 1):
+            raise ValueError("kv must be 0 (keys) or 1 (values)")
+        cdef int64_t rb = pylut_kv_row_bytes(_kv_code(self.kv_type), self.model.m.head_dim)
+        arr = np.ascontiguousarray(rows, dtype=np.uint8)
+        if arr.ndim != 2 or arr.shape[1] != rb:
+            raise ValueError(f"rows must have shape (n, {rb}), got {arr.shape}")
+        cdef int64_t n = arr.shape[0]
+        if start < 0 or start + n > pylut_state_head_slots(self.s, layer, head):
+            raise ValueError(f"{n} rows from slot {start} do not fit the head's "
+                             f"{pylut_state_head_slots(self.s, layer, head)} slots")
+        if n == 0:
+            return
+        cdef const uint8_t[:, ::1] view = arr
+        _check(pylut_state_write_rows(self.s, kv, layer, head, start, n, &view[0, 0], n * rb), "set_head_kv")
+
+    @property
+    def row_bytes(self):
+        """Bytes of one cached head vector."""
+        return int(pylut_kv_row_bytes(_kv_code(self.kv_type), self.model.m.head_dim))
+
+    def head_slots(self, int layer, int head):
+        """Slots the head has: n_ctx for a full head, fewer for a streaming one."""
+        self._head_check(layer, head)
+        return int(pylut_state_head_slots(self.s, layer, head))
 
     def head_used(self, int layer, int head):
         """Slots of the head holding positions at the current pos."""
@@ -277,7 +399,10 @@ cdef class Session:
 
     def set_stream(self, int pos, int stream_base):
         """Restore pos and the streaming heads' stream_base (loading a saved session)."""
-        if pylut_state_set_stream(self.s, pos, stream_base) != PYLUT_OK:
+        cdef int rc = pylut_state_set_stream(self.s, pos, stream_base)
+        if rc != PYLUT_OK and rc != PYLUT_EINVAL:
+            _check(rc, "set_stream")
+        if rc != PYLUT_OK:
             raise ValueError(f"pos={pos}, stream_base={stream_base} do not fit this session")
 
     def can_truncate(self, int pos):
@@ -285,7 +410,10 @@ cdef class Session:
         return bool(pylut_state_can_truncate(self.s, pos))
 
     def set_pos(self, int pos):
-        if pylut_state_set_pos(self.s, pos) != PYLUT_OK:
+        cdef int rc = pylut_state_set_pos(self.s, pos)
+        if rc != PYLUT_OK and rc != PYLUT_EINVAL:
+            _check(rc, "set_pos")
+        if rc != PYLUT_OK:
             raise ValueError(f"pos must be in 0..{self.n_ctx}")
 
     def truncate(self, int pos):

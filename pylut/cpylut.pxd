@@ -20,6 +20,7 @@ cdef extern from "pylut/pylut.h" nogil:
         PYLUT_EINVAL
         PYLUT_ENOMEM
         PYLUT_EISA
+        PYLUT_EFULL
         PYLUT_TILE_M
         PYLUT_MIN_GROUP
         PYLUT_MAX_GROUP
@@ -156,6 +157,27 @@ cdef extern from "pylut/model.h" nogil:
 
     ctypedef struct pylut_state:
         pass
+    ctypedef struct pylut_kv_pool:
+        pass
+    enum:
+        PYLUT_KV_PAGE
+
+    int64_t pylut_kv_block_bytes(const pylut_model *m, int kv_type, const uint8_t *streaming)
+    pylut_kv_pool *pylut_kv_pool_create(int64_t block_bytes, int64_t max_blocks)
+    void pylut_kv_pool_free(pylut_kv_pool *p)
+    int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks)
+    int64_t pylut_kv_pool_blocks_used(const pylut_kv_pool *p)
+    int64_t pylut_kv_pool_blocks_peak(const pylut_kv_pool *p)
+    int64_t pylut_kv_pool_max_blocks(const pylut_kv_pool *p)
+    int64_t pylut_kv_pool_block_bytes(const pylut_kv_pool *p)
+    pylut_state *pylut_state_create_paged(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
+                                          const uint8_t *streaming, int sink, int window, pylut_kv_pool *pool)
+    int64_t pylut_state_blocks_held(const pylut_state *s)
+    int64_t pylut_state_stream_bytes(const pylut_state *s)
+    int pylut_state_read_rows(const pylut_state *s, int kv, int l, int h, int64_t slot0, int64_t n, uint8_t *buf,
+                              int64_t buf_bytes)
+    int pylut_state_write_rows(pylut_state *s, int kv, int l, int h, int64_t slot0, int64_t n, const uint8_t *buf,
+                               int64_t buf_bytes)
 
     int pylut_model_check(const pylut_model *m, const char **why)
     pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, int kv_type)
@@ -173,14 +195,12 @@ cdef extern from "pylut/model.h" nogil:
     int pylut_state_copy(pylut_state *dst, const pylut_state *src, int n_pos) nogil
     int pylut_state_max_batch(const pylut_state *s)
     int64_t pylut_state_kv_bytes(const pylut_state *s)
-    uint8_t *pylut_state_kv(pylut_state *s)
     int pylut_state_kv_type(const pylut_state *s)
     int pylut_state_set_pos(pylut_state *s, int pos)
     int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard)
     pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
                                           const uint8_t *streaming, int sink, int window)
     int pylut_state_can_truncate(const pylut_state *s, int pos)
-    uint8_t *pylut_state_head_kv(pylut_state *s, int kv, int l, int h)
     int64_t pylut_state_head_slots(const pylut_state *s, int l, int h)
     int64_t pylut_state_head_used(const pylut_state *s, int l, int h)
     int pylut_state_head_streaming(const pylut_state *s, int l, int h)
@@ -221,6 +241,11 @@ cdef extern from "pylut/attention.h" nogil:
         float softcap
         int splits
         int64_t n_items
+        const uint8_t *const *blocks
+        int block_len
+        int64_t block_bytes
+        const int64_t *k_off
+        const int64_t *v_off
 
     int pylut_attention(pylut_pool *pool, pylut_attn_job *job)
 

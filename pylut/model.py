@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core, arch, rope, session_file, streaming
+from .prefix_cache import PrefixCache
 from .scheduler import Scheduler
 from .session import Session
 from .tokenizer.chat_template import ChatTemplate
@@ -22,6 +23,14 @@ from .kernels import cpu_features, get_pool, packed_types, physical_cores
 from .options import LoadOptions
 
 log = logging.getLogger("pylut")
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM (the KV pool's default cap is a share of it); 8 GiB where unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 def load(path, options: Optional[LoadOptions] = None, **settings) -> "Model":
@@ -158,6 +167,9 @@ class Model:
             if p.sink + 1 >= n_ctx or p.window > n_ctx:
                 raise ValueError(f"head plan (sink={p.sink}, window={p.window}) does not fit n_ctx={n_ctx}")
         self._sessions = weakref.WeakSet()  # every open Session of this model (kv_stats)
+        self._kv_pools = {}                 # kv_type -> _core.KVPool its sessions share (None: nothing paged)
+        self._kv_pools_lock = threading.Lock()
+        self.prefix_cache = PrefixCache()   # closed sessions' blocks, for prompts that start the same way
         self.scheduler = Scheduler(self)
         self._claim_lock = threading.Lock()
         self._default_claimed = False
@@ -187,10 +199,29 @@ class Model:
         """A C session (KV cache and scratch) over these weights, in this model's modes."""
         modes = dict(batch_invariant=self.batch_invariant, split_int8=self.precision == "high")
         p = self.head_plan
+        pool = self.kv_pool(kv_type)
         if p is None:
-            return _core.Session(self.weights, int(n_ctx), self.max_batch, kv_type, **modes)
+            return _core.Session(self.weights, int(n_ctx), self.max_batch, kv_type, pool=pool, **modes)
         return _core.Session(self.weights, int(n_ctx), self.max_batch, kv_type, streaming=p.streaming_mask(),
-                             sink=p.sink, window=p.window, **modes)
+                             sink=p.sink, window=p.window, pool=pool, **modes)
+
+    def kv_pool(self, kv_type: Optional[str] = None) -> Optional["_core.KVPool"]:
+        """The pool of KV blocks the sessions with this kv type (default the model's) share:
+        blocks of 16 positions, allocated as sessions write them, shared between sessions that
+        hold the same prompt prefix. max_blocks caps it (default: blocks for 3/4 of the
+        machine's memory, at least 4 full contexts); None when every kv head streams."""
+        kv_type = self.kv_type if kv_type is None else kv_type
+        with self._kv_pools_lock:
+            if kv_type not in self._kv_pools:
+                p = self.head_plan
+                mask = p.streaming_mask() if p is not None else None
+                pool = None
+                if mask is None or not np.asarray(mask).all():
+                    pool = _core.KVPool(self.weights, kv_type, streaming=mask)
+                    per_ctx = -(-self.n_ctx // pool.block_len)
+                    pool.max_blocks = max(4 * per_ctx, int(_physical_memory() * 3 // 4) // pool.block_bytes)
+                self._kv_pools[kv_type] = pool
+            return self._kv_pools[kv_type]
 
     # ---------------------------------------------------------------- sessions
 
@@ -203,8 +234,17 @@ class Model:
     def kv_stats(self) -> dict:
         """KV cache use over every open session: for /health and /metrics."""
         live = [s for s in list(self._sessions) if not s.closed]
+        pools = [p for p in list(self._kv_pools.values()) if p is not None]
+        states = [s.state for s in live if s.state is not None]
+        # held: what the cache takes now - pool blocks in use, a block shared by several
+        # sessions counted once, plus the streaming heads' own slots
         return {"sessions": len(live), "kv_bytes_used": sum(s.kv_bytes_used for s in live),
-                "kv_bytes_total": sum(s.state.kv_bytes for s in live if s.state is not None),
+                "kv_bytes_total": sum(st.kv_bytes for st in states),
+                "kv_bytes_held": sum(p.bytes_used for p in pools) + sum(st.stream_bytes for st in states),
+                "blocks_used": sum(p.blocks_used for p in pools),
+                "blocks_total": sum(p.max_blocks for p in pools),
+                "block_bytes": max((p.block_bytes for p in pools), default=0),
+                "prefix_cache_entries": len(self.prefix_cache),
                 "tokens_cached": sum(s.n_cached for s in live)}
 
     @property

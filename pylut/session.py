@@ -69,11 +69,16 @@ class Session:
         return self.state is None
 
     def close(self) -> None:
-        """Free the KV cache; the session cannot be used afterwards."""
+        """Give back the KV cache; the session cannot be used afterwards. Its blocks stay in
+        the model's prefix cache (Model.prefix_cache) for a while, for a later prompt that
+        starts the same way, unless the cache is off."""
         with self._lock:
+            state, cached = self.state, self._cached
             self.state = None
             self._cached, self._logits = [], None
             self.model._sessions.discard(self)
+            if state is not None:
+                self.model.prefix_cache.keep(state, cached)
 
     def __enter__(self):
         return self
@@ -124,7 +129,15 @@ class Session:
 
     def _forward(self, tokens) -> np.ndarray:
         t0 = time.perf_counter()
-        logits = self.model.scheduler.forward(self._live(), tokens)
+        state = self._live()
+        before = state.pos
+        try:
+            logits = self.model.scheduler.forward(state, tokens)
+        except MemoryError:  # the KV pool is out of blocks: closed sessions' prefixes go first
+            if not len(self.model.prefix_cache):
+                raise
+            self.model.prefix_cache.clear()
+            logits = self.model.scheduler.forward(state, tokens[state.pos - before:])  # what had not run
         self.stats["forward_s"] += time.perf_counter() - t0
         return logits
 
@@ -162,8 +175,10 @@ class Session:
         return logits
 
     def _take_prefix(self, tokens: List[int], common: int) -> int:
-        """Copy the longest cached prefix of tokens that an idle session of the model holds,
-        when longer than the common positions already here; returns the positions cached."""
+        """Take the longest cached prefix of tokens that an idle session of the model holds (or,
+        failing that, a recently closed one: Model.prefix_cache), when longer than the common
+        positions already here; returns the positions cached. Full heads' blocks are taken by
+        reference (copied only when written), streaming heads' slots copied."""
         best, donor = common, None
         for d in list(self.model._sessions):
             if d is self or d.state is None or d.state.kv_type != self.state.kv_type:
@@ -171,7 +186,13 @@ class Session:
             c = min(common_prefix(d._cached, tokens), len(tokens) - 1)
             if c > best:
                 best, donor = c, d
-        if donor is None or best - common < MIN_PREFIX_COPY:
+        if donor is None:  # no open session holds more: a recently closed one may
+            n = self.model.prefix_cache.take(self.state, tokens, common + MIN_PREFIX_COPY - 1)
+            if n < common + MIN_PREFIX_COPY:
+                return common
+            self._cached = tokens[:n]
+            return n
+        if best - common < MIN_PREFIX_COPY:
             return common
         if not donor._lock.acquire(blocking=False):  # busy: its cache is changing
             return common

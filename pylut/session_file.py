@@ -75,7 +75,7 @@ def save(sess, path) -> None:
     a temporary name, renamed into place when complete)."""
     model, session = sess.model, sess.state
     cached = sess._cached
-    rows = [session.head_kv(kv, l, h)[:session.head_used(l, h)] for kv, l, h in _heads(model.loaded.config)]
+    rows = [session.head_kv(kv, l, h, session.head_used(l, h)) for kv, l, h in _heads(model.loaded.config)]
     plan = model.head_plan
     header = json.dumps({"fingerprint": model._fingerprint(), "n_tokens": len(cached), "tokens": cached,
                          "kv_type": session.kv_type, "row_bytes": int(rows[0].shape[1]),
@@ -179,12 +179,12 @@ def load(sess, path) -> None:
         raise ValueError(f"{path}: the session's keys were rotated with other RoPE frequencies (LongRoPE's "
                          f"factor set follows n_ctx); load the model with the n_ctx it was saved at")
     heads = _heads(config)
-    views = [session.head_kv(kv, l, hh) for kv, l, hh in heads]
+    slots = [session.head_slots(l, hh) for kv, l, hh in heads]
     base = session.sink if head.stream_base is None else head.stream_base
     mask, sink = session.streaming, session.sink
     used = [n if mask is None or not mask[l, hh] or n <= sink else sink + n - base for kv, l, hh in heads]
-    if (head_rows != used or row_bytes != views[0].shape[1]
-            or any(r > v.shape[0] or r < 0 for r, v in zip(head_rows, views))):
+    if (head_rows != used or row_bytes != session.row_bytes
+            or any(r > v or r < 0 for r, v in zip(head_rows, slots))):
         raise ValueError(f"{path}: session sizes do not fit this model")
     at = head.data_at
     if sum(head_rows) * row_bytes != len(data) - at - _DIGEST:
@@ -196,8 +196,8 @@ def load(sess, path) -> None:
         blocks.append(block)
         at += r * row_bytes
     session.set_stream(n, base)
-    for r, v, block in zip(head_rows, views, blocks):
-        v[:r] = block
+    for (kv, l, hh), block in zip(heads, blocks):
+        session.set_head_kv(kv, l, hh, block)
     sess._cached = head.tokens
 
 

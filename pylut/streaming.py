@@ -271,7 +271,7 @@ def calibrate_heads(model, text: Union[None, str, Sequence[int]] = None, retriev
             for kv in (0, 1):
                 for ll in range(n_layers):
                     for hh in range(n_kv):
-                        s.head_kv(kv, ll, hh)[:prefix] = full.head_kv(kv, ll, hh)[:prefix]
+                        s.set_head_kv(kv, ll, hh, full.head_kv(kv, ll, hh, prefix))
             s.set_stream(prefix, sink)
             scores[l, h] = _kl(ref, run(s, prefix))
             log.info("calibration: layer %d kv head %d: KL %.4g", l, h, scores[l, h])

@@ -123,7 +123,8 @@ if [ $# -gt 0 ]; then
 else
     step "kernels, loaders, model (best ISA)" "${PYTEST[@]}" \
         tests/test_sanitize.py tests/test_kernels.py tests/test_attention.py tests/test_prefill.py tests/test_f16.py \
-        tests/test_streaming_attention.py tests/test_quants.py tests/test_gguf_reader.py \
+        tests/test_streaming_attention.py tests/test_paged_attention.py tests/test_kv_pool.py \
+        tests/test_quants.py tests/test_gguf_reader.py \
         tests/test_safetensors_reader.py tests/test_hf_loader.py tests/test_gptq.py \
         tests/test_packcache.py tests/test_model_gguf.py tests/test_arch_zoo.py tests/test_bitnet.py \
         tests/test_tokenizer.py

@@ -84,6 +84,16 @@ typedef struct {
     int64_t scratch_floats;  /* per thread */
     int64_t partial_floats;  /* shared, only when splits > 1 */
     float *partial;          /* set by the caller when splits > 1 */
+    /* optional paged cache (NULL blocks: the rows above): position p of a full kv head h
+     * sits at blocks[p / block_len] + k_off[h] + (p % block_len) * ld (v_off for values).
+     * A block holds block_len positions of every full head, so a head's rows within one
+     * block are contiguous and the kernel gets one run per block; runs are merged by the
+     * running max/sum/acc the kernel already carries. Streaming heads (heads[]) keep their
+     * own rows. blocks[0 .. ceil(len / block_len)) must all be set. */
+    const uint8_t *const *blocks;
+    int block_len;
+    int64_t block_bytes;     /* bytes of one block (checked against the offsets) */
+    const int64_t *k_off, *v_off; /* [n_kv_heads] */
 } pylut_attn_job;
 
 /* Check every size and pointer of the job and plan its items for nth threads (a cache

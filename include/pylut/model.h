@@ -65,6 +65,29 @@ typedef struct {
 
 typedef struct pylut_state pylut_state;
 
+/* ------------------------------------------------------------------ paged KV cache */
+
+/* A full kv head's cache is paged: blocks of PYLUT_KV_PAGE positions (the attention
+ * kernel's online-softmax step, PYLUT_ATTN_BLOCK, so a block is exactly one kernel step)
+ * come from a pool on demand, a session's memory grows with the tokens it holds, and
+ * sessions holding the same prefix share its blocks by reference (copied before a write). */
+#define PYLUT_KV_PAGE 16
+typedef struct pylut_kv_pool pylut_kv_pool;
+/* Bytes of one block for sessions of m with this kv type and streaming plan (NULL: every
+ * head full): the sessions that may share a pool. 0 for a bad type or no full head. */
+int64_t pylut_kv_block_bytes(const pylut_model *m, int kv_type, const uint8_t *streaming);
+/* A pool of blocks of block_bytes each, at most max_blocks in use at once. Thread-safe. */
+pylut_kv_pool *pylut_kv_pool_create(int64_t block_bytes, int64_t max_blocks);
+/* Drop the creator's handle; the pool goes when its last state is freed too. */
+void pylut_kv_pool_free(pylut_kv_pool *p);
+int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks);
+/* Counters: blocks in use now (a shared block counts once), the most ever in use, the cap,
+ * and the bytes of one block. */
+int64_t pylut_kv_pool_blocks_used(const pylut_kv_pool *p);
+int64_t pylut_kv_pool_blocks_peak(const pylut_kv_pool *p);
+int64_t pylut_kv_pool_max_blocks(const pylut_kv_pool *p);
+int64_t pylut_kv_pool_block_bytes(const pylut_kv_pool *p);
+
 /* Check every shape and pointer of *m; PYLUT_EINVAL with a static reason in *why. */
 int pylut_model_check(const pylut_model *m, const char **why);
 /* A sequence of up to n_ctx positions, processing up to max_batch tokens per forward step,
@@ -76,6 +99,14 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, 
  * instead of n_ctx. NULL: every head full, exactly pylut_state_create. */
 pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
                                       const uint8_t *streaming, int sink, int window);
+/* The same drawing its full heads' blocks from pool (its block bytes must be
+ * pylut_kv_block_bytes of the same arguments); NULL pool: a private pool of
+ * ceil(n_ctx / PYLUT_KV_PAGE) blocks. The create calls above use a private pool. */
+pylut_state *pylut_state_create_paged(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
+                                      const uint8_t *streaming, int sink, int window, pylut_kv_pool *pool);
+/* Blocks this state references (shared ones included) and its streaming heads' bytes. */
+int64_t pylut_state_blocks_held(const pylut_state *s);
+int64_t pylut_state_stream_bytes(const pylut_state *s);
 void pylut_state_free(pylut_state *s);
 int pylut_state_pos(const pylut_state *s);
 /* Prefill chunks of many tokens go through the int8 prefill GEMM where it is faster
@@ -113,23 +144,30 @@ int pylut_forward_multi(pylut_pool *pool, const pylut_model *m, pylut_state *wor
                         int n_seq, const int32_t *tokens, const int *n_tokens, float *logits);
 /* Make dst hold src's first n_pos positions: their cached rows, pos and stream base (same
  * model, kv type and head layout; they must fit dst). With streaming heads n_pos must be
- * all of src's (truncate dst afterwards where pylut_state_can_truncate allows). */
+ * all of src's (truncate dst afterwards where pylut_state_can_truncate allows). States of
+ * one pool share the full heads' blocks by reference (no rows copied); otherwise copied.
+ * PYLUT_EFULL when dst's pool runs out of blocks for the copy. */
 int pylut_state_copy(pylut_state *dst, const pylut_state *src, int n_pos);
 int pylut_state_max_batch(const pylut_state *s);
 /* Context shift: drop positions [n_keep, n_keep + n_discard), move the later ones down and
  * re-rotate their keys' RoPE by -n_discard so they read as if written at their new place.
  * With streaming heads n_keep must be >= sink (the sinks stay where they are). */
 int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_discard);
-/* KV cache access for save/load: the whole cache, every head's slots one after another,
- * keys then values: [2][n_layers][n_kv_heads][n_ctx][pylut_kv_row_bytes(kv_type, head_dim)]
- * when no head streams; kv_bytes is what is allocated either way. */
+/* What the cache takes at n_ctx positions (every full head n_ctx rows, streaming heads
+ * their slots), keys and values: its capacity; use is pylut_state_blocks_held. */
 int64_t pylut_state_kv_bytes(const pylut_state *s);
-uint8_t *pylut_state_kv(pylut_state *s);
 int pylut_state_kv_type(const pylut_state *s);
 int pylut_state_set_pos(pylut_state *s, int pos);
-/* Per head: slot 0 of keys (kv 0) or values (kv 1), the slots it has, those in use at the
- * current position, whether it streams (NULL / 0 for a bad index). */
-uint8_t *pylut_state_head_kv(pylut_state *s, int kv, int l, int h);
+/* Rows of keys (kv 0) or values (kv 1) of one head, slots [slot0, slot0 + n), copied out
+ * to / in from a buffer of buf_bytes (>= n * row_bytes). A full head's slot is its position
+ * (rows no block holds yet read as zeros; writing reserves blocks, copying shared ones
+ * first). PYLUT_EINVAL for a bad index or size, PYLUT_EFULL for an exhausted pool. */
+int pylut_state_read_rows(const pylut_state *s, int kv, int l, int h, int64_t slot0, int64_t n, uint8_t *buf,
+                          int64_t buf_bytes);
+int pylut_state_write_rows(pylut_state *s, int kv, int l, int h, int64_t slot0, int64_t n, const uint8_t *buf,
+                           int64_t buf_bytes);
+/* Per head: the slots it has, those in use at the current position, whether it streams
+ * (0 for a bad index). */
 int64_t pylut_state_head_slots(const pylut_state *s, int l, int h);
 int64_t pylut_state_head_used(const pylut_state *s, int l, int h);
 int pylut_state_head_streaming(const pylut_state *s, int l, int h);

@@ -54,6 +54,7 @@ enum pylut_status {
     PYLUT_EINVAL = -1,   /* a size, type or pointer does not fit */
     PYLUT_ENOMEM = -2,
     PYLUT_EISA = -3,     /* requested ISA not supported by this CPU/build */
+    PYLUT_EFULL = -4,    /* a KV block pool has no free block (its max_blocks are in use) */
 };
 
 #define PYLUT_TILE_M 64        /* rows per tile: one 64-byte block holds 64 rows' nibbles */

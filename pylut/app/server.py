@@ -529,7 +529,8 @@ def prometheus_text(server) -> str:
     for key, help_text in (("sessions", "Open sessions (conversations holding a KV cache)."),
                            ("tokens_cached", "Tokens whose keys and values are cached, over every session."),
                            ("kv_bytes_used", "KV cache bytes holding tokens."),
-                           ("kv_bytes_total", "KV cache bytes allocated."),
+                           ("kv_bytes_total", "KV cache bytes the open sessions take at n_ctx."),
+                           ("kv_bytes_held", "KV cache bytes allocated now (a shared block counted once)."),
                            ("blocks_used", "KV cache blocks in use."),
                            ("blocks_total", "KV cache blocks in the pool.")):
         if key in kv:

@@ -135,7 +135,8 @@ static int heads_ok(const pylut_attn_job *j) {
     int any = 0;
     for (int h = 0; h < j->n_kv_heads; h++) {
         const pylut_attn_head *hh = &j->heads[h];
-        if (!hh->k || !hh->v || (hh->streaming != 0 && hh->streaming != 1)) return 0;
+        if (hh->streaming != 0 && hh->streaming != 1) return 0;
+        if ((hh->streaming || !j->blocks) && (!hh->k || !hh->v)) return 0; /* paged full heads: blocks */
         any |= hh->streaming;
         /* a streaming head needs slots for its sinks and for positions stream_base..end-1 */
         const int64_t need = !hh->streaming ? end : end <= j->sink ? end : j->sink + end - j->stream_base;
@@ -146,17 +147,34 @@ static int heads_ok(const pylut_attn_job *j) {
                     (end <= j->sink || j->stream_base <= (j->pos0 > j->sink ? j->pos0 : j->sink)));
 }
 
+/* A paged job: every block its positions need is set, and each full head's run of
+ * block_len rows (keys and values) lies inside a block. */
+static int blocks_ok(const pylut_attn_job *j, int64_t rb) {
+    if (j->block_len < 1 || j->block_bytes < 1 || !j->k_off || !j->v_off || j->ld != rb) return 0;
+    const int64_t run = (int64_t)j->block_len * rb;
+    for (int h = 0; h < j->n_kv_heads; h++) {
+        if (j->heads && j->heads[h].streaming) continue; /* its own rows */
+        if (j->k_off[h] < 0 || j->v_off[h] < 0 || j->k_off[h] > j->block_bytes - run ||
+            j->v_off[h] > j->block_bytes - run)
+            return 0;
+    }
+    for (int64_t b = 0; b * j->block_len < j->len; b++)
+        if (!j->blocks[b]) return 0;
+    return 1;
+}
+
 int pylut_attn_plan(pylut_attn_job *j, int nth) {
     if (!j || nth < 1 || !j->q || !j->out) return PYLUT_EINVAL;
-    if (!j->heads && (!j->k || !j->v)) return PYLUT_EINVAL;
+    if (!j->heads && !j->blocks && (!j->k || !j->v)) return PYLUT_EINVAL;
     const int64_t rb = pylut_kv_row_bytes(j->type, j->hd);
     if (rb == 0 || j->n_heads < 1 || j->n_kv_heads < 1 || j->n_heads % j->n_kv_heads) return PYLUT_EINVAL;
     if (j->n < 1 || j->pos0 < 0 || j->len < 1 || (int64_t)j->pos0 + j->n > j->len) return PYLUT_EINVAL;
-    if (j->ld < rb || j->hstride < 0 || (!j->heads && j->n_kv_heads > 1 && j->hstride < rb) || j->ldq < (int64_t)j->n_heads * j->hd ||
+    if (j->ld < rb || j->hstride < 0 || (!j->heads && !j->blocks && j->n_kv_heads > 1 && j->hstride < rb) || j->ldq < (int64_t)j->n_heads * j->hd ||
         j->ldo < (int64_t)j->n_heads * j->hd || !isfinite(j->scale) || j->swa < 0 || !(j->softcap >= 0.0f) ||
         !isfinite(j->softcap))
         return PYLUT_EINVAL;
     if (j->heads && !heads_ok(j)) return PYLUT_EINVAL;
+    if (j->blocks && !blocks_ok(j, rb)) return PYLUT_EINVAL;
     j->hd_pad = (j->hd + HD_ALIGN - 1) / HD_ALIGN * HD_ALIGN;
     j->group = j->n_heads / j->n_kv_heads;
     if (j->group > PYLUT_ATTN_ROWS) return PYLUT_EINVAL; /* no model has more than 64 q heads per kv head */
@@ -177,6 +195,8 @@ int pylut_attn_plan(pylut_attn_job *j, int nth) {
     j->n_items = (int64_t)j->n_kv_heads * j->q_tiles * j->splits;
     const int64_t R = PYLUT_ATTN_ROWS, B = PYLUT_ATTN_BLOCK, hp = j->hd_pad;
     j->scratch_floats = 2 * R * hp + 2 * B * hp + R * B + 2 * R;
+    if (j->blocks && j->block_len % PYLUT_ATTN_BLOCK == 0) /* the kernel's page tables, keys and values */
+        j->scratch_floats += 2 * (((int64_t)j->len + B - 1) / B) * (int64_t)(sizeof(void *) / sizeof(float));
     j->partial_floats = j->splits > 1 ? (int64_t)j->n_kv_heads * j->splits * j->rows * (hp + 2) : 0;
     return PYLUT_OK;
 }
@@ -205,7 +225,7 @@ static void stream_rows(const pylut_attn_job *j, const uint8_t *k, const uint8_t
         const int r0 = (t - t0) * G, p = j->pos0 + t;
         const int sink_end = p + 1 < j->sink ? p + 1 : j->sink;
         const int layer_from = j->swa && p >= j->swa ? p - j->swa + 1 : 0; /* a sliding-window layer */
-        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, lim + r0, NULL, softcap, layer_from,
+        rows_fn(j->type, j->hd, hp, k, v, NULL, NULL, j->ld, G, qs + (int64_t)r0 * hp, lim + r0, NULL, softcap, layer_from,
                 sink_end, mx + r0, sum + r0, acc + (int64_t)r0 * hp, kbuf, sbuf);
         /* the window (p - window, p], past the sinks, and never before the oldest slot kept
          * (a context shift may have dropped positions the window would reach) */
@@ -217,8 +237,43 @@ static void stream_rows(const pylut_attn_job *j, const uint8_t *k, const uint8_t
         int32_t wlim[PYLUT_ATTN_ROWS];
         const int a = j->sink + (w0 - j->stream_base), b = j->sink + (p - j->stream_base) + 1;
         for (int r = 0; r < G; r++) wlim[r] = b;
-        rows_fn(j->type, j->hd, hp, k, v, j->ld, G, qs + (int64_t)r0 * hp, wlim, NULL, softcap, a, b, mx + r0,
+        rows_fn(j->type, j->hd, hp, k, v, NULL, NULL, j->ld, G, qs + (int64_t)r0 * hp, wlim, NULL, softcap, a, b, mx + r0,
                 sum + r0, acc + (int64_t)r0 * hp, kbuf, sbuf);
+    }
+}
+
+/* Cache positions [a, b) of full kv head kvh through the block table. Blocks of whole kernel
+ * steps (the model's, PYLUT_KV_PAGE = PYLUT_ATTN_BLOCK): a table of each step's rows, kp/vp
+ * [ceil(len / PYLUT_ATTN_BLOCK)] in the item's scratch, and one kernel call for the slice, as
+ * contiguous rows get (a call per block was much slower for decode at long contexts).
+ * Other block lengths: a call per block, the rows' limits shifted to the block's first
+ * position b0 (a limit at or below b0 shows the row nothing of it); mx/sum/acc carry over. */
+static void paged_rows(const pylut_attn_job *j, int kvh, int rows, const float *qs, const int32_t *lim,
+                       const int32_t *lo, int a, int b, float *mx, float *sum, float *acc, float *kbuf, float *sbuf,
+                       const uint8_t **kp) {
+    const pylut_attn_rows_fn rows_fn = pylut_attn_rows_active();
+    const int bl = j->block_len, B = PYLUT_ATTN_BLOCK;
+    if (bl % B == 0) {
+        const uint8_t **vp = kp + (j->len + B - 1) / B;
+        for (int i = a / B; (int64_t)i * B < b; i++) { /* a: a multiple of B (slice_range) */
+            const uint8_t *base = j->blocks[(int64_t)i * B / bl] + ((int64_t)i * B % bl) * j->ld;
+            kp[i] = base + j->k_off[kvh];
+            vp[i] = base + j->v_off[kvh];
+        }
+        rows_fn(j->type, j->hd, j->hd_pad, NULL, NULL, kp, vp, j->ld, rows, qs, lim, lo, j->softcap * LOG2E, a, b,
+                mx, sum, acc, kbuf, sbuf);
+        return;
+    }
+    int32_t lim_b[PYLUT_ATTN_ROWS], lo_b[PYLUT_ATTN_ROWS];
+    for (int blk = a / bl; (int64_t)blk * bl < b; blk++) {
+        const int b0 = blk * bl, j0 = a > b0 ? a - b0 : 0, j1 = b - b0 < bl ? b - b0 : bl;
+        for (int r = 0; r < rows; r++) {
+            lim_b[r] = lim[r] - b0;
+            if (lo) lo_b[r] = lo[r] - b0;
+        }
+        const uint8_t *base = j->blocks[blk];
+        rows_fn(j->type, j->hd, j->hd_pad, base + j->k_off[kvh], base + j->v_off[kvh], NULL, NULL, j->ld, rows, qs,
+                lim_b, lo ? lo_b : NULL, j->softcap * LOG2E, j0, j1, mx, sum, acc, kbuf, sbuf);
     }
 }
 
@@ -230,7 +285,8 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
     const int rows = (t1 - t0) * G;
     const pylut_attn_head *head = j->heads ? &j->heads[kvh] : NULL;
     if (head && head->streaming && split != 0) return; /* a streaming head is small: slice 0 does it all */
-    /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] */
+    /* scratch: qs [R][hp] | acc [R][hp] | kbuf [2][B][hp] | sbuf [R][B] | mx [R] | sum [R] | paged:
+     * kp, vp [ceil(len / B)] pointers (8-byte aligned: every part before is an even count) */
     float *qs = scratch, *acc = qs + PYLUT_ATTN_ROWS * hp, *kbuf = acc + PYLUT_ATTN_ROWS * hp;
     float *sbuf = kbuf + 2 * PYLUT_ATTN_BLOCK * hp, *mx = sbuf + PYLUT_ATTN_ROWS * PYLUT_ATTN_BLOCK, *sum = mx + PYLUT_ATTN_ROWS;
     int32_t lim[PYLUT_ATTN_ROWS], lo[PYLUT_ATTN_ROWS];
@@ -253,7 +309,8 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
     }
-    const uint8_t *k = head ? head->k : j->k + kvh * j->hstride, *v = head ? head->v : j->v + kvh * j->hstride;
+    const uint8_t *k = head ? head->k : j->blocks ? NULL : j->k + kvh * j->hstride;
+    const uint8_t *v = head ? head->v : j->blocks ? NULL : j->v + kvh * j->hstride;
     if (head && head->streaming) {
         stream_rows(j, k, v, t0, t1, qs, lim, mx, sum, acc, kbuf, sbuf);
     } else {
@@ -261,7 +318,11 @@ void pylut_attn_item(const pylut_attn_job *j, int64_t w, float *scratch) {
         slice_range(j, split, &a, &b);
         /* the window bites only once a row is past it: until then the plain kernel */
         const int windowed = j->swa && j->pos0 + t1 > j->swa;
-        pylut_attn_rows_active()(j->type, hd, hp, k, v, j->ld, rows, qs, lim, windowed ? lo : NULL,
+        if (j->blocks)
+            paged_rows(j, kvh, rows, qs, lim, windowed ? lo : NULL, a, b, mx, sum, acc, kbuf, sbuf,
+                       (const uint8_t **)(void *)(sum + PYLUT_ATTN_ROWS));
+        else
+            pylut_attn_rows_active()(j->type, hd, hp, k, v, NULL, NULL, j->ld, rows, qs, lim, windowed ? lo : NULL,
                                  j->softcap * LOG2E, a, b, mx, sum, acc, kbuf, sbuf);
     }
     if (j->splits == 1 || (head && head->streaming)) {

@@ -183,8 +183,8 @@ static ALWAYS_INLINE void values_decoded(const float *p, float *ar, const float 
  * is exactly the kernel without them: a Llama layer pays nothing for Gemma's) and
  * attn_rows_limited with them. Each is its own function, so neither copy's inlining or
  * unswitching budget is spent on the other. */
-static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld,
-                                    int rows, const float *qs, const int32_t *lim, const int32_t *lo, float softcap,
+static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v,
+                                    const uint8_t *const *kp, const uint8_t *const *vp, int64_t ld, int rows, const float *qs, const int32_t *lim, const int32_t *lo, float softcap,
                                     int j0, int j1, float *mx, float *sum, float *acc, float *kbuf, float *sbuf) {
     enum { B = PYLUT_ATTN_BLOCK };
     int vis[PYLUT_ATTN_ROWS];
@@ -196,6 +196,7 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
         int first = lo[0];
         for (int r = 1; r < rows; r++) first = lo[r] < first ? lo[r] : first;
         if (j0 < first) j0 = first;
+        if (kp) j0 -= j0 % B; /* paged: steps start on a page (the rows before lo[r] are masked) */
     }
     /* Decode (1-8 rows: MHA, GQA; whole vectors per head; fp16 rows 2-byte aligned, 4-bit
      * heads whole blocks): convert in registers, once for all rows. Otherwise (prefill tiles)
@@ -210,6 +211,16 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
     float vsc[PYLUT_ATTN_BLOCK][PYLUT_ATTN_MAX_HD / PYLUT_KV_BLOCK]; /* quantized: the block's value scales */
     for (int jb = j0; jb < j1; jb += B) {
         const int nk = j1 - jb < B ? j1 - jb : B;
+        /* this step's key and value rows: one run of nk rows ld apart */
+        const uint8_t *kb = kp ? kp[jb / B] : k + (int64_t)jb * ld, *vb = vp ? vp[jb / B] : v + (int64_t)jb * ld;
+        if (kp && jb + 2 * B < j1) { /* paged: the run after next is elsewhere; touch its first
+                                      * lines so the hardware prefetcher has found it in time */
+            const uint8_t *kn = kp[jb / B + 2], *vn = vp[jb / B + 2];
+            for (int o = 0; o < 4 * 64; o += 64) {
+                __builtin_prefetch(kn + o);
+                __builtin_prefetch(vn + o);
+            }
+        }
         int most = 0; /* the longest row's view of this block */
         for (int r = 0; r < rows; r++) {
             vis[r] = lim[r] - jb < nk ? lim[r] - jb : nk;
@@ -224,7 +235,7 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
         /* (no software prefetch: the hardware prefetchers follow a head's contiguous rows on
          * their own, and prefetching ahead was slower) */
         if (fused) {
-            const uint8_t *k0 = k + (int64_t)jb * ld;
+            const uint8_t *k0 = kb;
             for (int r0 = 0; r0 < rows; r0 += 4) {
                 const int rc = rows - r0 < 4 ? rows - r0 : 4;
                 const float *q0 = qs + (int64_t)r0 * hd_pad;
@@ -240,7 +251,7 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
 #undef SCORES
             }
         } else {
-            for (int j = 0; j < nk; j++) decode_row(type, hd, k + (int64_t)(jb + j) * ld, kbuf + (int64_t)j * hd_pad);
+            for (int j = 0; j < nk; j++) decode_row(type, hd, kb + (int64_t)j * ld, kbuf + (int64_t)j * hd_pad);
             for (int r = 0; r < rows; r++)
                 if (vis[r] > 0) scores_decoded(qs + (int64_t)r * hd_pad, kbuf, hd_pad, vis[r], sbuf + (int64_t)r * B);
         }
@@ -277,7 +288,7 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
 
         /* ---- values: acc[r] += sum_j p[r][j] * v[j] */
         if (fused) {
-            const uint8_t *v0 = v + (int64_t)jb * ld;
+            const uint8_t *v0 = vb;
             if (type != PYLUT_KV_F16)
                 for (int j = 0; j < most; j++) row_scales(type, v0 + (int64_t)j * ld, hd, vsc[j]);
             for (int r0 = 0; r0 < rows; r0 += 4) { /* a constant row count keeps acc in registers */
@@ -296,7 +307,7 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
             }
         } else {
             float *vbuf = kbuf; /* values reuse the keys' buffer: the smaller L1 footprint is faster */
-            for (int j = 0; j < nk; j++) decode_row(type, hd, v + (int64_t)(jb + j) * ld, vbuf + (int64_t)j * hd_pad);
+            for (int j = 0; j < nk; j++) decode_row(type, hd, vb + (int64_t)j * ld, vbuf + (int64_t)j * hd_pad);
             for (int r = 0; r < rows; r++)
                 if (vis[r] > 0)
                     values_decoded(sbuf + (int64_t)r * B, acc + (int64_t)r * hd_pad, vbuf, hd_pad, vis[r]);
@@ -306,19 +317,21 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
 }
 
 static __attribute__((noinline)) void attn_rows_plain(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v,
+                                                      const uint8_t *const *kp, const uint8_t *const *vp,
                                                       int64_t ld, int rows, const float *qs, const int32_t *lim, int j0,
                                                       int j1, float *mx, float *sum, float *acc, float *kbuf,
                                                       float *sbuf) {
-    attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, NULL, 0.0f, j0, j1, mx, sum, acc, kbuf, sbuf);
+    attn_rows(type, hd, hd_pad, k, v, kp, vp, ld, rows, qs, lim, NULL, 0.0f, j0, j1, mx, sum, acc, kbuf, sbuf);
 }
 
 static __attribute__((noinline)) PYLUT_ATTN_ROWS_DECL(attn_rows_limited) {
-    attn_rows(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
+    attn_rows(type, hd, hd_pad, k, v, kp, vp, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
 }
 
 PYLUT_ATTN_ROWS_DECL(ATTN_FN) {
     if (lo || softcap > 0.0f)
-        attn_rows_limited(type, hd, hd_pad, k, v, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf, sbuf);
+        attn_rows_limited(type, hd, hd_pad, k, v, kp, vp, ld, rows, qs, lim, lo, softcap, j0, j1, mx, sum, acc, kbuf,
+                          sbuf);
     else
-        attn_rows_plain(type, hd, hd_pad, k, v, ld, rows, qs, lim, j0, j1, mx, sum, acc, kbuf, sbuf);
+        attn_rows_plain(type, hd, hd_pad, k, v, kp, vp, ld, rows, qs, lim, j0, j1, mx, sum, acc, kbuf, sbuf);
 }

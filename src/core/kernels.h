@@ -204,18 +204,22 @@ void pylut_attn_f16(const float *q, const uint16_t *k, const uint16_t *v, int64_
 
 /* The online-softmax attention step (attn_body.h), one instantiation per ISA. One kv head's
  * rows against cache positions [j0, j1): k, v point at that head's row of position 0, ld
- * bytes apart. qs: [rows][hd_pad] queries times scale*log2(e); lim[rows]: row r sees
+ * bytes apart; or, with kp/vp set (a paged cache), the rows of positions
+ * [PYLUT_ATTN_BLOCK * i, PYLUT_ATTN_BLOCK * (i + 1)) start at kp[i] / vp[i] (k, v unused;
+ * j0 a multiple of PYLUT_ATTN_BLOCK): every step's rows are one contiguous run, so a whole
+ * cache slice stays one call. qs: [rows][hd_pad] queries times scale*log2(e); lim[rows]: row r sees
  * positions < lim[r] and, given lo (sliding-window layers; NULL: none), none below lo[r];
  * softcap: Gemma 2's logit soft-cap in the log2 domain (a score s becomes c*tanh(s/c); 0:
  * none); mx, sum: [rows] running max (log2 domain) and sum; acc: [rows][hd_pad];
  * kbuf: [2][PYLUT_ATTN_BLOCK][hd_pad] scratch (keys, values), zeroed once; sbuf:
  * [rows][PYLUT_ATTN_BLOCK]. */
 typedef void (*pylut_attn_rows_fn)(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v,
-                                   int64_t ld, int rows, const float *qs, const int32_t *lim,
+                                   const uint8_t *const *kp, const uint8_t *const *vp, int64_t ld, int rows, const float *qs, const int32_t *lim,
                                    const int32_t *lo, float softcap, int j0, int j1, float *mx, float *sum,
                                    float *acc, float *kbuf, float *sbuf);
 #define PYLUT_ATTN_ROWS_DECL(name)                                                                   \
-    void name(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, int64_t ld, int rows, \
+    void name(int type, int hd, int hd_pad, const uint8_t *k, const uint8_t *v, const uint8_t *const *kp, \
+              const uint8_t *const *vp, int64_t ld, int rows,                                         \
               const float *qs, const int32_t *lim, const int32_t *lo, float softcap, int j0, int j1,  \
               float *mx, float *sum, float *acc, float *kbuf, float *sbuf)
 PYLUT_ATTN_ROWS_DECL(pylut_attn_rows_scalar);

@@ -205,8 +205,8 @@ static void stage_project_residual(step_ctx *c, int ith, int nth, int *stage, in
 static pylut_attn_job layer_job(const step_ctx *c, int si, int l) {
     const pylut_state *q = c->seqs[si];
     pylut_attn_job job = c->s->jobs[si];
-    job.k = kv_row(q, 0, l, 0, 0);
-    job.v = kv_row(q, 1, l, 0, 0);
+    job.k_off = q->kv_off + (int64_t)l * q->n_kv_heads;                       /* keys of layer l */
+    job.v_off = q->kv_off + ((int64_t)q->n_layers + l) * q->n_kv_heads;      /* its values */
     if (q->heads) job.heads = q->heads + (int64_t)l * q->n_kv_heads;
     job.swa = c->m->layers[l].swa;
     return job;
@@ -366,6 +366,9 @@ static int run_step(pylut_pool *pool, const pylut_model *m, pylut_state *w, pylu
         pylut_state *q = seqs[si];
         const int cnt = n_tokens[si];
         pylut_state_make_room(q, cnt);
+        /* the step writes positions [pos, pos + cnt): blocks for them, none shared */
+        const int rc = kvp_reserve(q, q->pos, (int64_t)q->pos + cnt);
+        if (rc != PYLUT_OK) return rc;
         w->seq_first[si] = n;
         for (int t = 0; t < cnt; t++) w->tok_seq[n + t] = si;
         pylut_attn_job *j = &w->jobs[si]; /* layer 0's cache for the plan; layer_job swaps it */
@@ -374,10 +377,12 @@ static int run_step(pylut_pool *pool, const pylut_model *m, pylut_state *w, pylu
         j->hd = m->head_dim;
         j->n_heads = m->n_heads;
         j->n_kv_heads = m->n_kv_heads;
-        j->k = kv_row(q, 0, 0, 0, 0);
-        j->v = kv_row(q, 1, 0, 0, 0);
-        j->ld = q->row_bytes;
-        j->hstride = (int64_t)q->n_ctx * q->row_bytes;
+        j->ld = q->row_bytes; /* full heads through the block table, streaming ones through heads */
+        j->blocks = (const uint8_t *const *)q->blocks;
+        j->block_len = PYLUT_KV_PAGE;
+        j->block_bytes = q->block_bytes;
+        j->k_off = q->kv_off;
+        j->v_off = q->kv_off + (int64_t)q->n_layers * q->n_kv_heads;
         j->len = q->pos + cnt;
         j->q = w->q + (int64_t)n * w->q_dim;
         j->ldq = w->q_dim;

@@ -91,7 +91,10 @@ void pylut_state_free(pylut_state *s) {
         lut_batch_free(&s->sets[i].tables);
         lut_batch_free(&s->sets[i].act);
     }
-    free(s->kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
+    if (s->blocks && s->pool) kvp_release_from(s, 0); /* (no pool: it failed at creation, no block either) */
+    free(s->blocks);
+    pylut_kv_pool_free(s->pool); /* this state's handle */
+    free(s->stream_kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
     free(s->inv_freq);
     free(s->inv_freq_swa);
@@ -100,20 +103,40 @@ void pylut_state_free(pylut_state *s) {
     free(s);
 }
 
-/* Slots of every head in one allocation; a plan's per-head pointers into it. */
-static int kv_alloc(pylut_state *s, const uint8_t *streaming) {
+/* The cache's layout: full heads' offsets within a block and a block table of n_ctx
+ * positions (blocks come on demand), streaming heads' slots in one private allocation. */
+static int kv_alloc(pylut_state *s, const uint8_t *streaming, pylut_kv_pool *pool) {
     const int64_t n_heads = (int64_t)s->n_layers * s->n_kv_heads;
     s->kv_off = malloc((size_t)(2 * n_heads) * sizeof(int64_t));
     if (!s->kv_off) return PYLUT_ENOMEM;
-    int64_t off = 0;
+    for (int64_t i = 0; i < n_heads; i++) s->n_full += !(streaming && streaming[i]);
+    const int64_t run = PYLUT_KV_PAGE * s->row_bytes; /* one head's rows in a block */
+    int64_t full = 0, stream = 0;
     for (int kv = 0; kv < 2; kv++)
         for (int64_t i = 0; i < n_heads; i++) {
-            s->kv_off[kv * n_heads + i] = off;
-            off += (streaming && streaming[i] ? s->stream_slots : s->n_ctx) * s->row_bytes;
+            if (streaming && streaming[i]) {
+                s->kv_off[kv * n_heads + i] = stream;
+                stream += s->stream_slots * s->row_bytes;
+            } else {
+                s->kv_off[kv * n_heads + i] = full++ * run;
+            }
         }
-    s->kv_bytes = off;
-    s->kv = calloc((size_t)off, 1);
-    if (!s->kv) return PYLUT_ENOMEM;
+    s->block_bytes = 2 * (int64_t)s->n_full * run;
+    s->kv_bytes = stream + 2 * (int64_t)s->n_full * s->n_ctx * s->row_bytes;
+    s->stream_kv_bytes = stream;
+    if (stream && !(s->stream_kv = calloc((size_t)stream, 1))) return PYLUT_ENOMEM;
+    if (s->n_full) {
+        s->n_blocks = (s->n_ctx + PYLUT_KV_PAGE - 1) / PYLUT_KV_PAGE;
+        s->blocks = calloc((size_t)s->n_blocks, sizeof(uint8_t *));
+        if (!s->blocks) return PYLUT_ENOMEM;
+        if (pool) {
+            if (pylut_kv_pool_block_bytes(pool) != s->block_bytes) return PYLUT_EINVAL; /* another layout's pool */
+            kvp_pool_retain(pool);
+            s->pool = pool;
+        } else if (!(s->pool = pylut_kv_pool_create(s->block_bytes, s->n_blocks))) {
+            return PYLUT_ENOMEM;
+        }
+    }
     if (!streaming) return PYLUT_OK;
     s->heads = calloc((size_t)n_heads, sizeof(pylut_attn_head));
     if (!s->heads) return PYLUT_ENOMEM;
@@ -121,10 +144,11 @@ static int kv_alloc(pylut_state *s, const uint8_t *streaming) {
         for (int h = 0; h < s->n_kv_heads; h++) {
             pylut_attn_head *hh = &s->heads[(int64_t)l * s->n_kv_heads + h];
             hh->streaming = streaming[(int64_t)l * s->n_kv_heads + h] != 0;
+            s->n_streaming += hh->streaming;
+            hh->cap = hh->streaming ? s->stream_slots : s->n_ctx;
+            if (!hh->streaming) continue; /* a full head's rows: the block table */
             hh->k = kv_row(s, 0, l, h, 0);
             hh->v = kv_row(s, 1, l, h, 0);
-            hh->cap = hh->streaming ? s->stream_slots : s->n_ctx;
-            s->n_streaming += hh->streaming;
         }
     if (!s->n_streaming) { /* a plan of only full heads: the plain path */
         free(s->heads);
@@ -139,6 +163,11 @@ pylut_state *pylut_state_create(const pylut_model *m, int n_ctx, int max_batch, 
 
 pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
                                       const uint8_t *streaming, int sink, int window) {
+    return pylut_state_create_paged(m, n_ctx, max_batch, kv_type, streaming, sink, window, NULL);
+}
+
+pylut_state *pylut_state_create_paged(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
+                                      const uint8_t *streaming, int sink, int window, pylut_kv_pool *pool) {
     const char *why;
     if (pylut_model_check(m, &why) != PYLUT_OK || n_ctx < 1 || n_ctx > m->max_ctx || max_batch < 1 ||
         max_batch > 4096 || pylut_kv_row_bytes(kv_type, m->head_dim) == 0 ||
@@ -162,7 +191,7 @@ pylut_state *pylut_state_create_heads(const pylut_model *m, int n_ctx, int max_b
     const int64_t stream_need = (int64_t)s->sink + s->window + max_batch;
     s->stream_slots = stream_need < n_ctx ? stream_need : n_ctx;
     size_t B = (size_t)max_batch;
-    const int kv_rc = kv_alloc(s, streaming);
+    const int kv_rc = kv_alloc(s, streaming, pool);
     s->x = malloc(B * m->dim * sizeof(float));
     s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
     s->q = malloc(B * s->q_dim * sizeof(float));
@@ -220,13 +249,30 @@ int pylut_state_copy(pylut_state *dst, const pylut_state *src, int n_pos) {
                 pylut_state_head_used(src, l, h) > pylut_state_head_slots(dst, l, h))
                 return PYLUT_EINVAL;
         }
-    /* a full head's slot is its position: the first n_pos rows; a streaming head's used run */
+    kvp_release_from(dst, 0); /* dst is empty until the copy is whole (a full pool can stop it) */
+    dst->pos = 0;
+    dst->stream_base = dst->sink;
+    if (dst->pool == src->pool) { /* full heads: the same blocks, by reference */
+        kvp_share(dst, src, n_pos);
+    } else { /* pools apart (a private one): the rows themselves */
+        const int rc = kvp_reserve(dst, 0, n_pos);
+        if (rc != PYLUT_OK) {
+            kvp_release_from(dst, 0); /* what it did get */
+            return rc;
+        }
+        for (int kv = 0; kv < 2; kv++)
+            for (int l = 0; l < src->n_layers; l++)
+                for (int h = 0; h < src->n_kv_heads; h++)
+                    for (int64_t p = 0; p < n_pos && !is_streaming(src, l, h); p++)
+                        memcpy(kv_row(dst, kv, l, h, p), kv_row(src, kv, l, h, p), (size_t)src->row_bytes);
+    }
+    /* a streaming head's used run, always copied: its compaction rewrites it in place */
     for (int kv = 0; kv < 2; kv++)
         for (int l = 0; l < src->n_layers; l++)
-            for (int h = 0; h < src->n_kv_heads; h++) {
-                const int64_t rows = is_streaming(src, l, h) ? pylut_state_head_used(src, l, h) : n_pos;
-                memcpy(kv_row(dst, kv, l, h, 0), kv_row(src, kv, l, h, 0), (size_t)(rows * src->row_bytes));
-            }
+            for (int h = 0; h < src->n_kv_heads; h++)
+                if (is_streaming(src, l, h))
+                    memcpy(kv_row(dst, kv, l, h, 0), kv_row(src, kv, l, h, 0),
+                           (size_t)(pylut_state_head_used(src, l, h) * src->row_bytes));
     dst->pos = n_pos;
     dst->stream_base = src->stream_base;
     return PYLUT_OK;
@@ -242,6 +288,7 @@ int pylut_state_can_truncate(const pylut_state *s, int pos) {
 
 int pylut_state_truncate(pylut_state *s, int pos) {
     if (!pylut_state_can_truncate(s, pos)) return PYLUT_EINVAL;
+    kvp_release_from(s, pos); /* a shared partial block stays shared until written */
     s->pos = pos;
     if (pos == 0) s->stream_base = s->sink;
     return PYLUT_OK;
@@ -254,6 +301,10 @@ int pylut_state_set_stream(pylut_state *s, int pos, int stream_base) {
     if (s->n_streaming && pos > s->sink &&
         (stream_base > pos || s->sink + (int64_t)pos - stream_base > s->stream_slots))
         return PYLUT_EINVAL;
+    /* the positions below pos must have blocks (their rows come in through write_rows) */
+    const int rc = kvp_reserve(s, 0, pos);
+    if (rc != PYLUT_OK) return rc;
+    kvp_release_from(s, pos);
     s->pos = pos;
     s->stream_base = s->n_streaming ? stream_base : s->sink;
     return PYLUT_OK;
@@ -274,11 +325,6 @@ int64_t pylut_state_head_used(const pylut_state *s, int l, int h) {
     if (!pylut_state_head_slots(s, l, h)) return 0;
     if (!is_streaming(s, l, h) || s->pos <= s->sink) return s->pos;
     return s->sink + s->pos - s->stream_base;
-}
-
-uint8_t *pylut_state_head_kv(pylut_state *s, int kv, int l, int h) {
-    if (!pylut_state_head_slots(s, l, h) || kv < 0 || kv > 1) return NULL;
-    return kv_row(s, kv, l, h, 0);
 }
 
 /* Before a chunk of n positions: a streaming head whose slots would overflow keeps only its
@@ -348,6 +394,13 @@ int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_di
             cs[w * hd + i] = (float)cos(a);
             cs[w * hd + half + i] = (float)sin(a);
         }
+    /* the full heads' moved rows are rewritten: their blocks must be this state's alone */
+    const int rc = kvp_reserve(s, n_keep, s->pos);
+    if (rc != PYLUT_OK) {
+        free(cs);
+        free(x);
+        return rc;
+    }
     /* a streaming head's run starts where its first kept position lands */
     const int base = s->stream_base;
     const int new_base = base < n_keep ? base : (base > n_keep + n_discard ? base : n_keep + n_discard) - n_discard;
@@ -358,20 +411,19 @@ int pylut_state_shift(const pylut_model *m, pylut_state *s, int n_keep, int n_di
                 shift_stream_head(m, s, l, h, n_keep, n_discard, new_base, cs_l, x);
                 continue;
             }
-            for (int kv = 0; kv < 2; kv++)
-                memmove(kv_row(s, kv, l, h, n_keep), kv_row(s, kv, l, h, n_keep + n_discard),
-                        (size_t)moved * s->row_bytes);
+            for (int kv = 0; kv < 2; kv++) /* row by row, upwards: rows may sit in different blocks */
+                for (int64_t p = n_keep; p < n_keep + moved; p++)
+                    memcpy(kv_row(s, kv, l, h, p), kv_row(s, kv, l, h, p + n_discard), (size_t)s->row_bytes);
             rerotate(m, s, l, h, n_keep, n_keep + moved, cs_l, x); /* values carry no position */
         }
     free(cs);
     free(x);
     s->stream_base = new_base;
     s->pos -= n_discard;
+    kvp_release_from(s, s->pos);
     return PYLUT_OK;
 }
 
 int64_t pylut_state_kv_bytes(const pylut_state *s) { return s ? s->kv_bytes : 0; }
-
-uint8_t *pylut_state_kv(pylut_state *s) { return s ? s->kv : NULL; }
 
 int pylut_state_kv_type(const pylut_state *s) { return s ? s->kv_type : -1; }

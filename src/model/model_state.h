@@ -40,11 +40,23 @@ struct pylut_state {
                                 * activations at ~2^-15 instead of ~2^-8 of their group's max */
     int q_dim, kv_dim, n_layers, n_kv_heads, kv_type;
     int64_t row_bytes;         /* one cached head vector (pylut_kv_row_bytes) */
-    uint8_t *kv;               /* [2][n_layers][n_kv_heads][slots of the head][row_bytes]: keys then
-                                * values; a head's slots are contiguous for the attention stream.
-                                * Every head has n_ctx slots unless it streams (heads below) */
-    int64_t kv_bytes;          /* bytes of kv */
-    int64_t *kv_off;           /* [2][n_layers][n_kv_heads]: byte offset of each head's slot 0 */
+    /* Full heads live in blocks of PYLUT_KV_PAGE positions from a pool shared by the sessions
+     * of a model (kv_pool.c): a block is [2][n_full][PYLUT_KV_PAGE][row_bytes], keys then
+     * values of every full head, so one table per session covers every layer. Blocks are
+     * shared by reference between sessions holding the same prefix and copied before a
+     * write while shared. Invariant: blocks[0 .. ceil(pos / PYLUT_KV_PAGE)) are all set. */
+    pylut_kv_pool *pool;       /* NULL when no head is full (nothing paged) */
+    int n_full;                /* full (non-streaming) kv heads over all layers */
+    int64_t block_bytes;       /* 2 * n_full * PYLUT_KV_PAGE * row_bytes */
+    uint8_t **blocks;          /* [n_blocks]: each block's rows, or NULL (not yet needed) */
+    int n_blocks;              /* ceil(n_ctx / PYLUT_KV_PAGE) */
+    /* Streaming heads keep their compacted slots in one private allocation (they are small
+     * and rewritten in place by the compaction, so sharing them would buy nothing) */
+    uint8_t *stream_kv;        /* [2][streaming heads][stream_slots][row_bytes] */
+    int64_t stream_kv_bytes;
+    int64_t kv_bytes;          /* what the cache would take at n_ctx (capacity, not use) */
+    int64_t *kv_off;           /* [2][n_layers][n_kv_heads]: a full head's byte offset in a block,
+                                * a streaming head's slot 0 in stream_kv */
     /* streaming heads (NULL heads: none, every slot is its position): a streaming head keeps
      * positions [0, sink) in slots [0, sink) and positions stream_base.. from slot sink on, in
      * stream_slots slots; older positions are compacted away before a chunk would not fit */
@@ -104,13 +116,16 @@ static inline pylut_lut *mat_input(const table_set *ts, const pylut_qmatrix *qm)
     return reads_act(ts, qm) ? ts->act.lut : ts->tables.lut;
 }
 
-/* Cache slot p of (kv 0/1, layer l, kv head h); a slot is the position for full heads. */
-static inline uint8_t *kv_row(const pylut_state *s, int kv, int l, int h, int64_t p) {
-    return s->kv + s->kv_off[((int64_t)kv * s->n_layers + l) * s->n_kv_heads + h] + p * s->row_bytes;
-}
-
 static inline int is_streaming(const pylut_state *s, int l, int h) {
     return s->heads && s->heads[(int64_t)l * s->n_kv_heads + h].streaming;
+}
+
+/* Cache slot p of (kv 0/1, layer l, kv head h); a slot is the position for full heads, whose
+ * block must be set (positions below pos, or reserved for the step). */
+static inline uint8_t *kv_row(const pylut_state *s, int kv, int l, int h, int64_t p) {
+    const int64_t off = s->kv_off[((int64_t)kv * s->n_layers + l) * s->n_kv_heads + h];
+    if (is_streaming(s, l, h)) return s->stream_kv + off + p * s->row_bytes;
+    return s->blocks[p / PYLUT_KV_PAGE] + off + (p % PYLUT_KV_PAGE) * s->row_bytes;
 }
 
 /* The slot holding position pos of (l, h): its sink slot, or its place in the stream. */
@@ -120,5 +135,17 @@ static inline int64_t slot_of(const pylut_state *s, int l, int h, int64_t pos) {
 
 /* Streaming heads: compact each one so a chunk of n more positions fits (kv_state.c). */
 void pylut_state_make_room(pylut_state *s, int n);
+
+/* ------------------------------------------------------------------ the block table (kv_pool.c) */
+
+/* Blocks holding positions [p0, p1) set and this state's own (copied first where shared):
+ * before anything writes them. PYLUT_EFULL when the pool is out of blocks. */
+int kvp_reserve(pylut_state *s, int64_t p0, int64_t p1);
+/* Give back every block past those holding positions [0, p). */
+void kvp_release_from(pylut_state *s, int64_t p);
+/* dst's blocks become references to src's blocks holding [0, n_pos) (same pool). */
+void kvp_share(pylut_state *dst, const pylut_state *src, int64_t n_pos);
+/* Take a reference on the pool for a state (NULL-safe); pylut_kv_pool_free drops it. */
+void kvp_pool_retain(pylut_kv_pool *p);
 
 #endif
