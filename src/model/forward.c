@@ -87,6 +87,40 @@ static inline float relu(float x) {
     return x;
 }
 
+/* sigmoid(y) with no libm call and no float compare, so the gate loops below vectorize (at
+ * the baseline ISA: 4 lanes of SSE2 / NEON) instead of calling expf or tanhf per element:
+ * glibc's tanhf took ~30 ns, which made Gemma's GELU most of a prompt's time. e = exp(-|y|)
+ * keeps the exponent in range without a float clamp; sigmoid(y) is 1/(1+e) for y >= 0 and
+ * e/(1+e) below, picked by the sign bit. exp(a), a in [-80, 0]: a*log2(e) = n + f with n an
+ * integer and |f| <= 1/2, 2^n from the exponent bits, e^(f ln 2) by its degree-6 Taylor series
+ * (|f ln 2| <= 0.347: truncation below 2e-7). Measured against double: absolute error < 1e-7,
+ * relative < 4e-6 over [-80, 80] (the rounding of n + f grows with |y|). |y| is capped at 80
+ * by its bit pattern (ordered as the value for non-negative floats), so sigmoid(-100) gives
+ * sigmoid(-80) = 1.8e-35; a NaN input still gives NaN once multiplied by x. */
+static inline float sigmoid(float y) {
+    uint32_t b, ab, cap = 0x42a00000u; /* 80.0f */
+    memcpy(&b, &y, sizeof b);
+    const uint32_t neg = (uint32_t)((int32_t)b >> 31);
+    ab = b & 0x7fffffffu;
+    ab = ab < cap ? ab : cap;
+    float a;
+    memcpy(&a, &ab, sizeof a);
+    const float t = -a * 1.44269504f;              /* log2(e^-|y|), in [-115.5, 0] */
+    const int32_t n = (int32_t)(t - 0.5f);          /* round to nearest: toward zero of t - 1/2 */
+    const float u = (t - (float)n) * 0.693147181f;  /* f ln 2, |u| <= 0.347 */
+    const float p = 1.0f + u * (1.0f + u * (0.5f + u * (1.0f / 6 + u * (1.0f / 24 + u * (1.0f / 120 + u * (1.0f / 720))))));
+    const uint32_t pow2 = (uint32_t)(n + 127) << 23; /* n in [-116, 0]: a normal float */
+    float two_n;
+    memcpy(&two_n, &pow2, sizeof two_n);
+    const float e = p * two_n, r = 1.0f / (1.0f + e), er = e * r;
+    uint32_t rb, erb;
+    memcpy(&rb, &r, sizeof rb);
+    memcpy(&erb, &er, sizeof erb);
+    rb = (erb & neg) | (rb & ~neg);
+    memcpy(&y, &rb, sizeof y);
+    return y;
+}
+
 static void residual_add(float *x, const float *y, int64_t count, int ith, int nth) {
     const int64_t a = count * ith / nth, b = count * (ith + 1) / nth;
     for (int64_t i = a; i < b; i++) x[i] += y[i];
@@ -312,11 +346,11 @@ static void step_task(void *arg, int ith, int nth) {
                     const float r = relu(g[i]);
                     g[i] = r * r * u[i];
                 }
-            else if (m->ffn_act == PYLUT_FFN_GELU_TANH) /* GELU's tanh form, as ggml_gelu and gelu_pytorch_tanh */
-                for (int64_t i = e0; i < e1; i++)
-                    g[i] = 0.5f * g[i] * (1.0f + tanhf(0.7978845608f * g[i] * (1.0f + 0.044715f * g[i] * g[i]))) * u[i];
+            else if (m->ffn_act == PYLUT_FFN_GELU_TANH) /* GELU's tanh form, as ggml_gelu and gelu_pytorch_tanh: */
+                for (int64_t i = e0; i < e1; i++) /* x (1 + tanh z) / 2 = x sigmoid(2z) */
+                    g[i] = g[i] * sigmoid(1.5957691216f * g[i] * (1.0f + 0.044715f * g[i] * g[i])) * u[i];
             else
-                for (int64_t i = e0; i < e1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+                for (int64_t i = e0; i < e1; i++) g[i] = g[i] * sigmoid(g[i]) * u[i];
         }
         barrier_wait(&c->bar, nth);
         stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->ffn_sub_norm, s->hb, ffn, L->w_down, L->ffn_post_norm);
