@@ -307,8 +307,9 @@ class Session:
             raise ValueError("empty prompt")
         return ptoks
 
-    def _stream_text(self, ptoks, max_tokens, stop, params, ignore_eos=False):
-        """Yields (text_piece, finish_reason); stop strings are cut, never emitted."""
+    def _stop_args(self, max_tokens, stop, ignore_eos=False):
+        """(max_tokens, stop strings, stop token ids), checked: a bad value raises here, before
+        any token is generated or any fan-out thread starts."""
         if not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -318,7 +319,12 @@ class Session:
         stop_ids = set() if ignore_eos else set(tokenizer.eot_ids)
         if tokenizer.eos_id is not None and not ignore_eos:
             stop_ids.add(tokenizer.eos_id)
-        return self._text_events(ptoks, int(max_tokens), stops, stop_ids, params)
+        return int(max_tokens), stops, stop_ids
+
+    def _stream_text(self, ptoks, max_tokens, stop, params, ignore_eos=False):
+        """Yields (text_piece, finish_reason); stop strings are cut, never emitted."""
+        max_tokens, stops, stop_ids = self._stop_args(max_tokens, stop, ignore_eos)
+        return self._text_events(ptoks, max_tokens, stops, stop_ids, params)
 
     def _text_events(self, ptoks, max_tokens, stops, stop_ids, params):
         dec = self.model.tokenizer.stream_decoder()
@@ -379,7 +385,7 @@ class Session:
         if n == 1:
             events = ((0, t, r) for t, r in self._stream_text(ptoks, max_tokens, stop, params, ignore_eos))
         else:
-            self._stream_text(ptoks, max_tokens, stop, params, ignore_eos)  # validates before threads start
+            self._stop_args(max_tokens, stop, ignore_eos)  # bad arguments raise before threads start
             events = self._fan_out(ptoks, int(n), max_tokens, stop, params, ignore_eos)
         if stream:
             return (chunk([choice(i, t, r)]) for i, t, r in events if t or r)
@@ -467,7 +473,7 @@ class Session:
         if n == 1:
             events = ((0, t, r) for t, r in self._stream_text(ptoks, max_tokens, stop, params))
         else:
-            self._stream_text(ptoks, max_tokens, stop, params)  # validates before threads start
+            self._stop_args(max_tokens, stop)  # bad arguments raise before threads start
             events = self._fan_out(ptoks, int(n), max_tokens, stop, params, False)
         if stream:
             def chunks():
