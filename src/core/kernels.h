@@ -166,6 +166,15 @@ void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                                int64_t ldy, int64_t tile0, int64_t tile1);
+/* prefill_few_gfni.c: the int8 GEMM for a few tokens of a 2..4-plane matrix, bit-identical to
+ * the twin; pylut_gemm_b_i8_gfni routes calls of fewer than PYLUT_I8_FEW_TO tokens to it and
+ * the rest to pylut_gemm_b_i8_vnni_gfni (the VBMI tier's gemm_b_i8) */
+#define PYLUT_I8_FEW_TO 12
+int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm);
+void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                              int64_t ldy, int64_t tile0, int64_t tile1);
+void pylut_gemm_b_i8_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                          int64_t ldy, int64_t tile0, int64_t tile1);
 #endif
 #if defined(__aarch64__)
 /* The attribute of the functions that use sdot (lut_neon.c, prefill_neon.c); their units are
