@@ -20,6 +20,10 @@
 
 /* tokens held at once (their float sums [tokens][64] stay in L1); more tokens take passes */
 #define FEW_MAX 16
+/* Bytes of codes fetched ahead of the decoding. A k-group's dot products for a few tokens take
+ * long enough that the hardware prefetcher lost the stream: without it half of the kernel's
+ * cycles sat on the codes' loads (perf, 1B Q4_0 8-sequence steps, Zen 5). */
+#define FEW_AHEAD 2048
 
 /* Row of lane d of decoded vector z (z = 0..3, d = 0..15) for b planes. The bit transpose
  * turns a qword of plane bytes of two row-pair words into bytes = codes at k = 4j..4j+3,
@@ -88,14 +92,111 @@ static inline __attribute__((always_inline)) void decode(const uint8_t *blk, int
 #define pv_store _mm512_store_ps
 #include "prefill_params.h"
 
-/* ng groups' [64] floats at p from row order into row_of order (idx, odd lanes: rows >= 32) */
-static void permute_rows(float *p, int64_t ng, const __m512i idx[4]) {
+/* Toward L1, the next chunk's per-group parameters: groups [g1, g1 + ng) of tile t, or the
+ * next tile's first ones (the scales stream beside the codes and stalled params() alike) */
+static void prefetch_params(const pylut_qmatrix *qm, int64_t t, int64_t g1, int64_t ng) {
+    const int64_t groups = qm->k_pad / qm->group;
+    if (g1 >= groups) t++, g1 = 0;
+    const int64_t at = (t * groups + g1) * PYLUT_TILE_M, len = ng * PYLUT_TILE_M;
+    if (qm->super) { /* the int8 (or nibble) sub-values per group; the super-scales are few */
+        for (int64_t o = 0; o < len; o += 64) {
+            __builtin_prefetch(qm->sub_scale + at + o, 0, 3);
+            if (qm->sub_bias) __builtin_prefetch(qm->sub_bias + at + o, 0, 3);
+        }
+        return;
+    }
+    for (int64_t o = 0; o < len; o += 32) { /* fp16: 32 a line */
+        __builtin_prefetch(qm->scale + at + o, 0, 3);
+        if (qm->has_bias) __builtin_prefetch(qm->bias + at + o, 0, 3);
+    }
+}
+
+/* The row_of order of one width as permutation indices */
+typedef struct {
+    int rows[PYLUT_TILE_M];   /* row of position p = 16 z + d */
+    __m512i in[4];            /* row order -> position: vector z's lanes, rows mod 32 (odd lanes
+                               * hold rows 32..63: the blend's mask 0xAAAA) */
+    __m512i half[2];          /* the same over fp16 words: positions 32 h .. 32 h + 31 */
+    __m512i out[4];           /* position -> row order: vector Z's lanes within the pair */
+    __mmask16 out_hi[4];      /* lanes of vector Z taken from the pair of vectors 2, 3 */
+} row_order;
+
+static void order_init(int bits, row_order *o) {
+    int32_t in[4][16], out[4][16];
+    int16_t half[2][32];
+    int inv[PYLUT_TILE_M];
+    for (int p = 0; p < PYLUT_TILE_M; p++) {
+        o->rows[p] = row_of(bits, p / 16, p % 16);
+        inv[o->rows[p]] = p;
+        in[p / 16][p % 16] = o->rows[p] & 31;
+        half[p / 32][p % 32] = (int16_t)o->rows[p]; /* (bit 5 picks the second source) */
+    }
+    for (int Z = 0; Z < 4; Z++) {
+        o->out_hi[Z] = 0;
+        for (int e = 0; e < 16; e++) { /* position p = 16 z + d, z's low bit picks within the pair */
+            const int p = inv[16 * Z + e];
+            out[Z][e] = ((p / 16) & 1) * 16 + p % 16;
+            if (p / 32) o->out_hi[Z] |= (__mmask16)(1u << e);
+        }
+    }
+    for (int z = 0; z < 4; z++) o->in[z] = _mm512_loadu_si512(in[z]), o->out[z] = _mm512_loadu_si512(out[z]);
+    for (int h = 0; h < 2; h++) o->half[h] = _mm512_loadu_si512(half[h]);
+}
+
+/* ng groups' [64] floats at p from row order into row_of order */
+static void permute_rows(float *p, int64_t ng, const row_order *o) {
     for (int64_t g = 0; g < ng; g++, p += PYLUT_TILE_M) {
         const __m512 r0 = _mm512_load_ps(p), r1 = _mm512_load_ps(p + 16);
         const __m512 r2 = _mm512_load_ps(p + 32), r3 = _mm512_load_ps(p + 48);
         for (int z = 0; z < 4; z++)
-            _mm512_store_ps(p + 16 * z, _mm512_mask_blend_ps(0xAAAA, _mm512_permutex2var_ps(r0, idx[z], r1),
-                                                             _mm512_permutex2var_ps(r2, idx[z], r3)));
+            _mm512_store_ps(p + 16 * z, _mm512_mask_blend_ps(0xAAAA, _mm512_permutex2var_ps(r0, o->in[z], r1),
+                                                             _mm512_permutex2var_ps(r2, o->in[z], r3)));
+    }
+}
+
+/* [64] fp16 at h into floats in row_of order at f: the permute on the fp16 words, before
+ * converting (half the work of permuting floats) */
+static inline void f16_ordered(const uint16_t *h, const row_order *o, float *f) {
+    const __m512i a = _mm512_loadu_si512(h), c = _mm512_loadu_si512(h + 32);
+    for (int i = 0; i < 2; i++) {
+        const __m512i v = _mm512_permutex2var_epi16(a, o->half[i], c);
+        _mm512_store_ps(f + 32 * i, _mm512_cvtph_ps(_mm512_castsi512_si256(v)));
+        _mm512_store_ps(f + 32 * i + 16, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1)));
+    }
+}
+
+/* Groups [g0, g1) of tile t in row_of order: what params() + permute_rows() give (the same
+ * float operations: a conversion, and -zero * scale without a bias array) */
+static void params_ordered(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, const row_order *o,
+                           float *s, float *b) {
+    if (qm->super) {
+        params(qm, t, g0, g1, s, b);
+        permute_rows(s, g1 - g0, o);
+        permute_rows(b, g1 - g0, o);
+        return;
+    }
+    const int64_t groups = qm->k_pad / qm->group;
+    const __m512 negzero = _mm512_set1_ps(-qm->zero);
+    for (int64_t g = g0; g < g1; g++) {
+        const int64_t at = (t * groups + g) * PYLUT_TILE_M;
+        float *sg = s + (g - g0) * PYLUT_TILE_M, *bg = b + (g - g0) * PYLUT_TILE_M;
+        f16_ordered(qm->scale + at, o, sg);
+        if (qm->has_bias) f16_ordered(qm->bias + at, o, bg);
+        else
+            for (int i = 0; i < 4; i++) _mm512_store_ps(bg + 16 * i, _mm512_mul_ps(negzero, _mm512_load_ps(sg + 16 * i)));
+    }
+}
+
+/* One token's sums [64] in row_of order into y's rows r0 .. r0 + 63 below m */
+static inline void store_rows(const float *acc, const row_order *o, float *y, int64_t r0, int64_t m) {
+    const __m512 p0 = _mm512_load_ps(acc), p1 = _mm512_load_ps(acc + 16);
+    const __m512 p2 = _mm512_load_ps(acc + 32), p3 = _mm512_load_ps(acc + 48);
+    for (int Z = 0; Z < 4; Z++) {
+        const int64_t left = m - r0 - 16 * Z;
+        if (left <= 0) break;
+        const __m512 v = _mm512_mask_blend_ps(o->out_hi[Z], _mm512_permutex2var_ps(p0, o->out[Z], p1),
+                                              _mm512_permutex2var_ps(p2, o->out[Z], p3));
+        _mm512_mask_storeu_ps(y + 16 * Z, left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u), v);
     }
 }
 
@@ -106,7 +207,7 @@ static void permute_rows(float *p, int64_t ng, const __m512i idx[4]) {
 static inline __attribute__((always_inline)) void block(const uint8_t *codes, int bits, const float *s,
                                                         const float *b, int64_t ng, int gw,
                                                         const pylut_lut *const *act, int NB, int64_t k0,
-                                                        int64_t g0, float *const *yacc) {
+                                                        int64_t g0, float *const *yacc, int first) {
     const int kq = gw / 4, kgb = pylut_b_kgroup_bytes(bits);
     for (int64_t g = 0; g < ng; g++) {
         __m512i acc[4][4];
@@ -114,6 +215,8 @@ static inline __attribute__((always_inline)) void block(const uint8_t *codes, in
             for (int i = 0; i < 4; i++) acc[t][i] = _mm512_setzero_si512();
         for (int64_t kg = g * kq; kg < (g + 1) * kq; kg++) {
             __m512i w[4];
+            if (first) /* the codes stream from DRAM: the first block over them fetches ahead */
+                for (int o = 0; o < kgb; o += 64) __builtin_prefetch(codes + kg * kgb + FEW_AHEAD + o, 0, 3);
             decode(codes + kg * kgb, bits, w);
             for (int t = 0; t < NB; t++) {
                 const __m512i x = _mm512_set1_epi32(*(const int32_t *)(const void *)(act[t]->tbl + k0 + 4 * kg));
@@ -137,23 +240,24 @@ static inline __attribute__((always_inline)) void block(const uint8_t *codes, in
 static inline __attribute__((always_inline)) void blocks(const uint8_t *codes, int bits, const float *s,
                                                          const float *b, int64_t ng, int gw,
                                                          const pylut_lut *const *act, int nt, int64_t k0,
-                                                         int64_t g0, float *const *yacc) {
+                                                         int64_t g0, float *const *yacc, int first) {
     int t = 0;
-    for (; t + 4 <= nt; t += 4) block(codes, bits, s, b, ng, gw, act + t, 4, k0, g0, yacc + t);
+    for (; t + 4 <= nt; t += 4) block(codes, bits, s, b, ng, gw, act + t, 4, k0, g0, yacc + t, first && t == 0);
     switch (nt - t) {
-    case 3: block(codes, bits, s, b, ng, gw, act + t, 3, k0, g0, yacc + t); break;
-    case 2: block(codes, bits, s, b, ng, gw, act + t, 2, k0, g0, yacc + t); break;
-    case 1: block(codes, bits, s, b, ng, gw, act + t, 1, k0, g0, yacc + t); break;
+    case 3: block(codes, bits, s, b, ng, gw, act + t, 3, k0, g0, yacc + t, first && t == 0); break;
+    case 2: block(codes, bits, s, b, ng, gw, act + t, 2, k0, g0, yacc + t, first && t == 0); break;
+    case 1: block(codes, bits, s, b, ng, gw, act + t, 1, k0, g0, yacc + t, first && t == 0); break;
     default: break;
     }
 }
 
 static void run_blocks(const uint8_t *codes, int bits, const float *s, const float *b, int64_t ng, int gw,
-                       const pylut_lut *const *act, int nt, int64_t k0, int64_t g0, float *const *yacc) {
+                       const pylut_lut *const *act, int nt, int64_t k0, int64_t g0, float *const *yacc,
+                       int first) {
     switch (bits) {
-    case 2: blocks(codes, 2, s, b, ng, gw, act, nt, k0, g0, yacc); break;
-    case 3: blocks(codes, 3, s, b, ng, gw, act, nt, k0, g0, yacc); break;
-    case 4: blocks(codes, 4, s, b, ng, gw, act, nt, k0, g0, yacc); break;
+    case 2: blocks(codes, 2, s, b, ng, gw, act, nt, k0, g0, yacc, first); break;
+    case 3: blocks(codes, 3, s, b, ng, gw, act, nt, k0, g0, yacc, first); break;
+    case 4: blocks(codes, 4, s, b, ng, gw, act, nt, k0, g0, yacc, first); break;
     default: break; /* (pylut_gemm_b_i8_few_fits) */
     }
 }
@@ -170,16 +274,8 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
     _Alignas(64) float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups][64], row_of order */
     _Alignas(64) float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
     _Alignas(64) float yacc[FEW_MAX * PYLUT_TILE_M];                     /* [tokens][64], row_of order */
-    int rows[PYLUT_TILE_M];
-    __m512i idx[4];
-    for (int z = 0; z < 4; z++) {
-        int32_t ix[16];
-        for (int d = 0; d < 16; d++) {
-            rows[16 * z + d] = row_of(bits, z, d);
-            ix[d] = rows[16 * z + d] & 31; /* (odd lanes hold rows 32..63: the blend's mask) */
-        }
-        idx[z] = _mm512_loadu_si512(ix);
-    }
+    row_order o;
+    order_init(bits, &o);
     for (int tb = 0; tb < n; tb += FEW_MAX) {
         const int nt = n - tb < FEW_MAX ? n - tb : FEW_MAX;
         const pylut_lut *hi[FEW_MAX], *lo_p[FEW_MAX];
@@ -192,21 +288,16 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
             memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
             for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
                 const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;
-                params(qm, t, g0, g0 + ng, s, b);
-                permute_rows(s, ng, idx);
-                permute_rows(b, ng, idx);
+                prefetch_params(qm, t, g0 + ng, ng);
+                params_ordered(qm, t, g0, g0 + ng, &o, s, b);
                 const uint8_t *codes = tile + k0 / PYLUT_KGROUP * kgb;
                 /* the twin's order per output: a chunk's groups for the first part, then the
                  * residual's, then the next chunk */
-                run_blocks(codes, bits, s, b, ng, gw, hi, nt, k0, g0, ya);
-                if (act->parts == 2) run_blocks(codes, bits, s, b, ng, gw, lo_p, nt, k0, g0, ya);
+                run_blocks(codes, bits, s, b, ng, gw, hi, nt, k0, g0, ya, 1);
+                if (act->parts == 2) run_blocks(codes, bits, s, b, ng, gw, lo_p, nt, k0, g0, ya, 0);
             }
             const int64_t r0 = t * PYLUT_TILE_M;
-            for (int i = 0; i < nt; i++) {
-                float *yt = y + (tb + i) * ldy + r0;
-                for (int p = 0; p < PYLUT_TILE_M; p++)
-                    if (r0 + rows[p] < qm->m) yt[rows[p]] = yacc[i * PYLUT_TILE_M + p];
-            }
+            for (int i = 0; i < nt; i++) store_rows(yacc + i * PYLUT_TILE_M, &o, y + (tb + i) * ldy + r0, r0, qm->m);
         }
     }
 }
