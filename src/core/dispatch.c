@@ -1,4 +1,3 @@
-#include <stdlib.h>
 /* dispatch.c - CPU feature detection, the one kernel table chosen at import, and the public
  * entry points: they validate every size they are handed, then split work over the pool. */
 #include <stdatomic.h>
@@ -379,8 +378,7 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
     if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 2)
         return 0;
-    int from = active->i8_from[qm->super != 0][qm->bits];
-    { const char *e = getenv("SB_I8_FROM"); if (e && qm->bits <= 4) from = atoi(e); } /* SB_DEBUG */
+    const int from = active->i8_from[qm->super != 0][qm->bits];
     if (!from || (qm->bits == 2 && !qm->super && qm->group < 32)) return 0;
     return n >= from;
 }

@@ -20,10 +20,10 @@
 
 /* tokens held at once (their float sums [tokens][64] stay in L1); more tokens take passes */
 #define FEW_MAX 16
-/* Bytes of codes fetched ahead of the decoding. A k-group's dot products for a few tokens take
+/* Bytes of codes fetched ahead of the decoding (toward L2). A k-group's dot products for a few tokens take
  * long enough that the hardware prefetcher lost the stream: without it half of the kernel's
  * cycles sat on the codes' loads (perf, 1B Q4_0 8-sequence steps, Zen 5). */
-#define FEW_AHEAD 2048
+#define FEW_AHEAD 16384
 
 /* Row of lane d of decoded vector z (z = 0..3, d = 0..15) for b planes. The bit transpose
  * turns a qword of plane bytes of two row-pair words into bytes = codes at k = 4j..4j+3,
@@ -216,7 +216,7 @@ static inline __attribute__((always_inline)) void block(const uint8_t *codes, in
         for (int64_t kg = g * kq; kg < (g + 1) * kq; kg++) {
             __m512i w[4];
             if (first) /* the codes stream from DRAM: the first block over them fetches ahead */
-                for (int o = 0; o < kgb; o += 64) __builtin_prefetch(codes + kg * kgb + FEW_AHEAD + o, 0, 3);
+                for (int o = 0; o < kgb; o += 64) __builtin_prefetch(codes + kg * kgb + FEW_AHEAD + o, 0, 2);
             decode(codes + kg * kgb, bits, w);
             for (int t = 0; t < NB; t++) {
                 const __m512i x = _mm512_set1_epi32(*(const int32_t *)(const void *)(act[t]->tbl + k0 + 4 * kg));
@@ -262,8 +262,11 @@ static void run_blocks(const uint8_t *codes, int bits, const float *s, const flo
     }
 }
 
+/* Plain scales only: with two-level ones (Q2_K, Q3_K: 16-weight groups) the per-group float
+ * work and permutes cost more than the decoding saves - 1B Q2_K model steps of 16 and 32
+ * sequences ran 7 and 22 % slower here than through the driver (Zen 5, 1 thread) */
 int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm) {
-    return qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 && qm->bits >= 2 && qm->bits <= 4;
+    return qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 && qm->bits >= 2 && qm->bits <= 4 && !qm->super;
 }
 
 /* y[tok][rows of tiles [tile0, tile1)] for the tokens of act; matrices of 2..4 planes */
@@ -302,12 +305,13 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
     }
 }
 
-/* The VBMI tier's gemm_b_i8: a few tokens of a 2..4-plane matrix here, the rest (and every
- * matrix of 5+ planes) through the many-token driver. Below PYLUT_I8_FEW_TO: the driver's one
- * unpacking per 128-token pass overtakes four decodes per 4-token block near there. */
+/* The VBMI tier's gemm_b_i8: a few tokens of a plain 2..4-plane matrix here, the rest (and
+ * every matrix of 5+ planes or two-level scales) through the many-token driver, whose one
+ * unpacking per 128-token pass overtakes this kernel's decoding per 4-token block at
+ * PYLUT_I8_FEW_TO tokens (kernels.h). */
 void pylut_gemm_b_i8_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                           int64_t tile0, int64_t tile1) {
-    if (n < PYLUT_I8_FEW_TO && pylut_gemm_b_i8_few_fits(qm)) pylut_gemm_b_i8_few_gfni(qm, act, n, y, ldy, tile0, tile1);
+    if (pylut_gemm_b_i8_few_fits(qm) && n < (qm->bits == 2 ? PYLUT_I8_FEW_TO_2BIT : PYLUT_I8_FEW_TO)) pylut_gemm_b_i8_few_gfni(qm, act, n, y, ldy, tile0, tile1);
     else pylut_gemm_b_i8_vnni_gfni(qm, act, n, y, ldy, tile0, tile1);
 }
 
