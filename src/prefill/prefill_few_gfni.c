@@ -1,4 +1,4 @@
-/* prefill_few_gfni.c - the int8 GEMM for a few tokens (batched decode steps of 2..11
+/* prefill_few_gfni.c - the int8 GEMM for a few tokens (batched decode steps of 2..47
  * sequences) on AVX-512 VNNI + GFNI. Same arithmetic as pylut_gemm_b_i8_scalar (prefill.c),
  * in the same order per output: results are bit-identical to the twin and to the
  * many-token driver (prefill_vnni_body.h), whichever of the two a call takes.
@@ -20,9 +20,10 @@
 
 /* tokens held at once (their float sums [tokens][64] stay in L1); more tokens take passes */
 #define FEW_MAX 16
-/* Bytes of codes fetched ahead of the decoding (toward L2). A k-group's dot products for a few tokens take
- * long enough that the hardware prefetcher lost the stream: without it half of the kernel's
- * cycles sat on the codes' loads (perf, 1B Q4_0 8-sequence steps, Zen 5). */
+/* Bytes of codes fetched ahead of the decoding (toward L2). A k-group's dot products for a
+ * few tokens take long enough that the hardware prefetcher lost the stream: without it half
+ * of the kernel's cycles sat on the codes' loads (perf, 1B Q4_0 8-sequence steps, Zen 5);
+ * 2 KB ahead gave back a third of the loss, 8-32 KB all of it (model steps, alternated). */
 #define FEW_AHEAD 16384
 
 /* Row of lane d of decoded vector z (z = 0..3, d = 0..15) for b planes. The bit transpose
@@ -79,32 +80,13 @@ static inline __attribute__((always_inline)) void decode(const uint8_t *blk, int
 
 /* ------------------------------------------------------------------ float parameters */
 
-#define PV __m512
-#define PW 16
-#define pv_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#define pv_i8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
-#define pv_nib_lo(p) \
-    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_loadu_si128((const __m128i *)(p)), _mm_set1_epi8(15))))
-#define pv_nib_hi(p) \
-    _mm512_cvtepi32_ps(_mm512_srli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p))), 4))
-#define pv_mul _mm512_mul_ps
-#define pv_set1 _mm512_set1_ps
-#define pv_store _mm512_store_ps
-#include "prefill_params.h"
-
 /* Toward L1, the next chunk's per-group parameters: groups [g1, g1 + ng) of tile t, or the
- * next tile's first ones (the scales stream beside the codes and stalled params() alike) */
+ * next tile's first ones (the scales stream beside the codes and stalled params() alike);
+ * the caller keeps it within the matrix */
 static void prefetch_params(const pylut_qmatrix *qm, int64_t t, int64_t g1, int64_t ng) {
     const int64_t groups = qm->k_pad / qm->group;
     if (g1 >= groups) t++, g1 = 0;
     const int64_t at = (t * groups + g1) * PYLUT_TILE_M, len = ng * PYLUT_TILE_M;
-    if (qm->super) { /* the int8 (or nibble) sub-values per group; the super-scales are few */
-        for (int64_t o = 0; o < len; o += 64) {
-            __builtin_prefetch(qm->sub_scale + at + o, 0, 3);
-            if (qm->sub_bias) __builtin_prefetch(qm->sub_bias + at + o, 0, 3);
-        }
-        return;
-    }
     for (int64_t o = 0; o < len; o += 32) { /* fp16: 32 a line */
         __builtin_prefetch(qm->scale + at + o, 0, 3);
         if (qm->has_bias) __builtin_prefetch(qm->bias + at + o, 0, 3);
@@ -114,21 +96,18 @@ static void prefetch_params(const pylut_qmatrix *qm, int64_t t, int64_t g1, int6
 /* The row_of order of one width as permutation indices */
 typedef struct {
     int rows[PYLUT_TILE_M];   /* row of position p = 16 z + d */
-    __m512i in[4];            /* row order -> position: vector z's lanes, rows mod 32 (odd lanes
-                               * hold rows 32..63: the blend's mask 0xAAAA) */
-    __m512i half[2];          /* the same over fp16 words: positions 32 h .. 32 h + 31 */
+    __m512i half[2];          /* row order -> positions 32 h .. 32 h + 31, over fp16 words */
     __m512i out[4];           /* position -> row order: vector Z's lanes within the pair */
     __mmask16 out_hi[4];      /* lanes of vector Z taken from the pair of vectors 2, 3 */
 } row_order;
 
 static void order_init(int bits, row_order *o) {
-    int32_t in[4][16], out[4][16];
+    int32_t out[4][16];
     int16_t half[2][32];
     int inv[PYLUT_TILE_M];
     for (int p = 0; p < PYLUT_TILE_M; p++) {
         o->rows[p] = row_of(bits, p / 16, p % 16);
         inv[o->rows[p]] = p;
-        in[p / 16][p % 16] = o->rows[p] & 31;
         half[p / 32][p % 32] = (int16_t)o->rows[p]; /* (bit 5 picks the second source) */
     }
     for (int Z = 0; Z < 4; Z++) {
@@ -139,19 +118,8 @@ static void order_init(int bits, row_order *o) {
             if (p / 32) o->out_hi[Z] |= (__mmask16)(1u << e);
         }
     }
-    for (int z = 0; z < 4; z++) o->in[z] = _mm512_loadu_si512(in[z]), o->out[z] = _mm512_loadu_si512(out[z]);
+    for (int Z = 0; Z < 4; Z++) o->out[Z] = _mm512_loadu_si512(out[Z]);
     for (int h = 0; h < 2; h++) o->half[h] = _mm512_loadu_si512(half[h]);
-}
-
-/* ng groups' [64] floats at p from row order into row_of order */
-static void permute_rows(float *p, int64_t ng, const row_order *o) {
-    for (int64_t g = 0; g < ng; g++, p += PYLUT_TILE_M) {
-        const __m512 r0 = _mm512_load_ps(p), r1 = _mm512_load_ps(p + 16);
-        const __m512 r2 = _mm512_load_ps(p + 32), r3 = _mm512_load_ps(p + 48);
-        for (int z = 0; z < 4; z++)
-            _mm512_store_ps(p + 16 * z, _mm512_mask_blend_ps(0xAAAA, _mm512_permutex2var_ps(r0, o->in[z], r1),
-                                                             _mm512_permutex2var_ps(r2, o->in[z], r3)));
-    }
 }
 
 /* [64] fp16 at h into floats in row_of order at f: the permute on the fp16 words, before
@@ -165,16 +133,10 @@ static inline void f16_ordered(const uint16_t *h, const row_order *o, float *f) 
     }
 }
 
-/* Groups [g0, g1) of tile t in row_of order: what params() + permute_rows() give (the same
- * float operations: a conversion, and -zero * scale without a bias array) */
+/* Groups [g0, g1) of tile t (plain fp16 scales) in row_of order: pylut_i8_params's floats (a
+ * conversion, and -zero * scale without a bias array) */
 static void params_ordered(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, const row_order *o,
                            float *s, float *b) {
-    if (qm->super) {
-        params(qm, t, g0, g1, s, b);
-        permute_rows(s, g1 - g0, o);
-        permute_rows(b, g1 - g0, o);
-        return;
-    }
     const int64_t groups = qm->k_pad / qm->group;
     const __m512 negzero = _mm512_set1_ps(-qm->zero);
     for (int64_t g = g0; g < g1; g++) {
@@ -183,7 +145,8 @@ static void params_ordered(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64
         f16_ordered(qm->scale + at, o, sg);
         if (qm->has_bias) f16_ordered(qm->bias + at, o, bg);
         else
-            for (int i = 0; i < 4; i++) _mm512_store_ps(bg + 16 * i, _mm512_mul_ps(negzero, _mm512_load_ps(sg + 16 * i)));
+            for (int i = 0; i < 4; i++)
+                _mm512_store_ps(bg + 16 * i, _mm512_mul_ps(negzero, _mm512_load_ps(sg + 16 * i)));
     }
 }
 
@@ -207,7 +170,7 @@ static inline void store_rows(const float *acc, const row_order *o, float *y, in
 static inline __attribute__((always_inline)) void block(const uint8_t *codes, int bits, const float *s,
                                                         const float *b, int64_t ng, int gw,
                                                         const pylut_lut *const *act, int NB, int64_t k0,
-                                                        int64_t g0, float *const *yacc, int first) {
+                                                        int64_t g0, float *const *yacc, int64_t ahead) {
     const int kq = gw / 4, kgb = pylut_b_kgroup_bytes(bits);
     for (int64_t g = 0; g < ng; g++) {
         __m512i acc[4][4];
@@ -215,7 +178,9 @@ static inline __attribute__((always_inline)) void block(const uint8_t *codes, in
             for (int i = 0; i < 4; i++) acc[t][i] = _mm512_setzero_si512();
         for (int64_t kg = g * kq; kg < (g + 1) * kq; kg++) {
             __m512i w[4];
-            if (first) /* the codes stream from DRAM: the first block over them fetches ahead */
+            /* the codes stream from DRAM: the first block over them fetches ahead, within the
+             * matrix (ahead: its bytes from codes on; 0 in later blocks) */
+            if (kg * kgb + FEW_AHEAD < ahead)
                 for (int o = 0; o < kgb; o += 64) __builtin_prefetch(codes + kg * kgb + FEW_AHEAD + o, 0, 2);
             decode(codes + kg * kgb, bits, w);
             for (int t = 0; t < NB; t++) {
@@ -240,24 +205,24 @@ static inline __attribute__((always_inline)) void block(const uint8_t *codes, in
 static inline __attribute__((always_inline)) void blocks(const uint8_t *codes, int bits, const float *s,
                                                          const float *b, int64_t ng, int gw,
                                                          const pylut_lut *const *act, int nt, int64_t k0,
-                                                         int64_t g0, float *const *yacc, int first) {
+                                                         int64_t g0, float *const *yacc, int64_t ahead) {
     int t = 0;
-    for (; t + 4 <= nt; t += 4) block(codes, bits, s, b, ng, gw, act + t, 4, k0, g0, yacc + t, first && t == 0);
+    for (; t + 4 <= nt; t += 4) block(codes, bits, s, b, ng, gw, act + t, 4, k0, g0, yacc + t, t ? 0 : ahead);
     switch (nt - t) {
-    case 3: block(codes, bits, s, b, ng, gw, act + t, 3, k0, g0, yacc + t, first && t == 0); break;
-    case 2: block(codes, bits, s, b, ng, gw, act + t, 2, k0, g0, yacc + t, first && t == 0); break;
-    case 1: block(codes, bits, s, b, ng, gw, act + t, 1, k0, g0, yacc + t, first && t == 0); break;
+    case 3: block(codes, bits, s, b, ng, gw, act + t, 3, k0, g0, yacc + t, t ? 0 : ahead); break;
+    case 2: block(codes, bits, s, b, ng, gw, act + t, 2, k0, g0, yacc + t, t ? 0 : ahead); break;
+    case 1: block(codes, bits, s, b, ng, gw, act + t, 1, k0, g0, yacc + t, t ? 0 : ahead); break;
     default: break;
     }
 }
 
 static void run_blocks(const uint8_t *codes, int bits, const float *s, const float *b, int64_t ng, int gw,
                        const pylut_lut *const *act, int nt, int64_t k0, int64_t g0, float *const *yacc,
-                       int first) {
+                       int64_t ahead) {
     switch (bits) {
-    case 2: blocks(codes, 2, s, b, ng, gw, act, nt, k0, g0, yacc, first); break;
-    case 3: blocks(codes, 3, s, b, ng, gw, act, nt, k0, g0, yacc, first); break;
-    case 4: blocks(codes, 4, s, b, ng, gw, act, nt, k0, g0, yacc, first); break;
+    case 2: blocks(codes, 2, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 3: blocks(codes, 3, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 4: blocks(codes, 4, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
     default: break; /* (pylut_gemm_b_i8_few_fits) */
     }
 }
@@ -274,6 +239,7 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
                               int64_t tile0, int64_t tile1) {
     if (!pylut_gemm_b_i8_few_fits(qm)) return;
     const int gw = qm->group, kc = pylut_i8_chunk(gw), bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
+    const int64_t tile_bytes = qm->k_pad / PYLUT_KGROUP * kgb, tiles = qm->m_pad / PYLUT_TILE_M;
     _Alignas(64) float s[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M]; /* [groups][64], row_of order */
     _Alignas(64) float b[PYLUT_I8_CHUNK / PYLUT_MIN_GROUP * PYLUT_TILE_M];
     _Alignas(64) float yacc[FEW_MAX * PYLUT_TILE_M];                     /* [tokens][64], row_of order */
@@ -287,16 +253,17 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
         if (act->parts == 2) pylut_act8_residual_views(act + tb, nt, lo);
         for (int i = 0; i < nt; i++) hi[i] = act + tb + i, lo_p[i] = lo + i, ya[i] = yacc + i * PYLUT_TILE_M;
         for (int64_t t = tile0; t < tile1; t++) {
-            const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
+            const uint8_t *tile = qm->codes + t * tile_bytes;
             memset(yacc, 0, (size_t)nt * PYLUT_TILE_M * sizeof(float));
             for (int64_t k0 = 0; k0 < qm->k_pad; k0 += kc) {
                 const int64_t kl = qm->k_pad - k0 < kc ? qm->k_pad - k0 : kc, ng = kl / gw, g0 = k0 / gw;
-                prefetch_params(qm, t, g0 + ng, ng);
+                if (g0 + ng < qm->k_pad / gw || t + 1 < tiles) prefetch_params(qm, t, g0 + ng, ng);
                 params_ordered(qm, t, g0, g0 + ng, &o, s, b);
                 const uint8_t *codes = tile + k0 / PYLUT_KGROUP * kgb;
                 /* the twin's order per output: a chunk's groups for the first part, then the
                  * residual's, then the next chunk */
-                run_blocks(codes, bits, s, b, ng, gw, hi, nt, k0, g0, ya, 1);
+                const int64_t ahead = (tiles - t) * tile_bytes - k0 / PYLUT_KGROUP * kgb;
+                run_blocks(codes, bits, s, b, ng, gw, hi, nt, k0, g0, ya, ahead);
                 if (act->parts == 2) run_blocks(codes, bits, s, b, ng, gw, lo_p, nt, k0, g0, ya, 0);
             }
             const int64_t r0 = t * PYLUT_TILE_M;
@@ -311,7 +278,8 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
  * PYLUT_I8_FEW_TO tokens (kernels.h). */
 void pylut_gemm_b_i8_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                           int64_t tile0, int64_t tile1) {
-    if (pylut_gemm_b_i8_few_fits(qm) && n < (qm->bits == 2 ? PYLUT_I8_FEW_TO_2BIT : PYLUT_I8_FEW_TO)) pylut_gemm_b_i8_few_gfni(qm, act, n, y, ldy, tile0, tile1);
+    if (pylut_gemm_b_i8_few_fits(qm) && n < (qm->bits == 2 ? PYLUT_I8_FEW_TO_2BIT : PYLUT_I8_FEW_TO))
+        pylut_gemm_b_i8_few_gfni(qm, act, n, y, ldy, tile0, tile1);
     else pylut_gemm_b_i8_vnni_gfni(qm, act, n, y, ldy, tile0, tile1);
 }
 
