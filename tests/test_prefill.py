@@ -183,6 +183,8 @@ def test_refused_inputs():
 # absent: never (kernels.h PYLUT_I8_FROM_*, measured by tools/bench_prefill.py)
 VNNI_FROM = {(2, False): 16, (3, False): 8, (4, False): 12, (6, False): 4, (8, False): 4,
              (2, True): 32, (3, True): 8, (6, True): 4}
+# with GFNI (the VBMI tier) plain 2..4-bit from 2 tokens: the few-token kernel
+GFNI_FROM = {**VNNI_FROM, (2, False): 2, (3, False): 2, (4, False): 2}
 AVX2_FROM = {(3, False): 8, (4, False): 8, (6, False): 8, (3, True): 16, (6, True): 16}
 
 
@@ -195,7 +197,8 @@ def test_which_path_the_model_takes(isa):
     under 32, 1-bit and ternary never, nor 8-bit codes on AVX2 and NEON; plain NEON never."""
     _core.isa_set(isa)
     vnni = isa == "avx512vbmi" or (isa == "avx512" and "avx512vnni" in _core.cpu_flags())
-    expect = VNNI_FROM if vnni else AVX2_FROM if isa in ("avx2", "neon_dotprod") else {}
+    expect = (GFNI_FROM if isa == "avx512vbmi" else VNNI_FROM if vnni
+              else AVX2_FROM if isa in ("avx2", "neon_dotprod") else {})
     rng = np.random.default_rng(2)
     w = rng.standard_normal((64, 256)).astype(np.float32)
     for bits in (2, 3, 4, 6, 8):

@@ -114,12 +114,23 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * with bias = -zero * scale for matrices without a bias array. */
 /* Where the int8 prefill kernel beats the table lookups, tokens per chunk by [two-level][bits].
  * The lookups' cost grows with the planes, the int8 kernel's does not, and its tile unpacking
- * is paid once per 64 tokens. 1-bit, ternary and every decode step stay on the tables; 8-bit
- * codes stay there on AVX2 (vpmaddubsw would saturate). Measured: docs/benchmarks.md. */
-/* Plain 4-bit on VNNI from 12, not the 8 a 2048x2048 matrix in L2 gave: in the model, with
+ * is paid once per 64 tokens. 1-bit, T3 ternary and single-token decode steps stay on the
+ * tables; 8-bit codes stay there on AVX2 (vpmaddubsw would saturate). Measured:
+ * docs/benchmarks.md. */
+/* Plain 4-bit on VNNI without GFNI from 12, not the 8 a 2048x2048 matrix in L2 gave: in the model, with
  * the weights streaming from memory, batched decode steps of 8-10 sequences ran 5-14 % faster
  * on the tables (1B Q4_0, Zen 5, 1 thread; docs/benchmarks.md). */
 #define PYLUT_I8_FROM_VNNI {{0, 0, 16, 8, 12, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
+/* With GFNI (the VBMI tier) plain 2..4-bit matrices take the int8 kernel from 2 tokens: the
+ * few-token kernel (prefill_few_gfni.c) decodes codes in registers, so a batched decode step
+ * of B sequences no longer pays ~a token of table lookups per extra sequence. 1B model steps
+ * (Zen 5, 1 thread, CPU time, alternated with the tables): Q4_0 B = 2 / 4 / 8 took 19.5 /
+ * 27.2 / 48 ms against 25.7 / 41.8 / 71.8, TQ2_0 11.0 / 17.8 / 30.6 against 14.3 / 23.5 /
+ * 39.1; one token stays on the tables (Q4_0 18.1 against 18.8 ms; and decode's numbers do not
+ * change). Plain 3-bit from 2 too: 5632x2048-class matrices streamed from DRAM, 0.76x the
+ * tables' time at 2 tokens. Two-level scales keep the driver's thresholds (Q2_K steps of
+ * 2..8 sequences ran 4-19 % slower through int8). */
+#define PYLUT_I8_FROM_VNNI_GFNI {{0, 0, 2, 2, 2, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
 #define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
 /* NEON sdot (Cortex-A76 and later): AVX2's thresholds, not measured (no ARM hardware here,
  * and qemu's timings say nothing). sdot does 4 products per lane like vpdpbusd, so the int8
@@ -166,6 +177,20 @@ void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                                int64_t ldy, int64_t tile0, int64_t tile1);
+/* prefill_few_gfni.c: the int8 GEMM for a few tokens of a plain 2..4-plane matrix,
+ * bit-identical to the twin; pylut_gemm_b_i8_gfni (the VBMI tier's gemm_b_i8) routes calls of
+ * fewer than PYLUT_I8_FEW_TO tokens (2 planes: _2BIT) to it and the rest to
+ * pylut_gemm_b_i8_vnni_gfni. Measured in 1B model steps of B sequences (Zen 5, 1 thread, CPU
+ * time, alternated): Q4_0 at B = 16 / 20 / 24 took 92 / 116 / 140 ms here against 97 / 109 /
+ * 126 through the driver; TQ2_0 (2 planes, 256-weight groups, a cheaper decoding) 109 against
+ * 117 ms at B = 32, even at 48 and 64. */
+#define PYLUT_I8_FEW_TO 18
+#define PYLUT_I8_FEW_TO_2BIT 48
+int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm);
+void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                              int64_t ldy, int64_t tile0, int64_t tile1);
+void pylut_gemm_b_i8_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
+                          int64_t ldy, int64_t tile0, int64_t tile1);
 #endif
 #if defined(__aarch64__)
 /* The attribute of the functions that use sdot (lut_neon.c, prefill_neon.c); their units are

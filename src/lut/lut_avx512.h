@@ -114,8 +114,8 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
     .b_entries = pylut_b_entries_avx2, /* 8 entries a k-group: ymm is the natural width */
     .act8_build = pylut_act8_build_range_avx512,
 #if PYLUT_VBMI
-    .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
-    .i8_from = PYLUT_I8_FROM_VNNI,
+    .gemm_b_i8 = pylut_gemm_b_i8_gfni, /* the VBMI tier requires VNNI and GFNI */
+    .i8_from = PYLUT_I8_FROM_VNNI_GFNI,
     /* Ternary as two bit planes: B2 can take the int8 kernel (T3 cannot), so prompts of 16+
      * tokens go through vpdpbusd, 1.3-1.6x T3's token-at-a-time lookups on BitNet 2B4T; and
      * B2's decode is no slower here (Zen 5, 1B TQ2_0, 1 thread: 8.9 against 9.8 ms a step,
