@@ -388,7 +388,7 @@ int pylut_ternary_as_planes(void) { return active->ternary_planes; }
 void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
     if (lut->kind == PYLUT_LUT_I8) (active->act8_build ? active->act8_build : pylut_act8_build_range)(x, lut, g0, g1);
     else if (lut->kind == PYLUT_LUT_F32) pylut_f32_build_range(x, lut, g0, g1);
-    else if (lut->kind == PYLUT_LUT_T3) pylut_lut_build_t3_range(x, lut, g0, g1);
+    else if (lut->kind == PYLUT_LUT_T3) (active->t3_build ? active->t3_build : pylut_lut_build_t3_range)(x, lut, g0, g1);
     else pylut_lut_build_b_range(x, lut, g0, g1, active->b_entries);
 }
 

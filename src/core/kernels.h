@@ -32,6 +32,8 @@ typedef struct {
     int b_many_from;
     /* the B-type table entries of k-groups [j0, j1) into tbl + 16 j (NULL: the portable loop) */
     pylut_b_entries_fn b_entries;
+    /* T3 tables, scale groups [g0, g1) (NULL: pylut_lut_build_t3_range): its bytes */
+    void (*t3_build)(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
     /* int8 activations, scale groups [g0, g1) (NULL: pylut_act8_build_range): its bytes */
     void (*act8_build)(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
     /* 1: ternary weights run faster as two bit planes (B2, 2.06 bits/weight with TQ's
