@@ -200,7 +200,8 @@ def packed_types(tensors) -> dict:
 def gemm(qm, x, n_threads=None, pool=None, int8=False, split=False):
     """y = W x for a packed matrix: x float32 [k] -> [m], or [n, k] -> [n, m]. int8=True:
     the prefill kernel (x quantized to int8 per scale group, codes unpacked to bytes) instead
-    of the table lookups; B-type matrices only. split=True with it: x as two int8 parts, its
+    of the table lookups; B-type matrices, and T3 ones whose group is a multiple of 12 up to 256
+    (the ternary loaders' 192). split=True with it: x as two int8 parts, its
     value and the value's rounding residual (~2^-15 of a group's largest value, not 2^-8)."""
     return _core.gemm_multi([qm], x, pool or get_pool(n_threads), int8=int8, split=split)[0]
 

@@ -376,6 +376,8 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
  * 32 weights stay on the tables (their float work per weight is Q2_K's without its
  * integer sub-scales, unmeasured). */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
+    if (qm && qm->type == PYLUT_TYPE_T3) /* the tier's own threshold, where it unpacks T3 in SIMD */
+        return active->gemm_b_i8 && active->t3_i8_from && pylut_t3_i8_group(qm->group) && n >= active->t3_i8_from;
     if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 2)
         return 0;
     const int from = active->i8_from[qm->super != 0][qm->bits];

@@ -168,6 +168,7 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
     .i8_from = PYLUT_I8_FROM_VNNI,
+    .t3_i8_from = 16, /* B2's threshold: the same int8 kernel, T3 unpacked in SIMD */
     /* Ternary as two bit planes: B2 can take the int8 kernel (T3 cannot), so prompts of 16+
      * tokens go through vpdpbusd, 1.3-1.6x T3's token-at-a-time lookups on BitNet 2B4T; and
      * B2's decode is no slower here (Zen 5, 1B TQ2_0, 1 thread: 8.9 against 9.8 ms a step,
