@@ -59,11 +59,21 @@ def cpu_features():
     }
 
 
-def ternary_layout():
+def ternary_layout(tq=False):
     """How model loaders pack ternary weights on the active ISA by default: 't3' (1.67
     bits/weight, its own kernel) or 'b2' (two bit planes: more bytes, but where T3's kernel
-    is slower per weight, as with AVX2, the faster decode). Both are exact."""
-    return "b2" if _core.ternary_as_planes() else "t3"
+    is slower per weight, as with AVX2, the faster decode). Both are exact.
+
+    tq=True: for TQ1_0/TQ2_0 files, whose fp16 scale every 256 weights makes T3 groups of 256.
+    The int8 prompt path takes T3 only in groups of 12n, so where it takes T3 at all (AVX-512
+    VBMI) such files stay B2, whose prompts run on it."""
+    if _core.ternary_as_planes():
+        return "b2"
+    if tq:
+        probe = _core.QMatrix.from_trits(np.zeros((64, 192), np.int8), np.ones((64, 1), np.float32), group=192)
+        if _core.i8_preferred(probe, 128):
+            return "b2"
+    return "t3"
 
 
 def set_isa(name):

@@ -169,12 +169,12 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
     .gemm_b_i8 = pylut_gemm_b_i8_vnni_gfni, /* the VBMI tier requires VNNI and GFNI */
     .i8_from = PYLUT_I8_FROM_VNNI,
     .t3_i8_from = 16, /* B2's threshold: the same int8 kernel, T3 unpacked in SIMD */
-    /* Ternary as two bit planes: B2 can take the int8 kernel (T3 cannot), so prompts of 16+
-     * tokens go through vpdpbusd, 1.3-1.6x T3's token-at-a-time lookups on BitNet 2B4T; and
-     * B2's decode is no slower here (Zen 5, 1B TQ2_0, 1 thread: 8.9 against 9.8 ms a step,
-     * 4-sequence steps 21 % faster; Zen 4 in L2: 152 G against 149 G weights/s).
-     * docs/benchmarks.md */
-    .ternary_planes = 1,
+    /* Ternary stays dense (T3): its prompts take the same int8 kernel as B2's (unpack_t3 in
+     * prefill_vnni_body.h; groups of 12n, pylut_t3_i8_group), and with its codes prefetched
+     * into L2 and its tables built in zmm its decode reads 10 % fewer bytes a token and wins
+     * (Zen 5, 2B4T I2_S, loaded machine, alternated best-of: see docs/benchmarks.md).
+     * TQ1_0/TQ2_0 files keep B2 (pylut.kernels.ternary_layout(tq=True)). */
+    .ternary_planes = 0,
 #endif /* (the BW tier's CPUs with VNNI get pylut_gemm_b_i8_vnni from dispatch.c) */
     /* the baselines (baseline/baseline_avx2.c): bandwidth-bound, 256-bit loads keep up */
     .attn_f16 = pylut_attn_f16_avx2,
