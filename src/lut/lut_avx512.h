@@ -171,8 +171,9 @@ const pylut_kernels PYLUT_AVX512_TABLE = {
     .t3_i8_from = 16, /* B2's threshold: the same int8 kernel, T3 unpacked in SIMD */
     /* Ternary stays dense (T3): its prompts take the same int8 kernel as B2's (unpack_t3 in
      * prefill_vnni_body.h; groups of 12n, pylut_t3_i8_group), and with its codes prefetched
-     * into L2 and its tables built in zmm its decode reads 10 % fewer bytes a token and wins
-     * (Zen 5, 2B4T I2_S, loaded machine, alternated best-of: see docs/benchmarks.md).
+     * into L2 and its tables built in zmm its decode reads 10 % fewer bytes a token and wins:
+     * Zen 5, 2B4T I2_S, 1 thread, T3 / B2 alternated on a loaded machine: decode 1.16x
+     * (1.11x in CPU time), 128-token prefill 1.00x (docs/benchmarks.md).
      * TQ1_0/TQ2_0 files keep B2 (pylut.kernels.ternary_layout(tq=True)). */
     .ternary_planes = 0,
 #endif /* (the BW tier's CPUs with VNNI get pylut_gemm_b_i8_vnni from dispatch.c) */
