@@ -245,3 +245,7 @@ def test_t3_int8_equals_b2_and_is_equal_on_every_isa(m, k, group, n):
         b2 = _core.QMatrix.from_codes((trits + np.int8(1)).view(np.uint8), scale, None, bits=2, group=group, zero=1.0)
         for isa in ISAS:
             assert np.array_equal(run(b2, x, isa), ref), isa
+    split = run(t3, x, "scalar", split=True)  # two-part activations reuse the unpacked chunk
+    assert np.all(np.abs(split - exact) <= rounding_bound(t3, x) / 254 + 1e-5 * np.abs(exact).max())
+    for isa in ISAS:
+        assert np.array_equal(run(t3, x, isa, n_threads=2, split=True), split), isa
