@@ -34,6 +34,7 @@ MIN_GROUP = PYLUT_MIN_GROUP
 MAX_GROUP = PYLUT_MAX_GROUP
 TILE_M = PYLUT_TILE_M
 T3_MAX_GROUP = 768
+I8_CHUNK = 256  # PYLUT_I8_CHUNK (src/core/kernels.h): the largest group of a T3 matrix on the int8 path
 
 
 cdef _check(int rc, what):

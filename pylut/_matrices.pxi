@@ -419,8 +419,11 @@ cdef class Tables:
             raise ValueError("n must be >= 1")
         if split and not int8:
             raise ValueError("split=True needs int8=True (it splits the int8 activations)")
-        if int8 and like.qm.type in (PYLUT_TYPE_T3, PYLUT_TYPE_F16):
-            raise ValueError("int8 activations serve B-type matrices only, not T3 or F16")
+        if int8 and like.qm.type == PYLUT_TYPE_F16:
+            raise ValueError("int8 activations serve B-type and T3 matrices only, not F16")
+        if int8 and like.qm.type == PYLUT_TYPE_T3 and (like.qm.group % 12 or like.qm.group > I8_CHUNK):
+            raise ValueError(f"int8 activations serve T3 matrices whose group is a multiple of 12 up to "
+                             f"{I8_CHUNK} (whole k-groups and pairs of triples), not {like.qm.group}")
         self.luts = <pylut_lut *>malloc(n * sizeof(pylut_lut))
         if self.luts == NULL:
             raise MemoryError()

@@ -59,11 +59,21 @@ def cpu_features():
     }
 
 
-def ternary_layout():
+def ternary_layout(tq=False):
     """How model loaders pack ternary weights on the active ISA by default: 't3' (1.67
     bits/weight, its own kernel) or 'b2' (two bit planes: more bytes, but where T3's kernel
-    is slower per weight, as with AVX2, the faster decode). Both are exact."""
-    return "b2" if _core.ternary_as_planes() else "t3"
+    is slower per weight, as with AVX2, the faster decode). Both are exact.
+
+    tq=True: for TQ1_0/TQ2_0 files, whose fp16 scale every 256 weights makes T3 groups of 256.
+    The int8 prompt path takes T3 only in groups of 12n, so where it takes T3 at all (AVX-512
+    VBMI) such files stay B2, whose prompts run on it."""
+    if _core.ternary_as_planes():
+        return "b2"
+    if tq:
+        probe = _core.QMatrix.from_trits(np.zeros((64, 192), np.int8), np.ones((64, 1), np.float32), group=192)
+        if _core.i8_preferred(probe, 128):
+            return "b2"
+    return "t3"
 
 
 def set_isa(name):
@@ -200,7 +210,8 @@ def packed_types(tensors) -> dict:
 def gemm(qm, x, n_threads=None, pool=None, int8=False, split=False):
     """y = W x for a packed matrix: x float32 [k] -> [m], or [n, k] -> [n, m]. int8=True:
     the prefill kernel (x quantized to int8 per scale group, codes unpacked to bytes) instead
-    of the table lookups; B-type matrices only. split=True with it: x as two int8 parts, its
+    of the table lookups; B-type matrices, and T3 ones whose group is a multiple of 12 up to 256
+    (the ternary loaders' 192). split=True with it: x as two int8 parts, its
     value and the value's rounding residual (~2^-15 of a group's largest value, not 2^-8)."""
     return _core.gemm_multi([qm], x, pool or get_pool(n_threads), int8=int8, split=split)[0]
 

@@ -90,8 +90,9 @@ def load(path, options: Optional[LoadOptions] = None, **settings) -> "Model":
     ternary : {'auto', 't3', 'b2'}, default 'auto'
         How a GGUF file's ternary weights (TQ1_0, TQ2_0, BitNet's ternary floats) are
         packed: 't3' densely (1.67 bits/weight) or 'b2' as two bit planes (2.06); both are
-        exact. 'auto' takes the faster one on this CPU: b2 where the kernels are AVX2, t3
-        elsewhere (:func:`pylut.kernels.ternary_layout`).
+        exact. 'auto' takes the faster one on this CPU: b2 where the kernels are AVX2, and
+        for TQ1_0/TQ2_0 files on AVX-512VBMI (their T3 groups have no int8 prompt path there),
+        t3 elsewhere (:func:`pylut.kernels.ternary_layout`).
     precision : {'fast', 'high'}, default 'fast'
         'fast' multiplies weights with int8 activations (the tables' int8 entries, or int8
         per scale group on the prompt path), about 2^-8 of a group's largest value: a

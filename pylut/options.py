@@ -108,12 +108,12 @@ class LoadOptions:
             return self.bits
         return F16 if self.precision == "high" else 4
 
-    def ternary_layout(self) -> str:
+    def ternary_layout(self, tq: bool = False) -> str:
         """The concrete ternary packing: precision='high' needs b2; 'auto' takes the faster
-        one on this CPU (pylut.kernels.ternary_layout)."""
+        one on this CPU (pylut.kernels.ternary_layout; tq: the file holds TQ1_0/TQ2_0)."""
         if self.precision == "high":
             return "b2"
         if self.ternary == "auto":
             from .kernels import ternary_layout
-            return ternary_layout()
+            return ternary_layout(tq)
         return self.ternary

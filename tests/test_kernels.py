@@ -185,6 +185,31 @@ def test_table_builders_write_the_same_bytes_on_every_isa(isa, k, group, two_lev
         assert np.array_equal(a, b)
 
 
+@pytest.mark.skipif(not SIMD_ISAS, reason="this CPU runs the scalar kernels only")
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("k,group", [(100, 6), (1000, 192), (2560, 256), (2050, 256), (6912, 768),
+                                     (770, 100)])
+def test_t3_table_builders_write_the_same_bytes_on_every_isa(isa, k, group):
+    """T3 tables are built per ISA too (kernels' t3_build): every copy must write the portable
+    loop's bytes and scales exactly, with the padded triple of a group that is not a multiple
+    of 6, a ragged k, zero groups and a huge activation."""
+    rng = np.random.default_rng(k + group)
+    q = pylut.quantize(rng.standard_normal((64, k)).astype(np.float32), group=group, mode="t3")
+    x = rng.standard_normal((3, k)).astype(np.float32) * np.float32(3.0)
+    x[1, : k // 3] = 0.0  # zero groups: inv = 0
+    x[2, 5] = 1e30        # one huge activation squashes its group's other entries to 0
+    x[2, -1] = 0.5        # a half-step entry somewhere: ties round to even on every path
+    built = {}
+    for name in ("scalar", isa):
+        _core.isa_set(name)
+        t = _core.Tables(q, 3)
+        t.build(x, pylut.get_pool(1))
+        built[name] = (t.tbl.copy(), t.tscale.copy())
+    assert np.count_nonzero(built["scalar"][0]) > 0
+    for a, b in zip(built["scalar"], built[isa]):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_threads_do_not_change_results(isa):
     q, rng = make("sym", 2, 300, 512, 128)

@@ -122,9 +122,9 @@ def test_ternary_layout_is_part_of_the_key_only_where_it_can_matter(tmp_path, ca
     from pylut.kernels import ternary_layout
     src = _model(tmp_path, "TQ2_0", "bitnet")
     auto = pylut.load(src, n_ctx=64)
-    want_type = _core.TYPE_T3 if ternary_layout() == "t3" else 2
+    want_type = _core.TYPE_T3 if ternary_layout(tq=True) == "t3" else 2
     assert auto.loaded.tensors["blk.0.attn_q"].type == want_type
-    other = "b2" if ternary_layout() == "t3" else "t3"
+    other = "b2" if ternary_layout(tq=True) == "t3" else "t3"
     forced = pylut.load(src, n_ctx=64, ternary=other)
     assert forced.loaded.tensors["blk.0.attn_q"].type != want_type
     assert len(list(cache.glob("*.pylut"))) == 2

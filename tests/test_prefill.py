@@ -165,9 +165,13 @@ def test_close_to_the_table_path():
 
 def test_refused_inputs():
     rng = np.random.default_rng(1)
-    t3 = pylut.quantize(rng.standard_normal((64, 192)).astype(np.float32), bits=2, mode="t3")
-    with pytest.raises(ValueError, match="T3"):
-        pylut.gemm(t3, np.ones(192, np.float32), int8=True)
+    for group in (6, 102, 768):  # a padded triple, a lone triple pair's half k-group, past a chunk
+        t3 = pylut.quantize(rng.standard_normal((64, 768)).astype(np.float32), group=group, mode="t3")
+        with pytest.raises(ValueError, match="T3"):
+            pylut.gemm(t3, np.ones(768, np.float32), int8=True)
+    f16 = _core.QMatrix.from_f16(rng.standard_normal((64, 64)).astype(np.float16))
+    with pytest.raises(ValueError, match="F16"):
+        pylut.gemm(f16, np.ones(64, np.float32), int8=True)
     q = pylut.quantize(rng.standard_normal((64, 256)).astype(np.float32), bits=4, group=32)
     other = pylut.quantize(rng.standard_normal((64, 256)).astype(np.float32), bits=4, group=64)
     pool = pylut.get_pool(1)
@@ -194,7 +198,8 @@ def test_which_path_the_model_takes(isa):
     the ISA has a fast one (AVX-512 VNNI on either tier, AVX2, NEON with sdot), from the
     token counts that tools/bench_prefill.py measured per ISA (Q2_K-style two-level 2-bit
     only from 32 tokens and only with VNNI; NEON sdot borrows AVX2's); plain 2-bit groups
-    under 32, 1-bit and ternary never, nor 8-bit codes on AVX2 and NEON; plain NEON never."""
+    under 32, 1-bit never, nor 8-bit codes on AVX2 and NEON; plain NEON never. T3 only on
+    AVX-512VBMI (SIMD unpacking), from B2's 16 tokens, and only in groups of 12n <= 256."""
     _core.isa_set(isa)
     vnni = isa == "avx512vbmi" or (isa == "avx512" and "avx512vnni" in _core.cpu_flags())
     expect = (GFNI_FROM if isa == "avx512vbmi" else VNNI_FROM if vnni
@@ -214,6 +219,36 @@ def test_which_path_the_model_takes(isa):
             else:
                 assert not _core.i8_preferred(q, first - 1), (bits, two_level)
                 assert _core.i8_preferred(q, first) and _core.i8_preferred(q, 64), (bits, two_level)
-    for q in (pylut.quantize(w, bits=1, group=32), pylut.quantize(w, bits=2, mode="t3"),
+    for q in (pylut.quantize(w, bits=1, group=32), pylut.quantize(w, mode="t3", group=6),
               pylut.quantize(w, bits=2, group=16)):
         assert not _core.i8_preferred(q, 64)
+    t3 = pylut.quantize(w, mode="t3", group=192)
+    assert not _core.i8_preferred(t3, 15) and not _core.i8_preferred(t3, 1)
+    assert _core.i8_preferred(t3, 16) == (isa == "avx512vbmi")
+
+
+@pytest.mark.parametrize("m,k,group,n", [(37, 100, 12, 1), (64, 2560, 192, 5), (130, 1000, 216, 19),
+                                         (70, 800, 96, 130), (65, 768, 240, 4), (100, 6912, 216, 9)])
+def test_t3_int8_equals_b2_and_is_equal_on_every_isa(m, k, group, n):
+    """T3 on the int8 path unpacks to B2's codes (trit + 1) and takes B2's bias (-scale): with
+    the same trits, scales and group the two layouts give the same bits on every ISA (VBMI
+    unpacks T3 with vpermt2b, the others through the portable twin), within the int8 bound."""
+    rng = np.random.default_rng(m + k + n)
+    trits = rng.integers(-1, 2, (m, k)).astype(np.int8)
+    scale = rng.uniform(0.5, 2.0, (m, -(-k // group))).astype(np.float32)
+    t3 = _core.QMatrix.from_trits(trits, scale, group=group)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    x[0, : k // 2] = 0.0  # zero groups
+    ref = run(t3, x, "scalar")
+    exact = x.astype(np.float64) @ t3.dequantize().astype(np.float64).T
+    assert np.all(np.abs(ref - exact) <= rounding_bound(t3, x) + 1e-5 * np.abs(exact).max())
+    for isa in ISAS:
+        assert np.array_equal(run(t3, x, isa), ref), isa
+    if group % 8 == 0:
+        b2 = _core.QMatrix.from_codes((trits + np.int8(1)).view(np.uint8), scale, None, bits=2, group=group, zero=1.0)
+        for isa in ISAS:
+            assert np.array_equal(run(b2, x, isa), ref), isa
+    split = run(t3, x, "scalar", split=True)  # two-part activations reuse the unpacked chunk
+    assert np.all(np.abs(split - exact) <= rounding_bound(t3, x) / 254 + 1e-5 * np.abs(exact).max())
+    for isa in ISAS:
+        assert np.array_equal(run(t3, x, isa, n_threads=2, split=True), split), isa

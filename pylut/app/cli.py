@@ -535,6 +535,8 @@ def cmd_bench(args):
 
 def cmd_convert(args):
     from ..formats.gguf_model import load_gguf
+    from ..formats.gguf_reader import GGUFFile
+    from ..formats.model_file import holds_tq
     from ..formats.packcache import convert
     from ..options import LoadOptions
     if model_kind(args.input) != "gguf":
@@ -546,9 +548,11 @@ def cmd_convert(args):
     try:
         # streamed: one tensor in memory at a time, as for the cache
         opts = LoadOptions(bits=args.bits, requant=args.requant, ternary=args.ternary)
+        with GGUFFile(args.input) as f:  # the layout pylut.load picks for this file
+            tq = holds_tq(f)
         convert(args.input, args.output,
                 lambda sink: load_gguf(args.input, bits=opts.float_bits(), requant=opts.requant, sink=sink,
-                                       ternary=opts.ternary_layout()))
+                                       ternary=opts.ternary_layout(tq)))
     except (OSError, ValueError) as e:
         raise CLIError(str(e)) from None
     finally:

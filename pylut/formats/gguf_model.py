@@ -50,7 +50,15 @@ log = logging.getLogger("pylut")
 
 MATRIX_TYPES = quants.SUPPORTED_TYPES + (quants.I2S_TYPE,)
 DEFAULT_FLOAT_GROUP = 128
-DEFAULT_T3_GROUP = 192  # 64 triples: no padding
+T3_KEY = "t3/g12"  # the packcache's name for how t3_group() picks (a pack of an older choice is rebuilt)
+
+
+def t3_group(k: int) -> int:
+    """The T3 group of a one-scale ternary matrix with k columns: a multiple of 12 from 96 to
+    256 (whole pairs of triples and k-groups: the int8 prefill path takes it; not smaller, each
+    group costs a float epilogue a token), the one that pads k least, the largest of those.
+    2B4T: k 2560 -> 216 (2592 columns, where 192 padded to 2688), 6912 -> 216."""
+    return min(range(96, 257, 12), key=lambda g: (-(-k // g) * g, -g))
 TERNARY_LAYOUTS = ("t3", "b2")  # dense 1.67-bit packing, or two bit planes (codes 0..2, zero 1)
 
 
@@ -336,7 +344,7 @@ def ternary_one_scale(trits: np.ndarray, scale: float, ternary: str) -> _core.QM
     (about 1 % of a prompt: only where fp16 would round)."""
     scale = np.float32(scale)
     m, k = trits.shape  # one scale per row: any group; B2 takes the largest that divides k
-    g = DEFAULT_T3_GROUP if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
+    g = t3_group(k) if ternary == "t3" else next((d for d in (256, 128, 64, 32) if k % d == 0), 256)
     k_pad = -(-k // g) * g
     exact = np.float32(np.float16(scale)) == scale
     q = _ternary(trits, np.full((m, k_pad // g), scale if exact else 1, np.float32), g, ternary)

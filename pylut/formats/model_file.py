@@ -14,7 +14,7 @@ from ..errors import ModelFileError
 from ..options import LoadOptions
 from ..tokenizer import Tokenizer
 from . import packcache
-from .gguf_model import LoadedModel, load_gguf
+from .gguf_model import T3_KEY, LoadedModel, load_gguf
 from .gguf_reader import GGUF_MAGIC, GGUFFile
 from .hf_loader import load_hf, may_hold_ternary as hf_may_hold_ternary
 
@@ -84,13 +84,18 @@ def may_hold_ternary(f: GGUFFile) -> bool:
                                                   for t in f.tensors.values())
 
 
+def holds_tq(f: GGUFFile) -> bool:
+    """Whether the file has TQ1_0/TQ2_0 tensors (LoadOptions.ternary_layout's tq)."""
+    return any(t.type_name in ("TQ1_0", "TQ2_0") for t in f.tensors.values())
+
+
 def _open_gguf(path: str, options: LoadOptions):
     with GGUFFile(path) as f:
         tokenizer = read_tokenizer(path, f.metadata)
         pack = dict(bits=options.float_bits(), requant=options.requant)
-        layout = options.ternary_layout()
+        layout = options.ternary_layout(tq=holds_tq(f))
         # the layout is in the cache key only where it can change the pack
-        key = dict(pack, ternary=layout) if may_hold_ternary(f) else pack
+        key = dict(pack, ternary=T3_KEY if layout == "t3" else layout) if may_hold_ternary(f) else pack
         loaded = packcache.load_or_build(path, lambda sink: load_gguf(f, sink=sink, ternary=layout, **pack),
                                          use_cache=options.cache, **key)
     return loaded, tokenizer

@@ -376,6 +376,8 @@ void pylut_gemm_tiles(const pylut_qmatrix *qm, const pylut_lut *lut, int n, floa
  * 32 weights stay on the tables (their float work per weight is Q2_K's without its
  * integer sub-scales, unmeasured). */
 int pylut_gemm_i8_preferred(const pylut_qmatrix *qm, int n) {
+    if (qm && qm->type == PYLUT_TYPE_T3) /* the tier's own threshold, where it unpacks T3 in SIMD */
+        return active->gemm_b_i8 && active->t3_i8_from && pylut_t3_i8_group(qm->group) && n >= active->t3_i8_from;
     if (!qm || !active->gemm_b_i8 || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || qm->bits < 2)
         return 0;
     const int from = active->i8_from[qm->super != 0][qm->bits];
@@ -388,7 +390,7 @@ int pylut_ternary_as_planes(void) { return active->ternary_planes; }
 void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
     if (lut->kind == PYLUT_LUT_I8) (active->act8_build ? active->act8_build : pylut_act8_build_range)(x, lut, g0, g1);
     else if (lut->kind == PYLUT_LUT_F32) pylut_f32_build_range(x, lut, g0, g1);
-    else if (lut->kind == PYLUT_LUT_T3) pylut_lut_build_t3_range(x, lut, g0, g1);
+    else if (lut->kind == PYLUT_LUT_T3) (active->t3_build ? active->t3_build : pylut_lut_build_t3_range)(x, lut, g0, g1);
     else pylut_lut_build_b_range(x, lut, g0, g1, active->b_entries);
 }
 

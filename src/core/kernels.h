@@ -24,6 +24,9 @@ typedef struct {
     /* the model's prompt chunks take gemm_b_i8 from this many tokens, by [two-level scales]
      * [bits]; 0: never (pylut_gemm_i8_preferred; PYLUT_I8_FROM_*) */
     unsigned char i8_from[2][9];
+    /* the same for T3 matrices (pylut_t3_i8_group): 0 never, where gemm_b_i8 has no SIMD T3
+     * unpacking */
+    unsigned char t3_i8_from;
     /* the table lookups of a 2-bit B matrix (pylut_gemm_b_many_fits) for many tokens at once,
      * bit-identical to gemm_b; NULL: gemm_b serves every token count */
     void (*gemm_b_many)(const pylut_qmatrix *qm, const pylut_lut *lut, int n, float *y, int64_t ldy,
@@ -32,6 +35,8 @@ typedef struct {
     int b_many_from;
     /* the B-type table entries of k-groups [j0, j1) into tbl + 16 j (NULL: the portable loop) */
     pylut_b_entries_fn b_entries;
+    /* T3 tables, scale groups [g0, g1) (NULL: pylut_lut_build_t3_range): its bytes */
+    void (*t3_build)(const float *x, pylut_lut *lut, int64_t g0, int64_t g1);
     /* int8 activations, scale groups [g0, g1) (NULL: pylut_act8_build_range): its bytes */
     void (*act8_build)(const float *x, pylut_lut *act, int64_t g0, int64_t g1);
     /* 1: ternary weights run faster as two bit planes (B2, 2.06 bits/weight with TQ's
@@ -140,6 +145,9 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
 /* tokens per pass over an unpacked chunk (each pass re-unpacks): a 128-token prompt chunk
  * unpacks once (32 KB of float sums a pass, in L2) */
 #define PYLUT_I8_TOKENS 128
+/* T3 takes the int8 kernels when its groups are whole k-groups of 4 and whole pairs of
+ * triples (no padded triple: a multiple of 12) and fit one chunk; the 2B4T loader's 192 does */
+static inline int pylut_t3_i8_group(int group) { return group % 12 == 0 && group <= PYLUT_I8_CHUNK; }
 static inline int pylut_i8_chunk(int group) { return group * (PYLUT_I8_CHUNK / group > 0 ? PYLUT_I8_CHUNK / group : 1); }
 /* Float scale and bias of groups [g0, g1) of tile t into s, b: [g1-g0][64] (portable) */
 void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b);

@@ -146,7 +146,8 @@ int pylut_lut_layout(pylut_lut *lut, const pylut_qmatrix *qm) {
 }
 
 int pylut_lut_layout_i8(pylut_lut *lut, const pylut_qmatrix *qm, int parts) {
-    if (!lut || !qm || qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8 || parts < 1 || parts > 2)
+    if (!lut || !qm || parts < 1 || parts > 2) return PYLUT_EINVAL;
+    if ((qm->type < PYLUT_TYPE_B1 || qm->type > PYLUT_TYPE_B8) && !(qm->type == PYLUT_TYPE_T3 && pylut_t3_i8_group(qm->group)))
         return PYLUT_EINVAL;
     memset(lut, 0, sizeof(*lut));
     lut->kind = PYLUT_LUT_I8;

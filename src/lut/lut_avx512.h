@@ -13,6 +13,8 @@
 #define LUT_MADD_ACC
 #define madd_acc(acc, a, b) _mm512_dpwssd_epi32((acc), (a), (b))
 #endif
+#include <math.h>
+
 #include "lut_x86.h"
 
 /* ------------------------------------------------------------------ vocabulary */
@@ -78,6 +80,7 @@ static ALWAYS_INLINE void plane_sums(const uint8_t *blk, const int8_t *T, int kp
 static ALWAYS_INLINE void t3_pair_sums(const uint8_t *blk, const int8_t *tbl, __m512i a[2]) {
     const __m512i m0f = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
     _mm_prefetch((const char *)blk + PF_T3_DIST, _MM_HINT_T0);
+    _mm_prefetch((const char *)blk + PF_T3_L2, _MM_HINT_T1); /* lut_x86.h */
     const __m512i w = _mm512_loadu_si512((const void *)blk);
     __m512i vlo, vhi;
 #if PYLUT_VBMI
@@ -107,21 +110,72 @@ static ALWAYS_INLINE void t3_pair_sums(const uint8_t *blk, const int8_t *tbl, __
     a[1] = _mm512_add_epi16(a[1], _mm512_maddubs_epi16(ones, vhi));
 }
 
+/* T3 tables (pylut_lut_build_t3_range, the twin, writes the same bytes): a triple's 16 entries
+ * in one vector, lane i = a*x0 + b*x1 + c*x2 with the twin's float operations in its order.
+ * Its sums (-x1) - x2, -x1 + x2, ..., then - x0, are sums of sign-flipped operands, and a
+ * flip or an added +-0 is exact: lane i adds x1 ^ sign (or 0), x2 ^ sign (or 0), then -x0 (or
+ * 0). cvtps2dq rounds half to even like the twin's 1.5 * 2^23 trick; then the same clamp. */
+static void lut_build_t3(const float *x, pylut_lut *lut, int64_t g0, int64_t g1) {
+    const int gw = lut->group, tg = pylut_t3_triples(gw);
+    /* per lane: which operands count (mask bits) and which are negated (sign bits); lanes
+     * 0-8 are a = -1 with (b, c) = the nine pairs, 9-13 a = 0 with the first five, 14-15 0 */
+    const __mmask16 use0 = 0x01ff, use1 = 0x0fc7, use2 = 0x1b6d;
+    const __m512i sg1 = _mm512_setr_epi32(INT32_MIN, INT32_MIN, INT32_MIN, 0, 0, 0, 0, 0, 0,
+                                          INT32_MIN, INT32_MIN, INT32_MIN, 0, 0, 0, 0);
+    const __m512i sg2 = _mm512_setr_epi32(INT32_MIN, 0, 0, INT32_MIN, 0, 0, INT32_MIN, 0, 0,
+                                          INT32_MIN, 0, 0, INT32_MIN, 0, 0, 0);
+    const __m512i sg0 = _mm512_set1_epi32(INT32_MIN);
+    const __m512i hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-127);
+    for (int64_t g = g0; g < g1; g++) {
+        float v[3 * (PYLUT_T3_MAX_GROUP / 3 + 2)]; /* the group's triples, zero-padded */
+        const int64_t left = lut->k - g * gw;
+        const int have = left <= 0 ? 0 : left < gw ? (int)left : gw;
+        memcpy(v, x + g * gw, (size_t)have * sizeof(float));
+        memset(v + have, 0, (size_t)(3 * tg - have) * sizeof(float));
+        float amax = 0.0f;
+        for (int j = 0; j < tg; j++) {
+            float a = 0.0f;
+            a += fabsf(v[3 * j]);
+            a += fabsf(v[3 * j + 1]);
+            a += fabsf(v[3 * j + 2]);
+            if (a > amax) amax = a;
+        }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        lut->tscale[g] = amax / 127.0f;
+        const __m512 vinv = _mm512_set1_ps(inv);
+        int8_t *t = lut->tbl + g * tg * 16;
+        for (int j = 0; j < tg; j++, t += 16) {
+            const __m512i x0 = _mm512_castps_si512(_mm512_set1_ps(v[3 * j]));
+            const __m512i x1 = _mm512_castps_si512(_mm512_set1_ps(v[3 * j + 1]));
+            const __m512i x2 = _mm512_castps_si512(_mm512_set1_ps(v[3 * j + 2]));
+            const __m512 bc = _mm512_add_ps(_mm512_castsi512_ps(_mm512_maskz_xor_epi32(use1, x1, sg1)),
+                                            _mm512_castsi512_ps(_mm512_maskz_xor_epi32(use2, x2, sg2)));
+            const __m512 e = _mm512_add_ps(bc, _mm512_castsi512_ps(_mm512_maskz_xor_epi32(use0, x0, sg0)));
+            __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(e, vinv));
+            r = _mm512_max_epi32(_mm512_min_epi32(r, hi), lo);
+            _mm_storeu_si128((__m128i *)t, _mm512_cvtepi32_epi8(r));
+        }
+    }
+}
+
 #include "lut_body.h"
 
 const pylut_kernels PYLUT_AVX512_TABLE = {
     LUT_BODY_KERNELS,
     .b_entries = pylut_b_entries_avx2, /* 8 entries a k-group: ymm is the natural width */
+    .t3_build = lut_build_t3, /* 16 entries a triple: one zmm */
     .act8_build = pylut_act8_build_range_avx512,
 #if PYLUT_VBMI
     .gemm_b_i8 = pylut_gemm_b_i8_gfni, /* the VBMI tier requires VNNI and GFNI */
     .i8_from = PYLUT_I8_FROM_VNNI_GFNI,
-    /* Ternary as two bit planes: B2 can take the int8 kernel (T3 cannot), so prompts of 16+
-     * tokens go through vpdpbusd, 1.3-1.6x T3's token-at-a-time lookups on BitNet 2B4T; and
-     * B2's decode is no slower here (Zen 5, 1B TQ2_0, 1 thread: 8.9 against 9.8 ms a step,
-     * 4-sequence steps 21 % faster; Zen 4 in L2: 152 G against 149 G weights/s).
-     * docs/benchmarks.md */
-    .ternary_planes = 1,
+    .t3_i8_from = 16, /* B2's threshold: the same int8 kernel, T3 unpacked in SIMD */
+    /* Ternary stays dense (T3): its prompts take the same int8 kernel as B2's (unpack_t3 in
+     * prefill_vnni_body.h; groups of 12n, pylut_t3_i8_group), and with its codes prefetched
+     * into L2 and its tables built in zmm its decode reads 10 % fewer bytes a token and wins:
+     * Zen 5, 2B4T I2_S, 1 thread, T3 / B2 alternated on a loaded machine: decode 1.16x
+     * (1.11x in CPU time), 128-token prefill 1.00x (docs/benchmarks.md).
+     * TQ1_0/TQ2_0 files keep B2 (pylut.kernels.ternary_layout(tq=True)). */
+    .ternary_planes = 0,
 #endif /* (the BW tier's CPUs with VNNI get pylut_gemm_b_i8_vnni from dispatch.c) */
     /* the baselines (baseline/baseline_avx2.c): bandwidth-bound, 256-bit loads keep up */
     .attn_f16 = pylut_attn_f16_avx2,

@@ -452,7 +452,7 @@ static int run_step(pylut_pool *pool, const pylut_model *m, pylut_state *w, pylu
     for (int i = 0; i < w->n_sets; i++) {
         table_set *ts = &w->sets[i];
         ts->act_bits = 0;
-        for (int b = 1; b <= 8; b++)
+        for (int b = 0; b <= 8; b++) /* (T3 matrices: bits 0) */
             if (ts->act.lut && ts->by_bits[b] &&
                 (w->split_int8 || (!w->batch_invariant && pylut_gemm_i8_preferred(ts->by_bits[b], n))))
                 ts->act_bits |= 1u << b;

@@ -46,7 +46,7 @@ static int add_set(pylut_state *s, const pylut_qmatrix *qm) {
     ts->by_bits[qm->bits] = qm;
     s->keys[s->n_sets++] = key;
     int rc = lut_batch_alloc(&ts->tables, &key, s->max_batch);
-    if (rc == PYLUT_OK && pylut_lut_layout_i8(&act_key, qm, s->split_int8 ? 2 : 1) == PYLUT_OK) /* T3: tables only */
+    if (rc == PYLUT_OK && pylut_lut_layout_i8(&act_key, qm, s->split_int8 ? 2 : 1) == PYLUT_OK) /* else tables only */
         rc = lut_batch_alloc(&ts->act, &act_key, s->max_batch);
     return rc;
 }
@@ -63,9 +63,9 @@ int pylut_state_set_split_int8(pylut_state *s, int on) {
     if (!s || (on != 0 && on != 1)) return PYLUT_EINVAL;
     for (int i = 0; i < s->n_sets; i++) { /* the int8 activations change layout: one or two parts */
         table_set *ts = &s->sets[i];
-        if (!ts->act.lut) continue; /* T3: no int8 path, tables either way */
+        if (!ts->act.lut) continue; /* a set with no int8 path: tables either way */
         const pylut_qmatrix *qm = NULL;
-        for (int b = 1; b <= 8 && !qm; b++) qm = ts->by_bits[b];
+        for (int b = 0; b <= 8 && !qm; b++) qm = ts->by_bits[b]; /* (T3: bits 0) */
         pylut_lut key;
         if (!qm || pylut_lut_layout_i8(&key, qm, on ? 2 : 1) != PYLUT_OK) return PYLUT_EINVAL;
         lut_batch_free(&ts->act);

@@ -23,7 +23,8 @@ typedef struct {
     lut_batch tables;          /* lookup tables (PYLUT_LUT_B or PYLUT_LUT_T3) */
     lut_batch act;             /* B-type sets: the same tokens as int8 activations, for chunks
                                 * the int8 prefill kernel takes (pylut_gemm_i8_preferred);
-                                * act.lut NULL for T3 sets */
+                                * act.lut NULL where the layout has none (T3 groups
+                                * that are not pylut_t3_i8_group) */
     const pylut_qmatrix *by_bits[9]; /* one matrix of the set per bit width (or NULL): the
                                 * int8 choice depends only on the width within one layout */
     unsigned act_bits;         /* this chunk: bit b set when the set's b-bit matrices read act

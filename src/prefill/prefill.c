@@ -48,11 +48,35 @@ void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1,
         for (int r = 0; r < PYLUT_TILE_M; r++) {
             const float sc = pylut_b_param(qm, 0, t, g, r);
             s[(g - g0) * PYLUT_TILE_M + r] = sc;
-            b[(g - g0) * PYLUT_TILE_M + r] = qm->has_bias ? pylut_b_param(qm, 1, t, g, r) : -qm->zero * sc;
+            /* T3: codes trit + 1 (pylut_i8_unpack), so the bias is -1 * scale, B2's implied one */
+            b[(g - g0) * PYLUT_TILE_M + r] = qm->has_bias ? pylut_b_param(qm, 1, t, g, r)
+                                             : (qm->type == PYLUT_TYPE_T3 ? -1.0f : -qm->zero) * sc;
         }
 }
 
+/* T3 (pylut_t3_i8_group: no padded triple): weight col's code trit + 1 = the base-3 digit of
+ * its triple's combination (v = 9(a+1) + 3(b+1) + (c+1), the sign bit meaning 26 - v) */
+static uint32_t t3_code(const uint8_t *tile, int r, int64_t col) {
+    static const int pow3[3] = {9, 3, 1};
+    const int64_t tri = col / 3; /* groups hold whole pairs of triples: triples run on across them */
+    const uint8_t *blk = tile + (tri / 2) * PYLUT_T3_PAIR_BYTES;
+    const int pos = pylut_t3_pos(r, (int)(tri % 2));
+    const int idx = r >= 32 ? blk[pos] >> 4 : blk[pos] & 15;
+    const int v = ((blk[64 + 8 * (r >= 32) + pos / 8] >> (pos % 8)) & 1) ? 26 - idx : idx;
+    return (uint32_t)((v / pow3[col % 3]) % 3);
+}
+
 void pylut_i8_unpack(const pylut_qmatrix *qm, int64_t t, int64_t j0, int64_t j1, uint32_t *w) {
+    if (qm->type == PYLUT_TYPE_T3) {
+        const uint8_t *tile = qm->codes + t * (qm->k_pad / 6) * PYLUT_T3_PAIR_BYTES;
+        for (int64_t j = j0; j < j1; j++)
+            for (int r = 0; r < PYLUT_TILE_M; r++) {
+                uint32_t d = 0;
+                for (int e = 0; e < 4; e++) d |= t3_code(tile, r, 4 * j + e) << (8 * e);
+                w[(j - j0) * PYLUT_TILE_M + r] = d;
+            }
+        return;
+    }
     const int bits = qm->bits, kgb = pylut_b_kgroup_bytes(bits);
     const uint8_t *tile = qm->codes + t * (qm->k_pad / PYLUT_KGROUP) * kgb;
     for (int64_t j = j0; j < j1; j++)

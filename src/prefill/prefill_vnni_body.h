@@ -72,6 +72,55 @@ static inline __attribute__((always_inline)) void unpack_kgroup(const uint8_t *b
     _mm512_store_si512(w + 48, _mm512_permutex2var_epi32(q2, odd, q3));
 }
 
+#if PREFILL_GFNI /* the GFNI unit serves the VBMI tier only: vpermt2b */
+#define PREFILL_T3_UNPACK 1
+/* Even pairs of T3 triple blocks -> dword codes trit + 1 (pylut_i8_unpack's T3 branch). Two
+ * blocks hold 12 k's of 64 rows: 3 k-groups. A nibble plus 16 where its sign bit is set is a
+ * 5-bit combination index; the k's digit position p in its triple selects 32 of a 128-byte
+ * table of base-3 digits. Per output vector (16 rows, 4 k's): one vpermt2b gathers each byte's
+ * index from the two blocks, an or adds 32p, one vpermt2b reads the digits. */
+static void unpack_t3(const uint8_t *blk, int64_t pairs, uint32_t *w) {
+    static const uint8_t digits[128] __attribute__((aligned(64))) = {
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0,
+        0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 0, 0, 2, 2, 2, 1, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 0, 0,
+        0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0, 0, 2, 1, 0, 2, 1, 0, 2, 1, 0, 2, 1, 0, 2, 1, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m512i tlo = _mm512_load_si512(digits), thi = _mm512_load_si512(digits + 64);
+    const __m512i m0f = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(16);
+    /* dword r of a selector: the bytes of row r (2r + h, from block 0 or + 64 from block 1) */
+    const __m512i rows = _mm512_setr_epi32(0x00000000, 0x02020202, 0x04040404, 0x06060606, 0x08080808, 0x0a0a0a0a,
+                                           0x0c0c0c0c, 0x0e0e0e0e, 0x10101010, 0x12121212, 0x14141414, 0x16161616,
+                                           0x18181818, 0x1a1a1a1a, 0x1c1c1c1c, 0x1e1e1e1e);
+    /* k-group j's 4 k's (12 per two blocks): byte e = 64 * block + triple h, and 32 * digit */
+    static const int32_t at[3] = {0x01000000, 0x40400101, 0x41414140};
+    static const int32_t pos[3] = {0x00402000, 0x20004020, 0x40200040};
+    __m512i sel[2][3], pc[3];
+    for (int j = 0; j < 3; j++) {
+        pc[j] = _mm512_set1_epi32(pos[j]);
+        for (int qq = 0; qq < 2; qq++) sel[qq][j] = _mm512_add_epi32(rows, _mm512_set1_epi32(at[j] + qq * 0x20202020));
+    }
+    for (int64_t p = 0; p + 2 <= pairs; p += 2, blk += 2 * PYLUT_T3_PAIR_BYTES, w += 3 * PYLUT_TILE_M) {
+        __m512i idx[2][2]; /* [block][rows 0-31 / 32-63] */
+        for (int b = 0; b < 2; b++) {
+            const uint8_t *q = blk + b * PYLUT_T3_PAIR_BYTES;
+            const __m512i v = _mm512_loadu_si512((const void *)q);
+            uint64_t slo, shi;
+            memcpy(&slo, q + 64, 8);
+            memcpy(&shi, q + 72, 8);
+            const __m512i lo = _mm512_and_si512(v, m0f), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+            idx[b][0] = _mm512_mask_add_epi8(lo, _cvtu64_mask64(slo), lo, sixteen);
+            idx[b][1] = _mm512_mask_add_epi8(hi, _cvtu64_mask64(shi), hi, sixteen);
+        }
+        for (int j = 0; j < 3; j++)
+            for (int hh = 0; hh < 2; hh++)
+                for (int qq = 0; qq < 2; qq++) {
+                    const __m512i x = _mm512_or_si512(_mm512_permutex2var_epi8(idx[0][hh], sel[qq][j], idx[1][hh]), pc[j]);
+                    _mm512_store_si512(w + j * PYLUT_TILE_M + 32 * hh + 16 * qq, _mm512_permutex2var_epi8(tlo, x, thi));
+                }
+    }
+}
+#endif
+
 /* ------------------------------------------------------------------ float parameters */
 
 #define PV __m512
