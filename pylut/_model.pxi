@@ -160,7 +160,7 @@ cdef class KVPool:
             raise ValueError("no full kv head to page (or a bad kv type)")
         if max_blocks < 1:
             raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
-        self.p = pylut_kv_pool_create(self.block_bytes, max_blocks)
+        self.p = pylut_kv_pool_create(&model.m, code, fp, max_blocks)
         if self.p == NULL:
             raise MemoryError("could not create a KV block pool")
         self.model = model

@@ -163,7 +163,7 @@ cdef extern from "pylut/model.h" nogil:
         PYLUT_KV_PAGE
 
     int64_t pylut_kv_block_bytes(const pylut_model *m, int kv_type, const uint8_t *streaming)
-    pylut_kv_pool *pylut_kv_pool_create(int64_t block_bytes, int64_t max_blocks)
+    pylut_kv_pool *pylut_kv_pool_create(const pylut_model *m, int kv_type, const uint8_t *streaming, int64_t max_blocks)
     void pylut_kv_pool_free(pylut_kv_pool *p)
     int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks)
     int64_t pylut_kv_pool_blocks_used(const pylut_kv_pool *p)

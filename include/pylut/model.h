@@ -76,8 +76,9 @@ typedef struct pylut_kv_pool pylut_kv_pool;
 /* Bytes of one block for sessions of m with this kv type and streaming plan (NULL: every
  * head full): the sessions that may share a pool. 0 for a bad type or no full head. */
 int64_t pylut_kv_block_bytes(const pylut_model *m, int kv_type, const uint8_t *streaming);
-/* A pool of blocks of block_bytes each, at most max_blocks in use at once. Thread-safe. */
-pylut_kv_pool *pylut_kv_pool_create(int64_t block_bytes, int64_t max_blocks);
+/* A pool of blocks for sessions of m with this kv type and streaming plan (NULL: every
+ * head full), pylut_kv_block_bytes each, at most max_blocks in use at once. Thread-safe. */
+pylut_kv_pool *pylut_kv_pool_create(const pylut_model *m, int kv_type, const uint8_t *streaming, int64_t max_blocks);
 /* Drop the creator's handle; the pool goes when its last state is freed too. */
 void pylut_kv_pool_free(pylut_kv_pool *p);
 int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks);
