@@ -24,8 +24,8 @@
 #define CHUNK_MIN 16                  /* ... but at least 256 positions per stream */
 #define CHUNK_MAX 256                 /* and no more than 4,096 (a chunk is freed only empty) */
 #define RUN_AFTER 8                   /* a session starting a new run of ids wants this many free */
-#define RUN_GAP 8                     /* ... and this many free before them, where another
-                                       * session's run may still be growing */
+#define RUN_GAP 32                    /* ... and this many free before them, where another
+                                       * session's run may still be growing (512 positions) */
 
 struct pylut_kv_pool {
     pthread_mutex_t mu;        /* guards every field below but the sizes, and every block */
@@ -107,7 +107,16 @@ void kvp_pool_retain(pylut_kv_pool *p) {
 }
 
 int64_t kvp_run_bytes(const pylut_kv_pool *p) { return p ? p->run_bytes : 0; }
-int64_t kvp_chunk_blocks(const pylut_kv_pool *p) { return p ? p->chunk_blocks : 0; }
+int64_t pylut_kv_pool_chunk_blocks(const pylut_kv_pool *p) { return p ? p->chunk_blocks : 0; }
+
+int64_t pylut_kv_pool_bytes_reserved(const pylut_kv_pool *p) {
+    if (!p) return 0;
+    pthread_mutex_lock((pthread_mutex_t *)&p->mu);
+    int64_t n = 0;
+    for (int64_t c = 0; c < p->n_chunks; c++) n += p->chunks[c] != NULL;
+    pthread_mutex_unlock((pthread_mutex_t *)&p->mu);
+    return n * p->chunk_blocks * p->block_bytes;
+}
 
 int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks) {
     if (!p || max_blocks < 1) return PYLUT_EINVAL;
@@ -277,6 +286,10 @@ int64_t pylut_state_blocks_held(const pylut_state *s) {
 }
 
 int64_t pylut_state_stream_bytes(const pylut_state *s) { return s ? s->stream_kv_bytes : 0; }
+
+int64_t pylut_state_block_id(const pylut_state *s, int64_t i) {
+    return s && s->n_full && i >= 0 && i < s->n_blocks ? s->bids[i] : -1;
+}
 
 /* ------------------------------------------------------------------ rows in and out */
 

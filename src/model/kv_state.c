@@ -129,7 +129,7 @@ static int kv_alloc(pylut_state *s, const pylut_model *m, const uint8_t *streami
         } else if (!(s->pool = pylut_kv_pool_create(m, s->kv_type, streaming, s->n_blocks))) {
             return PYLUT_ENOMEM;
         }
-        chunk = kvp_chunk_blocks(s->pool);
+        chunk = pylut_kv_pool_chunk_blocks(s->pool);
         s->block_span = chunk * s->block_bytes;
     }
     int64_t full = 0, stream = 0;

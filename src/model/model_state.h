@@ -153,9 +153,8 @@ void kvp_release_from(pylut_state *s, int64_t p);
 void kvp_share(pylut_state *dst, const pylut_state *src, int64_t n_pos);
 /* Take a reference on the pool for a state (NULL-safe); pylut_kv_pool_free drops it. */
 void kvp_pool_retain(pylut_kv_pool *p);
-/* The pool's layout: bytes of one run (PYLUT_KV_PAGE rows of a head), and C, the blocks of
- * a chunk: run q of a block sits q * C * run bytes after its first (0 for NULL). */
+/* Bytes of one run of the pool's blocks (PYLUT_KV_PAGE rows of a head); 0 for NULL. Run q
+ * of a block sits q * pylut_kv_pool_chunk_blocks * run bytes after its first. */
 int64_t kvp_run_bytes(const pylut_kv_pool *p);
-int64_t kvp_chunk_blocks(const pylut_kv_pool *p);
 
 #endif
