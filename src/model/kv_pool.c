@@ -20,7 +20,8 @@
  * lost 29 % to it. A state's block table holds the address of piece 0 and its kv_off adds
  * q * C * run, so the attention driver reads it as it read whole blocks. */
 #define CHUNK_ALIGN 4096              /* runs of 4 KiB (head size 128, f16) start on a page */
-#define CHUNK_TARGET ((int64_t)16 << 20) /* bytes of a chunk: fewer, longer streams ... */
+#define CHUNK_TARGET ((int64_t)16 << 20) /* bytes of a chunk: longer streams ... (a chunk of a
+                                       * whole 3,500-position context measured no faster) */
 #define CHUNK_MIN 16                  /* ... but at least 256 positions per stream */
 #define CHUNK_MAX 256                 /* and no more than 4,096 (a chunk is freed only empty) */
 #define RUN_AFTER 8                   /* a session starting a new run of ids wants this many free */
@@ -32,6 +33,9 @@ struct pylut_kv_pool {
     int64_t block_bytes;       /* [2][full heads][PYLUT_KV_PAGE][row_bytes] of one block */
     int64_t run_bytes;         /* one piece: PYLUT_KV_PAGE rows of one head */
     int64_t chunk_blocks;      /* C above */
+    int64_t piece_bytes;       /* from piece q of a chunk to piece q + 1: C * run (padding
+                                * between pieces, to spread the streams' address bits, measured
+                                * slower: runs then straddle pages) */
     int64_t max_blocks;        /* cap on blocks in use: past it, PYLUT_EFULL */
     int64_t used, peak;        /* blocks in use now (shared ones once), the most so far */
     int64_t handles;           /* the creator's handle + one per state drawing on the pool */
@@ -78,6 +82,7 @@ pylut_kv_pool *pylut_kv_pool_create(const pylut_model *m, int kv_type, const uin
     int64_t c = CHUNK_TARGET / block_bytes;
     c = c < CHUNK_MIN ? CHUNK_MIN : c > CHUNK_MAX ? CHUNK_MAX : c;
     p->chunk_blocks = c < max_blocks ? c : max_blocks; /* a small private pool: one chunk, its size */
+    p->piece_bytes = p->chunk_blocks * run;
     p->max_blocks = max_blocks;
     p->handles = 1;
     return p;
@@ -107,6 +112,7 @@ void kvp_pool_retain(pylut_kv_pool *p) {
 }
 
 int64_t kvp_run_bytes(const pylut_kv_pool *p) { return p ? p->run_bytes : 0; }
+int64_t kvp_piece_bytes(const pylut_kv_pool *p) { return p ? p->piece_bytes : 0; }
 int64_t pylut_kv_pool_chunk_blocks(const pylut_kv_pool *p) { return p ? p->chunk_blocks : 0; }
 
 int64_t pylut_kv_pool_bytes_reserved(const pylut_kv_pool *p) {
@@ -115,7 +121,7 @@ int64_t pylut_kv_pool_bytes_reserved(const pylut_kv_pool *p) {
     int64_t n = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) n += p->chunks[c] != NULL;
     pthread_mutex_unlock((pthread_mutex_t *)&p->mu);
-    return n * p->chunk_blocks * p->block_bytes;
+    return n * p->piece_bytes * (p->block_bytes / p->run_bytes);
 }
 
 int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks) {
@@ -191,7 +197,7 @@ static int chunk_ensure(pylut_kv_pool *p, int64_t c) {
     }
     if (p->chunks[c]) return PYLUT_OK;
     void *raw = NULL;
-    if (posix_memalign(&raw, CHUNK_ALIGN, (size_t)(C * p->block_bytes)) != 0) return PYLUT_ENOMEM;
+    if (posix_memalign(&raw, CHUNK_ALIGN, (size_t)(p->piece_bytes * (p->block_bytes / p->run_bytes))) != 0) return PYLUT_ENOMEM;
     p->chunks[c] = raw;
     return PYLUT_OK;
 }
@@ -203,7 +209,7 @@ static int block_new_locked(pylut_kv_pool *p, int64_t src, int64_t prev, int64_t
     const int64_t C = p->chunk_blocks, id = pick_id(p, prev);
     const int rc = chunk_ensure(p, id / C);
     if (rc != PYLUT_OK) return rc;
-    const int64_t pieces = p->block_bytes / p->run_bytes, stride = C * p->run_bytes;
+    const int64_t pieces = p->block_bytes / p->run_bytes, stride = p->piece_bytes;
     uint8_t *d = block_at(p, id);
     const uint8_t *s = src >= 0 ? block_at(p, src) : NULL;
     for (int64_t q = 0; q < pieces; q++) {

@@ -114,7 +114,7 @@ static int kv_alloc(pylut_state *s, const pylut_model *m, const uint8_t *streami
     for (int64_t i = 0; i < n_heads; i++) s->n_full += !(streaming && streaming[i]);
     const int64_t run = PYLUT_KV_PAGE * s->row_bytes; /* one head's rows in a block */
     s->block_bytes = 2 * (int64_t)s->n_full * run;
-    int64_t chunk = 0; /* blocks of a pool chunk: run q of a block is q * chunk runs on */
+    int64_t piece = 0; /* run q of a block is q * piece bytes after its first */
     if (s->n_full) {
         s->n_blocks = (s->n_ctx + PYLUT_KV_PAGE - 1) / PYLUT_KV_PAGE;
         s->blocks = calloc((size_t)s->n_blocks, sizeof(uint8_t *));
@@ -129,8 +129,8 @@ static int kv_alloc(pylut_state *s, const pylut_model *m, const uint8_t *streami
         } else if (!(s->pool = pylut_kv_pool_create(m, s->kv_type, streaming, s->n_blocks))) {
             return PYLUT_ENOMEM;
         }
-        chunk = pylut_kv_pool_chunk_blocks(s->pool);
-        s->block_span = chunk * s->block_bytes;
+        piece = kvp_piece_bytes(s->pool);
+        s->block_span = 2 * (int64_t)s->n_full * piece;
     }
     int64_t full = 0, stream = 0;
     for (int kv = 0; kv < 2; kv++)
@@ -139,7 +139,7 @@ static int kv_alloc(pylut_state *s, const pylut_model *m, const uint8_t *streami
                 s->kv_off[kv * n_heads + i] = stream;
                 stream += s->stream_slots * s->row_bytes;
             } else {
-                s->kv_off[kv * n_heads + i] = full++ * chunk * run;
+                s->kv_off[kv * n_heads + i] = full++ * piece;
             }
         }
     s->kv_bytes = stream + 2 * (int64_t)s->n_full * s->n_ctx * s->row_bytes;

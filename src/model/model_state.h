@@ -156,5 +156,6 @@ void kvp_pool_retain(pylut_kv_pool *p);
 /* Bytes of one run of the pool's blocks (PYLUT_KV_PAGE rows of a head); 0 for NULL. Run q
  * of a block sits q * pylut_kv_pool_chunk_blocks * run bytes after its first. */
 int64_t kvp_run_bytes(const pylut_kv_pool *p);
+int64_t kvp_piece_bytes(const pylut_kv_pool *p);
 
 #endif
