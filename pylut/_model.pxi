@@ -160,7 +160,7 @@ cdef class KVPool:
             raise ValueError("no full kv head to page (or a bad kv type)")
         if max_blocks < 1:
             raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
-        self.p = pylut_kv_pool_create(self.block_bytes, max_blocks)
+        self.p = pylut_kv_pool_create(&model.m, code, fp, max_blocks)
         if self.p == NULL:
             raise MemoryError("could not create a KV block pool")
         self.model = model
@@ -182,6 +182,18 @@ cdef class KVPool:
     @property
     def blocks_peak(self):
         return int(pylut_kv_pool_blocks_peak(self.p))
+
+    @property
+    def chunk_blocks(self):
+        """Blocks per chunk: the pool takes memory a chunk at a time, each head keeping its
+        rows of a chunk's blocks side by side (a session's consecutive blocks: one stream)."""
+        return int(pylut_kv_pool_chunk_blocks(self.p))
+
+    @property
+    def bytes_reserved(self):
+        """Bytes of the chunks the pool holds now (a chunk goes back once empty); what was
+        never written of them is not resident."""
+        return int(pylut_kv_pool_bytes_reserved(self.p))
 
     @property
     def bytes_used(self):
@@ -335,6 +347,18 @@ cdef class Session:
     def stream_bytes(self):
         """Bytes of the streaming heads' own slots (never shared)."""
         return int(pylut_state_stream_bytes(self.s))
+
+    def block_ids(self):
+        """The pool id of each block this session holds, position order (ids of a shared
+        block are the same in every holder): where its cache sits in the pool's chunks."""
+        cdef int64_t i, n = (self.n_ctx + PYLUT_KV_PAGE - 1) // PYLUT_KV_PAGE
+        out = []
+        for i in range(n):
+            b = pylut_state_block_id(self.s, i)
+            if b < 0:
+                break
+            out.append(int(b))
+        return np.array(out, dtype=np.int64)
 
     def _head_check(self, int layer, int head):
         if not 0 <= layer < self.model.m.n_layers or not 0 <= head < self.model.m.n_kv_heads:

@@ -163,17 +163,20 @@ cdef extern from "pylut/model.h" nogil:
         PYLUT_KV_PAGE
 
     int64_t pylut_kv_block_bytes(const pylut_model *m, int kv_type, const uint8_t *streaming)
-    pylut_kv_pool *pylut_kv_pool_create(int64_t block_bytes, int64_t max_blocks)
+    pylut_kv_pool *pylut_kv_pool_create(const pylut_model *m, int kv_type, const uint8_t *streaming, int64_t max_blocks)
     void pylut_kv_pool_free(pylut_kv_pool *p)
     int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks)
     int64_t pylut_kv_pool_blocks_used(const pylut_kv_pool *p)
     int64_t pylut_kv_pool_blocks_peak(const pylut_kv_pool *p)
     int64_t pylut_kv_pool_max_blocks(const pylut_kv_pool *p)
     int64_t pylut_kv_pool_block_bytes(const pylut_kv_pool *p)
+    int64_t pylut_kv_pool_chunk_blocks(const pylut_kv_pool *p)
+    int64_t pylut_kv_pool_bytes_reserved(const pylut_kv_pool *p)
     pylut_state *pylut_state_create_paged(const pylut_model *m, int n_ctx, int max_batch, int kv_type,
                                           const uint8_t *streaming, int sink, int window, pylut_kv_pool *pool)
     int64_t pylut_state_blocks_held(const pylut_state *s)
     int64_t pylut_state_stream_bytes(const pylut_state *s)
+    int64_t pylut_state_block_id(const pylut_state *s, int64_t i)
     int pylut_state_read_rows(const pylut_state *s, int kv, int l, int h, int64_t slot0, int64_t n, uint8_t *buf,
                               int64_t buf_bytes)
     int pylut_state_write_rows(pylut_state *s, int kv, int l, int h, int64_t slot0, int64_t n, const uint8_t *buf,

@@ -247,3 +247,48 @@ def test_a_copy_into_a_full_pool_fails_and_leaves_an_empty_session(tiny):
     assert dst.pos == 3 and pool.blocks_used == 1
     with pytest.raises(ValueError, match="kv type"):
         _core.Session(m.weights, 256, 16, "q8", pool=pool)
+
+
+def _runs(ids):
+    """Runs of consecutive ids (1: the blocks are one stream per head)."""
+    return 1 + int(np.count_nonzero(np.diff(ids) != 1)) if len(ids) else 0
+
+
+def test_a_sessions_blocks_are_one_run_of_ids_per_head_stream(tiny):
+    """The pool keeps each head's rows of neighbouring block ids side by side, so a session
+    whose blocks have consecutive ids reads each head as one stream (what the hardware
+    prefetcher follows at long contexts). A prompt and its decodes draw consecutive ids; a
+    session sharing a prefix starts one run of its own after the shared blocks; two
+    sessions decoding side by side do not interleave their ids (a lowest-free-first pool
+    would alternate them block by block); the memory goes back when the blocks do."""
+    m = pylut.load(tiny, n_ctx=2048)
+    pool = m.kv_pool()
+    assert pool.bytes_reserved == 0
+    a = m.session()
+    prompt = _tokens(20, 500)
+    _greedy(a, prompt, n=40)
+    ids_a = a.state.block_ids()
+    assert len(ids_a) == a.state.blocks_held == -(-a.state.pos // pool.block_len)
+    assert _runs(ids_a) == 1
+    b = m.session()
+    b.eval(prompt[:320] + _tokens(21, 200))  # 320 positions: 20 whole blocks to share
+    assert b.usage()["prompt_tokens_details"]["cached_tokens"] == 320
+    ids_b = b.state.block_ids()
+    np.testing.assert_array_equal(ids_b[:20], ids_a[:20])
+    assert _runs(ids_b[20:]) == 1 and not set(ids_b[20:]) & set(ids_a)
+    c, d = m.session(), m.session()
+    toks = [int(np.argmax(c.eval(_tokens(22, 100)))), int(np.argmax(d.eval(_tokens(23, 100))))]
+    for _ in range(300):  # one token each in turn: both grow a block every 16 steps
+        toks = [int(np.argmax(c.step(toks[0]))), int(np.argmax(d.step(toks[1])))]
+    ids_c, ids_d = c.state.block_ids(), d.state.block_ids()
+    assert len(ids_c) == len(ids_d) == 25
+    assert _runs(ids_c) <= 2 and _runs(ids_d) <= 2, (ids_c, ids_d)
+    held = {int(i) for s in (a, b, c, d) for i in s.state.block_ids()}
+    assert len(held) == pool.blocks_used
+    chunk = pool.chunk_blocks * pool.block_bytes
+    assert 0 < pool.bytes_reserved <= chunk * (max(held) // pool.chunk_blocks + 1)
+    for s in (a, b, c, d):
+        s.close()
+    m.prefix_cache.clear()
+    gc.collect()
+    assert pool.blocks_used == 0 and pool.bytes_reserved == 0

@@ -88,11 +88,14 @@ typedef struct {
      * sits at blocks[p / block_len] + k_off[h] + (p % block_len) * ld (v_off for values).
      * A block holds block_len positions of every full head, so a head's rows within one
      * block are contiguous and the kernel gets one run per block; runs are merged by the
-     * running max/sum/acc the kernel already carries. Streaming heads (heads[]) keep their
-     * own rows. blocks[0 .. ceil(len / block_len)) must all be set. */
+     * running max/sum/acc the kernel already carries. A block's runs need not be side by
+     * side (the model's pool interleaves neighbouring blocks' runs per head): the offsets
+     * say where each is. Streaming heads (heads[]) keep their own rows.
+     * blocks[0 .. ceil(len / block_len)) must all be set. */
     const uint8_t *const *blocks;
     int block_len;
-    int64_t block_bytes;     /* bytes of one block (checked against the offsets) */
+    int64_t block_bytes;     /* bytes from blocks[i] its runs lie within (checked against
+                              * the offsets) */
     const int64_t *k_off, *v_off; /* [n_kv_heads] */
 } pylut_attn_job;
 

@@ -76,8 +76,9 @@ typedef struct pylut_kv_pool pylut_kv_pool;
 /* Bytes of one block for sessions of m with this kv type and streaming plan (NULL: every
  * head full): the sessions that may share a pool. 0 for a bad type or no full head. */
 int64_t pylut_kv_block_bytes(const pylut_model *m, int kv_type, const uint8_t *streaming);
-/* A pool of blocks of block_bytes each, at most max_blocks in use at once. Thread-safe. */
-pylut_kv_pool *pylut_kv_pool_create(int64_t block_bytes, int64_t max_blocks);
+/* A pool of blocks for sessions of m with this kv type and streaming plan (NULL: every
+ * head full), pylut_kv_block_bytes each, at most max_blocks in use at once. Thread-safe. */
+pylut_kv_pool *pylut_kv_pool_create(const pylut_model *m, int kv_type, const uint8_t *streaming, int64_t max_blocks);
 /* Drop the creator's handle; the pool goes when its last state is freed too. */
 void pylut_kv_pool_free(pylut_kv_pool *p);
 int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks);
@@ -87,6 +88,12 @@ int64_t pylut_kv_pool_blocks_used(const pylut_kv_pool *p);
 int64_t pylut_kv_pool_blocks_peak(const pylut_kv_pool *p);
 int64_t pylut_kv_pool_max_blocks(const pylut_kv_pool *p);
 int64_t pylut_kv_pool_block_bytes(const pylut_kv_pool *p);
+/* The pool takes memory in chunks of this many blocks, each (k/v, layer, full head) keeping
+ * its rows of a chunk's blocks side by side, so a session's consecutive block ids are one
+ * stream per head; a chunk goes back once none of its blocks is in use. Bytes of the
+ * chunks held now (written or not: memory never written is not resident). */
+int64_t pylut_kv_pool_chunk_blocks(const pylut_kv_pool *p);
+int64_t pylut_kv_pool_bytes_reserved(const pylut_kv_pool *p);
 
 /* Check every shape and pointer of *m; PYLUT_EINVAL with a static reason in *why. */
 int pylut_model_check(const pylut_model *m, const char **why);
@@ -107,6 +114,9 @@ pylut_state *pylut_state_create_paged(const pylut_model *m, int n_ctx, int max_b
 /* Blocks this state references (shared ones included) and its streaming heads' bytes. */
 int64_t pylut_state_blocks_held(const pylut_state *s);
 int64_t pylut_state_stream_bytes(const pylut_state *s);
+/* The pool id of the block holding positions [i * PYLUT_KV_PAGE, (i + 1) * PYLUT_KV_PAGE),
+ * -1 when it has none (or i is out of range); a shared block has one id. */
+int64_t pylut_state_block_id(const pylut_state *s, int64_t i);
 void pylut_state_free(pylut_state *s);
 int pylut_state_pos(const pylut_state *s);
 /* Prefill chunks of many tokens go through the int8 prefill GEMM where it is faster

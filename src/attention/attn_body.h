@@ -213,8 +213,11 @@ static ALWAYS_INLINE void attn_rows(int type, int hd, int hd_pad, const uint8_t 
         const int nk = j1 - jb < B ? j1 - jb : B;
         /* this step's key and value rows: one run of nk rows ld apart */
         const uint8_t *kb = kp ? kp[jb / B] : k + (int64_t)jb * ld, *vb = vp ? vp[jb / B] : v + (int64_t)jb * ld;
-        if (kp && jb + 2 * B < j1) { /* paged: the run after next is elsewhere; touch its first
-                                      * lines so the hardware prefetcher has found it in time */
+        /* paged: where the run after next does not follow the next one in memory (another
+         * chunk of the pool, another session's block), touch its first lines so the hardware
+         * prefetcher has found it in time; a run that follows on is already being streamed,
+         * and prefetching it anyway measured ~4 % slower decode at 3,500 positions */
+        if (kp && jb + 2 * B < j1 && (kp[jb / B + 2] != kp[jb / B + 1] + B * ld || vp[jb / B + 2] != vp[jb / B + 1] + B * ld)) {
             const uint8_t *kn = kp[jb / B + 2], *vn = vp[jb / B + 2];
             for (int o = 0; o < 4 * 64; o += 64) {
                 __builtin_prefetch(kn + o);

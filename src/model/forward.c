@@ -414,7 +414,7 @@ static int run_step(pylut_pool *pool, const pylut_model *m, pylut_state *w, pylu
         j->ld = q->row_bytes; /* full heads through the block table, streaming ones through heads */
         j->blocks = (const uint8_t *const *)q->blocks;
         j->block_len = PYLUT_KV_PAGE;
-        j->block_bytes = q->block_bytes;
+        j->block_bytes = q->block_span;
         j->k_off = q->kv_off;
         j->v_off = q->kv_off + (int64_t)q->n_layers * q->n_kv_heads;
         j->len = q->pos + cnt;

@@ -91,8 +91,9 @@ void pylut_state_free(pylut_state *s) {
         lut_batch_free(&s->sets[i].tables);
         lut_batch_free(&s->sets[i].act);
     }
-    if (s->blocks && s->pool) kvp_release_from(s, 0); /* (no pool: it failed at creation, no block either) */
+    if (s->blocks && s->bids && s->pool) kvp_release_from(s, 0); /* (no pool: it failed at creation, no block either) */
     free(s->blocks);
+    free(s->bids);
     pylut_kv_pool_free(s->pool); /* this state's handle */
     free(s->stream_kv); free(s->kv_off); free(s->heads); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
@@ -103,14 +104,34 @@ void pylut_state_free(pylut_state *s) {
     free(s);
 }
 
-/* The cache's layout: full heads' offsets within a block and a block table of n_ctx
- * positions (blocks come on demand), streaming heads' slots in one private allocation. */
-static int kv_alloc(pylut_state *s, const uint8_t *streaming, pylut_kv_pool *pool) {
+/* The cache's layout: a block table of n_ctx positions (blocks come on demand) and each
+ * full head's run within a block, as the pool lays blocks out; streaming heads' slots in
+ * one private allocation. */
+static int kv_alloc(pylut_state *s, const pylut_model *m, const uint8_t *streaming, pylut_kv_pool *pool) {
     const int64_t n_heads = (int64_t)s->n_layers * s->n_kv_heads;
     s->kv_off = malloc((size_t)(2 * n_heads) * sizeof(int64_t));
     if (!s->kv_off) return PYLUT_ENOMEM;
     for (int64_t i = 0; i < n_heads; i++) s->n_full += !(streaming && streaming[i]);
     const int64_t run = PYLUT_KV_PAGE * s->row_bytes; /* one head's rows in a block */
+    s->block_bytes = 2 * (int64_t)s->n_full * run;
+    int64_t piece = 0; /* run q of a block is q * piece bytes after its first */
+    if (s->n_full) {
+        s->n_blocks = (s->n_ctx + PYLUT_KV_PAGE - 1) / PYLUT_KV_PAGE;
+        s->blocks = calloc((size_t)s->n_blocks, sizeof(uint8_t *));
+        s->bids = malloc((size_t)s->n_blocks * sizeof(int64_t));
+        if (!s->blocks || !s->bids) return PYLUT_ENOMEM;
+        for (int i = 0; i < s->n_blocks; i++) s->bids[i] = -1;
+        if (pool) {
+            if (pylut_kv_pool_block_bytes(pool) != s->block_bytes || kvp_run_bytes(pool) != run)
+                return PYLUT_EINVAL; /* another layout's pool */
+            kvp_pool_retain(pool);
+            s->pool = pool;
+        } else if (!(s->pool = pylut_kv_pool_create(m, s->kv_type, streaming, s->n_blocks))) {
+            return PYLUT_ENOMEM;
+        }
+        piece = kvp_piece_bytes(s->pool);
+        s->block_span = 2 * (int64_t)s->n_full * piece;
+    }
     int64_t full = 0, stream = 0;
     for (int kv = 0; kv < 2; kv++)
         for (int64_t i = 0; i < n_heads; i++) {
@@ -118,25 +139,12 @@ static int kv_alloc(pylut_state *s, const uint8_t *streaming, pylut_kv_pool *poo
                 s->kv_off[kv * n_heads + i] = stream;
                 stream += s->stream_slots * s->row_bytes;
             } else {
-                s->kv_off[kv * n_heads + i] = full++ * run;
+                s->kv_off[kv * n_heads + i] = full++ * piece;
             }
         }
-    s->block_bytes = 2 * (int64_t)s->n_full * run;
     s->kv_bytes = stream + 2 * (int64_t)s->n_full * s->n_ctx * s->row_bytes;
     s->stream_kv_bytes = stream;
     if (stream && !(s->stream_kv = calloc((size_t)stream, 1))) return PYLUT_ENOMEM;
-    if (s->n_full) {
-        s->n_blocks = (s->n_ctx + PYLUT_KV_PAGE - 1) / PYLUT_KV_PAGE;
-        s->blocks = calloc((size_t)s->n_blocks, sizeof(uint8_t *));
-        if (!s->blocks) return PYLUT_ENOMEM;
-        if (pool) {
-            if (pylut_kv_pool_block_bytes(pool) != s->block_bytes) return PYLUT_EINVAL; /* another layout's pool */
-            kvp_pool_retain(pool);
-            s->pool = pool;
-        } else if (!(s->pool = pylut_kv_pool_create(s->block_bytes, s->n_blocks))) {
-            return PYLUT_ENOMEM;
-        }
-    }
     if (!streaming) return PYLUT_OK;
     s->heads = calloc((size_t)n_heads, sizeof(pylut_attn_head));
     if (!s->heads) return PYLUT_ENOMEM;
@@ -191,7 +199,7 @@ pylut_state *pylut_state_create_paged(const pylut_model *m, int n_ctx, int max_b
     const int64_t stream_need = (int64_t)s->sink + s->window + max_batch;
     s->stream_slots = stream_need < n_ctx ? stream_need : n_ctx;
     size_t B = (size_t)max_batch;
-    const int kv_rc = kv_alloc(s, streaming, pool);
+    const int kv_rc = kv_alloc(s, m, streaming, pool);
     s->x = malloc(B * m->dim * sizeof(float));
     s->xb = malloc(B * (m->dim > s->q_dim ? m->dim : s->q_dim) * sizeof(float));
     s->q = malloc(B * s->q_dim * sizeof(float));

@@ -42,21 +42,27 @@ struct pylut_state {
     int q_dim, kv_dim, n_layers, n_kv_heads, kv_type;
     int64_t row_bytes;         /* one cached head vector (pylut_kv_row_bytes) */
     /* Full heads live in blocks of PYLUT_KV_PAGE positions from a pool shared by the sessions
-     * of a model (kv_pool.c): a block is [2][n_full][PYLUT_KV_PAGE][row_bytes], keys then
-     * values of every full head, so one table per session covers every layer. Blocks are
-     * shared by reference between sessions holding the same prefix and copied before a
-     * write while shared. Invariant: blocks[0 .. ceil(pos / PYLUT_KV_PAGE)) are all set. */
+     * of a model (kv_pool.c): a block is PYLUT_KV_PAGE rows of every full head, keys then
+     * values, so one table per session covers every layer. Blocks are shared by reference
+     * between sessions holding the same prefix and copied before a write while shared.
+     * A block's runs (one head's PYLUT_KV_PAGE rows) are not side by side: the pool keeps
+     * each head's runs of neighbouring block ids together (kv_pool.c, "Layout"), and
+     * kv_off says where a head's run is from the block's first one.
+     * Invariant: blocks[0 .. ceil(pos / PYLUT_KV_PAGE)) are all set. */
     pylut_kv_pool *pool;       /* NULL when no head is full (nothing paged) */
     int n_full;                /* full (non-streaming) kv heads over all layers */
-    int64_t block_bytes;       /* 2 * n_full * PYLUT_KV_PAGE * row_bytes */
-    uint8_t **blocks;          /* [n_blocks]: each block's rows, or NULL (not yet needed) */
+    int64_t block_bytes;       /* 2 * n_full * PYLUT_KV_PAGE * row_bytes: a block's rows */
+    int64_t block_span;        /* bytes from a block's first run that its runs reach within
+                                * (the attention job's block_bytes, checked against kv_off) */
+    uint8_t **blocks;          /* [n_blocks]: each block's first run, or NULL (not yet needed) */
+    int64_t *bids;             /* [n_blocks]: each block's id in the pool, or -1 */
     int n_blocks;              /* ceil(n_ctx / PYLUT_KV_PAGE) */
     /* Streaming heads keep their compacted slots in one private allocation (they are small
      * and rewritten in place by the compaction, so sharing them would buy nothing) */
     uint8_t *stream_kv;        /* [2][streaming heads][stream_slots][row_bytes] */
     int64_t stream_kv_bytes;
     int64_t kv_bytes;          /* what the cache would take at n_ctx (capacity, not use) */
-    int64_t *kv_off;           /* [2][n_layers][n_kv_heads]: a full head's byte offset in a block,
+    int64_t *kv_off;           /* [2][n_layers][n_kv_heads]: a full head's run from a block's first,
                                 * a streaming head's slot 0 in stream_kv */
     /* streaming heads (NULL heads: none, every slot is its position): a streaming head keeps
      * positions [0, sink) in slots [0, sink) and positions stream_base.. from slot sink on, in
@@ -148,5 +154,9 @@ void kvp_release_from(pylut_state *s, int64_t p);
 void kvp_share(pylut_state *dst, const pylut_state *src, int64_t n_pos);
 /* Take a reference on the pool for a state (NULL-safe); pylut_kv_pool_free drops it. */
 void kvp_pool_retain(pylut_kv_pool *p);
+/* Bytes of one run of the pool's blocks (PYLUT_KV_PAGE rows of a head); 0 for NULL. Run q
+ * of a block sits q * pylut_kv_pool_chunk_blocks * run bytes after its first. */
+int64_t kvp_run_bytes(const pylut_kv_pool *p);
+int64_t kvp_piece_bytes(const pylut_kv_pool *p);
 
 #endif
