@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "vnni_ops.h"
 
 /* tokens held at once (their float sums [tokens][64] stay in L1); more tokens take passes */
 #define FEW_MAX 16
@@ -37,28 +38,10 @@ static inline int row_of(int bits, int z, int d) {
     return 8 * (d >> 2) + 4 * (z >> 1) + 2 * ((d >> 1) & 1) + (z & 1) + 32 * h;
 }
 
-/* acc += u8 w . s8 x per dword lane (inline asm, as prefill_vnni_body.h: GCC 12's intrinsic
- * copies registers around every call) */
-static inline __attribute__((always_inline)) __m512i dpbusd(__m512i acc, __m512i w, __m512i x) {
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
-    return acc;
-}
-
-/* Each qword's 8x8 bit matrix transposed (out byte j bit i = bit j of in byte i) by GFNI,
- * the qword byte-reversed first because the affine matrix's byte 7 - i feeds output bit i */
-static inline __m512i transpose_bits(__m512i x) {
-    const __m512i reverse = _mm512_set_epi8(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
-                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
-                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
-                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm512_gf2p8affine_epi64_epi8(_mm512_set1_epi64(0x8040201008040201ll),
-                                         _mm512_shuffle_epi8(x, reverse), 0);
-}
-
 /* One k-group (4 weights x 64 rows) of b planes at blk into w[4], rows in row_of order */
 static inline __attribute__((always_inline)) void decode(const uint8_t *blk, int bits, __m512i w[4]) {
     if (bits == 2) { /* word a = planes 0, 1 of rows a, a + 32: a qword is four row pairs */
-        const __m512i t = transpose_bits(_mm512_loadu_si512(blk)), m3 = _mm512_set1_epi8(3);
+        const __m512i t = transpose_bits_gfni(_mm512_loadu_si512(blk)), m3 = _mm512_set1_epi8(3);
         w[0] = _mm512_and_si512(t, m3);
         w[1] = _mm512_and_si512(_mm512_srli_epi16(t, 2), m3);
         w[2] = _mm512_and_si512(_mm512_srli_epi16(t, 4), m3);
@@ -69,8 +52,8 @@ static inline __attribute__((always_inline)) void decode(const uint8_t *blk, int
     const __m512i v0 = _mm512_loadu_si512(blk);
     const __m512i v1 = bits == 4 ? _mm512_loadu_si512(blk + 64)
                                  : _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 64)));
-    const __m512i lo = transpose_bits(_mm512_unpacklo_epi16(v0, v1));
-    const __m512i hi = transpose_bits(_mm512_unpackhi_epi16(v0, v1));
+    const __m512i lo = transpose_bits_gfni(_mm512_unpacklo_epi16(v0, v1));
+    const __m512i hi = transpose_bits_gfni(_mm512_unpackhi_epi16(v0, v1));
     const __m512i m15 = _mm512_set1_epi8(15);
     w[0] = _mm512_and_si512(lo, m15);
     w[1] = _mm512_and_si512(_mm512_srli_epi16(lo, 4), m15);

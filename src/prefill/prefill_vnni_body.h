@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "vnni_ops.h"
 
 /* ------------------------------------------------------------------ unpacking */
 
@@ -15,17 +16,7 @@
  * qword holding plane bytes 0..7 (low nibbles row a, high nibbles row a+32) becomes the
  * codes of row a's 4 weights (bytes 0..3) and row a+32's (bytes 4..7). */
 #if PREFILL_GFNI
-/* GFNI's affine transform multiplies each data byte by the qword's bit matrix, whose output
- * bit i reads matrix byte 7-i: with data byte j = 1 << j and the qword byte-reversed as the
- * matrix, out byte j bit i = bit j of byte i. Two instructions for the swaps' twelve. */
-static inline __m512i transpose_bits(__m512i x) {
-    const __m512i reverse = _mm512_set_epi8(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
-                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
-                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
-                                            8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm512_gf2p8affine_epi64_epi8(_mm512_set1_epi64(0x8040201008040201ll),
-                                         _mm512_shuffle_epi8(x, reverse), 0);
-}
+#define transpose_bits transpose_bits_gfni /* vnni_ops.h */
 #else
 /* three delta swaps (Hacker's Delight's transpose8) */
 static inline __m512i transpose_bits(__m512i x) {
@@ -152,13 +143,6 @@ static inline __attribute__((always_inline)) void group_epilogue(__m512i a0, __m
     }
 }
 
-/* acc += u8 w . s8 x per dword lane. Inline asm, not _mm512_dpbusd_epi32: GCC 12 ties the
- * intrinsic's accumulator so badly that a 16-accumulator loop spent a third of its
- * instructions on register copies (perf annotate); the asm leaves allocation free. */
-static inline __attribute__((always_inline)) __m512i dpbusd(__m512i acc, __m512i w, __m512i x) {
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
-    return acc;
-}
 #define BCAST(p) _mm512_broadcastd_epi32(_mm_loadu_si32(p))
 #define DOT4(A, X)                                                      \
     A##0 = dpbusd(A##0, w0, X), A##1 = dpbusd(A##1, w1, X), \
