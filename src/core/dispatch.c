@@ -226,7 +226,7 @@ const char *pylut_isa_name(int isa) {
 /* A matrix is trusted only if its fields equal what the layout function computes. */
 static int qmatrix_ok(const pylut_qmatrix *qm) {
     pylut_qmatrix ref;
-    if (!qm || !qm->codes || qm->post == 0.0f || qm->post - qm->post != 0.0f) return 0; /* NaN, inf fail */
+    if (!qm || !qm->codes || !pylut_post_ok(qm->post)) return 0;
     if (pylut_qmatrix_layout(&ref, qm->type, qm->m, qm->k, qm->group, qm->has_bias) != PYLUT_OK) return 0;
     if (qm->type == PYLUT_TYPE_F16) /* no scales, no super-blocks: the shape is everything */
         return ref.m_pad == qm->m_pad && ref.k_pad == qm->k_pad && ref.codes_bytes == qm->codes_bytes &&

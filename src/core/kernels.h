@@ -145,6 +145,8 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
 /* tokens per pass over an unpacked chunk (each pass re-unpacks): a 128-token prompt chunk
  * unpacks once (32 KB of float sums a pass, in L2) */
 #define PYLUT_I8_TOKENS 128
+/* A matrix's float32 post-scale: finite and non-zero (x - x is 0 only for finite x) */
+static inline int pylut_post_ok(float post) { return post != 0.0f && post - post == 0.0f; }
 /* T3 takes the int8 kernels when its groups are whole k-groups of 4 and whole pairs of
  * triples (no padded triple: a multiple of 12) and fit one chunk; the 2B4T loader's 192 does */
 static inline int pylut_t3_i8_group(int group) { return group % 12 == 0 && group <= PYLUT_I8_CHUNK; }

@@ -106,8 +106,7 @@ int pylut_qmatrix_set_super(pylut_qmatrix *qm, int super) {
 }
 
 int pylut_qmatrix_set_post(pylut_qmatrix *qm, float post) {
-    /* (x - x is 0 only for finite x) */
-    if (!qm || post == 0.0f || post - post != 0.0f) return PYLUT_EINVAL;
+    if (!qm || !pylut_post_ok(post)) return PYLUT_EINVAL;
     qm->post = post;
     return PYLUT_OK;
 }

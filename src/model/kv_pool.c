@@ -45,6 +45,9 @@ struct pylut_kv_pool {
     int64_t *refs;             /* [n_chunks * C]: each id's reference count, 0: free */
 };
 
+/* Bytes of one chunk: every piece of its chunk_blocks blocks */
+static int64_t chunk_bytes(const pylut_kv_pool *p) { return p->piece_bytes * (p->block_bytes / p->run_bytes); }
+
 /* Piece 0 of block id (its chunk present) */
 static uint8_t *block_at(const pylut_kv_pool *p, int64_t id) {
     return p->chunks[id / p->chunk_blocks] + (id % p->chunk_blocks) * p->run_bytes;
@@ -121,7 +124,7 @@ int64_t pylut_kv_pool_bytes_reserved(const pylut_kv_pool *p) {
     int64_t n = 0;
     for (int64_t c = 0; c < p->n_chunks; c++) n += p->chunks[c] != NULL;
     pthread_mutex_unlock((pthread_mutex_t *)&p->mu);
-    return n * p->piece_bytes * (p->block_bytes / p->run_bytes);
+    return n * chunk_bytes(p);
 }
 
 int pylut_kv_pool_set_max_blocks(pylut_kv_pool *p, int64_t max_blocks) {
@@ -197,7 +200,7 @@ static int chunk_ensure(pylut_kv_pool *p, int64_t c) {
     }
     if (p->chunks[c]) return PYLUT_OK;
     void *raw = NULL;
-    if (posix_memalign(&raw, CHUNK_ALIGN, (size_t)(p->piece_bytes * (p->block_bytes / p->run_bytes))) != 0) return PYLUT_ENOMEM;
+    if (posix_memalign(&raw, CHUNK_ALIGN, (size_t)chunk_bytes(p)) != 0) return PYLUT_ENOMEM;
     p->chunks[c] = raw;
     return PYLUT_OK;
 }
