@@ -16,7 +16,14 @@ aggregate at 4 clients over 1). --rounds R runs each client count R times, the s
 alternating, and keeps each server's best round (a loaded machine only slows rounds down);
 pylut's rows add how its scheduler spent the run (steps, tokens a step, the share of the
 wall time in steps and between steps while requests waited, from /metrics).
-Standard library only.
+
+--bound also loads the model in this process (before any server starts) and times one
+prompt alone, to print the most `scale_cN` any scheduler could give on this machine: the
+1-client run's wall time over the time of all the run's tokens (prompts and generated) at
+the prompt's own per-token cost, the cheapest a token gets (a prompt chunk is the biggest,
+most compute-efficient step pylut runs; a decode token costs at least that, plus its share
+of the output layer). JSON: prompt_ms, token_ms_min, scale_bound.
+Standard library only (--bound imports pylut from this tree).
 """
 import argparse
 import http.client
@@ -254,6 +261,26 @@ def measure(server, prompts, n, args):
     return row
 
 
+# ---------------------------------------------------------------- the bound
+
+def prompt_cost(args, reps=3):
+    """Best wall time (s) of one --prompt-tokens prompt alone in this process, pylut as the
+    server runs it (same threads, context and chunking), on fixed token ids: the cost of a
+    step does not depend on which ids it holds."""
+    sys.path.insert(0, str(ROOT))
+    import pylut
+    m = pylut.load(args.model, n_threads=args.threads, n_ctx=args.ctx)
+    ids = [100 + i % 1000 for i in range(args.prompt_tokens)]
+    best = float("inf")
+    for _ in range(reps + 1):  # the first pass maps the weights
+        m.reset()
+        t0 = time.perf_counter()
+        m.eval(ids)
+        best = min(best, time.perf_counter() - t0)
+    del m
+    return best
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv=None):
@@ -274,6 +301,8 @@ def main(argv=None):
     ap.add_argument("--no-peer", action="store_true", help="measure pylut only")
     ap.add_argument("--pylut-arg", action="append", default=[], help="extra argument for pylut serve")
     ap.add_argument("--peer-arg", action="append", default=[], help="extra argument for llama-server")
+    ap.add_argument("--bound", action="store_true",
+                    help="also print the most scale_cN any scheduler could reach here (see above)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
@@ -292,6 +321,11 @@ def main(argv=None):
           f"logs in {log_dir}; load average {load_start[0]:.2f}", file=sys.stderr, flush=True)
 
     prompts, out = None, {}
+    if args.bound:
+        prompt_s = prompt_cost(args)
+        out.update(prompt_ms=round(1e3 * prompt_s, 3), token_ms_min=round(1e3 * prompt_s / args.prompt_tokens, 4))
+        print(f"pylut alone: a {args.prompt_tokens}-token prompt {1e3 * prompt_s:.1f} ms, "
+              f"{1e3 * prompt_s / args.prompt_tokens:.2f} ms a token", flush=True)
     for n in clients:
         rounds = {"pylut": [], "peer": []}
         for r in range(args.rounds):
@@ -324,6 +358,7 @@ def main(argv=None):
         for key in ("agg_tps", "ttft_p50", "ttft_p95", "lat_p50", "lat_p95"):
             out[f"{key}_c{n}"] = round(p[key], 4)
             out[f"peer_{key}_c{n}"] = round(q[key], 4) if q else None
+        out[f"wall_s_c{n}"] = round(p["wall_s"], 3)
         out[f"rounds_agg_tps_c{n}"] = [round(row["agg_tps"], 3) for row in rounds["pylut"]]
         out[f"peer_rounds_agg_tps_c{n}"] = [round(row["agg_tps"], 3) for row in rounds["peer"]]
         for key in ("steps", "tokens_per_step", "busy_frac", "idle_frac"):
@@ -335,6 +370,12 @@ def main(argv=None):
                        if "agg_tps_c4" in out and "agg_tps_c1" in out else None)
     if out["scale_c4"] is not None:
         print(f"pylut scale: aggregate at 4 clients / at 1 = {out['scale_c4']:.2f}x")
+    if args.bound and "wall_s_c1" in out:  # every token of the run at the prompt's per-token cost
+        floor_s = n_requests * (args.prompt_tokens + args.gen_tokens) * out["token_ms_min"] / 1e3
+        out["scale_bound"] = round(out["wall_s_c1"] / floor_s, 4)
+        print(f"bound: the 1-client run took {out['wall_s_c1']:.2f} s; all {n_requests} requests' tokens at "
+              f"{out['token_ms_min']:.2f} ms take {floor_s:.2f} s, so no client count can scale past "
+              f"{out['scale_bound']:.2f}x here")
     load_end = os.getloadavg()
     out.update(model=os.path.basename(args.model), threads=args.threads, requests=n_requests,
                prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
