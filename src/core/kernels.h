@@ -194,8 +194,7 @@ void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, in
  * time, alternated): Q4_0 at B = 16 / 20 / 24 took 92 / 116 / 140 ms here against 97 / 109 /
  * 126 through the driver; TQ2_0 (2 planes, 256-weight groups, a cheaper decoding) 109 against
  * 117 ms at B = 32, even at 48 and 64. */
-#define PYLUT_I8_FEW_TO 18
-#define PYLUT_I8_FEW_TO_2BIT 48
+#define PYLUT_I8_FEW_TO_GFNI {{0, 0, 48, 18, 18, 0, 0, 0, 0}, {0, 0, 18, 18, 18, 18, 18, 0, 0}}
 int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm);
 void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                               int64_t ldy, int64_t tile0, int64_t tile1);
