@@ -1,5 +1,5 @@
 """The few-token int8 kernel (src/prefill/prefill_few_gfni.c: batched decode steps of 2..47
-tokens on the AVX-512 VBMI tier): bit-identical to the portable twin for every plain 2..4-plane
+tokens on the AVX-512 VBMI tier): bit-identical to the portable twin for every plain 2..8-plane
 layout and every two-level (K-quant) 2..6-plane one, at token counts on both sides of its 4-token
 blocks, its 16-token passes and the hand-over to the many-token driver (PYLUT_I8_FEW_TO_GFNI: 18,
 plain 2-bit 48), with one- and two-part activations, ragged rows and k, and threads splitting the
@@ -27,7 +27,8 @@ def pair(q, x, split=False, n_threads=1):
 
 
 @pytest.mark.parametrize("mode,bits,group", [("sym", 4, 32), ("zp", 4, 64), ("sym", 3, 32), ("zp", 3, 16),
-                                             ("zp", 2, 32), ("ternary", 2, 256), ("sym", 2, 128)])
+                                             ("zp", 2, 32), ("ternary", 2, 256), ("sym", 2, 128),
+                                             ("sym", 5, 32), ("zp", 6, 16), ("zp", 7, 32), ("sym", 8, 32)])
 def test_few_tokens_equal_the_twin(mode, bits, group):
     rng = np.random.default_rng(bits * 100 + group)
     # 200 rows: a ragged last tile; k 1000: a ragged last group and several 256-wide chunks
@@ -51,7 +52,7 @@ def test_few_tokens_threads_and_extremes():
     """Largest codes against +-max activations (int32 sums far from overflow, but every lane's
     byte at its extreme), zero rows of activations, and two threads sharing the tiles."""
     rng = np.random.default_rng(3)
-    for bits in (2, 3, 4):
+    for bits in range(2, 9):
         codes = np.full((130, 512), (1 << bits) - 1, np.uint8)
         codes[::3] = 0
         s = rng.uniform(0.5, 2.0, (130, 512 // 32)).astype(np.float32)
@@ -125,12 +126,12 @@ def test_few_tokens_two_level_within_the_rounding_bound():
 
 
 def test_model_steps_take_int8_from_two_tokens():
-    """The VBMI tier sends chunks of 2+ tokens of plain 2..4-bit and two-level 3..6-bit matrices
+    """The VBMI tier sends chunks of 2+ tokens of plain 2..8-bit and two-level 3..6-bit matrices
     to the int8 kernel (and one token to the tables); two-level 2-bit (Q2_K) from 32."""
     _core.isa_set("avx512vbmi")
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 256)).astype(np.float32)
-    for bits in (2, 3, 4):
+    for bits in range(2, 9):
         q = pylut.quantize(w, bits=bits, group=32)
         assert not _core.i8_preferred(q, 1) and _core.i8_preferred(q, 2), bits
     for bits in (3, 4, 5, 6):

@@ -135,7 +135,7 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * change). Plain 3-bit from 2 too: 5632x2048-class matrices streamed from DRAM, 0.76x the
  * tables' time at 2 tokens. Two-level scales keep the driver's thresholds (Q2_K steps of
  * 2..8 sequences ran 4-19 % slower through int8). */
-#define PYLUT_I8_FROM_VNNI_GFNI {{0, 0, 2, 2, 2, 4, 4, 4, 4}, {0, 0, 32, 2, 2, 2, 2, 4, 4}}
+#define PYLUT_I8_FROM_VNNI_GFNI {{0, 0, 2, 2, 2, 2, 2, 2, 2}, {0, 0, 32, 2, 2, 2, 2, 4, 4}}
 #define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
 /* NEON sdot (Cortex-A76 and later): AVX2's thresholds, not measured (no ARM hardware here,
  * and qemu's timings say nothing). sdot does 4 products per lane like vpdpbusd, so the int8
@@ -194,7 +194,7 @@ void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, in
  * time, alternated): Q4_0 at B = 16 / 20 / 24 took 92 / 116 / 140 ms here against 97 / 109 /
  * 126 through the driver; TQ2_0 (2 planes, 256-weight groups, a cheaper decoding) 109 against
  * 117 ms at B = 32, even at 48 and 64. */
-#define PYLUT_I8_FEW_TO_GFNI {{0, 0, 48, 18, 18, 0, 0, 0, 0}, {0, 0, 0, 18, 18, 18, 18, 0, 0}}
+#define PYLUT_I8_FEW_TO_GFNI {{0, 0, 48, 18, 18, 18, 18, 18, 18}, {0, 0, 0, 18, 18, 18, 18, 0, 0}}
 int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm);
 void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                               int64_t ldy, int64_t tile0, int64_t tile1);

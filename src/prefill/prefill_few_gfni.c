@@ -7,11 +7,13 @@
  * row order (ten cross-lane permutes and four stores a k-group) and then reads them back for
  * every 4-token block. With 1..8 tokens that unpacking is most of the work (1B Q4_0, Zen 5:
  * ~5 tokens' worth of dot products), so below ~12 tokens the table lookups won. Here a
- * k-group of 2..4 planes is decoded in registers with in-lane shuffles only - two row pairs
+ * k-group of 2..6 planes is decoded in registers with in-lane shuffles only - two row pairs
  * share one 8x8 bit transpose, whose output nibbles (4 bits) or crumbs (2 bits) are masked
- * apart - and goes straight into vpdpbusd for a block of up to 4 tokens. The rows come out
- * in a fixed non-natural order (row_of below): the per-group scales are permuted into it
- * once per group, and the outputs back once per tile. */
+ * apart; planes 4, 5 of K-quants come from one more transpose - and goes straight into
+ * vpdpbusd for a block of up to 4 tokens. The rows come out in a fixed non-natural order
+ * (row_of below): the per-group scales (or two-level sub-values) are permuted into it once
+ * per group, and the outputs back once per tile. The build gives this unit VBMI (vpermb):
+ * only the VBMI tier calls it. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <string.h>
@@ -29,8 +31,9 @@
 
 /* Row of lane d of decoded vector z (z = 0..3, d = 0..15) for b planes. The bit transpose
  * turns a qword of plane bytes of two row-pair words into bytes = codes at k = 4j..4j+3,
- * low nibbles row A (bytes 0..3) and row A + 32 (bytes 4..7), high nibbles (3-4 bits) row
- * B = A + 1; with 2 bits a qword holds four row pairs, one per crumb m. */
+ * low nibbles row A (bytes 0..3) and row A + 32 (bytes 4..7), high nibbles (3-6 bits) row
+ * B = A + 1; with 2 bits a qword holds four row pairs, one per crumb m. 5 and 6 bits keep
+ * the 4-bit order (decode() moves planes 4, 5 into it). */
 static inline int row_of(int bits, int z, int d) {
     const int h = d & 1;
     if (bits == 2) return 4 * (d >> 1) + z + 32 * h;
@@ -60,6 +63,19 @@ static inline __attribute__((always_inline)) void decode(const uint8_t *blk, int
         w[1] = _mm512_and_si512(_mm512_srli_epi16(lo, 4), m15);
         w[2] = _mm512_and_si512(hi, m15);
         w[3] = _mm512_and_si512(_mm512_srli_epi16(hi, 4), m15);
+        return;
+    }
+    if (bits >= 7) { /* planes 4..7 as a second 4-bit decoding, its nibbles the high ones */
+        const __m512i v2 = _mm512_loadu_si512(blk + 128);
+        const __m512i v3 = bits == 8 ? _mm512_loadu_si512(blk + 192)
+                                     : _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 192)));
+        const __m512i lo2 = transpose_bits_gfni(_mm512_unpacklo_epi16(v2, v3));
+        const __m512i hi2 = transpose_bits_gfni(_mm512_unpackhi_epi16(v2, v3));
+        /* bits of a where m15 is set, of b elsewhere: ternary-logic 0xE4 (c ? a : b) */
+        w[0] = _mm512_ternarylogic_epi32(lo, _mm512_slli_epi16(lo2, 4), m15, 0xE4);
+        w[1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(lo, 4), lo2, m15, 0xE4);
+        w[2] = _mm512_ternarylogic_epi32(hi, _mm512_slli_epi16(hi2, 4), m15, 0xE4);
+        w[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(hi, 4), hi2, m15, 0xE4);
         return;
     }
     /* 5, 6 planes: planes 4, 5 (the lone plane 4 as words with a zero plane 5) decoded like
@@ -293,15 +309,16 @@ static void run_blocks(const uint8_t *codes, int bits, const float *s, const flo
     case 4: blocks(codes, 4, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
     case 5: blocks(codes, 5, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
     case 6: blocks(codes, 6, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 7: blocks(codes, 7, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 8: blocks(codes, 8, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
     default: break; /* (pylut_gemm_b_i8_few_fits) */
     }
 }
 
-/* B-type matrices of 2..6 planes, plain or two-level scales (whether a call comes here is
+/* B-type matrices of 2..8 planes, plain or two-level scales (whether a call comes here is
  * pylut_gemm_b_i8_gfni's choice, by PYLUT_I8_FEW_TO_GFNI) */
 int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm) {
-    return qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 && qm->bits >= 2 &&
-           qm->bits <= (qm->super ? 6 : 4);
+    return qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 && qm->bits >= 2 && qm->bits <= 8;
 }
 
 /* y[tok][rows of tiles [tile0, tile1)] for the tokens of act (pylut_gemm_b_i8_few_fits) */
@@ -342,10 +359,9 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
     }
 }
 
-/* The VBMI tier's gemm_b_i8: a few tokens here, the rest (and every matrix of 7+ planes,
- * or 5+ with plain scales) through the many-token driver, whose one unpacking per 128-token
- * pass overtakes this kernel's decoding per 4-token block at PYLUT_I8_FEW_TO_GFNI tokens
- * (kernels.h). */
+/* The VBMI tier's gemm_b_i8: a few tokens here, the rest through the many-token driver,
+ * whose one unpacking per 128-token pass overtakes this kernel's decoding per 4-token block
+ * at PYLUT_I8_FEW_TO_GFNI tokens (kernels.h). */
 void pylut_gemm_b_i8_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                           int64_t tile0, int64_t tile1) {
     static const unsigned char few_to[2][9] = PYLUT_I8_FEW_TO_GFNI;
