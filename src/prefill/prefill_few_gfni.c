@@ -7,13 +7,13 @@
  * row order (ten cross-lane permutes and four stores a k-group) and then reads them back for
  * every 4-token block. With 1..8 tokens that unpacking is most of the work (1B Q4_0, Zen 5:
  * ~5 tokens' worth of dot products), so below ~12 tokens the table lookups won. Here a
- * k-group of 2..6 planes is decoded in registers with in-lane shuffles only - two row pairs
+ * k-group of 2..8 planes is decoded in registers with in-lane shuffles only - two row pairs
  * share one 8x8 bit transpose, whose output nibbles (4 bits) or crumbs (2 bits) are masked
- * apart; planes 4, 5 of K-quants come from one more transpose - and goes straight into
- * vpdpbusd for a block of up to 4 tokens. The rows come out in a fixed non-natural order
- * (row_of below): the per-group scales (or two-level sub-values) are permuted into it once
- * per group, and the outputs back once per tile. The build gives this unit VBMI (vpermb):
- * only the VBMI tier calls it. */
+ * apart; planes 4, 5 (Q5_K, Q6_K) come from one more transpose, planes 4..7 from two - and
+ * goes straight into vpdpbusd for a block of up to 4 tokens. The rows come out in a fixed
+ * non-natural order (row_of below): the per-group scales (or two-level sub-values) are
+ * permuted into it once per group, and the outputs back once per tile. The build gives this
+ * unit VBMI (vpermb): only the VBMI tier calls it. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <string.h>
@@ -31,9 +31,9 @@
 
 /* Row of lane d of decoded vector z (z = 0..3, d = 0..15) for b planes. The bit transpose
  * turns a qword of plane bytes of two row-pair words into bytes = codes at k = 4j..4j+3,
- * low nibbles row A (bytes 0..3) and row A + 32 (bytes 4..7), high nibbles (3-6 bits) row
- * B = A + 1; with 2 bits a qword holds four row pairs, one per crumb m. 5 and 6 bits keep
- * the 4-bit order (decode() moves planes 4, 5 into it). */
+ * low nibbles row A (bytes 0..3) and row A + 32 (bytes 4..7), high nibbles (3+ bits) row
+ * B = A + 1; with 2 bits a qword holds four row pairs, one per crumb m. 5..8 bits keep the
+ * 4-bit order (decode() moves planes 4.. into it). */
 static inline int row_of(int bits, int z, int d) {
     const int h = d & 1;
     if (bits == 2) return 4 * (d >> 1) + z + 32 * h;
@@ -103,6 +103,7 @@ static inline __attribute__((always_inline)) void decode(const uint8_t *blk, int
 static void prefetch_params(const pylut_qmatrix *qm, int64_t t, int64_t g1, int64_t ng) {
     const int64_t groups = qm->k_pad / qm->group;
     if (g1 >= groups) t++, g1 = 0;
+    if (ng > groups - g1) ng = groups - g1; /* (a ragged last chunk is shorter) */
     const int64_t at = (t * groups + g1) * PYLUT_TILE_M, len = ng * PYLUT_TILE_M;
     if (qm->super) {
         const int64_t gps = qm->super / qm->group, supers = qm->k_pad / qm->super;
