@@ -36,7 +36,7 @@ if IS_X86_64:
         "src/prefill/prefill_vnni_gfni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
                                             "-mavx512vl", "-mavx512vnni", "-mgfni", "-mavx512vbmi"],
         "src/prefill/prefill_few_gfni.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
-                                           "-mavx512vl", "-mavx512vnni", "-mgfni"],
+                                           "-mavx512vl", "-mavx512vnni", "-mgfni", "-mavx512vbmi"],
         "src/attention/attn_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
         "src/attention/attn_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl"],
         "src/f16/f16_avx2.c": ["-mavx2", "-mfma", "-mf16c"],

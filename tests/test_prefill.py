@@ -187,8 +187,9 @@ def test_refused_inputs():
 # absent: never (kernels.h PYLUT_I8_FROM_*, measured by tools/bench_prefill.py)
 VNNI_FROM = {(2, False): 16, (3, False): 8, (4, False): 12, (6, False): 4, (8, False): 4,
              (2, True): 32, (3, True): 8, (6, True): 4}
-# with GFNI (the VBMI tier) plain 2..4-bit from 2 tokens: the few-token kernel
-GFNI_FROM = {**VNNI_FROM, (2, False): 2, (3, False): 2, (4, False): 2}
+# with GFNI (the VBMI tier) plain 2..8-bit and two-level 3..6-bit from 2 tokens: the few-token kernel
+GFNI_FROM = {**VNNI_FROM, (2, False): 2, (3, False): 2, (4, False): 2, (6, False): 2, (8, False): 2,
+             (3, True): 2, (6, True): 2}
 AVX2_FROM = {(3, False): 8, (4, False): 8, (6, False): 8, (3, True): 16, (6, True): 16}
 
 

@@ -133,9 +133,22 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * 27.2 / 48 ms against 25.7 / 41.8 / 71.8, TQ2_0 11.0 / 17.8 / 30.6 against 14.3 / 23.5 /
  * 39.1; one token stays on the tables (Q4_0 18.1 against 18.8 ms; and decode's numbers do not
  * change). Plain 3-bit from 2 too: 5632x2048-class matrices streamed from DRAM, 0.76x the
- * tables' time at 2 tokens. Two-level scales keep the driver's thresholds (Q2_K steps of
- * 2..8 sequences ran 4-19 % slower through int8). */
-#define PYLUT_I8_FROM_VNNI_GFNI {{0, 0, 2, 2, 2, 4, 4, 4, 4}, {0, 0, 32, 8, 8, 4, 4, 4, 4}}
+ * tables' time at 2 tokens. Plain 5..8-bit from 2 (the kernel decodes up to 8 planes):
+ * gemma3-1b Q4_K_M, whose Q8_0 head and Q5_0 body are 3/4 of its weights, stepped B = 2 / 3
+ * / 4 sequences in 30 / 31 / 34 ms against 34 / 43 / 35 with Q5_0, Q8_0 on the tables below
+ * 4 tokens and the few-token kernel from 4 (1 thread, CPU time, alternated; 6 and 7 bits,
+ * in no file here, follow 5 and 8).
+ * Two-level 3..6-bit (Q3_K..Q6_K) from 2 as well, through the same kernel: their tables cost
+ * ~a token of lookups per extra sequence and the driver's unpacking ~5 tokens of dot
+ * products. Model steps of B = 2 / 4 / 8 sequences (Zen 5, 1 thread, batchstep.py, median
+ * of 3 alternated rounds at load 2-3.4, against the tables below 8 (4-bit) / 4 (6-bit) and
+ * the driver from there): qwen3-1b Q4_K_M (Q4_K + Q6_K) 40.2 / 57.7 / 101 ms against 52.5 /
+ * 85.0 / 116; 1B Q4_0, whose Q6_K head is its one two-level matrix, 19.8 / 27.6 / 50.0
+ * against 26.8 / 44.6 / 78.0; one token stays on the tables (36.4 / 18.9 against 38.1 /
+ * 18.9). Q3_K from 2: the 1B Q2_K file's 4-sequence steps 29.6 against 32-35 ms. Q2_K stays
+ * on the tables below 32: through int8 its 2-sequence steps ran 8 % slower (its 16-weight
+ * groups' float epilogue outweighs 2-bit lookups). */
+#define PYLUT_I8_FROM_VNNI_GFNI {{0, 0, 2, 2, 2, 2, 2, 2, 2}, {0, 0, 32, 2, 2, 2, 2, 4, 4}}
 #define PYLUT_I8_FROM_AVX2 {{0, 0, 0, 8, 8, 8, 8, 8, 0}, {0, 0, 0, 16, 16, 16, 16, 16, 0}}
 /* NEON sdot (Cortex-A76 and later): AVX2's thresholds, not measured (no ARM hardware here,
  * and qemu's timings say nothing). sdot does 4 products per lane like vpdpbusd, so the int8
@@ -187,15 +200,17 @@ void pylut_gemm_b_i8_vnni(const pylut_qmatrix *qm, const pylut_lut *act, int n, 
                           int64_t ldy, int64_t tile0, int64_t tile1);
 void pylut_gemm_b_i8_vnni_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                                int64_t ldy, int64_t tile0, int64_t tile1);
-/* prefill_few_gfni.c: the int8 GEMM for a few tokens of a plain 2..4-plane matrix,
- * bit-identical to the twin; pylut_gemm_b_i8_gfni (the VBMI tier's gemm_b_i8) routes calls of
- * fewer than PYLUT_I8_FEW_TO tokens (2 planes: _2BIT) to it and the rest to
- * pylut_gemm_b_i8_vnni_gfni. Measured in 1B model steps of B sequences (Zen 5, 1 thread, CPU
- * time, alternated): Q4_0 at B = 16 / 20 / 24 took 92 / 116 / 140 ms here against 97 / 109 /
- * 126 through the driver; TQ2_0 (2 planes, 256-weight groups, a cheaper decoding) 109 against
- * 117 ms at B = 32, even at 48 and 64. */
-#define PYLUT_I8_FEW_TO 18
-#define PYLUT_I8_FEW_TO_2BIT 48
+/* prefill_few_gfni.c: the int8 GEMM for a few tokens of a 2..8-plane matrix (two-level:
+ * 2..6), bit-identical to the twin; pylut_gemm_b_i8_gfni (the VBMI tier's gemm_b_i8) routes
+ * calls of fewer than PYLUT_I8_FEW_TO_GFNI[two-level][bits] tokens to it and the rest to
+ * pylut_gemm_b_i8_vnni_gfni (0: never). Measured in 1B model steps of B sequences (Zen 5, 1
+ * thread, CPU time, alternated): Q4_0 at B = 16 / 20 / 24 took 92 / 116 / 140 ms here against
+ * 97 / 109 / 126 through the driver; TQ2_0 (2 planes, 256-weight groups, a cheaper decoding)
+ * 109 against 117 ms at B = 32, even at 48 and 64. Two-level the same 18: qwen3-1b Q4_K_M at B
+ * = 12 / 16 / 20 / 24 took 133-144 / 171-176 / 219-231 / 261-268 ms here against 150-153 /
+ * 181-183 / 210-213 / 237-246 (two rounds); Q2_K (from 32 tokens) stays on the driver; the
+ * plain 5..8-bit ones of gemma3-1b Q4_K_M took 100-103 ms at B = 16 against 101-106. */
+#define PYLUT_I8_FEW_TO_GFNI {{0, 0, 48, 18, 18, 18, 18, 18, 18}, {0, 0, 0, 18, 18, 18, 18, 0, 0}}
 int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm);
 void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y,
                               int64_t ldy, int64_t tile0, int64_t tile1);

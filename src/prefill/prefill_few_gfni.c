@@ -7,11 +7,13 @@
  * row order (ten cross-lane permutes and four stores a k-group) and then reads them back for
  * every 4-token block. With 1..8 tokens that unpacking is most of the work (1B Q4_0, Zen 5:
  * ~5 tokens' worth of dot products), so below ~12 tokens the table lookups won. Here a
- * k-group of 2..4 planes is decoded in registers with in-lane shuffles only - two row pairs
+ * k-group of 2..8 planes is decoded in registers with in-lane shuffles only - two row pairs
  * share one 8x8 bit transpose, whose output nibbles (4 bits) or crumbs (2 bits) are masked
- * apart - and goes straight into vpdpbusd for a block of up to 4 tokens. The rows come out
- * in a fixed non-natural order (row_of below): the per-group scales are permuted into it
- * once per group, and the outputs back once per tile. */
+ * apart; planes 4, 5 (Q5_K, Q6_K) come from one more transpose, planes 4..7 from two - and
+ * goes straight into vpdpbusd for a block of up to 4 tokens. The rows come out in a fixed
+ * non-natural order (row_of below): the per-group scales (or two-level sub-values) are
+ * permuted into it once per group, and the outputs back once per tile. The build gives this
+ * unit VBMI (vpermb): only the VBMI tier calls it. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <string.h>
@@ -29,8 +31,9 @@
 
 /* Row of lane d of decoded vector z (z = 0..3, d = 0..15) for b planes. The bit transpose
  * turns a qword of plane bytes of two row-pair words into bytes = codes at k = 4j..4j+3,
- * low nibbles row A (bytes 0..3) and row A + 32 (bytes 4..7), high nibbles (3-4 bits) row
- * B = A + 1; with 2 bits a qword holds four row pairs, one per crumb m. */
+ * low nibbles row A (bytes 0..3) and row A + 32 (bytes 4..7), high nibbles (3+ bits) row
+ * B = A + 1; with 2 bits a qword holds four row pairs, one per crumb m. 5..8 bits keep the
+ * 4-bit order (decode() moves planes 4.. into it). */
 static inline int row_of(int bits, int z, int d) {
     const int h = d & 1;
     if (bits == 2) return 4 * (d >> 1) + z + 32 * h;
@@ -50,26 +53,71 @@ static inline __attribute__((always_inline)) void decode(const uint8_t *blk, int
     }
     /* planes 2, 3 as words beside planes 0, 1: a qword is two row pairs' four plane bytes */
     const __m512i v0 = _mm512_loadu_si512(blk);
-    const __m512i v1 = bits == 4 ? _mm512_loadu_si512(blk + 64)
+    const __m512i v1 = bits >= 4 ? _mm512_loadu_si512(blk + 64)
                                  : _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 64)));
     const __m512i lo = transpose_bits_gfni(_mm512_unpacklo_epi16(v0, v1));
     const __m512i hi = transpose_bits_gfni(_mm512_unpackhi_epi16(v0, v1));
     const __m512i m15 = _mm512_set1_epi8(15);
-    w[0] = _mm512_and_si512(lo, m15);
-    w[1] = _mm512_and_si512(_mm512_srli_epi16(lo, 4), m15);
-    w[2] = _mm512_and_si512(hi, m15);
-    w[3] = _mm512_and_si512(_mm512_srli_epi16(hi, 4), m15);
+    if (bits <= 4) {
+        w[0] = _mm512_and_si512(lo, m15);
+        w[1] = _mm512_and_si512(_mm512_srli_epi16(lo, 4), m15);
+        w[2] = _mm512_and_si512(hi, m15);
+        w[3] = _mm512_and_si512(_mm512_srli_epi16(hi, 4), m15);
+        return;
+    }
+    if (bits >= 7) { /* planes 4..7 as a second 4-bit decoding, its nibbles the high ones */
+        const __m512i v2 = _mm512_loadu_si512(blk + 128);
+        const __m512i v3 = bits == 8 ? _mm512_loadu_si512(blk + 192)
+                                     : _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 192)));
+        const __m512i lo2 = transpose_bits_gfni(_mm512_unpacklo_epi16(v2, v3));
+        const __m512i hi2 = transpose_bits_gfni(_mm512_unpackhi_epi16(v2, v3));
+        /* bits of a where m15 is set, of b elsewhere: ternary-logic 0xE4 (c ? a : b) */
+        w[0] = _mm512_ternarylogic_epi32(lo, _mm512_slli_epi16(lo2, 4), m15, 0xE4);
+        w[1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(lo, 4), lo2, m15, 0xE4);
+        w[2] = _mm512_ternarylogic_epi32(hi, _mm512_slli_epi16(hi2, 4), m15, 0xE4);
+        w[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(hi, 4), hi2, m15, 0xE4);
+        return;
+    }
+    /* 5, 6 planes: planes 4, 5 (the lone plane 4 as words with a zero plane 5) decoded like
+     * 2-bit codes, their words first moved so that crumb z of a qword belongs to the row of
+     * w[z]'s lanes there: position 4Q + z takes word 8 (Q / 2) + 4 (z / 2) + 2 (Q % 2) + z % 2
+     * (one vpermw), then one transpose gives all four vectors' top two bits */
+    const __m512i sel = _mm512_set_epi16(31, 30, 27, 26, 29, 28, 25, 24, 23, 22, 19, 18, 21, 20, 17, 16,
+                                         15, 14, 11, 10, 13, 12, 9, 8, 7, 6, 3, 2, 5, 4, 1, 0);
+    const __m512i v2 = bits == 6 ? _mm512_loadu_si512(blk + 128)
+                                 : _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 128)));
+    const __m512i t = transpose_bits_gfni(_mm512_permutexvar_epi16(sel, v2)), m48 = _mm512_set1_epi8(0x30);
+    /* w[z] = low nibble | crumb z at bits 4, 5: (a & b) | c is ternary-logic 0xEA */
+    w[0] = _mm512_ternarylogic_epi32(lo, m15, _mm512_and_si512(_mm512_slli_epi16(t, 4), m48), 0xEA);
+    w[1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(lo, 4), m15, _mm512_and_si512(_mm512_slli_epi16(t, 2), m48), 0xEA);
+    w[2] = _mm512_ternarylogic_epi32(hi, m15, _mm512_and_si512(t, m48), 0xEA);
+    w[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(hi, 4), m15, _mm512_and_si512(_mm512_srli_epi16(t, 2), m48), 0xEA);
 }
 
 /* ------------------------------------------------------------------ float parameters */
 
 /* Toward L1, the next chunk's per-group parameters: groups [g1, g1 + ng) of tile t, or the
  * next tile's first ones (the scales stream beside the codes and stalled params() alike);
- * the caller keeps it within the matrix */
+ * the caller keeps it within the matrix. Two-level: the sub-values (a line a group) and
+ * the super-blocks' fp16 d / dmin of those groups. */
 static void prefetch_params(const pylut_qmatrix *qm, int64_t t, int64_t g1, int64_t ng) {
     const int64_t groups = qm->k_pad / qm->group;
     if (g1 >= groups) t++, g1 = 0;
+    if (ng > groups - g1) ng = groups - g1; /* (a ragged last chunk is shorter) */
     const int64_t at = (t * groups + g1) * PYLUT_TILE_M, len = ng * PYLUT_TILE_M;
+    if (qm->super) {
+        const int64_t gps = qm->super / qm->group, supers = qm->k_pad / qm->super;
+        for (int64_t o = 0; o < len; o += 64) { /* int8: 64 a line */
+            __builtin_prefetch(qm->sub_scale + at + o, 0, 3);
+            if (qm->has_bias && !qm->sub_nibbles) __builtin_prefetch(qm->sub_bias + at + o, 0, 3);
+        }
+        const int64_t s0 = t * supers + g1 / gps, s1 = t * supers + (g1 + ng - 1) / gps;
+        for (int64_t o = s0 * PYLUT_TILE_M; o < (s1 + 1) * PYLUT_TILE_M; o += 32) {
+            __builtin_prefetch(qm->scale + o, 0, 3);
+            if (qm->has_bias) __builtin_prefetch(qm->bias + o, 0, 3);
+        }
+        return;
+    }
     for (int64_t o = 0; o < len; o += 32) { /* fp16: 32 a line */
         __builtin_prefetch(qm->scale + at + o, 0, 3);
         if (qm->has_bias) __builtin_prefetch(qm->bias + at + o, 0, 3);
@@ -80,6 +128,7 @@ static void prefetch_params(const pylut_qmatrix *qm, int64_t t, int64_t g1, int6
 typedef struct {
     int rows[PYLUT_TILE_M];   /* row of position p = 16 z + d */
     __m512i half[2];          /* row order -> positions 32 h .. 32 h + 31, over fp16 words */
+    __m512i bytes;            /* row order -> positions, over bytes (vpermb: the sub-values) */
     __m512i out[4];           /* position -> row order: vector Z's lanes within the pair */
     __mmask16 out_hi[4];      /* lanes of vector Z taken from the pair of vectors 2, 3 */
 } row_order;
@@ -87,11 +136,13 @@ typedef struct {
 static void order_init(int bits, row_order *o) {
     int32_t out[4][16];
     int16_t half[2][32];
+    uint8_t bytes[PYLUT_TILE_M];
     int inv[PYLUT_TILE_M];
     for (int p = 0; p < PYLUT_TILE_M; p++) {
         o->rows[p] = row_of(bits, p / 16, p % 16);
         inv[o->rows[p]] = p;
         half[p / 32][p % 32] = (int16_t)o->rows[p]; /* (bit 5 picks the second source) */
+        bytes[p] = (uint8_t)o->rows[p];
     }
     for (int Z = 0; Z < 4; Z++) {
         o->out_hi[Z] = 0;
@@ -103,6 +154,7 @@ static void order_init(int bits, row_order *o) {
     }
     for (int Z = 0; Z < 4; Z++) o->out[Z] = _mm512_loadu_si512(out[Z]);
     for (int h = 0; h < 2; h++) o->half[h] = _mm512_loadu_si512(half[h]);
+    o->bytes = _mm512_loadu_si512(bytes);
 }
 
 /* [64] fp16 at h into floats in row_of order at f: the permute on the fp16 words, before
@@ -116,10 +168,60 @@ static inline void f16_ordered(const uint16_t *h, const row_order *o, float *f) 
     }
 }
 
-/* Groups [g0, g1) of tile t (plain fp16 scales) in row_of order: pylut_i8_params's floats (a
+/* Groups [g0, g1) of tile t of a two-level matrix in row_of order: pylut_i8_params's floats,
+ * fp16 d * sub-scale and dmin * sub-bias (or -zero * scale), the same products as params()
+ * (prefill_params.h). The sub-value bytes are put in row_of order by one vpermb a group and
+ * a super-block's d / dmin converted once: per group this is ~20 instructions, under a
+ * tenth of a 4-token block's work over a 16-weight group. */
+static void params_two_level(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, const row_order *o,
+                             float *s, float *b) {
+    const int64_t groups = qm->k_pad / qm->group, supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
+    const __m512 negzero = _mm512_set1_ps(-qm->zero);
+    const __m512i m15 = _mm512_set1_epi32(15);
+    _Alignas(64) float d[PYLUT_TILE_M], dmin[PYLUT_TILE_M];
+    _Alignas(64) uint8_t sub[PYLUT_TILE_M], subb[PYLUT_TILE_M];
+    int64_t have = g0 / gps; /* the super-block in d, dmin */
+    f16_ordered(qm->scale + (t * supers + have) * PYLUT_TILE_M, o, d);
+    f16_ordered((qm->has_bias ? qm->bias : qm->scale) + (t * supers + have) * PYLUT_TILE_M, o, dmin);
+    for (int64_t g = g0; g < g1; g++) {
+        if (g / gps != have) {
+            have = g / gps;
+            f16_ordered(qm->scale + (t * supers + have) * PYLUT_TILE_M, o, d);
+            if (qm->has_bias) f16_ordered(qm->bias + (t * supers + have) * PYLUT_TILE_M, o, dmin);
+        }
+        const int64_t at = (t * groups + g) * PYLUT_TILE_M;
+        _mm512_store_si512(sub, _mm512_permutexvar_epi8(o->bytes, _mm512_loadu_si512(qm->sub_scale + at)));
+        if (qm->has_bias && !qm->sub_nibbles) _mm512_store_si512(subb, _mm512_permutexvar_epi8(o->bytes, _mm512_loadu_si512(qm->sub_bias + at)));
+        float *sg = s + (g - g0) * PYLUT_TILE_M, *bg = b + (g - g0) * PYLUT_TILE_M;
+        for (int i = 0; i < 4; i++) {
+            const __m128i v = _mm_load_si128((const __m128i *)(sub + 16 * i));
+            __m512 si, bs;
+            if (qm->sub_nibbles) { /* low nibble the sub-scale, high the sub-bias (pylut_b_sub) */
+                const __m512i u = _mm512_cvtepu8_epi32(v);
+                si = _mm512_cvtepi32_ps(_mm512_and_si512(u, m15));
+                bs = _mm512_cvtepi32_ps(_mm512_srli_epi32(u, 4));
+            } else {
+                si = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+                bs = si;
+                if (qm->has_bias)
+                    bs = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(subb + 16 * i))));
+            }
+            const __m512 sc = _mm512_mul_ps(_mm512_load_ps(d + 16 * i), si);
+            _mm512_store_ps(sg + 16 * i, sc);
+            if (qm->has_bias) _mm512_store_ps(bg + 16 * i, _mm512_mul_ps(_mm512_load_ps(dmin + 16 * i), bs));
+            else _mm512_store_ps(bg + 16 * i, _mm512_mul_ps(negzero, sc));
+        }
+    }
+}
+
+/* Groups [g0, g1) of tile t in row_of order: pylut_i8_params's floats (plain fp16 scales: a
  * conversion, and -zero * scale without a bias array) */
 static void params_ordered(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, const row_order *o,
                            float *s, float *b) {
+    if (qm->super) {
+        params_two_level(qm, t, g0, g1, o, s, b);
+        return;
+    }
     const int64_t groups = qm->k_pad / qm->group;
     const __m512 negzero = _mm512_set1_ps(-qm->zero);
     for (int64_t g = g0; g < g1; g++) {
@@ -206,18 +308,21 @@ static void run_blocks(const uint8_t *codes, int bits, const float *s, const flo
     case 2: blocks(codes, 2, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
     case 3: blocks(codes, 3, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
     case 4: blocks(codes, 4, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 5: blocks(codes, 5, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 6: blocks(codes, 6, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 7: blocks(codes, 7, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
+    case 8: blocks(codes, 8, s, b, ng, gw, act, nt, k0, g0, yacc, ahead); break;
     default: break; /* (pylut_gemm_b_i8_few_fits) */
     }
 }
 
-/* Plain scales only: with two-level ones (Q2_K, Q3_K: 16-weight groups) the per-group float
- * work and permutes cost more than the decoding saves - 1B Q2_K model steps of 16 and 32
- * sequences ran 7 and 22 % slower here than through the driver (Zen 5, 1 thread) */
+/* B-type matrices of 2..8 planes, plain or two-level scales (whether a call comes here is
+ * pylut_gemm_b_i8_gfni's choice, by PYLUT_I8_FEW_TO_GFNI) */
 int pylut_gemm_b_i8_few_fits(const pylut_qmatrix *qm) {
-    return qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 && qm->bits >= 2 && qm->bits <= 4 && !qm->super;
+    return qm->type >= PYLUT_TYPE_B1 && qm->type <= PYLUT_TYPE_B8 && qm->bits >= 2 && qm->bits <= 8;
 }
 
-/* y[tok][rows of tiles [tile0, tile1)] for the tokens of act; matrices of 2..4 planes */
+/* y[tok][rows of tiles [tile0, tile1)] for the tokens of act (pylut_gemm_b_i8_few_fits) */
 void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                               int64_t tile0, int64_t tile1) {
     if (!pylut_gemm_b_i8_few_fits(qm)) return;
@@ -255,13 +360,13 @@ void pylut_gemm_b_i8_few_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int
     }
 }
 
-/* The VBMI tier's gemm_b_i8: a few tokens of a plain 2..4-plane matrix here, the rest (and
- * every matrix of 5+ planes or two-level scales) through the many-token driver, whose one
- * unpacking per 128-token pass overtakes this kernel's decoding per 4-token block at
- * PYLUT_I8_FEW_TO tokens (kernels.h). */
+/* The VBMI tier's gemm_b_i8: a few tokens here, the rest through the many-token driver,
+ * whose one unpacking per 128-token pass overtakes this kernel's decoding per 4-token block
+ * at PYLUT_I8_FEW_TO_GFNI tokens (kernels.h). */
 void pylut_gemm_b_i8_gfni(const pylut_qmatrix *qm, const pylut_lut *act, int n, float *y, int64_t ldy,
                           int64_t tile0, int64_t tile1) {
-    if (pylut_gemm_b_i8_few_fits(qm) && n < (qm->bits == 2 ? PYLUT_I8_FEW_TO_2BIT : PYLUT_I8_FEW_TO))
+    static const unsigned char few_to[2][9] = PYLUT_I8_FEW_TO_GFNI;
+    if (pylut_gemm_b_i8_few_fits(qm) && n < few_to[qm->super != 0][qm->bits])
         pylut_gemm_b_i8_few_gfni(qm, act, n, y, ldy, tile0, tile1);
     else pylut_gemm_b_i8_vnni_gfni(qm, act, n, y, ldy, tile0, tile1);
 }
