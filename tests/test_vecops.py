@@ -260,7 +260,8 @@ def test_signed_zeros(isa):
     assert (bits(on(isa, _core.vec_gate, "relu2", z, np.ones(19, np.float32))) == 0).all()  # max(-0, 0) = +0
     assert (bits(on(isa, _core.vec_gate, "silu", z, np.ones(19, np.float32))) == 0x80000000).all()
     # position 0 (cos 1, sin 0): x0 c - x1 s = -0 - (-0) = +0, x0 s + x1 c = -0 + -0 = -0
-    assert bits(on(isa, _core.vec_rope, z, 18, 0, inv_freqs(18), 1.0, False)).tolist() == [0, 0x80000000] * 9 + [0x80000000]
+    rotated = on(isa, _core.vec_rope, z, 18, 0, inv_freqs(18), 1.0, False)
+    assert bits(rotated).tolist() == [0, 0x80000000] * 9 + [0x80000000]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -272,7 +273,8 @@ def test_a_range_split_changes_no_element(isa, act):
     op = (lambda a, b: _core.vec_add(a, b)) if act == "add" else (lambda a, b: _core.vec_gate(act, a, b))
     whole = on(isa, op, g, u)
     for cut in (1, 3, 8, 13, 16, 150, 299):
-        parts = np.concatenate([on(isa, op, g[:cut].copy(), u[:cut].copy()), on(isa, op, g[cut:].copy(), u[cut:].copy())])
+        parts = np.concatenate([on(isa, op, g[:cut].copy(), u[:cut].copy()),
+                                on(isa, op, g[cut:].copy(), u[cut:].copy())])
         assert_same_bits(parts, whole)
 
 
