@@ -32,7 +32,8 @@
 
 /* ------------------------------------------------------------------ sigmoid */
 
-/* sigmoid(y) without libm or float compares, the scalar twin's lanes exactly. e = exp(-|y|)
+/* sigmoid(y) without libm or float compares, the scalar twin's lanes exactly (glibc's tanhf,
+ * ~30 ns an element, once made Gemma's GELU most of a prompt's time). e = exp(-|y|)
  * keeps the exponent in range without a float clamp; sigmoid(y) is 1/(1+e) for y >= 0 and
  * e/(1+e) below, picked by the sign bit. exp(a), a in [-80, 0]: a*log2(e) = n + f with n an
  * integer and |f| <= 1/2, 2^n from the exponent bits, e^(f ln 2) by its degree-6 Taylor series

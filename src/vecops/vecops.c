@@ -7,7 +7,8 @@
 #include "pylut/attention.h"
 #include "pylut/vecops.h"
 
-/* libm's cosf/sinf of the float angle, as the per-head loop computed them before: a table is
+/* scale multiplies cos and sin, so q.k carries it squared, as YaRN's temperature asks.
+ * libm's cosf/sinf of the float angle, as the per-head loop computed them before: a table is
  * made once per token and step and shared by every head and layer that has these inverse
  * frequencies, so its cost no longer matters and the values stay bit for bit the same */
 void pylut_rope_table(float *cs, int n_rot, int pos, const float *inv_freq, float scale, int neox) {
