@@ -20,7 +20,8 @@ IS_AARCH64 = PLATFORM.endswith(("aarch64", "arm64"))
 
 # Flags per kernel unit, keyed by path from the project root; a unit for another architecture
 # compiles to nothing (#if guards). One folder per kernel family: core/ (layouts, packing,
-# dispatch, pool), lut/, prefill/, attention/, f16/, model/, baseline/ (comparison kernels).
+# dispatch, pool), lut/, prefill/, attention/, f16/, vecops/ (element-wise), model/, baseline/
+# (comparison kernels).
 ISA_FLAGS = {}
 if IS_X86_64:
     ISA_FLAGS = {
@@ -43,9 +44,19 @@ if IS_X86_64:
         "src/f16/f16_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f"],
         "src/core/checksum_hw.c": ["-msse4.2"],
         "src/baseline/baseline_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "src/vecops/vec_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+        "src/vecops/vec_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f"],
     }
 elif IS_AARCH64:
     ISA_FLAGS = {"src/core/checksum_hw.c": ["-march=armv8-a+crc"]}
+
+# The element-wise units promise results equal to their scalar twin bit for bit
+# (src/vecops/vec_body.h): no unit may fuse a multiply and an add on its own, whatever the
+# compiler's default (GCC fuses across statements for GNU C where FMA exists, e.g. aarch64).
+VECOPS_UNITS = ["src/vecops/vec_scalar.c", "src/vecops/vec_avx2.c", "src/vecops/vec_avx512.c",
+                "src/vecops/vec_neon.c"]
+for _unit in VECOPS_UNITS:
+    ISA_FLAGS[_unit] = ISA_FLAGS.get(_unit, []) + ["-ffp-contract=off"]
 
 SOURCES = ["pylut/_core.pyx"] + [
     "src/core/dispatch.c", "src/core/pack.c", "src/core/threadpool.c", "src/core/checksum.c",
@@ -58,6 +69,7 @@ SOURCES = ["pylut/_core.pyx"] + [
     "src/attention/attention.c", "src/attention/attn_scalar.c", "src/attention/attn_avx2.c",
     "src/attention/attn_avx512.c", "src/attention/attn_neon.c",
     "src/f16/f16_scalar.c", "src/f16/f16_avx2.c", "src/f16/f16_avx512.c", "src/f16/f16_neon.c",
+    "src/vecops/vecops.c", *VECOPS_UNITS,
     "src/model/kv_state.c", "src/model/kv_pool.c", "src/model/forward.c",
     "src/baseline/dq8_pack.c", "src/baseline/baseline_scalar.c", "src/baseline/baseline_avx2.c",
     "src/baseline/baseline_neon.c",

@@ -6,8 +6,8 @@ One extension, written in parts by concern (msgpack's way): this file holds the 
 checks, ISA dispatch, the thread pool and the CRC-32C checksum; the parts are included below, each readable
 alone: _attention.pxi (attention, KV codec), _matrices.pxi (QMatrix, Tables, GEMM, int8
 baseline), _model.pxi (Model, Session: the forward pass), _bpe.pxi (the
-tokenizer's BPE merge loop). The C declarations are all in
-cpylut.pxd.
+tokenizer's BPE merge loop), _vecops.pxi (the forward pass's element-wise kernels). The C
+declarations are all in cpylut.pxd.
 
 Every argument is checked here (dtype, shape, contiguity) and again by the C side (sizes);
 every kernel call runs with the GIL released."""
@@ -167,3 +167,4 @@ include "_attention.pxi"
 include "_matrices.pxi"
 include "_model.pxi"
 include "_bpe.pxi"
+include "_vecops.pxi"

@@ -264,3 +264,15 @@ cdef extern from "pylut/bpe.h" nogil:
                               uint64_t *keys, int32_t *vals, int64_t cap)
     int64_t pylut_bpe_merge(int32_t *syms, int64_t n,
                             const uint64_t *keys, const int32_t *vals, int64_t cap)
+
+
+cdef extern from "pylut/vecops.h" nogil:
+    enum:
+        PYLUT_GATE_SILU
+        PYLUT_GATE_RELU2
+        PYLUT_GATE_GELU_TANH
+
+    int pylut_vec_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+    int pylut_vec_gate(int act, float *g, const float *u, int64_t n)
+    int pylut_vec_add(float *x, const float *y, int64_t n)
+    int pylut_vec_rope(float *v, int n_rot, int pos, const float *inv_freq, float scale, int neox, float *cs)

@@ -10,7 +10,7 @@ runs. This does, from the disassembly (x86-64 only):
     from one of the per-ISA units (src/lut/lut_avx2.c, lut_avx512.c, lut_avx512vbmi.c,
     src/attention/attn_avx2.c, attn_avx512.c, src/prefill/prefill_avx2.c, prefill_lut_avx2.c,
     prefill_vnni.c, prefill_vnni_gfni.c, prefill_few_gfni.c, act8_avx512.c, src/f16/f16_avx2.c,
-    f16_avx512.c, src/baseline/baseline_avx2.c);
+    f16_avx512.c, src/vecops/vec_avx2.c, vec_avx512.c, src/baseline/baseline_avx2.c);
   * no function outside those units calls or jumps straight into them: they are reached only
     through the dispatch table (src/core/dispatch.c takes the tables' addresses, never calls);
   * src/core/checksum_hw.c (SSE4.2 crc32) may hold post-baseline code but no ymm/zmm, and is
@@ -37,7 +37,8 @@ from collections import defaultdict
 
 ISA_UNITS = {"lut_avx2", "lut_avx512", "lut_avx512vbmi", "attn_avx2", "attn_avx512", "prefill_avx2",
              "prefill_lut_avx2", "prefill_vnni", "prefill_vnni_gfni", "prefill_few_gfni", "act8_avx512",
-             "f16_avx2", "f16_avx512", "baseline_avx2"}  # reached only via the dispatch table
+             "f16_avx2", "f16_avx512", "vec_avx2", "vec_avx512",
+             "baseline_avx2"}  # reached only via the dispatch table
 # units built for a post-baseline extension without wide registers (SSE4.2 crc32), reached
 # only through a function pointer chosen at run time (src/core/checksum.c)
 NARROW_ISA_UNITS = {"checksum_hw"}

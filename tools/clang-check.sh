@@ -6,7 +6,8 @@
 #
 # Steps (each fails the job on an error or a warning):
 #   1. CC=clang setup.py build_ext (the shipped -O3), then tests/test_kernels.py,
-#      test_attention.py and test_prefill.py against that build (every ISA this CPU runs);
+#      test_attention.py, test_prefill.py, test_f16.py and test_vecops.py against that build
+#      (every ISA this CPU runs);
 #   2. x86-64: every unit of the extension, the Cython-generated _core.c included, compiled
 #      with setup.py's own flags by gcc -O2, gcc -O3 and clang -O2 (clang -O3 was step 1);
 #   3. aarch64: every C unit by clang --target=aarch64-linux-gnu and aarch64-linux-gnu-gcc at
@@ -60,7 +61,7 @@ timed "clang -O3 build (setup.py)" clang_build
 kernel_tests() {
     python3 -c 'import pylut._core as c, sys; assert c.__file__.startswith(sys.argv[1]), c.__file__' "$TREE"
     PYLUT_CACHE_DIR=$WORK/cache python3 -m pytest -q -p no:cacheprovider \
-        tests/test_kernels.py tests/test_attention.py tests/test_prefill.py tests/test_f16.py
+        tests/test_kernels.py tests/test_attention.py tests/test_prefill.py tests/test_f16.py tests/test_vecops.py
 }
 timed "kernel tests on the clang build" kernel_tests
 

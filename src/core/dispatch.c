@@ -172,6 +172,25 @@ static pylut_attn_rows_fn attn_for(int isa) {
 
 pylut_attn_rows_fn pylut_attn_rows_active(void) { return attn_for(active_isa); }
 
+/* Element-wise ops (src/vecops/vec_body.h): float work only, like attention: AVX-512F for
+ * every zmm tier, NEON for both aarch64 tiers. */
+static const pylut_vecops *vecops_for(int isa) {
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case PYLUT_ISA_AVX2: return &pylut_vecops_avx2;
+    case PYLUT_ISA_AVX512:
+    case PYLUT_ISA_AVX512VBMI: return &pylut_vecops_avx512;
+#endif
+#if defined(__aarch64__)
+    case PYLUT_ISA_NEON:
+    case PYLUT_ISA_NEON_DOT: return &pylut_vecops_neon;
+#endif
+    default: return &pylut_vecops_scalar;
+    }
+}
+
+const pylut_vecops *pylut_vecops_active(void) { return vecops_for(active_isa); }
+
 /* F16 GEMM: one body per vector width (f16_body.h), like attention; float work only. */
 static pylut_gemm_f16_fn f16_for(int isa) {
     switch (isa) {

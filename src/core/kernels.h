@@ -283,6 +283,37 @@ PYLUT_ATTN_ROWS_DECL(pylut_attn_rows_neon);
 /* The active ISA's instantiation. */
 pylut_attn_rows_fn pylut_attn_rows_active(void);
 
+/* ------------------------------------------------------------------ element-wise ops (src/vecops/)
+ * The forward pass's per-element work, one vec_body.h instantiation per ISA, picked once by
+ * dispatch.c. Sizes are trusted (the model code's own, or checked by vecops.c's entry points).
+ * Each SIMD table equals the scalar twin bit for bit except rmsnorm (see vec_body.h). */
+typedef struct {
+    /* out[n] = x * (1/rms(x)) * w; out may be x */
+    void (*rmsnorm)(float *out, const float *x, const float *w, int64_t n, float eps);
+    /* g[n] = act(g) * u, in place: SiLU, GELU (tanh form), ReLU^2 */
+    void (*gate_silu)(float *g, const float *u, int64_t n);
+    void (*gate_gelu_tanh)(float *g, const float *u, int64_t n);
+    void (*gate_relu2)(float *g, const float *u, int64_t n);
+    /* x[n] += y */
+    void (*add)(float *x, const float *y, int64_t n);
+    /* v[0, n_rot) rotated by a pylut_rope_table of the same n_rot and pair layout */
+    void (*rope)(float *v, int n_rot, const float *cs, int neox);
+} pylut_vecops;
+
+extern const pylut_vecops pylut_vecops_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const pylut_vecops pylut_vecops_avx2;
+extern const pylut_vecops pylut_vecops_avx512;
+#endif
+#if defined(__aarch64__)
+extern const pylut_vecops pylut_vecops_neon;
+#endif
+/* The active ISA's table (dispatch.c). */
+const pylut_vecops *pylut_vecops_active(void);
+/* RoPE's cos/sin for one position: cs[2 * n_rot] in the layout pylut_vecops.rope reads
+ * (vecops.c); angle (float)pos * inv_freq[i], both scaled by scale */
+void pylut_rope_table(float *cs, int n_rot, int pos, const float *inv_freq, float scale, int neox);
+
 /* Sub-value at index i ([m_pad/64][k_pad/group][64] order) of a two-level matrix: its
  * sub-scale (bias 0) or sub-bias (bias 1), from int8 arrays or from the nibble bytes. */
 static inline int pylut_b_sub(const pylut_qmatrix *qm, int bias, int64_t i) {

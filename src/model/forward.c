@@ -66,79 +66,6 @@ int pylut_model_check(const pylut_model *m, const char **why) {
 #undef REQUIRE
 }
 
-/* ------------------------------------------------------------------ small ops */
-
-static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
-    double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float inv = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
-}
-
-/* x[i] += y[i] for this thread's share of [0, count): element ranges, so one token's add
- * is split over every thread as well */
-/* max(x, 0) for every x but NaN (-0 gives +0), as a sign mask: GCC does not if-convert a
- * float compare (it may trap), so `x > 0 ? x : 0` keeps the ReLU^2 loop scalar; this vectorizes */
-static inline float relu(float x) {
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    b &= ~(uint32_t)((int32_t)b >> 31);
-    memcpy(&x, &b, sizeof x);
-    return x;
-}
-
-/* sigmoid(y) with no libm call and no float compare, so the gate loops below vectorize (at
- * the baseline ISA: 4 lanes of SSE2 / NEON) instead of calling expf or tanhf per element:
- * glibc's tanhf took ~30 ns, which made Gemma's GELU most of a prompt's time. e = exp(-|y|)
- * keeps the exponent in range without a float clamp; sigmoid(y) is 1/(1+e) for y >= 0 and
- * e/(1+e) below, picked by the sign bit. exp(a), a in [-80, 0]: a*log2(e) = n + f with n an
- * integer and |f| <= 1/2, 2^n from the exponent bits, e^(f ln 2) by its degree-6 Taylor series
- * (|f ln 2| <= 0.347: truncation below 2e-7). Measured against double: absolute error < 1e-7,
- * relative < 4e-6 over [-80, 80] (the rounding of n + f grows with |y|). |y| is capped at 80
- * by its bit pattern (ordered as the value for non-negative floats), so sigmoid(-100) gives
- * sigmoid(-80) = 1.8e-35; a NaN input still gives NaN once multiplied by x. */
-static inline float sigmoid(float y) {
-    uint32_t b, ab, cap = 0x42a00000u; /* 80.0f */
-    memcpy(&b, &y, sizeof b);
-    const uint32_t neg = (uint32_t)((int32_t)b >> 31);
-    ab = b & 0x7fffffffu;
-    ab = ab < cap ? ab : cap;
-    float a;
-    memcpy(&a, &ab, sizeof a);
-    const float t = -a * 1.44269504f;              /* log2(e^-|y|), in [-115.5, 0] */
-    const int32_t n = (int32_t)(t - 0.5f);          /* round to nearest: toward zero of t - 1/2 */
-    const float u = (t - (float)n) * 0.693147181f;  /* f ln 2, |u| <= 0.347 */
-    const float p = 1.0f + u * (1.0f + u * (0.5f + u * (1.0f / 6 + u * (1.0f / 24 + u * (1.0f / 120 + u * (1.0f / 720))))));
-    const uint32_t pow2 = (uint32_t)(n + 127) << 23; /* n in [-116, 0]: a normal float */
-    float two_n;
-    memcpy(&two_n, &pow2, sizeof two_n);
-    const float e = p * two_n, r = 1.0f / (1.0f + e), er = e * r;
-    uint32_t rb, erb;
-    memcpy(&rb, &r, sizeof rb);
-    memcpy(&erb, &er, sizeof erb);
-    rb = (erb & neg) | (rb & ~neg);
-    memcpy(&y, &rb, sizeof y);
-    return y;
-}
-
-static void residual_add(float *x, const float *y, int64_t count, int ith, int nth) {
-    const int64_t a = count * ith / nth, b = count * (ith + 1) / nth;
-    for (int64_t i = a; i < b; i++) x[i] += y[i];
-}
-
-/* Rotates the first n_rot dims of v (the rest pass through: partial rotary). scale
- * multiplies cos and sin, so q.k carries it squared, as YaRN's temperature asks */
-static void rope(float *v, int n_rot, int pos, const float *inv_freq, float scale, int neox) {
-    const int half = n_rot / 2;
-    for (int i = 0; i < half; i++) {
-        float a = (float)pos * inv_freq[i], c = cosf(a) * scale, s = sinf(a) * scale;
-        int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-        float x0 = v[i0], x1 = v[i1];
-        v[i0] = x0 * c - x1 * s;
-        v[i1] = x0 * s + x1 * c;
-    }
-}
-
 /* ------------------------------------------------------------------ the step */
 
 typedef struct {
@@ -149,6 +76,7 @@ typedef struct {
     const int32_t *tokens;  /* [n], sequence after sequence (s->tok_seq, s->seq_first) */
     int n, all_logits;
     float *logits;          /* [n or n_seq][vocab], NULL: no output projection (a non-final chunk) */
+    const pylut_vecops *vo; /* the element-wise kernels, one ISA's for the whole step */
     barrier_t bar;
 } step_ctx;
 
@@ -223,15 +151,18 @@ static void stage_project_residual(step_ctx *c, int ith, int nth, int *stage, in
     pylut_state *s = c->s;
     const int dim = c->m->dim;
     if (sub_norm) {
-        for (int64_t t = t0; t < t1; t++) rmsnorm(x + t * ldx, x + t * ldx, sub_norm, (int)ldx, c->m->norm_eps);
+        for (int64_t t = t0; t < t1; t++) c->vo->rmsnorm(x + t * ldx, x + t * ldx, sub_norm, ldx, c->m->norm_eps);
         barrier_wait(&c->bar, nth);
     }
     stage_matmul(c, ith, nth, stage, n, w, x, ldx, s->tmp, dim);
     if (post_norm) {
-        for (int64_t t = t0; t < t1; t++) rmsnorm(s->tmp + t * dim, s->tmp + t * dim, post_norm, dim, c->m->norm_eps);
+        for (int64_t t = t0; t < t1; t++) c->vo->rmsnorm(s->tmp + t * dim, s->tmp + t * dim, post_norm, dim, c->m->norm_eps);
         barrier_wait(&c->bar, nth);
     }
-    residual_add(s->x, s->tmp, (int64_t)n * dim, ith, nth);
+    { /* element ranges, so one token's add is split over every thread as well */
+        SPLIT((int64_t)n * dim, ith, nth, a, b);
+        c->vo->add(s->x + a, s->tmp + a, b - a);
+    }
     barrier_wait(&c->bar, nth);
 }
 
@@ -279,18 +210,26 @@ static void step_task(void *arg, int ith, int nth) {
     const pylut_model *m = c->m;
     pylut_state *s = c->s;
     const int n = c->n, dim = m->dim, qd = s->q_dim, kvd = s->kv_dim, ffn = m->ffn_dim, hd = m->head_dim;
+    const pylut_vecops *vo = c->vo;
+    const int n_rot = pylut_rope_dims(m), n_tab = s->inv_freq_swa ? 2 : 1;
     SPLIT(n, ith, nth, t0, t1); /* this thread's tokens for per-token stages */
     int stage = 0;              /* GEMM stages run so far: indexes the ticket counters */
 
-    for (int64_t t = t0; t < t1; t++) { /* embedding rows */
+    for (int64_t t = t0; t < t1; t++) { /* embedding rows, and each token's RoPE tables */
         if (m->tok_embd_f32) memcpy(s->x + t * dim, m->tok_embd_f32 + (int64_t)c->tokens[t] * dim, (size_t)dim * sizeof(float));
         else pylut_qmatrix_row(m->tok_embd, c->tokens[t], s->x + t * dim);
         if (m->embd_scale > 0.0f && m->embd_scale != 1.0f)
             for (int i = 0; i < dim; i++) s->x[t * dim + i] *= m->embd_scale;
+        /* cos/sin depend only on the position and the inverse frequencies: made once here for
+         * every layer and head (read after the first layer's barriers) */
+        const int si = s->tok_seq[t], pos = c->seqs[si]->pos + (int)t - s->seq_first[si];
+        for (int f = 0; f < n_tab; f++)
+            pylut_rope_table(s->rope_cs + (t * n_tab + f) * 2 * n_rot, n_rot, pos, f ? s->inv_freq_swa : s->inv_freq,
+                             s->rope_scale, m->rope_neox);
     }
     for (int l = 0; l < m->n_layers; l++) {
         const pylut_layer *L = &m->layers[l];
-        for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->attn_norm, dim, m->norm_eps);
+        for (int64_t t = t0; t < t1; t++) vo->rmsnorm(s->xb + t * dim, s->x + t * dim, L->attn_norm, dim, m->norm_eps);
         barrier_wait(&c->bar, nth);
 
         /* ---- attention: q, k, v from one table set, RoPE, cache append, softmax(qk)v */
@@ -301,24 +240,25 @@ static void step_task(void *arg, int ith, int nth) {
         stage_gemm(c, ith, nth, &stage, n, qkv, qkv_out, qkv_ld, 3);
         {
             const int per = m->n_heads + m->n_kv_heads;
-            const float *inv_freq = L->swa && s->inv_freq_swa ? s->inv_freq_swa : s->inv_freq;
+            const int tab = L->swa && s->inv_freq_swa ? 1 : 0; /* the sliding-window layers' own frequencies */
             SPLIT(n * per, ith, nth, w0, w1);
             for (int64_t w = w0; w < w1; w++) {
                 const int t = (int)(w / per), si = s->tok_seq[t];
                 pylut_state *seq = c->seqs[si];
                 int h = (int)(w % per), pos = seq->pos + t - s->seq_first[si];
+                const float *cs = s->rope_cs + ((int64_t)t * n_tab + tab) * 2 * n_rot;
                 if (h < m->n_heads) {
                     float *q = s->q + (int64_t)t * qd + h * hd;
-                    if (L->bq) for (int i = 0; i < hd; i++) q[i] += L->bq[h * hd + i];
-                    if (L->q_norm) rmsnorm(q, q, L->q_norm, hd, m->norm_eps);
-                    if (!L->skip_rope) rope(q, pylut_rope_dims(m), pos, inv_freq, s->rope_scale, m->rope_neox);
+                    if (L->bq) vo->add(q, L->bq + h * hd, hd);
+                    if (L->q_norm) vo->rmsnorm(q, q, L->q_norm, hd, m->norm_eps);
+                    if (!L->skip_rope) vo->rope(q, n_rot, cs, m->rope_neox);
                 } else {
                     h -= m->n_heads;
                     float *k = s->k + (int64_t)t * kvd + h * hd, *v = s->v + (int64_t)t * kvd + h * hd;
-                    if (L->bk) for (int i = 0; i < hd; i++) k[i] += L->bk[h * hd + i];
-                    if (L->bv) for (int i = 0; i < hd; i++) v[i] += L->bv[h * hd + i];
-                    if (L->k_norm) rmsnorm(k, k, L->k_norm, hd, m->norm_eps);
-                    if (!L->skip_rope) rope(k, pylut_rope_dims(m), pos, inv_freq, s->rope_scale, m->rope_neox);
+                    if (L->bk) vo->add(k, L->bk + h * hd, hd);
+                    if (L->bv) vo->add(v, L->bv + h * hd, hd);
+                    if (L->k_norm) vo->rmsnorm(k, k, L->k_norm, hd, m->norm_eps);
+                    if (!L->skip_rope) vo->rope(k, n_rot, cs, m->rope_neox);
                     pylut_kv_encode(seq->kv_type, hd, k, kv_row(seq, 0, l, h, slot_of(seq, l, h, pos)));
                     pylut_kv_encode(seq->kv_type, hd, v, kv_row(seq, 1, l, h, slot_of(seq, l, h, pos)));
                 }
@@ -327,7 +267,7 @@ static void step_task(void *arg, int ith, int nth) {
         barrier_wait(&c->bar, nth);
         stage_attention(c, ith, nth, l);
         stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->attn_sub_norm, s->att, qd, L->wo, L->attn_post_norm);
-        for (int64_t t = t0; t < t1; t++) rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
+        for (int64_t t = t0; t < t1; t++) vo->rmsnorm(s->xb + t * dim, s->x + t * dim, L->ffn_norm, dim, m->norm_eps);
         barrier_wait(&c->bar, nth);
 
         /* ---- feed-forward: gate/up share tables; SiLU, ReLU^2 (the 2B4T bitnets) or GELU (Gemma) */
@@ -340,17 +280,9 @@ static void step_task(void *arg, int ith, int nth) {
         }
         { /* element ranges, not tokens: a decode step's one token is split over every thread */
             SPLIT((int64_t)n * ffn, ith, nth, e0, e1);
-            float *g = s->hb, *u = s->hb2;
-            if (m->ffn_act == PYLUT_FFN_RELU2)
-                for (int64_t i = e0; i < e1; i++) {
-                    const float r = relu(g[i]);
-                    g[i] = r * r * u[i];
-                }
-            else if (m->ffn_act == PYLUT_FFN_GELU_TANH) /* GELU's tanh form, as ggml_gelu and gelu_pytorch_tanh: */
-                for (int64_t i = e0; i < e1; i++) /* x (1 + tanh z) / 2 = x sigmoid(2z) */
-                    g[i] = g[i] * sigmoid(1.5957691216f * g[i] * (1.0f + 0.044715f * g[i] * g[i])) * u[i];
-            else
-                for (int64_t i = e0; i < e1; i++) g[i] = g[i] * sigmoid(g[i]) * u[i];
+            (m->ffn_act == PYLUT_FFN_RELU2       ? vo->gate_relu2
+             : m->ffn_act == PYLUT_FFN_GELU_TANH ? vo->gate_gelu_tanh
+                                                 : vo->gate_silu)(s->hb + e0, s->hb2 + e0, e1 - e0);
         }
         barrier_wait(&c->bar, nth);
         stage_project_residual(c, ith, nth, &stage, n, t0, t1, L->ffn_sub_norm, s->hb, ffn, L->w_down, L->ffn_post_norm);
@@ -363,7 +295,7 @@ static void step_task(void *arg, int ith, int nth) {
         SPLIT(nl, ith, nth, a, b);
         for (int64_t r = a; r < b; r++) {
             const int64_t t = c->all_logits ? r : s->seq_first[r + 1] - 1;
-            rmsnorm(s->xb + r * dim, s->x + t * dim, m->output_norm, dim, m->norm_eps);
+            vo->rmsnorm(s->xb + r * dim, s->x + t * dim, m->output_norm, dim, m->norm_eps);
         }
     }
     barrier_wait(&c->bar, nth);
@@ -393,7 +325,7 @@ static int run_step(pylut_pool *pool, const pylut_model *m, pylut_state *w, pylu
                     const int32_t *tokens, const int *n_tokens, float *logits, int all_logits) {
     const int nth = pylut_pool_size(pool);
     int n = 0;
-    step_ctx c = {m, w, seqs, n_seq, 0, tokens, 0, all_logits, logits};
+    step_ctx c = {m, w, seqs, n_seq, 0, tokens, 0, all_logits, logits, pylut_vecops_active()};
     w->item_first[0] = 0;
     int64_t scratch = 0;
     for (int si = 0; si < n_seq; si++) {

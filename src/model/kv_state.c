@@ -99,6 +99,7 @@ void pylut_state_free(pylut_state *s) {
     free(s->att); free(s->tmp); free(s->hb); free(s->hb2); free(s->attn_scratch); free(s->attn_partial);
     free(s->inv_freq);
     free(s->inv_freq_swa);
+    free(s->rope_cs);
     free(s->tickets);
     free(s->tok_seq); free(s->seq_first); free(s->item_first); free(s->jobs);
     free(s);
@@ -211,13 +212,14 @@ pylut_state *pylut_state_create_paged(const pylut_model *m, int n_ctx, int max_b
     s->hb2 = malloc(B * m->ffn_dim * sizeof(float));
     s->inv_freq = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
     if (m->rope_inv_freq_swa) s->inv_freq_swa = malloc((size_t)(m->head_dim / 2 + 1) * sizeof(float));
+    s->rope_cs = malloc(B * (m->rope_inv_freq_swa ? 2 : 1) * 2 * (size_t)pylut_rope_dims(m) * sizeof(float));
     s->tickets = calloc((size_t)(5 * m->n_layers + 1), sizeof(atomic_llong));
     s->tok_seq = malloc(B * sizeof(int));
     s->seq_first = malloc((B + 1) * sizeof(int));
     s->item_first = malloc((B + 1) * sizeof(int64_t));
     s->jobs = calloc(B, sizeof(pylut_attn_job));
     if (kv_rc != PYLUT_OK || !s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->hb ||
-        !s->hb2 || !s->inv_freq || !s->tickets || !s->tok_seq || !s->seq_first || !s->item_first || !s->jobs ||
+        !s->hb2 || !s->inv_freq || !s->rope_cs || !s->tickets || !s->tok_seq || !s->seq_first || !s->item_first || !s->jobs ||
         (m->rope_inv_freq_swa && !s->inv_freq_swa)) {
         pylut_state_free(s);
         return NULL;

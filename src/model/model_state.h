@@ -82,6 +82,9 @@ struct pylut_state {
     float *inv_freq;           /* [rope_dims/2] */
     float *inv_freq_swa;       /* [rope_dims/2] of the sliding-window layers, or NULL: inv_freq */
     float rope_scale;          /* cos/sin factor (YaRN's attention factor; else 1) */
+    float *rope_cs;            /* [max_batch][inv_freq_swa ? 2 : 1][2 * rope_dims]: each token's RoPE
+                                * cos/sin of the step (pylut_rope_table), made once and shared by
+                                * every layer and head: per chunk, so a long prompt needs no more */
     atomic_llong *tickets;     /* [5*n_layers + 1]: next unclaimed tile of each GEMM stage
                                 * (4 per layer + output), then each layer's attention item */
     /* a step over several sequences (forward.c), sized by max_batch: a step has at most
