@@ -140,12 +140,11 @@ void pylut_lut_build_range(const float *x, pylut_lut *lut, int64_t g0, int64_t g
  * in no file here, follow 5 and 8).
  * Two-level 3..6-bit (Q3_K..Q6_K) from 2 as well, through the same kernel: their tables cost
  * ~a token of lookups per extra sequence and the driver's unpacking ~5 tokens of dot
- * products. Model steps of B = 2 / 4 / 8 sequences (Zen 5, 1 thread, batchstep.py, median
- * of 3 alternated rounds at load 2-3.4, against the tables below 8 (4-bit) / 4 (6-bit) and
- * the driver from there): qwen3-1b Q4_K_M (Q4_K + Q6_K) 40.2 / 57.7 / 101 ms against 52.5 /
- * 85.0 / 116; 1B Q4_0, whose Q6_K head is its one two-level matrix, 19.8 / 27.6 / 50.0
- * against 26.8 / 44.6 / 78.0; one token stays on the tables (36.4 / 18.9 against 38.1 /
- * 18.9). Q3_K from 2: the 1B Q2_K file's 4-sequence steps 29.6 against 32-35 ms. Q2_K stays
+ * products. Model steps of B = 2 / 4 / 8 sequences (Zen 5, 1 thread, batchstep.py,
+ * alternated with the tables below 8 (4-bit) / 4 (6-bit) and the driver from there):
+ * qwen3-1b Q4_K_M (Q4_K + Q6_K) 40.6 / 56.6 / 102 ms against 51.0 / 91.4 / 128; gemma3-1b
+ * Q4_K_M 27.4 / 32.8 / 56.9 against 35.8 / 59.7 / 77.2; the 1B Q4_0 file, whose Q6_K head is
+ * its one two-level matrix, 0-3 ms a step (docs/kernels.md); one token stays on the tables. Q3_K from 2: the 1B Q2_K file's 4-sequence steps 29.6 against 32-35 ms. Q2_K stays
  * on the tables below 32: through int8 its 2-sequence steps ran 8 % slower (its 16-weight
  * groups' float epilogue outweighs 2-bit lookups). */
 #define PYLUT_I8_FROM_VNNI_GFNI {{0, 0, 2, 2, 2, 2, 2, 2, 2}, {0, 0, 32, 2, 2, 2, 2, 4, 4}}
