@@ -78,3 +78,18 @@ def vec_rope(v, int n_rot, int pos, inv_freq, float scale=1.0, bint neox=False):
         rc = pylut_vec_rope(&ov[0], n_rot, pos, &fv[0], scale, neox, &csv[0])
     _check(rc, "vec_rope")
     return out
+
+
+def vec_to_f16(x):
+    """x float32 [n] as fp16, uint16 bits [n], with the fp16 KV cache's row conversion."""
+    x = _array(x, np.float32, 1, "x")
+    if x.shape[0] < 1:
+        raise ValueError("x must hold at least one value")
+    out = np.empty(x.shape[0], np.uint16)
+    cdef const float[::1] xv = x
+    cdef uint16_t[::1] ov = out
+    cdef int rc = PYLUT_EINVAL
+    with nogil:
+        rc = pylut_vec_to_f16(&ov[0], &xv[0], xv.shape[0])
+    _check(rc, "vec_to_f16")
+    return out

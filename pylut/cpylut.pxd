@@ -276,3 +276,4 @@ cdef extern from "pylut/vecops.h" nogil:
     int pylut_vec_gate(int act, float *g, const float *u, int64_t n)
     int pylut_vec_add(float *x, const float *y, int64_t n)
     int pylut_vec_rope(float *v, int n_rot, int pos, const float *inv_freq, float scale, int neox, float *cs)
+    int pylut_vec_to_f16(uint16_t *out, const float *x, int64_t n)

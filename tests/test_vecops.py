@@ -303,3 +303,51 @@ def test_bad_input_is_refused():
     big = np.ones(1024, np.float32)
     with pytest.raises(ValueError, match="rejected by the C"):  # more than PYLUT_ATTN_MAX_HD dims
         _core.vec_rope(big, 1024, 0, np.ones(512, np.float32))
+
+
+# ---------------------------------------------------------------- fp16 rows (the KV cache)
+
+def f16_reference(x):
+    """numpy's float32 -> float16 (round to nearest even, subnormals, overflow to inf) with
+    every NaN as the quiet NaN 0x7e00 and its sign, pylut_fp32_to_fp16's choice"""
+    x = np.asarray(x, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = x.astype(np.float16).view(np.uint16).copy()
+    nan = np.isnan(x)
+    h[nan] = (x.view(np.uint32)[nan] >> 16 & 0x8000).astype(np.uint16) | 0x7E00
+    return h
+
+
+def f16_edges():
+    """halfway cases at every fp16 exponent, the subnormal and overflow boundaries, and NaNs
+    with payloads (signalling and quiet, both signs)"""
+    u = np.array([0x00000000, 0x80000000, 0x33000000, 0x33000001, 0x337FFFFF, 0x33800000, 0x33C00000,
+                  0x387FC000, 0x387FE000, 0x38800000, 0x477FE000, 0x477FEFFF, 0x477FF000, 0x477FFFFF,
+                  0x47800000, 0x7F7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001,
+                  0xFF812345, 0x7FFFFFFF, 0x7FA00000, 0x00000001, 0x807FFFFF], np.uint32)
+    halfway = [(e << 23) | m for e in range(103, 143) for m in (0x1000, 0x3000, 0x0FFF, 0x1001)]
+    rng = np.random.default_rng(7)
+    random_bits = rng.integers(0, 2 ** 32, 20000, dtype=np.uint64).astype(np.uint32)
+    return np.concatenate([u, np.array(halfway, np.uint32), random_bits]).view(np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_to_f16_matches_numpy_and_the_scalar_twin(isa):
+    x = np.concatenate([f16_edges(), values(3000, 11, 1e4)[0], values(3000, 12, 1e-5)[0]])
+    got = on(isa, _core.vec_to_f16, x)
+    want = f16_reference(x)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(hex(x.view(np.uint32)[i]), hex(got[i]), hex(want[i])) for i in bad[:5]]
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("n", SIZES)
+def test_to_f16_tails(isa, n):
+    x = values(n, n)[0] * np.float32(1e3)
+    x[::7] = np.nan
+    assert np.array_equal(on(isa, _core.vec_to_f16, x), on("scalar", _core.vec_to_f16, x))
+
+
+def test_to_f16_refuses_empty():
+    with pytest.raises(ValueError):
+        _core.vec_to_f16(np.zeros(0, np.float32))

@@ -24,6 +24,9 @@ int pylut_vec_add(float *x, const float *y, int64_t n);
  * angles (float)pos * inv_freq[i], cos and sin scaled by scale; n_rot even, 2..PYLUT_ATTN_MAX_HD.
  * cs: scratch of 2 * n_rot floats (the table the kernel reads, left there) */
 int pylut_vec_rope(float *v, int n_rot, int pos, const float *inv_freq, float scale, int neox, float *cs);
+/* out[n] = x[n] as IEEE fp16 bits (pylut_fp32_to_fp16's: round to nearest even, overflow to
+ * inf, NaN as sign | 0x7e00): the fp16 KV cache's row conversion */
+int pylut_vec_to_f16(uint16_t *out, const float *x, int64_t n);
 
 #ifdef __cplusplus
 }

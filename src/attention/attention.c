@@ -59,11 +59,8 @@ int64_t pylut_kv_row_bytes(int type, int hd) {
 
 int pylut_kv_encode(int type, int hd, const float *x, uint8_t *row) {
     if (!x || !row || pylut_kv_row_bytes(type, hd) == 0) return PYLUT_EINVAL;
-    if (type == PYLUT_KV_F16) {
-        for (int i = 0; i < hd; i++) {
-            const uint16_t h = pylut_fp32_to_fp16(x[i]);
-            memcpy(row + 2 * i, &h, 2);
-        }
+    if (type == PYLUT_KV_F16) { /* the active ISA's conversion, pylut_fp32_to_fp16's bits */
+        pylut_vecops_active()->to_f16(row, x, hd);
         return PYLUT_OK;
     }
     float rotated[PYLUT_ATTN_MAX_HD];

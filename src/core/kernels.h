@@ -297,6 +297,9 @@ typedef struct {
     void (*add)(float *x, const float *y, int64_t n);
     /* v[0, n_rot) rotated by a pylut_rope_table of the same n_rot and pair layout */
     void (*rope)(float *v, int n_rot, const float *cs, int neox);
+    /* out[2n bytes, any alignment] = x[n] as IEEE fp16: pylut_fp32_to_fp16 bit for bit
+     * (round to nearest even, overflow to inf, every NaN to the quiet NaN 0x7e00 with its sign) */
+    void (*to_f16)(uint8_t *out, const float *x, int64_t n);
 } pylut_vecops;
 
 extern const pylut_vecops pylut_vecops_scalar;

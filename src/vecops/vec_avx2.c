@@ -44,5 +44,14 @@ static inline double sumsq(const float *x, int64_t n) {
     return ss;
 }
 
+/* F16C; its NaNs keep their payload's top bits, so NaN lanes are cut back to sign | 0x7e00 */
+static inline void vh_store(uint8_t *out, vf a) {
+    __m128i h = _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    const __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
+    h = _mm_andnot_si128(_mm_and_si128(nan16, _mm_set1_epi16(0x01ff)), h);
+    _mm_storeu_si128((__m128i *)out, h);
+}
+
 #include "vec_body.h"
 #endif

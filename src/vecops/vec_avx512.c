@@ -43,5 +43,15 @@ static inline double sumsq(const float *x, int64_t n) {
     return ss;
 }
 
+/* AVX-512F's vcvtps2ph; NaN lanes cut back to sign | 0x7e00 as in the AVX2 unit (a dword
+ * mask narrowed by vpmovdw: the 16-bit masked forms would need AVX-512BW) */
+static inline void vh_store(uint8_t *out, vf a) {
+    __m256i h = _mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    const __m256i cut = _mm512_cvtepi32_epi16(_mm512_maskz_mov_epi32(nan, _mm512_set1_epi32(0x01ff)));
+    h = _mm256_andnot_si256(cut, h);
+    _mm256_storeu_si256((__m256i *)out, h);
+}
+
 #include "vec_body.h"
 #endif

@@ -4,6 +4,7 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include <stdint.h>
+#include <string.h>
 
 #define VEC_TABLE pylut_vecops_neon
 #define VL 4
@@ -42,6 +43,17 @@ static inline double sumsq(const float *x, int64_t n) {
     double ss = vaddvq_f64(vaddq_f64(a0, a1));
     for (; i < n; i++) ss += (double)x[i] * x[i];
     return ss;
+}
+
+/* fcvtn, round to nearest even at the default FPCR; its NaNs keep their payload's top bits,
+ * so NaN lanes are cut back to sign | 0x7e00 as on x86 */
+static inline void vh_store(uint8_t *out, vf a) {
+    const uint16x4_t nan = vmovn_u32(vmvnq_u32(vceqq_f32(a, a)));
+    uint16x4_t h = vreinterpret_u16_f16(vcvt_f16_f32(a));
+    h = vbic_u16(h, vand_u16(nan, vdup_n_u16(0x01ff)));
+    uint16_t t[4];
+    vst1_u16(t, h);
+    memcpy(out, t, sizeof t);
 }
 
 #include "vec_body.h"

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "pylut/pylut.h"
+
 #define VEC_TABLE pylut_vecops_scalar
 #define VL 1
 typedef float vf;
@@ -43,6 +45,12 @@ static inline double sumsq(const float *x, int64_t n) {
     double ss = 0.0;
     for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
     return ss;
+}
+
+/* the portable conversion (pack.c), which every unit matches */
+static inline void vh_store(uint8_t *out, vf a) {
+    const uint16_t h = pylut_fp32_to_fp16(a);
+    memcpy(out, &h, 2);
 }
 
 #include "vec_body.h"

@@ -49,6 +49,12 @@ int pylut_vec_add(float *x, const float *y, int64_t n) {
     return PYLUT_OK;
 }
 
+int pylut_vec_to_f16(uint16_t *out, const float *x, int64_t n) {
+    if (!out || !x || n < 1) return PYLUT_EINVAL;
+    pylut_vecops_active()->to_f16((uint8_t *)out, x, n);
+    return PYLUT_OK;
+}
+
 int pylut_vec_rope(float *v, int n_rot, int pos, const float *inv_freq, float scale, int neox, float *cs) {
     if (!v || !inv_freq || !cs || n_rot < 2 || n_rot > PYLUT_ATTN_MAX_HD || n_rot % 2 || pos < 0 || !isfinite(scale))
         return PYLUT_EINVAL;
