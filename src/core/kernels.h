@@ -337,6 +337,10 @@ static inline float pylut_b_param(const pylut_qmatrix *qm, int bias, int64_t t, 
            (float)pylut_b_sub(qm, bias, (t * groups + g) * PYLUT_TILE_M + r);
 }
 
+/* The code that means weight 0 on the int8 path, where a group without a bias array gets
+ * -zero * scale: T3 codes are trit + 1 (pylut_i8_unpack), B-types carry their own. */
+static inline float pylut_i8_zero(const pylut_qmatrix *qm) { return qm->type == PYLUT_TYPE_T3 ? 1.0f : qm->zero; }
+
 /* Two-level matrices summed in integers ("int-super"): per (row, super-block)
  *     S = sum_g sub_scale_g * (A_g + c * sumq_g),   B = sum_g sub_bias_g * sumq_g   (int32)
  *     y += (d * tscale/2) * S + (dmin * tscale) * B

@@ -48,9 +48,7 @@ void pylut_i8_params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1,
         for (int r = 0; r < PYLUT_TILE_M; r++) {
             const float sc = pylut_b_param(qm, 0, t, g, r);
             s[(g - g0) * PYLUT_TILE_M + r] = sc;
-            /* T3: codes trit + 1 (pylut_i8_unpack), so the bias is -1 * scale, B2's implied one */
-            b[(g - g0) * PYLUT_TILE_M + r] = qm->has_bias ? pylut_b_param(qm, 1, t, g, r)
-                                             : (qm->type == PYLUT_TYPE_T3 ? -1.0f : -qm->zero) * sc;
+            b[(g - g0) * PYLUT_TILE_M + r] = qm->has_bias ? pylut_b_param(qm, 1, t, g, r) : -pylut_i8_zero(qm) * sc;
         }
 }
 

@@ -176,7 +176,7 @@ static inline void f16_ordered(const uint16_t *h, const row_order *o, float *f) 
 static void params_two_level(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, const row_order *o,
                              float *s, float *b) {
     const int64_t groups = qm->k_pad / qm->group, supers = qm->k_pad / qm->super, gps = qm->super / qm->group;
-    const __m512 negzero = _mm512_set1_ps(-qm->zero);
+    const __m512 negzero = _mm512_set1_ps(-pylut_i8_zero(qm));
     const __m512i m15 = _mm512_set1_epi32(15);
     _Alignas(64) float d[PYLUT_TILE_M], dmin[PYLUT_TILE_M];
     _Alignas(64) uint8_t sub[PYLUT_TILE_M], subb[PYLUT_TILE_M];
@@ -223,7 +223,7 @@ static void params_ordered(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64
         return;
     }
     const int64_t groups = qm->k_pad / qm->group;
-    const __m512 negzero = _mm512_set1_ps(-qm->zero);
+    const __m512 negzero = _mm512_set1_ps(-pylut_i8_zero(qm));
     for (int64_t g = g0; g < g1; g++) {
         const int64_t at = (t * groups + g) * PYLUT_TILE_M;
         float *sg = s + (g - g0) * PYLUT_TILE_M, *bg = b + (g - g0) * PYLUT_TILE_M;

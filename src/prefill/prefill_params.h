@@ -12,7 +12,7 @@
 static void params(const pylut_qmatrix *qm, int64_t t, int64_t g0, int64_t g1, float *s, float *b) {
     const int64_t groups = qm->k_pad / qm->group;
     const int64_t supers = qm->super ? qm->k_pad / qm->super : 0, gps = qm->super ? qm->super / qm->group : 1;
-    const PV negzero = pv_set1(qm->type == PYLUT_TYPE_T3 ? -1.0f : -qm->zero); /* pylut_i8_params */
+    const PV negzero = pv_set1(-pylut_i8_zero(qm)); /* pylut_i8_params */
     for (int64_t g = g0; g < g1; g++)
         for (int q = 0; q < PYLUT_TILE_M / PW; q++) {
             const int64_t at = (t * groups + g) * PYLUT_TILE_M + PW * q;
