@@ -251,7 +251,7 @@ static inline void store_rows(const float *acc, const row_order *o, float *y, in
 /* ------------------------------------------------------------------ the dot products */
 
 /* NB tokens (1..4) over ng groups of a chunk: yacc [NB][64] (row_of order) += their sums,
- * each group's float step as the twin's: fma(I, scale * xs, y), then fma(bias, sumx, y) */
+ * each group's float step the twin's (group_epilogue) */
 static inline __attribute__((always_inline)) void block(const uint8_t *codes, int bits, const float *s,
                                                         const float *b, int64_t ng, int gw,
                                                         const pylut_lut *const *act, int NB, int64_t k0,
@@ -273,16 +273,9 @@ static inline __attribute__((always_inline)) void block(const uint8_t *codes, in
                 for (int i = 0; i < 4; i++) acc[t][i] = dpbusd(acc[t][i], w[i], x);
             }
         }
-        const float *sg = s + g * PYLUT_TILE_M, *bg = b + g * PYLUT_TILE_M;
-        for (int t = 0; t < NB; t++) {
-            const __m512 xs = _mm512_set1_ps(act[t]->tscale[g0 + g]), sx = _mm512_set1_ps(act[t]->sumx[g0 + g]);
-            for (int i = 0; i < 4; i++) {
-                const __m512 p = _mm512_mul_ps(_mm512_load_ps(sg + 16 * i), xs);
-                __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][i]), p, _mm512_load_ps(yacc[t] + 16 * i));
-                y = _mm512_fmadd_ps(_mm512_load_ps(bg + 16 * i), sx, y);
-                _mm512_store_ps(yacc[t] + 16 * i, y);
-            }
-        }
+        for (int t = 0; t < NB; t++) /* vnni_ops.h */
+            group_epilogue(acc[t][0], acc[t][1], acc[t][2], acc[t][3], s + g * PYLUT_TILE_M, b + g * PYLUT_TILE_M,
+                           act[t]->tscale[g0 + g], act[t]->sumx[g0 + g], yacc[t]);
     }
 }
 

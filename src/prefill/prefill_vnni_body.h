@@ -129,20 +129,6 @@ static void unpack_t3(const uint8_t *blk, int64_t pairs, uint32_t *w) {
 
 /* ------------------------------------------------------------------ the dot products */
 
-/* One token's group sums a0..a3 (rows 0-15 .. 48-63) into yacc [64]: the twin's order */
-static inline __attribute__((always_inline)) void group_epilogue(__m512i a0, __m512i a1, __m512i a2, __m512i a3,
-                                                               const float *s, const float *b, float xs1,
-                                                               float sx1, float *yacc) {
-    const __m512 xs = _mm512_set1_ps(xs1), sx = _mm512_set1_ps(sx1);
-    const __m512i a[4] = {a0, a1, a2, a3};
-    for (int i = 0; i < 4; i++) {
-        const __m512 p = _mm512_mul_ps(_mm512_load_ps(s + 16 * i), xs);
-        __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[i]), p, _mm512_load_ps(yacc + 16 * i));
-        y = _mm512_fmadd_ps(_mm512_load_ps(b + 16 * i), sx, y);
-        _mm512_store_ps(yacc + 16 * i, y);
-    }
-}
-
 #define BCAST(p) _mm512_broadcastd_epi32(_mm_loadu_si32(p))
 #define DOT4(A, X)                                                      \
     A##0 = dpbusd(A##0, w0, X), A##1 = dpbusd(A##1, w1, X), \

@@ -1,5 +1,5 @@
-/* vnni_ops.h - the two AVX-512 instructions both int8 GEMMs build on (the many-token driver,
- * prefill_vnni_body.h, and the few-token kernel, prefill_few_gfni.c): the dot-product step
+/* vnni_ops.h - what both int8 GEMMs build on (the many-token driver, prefill_vnni_body.h,
+ * and the few-token kernel, prefill_few_gfni.c): the dot-product step, a group's float step,
  * and, where GFNI is compiled in, the 8x8 bit transpose that turns plane bytes into codes. */
 #ifndef PYLUT_VNNI_OPS_H
 #define PYLUT_VNNI_OPS_H
@@ -11,6 +11,22 @@
 static inline __attribute__((always_inline)) __m512i dpbusd(__m512i acc, __m512i w, __m512i x) {
     __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
     return acc;
+}
+
+/* One token's group sums a0..a3 (rows 0-15 .. 48-63 in the kernel's row order) into yacc
+ * [64]: fma(I, scale * xs, y), then fma(bias, sumx, y), the twin's order (pylut_gemm_b_i8_scalar),
+ * which keeps both kernels bit-identical to it */
+static inline __attribute__((always_inline)) void group_epilogue(__m512i a0, __m512i a1, __m512i a2, __m512i a3,
+                                                               const float *s, const float *b, float xs1,
+                                                               float sx1, float *yacc) {
+    const __m512 xs = _mm512_set1_ps(xs1), sx = _mm512_set1_ps(sx1);
+    const __m512i a[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; i++) {
+        const __m512 p = _mm512_mul_ps(_mm512_load_ps(s + 16 * i), xs);
+        __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[i]), p, _mm512_load_ps(yacc + 16 * i));
+        y = _mm512_fmadd_ps(_mm512_load_ps(b + 16 * i), sx, y);
+        _mm512_store_ps(yacc + 16 * i, y);
+    }
 }
 
 #ifdef __GFNI__
